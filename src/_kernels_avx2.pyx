@@ -1,0 +1,3 @@
+# The lenet_fast kernels compiled for the "avx2" instruction-set level: setup.py builds this module
+# with that level's compiler flags and -DLENET_ISA_AVX2; the code itself lives in kernels.pxi.
+include "kernels.pxi"

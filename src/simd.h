@@ -1,0 +1,196 @@
+/*
+ * simd.h -- the vector primitives the lenet_fast kernels are written in.
+ *
+ * The kernels (kernels.pxi) are plain Cython over a type `vf` ("vector of floats", VLEN lanes) and
+ * a dozen inline functions on it.  This header defines them once per instruction-set level; the
+ * build compiles the same kernels three times with -DLENET_ISA_{GENERIC,AVX2,AVX512}:
+ *
+ *   AVX512  __m512, 16 lanes, fused multiply-add, masked tails
+ *   AVX2    __m256,  8 lanes, fused multiply-add (FMA3), masked tails
+ *   GENERIC GCC/Clang vector extension, 4 lanes (SSE2 on x86-64, NEON on arm64), multiply then add
+ *
+ * Determinism: every output value of the network is produced by vf_madd chains in a fixed order,
+ * and every function here acts lane by lane (no cross-lane arithmetic), so a value does not depend
+ * on which lane, batch position or thread computed it.  vf_madd is a true FMA on AVX2/AVX-512 and a
+ * rounded multiply followed by a rounded add in the generic build (compiled with -ffp-contract=off
+ * so the compiler may not fuse it there).
+ *
+ * Also here: the transcendental helpers (exp, sigmoid, tanh) built only from these primitives,
+ * so they are vectorised and give the same bits in every lane.
+ */
+#ifndef LENET_SIMD_H
+#define LENET_SIMD_H
+
+#include <stdint.h>
+#include <string.h>
+
+#if defined(LENET_ISA_AVX512)
+#include <immintrin.h>
+#define VLEN 16
+#define LENET_ISA_NAME "avx512"
+/* Register blocking: 32 zmm registers. */
+#define CONV_CO_BLOCK 6      /* 2x2 window x 6 channels = 24 accumulators */
+#define CHANVEC_BLOCK 2      /* channel vectors per block in the channel-vectorised conv */
+#define DENSE_LANES_BLOCK 24 /* outputs per block in the images-in-lanes dense layer */
+#define DENSE_VEC_BLOCK 8    /* output vectors per block in the channel-vectorised dense layer */
+typedef __m512 vf;
+typedef __m512i vi;
+static inline vf vf_load(const float *p) { return _mm512_loadu_ps(p); }
+static inline void vf_store(float *p, vf v) { _mm512_storeu_ps(p, v); }
+static inline vf vf_set1(float x) { return _mm512_set1_ps(x); }
+static inline vf vf_add(vf a, vf b) { return _mm512_add_ps(a, b); }
+static inline vf vf_sub(vf a, vf b) { return _mm512_sub_ps(a, b); }
+static inline vf vf_mul(vf a, vf b) { return _mm512_mul_ps(a, b); }
+static inline vf vf_div(vf a, vf b) { return _mm512_div_ps(a, b); }
+static inline vf vf_madd(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
+/* a > b ? a : b, lane by lane (so a NaN in `a` yields b, a NaN in `b` yields b). */
+static inline vf vf_max(vf a, vf b) { return _mm512_max_ps(a, b); }
+static inline vf vf_min(vf a, vf b) { return _mm512_min_ps(a, b); }
+static inline vi vi_from_vf(vf a) { return _mm512_cvttps_epi32(a); }
+static inline vf vf_pow2_of_int(vi n) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(n, _mm512_set1_epi32(127)), 23));
+}
+static inline vf vf_load_partial(const float *p, int n) {
+    return _mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1u), p);
+}
+static inline void vf_store_partial(float *p, vf v, int n) {
+    _mm512_mask_storeu_ps(p, (__mmask16)((1u << n) - 1u), v);
+}
+
+#elif defined(LENET_ISA_AVX2)
+#include <immintrin.h>
+#define VLEN 8
+#define LENET_ISA_NAME "avx2"
+/* Register blocking: 16 ymm registers. */
+#define CONV_CO_BLOCK 3
+#define CHANVEC_BLOCK 1
+#define DENSE_LANES_BLOCK 12
+#define DENSE_VEC_BLOCK 8
+typedef __m256 vf;
+typedef __m256i vi;
+static inline vf vf_load(const float *p) { return _mm256_loadu_ps(p); }
+static inline void vf_store(float *p, vf v) { _mm256_storeu_ps(p, v); }
+static inline vf vf_set1(float x) { return _mm256_set1_ps(x); }
+static inline vf vf_add(vf a, vf b) { return _mm256_add_ps(a, b); }
+static inline vf vf_sub(vf a, vf b) { return _mm256_sub_ps(a, b); }
+static inline vf vf_mul(vf a, vf b) { return _mm256_mul_ps(a, b); }
+static inline vf vf_div(vf a, vf b) { return _mm256_div_ps(a, b); }
+static inline vf vf_madd(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
+static inline vf vf_max(vf a, vf b) { return _mm256_max_ps(a, b); }
+static inline vf vf_min(vf a, vf b) { return _mm256_min_ps(a, b); }
+static inline vi vi_from_vf(vf a) { return _mm256_cvttps_epi32(a); }
+static inline vf vf_pow2_of_int(vi n) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n, _mm256_set1_epi32(127)), 23));
+}
+static const int32_t lenet_tail_mask_table[16] = {-1, -1, -1, -1, -1, -1, -1, -1,
+                                                  0,  0,  0,  0,  0,  0,  0,  0};
+static inline __m256i lenet_tail_mask(int n) {
+    return _mm256_loadu_si256((const __m256i *)(lenet_tail_mask_table + 8 - n));
+}
+static inline vf vf_load_partial(const float *p, int n) {
+    return _mm256_maskload_ps(p, lenet_tail_mask(n));
+}
+static inline void vf_store_partial(float *p, vf v, int n) {
+    _mm256_maskstore_ps(p, lenet_tail_mask(n), v);
+}
+
+#else /* generic */
+#define VLEN 4
+#define LENET_ISA_NAME "generic"
+#define CONV_CO_BLOCK 2
+#define CHANVEC_BLOCK 1
+#define DENSE_LANES_BLOCK 8
+#define DENSE_VEC_BLOCK 4
+typedef float vf __attribute__((vector_size(16)));
+typedef int32_t vi __attribute__((vector_size(16)));
+static inline vf vf_load(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
+static inline void vf_store(float *p, vf v) { memcpy(p, &v, sizeof v); }
+static inline vf vf_set1(float x) { vf v = {x, x, x, x}; return v; }
+static inline vf vf_add(vf a, vf b) { return a + b; }
+static inline vf vf_sub(vf a, vf b) { return a - b; }
+static inline vf vf_mul(vf a, vf b) { return a * b; }
+static inline vf vf_div(vf a, vf b) { return a / b; }
+static inline vf vf_madd(vf a, vf b, vf c) { return a * b + c; }
+static inline vf lenet_select(vi mask, vf a, vf b) {
+    vi ai, bi, r;
+    memcpy(&ai, &a, sizeof a);
+    memcpy(&bi, &b, sizeof b);
+    r = (mask & ai) | (~mask & bi);
+    memcpy(&a, &r, sizeof a);
+    return a;
+}
+static inline vf vf_max(vf a, vf b) { return lenet_select(a > b, a, b); }
+static inline vf vf_min(vf a, vf b) { return lenet_select(a < b, a, b); }
+static inline vi vi_from_vf(vf a) { return __builtin_convertvector(a, vi); }
+static inline vf vf_pow2_of_int(vi n) {
+    vi bits = (n + 127) << 23;
+    vf r;
+    memcpy(&r, &bits, sizeof r);
+    return r;
+}
+static inline vf vf_load_partial(const float *p, int n) {
+    vf v = {0.0f, 0.0f, 0.0f, 0.0f};
+    memcpy(&v, p, (size_t)n * sizeof(float));
+    return v;
+}
+static inline void vf_store_partial(float *p, vf v, int n) { memcpy(p, &v, (size_t)n * sizeof(float)); }
+#endif
+
+static inline vf vf_zero(void) { return vf_set1(0.0f); }
+
+/* exp(x) for every lane: Cody-Waite range reduction x = n ln2 + r, |r| <= ln2/2, a degree-6
+ * polynomial for e^r (Cephes expf coefficients, ~1 ulp), scaled by 2^n built from the exponent bits.
+ * x is clamped to [-87.3, 88.3] (results 1.2e-38 .. 2.2e38); NaN stays NaN (the clamp keeps NaN
+ * because vf_min/vf_max return their second operand for a NaN and x is passed second). */
+static inline vf vf_exp(vf x) {
+    const vf round_magic = vf_set1(12582912.0f); /* 1.5 * 2^23: x + magic - magic rounds to an integer */
+    vf n, r, p;
+    x = vf_min(vf_set1(88.3f), x);
+    x = vf_max(vf_set1(-87.3f), x);
+    n = vf_sub(vf_add(vf_mul(x, vf_set1(1.44269504088896341f)), round_magic), round_magic);
+    r = vf_madd(n, vf_set1(-0.693359375f), x);
+    r = vf_madd(n, vf_set1(2.12194440e-4f), r);
+    p = vf_set1(1.9875691500e-4f);
+    p = vf_madd(p, r, vf_set1(1.3981999507e-3f));
+    p = vf_madd(p, r, vf_set1(8.3334519073e-3f));
+    p = vf_madd(p, r, vf_set1(4.1665795894e-2f));
+    p = vf_madd(p, r, vf_set1(1.6666665459e-1f));
+    p = vf_madd(p, r, vf_set1(5.0000001201e-1f));
+    p = vf_madd(p, vf_mul(r, r), vf_add(r, vf_set1(1.0f)));
+    return vf_mul(p, vf_pow2_of_int(vi_from_vf(n)));
+}
+
+static inline vf vf_sigmoid(vf x) {
+    const vf one = vf_set1(1.0f);
+    return vf_div(one, vf_add(one, vf_exp(vf_sub(vf_zero(), x))));
+}
+
+/* tanh(x) = 2 sigmoid(2x) - 1: absolute error ~1e-7, which is what the network needs. */
+static inline vf vf_tanh(vf x) {
+    const vf two = vf_set1(2.0f);
+    return vf_sub(vf_mul(two, vf_sigmoid(vf_mul(two, x))), vf_set1(1.0f));
+}
+
+/* Fused multiply-add peak: `n_iterations` x 12 independent chains x VLEN lanes.  Used by the
+ * benchmarks to measure the machine's ceiling with the same instructions the kernels use. */
+static inline float lenet_fma_loop(int64_t n_iterations) {
+    vf a0 = vf_set1(0.0f), a1 = vf_set1(0.1f), a2 = vf_set1(0.2f), a3 = vf_set1(0.3f);
+    vf a4 = vf_set1(0.4f), a5 = vf_set1(0.5f), a6 = vf_set1(0.6f), a7 = vf_set1(0.7f);
+    vf a8 = vf_set1(0.8f), a9 = vf_set1(0.9f), a10 = vf_set1(1.0f), a11 = vf_set1(1.1f);
+    vf m = vf_set1(0.999999f), c = vf_set1(1e-7f);
+    int64_t i;
+    float lanes[VLEN];
+    for (i = 0; i < n_iterations; i++) {
+        a0 = vf_madd(a0, m, c); a1 = vf_madd(a1, m, c); a2 = vf_madd(a2, m, c);
+        a3 = vf_madd(a3, m, c); a4 = vf_madd(a4, m, c); a5 = vf_madd(a5, m, c);
+        a6 = vf_madd(a6, m, c); a7 = vf_madd(a7, m, c); a8 = vf_madd(a8, m, c);
+        a9 = vf_madd(a9, m, c); a10 = vf_madd(a10, m, c); a11 = vf_madd(a11, m, c);
+    }
+    a0 = vf_add(vf_add(vf_add(a0, a1), vf_add(a2, a3)), vf_add(vf_add(a4, a5), vf_add(a6, a7)));
+    a0 = vf_add(a0, vf_add(vf_add(a8, a9), vf_add(a10, a11)));
+    vf_store(lanes, a0);
+    return lanes[0];
+}
+#define LENET_FMA_LOOP_CHAINS 12
+
+#endif /* LENET_SIMD_H */

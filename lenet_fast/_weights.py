@@ -1,0 +1,550 @@
+"""Turn whatever weights users have into canonical LeNet-5 weights; read and write our .npz files.
+
+Design: `canonicalize` is the one gate every weight set passes.  It first maps the user's key
+names onto the ten canonical ones (a ``key_map``, or one of three recognised layouts: canonical
+names, the PyTorch tutorial model, numbered ``nn.Sequential`` exports), then converts each array
+to float32, native byte order, C-contiguous, and checks that the shapes fit together as one
+network.  Every problem raises `WeightFileError`, whose message names the file, the key or
+member, what was expected and what was found.
+
+`load_npz` never unpickles and never trusts sizes: it reads the zip directory itself, parses
+each ``.npy`` header (rejecting object dtypes and shapes no LeNet can have) and checks that the
+directory's uncompressed size agrees with the header before it reads a bounded number of bytes.
+Members are read lazily, only when `canonicalize` asks for them.  `save_npz` writes an
+uncompressed archive that is byte-for-byte deterministic (fixed member order, timestamps and
+permissions; little-endian arrays), so that save, load, save gives identical files.
+"""
+
+import functools
+import io
+import json
+import lzma
+import math
+import os
+import re
+import zipfile
+import zlib
+from collections.abc import Mapping
+
+import numpy as np
+from numpy.lib import format as npy_format
+
+LAYERS = ("conv1", "conv2", "conv3", "fc1", "fc2")
+CANONICAL_KEYS = tuple(f"{layer}.{parameter}" for layer in LAYERS for parameter in ("weight", "bias"))
+METADATA_KEY = "__lenet_fast__"
+DIMENSIONS = ("in_channels", "conv1_channels", "conv2_channels", "conv3_channels", "fc1_units", "n_classes")
+
+MAX_WIDTH = 4096
+MAX_CLASSES = 100_000
+MAX_ELEMENTS = 1 << 24
+_KERNEL = 5
+
+# Each canonical array's shape in terms of the network's dimensions; the first occurrence of a
+# dimension binds it, later ones must agree.
+_SHAPES = {
+    "conv1.weight": ("conv1_channels", "in_channels", _KERNEL, _KERNEL),
+    "conv1.bias": ("conv1_channels",),
+    "conv2.weight": ("conv2_channels", "conv1_channels", _KERNEL, _KERNEL),
+    "conv2.bias": ("conv2_channels",),
+    "conv3.weight": ("conv3_channels", "conv2_channels", _KERNEL, _KERNEL),
+    "conv3.bias": ("conv3_channels",),
+    "fc1.weight": ("fc1_units", "conv3_channels"),
+    "fc1.bias": ("fc1_units",),
+    "fc2.weight": ("n_classes", "fc1_units"),
+    "fc2.bias": ("n_classes",),
+}
+
+# The PyTorch tutorial model: conv3 is the dense layer fc1 over the flattened 16x5x5 features.
+_TUTORIAL_LAYERS = {"conv1": "conv1", "conv2": "conv2", "conv3": "fc1", "fc1": "fc2", "fc2": "fc3"}
+_NUMBERED_KEY = re.compile(r"^(?:(?P<container>.+)\.)?(?P<index>\d+)\.(?P<parameter>weight|bias)$")
+_FLOAT_SIZES = (2, 4, 8)
+_MAX_LISTED_KEYS = 30
+_MAX_ARCHIVE_MEMBERS = 1000
+_ARCHIVE_ERRORS = (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, OSError, RuntimeError,
+                   NotImplementedError, ValueError)
+
+
+class WeightFileError(ValueError):
+    """A weight file or weight mapping that cannot be used: unreadable, unsafe, or not a LeNet-5.
+
+    The message names the file (when there is one), the key or archive member, the problem, and
+    the expected and found values.
+    """
+
+
+def _where(source, key=None):
+    """The start of an error message: the file and the quoted key, as far as they are known."""
+    parts = [str(source)] if source is not None else []
+    if key is not None:
+        parts.append(repr(key))
+    return ": ".join(parts)
+
+
+def _error(where, problem):
+    return WeightFileError(f"{where}: {problem}" if where else problem)
+
+
+def _key_list(keys):
+    keys = sorted(keys)
+    listed = ", ".join(keys[:_MAX_LISTED_KEYS]) or "(none)"
+    return listed + (f", ... ({len(keys) - _MAX_LISTED_KEYS} more)" if len(keys) > _MAX_LISTED_KEYS else "")
+
+
+# ---------------------------------------------------------------------------------------------
+# Layouts: each proposes a {canonical key: user's key} assignment.
+# ---------------------------------------------------------------------------------------------
+
+def _layer_assignment(layer_names):
+    return {
+        f"{layer}.{parameter}": f"{layer_names[layer]}.{parameter}"
+        for layer in LAYERS
+        for parameter in ("weight", "bias")
+    }
+
+
+def _sequential_assignment(names):
+    """Map numbered keys (``0.weight``, ``net.3.bias``, ``classifier.1.weight``) onto the five
+    layers, in order of container first appearance then numeric index; None if there are not
+    exactly five numbered layers."""
+    containers, layers = {}, set()
+    for name in names:
+        match = _NUMBERED_KEY.match(name)
+        if match:
+            container = match["container"] or ""
+            containers.setdefault(container, len(containers))
+            layers.add((containers[container], int(match["index"]), container, match["index"]))
+    if len(layers) != len(LAYERS):
+        return None
+    prefixes = [f"{container}.{index}" if container else index for *_, container, index in sorted(layers)]
+    return _layer_assignment(dict(zip(LAYERS, prefixes)))
+
+
+def _key_map_assignment(key_map, source):
+    unknown = [name for name in key_map if name not in CANONICAL_KEYS and name not in LAYERS]
+    if unknown:
+        raise _error(
+            _where(source),
+            f"key_map has unknown entries {_key_list(map(str, unknown))}; expected canonical "
+            f"parameter names ({_key_list(CANONICAL_KEYS)}) or layer names ({', '.join(LAYERS)})",
+        )
+    non_strings = {name: target for name, target in key_map.items() if not isinstance(target, str)}
+    if non_strings:
+        raise _error(_where(source), f"expected key_map values to be strings, found {non_strings}")
+    assignment = {}
+    for key in CANONICAL_KEYS:
+        layer, parameter = key.split(".")
+        if key in key_map:
+            assignment[key] = key_map[key]
+        elif layer in key_map:
+            assignment[key] = f"{key_map[layer]}.{parameter}"
+        else:
+            assignment[key] = key
+    return assignment
+
+
+def _choose_assignment(names, key_map, source):
+    """Pick the one layout whose keys are all present, or explain why there is none."""
+    if key_map is not None:
+        candidates = {"key_map": _key_map_assignment(key_map, source)}
+    else:
+        candidates = {
+            "canonical": _layer_assignment({layer: layer for layer in LAYERS}),
+            "PyTorch tutorial": _layer_assignment(_TUTORIAL_LAYERS),
+            "nn.Sequential": _sequential_assignment(names),
+        }
+        candidates = {layout: keys for layout, keys in candidates.items() if keys is not None}
+    present = set(names)
+    complete = [layout for layout, keys in candidates.items() if present.issuperset(keys.values())]
+    if len(complete) == 1:
+        return candidates[complete[0]]
+    found = f"found keys: {_key_list(names)}"
+    if complete:
+        raise _error(
+            _where(source),
+            f"the keys match several layouts ({', '.join(complete)}); pass key_map to choose; {found}",
+        )
+    closest = max(candidates, key=lambda layout: len(present.intersection(candidates[layout].values())))
+    expected = candidates[closest].values()
+    if present.isdisjoint(expected):
+        raise _error(
+            _where(source),
+            f"no known weight layout matches; {found}; expected keys: {_key_list(CANONICAL_KEYS)} "
+            f"(or the PyTorch tutorial layout conv1, conv2, fc1, fc2, fc3, or an nn.Sequential "
+            f"export with 5 numbered layers), or pass key_map",
+        )
+    raise _error(
+        _where(source),
+        f"incomplete weights for the {closest} layout: missing {_key_list(set(expected) - present)}; "
+        f"{found}; expected keys: {_key_list(expected)}",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Arrays and shapes
+# ---------------------------------------------------------------------------------------------
+
+def _to_float32(value, where):
+    try:
+        if hasattr(value, "detach"):  # torch.Tensor, possibly on a GPU or requiring grad
+            value = value.detach().cpu()
+        elif hasattr(value, "numpy"):
+            value = value.numpy()
+        array = np.asarray(value)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise _error(where, f"cannot be converted to a NumPy array ({exc})") from exc
+    if array.dtype.kind != "f" or array.dtype.itemsize not in _FLOAT_SIZES:
+        expected = "floating point (float16, float32 or float64)"
+        raise _error(where, f"expected {expected}, found dtype {array.dtype}")
+    with np.errstate(over="ignore"):  # float64 beyond float32 range becomes inf, reported just below
+        converted = np.array(array, dtype=np.float32, order="C")
+    non_finite = converted.size - np.count_nonzero(np.isfinite(converted))
+    if non_finite:
+        raise _error(where, f"expected finite values, found {non_finite} non-finite (NaN or inf) values")
+    return converted
+
+
+def _bind_dimensions(shapes, describe):
+    """Check the ten shapes against each other and return the network's dimensions."""
+    dimensions = {}
+    for key, symbols in _SHAPES.items():
+        shape = tuple(shapes[key])
+        expected = tuple(dimensions.get(symbol, symbol) for symbol in symbols)
+        if len(shape) != len(expected) or any(
+            isinstance(want, int) and want != got for want, got in zip(expected, shape)
+        ):
+            expected_text = ", ".join(map(str, expected)) + ("," if len(expected) == 1 else "")
+            raise _error(describe(key), f"expected shape ({expected_text}), found {shape}")
+        for axis, symbol in enumerate(expected):
+            if isinstance(symbol, int):
+                continue
+            size = dimensions[symbol] = shape[axis]
+            if symbol == "in_channels":
+                allowed, valid = "1 or 3", size in (1, 3)
+            else:
+                limit = MAX_CLASSES if symbol == "n_classes" else MAX_WIDTH
+                allowed, valid = f"1 to {limit}", 1 <= size <= limit
+            if not valid:
+                raise _error(
+                    describe(key), f"expected {symbol} {allowed}, found {size} (axis {axis} of shape {shape})"
+                )
+    return {name: dimensions[name] for name in DIMENSIONS}
+
+
+def canonicalize(mapping, *, key_map=None, strict=True, source=None):
+    """Convert a mapping of named arrays into canonical, validated LeNet-5 weights.
+
+    Parameters
+    ----------
+    mapping : mapping of str to array_like
+        NumPy arrays, PyTorch tensors, or anything with ``.numpy()`` or ``__array__``.  Recognised
+        layouts: canonical names (``conv1.weight`` ... ``fc2.bias``, the ``state_dict`` of a model
+        with layers conv1, conv2, conv3, fc1, fc2); the PyTorch tutorial model (conv1, conv2, fc1,
+        fc2, fc3, where fc1 is conv3 flattened in (channel, row, column) order); and numbered
+        ``nn.Sequential`` exports (``0.weight``, ``net.3.bias``, ``features.0.weight`` ...
+        ``classifier.1.bias``) with five layers holding a weight and a bias.  conv3 may be a 2-D
+        dense weight of shape (conv3_channels, conv2_channels * 25) in every layout.
+    key_map : mapping of str to str, optional
+        Canonical names to the mapping's names, per parameter (``{"conv1.weight": "c1.w"}``) or
+        per layer (``{"conv1": "features.c1"}`` for ``features.c1.weight`` and ``.bias``); a
+        parameter entry wins over its layer's entry, and uncovered parameters keep their
+        canonical name.  Disables layout detection.
+    strict : bool, default True
+        Reject keys the chosen layout does not use.  The metadata key ``__lenet_fast__`` is
+        always ignored.
+    source : str or os.PathLike, optional
+        The file the mapping came from, named in error messages.
+
+    Returns
+    -------
+    dict of str to ndarray
+        The ten canonical keys in order, each a new float32, native byte order, C-contiguous
+        array with shape ``conv1.weight`` (c1, C, 5, 5), ``conv1.bias`` (c1,),
+        ``conv2.weight`` (c2, c1, 5, 5), ``conv3.weight`` (c3, c2, 5, 5), ``fc1.weight``
+        (f1, c3), ``fc2.weight`` (n_classes, f1) and matching biases.
+
+    Raises
+    ------
+    WeightFileError
+        If no layout matches or several do, keys are missing or (with `strict`) unused, an array
+        is not floating point (float16, float32 or float64), a shape does not fit, C is not 1 or
+        3, a width exceeds 4096 or n_classes 100000, or an array holds NaN or inf.
+
+    Examples
+    --------
+    >>> import torch
+    >>> model = torch.nn.Sequential(
+    ...     torch.nn.Conv2d(1, 6, 5), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+    ...     torch.nn.Conv2d(6, 16, 5), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+    ...     torch.nn.Flatten(), torch.nn.Linear(400, 120), torch.nn.ReLU(),
+    ...     torch.nn.Linear(120, 84), torch.nn.ReLU(), torch.nn.Linear(84, 10))
+    >>> canonicalize(model.state_dict())["conv3.weight"].shape
+    (120, 16, 5, 5)
+    """
+    names = [name for name in mapping if name != METADATA_KEY]
+    non_strings = [name for name in names if not isinstance(name, str)]
+    if non_strings:
+        raise _error(_where(source), f"expected string keys, found {_key_list(map(repr, non_strings))}")
+    assignment = _choose_assignment(names, key_map, source)
+    unused = set(names) - set(assignment.values())
+    if strict and unused:
+        raise _error(
+            _where(source),
+            f"unexpected keys {_key_list(unused)} (not used by the matched layout; "
+            f"pass strict=False to ignore them)",
+        )
+
+    def describe(key):
+        name = assignment[key]
+        return _where(source, name) + ("" if name == key else f" (used as {key})")
+
+    weights = {key: _to_float32(mapping[assignment[key]], describe(key)) for key in CANONICAL_KEYS}
+    conv3_weight, conv2_channels = weights["conv3.weight"], weights["conv2.weight"].shape[:1]
+    if conv3_weight.ndim == 2 and conv2_channels and conv3_weight.shape[1] == conv2_channels[0] * _KERNEL**2:
+        # A dense conv3 flattened from (channel, row, column), like torch.flatten of NCHW features.
+        conv3_shape = (len(conv3_weight), conv2_channels[0], _KERNEL, _KERNEL)
+        weights["conv3.weight"] = conv3_weight.reshape(conv3_shape)
+    _bind_dimensions({key: array.shape for key, array in weights.items()}, describe)
+    return weights
+
+
+def infer_dimensions(weights):
+    """Read the network's dimensions off canonical weights, checking that they fit together.
+
+    Parameters
+    ----------
+    weights : mapping of str to ndarray
+        Canonical weights, e.g. from `canonicalize` or `load_npz`.
+
+    Returns
+    -------
+    dict of str to int
+        ``in_channels``, ``conv1_channels``, ``conv2_channels``, ``conv3_channels``,
+        ``fc1_units`` and ``n_classes``.
+
+    Raises
+    ------
+    WeightFileError
+        If a canonical key is missing or a shape does not fit.
+
+    Examples
+    --------
+    >>> shapes = {"conv1.weight": (6, 1, 5, 5), "conv1.bias": (6,), "conv2.weight": (16, 6, 5, 5),
+    ...           "conv2.bias": (16,), "conv3.weight": (120, 16, 5, 5), "conv3.bias": (120,),
+    ...           "fc1.weight": (84, 120), "fc1.bias": (84,), "fc2.weight": (10, 84), "fc2.bias": (10,)}
+    >>> infer_dimensions({key: np.zeros(shape, np.float32) for key, shape in shapes.items()})["n_classes"]
+    10
+    """
+    missing = [key for key in CANONICAL_KEYS if key not in weights]
+    if missing:
+        raise WeightFileError(
+            f"weights is missing {_key_list(missing)}; expected keys: {_key_list(CANONICAL_KEYS)}"
+        )
+    shapes = {key: np.shape(weights[key]) for key in CANONICAL_KEYS}
+    return _bind_dimensions(shapes, functools.partial(_where, None))
+
+
+# ---------------------------------------------------------------------------------------------
+# .npz files
+# ---------------------------------------------------------------------------------------------
+
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+_UNIX = 3
+_MEMBER_PERMISSIONS = 0o644 << 16
+
+
+def _check_npy_header(shape, dtype, where):
+    if dtype.hasobject:
+        raise _error(
+            where, f"expected a numeric array, found dtype {dtype} holding Python objects (never unpickled)"
+        )
+    if len(shape) > 4 or any(size > MAX_CLASSES for size in shape):
+        raise _error(
+            where, f"expected a LeNet-5 array shape (at most 4 axes of at most {MAX_CLASSES}), found {shape}"
+        )
+    if math.prod(shape) > MAX_ELEMENTS:
+        raise _error(
+            where, f"expected at most {MAX_ELEMENTS} elements, found {math.prod(shape)} (shape {shape})"
+        )
+
+
+def _read_member(archive, info, source):
+    """Read one .npy member, checking its header and its declared size before reading its data."""
+    where = _where(source, info.filename)
+    try:
+        with archive.open(info) as stream:
+            version = npy_format.read_magic(stream)
+            if version not in ((1, 0), (2, 0)):
+                raise _error(
+                    where, f"expected .npy format version 1.0 or 2.0, found {version[0]}.{version[1]}"
+                )
+            if version == (1, 0):
+                shape, fortran_order, dtype = npy_format.read_array_header_1_0(stream)
+            else:
+                shape, fortran_order, dtype = npy_format.read_array_header_2_0(stream)
+            _check_npy_header(shape, dtype, where)
+            data_size = math.prod(shape) * dtype.itemsize
+            member_size = stream.tell() + data_size
+            if info.file_size != member_size:
+                raise _error(
+                    where,
+                    f"the zip directory declares {info.file_size} uncompressed bytes, "
+                    f"the .npy header of a {dtype} array of shape {shape} implies {member_size}",
+                )
+            data = stream.read(data_size)
+            if len(data) != data_size:
+                raise _error(where, f"truncated: expected {data_size} bytes of array data, found {len(data)}")
+            return np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran_order else "C")
+    except WeightFileError:
+        raise
+    except _ARCHIVE_ERRORS as exc:
+        raise _error(where, f"unreadable .npy member ({type(exc).__name__}: {exc})") from exc
+
+
+class _ArchiveMembers(Mapping):
+    """The arrays of an open .npz archive by key (member name without .npy), read on access."""
+
+    def __init__(self, archive, source):
+        self._archive, self._source, self._members = archive, source, {}
+        members = archive.infolist()
+        if len(members) > _MAX_ARCHIVE_MEMBERS:
+            raise _error(
+                _where(source), f"expected at most {_MAX_ARCHIVE_MEMBERS} members, found {len(members)}"
+            )
+        for info in members:
+            if not info.filename.endswith(".npy") or info.is_dir():
+                raise _error(
+                    _where(source, info.filename),
+                    "expected only .npy array members; this name does not end in .npy",
+                )
+            key = info.filename.removesuffix(".npy")
+            if key in self._members:
+                raise _error(_where(source, info.filename), "expected unique member names, found a duplicate")
+            self._members[key] = info
+
+    def __getitem__(self, key):
+        return _read_member(self._archive, self._members[key], self._source)
+
+    def __iter__(self):
+        return iter(self._members)
+
+    def __len__(self):
+        return len(self._members)
+
+
+def _read_metadata(members, source):
+    where = _where(source, f"{METADATA_KEY}.npy")
+    array = members[METADATA_KEY]
+    if array.dtype != np.uint8 or array.ndim != 1:
+        raise _error(
+            where,
+            f"expected a 1-D uint8 array of UTF-8 JSON, found dtype {array.dtype} with shape {array.shape}",
+        )
+    try:
+        metadata = json.loads(array.tobytes().decode("utf-8"))
+    except (ValueError, RecursionError) as exc:
+        raise _error(where, f"expected UTF-8 JSON metadata, found invalid data ({exc})") from exc
+    if not isinstance(metadata, dict):
+        raise _error(where, f"expected a JSON object, found a JSON {type(metadata).__name__}")
+    return metadata
+
+
+def load_npz(path, *, key_map=None, strict=True):
+    """Load LeNet-5 weights from a ``.npz`` file safely: nothing is ever unpickled.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        An ``.npz`` file written by `save_npz`, ``numpy.savez`` or ``numpy.savez_compressed``.
+    key_map : mapping of str to str, optional
+        Passed to `canonicalize`.
+    strict : bool, default True
+        Passed to `canonicalize`: reject arrays the matched layout does not use.
+
+    Returns
+    -------
+    weights : dict of str to ndarray
+        Canonical weights, as `canonicalize` returns them.
+    metadata : dict
+        The JSON object stored in the ``__lenet_fast__.npy`` member, or ``{}`` if there is none.
+
+    Raises
+    ------
+    FileNotFoundError
+        If `path` does not exist.
+    WeightFileError
+        If the file is not a readable zip archive; a member is not a ``.npy`` array, is
+        truncated, corrupt, holds Python objects, declares a size its header disagrees with, or
+        has a shape no LeNet-5 can have (more than 4 axes, an axis over 100000 or more than 2**24
+        elements); the metadata is not a JSON object; or `canonicalize` rejects the weights.
+
+    Examples
+    --------
+    >>> weights, metadata = load_npz("lenet5.npz")  # doctest: +SKIP
+    """
+    source = os.fspath(path)
+    if not os.path.exists(source):
+        raise FileNotFoundError(f"weight file {source!r} does not exist")
+    try:
+        archive = zipfile.ZipFile(source)
+    except _ARCHIVE_ERRORS as exc:
+        raise _error(
+            _where(source),
+            f"expected a .npz (zip) archive, found an unreadable file ({type(exc).__name__}: {exc})",
+        ) from exc
+    with archive:
+        members = _ArchiveMembers(archive, source)
+        metadata = _read_metadata(members, source) if METADATA_KEY in members else {}
+        weights = canonicalize(members, key_map=key_map, strict=strict, source=source)
+    return weights, metadata
+
+
+def save_npz(path, weights, metadata=None):
+    """Write weights and metadata as an uncompressed ``.npz`` that is byte-for-byte reproducible.
+
+    Members are the ten canonical arrays (little-endian float32) in canonical order, then
+    ``__lenet_fast__.npy`` holding the metadata as compact, key-sorted JSON; timestamps and
+    permissions are fixed, so saving the result of `load_npz` reproduces the file exactly.
+    ``numpy.load`` reads the file.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Destination, written as given (no ``.npz`` suffix is added); overwritten if it exists.
+    weights : mapping of str to array_like
+        Any layout `canonicalize` accepts (strictly).
+    metadata : dict, optional
+        JSON-serialisable information to store with the weights (e.g. the activations).
+
+    Raises
+    ------
+    WeightFileError
+        If `canonicalize` rejects `weights`.
+    TypeError
+        If `metadata` is not a dict.
+    ValueError
+        If `metadata` cannot be serialised as JSON (including NaN and infinity).
+
+    Examples
+    --------
+    >>> save_npz("lenet5.npz", weights, {"conv_activation": "relu"})  # doctest: +SKIP
+    """
+    weights = canonicalize(weights)
+    metadata = {} if metadata is None else metadata
+    if not isinstance(metadata, dict):
+        raise TypeError(f"metadata must be a dict, found {type(metadata).__name__}")
+    try:
+        text = json.dumps(metadata, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"metadata must be JSON-serialisable, found {exc}") from exc
+    arrays = {key: np.asarray(weights[key], dtype="<f4") for key in CANONICAL_KEYS}
+    arrays[METADATA_KEY] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+    archive_bytes = io.BytesIO()
+    with zipfile.ZipFile(archive_bytes, "w", zipfile.ZIP_STORED) as archive:
+        for key, array in arrays.items():
+            member_bytes = io.BytesIO()
+            npy_format.write_array(member_bytes, array, version=(1, 0), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=_ZIP_EPOCH)
+            info.create_system, info.external_attr = _UNIX, _MEMBER_PERMISSIONS
+            archive.writestr(info, member_bytes.getvalue())
+    with open(path, "wb") as file:
+        file.write(archive_bytes.getvalue())

@@ -1,0 +1,56 @@
+"""lenet_fast: LeNet-5 inference on the CPU with compiled SIMD kernels behind a NumPy API.
+
+>>> from lenet_fast import LeNet
+>>> labels = LeNet.from_npz("lenet.npz").predict(batch)   # doctest: +SKIP
+
+Layout of the package: ``_model`` (the `LeNet` class: validation, options), ``_weights`` (weight
+layouts and safe ``.npz`` I/O), ``_dispatch`` (which compiled kernel module runs: AVX-512, AVX2
+or generic, chosen at import), ``reference`` (plain NumPy forward pass, the ground truth), and
+the compiled ``_kernels_*`` modules built from ``src/``.
+"""
+
+from . import _dispatch
+from ._model import LeNet
+from ._summary import LayerSummary, ModelSummary
+from ._weights import WeightFileError
+
+__version__ = "0.1.0"
+__all__ = ["LeNet", "LayerSummary", "ModelSummary", "WeightFileError", "show_config"]
+
+
+def show_config(print_out=True):
+    """Report the kernel level chosen at import, OpenMP, and thread defaults.
+
+    Parameters
+    ----------
+    print_out : bool, default True
+        Print a readable report as well as returning it.
+
+    Returns
+    -------
+    dict
+        ``isa`` (the level in use), ``usable_isas`` (levels this CPU runs, best first),
+        ``built_isas``, ``forced_isa`` (``LENET_FAST_ISA`` or None), ``vector_lanes``,
+        ``openmp``, ``default_num_threads``, ``openmp_max_threads``, ``version``.
+    """
+    import os
+
+    kernels = _dispatch.kernels
+    config = {
+        "version": __version__,
+        "isa": kernels.ISA,
+        "usable_isas": _dispatch.usable_levels(),
+        "built_isas": _dispatch.built_levels(),
+        "forced_isa": os.environ.get(_dispatch.ISA_ENVIRONMENT_VARIABLE) or None,
+        "vector_lanes": kernels.LANES,
+        "openmp": kernels.HAVE_OPENMP,
+        "default_num_threads": _dispatch.default_num_threads(),
+        "openmp_max_threads": kernels.max_threads(),
+    }
+    if print_out:
+        width = max(map(len, config))
+        for key, value in config.items():
+            if isinstance(value, tuple):
+                value = ", ".join(value)
+            print(f"{key.ljust(width)}  {value}")
+    return config

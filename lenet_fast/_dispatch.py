@@ -1,0 +1,82 @@
+"""Run-time choice of the kernel module, and the thread-count default.
+
+The kernels are compiled several times (see ``setup.py``): ``_kernels_avx512``, ``_kernels_avx2``
+and ``_kernels_generic``.  ``_cpu_features`` (compiled for the baseline ISA, so it runs anywhere)
+says which of them this CPU can execute; at import we load the best one, once per process.
+``LENET_FAST_ISA=generic|avx2|avx512`` forces a level; forcing one the CPU lacks is an
+``ImportError`` rather than an illegal-instruction crash later.
+"""
+
+import importlib
+import importlib.util
+import os
+
+from . import _cpu_features
+
+LEVELS = ("avx512", "avx2", "generic")
+ISA_ENVIRONMENT_VARIABLE = "LENET_FAST_ISA"
+
+
+def built_levels():
+    """Kernel levels compiled into this installation, best first."""
+    return tuple(
+        level for level in LEVELS
+        if importlib.util.find_spec(f"lenet_fast._kernels_{level}") is not None
+    )
+
+
+def usable_levels():
+    """Levels both built here and supported by this CPU, best first."""
+    supported = _cpu_features.supported_levels()
+    return tuple(level for level in built_levels() if level in supported)
+
+
+def load_kernels(level):
+    """Import the kernel module of ``level`` after checking that this CPU can run it.
+
+    Raises
+    ------
+    ValueError
+        ``level`` is not one of ``LEVELS``.
+    ImportError
+        The level was not built here, or this CPU (or its operating system) lacks the instructions.
+    """
+    if level not in LEVELS:
+        raise ValueError(f"unknown ISA level {level!r}: expected one of {', '.join(LEVELS)}")
+    if level not in built_levels():
+        raise ImportError(
+            f"lenet_fast was built without the {level!r} kernels on this platform "
+            f"(built: {', '.join(built_levels())})"
+        )
+    if level not in _cpu_features.supported_levels():
+        raise ImportError(
+            f"{ISA_ENVIRONMENT_VARIABLE}={level} but this CPU does not support {level} "
+            f"(it supports: {', '.join(_cpu_features.supported_levels())})"
+        )
+    return importlib.import_module(f"lenet_fast._kernels_{level}")
+
+
+def _select_kernels():
+    forced = os.environ.get(ISA_ENVIRONMENT_VARIABLE, "").strip().lower()
+    if forced:
+        if forced not in LEVELS:
+            raise ImportError(
+                f"{ISA_ENVIRONMENT_VARIABLE}={forced!r} is not a level: expected one of "
+                f"{', '.join(LEVELS)}"
+            )
+        return load_kernels(forced)
+    return load_kernels(usable_levels()[0])
+
+
+def default_num_threads():
+    """Threads a model uses by default: ``OMP_NUM_THREADS`` when set, else the CPUs this process
+    may run on (its affinity mask), else ``os.cpu_count()``."""
+    requested = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if requested.isdigit() and int(requested) > 0:
+        return int(requested)
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+kernels = _select_kernels()

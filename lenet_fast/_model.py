@@ -1,0 +1,380 @@
+"""The public `LeNet` class: load weights, validate inputs once, hand contiguous float32 batches to
+the compiled engine of the ISA level chosen at import (``lenet_fast._dispatch``).
+
+Everything user-facing is checked here, with messages that name the argument, what was expected
+and what was found; the kernels then trust their input.  Inputs that need converting (float16/64,
+non-contiguous or byte-swapped views) are converted in chunks, so a million-image batch never
+needs a second full-size copy.
+"""
+
+import numpy as np
+
+from . import _dispatch, _weights
+from ._summary import ModelSummary
+from .reference import ACTIVATIONS, OUTPUT_ACTIVATIONS, POOLS
+
+DEFAULT_ARCHITECTURE = {
+    "conv_activation": "relu",
+    "fc_activation": "sigmoid",
+    "output_activation": "sigmoid",
+    "pool": "max",
+}
+_ALLOWED = {
+    "conv_activation": ACTIVATIONS,
+    "fc_activation": ACTIVATIONS,
+    "output_activation": OUTPUT_ACTIVATIONS,
+    "pool": POOLS,
+}
+_INPUT_SIZES = (32, 28)
+_CONVERSION_CHUNK = 4096        # images converted to float32 at a time
+_IMAGES_PER_THREAD = 32         # below this many images per thread, fewer threads are used
+
+
+def _activation_code(kernels, name):
+    return getattr(kernels, f"ACT_{name.upper()}")
+
+
+def _resolve_architecture(explicit, stored):
+    """Explicit arguments beat the file's stored architecture, which beats the defaults."""
+    architecture = {}
+    for option, default in DEFAULT_ARCHITECTURE.items():
+        value = explicit.get(option)
+        if value is None:
+            value = stored.get(option, default)
+        if value not in _ALLOWED[option]:
+            raise ValueError(
+                f"{option} must be one of {', '.join(map(repr, _ALLOWED[option]))}; got {value!r}"
+            )
+        architecture[option] = value
+    return architecture
+
+
+def _check_num_threads(value, argument="num_threads"):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{argument} must be a positive integer or None; got {value!r}")
+    if value < 1:
+        raise ValueError(f"{argument} must be >= 1; got {value}")
+    return int(value)
+
+
+class LeNet:
+    """LeNet-5 inference on the CPU with compiled SIMD kernels.
+
+    The network: input C x 32 x 32 (or 28 x 28, zero-padded by 2) -> conv1 5x5 -> 2x2 pool ->
+    conv2 5x5 -> 2x2 pool -> conv3 5x5 (1 x 1 output) -> fc1 -> fc2.  Channel widths, input
+    channels and class count come from the weights.
+
+    Parameters
+    ----------
+    weights : mapping of str to array_like
+        Weights in any layout `from_state_dict` accepts.
+    conv_activation : {"relu", "sigmoid", "tanh", "identity"}, default "relu"
+        Applied after conv1, conv2 and conv3 (before pooling).
+    fc_activation : {"relu", "sigmoid", "tanh", "identity"}, default "sigmoid"
+        Applied after fc1.
+    output_activation : {"sigmoid", "relu", "tanh", "identity", "softmax"}, default "sigmoid"
+        Applied after fc2; ``"softmax"`` normalises over the classes.
+    pool : {"max", "avg"}, default "max"
+        2x2, stride-2 pooling after conv1 and conv2.
+    num_threads : int, optional
+        Threads for large batches; default: ``OMP_NUM_THREADS`` or the CPUs this process may use.
+    key_map : mapping, optional
+        Maps canonical names (``"conv1.weight"`` or a layer ``"conv1"``) to the names in `weights`.
+    strict : bool, default True
+        Reject keys that the recognised layout does not use.
+    metadata : dict, optional
+        Extra JSON-serialisable information saved with the model by `save_npz`.
+
+    Examples
+    --------
+    >>> model = LeNet.from_npz("lenet.npz")            # doctest: +SKIP
+    >>> labels = model.predict(images)                 # doctest: +SKIP
+    """
+
+    def __init__(self, weights, *, conv_activation="relu", fc_activation="sigmoid",
+                 output_activation="sigmoid", pool="max", num_threads=None, key_map=None,
+                 strict=True, metadata=None):
+        self._setup(
+            _weights.canonicalize(weights, key_map=key_map, strict=strict),
+            _resolve_architecture(
+                {"conv_activation": conv_activation, "fc_activation": fc_activation,
+                 "output_activation": output_activation, "pool": pool}, {}),
+            num_threads, metadata or {},
+        )
+
+    def _setup(self, weights, architecture, num_threads, metadata, kernels=None):
+        for array in weights.values():
+            array.setflags(write=False)
+        self._weights = weights
+        self._architecture = architecture
+        self._dimensions = _weights.infer_dimensions(weights)
+        self._metadata = {key: value for key, value in metadata.items() if key != "architecture"}
+        self.num_threads = num_threads
+        self._kernels = kernels or _dispatch.kernels
+        k = self._kernels
+        self._engine = k.Engine(
+            weights,
+            _activation_code(k, architecture["conv_activation"]),
+            _activation_code(k, architecture["fc_activation"]),
+            _activation_code(k, architecture["output_activation"]),
+            k.POOL_MAX if architecture["pool"] == "max" else k.POOL_AVG,
+        )
+
+    # ------------------------------------------------------------------------------------------
+    # Construction
+    # ------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_npz(cls, path, *, conv_activation=None, fc_activation=None, output_activation=None,
+                 pool=None, key_map=None, strict=True, num_threads=None):
+        """Load a model from a ``.npz`` weight file (never unpickles).
+
+        Parameters
+        ----------
+        path : str or path-like
+            A file written by `save_npz`, or ``np.savez`` of a PyTorch ``state_dict`` (the table
+            model, the PyTorch tutorial model, or a numbered ``nn.Sequential``).
+        conv_activation, fc_activation, output_activation, pool : str, optional
+            Override the architecture stored in the file (which overrides the defaults).
+        key_map : mapping, optional
+            Canonical name -> name in the file, for any other naming.
+        strict : bool, default True
+            Reject keys that the recognised layout does not use.
+        num_threads : int, optional
+            See `LeNet`.
+
+        Returns
+        -------
+        LeNet
+
+        Raises
+        ------
+        lenet_fast.WeightFileError
+            (a ``ValueError``) for a file that is unreadable, unsafe, incomplete or not a LeNet;
+            the message names the file, the member and the problem.
+        FileNotFoundError
+            If `path` does not exist.
+        """
+        weights, metadata = _weights.load_npz(path, key_map=key_map, strict=strict)
+        return cls._from_canonical(weights, metadata, num_threads, {
+            "conv_activation": conv_activation, "fc_activation": fc_activation,
+            "output_activation": output_activation, "pool": pool})
+
+    @classmethod
+    def from_state_dict(cls, mapping, *, conv_activation=None, fc_activation=None,
+                        output_activation=None, pool=None, key_map=None, strict=True,
+                        num_threads=None):
+        """Build a model from a mapping of names to arrays (e.g. a PyTorch ``state_dict``).
+
+        Accepts the same layouts and options as `from_npz`; tensors with ``.detach()`` /
+        ``__array__`` are converted with NumPy.
+
+        Returns
+        -------
+        LeNet
+        """
+        weights = _weights.canonicalize(mapping, key_map=key_map, strict=strict)
+        return cls._from_canonical(weights, {}, num_threads, {
+            "conv_activation": conv_activation, "fc_activation": fc_activation,
+            "output_activation": output_activation, "pool": pool})
+
+    @classmethod
+    def _from_canonical(cls, weights, metadata, num_threads, explicit):
+        architecture = _resolve_architecture(explicit, metadata.get("architecture", {}))
+        model = cls.__new__(cls)
+        model._setup(weights, architecture, num_threads, metadata)
+        return model
+
+    def save_npz(self, path):
+        """Write the weights and the architecture (and any metadata) to a ``.npz`` file.
+
+        The file is deterministic (the same model gives the same bytes) and
+        ``LeNet.from_npz(path)`` restores this model with no further arguments.
+        """
+        metadata = dict(self._metadata)
+        metadata["architecture"] = dict(self._architecture)
+        _weights.save_npz(path, self._weights, metadata)
+
+    # ------------------------------------------------------------------------------------------
+    # Properties
+    # ------------------------------------------------------------------------------------------
+
+    @property
+    def num_threads(self):
+        """Threads used for large batches (an int >= 1); settable."""
+        return self._num_threads
+
+    @num_threads.setter
+    def num_threads(self, value):
+        self._num_threads = (_dispatch.default_num_threads() if value is None
+                             else _check_num_threads(value))
+
+    @property
+    def architecture(self):
+        """The activations and pooling, as a dict (a copy)."""
+        return dict(self._architecture)
+
+    @property
+    def dimensions(self):
+        """Input channels, layer widths and class count read from the weights (a copy)."""
+        return dict(self._dimensions)
+
+    @property
+    def n_classes(self):
+        return self._dimensions["n_classes"]
+
+    @property
+    def in_channels(self):
+        return self._dimensions["in_channels"]
+
+    @property
+    def weights(self):
+        """The canonical float32 weights (read-only arrays)."""
+        return dict(self._weights)
+
+    @property
+    def metadata(self):
+        """Extra information stored with the model (a copy)."""
+        return dict(self._metadata)
+
+    @property
+    def isa(self):
+        """The instruction-set level of the kernels this model runs on."""
+        return self._kernels.ISA
+
+    def summary(self):
+        """Per-layer output shape, parameters, connections and multiply-adds.
+
+        Returns
+        -------
+        ModelSummary
+            ``str()`` of it is a readable table; ``summary()["conv1"].connections`` etc.
+        """
+        return ModelSummary(self._dimensions, self._architecture)
+
+    def __repr__(self):
+        d = self._dimensions
+        widths = "-".join(str(d[name]) for name in (
+            "in_channels", "conv1_channels", "conv2_channels", "conv3_channels", "fc1_units",
+            "n_classes"))
+        a = self._architecture
+        return (f"LeNet({widths}, conv={a['conv_activation']}, fc={a['fc_activation']}, "
+                f"output={a['output_activation']}, pool={a['pool']}, isa={self.isa}, "
+                f"num_threads={self._num_threads})")
+
+    def __getstate__(self):
+        return {"weights": self._weights, "architecture": self._architecture,
+                "metadata": self._metadata, "num_threads": self._num_threads}
+
+    def __setstate__(self, state):
+        weights = {key: np.array(value, dtype=np.float32) for key, value in state["weights"].items()}
+        self._setup(weights, state["architecture"], state["num_threads"], state["metadata"])
+
+    # ------------------------------------------------------------------------------------------
+    # Inference
+    # ------------------------------------------------------------------------------------------
+
+    def forward(self, x, *, num_threads=None, check_finite=True, out=None):
+        """Network outputs (after the output activation) for a batch of images.
+
+        Parameters
+        ----------
+        x : array_like of float, shape (N, C, 32, 32), (N, C, 28, 28), or (N, H, W) when C = 1
+            Normalised images, as the model was trained on.  float32 C-contiguous input is used
+            without a copy; float16/float64 and non-contiguous views are converted.  28 x 28
+            images are zero-padded by 2 on each side.
+        num_threads : int, optional
+            Threads for this call (default: ``self.num_threads``).  Small batches use fewer.
+        check_finite : bool, default True
+            Raise on NaN or infinite input.  With False the check is skipped and such images
+            give unspecified (possibly NaN) outputs for themselves only; other images are
+            unaffected.
+        out : ndarray of float32, shape (N, n_classes), optional
+            Where to write the result (C-contiguous).
+
+        Returns
+        -------
+        ndarray of float32, shape (N, n_classes)
+
+        Raises
+        ------
+        TypeError
+            For integer, boolean, complex or non-numeric input.
+        ValueError
+            For a wrong shape, or a NaN/infinity (naming the first bad image).
+        """
+        images, n = self._as_images(x)
+        scores = self._output(out, (n, self.n_classes), np.float32)
+        self._run(self._engine.forward, images, scores, num_threads, check_finite)
+        return scores
+
+    __call__ = forward
+
+    def predict(self, x, *, num_threads=None, check_finite=True, out=None):
+        """Predicted class of each image: the argmax of `forward` (lowest index on ties).
+
+        Parameters are those of `forward`; `out` is an int64 array of shape (N,).
+
+        Returns
+        -------
+        ndarray of int64, shape (N,)
+        """
+        images, n = self._as_images(x)
+        labels = self._output(out, (n,), np.int64)
+        self._run(self._engine.predict, images, labels, num_threads, check_finite)
+        return labels
+
+    def _as_images(self, x):
+        """Validate `x`; return it as an (N, C, S, S) array (not yet converted) and N."""
+        if not isinstance(x, np.ndarray):
+            x = np.asarray(x)
+        kind = x.dtype.kind
+        if kind != "f":
+            what = "boolean" if kind == "b" else {"i": "integer", "u": "integer",
+                                                   "c": "complex"}.get(kind, "non-numeric")
+            raise TypeError(
+                f"x must hold floating-point images (the normalised float tensor the model was "
+                f"trained on); got {what} dtype {x.dtype}"
+            )
+        c = self._dimensions["in_channels"]
+        if x.ndim == 3 and c == 1:
+            x = x.reshape(x.shape[0], 1, x.shape[1], x.shape[2])
+        if x.ndim != 4 or x.shape[1] != c or x.shape[2] != x.shape[3] or \
+                x.shape[2] not in _INPUT_SIZES:
+            accepted = f"(N, {c}, 32, 32) or (N, {c}, 28, 28)"
+            if c == 1:
+                accepted += ", or (N, 32, 32) / (N, 28, 28)"
+            raise ValueError(f"x must have shape {accepted}; got {tuple(np.shape(x))}")
+        return x, x.shape[0]
+
+    @staticmethod
+    def _output(out, shape, dtype):
+        if out is None:
+            return np.empty(shape, dtype=dtype)
+        if not isinstance(out, np.ndarray) or out.shape != shape or out.dtype != dtype or \
+                not out.flags.c_contiguous or not out.flags.writeable:
+            found = (f"{out.dtype} {out.shape}" if isinstance(out, np.ndarray)
+                     else type(out).__name__)
+            raise ValueError(f"out must be a writeable C-contiguous {np.dtype(dtype)} array of "
+                             f"shape {shape}; got {found}")
+        return out
+
+    def _run(self, kernel, images, result, num_threads, check_finite):
+        n = images.shape[0]
+        if n == 0:
+            return
+        threads = self._num_threads if num_threads is None else _check_num_threads(num_threads)
+        threads = max(1, min(threads, n // _IMAGES_PER_THREAD))
+        ready = (images.dtype == np.float32 and images.flags.c_contiguous
+                 and images.flags.aligned and images.dtype.isnative)
+        chunk = n if ready else _CONVERSION_CHUNK
+        for start in range(0, n, chunk):
+            block = images[start:start + chunk]
+            if not ready:
+                block = np.ascontiguousarray(block, dtype=np.float32)
+            bad = kernel(block, result[start:start + chunk], threads, check_finite)
+            if bad >= 0:
+                raise ValueError(
+                    f"x[{start + bad}] contains NaN or infinity; pass check_finite=False to skip "
+                    f"this check"
+                )

@@ -1,0 +1,108 @@
+"""Per-layer accounting of a LeNet: output shapes, parameters, connections, multiply-adds.
+
+Connections are counted as LeCun et al. (1998) count them: every weight use plus one bias term
+per output, so conv1 of the reference model has (5*5 + 1) * 6 * 28 * 28 = 122,304 connections and
+pool1 (2*2 + 1) * 6 * 14 * 14 = 5,880 (the paper's subsampling layers had a coefficient and a bias;
+ours have no parameters, but the count of the design source is kept for comparison).
+"""
+
+from dataclasses import dataclass
+
+_KERNEL_AREA = 25
+_POOL_AREA = 4
+
+
+@dataclass(frozen=True)
+class LayerSummary:
+    """One row of `ModelSummary`."""
+
+    name: str
+    kind: str
+    output_shape: tuple
+    parameters: int
+    connections: int
+    multiply_adds: int
+
+
+class ModelSummary:
+    """Per-layer table of a model; ``str()`` renders it for people.
+
+    Attributes
+    ----------
+    layers : list of LayerSummary
+        In network order: conv1, pool1, conv2, pool2, conv3, fc1, fc2.
+    total_parameters, total_connections, total_multiply_adds : int
+        Sums over the layers.
+    """
+
+    def __init__(self, dimensions, architecture):
+        c, c1, c2, c3, f1, k = (
+            dimensions[name]
+            for name in ("in_channels", "conv1_channels", "conv2_channels", "conv3_channels",
+                         "fc1_units", "n_classes")
+        )
+        pool = "max" if architecture["pool"] == "max" else "average"
+        conv_act = architecture["conv_activation"]
+        self.layers = [
+            _conv("conv1", c, c1, 28, conv_act),
+            _pool("pool1", c1, 14, pool),
+            _conv("conv2", c1, c2, 10, conv_act),
+            _pool("pool2", c2, 5, pool),
+            _conv("conv3", c2, c3, 1, conv_act),
+            _dense("fc1", c3, f1, architecture["fc_activation"]),
+            _dense("fc2", f1, k, architecture["output_activation"]),
+        ]
+        self.input_shape = (c, 32, 32)
+        self.total_parameters = sum(layer.parameters for layer in self.layers)
+        self.total_connections = sum(layer.connections for layer in self.layers)
+        self.total_multiply_adds = sum(layer.multiply_adds for layer in self.layers)
+
+    def __getitem__(self, name):
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(name)
+
+    def __str__(self):
+        header = ("layer", "type", "output", "parameters", "connections", "multiply-adds")
+        rows = [header, ("input", "", "x".join(map(str, self.input_shape)), "", "", "")]
+        for layer in self.layers:
+            rows.append((
+                layer.name, layer.kind, "x".join(map(str, layer.output_shape)),
+                f"{layer.parameters:,}", f"{layer.connections:,}", f"{layer.multiply_adds:,}",
+            ))
+        rows.append(("total", "", "", f"{self.total_parameters:,}", f"{self.total_connections:,}",
+                     f"{self.total_multiply_adds:,}"))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+        lines = []
+        for number, row in enumerate(rows):
+            cells = [row[i].ljust(widths[i]) if i < 3 else row[i].rjust(widths[i])
+                     for i in range(len(row))]
+            lines.append("  ".join(cells).rstrip())
+            if number in (0, len(rows) - 2):
+                lines.append("  ".join("-" * width for width in widths))
+        return "\n".join(lines)
+
+    def __repr__(self):
+        return (f"<ModelSummary: {len(self.layers)} layers, {self.total_parameters:,} parameters, "
+                f"{self.total_multiply_adds:,} multiply-adds per image>")
+
+
+def _conv(name, in_channels, out_channels, size, activation):
+    weights_per_output = _KERNEL_AREA * in_channels
+    outputs = out_channels * size * size
+    return LayerSummary(
+        name, f"conv 5x5 + {activation}", (out_channels, size, size),
+        (weights_per_output + 1) * out_channels, (weights_per_output + 1) * outputs,
+        weights_per_output * outputs,
+    )
+
+
+def _pool(name, channels, size, kind):
+    return LayerSummary(name, f"{kind} pool 2x2", (channels, size, size), 0,
+                        (_POOL_AREA + 1) * channels * size * size, 0)
+
+
+def _dense(name, inputs, outputs, activation):
+    return LayerSummary(name, f"dense + {activation}", (outputs,), (inputs + 1) * outputs,
+                        (inputs + 1) * outputs, inputs * outputs)

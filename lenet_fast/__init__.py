@@ -31,7 +31,8 @@ def show_config(print_out=True):
     dict
         ``isa`` (the level in use), ``usable_isas`` (levels this CPU runs, best first),
         ``built_isas``, ``forced_isa`` (``LENET_FAST_ISA`` or None), ``vector_lanes``,
-        ``openmp``, ``default_num_threads``, ``openmp_max_threads``, ``version``.
+        ``openmp``, ``default_num_threads``, ``openmp_max_threads``, ``openmp_wait_policy``,
+        ``version``.
     """
     import os
 
@@ -46,6 +47,7 @@ def show_config(print_out=True):
         "openmp": kernels.HAVE_OPENMP,
         "default_num_threads": _dispatch.default_num_threads(),
         "openmp_max_threads": kernels.max_threads(),
+        "openmp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
     }
     if print_out:
         width = max(map(len, config))

@@ -79,4 +79,9 @@ def default_num_threads():
     return max(1, os.cpu_count() or 1)
 
 
+# libgomp reads OMP_WAIT_POLICY once, when it is loaded (with the first kernel module, unless
+# another library loaded it earlier).  Passive: OpenMP threads sleep between parallel regions
+# instead of spinning, which would steal a core from the calling Python thread and, on a busy
+# machine, make a 2-thread batch many times slower than a 1-thread one.  A user setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 kernels = _select_kernels()

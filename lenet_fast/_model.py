@@ -9,7 +9,7 @@ needs a second full-size copy.
 
 import numpy as np
 
-from . import _dispatch, _weights
+from . import _dispatch, _preprocessing, _weights
 from ._summary import ModelSummary
 from .reference import ACTIVATIONS, OUTPUT_ACTIVATIONS, POOLS
 
@@ -26,6 +26,7 @@ _ALLOWED = {
     "pool": POOLS,
 }
 _INPUT_SIZES = (32, 28)
+_FLOAT32 = np.dtype(np.float32)  # native float32 (a byte-swapped one is a different dtype object)
 _CONVERSION_CHUNK = 4096        # images converted to float32 at a time
 _IMAGES_PER_THREAD = 32         # below this many images per thread, fewer threads are used
 
@@ -109,6 +110,8 @@ class LeNet:
         self._architecture = architecture
         self._dimensions = _weights.infer_dimensions(weights)
         self._metadata = {key: value for key, value in metadata.items() if key != "architecture"}
+        self._preprocessing = _preprocessing.Preprocessing.from_metadata(self._metadata)
+        self._classes = _preprocessing.class_names(self._metadata, self._dimensions["n_classes"])
         self.num_threads = num_threads
         self._kernels = kernels or _dispatch.kernels
         k = self._kernels
@@ -159,6 +162,41 @@ class LeNet:
         return cls._from_canonical(weights, metadata, num_threads, {
             "conv_activation": conv_activation, "fc_activation": fc_activation,
             "output_activation": output_activation, "pool": pool})
+
+    @classmethod
+    def pretrained(cls, name, *, num_threads=None):
+        """Load a model trained by ``lenet_fast.train`` and shipped with the package.
+
+        The file stores its preprocessing (so uint8 images can be passed as they are), its
+        class names (`classes`) and its provenance (``metadata["provenance"]``).
+
+        Parameters
+        ----------
+        name : {"fashion-mnist", "mnist"}
+            ``"fashion-mnist"``: the ten Fashion-MNIST garment classes; ``"mnist"``: digits.
+        num_threads : int, optional
+            See `LeNet`.
+
+        Returns
+        -------
+        LeNet
+
+        Raises
+        ------
+        ValueError
+            If `name` is not one of the shipped models (the message lists them).
+
+        Examples
+        --------
+        >>> from lenet_fast.datasets import load_sample
+        >>> images, labels = load_sample()
+        >>> model = LeNet.pretrained("fashion-mnist")
+        >>> model.classes[model.predict(images[:1])[0]]
+        'Ankle boot'
+        """
+        from .datasets import pretrained_path
+
+        return cls.from_npz(pretrained_path(name), num_threads=num_threads)
 
     @classmethod
     def from_state_dict(cls, mapping, *, conv_activation=None, fc_activation=None,
@@ -233,6 +271,11 @@ class LeNet:
         return dict(self._weights)
 
     @property
+    def classes(self):
+        """The class names stored with the model (a list of str, one per output), or None."""
+        return None if self._classes is None else list(self._classes)
+
+    @property
     def metadata(self):
         """Extra information stored with the model (a copy)."""
         return dict(self._metadata)
@@ -282,7 +325,9 @@ class LeNet:
         x : array_like of float, shape (N, C, 32, 32), (N, C, 28, 28), or (N, H, W) when C = 1
             Normalised images, as the model was trained on.  float32 C-contiguous input is used
             without a copy; float16/float64 and non-contiguous views are converted.  28 x 28
-            images are zero-padded by 2 on each side.
+            images are zero-padded by 2 on each side.  uint8 pixels are accepted when the model
+            stores its preprocessing (pretrained models do) and are normalised with it, in
+            chunks; float input is always taken as already normalised.
         num_threads : int, optional
             Threads for this call (default: ``self.num_threads``).  Small batches use fewer.
         check_finite : bool, default True
@@ -299,7 +344,8 @@ class LeNet:
         Raises
         ------
         TypeError
-            For integer, boolean, complex or non-numeric input.
+            For boolean, complex or non-numeric input, or integer input other than uint8 on a
+            model with stored preprocessing.
         ValueError
             For a wrong shape, or a NaN/infinity (naming the first bad image).
         """
@@ -329,13 +375,15 @@ class LeNet:
         if not isinstance(x, np.ndarray):
             x = np.asarray(x)
         kind = x.dtype.kind
-        if kind != "f":
+        if kind != "f" and not (x.dtype == np.uint8 and self._preprocessing is not None):
             what = "boolean" if kind == "b" else {"i": "integer", "u": "integer",
                                                    "c": "complex"}.get(kind, "non-numeric")
-            raise TypeError(
-                f"x must hold floating-point images (the normalised float tensor the model was "
-                f"trained on); got {what} dtype {x.dtype}"
-            )
+            if self._preprocessing is None:
+                expected = ("floating-point images (a model without stored preprocessing needs "
+                            "float input: the normalised tensor it was trained on)")
+            else:
+                expected = "floating-point (normalised) images or uint8 pixels"
+            raise TypeError(f"x must hold {expected}; got {what} dtype {x.dtype}")
         c = self._dimensions["in_channels"]
         if x.ndim == 3 and c == 1:
             x = x.reshape(x.shape[0], 1, x.shape[1], x.shape[2])
@@ -365,16 +413,19 @@ class LeNet:
             return
         threads = self._num_threads if num_threads is None else _check_num_threads(num_threads)
         threads = max(1, min(threads, n // _IMAGES_PER_THREAD))
-        ready = (images.dtype == np.float32 and images.flags.c_contiguous
-                 and images.flags.aligned and images.dtype.isnative)
-        chunk = n if ready else _CONVERSION_CHUNK
-        for start in range(0, n, chunk):
-            block = images[start:start + chunk]
-            if not ready:
-                block = np.ascontiguousarray(block, dtype=np.float32)
-            bad = kernel(block, result[start:start + chunk], threads, check_finite)
-            if bad >= 0:
-                raise ValueError(
-                    f"x[{start + bad}] contains NaN or infinity; pass check_finite=False to skip "
-                    f"this check"
-                )
+        flags = images.flags
+        if images.dtype is _FLOAT32 and flags.c_contiguous and flags.aligned:
+            self._raise_if_bad(kernel(images, result, threads, check_finite), 0)
+            return
+        for start in range(0, n, _CONVERSION_CHUNK):
+            block = np.ascontiguousarray(images[start:start + _CONVERSION_CHUNK], dtype=np.float32)
+            bad = kernel(block, result[start:start + _CONVERSION_CHUNK], threads, check_finite)
+            self._raise_if_bad(bad, start)
+
+    @staticmethod
+    def _raise_if_bad(bad, offset):
+        if bad >= 0:
+            raise ValueError(
+                f"x[{offset + bad}] contains NaN or infinity; pass check_finite=False to skip "
+                f"this check"
+            )

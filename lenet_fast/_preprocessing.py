@@ -1,0 +1,116 @@
+"""What a model file says about its inputs and outputs: how raw pixels become the network's input,
+and the names of its classes.
+
+Design: both live in the model's JSON metadata (``save_npz`` stores it in ``__lenet_fast__``)::
+
+    "preprocessing": {"scale": 255.0, "mean": 0.286, "std": 0.353, "pad": 2}
+    "classes": ["T-shirt/top", "Trouser", ...]
+
+and are checked once, when the model is built, by `Preprocessing.from_metadata` and
+`class_names`; a model without them is valid and then takes only float input.  uint8 images are
+turned into float32 ``(x / scale - mean) / std`` -- the same operations, in the same order and
+precision, as the training recipe (``lenet_fast.train``) -- one chunk at a time by `LeNet._run`,
+so memory stays bounded.  ``pad`` records that 28 x 28 images are zero-padded by 2 pixels *after*
+normalisation, which the engine does itself; it is stored so the file describes the whole input
+pipeline.
+"""
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+_ENGINE_PAD = 2         # 28 x 28 input is zero-padded to 32 x 32 by the engine
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """The transform from uint8 pixels to network input: ``(x / scale - mean) / std``.
+
+    Attributes
+    ----------
+    scale : float
+        Divides the raw pixel values (255 maps them to [0, 1]).
+    mean, std : float
+        Normalisation after scaling.
+    pad : int
+        Zero padding of 28 x 28 images after normalisation (always 2: the engine's).
+    """
+
+    scale: float
+    mean: float
+    std: float
+    pad: int = _ENGINE_PAD
+
+    @classmethod
+    def from_metadata(cls, metadata):
+        """The preprocessing stored in a model's metadata, or None if there is none.
+
+        Raises
+        ------
+        ValueError
+            If ``metadata["preprocessing"]`` is not a dict of finite numbers with positive
+            ``scale`` and ``std`` and ``pad`` equal to 2; the message names the field.
+        """
+        stored = metadata.get("preprocessing")
+        if stored is None:
+            return None
+        if not isinstance(stored, dict) or set(stored) - {"scale", "mean", "std", "pad"} or \
+                not {"scale", "mean", "std"} <= set(stored):
+            found = sorted(stored) if isinstance(stored, dict) else type(stored).__name__
+            raise ValueError(f"metadata['preprocessing'] must be a dict with keys scale, mean, "
+                             f"std and optionally pad; got {found}")
+        values = {}
+        for key in ("scale", "mean", "std"):
+            value = stored[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                    not math.isfinite(value) or (key != "mean" and value <= 0):
+                rule = "a finite number" if key == "mean" else "a positive finite number"
+                raise ValueError(f"metadata['preprocessing']['{key}'] must be {rule}; "
+                                 f"got {value!r}")
+            values[key] = float(value)
+        pad = stored.get("pad", _ENGINE_PAD)
+        if pad != _ENGINE_PAD or isinstance(pad, bool):
+            raise ValueError(f"metadata['preprocessing']['pad'] must be {_ENGINE_PAD} (the "
+                             f"engine pads 28 x 28 input by 2); got {pad!r}")
+        return cls(pad=_ENGINE_PAD, **values)
+
+    def to_metadata(self):
+        """The dict stored under ``metadata["preprocessing"]``."""
+        return {"scale": self.scale, "mean": self.mean, "std": self.std, "pad": self.pad}
+
+    def apply(self, pixels):
+        """Normalise uint8 pixels into a new C-contiguous float32 array of the same shape.
+
+        Parameters
+        ----------
+        pixels : ndarray of uint8
+
+        Returns
+        -------
+        ndarray of float32
+        """
+        result = np.empty(pixels.shape, dtype=np.float32)
+        np.divide(pixels, np.float32(self.scale), out=result, dtype=np.float32)
+        result -= np.float32(self.mean)
+        result /= np.float32(self.std)
+        return result
+
+
+def class_names(metadata, n_classes):
+    """The class names stored in a model's metadata (a list of str), or None if there are none.
+
+    Raises
+    ------
+    ValueError
+        If ``metadata["classes"]`` is not a list of `n_classes` strings.
+    """
+    names = metadata.get("classes")
+    if names is None:
+        return None
+    if not isinstance(names, list) or len(names) != n_classes or \
+            not all(isinstance(name, str) for name in names):
+        found = (f"{len(names)} entries" if isinstance(names, list) else type(names).__name__)
+        raise ValueError(f"metadata['classes'] must be a list of {n_classes} strings (one per "
+                         f"output); got {found}")
+    return list(names)

@@ -418,7 +418,9 @@ class LeNet:
             self._raise_if_bad(kernel(images, result, threads, check_finite), 0)
             return
         for start in range(0, n, _CONVERSION_CHUNK):
-            block = np.ascontiguousarray(images[start:start + _CONVERSION_CHUNK], dtype=np.float32)
+            block = images[start:start + _CONVERSION_CHUNK]
+            block = (self._preprocessing.apply(block) if block.dtype == np.uint8
+                     else np.ascontiguousarray(block, dtype=np.float32))
             bad = kernel(block, result[start:start + _CONVERSION_CHUNK], threads, check_finite)
             self._raise_if_bad(bad, start)
 

@@ -22,7 +22,6 @@ import numpy as np
 import lenet_fast
 from lenet_fast import LeNet, reference
 
-LAYER_NAMES = ("conv1", "conv2", "conv3", "fc1", "fc2")
 LAYER_SHAPES = {"conv1": (6, 1, 5, 5), "conv2": (16, 6, 5, 5), "conv3": (120, 16, 5, 5),
                 "fc1": (84, 120), "fc2": (10, 84)}
 ENGINES = ("lenet_fast", "onnxruntime", "openvino", "torch", "numpy")

@@ -217,6 +217,24 @@ class LeNet:
             "output_activation": output_activation, "pool": pool})
 
     @classmethod
+    def from_onnx(cls, path_or_model, *, conv_activation=None, fc_activation=None,
+                  output_activation=None, pool=None, num_threads=None):
+        """Build a model from a LeNet-5 ONNX graph (e.g. from ``torch.onnx.export``).
+
+        Needs the ``onnx`` package (``pip install lenet_fast[onnx]``).  The architecture is read
+        from the graph; see `lenet_fast.onnx.from_onnx` for what is accepted and the errors.
+
+        Returns
+        -------
+        LeNet
+        """
+        from .onnx import from_onnx
+
+        return from_onnx(path_or_model, conv_activation=conv_activation,
+                         fc_activation=fc_activation, output_activation=output_activation,
+                         pool=pool, num_threads=num_threads)
+
+    @classmethod
     def _from_canonical(cls, weights, metadata, num_threads, explicit):
         architecture = _resolve_architecture(explicit, metadata.get("architecture", {}))
         model = cls.__new__(cls)
@@ -232,6 +250,13 @@ class LeNet:
         metadata = dict(self._metadata)
         metadata["architecture"] = dict(self._architecture)
         _weights.save_npz(path, self._weights, metadata)
+
+    def to_onnx(self, path):
+        """Write the network as an ONNX graph (opset 17) that ONNX Runtime runs to the same
+        outputs; see `lenet_fast.onnx.to_onnx`.  Needs the ``onnx`` package."""
+        from .onnx import to_onnx
+
+        to_onnx(self, path)
 
     # ------------------------------------------------------------------------------------------
     # Properties

@@ -1,0 +1,415 @@
+"""ONNX interop: torch -> ONNX -> lenet_fast equals torch; lenet_fast -> ONNX -> ONNX Runtime equals
+lenet_fast; unsupported graphs are rejected naming the first offending node."""
+
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")  # the test extra installs it: a skip here means a broken env
+import onnxruntime  # noqa: E402
+import torch  # noqa: E402
+from onnx import helper, numpy_helper  # noqa: E402
+from torch import nn  # noqa: E402
+
+from lenet_fast import LeNet, WeightFileError  # noqa: E402
+from lenet_fast.onnx import ONNXImportError, from_onnx, to_onnx  # noqa: E402
+
+TOLERANCE = 1e-5
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning",
+                                        "ignore::FutureWarning")
+
+
+class TableModel(nn.Module):
+    """The design table's layer names: conv1, conv2, conv3 (a convolution), fc1, fc2."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(1, 6, 5), nn.Conv2d(6, 16, 5)
+        self.conv3, self.fc1, self.fc2 = nn.Conv2d(16, 120, 5), nn.Linear(120, 84), nn.Linear(84, 10)
+
+    def forward(self, x):
+        x = torch.max_pool2d(torch.relu(self.conv1(x)), 2)
+        x = torch.max_pool2d(torch.relu(self.conv2(x)), 2)
+        x = torch.flatten(torch.relu(self.conv3(x)), 1)
+        return torch.sigmoid(self.fc2(torch.sigmoid(self.fc1(x))))
+
+
+class TutorialModel(nn.Module):
+    """The PyTorch tutorial "Neural Networks" model: fc1 is a dense layer over 16*5*5 features."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(1, 6, 5), nn.Conv2d(6, 16, 5)
+        self.fc1, self.fc2, self.fc3 = nn.Linear(400, 120), nn.Linear(120, 84), nn.Linear(84, 10)
+
+    def forward(self, x):
+        x = nn.functional.max_pool2d(nn.functional.relu(self.conv1(x)), (2, 2))
+        x = nn.functional.max_pool2d(nn.functional.relu(self.conv2(x)), 2)
+        x = torch.flatten(x, 1)
+        x = nn.functional.relu(self.fc1(x))
+        x = nn.functional.relu(self.fc2(x))
+        return self.fc3(x)
+
+
+def sequential_model(padding=0, in_channels=1, output=None):
+    """A numbered nn.Sequential: tanh, average pooling, optional padded first conv and softmax."""
+    layers = [nn.Conv2d(in_channels, 6, 5, padding=padding), nn.Tanh(), nn.AvgPool2d(2),
+              nn.Conv2d(6, 16, 5), nn.Tanh(), nn.AvgPool2d(2), nn.Flatten(),
+              nn.Linear(400, 120), nn.Tanh(), nn.Linear(120, 84), nn.Tanh(), nn.Linear(84, 10)]
+    return nn.Sequential(*layers, *([output] if output is not None else []))
+
+
+TORCH_MODELS = {
+    "table": (TableModel, 1, 32),
+    "tutorial": (TutorialModel, 1, 32),
+    "sequential": (sequential_model, 1, 32),
+    "sequential-padding2-28x28": (lambda: sequential_model(padding=2), 1, 28),
+    "softmax-output-rgb": (lambda: sequential_model(in_channels=3, output=nn.Softmax(dim=1)), 3, 32),
+}
+EXPECTED_ARCHITECTURES = {
+    "table": {"conv_activation": "relu", "fc_activation": "sigmoid",
+              "output_activation": "sigmoid", "pool": "max"},
+    "tutorial": {"conv_activation": "relu", "fc_activation": "relu",
+                 "output_activation": "identity", "pool": "max"},
+    "sequential": {"conv_activation": "tanh", "fc_activation": "tanh",
+                   "output_activation": "identity", "pool": "avg"},
+    "sequential-padding2-28x28": {"conv_activation": "tanh", "fc_activation": "tanh",
+                                  "output_activation": "identity", "pool": "avg"},
+    "softmax-output-rgb": {"conv_activation": "tanh", "fc_activation": "tanh",
+                           "output_activation": "softmax", "pool": "avg"},
+}
+
+
+def export(module, example, path, dynamo):
+    """torch.onnx.export with a dynamic batch axis, with either of torch's exporters."""
+    module.eval()
+    if dynamo:
+        torch.onnx.export(module, (example,), path, opset_version=17, dynamo=True,
+                          input_names=["x"], output_names=["y"],
+                          dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
+    else:
+        torch.onnx.export(module, (example,), path, opset_version=17, dynamo=False,
+                          input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
+
+
+def images(n, channels=1, size=32, seed=0):
+    return np.random.default_rng(seed).standard_normal((n, channels, size, size), dtype=np.float32)
+
+
+# Every model through the TorchScript exporter; the three layouts and padding=2 also through the
+# (slower) dynamo exporter, torch's default, which flattens with a Reshape instead of Flatten.
+EXPORTS = [(name, False) for name in TORCH_MODELS] + [
+    (name, True) for name in ("table", "tutorial", "sequential-padding2-28x28")]
+
+
+@pytest.mark.parametrize("name, dynamo", EXPORTS,
+                         ids=[f"{name}-{'dynamo' if dynamo else 'torchscript'}"
+                              for name, dynamo in EXPORTS])
+def test_torch_export_imports_to_the_same_function(tmp_path, name, dynamo):
+    factory, channels, size = TORCH_MODELS[name]
+    torch.manual_seed(0)
+    module = factory()
+    path = tmp_path / f"{name}.onnx"
+    export(module, torch.zeros(2, channels, size, size), path, dynamo)
+
+    model = LeNet.from_onnx(path)
+
+    x = images(257, channels, size)
+    with torch.no_grad():
+        expected = module(torch.from_numpy(x)).numpy()
+    assert model.architecture == EXPECTED_ARCHITECTURES[name]
+    np.testing.assert_allclose(model.forward(x), expected, rtol=0, atol=TOLERANCE)
+    np.testing.assert_array_equal(model.predict(x), model.forward(x).argmax(axis=1))
+    # The same weights as loading the state_dict directly (padding aside, the layouts agree).
+    direct = LeNet.from_state_dict(module.state_dict(), **EXPECTED_ARCHITECTURES[name])
+    for key, value in direct.weights.items():
+        np.testing.assert_array_equal(model.weights[key], value, err_msg=key)
+
+
+class OldTutorialModel(nn.Module):
+    """The older tutorial form: ``view(-1, 400)`` (a Reshape of a Constant node), sigmoid, and
+    layers without bias (a Conv with two inputs, a bare MatMul)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(1, 6, 5), nn.Conv2d(6, 16, 5, bias=False)
+        self.fc1 = nn.Linear(400, 120)
+        self.fc2, self.fc3 = nn.Linear(120, 84, bias=False), nn.Linear(84, 10)
+
+    def forward(self, x):
+        x = nn.functional.max_pool2d(torch.sigmoid(self.conv1(x)), 2)
+        x = nn.functional.max_pool2d(torch.sigmoid(self.conv2(x)), 2)
+        x = torch.sigmoid(self.fc1(x.view(-1, 16 * 5 * 5)))
+        return self.fc3(self.fc2(x))
+
+
+def test_reshape_constant_nodes_and_missing_biases(tmp_path):
+    torch.manual_seed(4)
+    module = OldTutorialModel()
+    path = tmp_path / "old.onnx"
+    export(module, torch.zeros(1, 1, 32, 32), path, dynamo=False)
+    ops = [node.op_type for node in onnx.load(path).graph.node]
+    assert "Constant" in ops and "Reshape" in ops and "MatMul" in ops  # what this test is about
+    model = LeNet.from_onnx(path)
+    assert model.architecture == {"conv_activation": "sigmoid", "fc_activation": "identity",
+                                  "output_activation": "identity", "pool": "max"}
+    assert not model.weights["conv2.bias"].any() and not model.weights["fc1.bias"].any()
+    x = images(100)
+    with torch.no_grad():
+        expected = module(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(model.forward(x), expected, rtol=0, atol=TOLERANCE)
+
+
+def test_matmul_add_and_untransposed_gemm(tmp_path):
+    torch.manual_seed(5)
+    reference = LeNet.from_state_dict(TableModel().state_dict(), output_activation="softmax")
+    path = tmp_path / "lenet.onnx"
+    reference.to_onnx(path)
+    proto = onnx.load(path)
+    graph = proto.graph
+    # fc1 as Gemm(transB=0) on a transposed weight; fc2 as MatMul then Add(bias, product).
+    weights = reference.weights
+    fc1, fc2 = node_named(proto, "fc1"), node_named(proto, "fc2")
+    set_attribute(fc1, "transB", 0)
+    fc1.input[1] = "fc1.weight.T"
+    graph.initializer.append(numpy_helper.from_array(weights["fc1.weight"].T.copy(),
+                                                     "fc1.weight.T"))
+    graph.initializer.append(numpy_helper.from_array(weights["fc2.weight"].T.copy(),
+                                                     "fc2.weight.T"))
+    position = list(graph.node).index(fc2)
+    matmul = helper.make_node("MatMul", [fc2.input[0], "fc2.weight.T"], ["product"], name="mm")
+    add = helper.make_node("Add", ["fc2.bias", "product"], [fc2.output[0]], name="bias_add")
+    graph.node.remove(fc2)
+    graph.node.insert(position, add)
+    graph.node.insert(position, matmul)
+    onnx.checker.check_model(proto)
+    model = from_onnx(proto)
+    assert model.architecture == reference.architecture
+    for key, value in reference.weights.items():
+        np.testing.assert_array_equal(model.weights[key], value, err_msg=key)
+
+
+def test_from_onnx_accepts_a_model_proto_and_explicit_overrides(tmp_path):
+    torch.manual_seed(1)
+    path = tmp_path / "table.onnx"
+    export(TableModel(), torch.zeros(1, 1, 32, 32), path, dynamo=False)
+    proto = onnx.load(path)
+    model = from_onnx(proto, output_activation="identity", num_threads=1)
+    assert model.architecture["output_activation"] == "identity"
+    assert model.architecture["conv_activation"] == "relu"
+    assert model.num_threads == 1
+
+
+ROUND_TRIP_CASES = [
+    ("relu", "sigmoid", "sigmoid", "max", 1),
+    ("tanh", "relu", "softmax", "avg", 1),
+    ("sigmoid", "tanh", "identity", "max", 3),
+    ("identity", "identity", "relu", "avg", 3),
+]
+
+
+@pytest.mark.parametrize("conv, fc, output, pool, channels", ROUND_TRIP_CASES)
+def test_export_runs_in_onnxruntime_to_the_same_outputs(tmp_path, conv, fc, output, pool,
+                                                        channels):
+    rng = np.random.default_rng(3)
+    shapes = {"conv1": (8, channels, 5, 5), "conv2": (12, 8, 5, 5), "conv3": (40, 12, 5, 5),
+              "fc1": (30, 40), "fc2": (7, 30)}
+    weights = {}
+    for layer, shape in shapes.items():
+        bound = 1 / np.sqrt(np.prod(shape[1:]))
+        weights[f"{layer}.weight"] = rng.uniform(-bound, bound, shape).astype(np.float32)
+        weights[f"{layer}.bias"] = rng.uniform(-bound, bound, shape[:1]).astype(np.float32)
+    model = LeNet(weights, conv_activation=conv, fc_activation=fc, output_activation=output,
+                  pool=pool)
+    path = tmp_path / "lenet.onnx"
+    model.to_onnx(path)
+
+    written = onnx.load(path)
+    onnx.checker.check_model(written, full_check=True)
+    assert [(opset.domain, opset.version) for opset in written.opset_import] == [("", 17)]
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = images(300, channels, seed=4)
+    (scores,) = session.run(None, {"images": x})
+    np.testing.assert_allclose(scores, model.forward(x), rtol=0, atol=TOLERANCE)
+    # Batch size is dynamic.
+    np.testing.assert_allclose(session.run(None, {"images": x[:1]})[0], model.forward(x[:1]),
+                               rtol=0, atol=TOLERANCE)
+    # And the file reads back to the same model.
+    back = LeNet.from_onnx(path)
+    assert back.architecture == model.architecture
+    for key, value in model.weights.items():
+        np.testing.assert_array_equal(back.weights[key], value, err_msg=key)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rejections: exact messages
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def lenet_graph(tmp_path):
+    """Our own export of a small model, loaded as an onnx.ModelProto to be edited by a test."""
+    torch.manual_seed(2)
+    model = LeNet.from_state_dict(TableModel().state_dict())
+    path = tmp_path / "lenet.onnx"
+    model.to_onnx(path)
+    return onnx.load(path)
+
+
+def node_named(proto, name):
+    (node,) = [node for node in proto.graph.node if node.name == name]
+    return node
+
+
+def set_attribute(node, name, value):
+    for index, attribute in enumerate(node.attribute):
+        if attribute.name == name:
+            del node.attribute[index]
+            break
+    node.attribute.append(helper.make_attribute(name, value))
+
+
+def insert_after(proto, name, op, new_name, extra_inputs=(), initializers=(), **attributes):
+    """Insert a node consuming `name`'s output and re-point the next node at it."""
+    node = node_named(proto, name)
+    output = f"{new_name}_out"
+    new = helper.make_node(op, [node.output[0], *extra_inputs], [output], name=new_name,
+                           **attributes)
+    for other in proto.graph.node:
+        if other.input and other.input[0] == node.output[0]:
+            other.input[0] = output
+    position = list(proto.graph.node).index(node) + 1
+    proto.graph.node.insert(position, new)
+    proto.graph.initializer.extend(numpy_helper.from_array(value, key)
+                                   for key, value in initializers)
+
+
+def reject(proto, message):
+    with pytest.raises(ONNXImportError, match=f"^{re.escape(message)}$"):
+        from_onnx(proto)
+
+
+def test_rejects_batch_normalization(lenet_graph):
+    ones, zeros = np.ones(6, np.float32), np.zeros(6, np.float32)
+    insert_after(lenet_graph, "conv1", "BatchNormalization", "bn1",
+                 ["bn.scale", "bn.bias", "bn.mean", "bn.var"],
+                 [("bn.scale", ones), ("bn.bias", zeros), ("bn.mean", zeros), ("bn.var", ones)])
+    reject(lenet_graph, "unsupported BatchNormalization node 'bn1': op type not in Conv, Gemm, "
+                        "MatMul, Add, Relu, Sigmoid, Tanh, Softmax, MaxPool, AveragePool, Flatten, "
+                        "Reshape, Identity, Constant")
+
+
+def test_rejects_stride_2_convolution(lenet_graph):
+    set_attribute(node_named(lenet_graph, "conv2"), "strides", [2, 2])
+    reject(lenet_graph, "unsupported Conv node 'conv2': expected strides [1, 1], found [2, 2]")
+
+
+def test_rejects_3x3_kernel_from_torch(tmp_path):
+    module = nn.Sequential(nn.Conv2d(1, 6, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5),
+                           nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16 * 5 * 5, 120),
+                           nn.ReLU(), nn.Linear(120, 10))
+    path = tmp_path / "k3.onnx"
+    export(module, torch.zeros(1, 1, 32, 32), path, dynamo=False)
+    with pytest.raises(ONNXImportError, match=re.escape(
+            "unsupported Conv node '/0/Conv': expected kernel_shape [5, 5], found [3, 3]")):
+        LeNet.from_onnx(path)
+
+
+def test_rejects_padding_other_than_2_on_28x28(tmp_path):
+    module = sequential_model(padding=1)
+    path = tmp_path / "pad1.onnx"
+    export(module, torch.zeros(1, 1, 30, 30), path, dynamo=False)
+    with pytest.raises(ONNXImportError, match=re.escape(
+            "unsupported Conv node '/0/Conv': expected pads [0, 0, 0, 0] or [2, 2, 2, 2], "
+            "found [1, 1, 1, 1]")):
+        LeNet.from_onnx(path)
+
+
+def test_rejects_padding_2_on_32x32_input(tmp_path):
+    module = sequential_model(padding=2)
+    path = tmp_path / "pad2-32.onnx"
+    # 32x32 padded by 2 gives 8x8 after the second pool, so the dense layer must be wider.
+    module[7] = nn.Linear(16 * 6 * 6, 120)
+    export(module, torch.zeros(1, 1, 32, 32), path, dynamo=False)
+    with pytest.raises(ONNXImportError, match=re.escape(
+            "unsupported Conv node '/0/Conv': with pads [2, 2, 2, 2] the input must be 28x28; "
+            "found 32x32")):
+        LeNet.from_onnx(path)
+
+
+def test_rejects_different_activations_after_the_convolutions(lenet_graph):
+    node_named(lenet_graph, "conv2_relu").op_type = "Tanh"
+    reject(lenet_graph, "ONNX model: conv_activation must be the same after conv1, conv2 and "
+                        "conv3; found relu after conv1, tanh after conv2, relu after conv3")
+
+
+def test_rejects_softmax_inside_the_network(lenet_graph):
+    node_named(lenet_graph, "fc1_sigmoid").op_type = "Softmax"
+    reject(lenet_graph, "unsupported Softmax node 'fc1_sigmoid': expected Softmax only after fc2, "
+                        "found it after fc1")
+
+
+def test_rejects_activation_after_average_pooling(lenet_graph):
+    node_named(lenet_graph, "conv1_pool").op_type = "AveragePool"
+    node_named(lenet_graph, "conv2_pool").op_type = "AveragePool"
+    node_named(lenet_graph, "conv1_relu").op_type = "Identity"
+    insert_after(lenet_graph, "conv1_pool", "Tanh", "late_tanh")
+    reject(lenet_graph, "unsupported Tanh node 'late_tanh': an activation after AveragePool does "
+                        "not commute with it; expected it before the pooling")
+
+
+def test_rejects_mixed_pooling(lenet_graph):
+    node_named(lenet_graph, "conv2_pool").op_type = "AveragePool"
+    reject(lenet_graph, "unsupported AveragePool node 'conv2_pool': pooling must be the same after "
+                        "conv1 and conv2; found MaxPool then AveragePool")
+
+
+def test_rejects_3x3_pooling(lenet_graph):
+    set_attribute(node_named(lenet_graph, "conv1_pool"), "kernel_shape", [3, 3])
+    reject(lenet_graph, "unsupported MaxPool node 'conv1_pool': expected kernel_shape [2, 2], "
+                        "found [3, 3]")
+
+
+def test_rejects_a_branch(lenet_graph):
+    # A second consumer of conv1's output: the chain is no longer a chain.
+    lenet_graph.graph.node.insert(1, helper.make_node("Relu", ["conv1_relu"], ["side"],
+                                                      name="side_branch"))
+    reject(lenet_graph, "unsupported MaxPool node 'conv1_pool': it branches off tensor "
+                        "'conv1_relu', which already feeds Relu node 'side_branch'; expected a "
+                        "single chain of nodes")
+
+
+def test_rejects_a_sixth_weighted_layer(lenet_graph):
+    weight = np.zeros((10, 10), np.float32)
+    insert_after(lenet_graph, "fc2", "Gemm", "fc3", ["fc3.weight"], [("fc3.weight", weight)])
+    reject(lenet_graph, "unsupported Gemm node 'fc3': a LeNet-5 has 5 weighted layers; this is a "
+                        "sixth")
+
+
+def test_rejects_wrong_widths_through_the_weight_checks(lenet_graph):
+    (conv3,) = [tensor for tensor in lenet_graph.graph.initializer if tensor.name == "conv3.weight"]
+    conv3.CopyFrom(numpy_helper.from_array(np.zeros((100, 16, 5, 5), np.float32), "conv3.weight"))
+    with pytest.raises(WeightFileError, match=re.escape(
+            "ONNX model: 'conv3.bias': expected shape (100,), found (120,)")):
+        from_onnx(lenet_graph)
+
+
+def test_rejects_bad_arguments(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        from_onnx(tmp_path / "missing.onnx")
+    with pytest.raises(TypeError, match="^path_or_model must be a path or an onnx.ModelProto; "
+                                        "got int$"):
+        from_onnx(3)
+    with pytest.raises(TypeError, match="^model must be a lenet_fast.LeNet; got dict$"):
+        to_onnx({}, tmp_path / "x.onnx")
+
+
+def test_importing_lenet_fast_imports_no_optional_dependency():
+    code = ("import sys, lenet_fast, lenet_fast.onnx, lenet_fast.dask; "
+            "print(sorted(m for m in ('onnx', 'onnxruntime', 'torch', 'dask') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == "[]"

@@ -9,7 +9,9 @@ member, what was expected and what was found.
 
 `load_npz` never unpickles and never trusts sizes: it reads the zip directory itself, parses
 each ``.npy`` header (rejecting object dtypes and shapes no LeNet can have) and checks that the
-directory's uncompressed size agrees with the header before it reads a bounded number of bytes.
+directory's uncompressed size agrees with the header; the ten members' dtypes and shapes are then
+checked against each other, as one network, from their headers alone, before any array data is
+read, so a small file cannot make it allocate more than the network it declares.
 Members are read lazily, only when `canonicalize` asks for them.  `save_npz` writes an
 uncompressed archive that is byte-for-byte deterministic (fixed member order, timestamps and
 permissions; little-endian arrays), so that save, load, save gives identical files.
@@ -183,6 +185,11 @@ def _choose_assignment(names, key_map, source):
 # Arrays and shapes
 # ---------------------------------------------------------------------------------------------
 
+def _check_float_dtype(dtype, where):
+    if dtype.kind != "f" or dtype.itemsize not in _FLOAT_SIZES:
+        raise _error(where, f"expected floating point (float16, float32 or float64), found dtype {dtype}")
+
+
 def _to_float32(value, where):
     try:
         if hasattr(value, "detach"):  # torch.Tensor, possibly on a GPU or requiring grad
@@ -192,9 +199,7 @@ def _to_float32(value, where):
         array = np.asarray(value)
     except (TypeError, ValueError, RuntimeError) as exc:
         raise _error(where, f"cannot be converted to a NumPy array ({exc})") from exc
-    if array.dtype.kind != "f" or array.dtype.itemsize not in _FLOAT_SIZES:
-        expected = "floating point (float16, float32 or float64)"
-        raise _error(where, f"expected {expected}, found dtype {array.dtype}")
+    _check_float_dtype(array.dtype, where)
     with np.errstate(over="ignore"):  # float64 beyond float32 range becomes inf, reported just below
         converted = np.array(array, dtype=np.float32, order="C")
     non_finite = converted.size - np.count_nonzero(np.isfinite(converted))
@@ -297,14 +302,28 @@ def canonicalize(mapping, *, key_map=None, strict=True, source=None):
         name = assignment[key]
         return _where(source, name) + ("" if name == key else f" (used as {key})")
 
+    if isinstance(mapping, _ArchiveMembers):
+        # Check dtypes and shapes from the .npy headers before any array data is read, so that a
+        # small file cannot make us allocate an array no LeNet of these dimensions can have.
+        headers = {key: mapping.header(assignment[key]) for key in CANONICAL_KEYS}
+        for key, (_, dtype) in headers.items():
+            _check_float_dtype(dtype, describe(key))
+        _bind_dimensions(_dense_conv3_as_4d({key: shape for key, (shape, _) in headers.items()}),
+                         describe)
     weights = {key: _to_float32(mapping[assignment[key]], describe(key)) for key in CANONICAL_KEYS}
-    conv3_weight, conv2_channels = weights["conv3.weight"], weights["conv2.weight"].shape[:1]
-    if conv3_weight.ndim == 2 and conv2_channels and conv3_weight.shape[1] == conv2_channels[0] * _KERNEL**2:
-        # A dense conv3 flattened from (channel, row, column), like torch.flatten of NCHW features.
-        conv3_shape = (len(conv3_weight), conv2_channels[0], _KERNEL, _KERNEL)
-        weights["conv3.weight"] = conv3_weight.reshape(conv3_shape)
+    conv3_shape = _dense_conv3_as_4d({key: array.shape for key, array in weights.items()})["conv3.weight"]
+    weights["conv3.weight"] = weights["conv3.weight"].reshape(conv3_shape)
     _bind_dimensions({key: array.shape for key, array in weights.items()}, describe)
     return weights
+
+
+def _dense_conv3_as_4d(shapes):
+    """The shapes with a dense conv3 weight (c3, c2 * 25) read as (c3, c2, 5, 5): flattened from
+    (channel, row, column), like torch.flatten of NCHW features."""
+    conv3_shape, conv2_channels = tuple(shapes["conv3.weight"]), tuple(shapes["conv2.weight"])[:1]
+    if len(conv3_shape) == 2 and conv2_channels and conv3_shape[1] == conv2_channels[0] * _KERNEL**2:
+        shapes = {**shapes, "conv3.weight": (conv3_shape[0], conv2_channels[0], _KERNEL, _KERNEL)}
+    return shapes
 
 
 def infer_dimensions(weights):
@@ -367,8 +386,9 @@ def _check_npy_header(shape, dtype, where):
         )
 
 
-def _read_member(archive, info, source):
-    """Read one .npy member, checking its header and its declared size before reading its data."""
+def _read_member(archive, info, source, header_only=False):
+    """Read one .npy member, checking its header and its declared size before reading its data;
+    with `header_only`, return its (shape, dtype) without reading the data."""
     where = _where(source, info.filename)
     try:
         with archive.open(info) as stream:
@@ -390,6 +410,8 @@ def _read_member(archive, info, source):
                     f"the zip directory declares {info.file_size} uncompressed bytes, "
                     f"the .npy header of a {dtype} array of shape {shape} implies {member_size}",
                 )
+            if header_only:
+                return shape, dtype
             data = stream.read(data_size)
             if len(data) != data_size:
                 raise _error(where, f"truncated: expected {data_size} bytes of array data, found {len(data)}")
@@ -423,6 +445,10 @@ class _ArchiveMembers(Mapping):
 
     def __getitem__(self, key):
         return _read_member(self._archive, self._members[key], self._source)
+
+    def header(self, key):
+        """The (shape, dtype) of a member, from its checked .npy header (no data is read)."""
+        return _read_member(self._archive, self._members[key], self._source, header_only=True)
 
     def __iter__(self):
         return iter(self._members)

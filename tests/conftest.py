@@ -1,0 +1,114 @@
+"""Fixtures shared by the kernel, model and dispatch tests.
+
+* a guard: the tests need the compiled kernels, so importing ``lenet_fast`` from a source tree that
+  was never built stops the session with the command that fixes it;
+* ``random_weights``: seeded canonical weights of any widths, 1 or 3 input channels;
+* ``kernel_levels`` and the ``level`` parameter: every ISA level this machine can run (tests that
+  take a ``level`` argument run once per level);
+* ``model_at_level``: the same model on the kernels of another level.
+"""
+
+import importlib.machinery
+import importlib.util
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+_BUILD_HINT = (
+    "the compiled kernels are missing: run `pip install .` (or, for development, "
+    "`python setup.py build_ext --inplace`) before running the tests"
+)
+
+
+def _compiled_kernel_files(package_dir):
+    suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+    return sorted(path.name for path in Path(package_dir).glob("_kernels_*")
+                  if path.name.endswith(suffixes))
+
+
+def _import_lenet_fast():
+    spec = importlib.util.find_spec("lenet_fast")
+    if spec is None:
+        pytest.exit(f"lenet_fast is not importable: {_BUILD_HINT}", returncode=4)
+    package_dir = Path(spec.origin).parent
+    try:
+        from lenet_fast import _dispatch
+    except Exception as exc:  # ImportError, or whatever a half-built tree raises
+        if not _compiled_kernel_files(package_dir):
+            pytest.exit(f"lenet_fast was imported from {package_dir}, which has no compiled "
+                        f"_kernels_* modules ({type(exc).__name__}: {exc}); {_BUILD_HINT}",
+                        returncode=4)
+        raise
+    if not _dispatch.built_levels():
+        pytest.exit(f"lenet_fast was imported from {package_dir}, which has no compiled "
+                    f"_kernels_* modules; {_BUILD_HINT}", returncode=4)
+    return _dispatch
+
+
+_dispatch = _import_lenet_fast()
+
+from lenet_fast import LeNet  # noqa: E402  (after the guard, which explains a failed import)
+
+KERNEL_LEVELS = _dispatch.usable_levels()
+DEFAULT_WIDTHS = (6, 16, 120, 84, 10)  # conv1, conv2, conv3, fc1 channels; classes
+
+
+def make_random_weights(seed=0, in_channels=1, widths=DEFAULT_WIDTHS):
+    """Canonical float32 weights, uniform in +-1/sqrt(fan_in) (PyTorch's default scale), so that
+    every activation stays in its interesting range; biases in +-0.1."""
+    conv1, conv2, conv3, fc1, n_classes = widths
+    shapes = {
+        "conv1": (conv1, in_channels, 5, 5),
+        "conv2": (conv2, conv1, 5, 5),
+        "conv3": (conv3, conv2, 5, 5),
+        "fc1": (fc1, conv3),
+        "fc2": (n_classes, fc1),
+    }
+    rng = np.random.default_rng(seed)
+    weights = {}
+    for layer, shape in shapes.items():
+        bound = 1 / math.sqrt(math.prod(shape[1:]))
+        weights[f"{layer}.weight"] = rng.uniform(-bound, bound, shape).astype(np.float32)
+        weights[f"{layer}.bias"] = rng.uniform(-0.1, 0.1, shape[0]).astype(np.float32)
+    return weights
+
+
+def build_model_at_level(model, level):
+    """`model`'s weights, architecture, threads and metadata on the kernels of `level`."""
+    kernels = _dispatch.load_kernels(level)
+    copy = LeNet.__new__(LeNet)
+    copy._setup({key: np.array(value) for key, value in model.weights.items()},
+                model.architecture, model.num_threads, model.metadata, kernels=kernels)
+    assert copy.isa == level
+    return copy
+
+
+def pytest_generate_tests(metafunc):
+    """A test argument named ``level`` runs once per usable ISA level (unless parametrised)."""
+    explicit = set()
+    for marker in metafunc.definition.iter_markers("parametrize"):
+        names = marker.args[0]
+        explicit.update(name.strip() for name in names.split(",")) if isinstance(names, str) \
+            else explicit.update(names)
+    if "level" in metafunc.fixturenames and "level" not in explicit:
+        metafunc.parametrize("level", KERNEL_LEVELS)
+
+
+@pytest.fixture
+def random_weights():
+    """``random_weights(seed=0, in_channels=1, widths=(6, 16, 120, 84, 10))`` -> weights dict."""
+    return make_random_weights
+
+
+@pytest.fixture
+def kernel_levels():
+    """ISA levels built here and supported by this CPU, best first."""
+    return KERNEL_LEVELS
+
+
+@pytest.fixture
+def model_at_level():
+    """``model_at_level(model, level)`` -> the same LeNet running the kernels of `level`."""
+    return build_model_at_level

@@ -1,0 +1,488 @@
+"""The ``lenet-fast`` command line (also ``python -m lenet_fast``): demo, predict, evaluate, info, bench.
+
+Design: each subcommand is one ``_command_*`` function taking the parsed arguments and returning
+an exit status; `main` parses, dispatches, and turns every expected failure (a missing or
+malformed file, a wrong shape, a missing optional package) into one line on stderr and exit
+status 1 -- never a traceback.  Inputs are opened as an `_ImageSource` (IDX or ``.npy`` file, or
+a folder of PNG/JPEG images) that yields bounded chunks, and outputs are written chunk by chunk
+(CSV rows, or a memory-mapped ``.npy``), so `predict` and `evaluate` run in bounded memory on
+inputs of any size.  Optional packages (Pillow for images, matplotlib for plots) are imported only
+by the commands that need them.
+"""
+
+import argparse
+import csv
+import importlib
+import os
+import sys
+import time
+
+import numpy as np
+
+from . import datasets
+from ._model import LeNet
+
+CHUNK_IMAGES = 4096                 # images per chunk read, predicted and written
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+MAX_PLOTTED_MISTAKES = 24
+_DEMO_EXAMPLES = 8
+_DEMO_MIN_SECONDS = 0.5
+_PROGRAM = "lenet-fast"
+
+
+class CommandError(Exception):
+    """An expected failure, reported as one line on stderr."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Models and inputs
+# ---------------------------------------------------------------------------------------------
+
+def load_model(spec):
+    """A `LeNet` from a ``.npz`` path or a pretrained name (a file of that name wins)."""
+    if os.path.exists(spec):
+        return LeNet.from_npz(spec)
+    if spec in datasets.PRETRAINED:
+        return LeNet.pretrained(spec)
+    raise CommandError(f"model {spec!r}: no such file, and not a pretrained model name "
+                       f"(expected one of {', '.join(datasets.PRETRAINED)})")
+
+
+class _ImageSource:
+    """Images of an IDX file, a ``.npy`` file or a folder, read `CHUNK_IMAGES` at a time.
+
+    Attributes: ``names`` (one str per image: the file name, or the index), ``len()``.
+    """
+
+    def __init__(self, path):
+        self.path = path
+        self._files = None
+        self._idx = None
+        if os.path.isdir(path):
+            self._files = sorted(name for name in os.listdir(path)
+                                 if name.lower().endswith(IMAGE_SUFFIXES))
+            if not self._files:
+                raise CommandError(f"{path}: folder holds no {'/'.join(IMAGE_SUFFIXES)} images")
+            self._count = len(self._files)
+        elif not os.path.exists(path):
+            raise FileNotFoundError(f"{path}: no such file or folder")
+        elif path.lower().endswith(".npy"):
+            self._array = np.load(path, mmap_mode="r", allow_pickle=False)
+            if self._array.ndim < 3:
+                raise CommandError(f"{path}: expected images of shape (N, H, W) or (N, C, H, W); "
+                                   f"found shape {self._array.shape}")
+            self._count = len(self._array)
+        else:
+            self._idx = datasets.IdxReader(path)
+            if len(self._idx.shape) < 3:
+                self._idx.close()
+                raise CommandError(f"{path}: expected an IDX file of images (3 or 4 dimensions); "
+                                   f"found shape {self._idx.shape}")
+            self._count = len(self._idx)
+
+    def __len__(self):
+        return self._count
+
+    @property
+    def names(self):
+        return self._files if self._files is not None else [str(i) for i in range(self._count)]
+
+    def chunks(self):
+        if self._idx is not None:
+            with self._idx:
+                yield from self._idx.chunks(CHUNK_IMAGES)
+        elif self._files is not None:
+            for start in range(0, self._count, CHUNK_IMAGES):
+                yield self._read_images(self._files[start:start + CHUNK_IMAGES])
+        else:
+            for start in range(0, self._count, CHUNK_IMAGES):
+                yield np.array(self._array[start:start + CHUNK_IMAGES])
+
+    def _read_images(self, names):
+        try:
+            from PIL import Image
+        except ImportError as exc:
+            raise ImportError("reading PNG/JPEG images needs Pillow: "
+                              "pip install 'lenet_fast[images]'") from exc
+        pixels = []
+        for name in names:
+            file = os.path.join(self.path, name)
+            try:
+                with Image.open(file) as image:
+                    array = np.asarray(image.convert("L"))
+            except OSError as exc:
+                raise CommandError(f"{file}: not a readable image ({exc})") from exc
+            if array.shape not in ((28, 28), (32, 32)) or \
+                    (pixels and array.shape != pixels[0].shape):
+                expected = "28 x 28 or 32 x 32" if not pixels else \
+                    "x".join(map(str, pixels[0].shape)) + " like the images before it"
+                raise CommandError(f"{file}: expected a {expected} image; found "
+                                   f"{array.shape[1]} x {array.shape[0]}")
+            pixels.append(array)
+        return np.stack(pixels)
+
+
+def _read_labels(path, count):
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    labels = (np.load(path, allow_pickle=False) if path.lower().endswith(".npy")
+              else datasets.read_idx(path))
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise CommandError(f"{path}: expected a 1-D array of integer labels; found "
+                           f"{labels.dtype} {labels.shape}")
+    if len(labels) != count:
+        raise CommandError(f"{path}: expected {count} labels (one per image); found {len(labels)}")
+    return labels.astype(np.int64)
+
+
+class _Progress:
+    """A one-line progress bar on stderr, drawn only when stderr is a terminal."""
+
+    def __init__(self, total, quiet):
+        self.total = total
+        self.enabled = not quiet and total > 0 and sys.stderr.isatty()
+
+    def update(self, done):
+        if self.enabled:
+            filled = 30 * done // self.total
+            sys.stderr.write(f"\r|{'#' * filled}{'.' * (30 - filled)}| "
+                             f"{done:,}/{self.total:,} images")
+            sys.stderr.flush()
+
+    def close(self):
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+def _predict_chunks(model, source, scores, quiet):
+    """Yield (start, images, labels, outputs or None) for each chunk of `source`."""
+    progress = _Progress(len(source), quiet)
+    start = 0
+    try:
+        for images in source.chunks():
+            if scores:
+                outputs = model.forward(images)
+                labels = outputs.argmax(axis=1)
+            else:
+                outputs, labels = None, model.predict(images)
+            yield start, images, labels, outputs
+            start += len(images)
+            progress.update(start)
+    finally:
+        progress.close()
+
+
+def _class_name(model, label):
+    return model.classes[label] if model.classes else str(label)
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands
+# ---------------------------------------------------------------------------------------------
+
+def _command_demo(args):
+    model = LeNet.pretrained("fashion-mnist")
+    images, labels = datasets.load_sample()
+    predicted = model.predict(images)
+    correct = int(np.sum(predicted == labels))
+    print("lenet-fast demo: the shipped Fashion-MNIST LeNet-5 on the bundled sample (the first "
+          f"{len(images):,} Fashion-MNIST test images; Zalando Research, MIT license)")
+    print(f"model: {model!r}")
+    print(f"accuracy: {correct / len(images):.4f} ({correct:,}/{len(images):,} correct)", end="")
+    full = model.metadata.get("provenance", {}).get("test_accuracy")
+    print(f"; on the full 10,000-image test set: {full:.4f}" if full is not None else "")
+    print()
+    print(f"{'image':>5}  {'true class':<12} {'predicted':<12}")
+    for i in range(_DEMO_EXAMPLES):
+        mark = "" if predicted[i] == labels[i] else "  <- wrong"
+        print(f"{i:>5}  {model.classes[labels[i]]:<12} {model.classes[predicted[i]]:<12}{mark}")
+    print()
+    best, runs, spent = float("inf"), 0, 0.0
+    while spent < _DEMO_MIN_SECONDS or runs < 3:
+        started = time.perf_counter()
+        model.predict(images)
+        elapsed = time.perf_counter() - started
+        best, runs, spent = min(best, elapsed), runs + 1, spent + elapsed
+    print(f"throughput: {len(images) / best:,.0f} images/s (uint8 in, labels out; batch of "
+          f"{len(images):,}, {model.num_threads} threads, {model.isa} kernels, best of {runs} runs)")
+    return 0
+
+
+def _open_output(path, count, model, scores):
+    """A writer object with write(start, names, labels, outputs) and close()."""
+    if path is not None and path.lower().endswith(".npy"):
+        return _NpyWriter(path, count, model, scores)
+    if path is None or path.lower().endswith(".csv"):
+        return _CsvWriter(path, model, scores)
+    raise CommandError(f"--out {path}: expected a file name ending in .csv or .npy")
+
+
+class _CsvWriter:
+    def __init__(self, path, model, scores):
+        self._file = sys.stdout if path is None else open(path, "w", newline="")
+        self._writer = csv.writer(self._file)
+        self._model = model
+        header = ["input", "label"] + (["class"] if model.classes else [])
+        if scores:
+            header += [f"score_{_class_name(model, k)}" for k in range(model.n_classes)]
+        self._writer.writerow(header)
+
+    def write(self, start, names, labels, outputs):
+        for i, label in enumerate(labels):
+            row = [names[start + i], int(label)]
+            if self._model.classes:
+                row.append(self._model.classes[label])
+            if outputs is not None:
+                row += [f"{value:.6g}" for value in outputs[i]]
+            self._writer.writerow(row)
+
+    def close(self):
+        if self._file is not sys.stdout:
+            self._file.close()
+
+
+class _NpyWriter:
+    """Labels, int64 (N,); with scores, the outputs, float32 (N, n_classes), whose argmax along
+    axis 1 are the labels."""
+
+    def __init__(self, path, count, model, scores):
+        shape = (count, model.n_classes) if scores else (count,)
+        self._array = np.lib.format.open_memmap(
+            path, mode="w+", dtype=np.float32 if scores else np.int64, shape=shape)
+
+    def write(self, start, names, labels, outputs):
+        values = labels if outputs is None else outputs
+        self._array[start:start + len(values)] = values
+
+    def close(self):
+        self._array.flush()
+        del self._array
+
+
+def _command_predict(args):
+    model = load_model(args.model)
+    source = _ImageSource(args.input)
+    writer = _open_output(args.out, len(source), model, args.scores)
+    try:
+        names = source.names
+        for start, _, labels, outputs in _predict_chunks(model, source, args.scores, args.quiet):
+            writer.write(start, names, labels, outputs)
+    finally:
+        writer.close()
+    if args.out is not None and not args.quiet:
+        print(f"wrote {'scores' if args.scores else 'labels'} of {len(source):,} images to "
+              f"{args.out}", file=sys.stderr)
+    return 0
+
+
+def _command_evaluate(args):
+    model = load_model(args.model)
+    source = _ImageSource(args.images)
+    labels = _read_labels(args.labels, len(source))
+    k = model.n_classes
+    if labels.size and (labels.min() < 0 or labels.max() >= k):
+        raise CommandError(f"{args.labels}: labels must lie in 0..{k - 1} for this {k}-class "
+                           f"model; found {labels.min()}..{labels.max()}")
+    if args.plot:
+        _import_pyplot()        # fail before the work, not after it
+    confusion = np.zeros((k, k), dtype=np.int64)
+    mistakes = []               # (index, image, true, predicted), the first few
+    for start, images, predicted, _ in _predict_chunks(model, source, False, args.quiet):
+        truth = labels[start:start + len(predicted)]
+        np.add.at(confusion, (truth, predicted), 1)
+        for i in np.flatnonzero(truth != predicted)[:MAX_PLOTTED_MISTAKES - len(mistakes)]:
+            mistakes.append((start + i, images[i], truth[i], predicted[i]))
+    names = [_class_name(model, c) for c in range(k)]
+    total, correct = confusion.sum(), np.trace(confusion)
+    print(f"accuracy: {correct / max(total, 1):.4f} ({correct:,}/{total:,} correct)")
+    print("\nper-class accuracy:")
+    width = max(map(len, names))
+    for c in range(k):
+        count = confusion[c].sum()
+        value = f"{confusion[c, c] / count:.4f}" if count else "   n/a"
+        print(f"  {c:>3}  {names[c]:<{width}}  {value}  ({confusion[c, c]:,}/{count:,})")
+    print("\nconfusion matrix (rows: true class, columns: predicted class):")
+    cell = max(5, len(f"{confusion.max():,}") + 1)
+    print("     " + "".join(f"{c:>{cell}}" for c in range(k)))
+    for c in range(k):
+        print(f"  {c:>3}" + "".join(f"{value:>{cell},}" for value in confusion[c]))
+    if args.plot:
+        _plot_confusion(args.plot, confusion, names, mistakes, model)
+        print(f"\nwrote {args.plot}")
+    return 0
+
+
+def _import_pyplot():
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise ImportError("--plot needs matplotlib: pip install 'lenet_fast[plot]'") from exc
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as pyplot
+
+    return pyplot
+
+
+def _plot_confusion(path, confusion, names, mistakes, model):
+    pyplot = _import_pyplot()
+    figure = pyplot.figure(figsize=(15, 7), layout="constrained")
+    left, right = figure.subfigures(1, 2, width_ratios=(1.1, 1))
+    axes = left.subplots()
+    axes.imshow(confusion, cmap="Blues")
+    axes.set_xticks(range(len(names)), names, rotation=60, ha="right")
+    axes.set_yticks(range(len(names)), names)
+    axes.set_xlabel("predicted class")
+    axes.set_ylabel("true class")
+    total = confusion.sum()
+    axes.set_title(f"confusion matrix: accuracy {np.trace(confusion) / max(total, 1):.4f} "
+                   f"on {total:,} images")
+    threshold = confusion.max() / 2
+    for (row, column), value in np.ndenumerate(confusion):
+        axes.text(column, row, f"{value}", ha="center", va="center", fontsize=7,
+                  color="white" if value > threshold else "black")
+    columns = 6
+    rows = max(1, -(-len(mistakes) // columns))
+    grid = right.subplots(rows, columns, squeeze=False)
+    right.suptitle(f"first {len(mistakes)} misclassified images (true -> predicted)"
+                   if mistakes else "no misclassified images")
+    for axes_index, axes in enumerate(grid.flat):
+        axes.axis("off")
+        if axes_index < len(mistakes):
+            index, image, truth, predicted = mistakes[axes_index]
+            axes.imshow(np.asarray(image).reshape(image.shape[-2:]) if image.ndim == 2 or
+                        image.shape[0] == 1 else np.moveaxis(image, 0, -1), cmap="gray")
+            axes.set_title(f"#{index}\n{_class_name(model, truth)} -> "
+                           f"{_class_name(model, predicted)}", fontsize=7)
+    figure.savefig(path, dpi=100)
+    pyplot.close(figure)
+
+
+def _command_info(args):
+    from . import show_config
+
+    model = load_model(args.model)
+    summary = model.summary()
+    dims = model.dimensions
+    architecture = model.architecture
+    metadata = model.metadata
+    config = show_config(False)
+    rows = [
+        ("model", args.model),
+        ("architecture", f"conv {architecture['conv_activation']}, fc1 "
+                         f"{architecture['fc_activation']}, output "
+                         f"{architecture['output_activation']}, {architecture['pool']} pooling"),
+        ("widths", "-".join(str(dims[name]) for name in (
+            "in_channels", "conv1_channels", "conv2_channels", "conv3_channels", "fc1_units",
+            "n_classes"))),
+        ("parameters", f"{summary.total_parameters:,}"),
+        ("FLOPs per image", f"{2 * summary.total_multiply_adds:,} "
+                            f"({summary.total_multiply_adds:,} multiply-adds)"),
+    ]
+    preprocessing = metadata.get("preprocessing")
+    rows.append(("preprocessing",
+                 f"uint8 x -> (x / {preprocessing['scale']:g} - {preprocessing['mean']:g}) / "
+                 f"{preprocessing['std']:g}; 28 x 28 zero-padded by {preprocessing.get('pad', 2)}"
+                 if preprocessing else "none stored: the model takes normalised float input only"))
+    rows.append(("classes", ", ".join(model.classes) if model.classes else "none stored"))
+    for key, value in sorted(metadata.get("provenance", {}).items()):
+        rows.append((f"provenance.{key}", str(value)))
+    for key, value in sorted(metadata.items()):
+        if key not in ("preprocessing", "classes", "provenance"):
+            rows.append((f"metadata.{key}", str(value)))
+    rows += [("ISA", f"{config['isa']} (usable: {', '.join(config['usable_isas'])})"),
+             ("threads", f"{model.num_threads} (OpenMP: {'yes' if config['openmp'] else 'no'})")]
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+    print()
+    print(summary)
+    return 0
+
+
+def _command_bench(args, extra):
+    try:
+        benchmark = importlib.import_module(f"{__package__}.benchmark")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__package__}.benchmark":
+            raise
+        raise CommandError("bench: this installation has no lenet_fast.benchmark module") from exc
+    forwarded = (["--plot", args.plot] if args.plot else []) + extra
+    status = benchmark.main(forwarded)
+    return 0 if status is None else status
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------------------------
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        prog=_PROGRAM, description="LeNet-5 inference on the CPU: pretrained models, data, tools.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("demo", help="classify the bundled Fashion-MNIST sample with the shipped "
+                                     "model: accuracy, examples, throughput")
+    predict = commands.add_parser("predict", help="predict labels of images")
+    predict.add_argument("model", metavar="MODEL", help="a .npz file or a pretrained name "
+                                                        "(fashion-mnist, mnist)")
+    predict.add_argument("input", metavar="INPUT",
+                         help="an IDX file (.gz or raw), a .npy file, or a folder of PNG/JPEG")
+    predict.add_argument("--out", metavar="FILE",
+                         help="write to FILE: .csv (with class names) or .npy; default: CSV on "
+                              "standard output")
+    predict.add_argument("--scores", action="store_true",
+                         help="write the network outputs too (in .npy: the outputs only)")
+    predict.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    evaluate = commands.add_parser("evaluate", help="accuracy, per-class accuracy and confusion "
+                                                    "matrix on labelled images")
+    evaluate.add_argument("model", metavar="MODEL")
+    evaluate.add_argument("images", metavar="IMAGES")
+    evaluate.add_argument("labels", metavar="LABELS", help="an IDX or .npy file of labels")
+    evaluate.add_argument("--plot", metavar="PNG",
+                          help="save the confusion matrix and misclassified images")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
+    info = commands.add_parser("info", help="architecture, size, preprocessing and provenance "
+                                            "of a model")
+    info.add_argument("model", metavar="MODEL")
+    bench = commands.add_parser("bench", help="the benchmark table (lenet_fast.benchmark)")
+    bench.add_argument("--plot", metavar="PNG", help="save images/s against batch size")
+    return parser
+
+
+def main(argv=None):
+    """Run the ``lenet-fast`` command line.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Arguments without the program name; default ``sys.argv[1:]``.
+
+    Returns
+    -------
+    int
+        The exit status: 0 on success, 1 on an error (reported as one line on stderr), 2 on a
+        usage error.
+    """
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "bench":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    commands = {"demo": _command_demo, "predict": _command_predict,
+                "evaluate": _command_evaluate, "info": _command_info}
+    try:
+        if args.command == "bench":
+            return _command_bench(args, extra)
+        return commands[args.command](args)
+    except BrokenPipeError:
+        sys.stderr.close()      # the reader went away (e.g. `| head`): not an error
+        return 0
+    except KeyboardInterrupt:
+        return 130
+    except (CommandError, OSError, ValueError, TypeError, ImportError, MemoryError) as exc:
+        print(f"{_PROGRAM}: error: {_describe(exc)}", file=sys.stderr)
+        return 1
+
+
+def _describe(exc):
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    return " ".join(str(exc).split()) or type(exc).__name__

@@ -24,6 +24,7 @@ import lzma
 import math
 import os
 import re
+import tokenize
 import zipfile
 import zlib
 from collections.abc import Mapping
@@ -62,8 +63,10 @@ _NUMBERED_KEY = re.compile(r"^(?:(?P<container>.+)\.)?(?P<index>\d+)\.(?P<parame
 _FLOAT_SIZES = (2, 4, 8)
 _MAX_LISTED_KEYS = 30
 _MAX_ARCHIVE_MEMBERS = 1000
+# What zipfile, zlib, lzma and numpy's .npy header parser raise on bad bytes (the header parser
+# tokenizes and literal-evaluates the header text: TokenError, SyntaxError, RecursionError).
 _ARCHIVE_ERRORS = (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, OSError, RuntimeError,
-                   NotImplementedError, ValueError)
+                   NotImplementedError, ValueError, tokenize.TokenError, SyntaxError)
 
 
 class WeightFileError(ValueError):
@@ -376,7 +379,7 @@ def _check_npy_header(shape, dtype, where):
         raise _error(
             where, f"expected a numeric array, found dtype {dtype} holding Python objects (never unpickled)"
         )
-    if len(shape) > 4 or any(size > MAX_CLASSES for size in shape):
+    if len(shape) > 4 or any(not 0 <= size <= MAX_CLASSES for size in shape):
         raise _error(
             where, f"expected a LeNet-5 array shape (at most 4 axes of at most {MAX_CLASSES}), found {shape}"
         )

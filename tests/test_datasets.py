@@ -142,6 +142,15 @@ def test_corrupted_headers(tmp_path, images, compress, header, message):
 
 
 @pytest.mark.parametrize("compress", [False, True])
+def test_entries_of_zero_bytes_are_rejected(tmp_path, compress):
+    header = b"\0\0\x0b\x03" + b"".join(d.to_bytes(4, "big") for d in (167772160, 0, 5))
+    path = write(tmp_path / "a.idx", header, compress)
+    with pytest.raises(DataFileError, match=r"IDX header declares an empty entry shape \(0, 5\); "
+                                            r"expected every dimension after the first to be >= 1"):
+        read_idx(path)
+
+
+@pytest.mark.parametrize("compress", [False, True])
 def test_file_shorter_than_its_header(tmp_path, compress):
     path = write(tmp_path / "a.idx", b"\0\0\x08", compress)
     with pytest.raises(DataFileError, match="file ends inside the 4-byte IDX magic number"):

@@ -1,4 +1,5 @@
-"""The ``lenet-fast`` command line (also ``python -m lenet_fast``): demo, predict, evaluate, info, bench.
+"""The ``lenet-fast`` command line (also ``python -m lenet_fast``): demo, predict, evaluate, info,
+bench.
 
 Design: each subcommand is one ``_command_*`` function taking the parsed arguments and returning
 an exit status; `main` parses, dispatches, and turns every expected failure (a missing or
@@ -185,17 +186,18 @@ def _command_demo(args):
     images, labels = datasets.load_sample()
     predicted = model.predict(images)
     correct = int(np.sum(predicted == labels))
-    print("lenet-fast demo: the shipped Fashion-MNIST LeNet-5 on the bundled sample (the first "
-          f"{len(images):,} Fashion-MNIST test images; Zalando Research, MIT license)")
+    print("lenet-fast demo: the shipped Fashion-MNIST LeNet-5 on the bundled sample,")
+    print(f"the first {len(images):,} Fashion-MNIST test images (Xiao et al. 2017, Zalando "
+          f"Research, MIT license)")
     print(f"model: {model!r}")
     print(f"accuracy: {correct / len(images):.4f} ({correct:,}/{len(images):,} correct)", end="")
     full = model.metadata.get("provenance", {}).get("test_accuracy")
     print(f"; on the full 10,000-image test set: {full:.4f}" if full is not None else "")
     print()
-    print(f"{'image':>5}  {'true class':<12} {'predicted':<12}")
+    print(f"{'image':>5}  {'true class':<12} predicted")
     for i in range(_DEMO_EXAMPLES):
         mark = "" if predicted[i] == labels[i] else "  <- wrong"
-        print(f"{i:>5}  {model.classes[labels[i]]:<12} {model.classes[predicted[i]]:<12}{mark}")
+        print(f"{i:>5}  {model.classes[labels[i]]:<12} {model.classes[predicted[i]]}{mark}")
     print()
     best, runs, spent = float("inf"), 0, 0.0
     while spent < _DEMO_MIN_SECONDS or runs < 3:
@@ -204,7 +206,8 @@ def _command_demo(args):
         elapsed = time.perf_counter() - started
         best, runs, spent = min(best, elapsed), runs + 1, spent + elapsed
     print(f"throughput: {len(images) / best:,.0f} images/s (uint8 in, labels out; batch of "
-          f"{len(images):,}, {model.num_threads} threads, {model.isa} kernels, best of {runs} runs)")
+          f"{len(images):,}, {model.num_threads} threads, {model.isa} kernels, best of {runs} "
+          f"runs)")
     return 0
 
 

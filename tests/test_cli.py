@@ -179,7 +179,8 @@ def test_predict_folder_errors(tmp_path):
                 match="photo.jpg: expected a 28 x 28 or 32 x 32 image; found 64 x 48")
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "x.png").write_bytes(b"not a png")
-    run_failing("predict", "fashion-mnist", tmp_path / "broken", match="x.png: not a readable image")
+    run_failing("predict", "fashion-mnist", tmp_path / "broken",
+                match="x.png: not a readable image")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,7 +196,7 @@ def test_evaluate(sample, fashion):
     assert "per-class accuracy:" in output and "Ankle boot" in output
     assert "confusion matrix (rows: true class, columns: predicted class):" in output
     trouser = np.sum((labels == 1) & (predicted == 1))
-    assert f"Trouser" in output and f"({trouser:,}/{np.sum(labels == 1):,})" in output
+    assert "Trouser" in output and f"({trouser:,}/{np.sum(labels == 1):,})" in output
 
 
 def test_evaluate_with_plot(tmp_path):

@@ -126,7 +126,8 @@ def normalise(pixels, model):
 
 def test_uint8_goes_through_the_stored_preprocessing(fashion):
     images = datasets.load_sample()[0]
-    np.testing.assert_array_equal(fashion.forward(images), fashion.forward(normalise(images, fashion)))
+    np.testing.assert_array_equal(fashion.forward(images),
+                                  fashion.forward(normalise(images, fashion)))
     np.testing.assert_array_equal(fashion.predict(images[:, None]),
                                   fashion.predict(normalise(images, fashion)))
 
@@ -202,7 +203,8 @@ def torch_labels(model, images):
     network = train.build_network(torch)
     layers = [name for name, module in network.named_children()
               if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear))]
-    state = {f"{index}.{parameter}": torch.from_numpy(np.array(model.weights[f"{layer}.{parameter}"]))
+    weights = model.weights
+    state = {f"{index}.{parameter}": torch.from_numpy(np.array(weights[f"{layer}.{parameter}"]))
              for index, layer in zip(layers, ("conv1", "conv2", "conv3", "fc1", "fc2"))
              for parameter in ("weight", "bias")}
     network.load_state_dict(state)

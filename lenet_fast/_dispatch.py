@@ -65,7 +65,32 @@ def _select_kernels():
                 f"{', '.join(LEVELS)}"
             )
         return load_kernels(forced)
-    return load_kernels(usable_levels()[0])
+    usable = usable_levels()
+    if not usable:
+        raise ImportError(
+            "lenet_fast has no compiled kernels here (no lenet_fast._kernels_* module next to "
+            f"{__file__}): install the package with `pip install .` rather than importing the "
+            "source folder, or build in place with `python setup.py build_ext --inplace`"
+        )
+    return load_kernels(usable[0])
+
+
+_forked_child = False
+
+
+def _note_fork():
+    global _forked_child
+    _forked_child = True
+
+
+def in_forked_child():
+    """True in a process made by ``fork()`` after lenet_fast was imported: kernels then run on one
+    thread, because GNU OpenMP cannot start threads in a child whose parent already used them."""
+    return _forked_child
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_note_fork)
 
 
 def default_num_threads():

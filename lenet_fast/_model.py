@@ -410,15 +410,14 @@ class LeNet:
                 expected = "floating-point (normalised) images or uint8 pixels"
             raise TypeError(f"x must hold {expected}; got {what} dtype {x.dtype}")
         c = self._dimensions["in_channels"]
-        if x.ndim == 3 and c == 1:
-            x = x.reshape(x.shape[0], 1, x.shape[1], x.shape[2])
-        if x.ndim != 4 or x.shape[1] != c or x.shape[2] != x.shape[3] or \
-                x.shape[2] not in _INPUT_SIZES:
+        images = x.reshape(x.shape[0], 1, x.shape[1], x.shape[2]) if x.ndim == 3 and c == 1 else x
+        if images.ndim != 4 or images.shape[1] != c or images.shape[2] != images.shape[3] or \
+                images.shape[2] not in _INPUT_SIZES:
             accepted = f"(N, {c}, 32, 32) or (N, {c}, 28, 28)"
             if c == 1:
                 accepted += ", or (N, 32, 32) / (N, 28, 28)"
-            raise ValueError(f"x must have shape {accepted}; got {tuple(np.shape(x))}")
-        return x, x.shape[0]
+            raise ValueError(f"x must have shape {accepted}; got {x.shape}")
+        return images, images.shape[0]
 
     @staticmethod
     def _output(out, shape, dtype):
@@ -438,6 +437,8 @@ class LeNet:
             return
         threads = self._num_threads if num_threads is None else _check_num_threads(num_threads)
         threads = max(1, min(threads, n // _IMAGES_PER_THREAD))
+        if _dispatch.in_forked_child():
+            threads = 1
         flags = images.flags
         if images.dtype is _FLOAT32 and flags.c_contiguous and flags.aligned:
             self._raise_if_bad(kernel(images, result, threads, check_finite), 0)

@@ -145,9 +145,6 @@ def test_forcing_a_level_this_cpu_lacks_is_an_import_error():
                                         f"not support {missing[0]} (it supports: {supported})")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "_dispatch.py _select_kernels: usable_levels()[0] raises IndexError ('tuple index out of "
-    "range') when no _kernels_* module is built; it should raise an ImportError that says so"))
 def test_import_without_any_built_kernels_is_an_import_error(tmp_path):
     package = tmp_path / "lenet_fast"
     package.mkdir()

@@ -179,9 +179,6 @@ def test_three_channel_model_names_its_shapes():
             lenet.forward(np.zeros(shape, np.float32))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "_model.py LeNet._as_images reshapes (N, H, W) input to (N, 1, H, W) before checking the size, "
-    "so the error reports (2, 1, 30, 30) instead of the shape the user passed"))
 def test_wrong_3d_shape_error_names_the_shape_passed(model):
     with pytest.raises(ValueError, match=exact(f"x must have shape {SHAPES_1}; got (2, 30, 30)")):
         model.forward(np.zeros((2, 30, 30), np.float32))

@@ -270,9 +270,6 @@ def test_idx_huge_declared_size_is_rejected_without_allocating(tmp_path, compres
 
 
 @needs_datasets
-@pytest.mark.xfail(reason="datasets.IdxReader.chunks yields shape[0] / items empty arrays when an "
-                   "item has zero bytes: a 4-byte-dimension header can make a loop run for hours",
-                   strict=False)
 def test_idx_zero_sized_items_cannot_make_chunks_loop_for_ever(tmp_path):
     # Found by tests/fuzz/fuzz_idx.py: 167772160 x 0 x 5 int16 declares no data bytes.
     path = tmp_path / "zero-items.idx"
@@ -417,9 +414,7 @@ def test_empty_batch(model):
 
 @pytest.mark.parametrize("shape", [
     (1, 1, 1, 32, 32), (2, 1, 32, 32, 1), (1, 2, 1, 32, 32), (32, 32), (),
-    pytest.param((1, 1, 32), marks=pytest.mark.xfail(
-        reason="_model._as_images reports the shape after adding the channel axis: (1, 1, 1, 32)",
-        strict=False)),
+    (1, 1, 32),  # once reported as (1, 1, 1, 32), after the channel axis was added
     (1, 3, 32, 32), (1, 1, 32, 28), (1, 1, 30, 30), (1, 1, 0, 0), (1, 1, 64, 64),
 ])
 def test_wrong_shapes_raise_a_clear_value_error(model, shape):
@@ -675,12 +670,9 @@ def _child_predicts(path, queue):
 
 
 @pytest.mark.parametrize("method", [
-    pytest.param("fork", marks=[
-        pytest.mark.skipif(sys.platform != "linux", reason="fork start method: Linux"),
-        pytest.mark.xfail(reason="GNU libgomp cannot start a thread team in a child forked after "
-                          "the parent ran one: predict with >1 thread hangs in GOMP_parallel "
-                          "(lenet_fast must run serially in forked children)", strict=False),
-    ]),
+    # Found here: GNU libgomp cannot start a thread team in a child forked after the parent ran
+    # one, so predict hung in GOMP_parallel until forked children were made to run serially.
+    pytest.param("fork", marks=pytest.mark.skipif(sys.platform != "linux", reason="fork: Linux")),
     "spawn",
 ])
 def test_child_process_loads_and_predicts_after_a_multithreaded_predict(tmp_path, method):

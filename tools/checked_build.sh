@@ -53,7 +53,8 @@ fi
 echo "   built in $((SECONDS - started)) s"
 if [ -n "$LIBASAN" ]; then  # the kernels really are instrumented
     for module in lenet_fast/_kernels_*.so; do
-        nm -D "$module" | grep -q __asan_report_load || { echo "$module: not built with ASan"; exit 1; }
+        symbols="$(nm -D "$module")"  # (not piped into grep -q: SIGPIPE under pipefail)
+        grep -q __asan_report_load <<< "$symbols" || { echo "$module: not built with ASan"; exit 1; }
     done
 fi
 

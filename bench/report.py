@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -72,6 +73,23 @@ def cpu_model():
 def measure_fma_peak(tries=5, seconds=0.2):
     """Best of `tries` FMA-chain measurements on one core at lenet_fast's ISA level, in GFLOP/s."""
     return max(_dispatch.kernels.measure_fma_peak(seconds) for _ in range(tries))
+
+
+def measure_concurrent_fma_peak(threads, seconds=0.5):
+    """Total GFLOP/s of `threads` FMA chains run at once, one per Python thread.
+
+    The kernel releases the GIL, so this shows whether the CPUs the OS reports really add up
+    right now: SMT siblings, a shared host core or another busy process all show up here.
+    """
+    results = []
+    workers = [threading.Thread(
+        target=lambda: results.append(_dispatch.kernels.measure_fma_peak(seconds)))
+        for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return sum(results)
 
 
 def _seconds_per_call(run, images, calls):
@@ -201,8 +219,8 @@ def measure_first_call(weights, runs=5):
             "load_and_first_predict_ms": 1e3 * statistics.median(load_seconds)}
 
 
-def machine_description(fma_peak_gflops):
-    """Header lines: CPU, kernel level, FMA peak, package versions, current load."""
+def machine_description(fma_peak_gflops, threads=DEFAULT_THREADS):
+    """Header lines: CPU, kernel level, FMA peaks, package versions, current load."""
     def version(package):
         try:
             return importlib.metadata.version(package)
@@ -215,7 +233,8 @@ def machine_description(fma_peak_gflops):
         f"lenet_fast {config['version']}: ISA level {config['isa']} "
         f"({config['vector_lanes']} lanes, OpenMP {config['openmp']})",
         f"FMA peak of one core at {config['isa']}: {fma_peak_gflops:.1f} GFLOP/s "
-        f"(best of 5 × 0.2 s)",
+        f"(best of 5 × 0.2 s); {max(threads)} threads at once: "
+        f"{measure_concurrent_fma_peak(max(threads)):.1f} GFLOP/s in total",
         "Peers: " + ", ".join(f"{package} {version(package)}" for package in PACKAGES)
         + f", Python {platform.python_version()}",
         "Load average (1, 5, 15 min) before measuring: "
@@ -266,7 +285,7 @@ def main(argv=None):
     arguments = parser.parse_args(argv)
 
     fma_peak = measure_fma_peak()
-    header = machine_description(fma_peak)
+    header = machine_description(fma_peak, arguments.threads)
     print("\n".join(header) + "\n", flush=True)
     rows = run_report(arguments.batches, arguments.threads, arguments.repeats,
                       fma_peak_gflops=fma_peak)

@@ -32,7 +32,7 @@ def show_config(print_out=True):
         ``isa`` (the level in use), ``usable_isas`` (levels this CPU runs, best first),
         ``built_isas``, ``forced_isa`` (``LENET_FAST_ISA`` or None), ``vector_lanes``,
         ``openmp``, ``default_num_threads``, ``openmp_max_threads``, ``openmp_wait_policy``,
-        ``version``.
+        ``gomp_spincount``, ``version``.
     """
     import os
 
@@ -48,6 +48,7 @@ def show_config(print_out=True):
         "default_num_threads": _dispatch.default_num_threads(),
         "openmp_max_threads": kernels.max_threads(),
         "openmp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
     }
     if print_out:
         width = max(map(len, config))

@@ -1,7 +1,7 @@
 """Throughput from one thread to threads to a Dask cluster, for docs/SCALING.md.
 
-Design: the same model (`bench.peers.random_weights`) and the same number of float32 32x32
-images in three settings -- `LeNet.predict` with 1 thread, with 2 threads, and
+Design: the same model (`lenet_fast.benchmark.random_weights`) and the same number of float32
+32x32 images in three settings -- `LeNet.predict` with 1 thread, with 2 threads, and
 `lenet_fast.dask.predict` on a ``dask.distributed.LocalCluster`` of 2 single-thread worker
 processes.  The cluster's images are generated and persisted on the workers before timing, so
 all three settings time inference on images already in memory (plus, for Dask, scheduling and
@@ -13,26 +13,14 @@ Run from the repository root: ``python -m bench.scaling [--images 100000] [--rep
 
 import argparse
 import os
-import platform
 import statistics
 import time
 
 import numpy as np
 
 import lenet_fast
-from bench.peers import random_weights
 from lenet_fast import LeNet
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as file:
-            for line in file:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from lenet_fast.benchmark import cpu_model, random_weights
 
 
 def median_seconds(run, repeats):
@@ -77,7 +65,7 @@ def main():
         results.append(("Dask LocalCluster, 2 worker processes x 1 thread", seconds, times))
     load_after = os.getloadavg()
 
-    print(f"lenet_fast {lenet_fast.__version__}, kernels {model.isa}; {cpu_name()}; "
+    print(f"lenet_fast {lenet_fast.__version__}, kernels {model.isa}; {cpu_model()}; "
           f"{os.cpu_count()} logical CPUs")
     print(f"{n} float32 32x32 images, median of {args.repeats} runs; load average "
           f"(1/5/15 min) before {load_before[0]:.2f}/{load_before[1]:.2f}/{load_before[2]:.2f}, "

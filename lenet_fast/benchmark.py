@@ -17,9 +17,10 @@ Design, in three layers:
 * **Measurement** (`run_report`).  Every engine lives in this one process.  Each repeat visits
   every (batch, threads) configuration and, inside it, every engine in turn, the order rotating
   from one repeat to the next, so a burst of machine noise hits all engines alike.  Between two
-  engines the process sleeps `SETTLE_SECONDS`: ONNX Runtime's and PyTorch's worker threads keep
-  spinning after a call and were measured to steal the second core from the next engine
-  (lenet_fast at 2 threads lost up to 40% after them with a 5 ms pause, nothing alone).  One
+  engines the process sleeps `SETTLE_SECONDS`: worker threads keep spinning after a call and
+  were measured to steal the second core from the next engine.  ONNX Runtime's and PyTorch's
+  settle within 50 ms; OpenBLAS's (NumPy's BLAS, 2 threads) spin about 0.1 s -- after it,
+  lenet_fast at 2 threads lost half its throughput with a 50 ms pause, nothing with 150 ms.  One
   measurement runs enough calls to last at least `MIN_MEASUREMENT_SECONDS`; the median over
   repeats is reported.  "% of FMA peak" relates the useful work (416,520 multiply-adds = 833,040
   FLOP per image) to the FMA-chain throughput of one core at lenet_fast's ISA level
@@ -63,7 +64,7 @@ TOLERANCE = 1e-4
 MAX_BATCH = {"torch": 1024, "numpy": 1024}
 FLOP_PER_IMAGE = 2 * 416_520
 MIN_MEASUREMENT_SECONDS = 0.1
-SETTLE_SECONDS = 0.05       # lets the previous engine's spinning worker threads go to sleep
+SETTLE_SECONDS = 0.15       # lets the previous engine's spinning worker threads go to sleep
 DEFAULT_BATCHES = (1, 64, 256, 1024, 16384)
 DEFAULT_THREADS = (1, 2)
 DEFAULT_REPEATS = 7

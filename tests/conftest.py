@@ -5,12 +5,14 @@
 * ``random_weights``: seeded canonical weights of any widths, 1 or 3 input channels;
 * ``kernel_levels`` and the ``level`` parameter: every ISA level this machine can run (tests that
   take a ``level`` argument run once per level);
-* ``model_at_level``: the same model on the kernels of another level.
+* ``model_at_level``: the same model on the kernels of another level;
+* subprocesses that tests start import the same ``lenet_fast`` as the tests.
 """
 
 import importlib.machinery
 import importlib.util
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +50,27 @@ def _import_lenet_fast():
 
 
 _dispatch = _import_lenet_fast()
+
+
+def _subprocesses_import_this_lenet_fast():
+    """Tests start ``python -c`` / ``-m`` subprocesses, and those put their working directory
+    first on ``sys.path``: from the repository root they would import the uncompiled source folder
+    instead of the package under test.  So subprocesses get the package's parent folder first on
+    PYTHONPATH, and the session runs in an empty folder (see `_neutral_working_directory`)."""
+    package_parent = str(Path(importlib.util.find_spec("lenet_fast").origin).resolve().parents[1])
+    existing = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = package_parent + (os.pathsep + existing if existing else "")
+
+
+_subprocesses_import_this_lenet_fast()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _neutral_working_directory(tmp_path_factory):
+    previous = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("working-directory"))
+    yield
+    os.chdir(previous)
 
 from lenet_fast import LeNet  # noqa: E402  (after the guard, which explains a failed import)
 

@@ -21,6 +21,7 @@
 #ifndef LENET_SIMD_H
 #define LENET_SIMD_H
 
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -55,6 +56,37 @@ static inline vf vf_load_partial(const float *p, int n) {
 }
 static inline void vf_store_partial(float *p, vf v, int n) {
     _mm512_mask_storeu_ps(p, (__mmask16)((1u << n) - 1u), v);
+}
+
+/* One VLEN x VLEN block into the images-in-lanes layout: out[p * VLEN + lane] =
+ * in[lane * in_stride + p].  Unpack 32-bit, unpack 64-bit, then two 128-bit shuffles. */
+static inline void vf_transpose_block(const float *in, ptrdiff_t in_stride, float *out) {
+    __m512 r[16], t[16];
+    int i;
+    for (i = 0; i < 16; i++) r[i] = _mm512_loadu_ps(in + i * in_stride);
+    for (i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (i = 0; i < 16; i += 4) {
+        r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+        r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+        r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+        r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+    }
+    for (i = 0; i < 4; i++) {
+        t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
+        t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xdd);
+        t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
+        t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xdd);
+    }
+    for (i = 0; i < 4; i++) {
+        r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+        r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
+        r[i + 4] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0x88);
+        r[i + 12] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0xdd);
+    }
+    for (i = 0; i < 16; i++) _mm512_storeu_ps(out + i * 16, r[i]);
 }
 
 #elif defined(LENET_ISA_AVX2)
@@ -92,6 +124,27 @@ static inline vf vf_load_partial(const float *p, int n) {
 }
 static inline void vf_store_partial(float *p, vf v, int n) {
     _mm256_maskstore_ps(p, lenet_tail_mask(n), v);
+}
+
+static inline void vf_transpose_block(const float *in, ptrdiff_t in_stride, float *out) {
+    __m256 r[8], t[8];
+    int i;
+    for (i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(in + i * in_stride);
+    for (i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (i = 0; i < 8; i += 4) {
+        r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+        r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xee);
+        r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xee);
+    }
+    for (i = 0; i < 4; i++) {
+        t[i] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x20);
+        t[i + 4] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x31);
+    }
+    for (i = 0; i < 8; i++) _mm256_storeu_ps(out + i * 8, t[i]);
 }
 
 #else /* generic */
@@ -134,6 +187,11 @@ static inline vf vf_load_partial(const float *p, int n) {
     return v;
 }
 static inline void vf_store_partial(float *p, vf v, int n) { memcpy(p, &v, (size_t)n * sizeof(float)); }
+static inline void vf_transpose_block(const float *in, ptrdiff_t in_stride, float *out) {
+    int p, lane;
+    for (p = 0; p < VLEN; p++)
+        for (lane = 0; lane < VLEN; lane++) out[p * VLEN + lane] = in[lane * in_stride + p];
+}
 #endif
 
 static inline vf vf_zero(void) { return vf_set1(0.0f); }

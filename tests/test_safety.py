@@ -28,6 +28,7 @@ from numpy.lib import format as npy_format
 import lenet_fast
 from lenet_fast import LeNet, WeightFileError, reference
 from lenet_fast._weights import load_npz
+from test_weights import CreatesMarkerWhenUnpickled
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
@@ -97,14 +98,6 @@ linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="re
 # ---------------------------------------------------------------------------------------------
 # Files
 # ---------------------------------------------------------------------------------------------
-
-class CreatesMarkerWhenUnpickled:
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
 
 def test_pickled_npy_file_is_rejected_and_its_payload_never_runs(tmp_path):
     marker = tmp_path / "unpickled.marker"

@@ -502,9 +502,11 @@ def run_report(batches=DEFAULT_BATCHES, threads=DEFAULT_THREADS, repeats=DEFAULT
     weights = random_weights(seed)
     images = random_images(max(batches), seed=seed + 1)
     peers = {}
+    skipped = {}                # (engine, reason) -> None: each reason once, of any thread count
     for count in threads:
-        peers[count], skipped = build_peers(weights, count, engines)
-    for engine, reason in skipped.items():
+        peers[count], skipped_at_count = build_peers(weights, count, engines)
+        skipped.update(dict.fromkeys(skipped_at_count.items()))
+    for engine, reason in skipped:
         print(f"skipping {engine}: {reason}", file=sys.stderr)
 
     configurations = [
@@ -676,9 +678,9 @@ def plot_throughput(rows, path, title):
     ImportError
         If matplotlib is not installed.
     """
-    from .cli import _import_pyplot
+    from .cli import import_pyplot
 
-    pyplot = _import_pyplot()
+    pyplot = import_pyplot()
     figure, axes = pyplot.subplots(figsize=(8, 5))
     engines = list(dict.fromkeys(row["engine"] for row in rows))
     for engine, threads in sorted({(row["engine"], row["threads"]) for row in rows}):
@@ -709,6 +711,7 @@ def _positive_integers(text):
 
 def _parser():
     parser = argparse.ArgumentParser(
+        prog="lenet-fast bench",
         description="lenet_fast against ONNX Runtime, OpenVINO, PyTorch and NumPy: one "
                     "markdown table, measured in one process with the same weights and threads.")
     parser.add_argument("--batches", type=_positive_integers, default=DEFAULT_BATCHES,
@@ -753,9 +756,9 @@ def main(argv=None):
     if arguments.repeats < 1:
         _parser().error(f"argument --repeats: expected at least 1, got {arguments.repeats}")
     if arguments.plot:
-        from .cli import _import_pyplot
+        from .cli import import_pyplot
 
-        _import_pyplot()    # fail now, not after minutes of measuring
+        import_pyplot()     # fail now, not after minutes of measuring
 
     fma_peak = measure_fma_peak()
     header = machine_description(fma_peak, arguments.threads)

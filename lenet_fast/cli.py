@@ -29,6 +29,11 @@ MAX_PLOTTED_MISTAKES = 24
 _DEMO_EXAMPLES = 8
 _DEMO_MIN_SECONDS = 0.5
 _PROGRAM = "lenet-fast"
+_INPUT_FORMATS = (
+    "Input: a folder of PNG/JPEG images is read as grayscale, so it suits 1-channel models "
+    "only.  IDX files and images (like uint8 .npy files) hold uint8 pixels, which need a model "
+    "with stored preprocessing (e.g. the pretrained fashion-mnist and mnist); a float .npy "
+    "file is taken as normalised images and works with any model.")
 
 
 class CommandError(Exception):
@@ -41,7 +46,7 @@ class CommandError(Exception):
 
 def load_model(spec):
     """A `LeNet` from a ``.npz`` path or a pretrained name (a file of that name wins)."""
-    if os.path.exists(spec):
+    if os.path.isfile(spec):       # not isdir: a folder named like a model must not hide it
         return LeNet.from_npz(spec)
     if spec in datasets.PRETRAINED:
         return LeNet.pretrained(spec)
@@ -52,7 +57,9 @@ def load_model(spec):
 class _ImageSource:
     """Images of an IDX file, a ``.npy`` file or a folder, read `CHUNK_IMAGES` at a time.
 
-    Attributes: ``names`` (one str per image: the file name, or the index), ``len()``.
+    Attributes: ``names`` (one str per image: the file name, or the index), ``len()``.  A context
+    manager: an IDX file stays open until `close` (or the end of the ``with`` block), whether or
+    not `chunks` ran to its end.
     """
 
     def __init__(self, path):
@@ -84,14 +91,23 @@ class _ImageSource:
     def __len__(self):
         return self._count
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def close(self):
+        if self._idx is not None:
+            self._idx.close()
+
     @property
     def names(self):
         return self._files if self._files is not None else [str(i) for i in range(self._count)]
 
     def chunks(self):
         if self._idx is not None:
-            with self._idx:
-                yield from self._idx.chunks(CHUNK_IMAGES)
+            yield from self._idx.chunks(CHUNK_IMAGES)
         elif self._files is not None:
             for start in range(0, self._count, CHUNK_IMAGES):
                 yield self._read_images(self._files[start:start + CHUNK_IMAGES])
@@ -264,14 +280,15 @@ class _NpyWriter:
 
 def _command_predict(args):
     model = load_model(args.model)
-    source = _ImageSource(args.input)
-    writer = _open_output(args.out, len(source), model, args.scores)
-    try:
-        names = source.names
-        for start, _, labels, outputs in _predict_chunks(model, source, args.scores, args.quiet):
-            writer.write(start, names, labels, outputs)
-    finally:
-        writer.close()
+    with _ImageSource(args.input) as source:
+        writer = _open_output(args.out, len(source), model, args.scores)
+        try:
+            names = source.names
+            for start, _, labels, outputs in _predict_chunks(model, source, args.scores,
+                                                             args.quiet):
+                writer.write(start, names, labels, outputs)
+        finally:
+            writer.close()
     if args.out is not None and not args.quiet:
         print(f"wrote {'scores' if args.scores else 'labels'} of {len(source):,} images to "
               f"{args.out}", file=sys.stderr)
@@ -280,21 +297,22 @@ def _command_predict(args):
 
 def _command_evaluate(args):
     model = load_model(args.model)
-    source = _ImageSource(args.images)
-    labels = _read_labels(args.labels, len(source))
-    k = model.n_classes
-    if labels.size and (labels.min() < 0 or labels.max() >= k):
-        raise CommandError(f"{args.labels}: labels must lie in 0..{k - 1} for this {k}-class "
-                           f"model; found {labels.min()}..{labels.max()}")
-    if args.plot:
-        _import_pyplot()        # fail before the work, not after it
-    confusion = np.zeros((k, k), dtype=np.int64)
-    mistakes = []               # (index, image, true, predicted), the first few
-    for start, images, predicted, _ in _predict_chunks(model, source, False, args.quiet):
-        truth = labels[start:start + len(predicted)]
-        np.add.at(confusion, (truth, predicted), 1)
-        for i in np.flatnonzero(truth != predicted)[:MAX_PLOTTED_MISTAKES - len(mistakes)]:
-            mistakes.append((start + i, images[i], truth[i], predicted[i]))
+    with _ImageSource(args.images) as source:
+        labels = _read_labels(args.labels, len(source))
+        k = model.n_classes
+        if labels.size and (labels.min() < 0 or labels.max() >= k):
+            raise CommandError(f"{args.labels}: labels must lie in 0..{k - 1} for this "
+                               f"{k}-class model; found {labels.min()}..{labels.max()}")
+        if args.plot:
+            import_pyplot()     # fail before the work, not after it
+        confusion = np.zeros((k, k), dtype=np.int64)
+        mistakes = []           # (index, image, true, predicted), the first few
+        for start, images, predicted, _ in _predict_chunks(model, source, False, args.quiet):
+            truth = labels[start:start + len(predicted)]
+            np.add.at(confusion, (truth, predicted), 1)
+            for i in np.flatnonzero(truth != predicted)[:MAX_PLOTTED_MISTAKES - len(mistakes)]:
+                # A copy: a view would keep the whole CHUNK_IMAGES-image chunk alive.
+                mistakes.append((start + i, images[i].copy(), truth[i], predicted[i]))
     names = [_class_name(model, c) for c in range(k)]
     total, correct = confusion.sum(), np.trace(confusion)
     print(f"accuracy: {correct / max(total, 1):.4f} ({correct:,}/{total:,} correct)")
@@ -315,7 +333,19 @@ def _command_evaluate(args):
     return 0
 
 
-def _import_pyplot():
+def import_pyplot():
+    """Import matplotlib's pyplot on the non-interactive Agg backend, for ``--plot`` options.
+
+    Returns
+    -------
+    module
+        ``matplotlib.pyplot``.
+
+    Raises
+    ------
+    ImportError
+        If matplotlib is not installed; the message names the extra that installs it.
+    """
     try:
         import matplotlib
     except ImportError as exc:
@@ -327,7 +357,7 @@ def _import_pyplot():
 
 
 def _plot_confusion(path, confusion, names, mistakes, model):
-    pyplot = _import_pyplot()
+    pyplot = import_pyplot()
     figure = pyplot.figure(figsize=(15, 7), layout="constrained")
     left, right = figure.subfigures(1, 2, width_ratios=(1.1, 1))
     axes = left.subplots()
@@ -402,15 +432,14 @@ def _command_info(args):
     return 0
 
 
-def _command_bench(args, extra):
+def _command_bench(arguments):
     try:
         benchmark = importlib.import_module(f"{__package__}.benchmark")
     except ModuleNotFoundError as exc:
         if exc.name != f"{__package__}.benchmark":
             raise
         raise CommandError("bench: this installation has no lenet_fast.benchmark module") from exc
-    forwarded = (["--plot", args.plot] if args.plot else []) + extra
-    status = benchmark.main(forwarded)
+    status = benchmark.main(arguments)
     return 0 if status is None else status
 
 
@@ -424,7 +453,8 @@ def _parser():
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("demo", help="classify the bundled Fashion-MNIST sample with the shipped "
                                      "model: accuracy, examples, throughput")
-    predict = commands.add_parser("predict", help="predict labels of images")
+    predict = commands.add_parser("predict", help="predict labels of images",
+                                  epilog=_INPUT_FORMATS)
     predict.add_argument("model", metavar="MODEL", help="a .npz file or a pretrained name "
                                                         "(fashion-mnist, mnist)")
     predict.add_argument("input", metavar="INPUT",
@@ -436,7 +466,8 @@ def _parser():
                          help="write the network outputs too (in .npy: the outputs only)")
     predict.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     evaluate = commands.add_parser("evaluate", help="accuracy, per-class accuracy and confusion "
-                                                    "matrix on labelled images")
+                                                    "matrix on labelled images",
+                                   epilog=_INPUT_FORMATS)
     evaluate.add_argument("model", metavar="MODEL")
     evaluate.add_argument("images", metavar="IMAGES")
     evaluate.add_argument("labels", metavar="LABELS", help="an IDX or .npy file of labels")
@@ -446,8 +477,9 @@ def _parser():
     info = commands.add_parser("info", help="architecture, size, preprocessing and provenance "
                                             "of a model")
     info.add_argument("model", metavar="MODEL")
-    bench = commands.add_parser("bench", help="the benchmark table (lenet_fast.benchmark)")
-    bench.add_argument("--plot", metavar="PNG", help="save images/s against batch size")
+    # Every bench argument, --help included, goes to lenet_fast.benchmark's own parser.
+    commands.add_parser("bench", add_help=False,
+                        help="the benchmark table (lenet_fast.benchmark; see bench --help)")
     return parser
 
 
@@ -473,7 +505,7 @@ def main(argv=None):
                 "evaluate": _command_evaluate, "info": _command_info}
     try:
         if args.command == "bench":
-            return _command_bench(args, extra)
+            return _command_bench(extra)
         return commands[args.command](args)
     except BrokenPipeError:
         sys.stderr.close()      # the reader went away (e.g. `| head`): not an error

@@ -124,6 +124,48 @@ def test_plot_without_matplotlib_fails_before_measuring(tmp_path, monkeypatch, c
     assert not (tmp_path / "out.png").exists()
 
 
+def test_skip_reasons_of_every_thread_count_are_printed_once(tiny_weights, monkeypatch,
+                                                            capsys):
+    reasons = {1: {"torch": "torch is not installed", "openvino": "openvino is not installed"},
+               2: {"torch": "torch is not installed", "onnxruntime": "onnxruntime is broken"}}
+
+    def build_lenet_fast_only(weights, threads, engines):
+        model = LeNet.from_state_dict(weights)
+        return {"lenet_fast": benchmark._lenet_fast_peer(model, threads)}, reasons[threads]
+
+    monkeypatch.setattr(benchmark, "build_peers", build_lenet_fast_only)
+    monkeypatch.setattr(benchmark, "SETTLE_SECONDS", 0)
+    rows = benchmark.run_report((1,), (1, 2), 1, fma_peak_gflops=1.0,
+                                min_measurement_seconds=1e-4)
+    assert [(row["engine"], row["threads"]) for row in rows] == [("lenet_fast", 1),
+                                                                 ("lenet_fast", 2)]
+    assert capsys.readouterr().err.splitlines() == [
+        "skipping torch: torch is not installed", "skipping openvino: openvino is not installed",
+        "skipping onnxruntime: onnxruntime is broken"]
+
+
+def test_plot_imports_pyplot_through_the_public_cli_helper(monkeypatch):
+    def no_pyplot():
+        raise ImportError("no pyplot here")
+
+    monkeypatch.setattr(cli, "import_pyplot", no_pyplot)
+    with pytest.raises(ImportError, match="no pyplot here"):
+        benchmark.plot_throughput([], "unused.png", "title")
+
+
+def test_bench_help_lists_every_option(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["bench", "--help"])
+    assert exit_info.value.code == 0
+    help_text = capsys.readouterr().out
+    assert help_text.startswith("usage: lenet-fast bench ")
+    for option in ("--batches", "--threads", "--repeats", "--json", "--plot"):
+        assert option in help_text
+
+
+@pytest.mark.parametrize("entry_point", [benchmark.main,
+                                         lambda arguments: cli.main(["bench", *arguments])],
+                         ids=["benchmark.main", "lenet-fast bench"])
 @pytest.mark.parametrize("arguments, message", [
     (["--batches", "0,4"], "argument --batches: expected comma-separated positive integers, "
                            "got '0,4'"),
@@ -131,8 +173,8 @@ def test_plot_without_matplotlib_fails_before_measuring(tmp_path, monkeypatch, c
                            "got 'two'"),
     (["--repeats", "0"], "argument --repeats: expected at least 1, got 0"),
 ])
-def test_bad_arguments_are_usage_errors(arguments, message, capsys):
+def test_bad_arguments_are_usage_errors(entry_point, arguments, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        benchmark.main(arguments)
+        entry_point(arguments)
     assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
+    assert capsys.readouterr().err.splitlines()[-1] == f"lenet-fast bench: error: {message}"

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import lenet_fast
-from lenet_fast import LeNet, datasets
+from lenet_fast import LeNet, cli, datasets
 
 PACKAGE_ROOT = str(Path(lenet_fast.__file__).resolve().parents[1])
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -167,6 +167,58 @@ def test_predict_folder_of_images(tmp_path, sample, fashion):
     assert [int(row[1]) for row in rows[1:]] == fashion.predict(sample[0][:6]).tolist()
 
 
+def test_a_folder_named_like_a_pretrained_model_does_not_hide_it(tmp_path, monkeypatch, capsys,
+                                                                  sample, fashion):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "fashion-mnist").mkdir()
+    datasets.write_idx(tmp_path / "fashion-mnist" / "imgs.idx", sample[0][:20])
+    assert cli.main(["predict", "fashion-mnist", os.path.join("fashion-mnist", "imgs.idx")]) == 0
+    rows = read_csv(capsys.readouterr().out)
+    assert [int(row[1]) for row in rows[1:]] == fashion.predict(sample[0][:20]).tolist()
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_help_tells_which_inputs_suit_which_models(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([command, "--help"])
+    assert exit_info.value.code == 0
+    # Spaces removed: argparse wraps to the terminal width, also at hyphens.
+    text = "".join(capsys.readouterr().out.split())
+    for phrase in ("a folder of PNG/JPEG images is read as grayscale, so it suits 1-channel "
+                   "models only",
+                   "IDX files and images (like uint8 .npy files) hold uint8 pixels, which need a "
+                   "model with stored preprocessing (e.g. the pretrained fashion-mnist and mnist)",
+                   "a float .npy file is taken as normalised images and works with any model"):
+        assert "".join(phrase.split()) in text
+
+
+@pytest.fixture
+def opened_idx_readers(monkeypatch):
+    """Every `datasets.IdxReader` opened from now on, to check that each gets closed."""
+    readers = []
+
+    class RecordingIdxReader(datasets.IdxReader):
+        def __init__(self, path):
+            super().__init__(path)
+            readers.append(self)
+
+    monkeypatch.setattr(datasets, "IdxReader", RecordingIdxReader)
+    return readers
+
+
+@pytest.mark.parametrize("command, status", [
+    (["predict", "fashion-mnist", SAMPLE_IMAGES, "--quiet"], 0),
+    (["predict", "fashion-mnist", SAMPLE_IMAGES, "--out", "labels.txt"], 1),
+    (["evaluate", "fashion-mnist", SAMPLE_IMAGES, "no-such-labels.idx"], 1),
+    (["evaluate", "fashion-mnist", SAMPLE_IMAGES, SAMPLE_IMAGES], 1),   # images, not labels
+])
+def test_the_image_file_is_closed_however_the_command_ends(command, status, opened_idx_readers,
+                                                          capsys):
+    assert cli.main(command) == status
+    assert opened_idx_readers
+    assert all(reader._file.closed for reader in opened_idx_readers)
+
+
 def test_predict_folder_errors(tmp_path):
     image = pytest.importorskip("PIL.Image")
     (tmp_path / "empty").mkdir()
@@ -205,6 +257,21 @@ def test_evaluate_with_plot(tmp_path):
                  tmp_path / "confusion.png").stdout
     assert f"wrote {tmp_path / 'confusion.png'}" in output
     assert_valid_png(tmp_path / "confusion.png")
+
+
+def test_evaluate_keeps_copies_of_misclassified_images_not_views_into_chunks(
+        tmp_path, monkeypatch, capsys, sample):
+    plotted = {}
+    monkeypatch.setattr(cli, "import_pyplot", lambda: None)
+    monkeypatch.setattr(cli, "_plot_confusion", lambda path, confusion, names, mistakes, model:
+                        plotted.update(mistakes=mistakes))
+    assert cli.main(["evaluate", "fashion-mnist", SAMPLE_IMAGES, SAMPLE_LABELS, "--plot",
+                     str(tmp_path / "unused.png")]) == 0
+    assert len(plotted["mistakes"]) == cli.MAX_PLOTTED_MISTAKES
+    for index, image, truth, predicted in plotted["mistakes"]:
+        assert image.base is None           # owns its pixels: the chunk can be freed
+        np.testing.assert_array_equal(image, sample[0][index])
+        assert truth == sample[1][index] and predicted != truth
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,4 +346,10 @@ def test_usage_errors():
     run_failing("predict", "fashion-mnist", match="the following arguments are required: INPUT",
                 status=2)
     run_failing("info", "mnist", "--bogus", match="unrecognized arguments: --bogus", status=2)
+    run_failing("bench", "--repeats", "0", status=2,
+                match="lenet-fast bench: error: argument --repeats: expected at least 1, got 0")
     assert "demo" in run("--help").stdout
+    bench_help = run("bench", "--help").stdout
+    assert bench_help.startswith("usage: lenet-fast bench ")
+    for option in ("--batches", "--threads", "--repeats", "--json", "--plot"):
+        assert option in bench_help

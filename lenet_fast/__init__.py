@@ -47,8 +47,8 @@ def show_config(print_out=True):
         "openmp": kernels.HAVE_OPENMP,
         "default_num_threads": _dispatch.default_num_threads(),
         "openmp_max_threads": kernels.max_threads(),
-        "openmp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-        "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
+        "openmp_wait_policy": _dispatch.openmp_wait["OMP_WAIT_POLICY"],
+        "gomp_spincount": _dispatch.openmp_wait["GOMP_SPINCOUNT"],
     }
     if print_out:
         width = max(map(len, config))

@@ -11,7 +11,16 @@ import importlib
 import importlib.util
 import os
 
-from . import _cpu_features
+_NOT_BUILT = (
+    "lenet_fast has no compiled kernels here ({where}): install the package with `pip install .` "
+    "rather than importing the source folder, or build in place with "
+    "`python setup.py build_ext --inplace`"
+)
+
+try:
+    from . import _cpu_features
+except ImportError as exc:  # the source folder itself, never built
+    raise ImportError(_NOT_BUILT.format(where=f"no lenet_fast._cpu_features next to {__file__}")) from exc
 
 LEVELS = ("avx512", "avx2", "generic")
 ISA_ENVIRONMENT_VARIABLE = "LENET_FAST_ISA"
@@ -67,11 +76,7 @@ def _select_kernels():
         return load_kernels(forced)
     usable = usable_levels()
     if not usable:
-        raise ImportError(
-            "lenet_fast has no compiled kernels here (no lenet_fast._kernels_* module next to "
-            f"{__file__}): install the package with `pip install .` rather than importing the "
-            "source folder, or build in place with `python setup.py build_ext --inplace`"
-        )
+        raise ImportError(_NOT_BUILT.format(where=f"no lenet_fast._kernels_* module next to {__file__}"))
     return load_kernels(usable[0])
 
 
@@ -110,6 +115,16 @@ def default_num_threads():
 # fully passive waiting makes every call pay a thread wake-up (measured: 2 threads on a batch of
 # 64 only 1.2-1.6x one thread).  A short spin (about 0.3 ms here) keeps back-to-back calls at
 # 1.9-2x and costs ~1 ms of CPU after the last call.  A user's own setting wins.
-if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
-    os.environ["GOMP_SPINCOUNT"] = "10000"
-kernels = _select_kernels()
+# The variable is removed again once the kernels (and with them libgomp) are loaded, so that it
+# does not leak into subprocesses or other OpenMP runtimes loaded later.
+_SPIN_COUNT = "10000"
+_set_spin_count = "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ
+if _set_spin_count:
+    os.environ["GOMP_SPINCOUNT"] = _SPIN_COUNT
+try:
+    kernels = _select_kernels()
+finally:
+    if _set_spin_count:
+        del os.environ["GOMP_SPINCOUNT"]
+openmp_wait = {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
+               "GOMP_SPINCOUNT": _SPIN_COUNT if _set_spin_count else os.environ.get("GOMP_SPINCOUNT")}

@@ -35,18 +35,38 @@ def _activation_code(kernels, name):
     return getattr(kernels, f"ACT_{name.upper()}")
 
 
+def _allowed(option):
+    return ", ".join(map(repr, _ALLOWED[option]))
+
+
+def _stored_architecture(metadata, explicit):
+    """The architecture a file stores, checked: a dict of known options with allowed values
+    (a value the caller overrides explicitly is not used, so it is not held against the file)."""
+    stored = metadata.get("architecture", {})
+    if not isinstance(stored, dict):
+        raise _weights.MetadataError(
+            f"metadata['architecture'] must be a dict; got {type(stored).__name__}")
+    for option, value in stored.items():
+        if option not in _ALLOWED:
+            raise _weights.MetadataError(
+                f"metadata['architecture'] has an unknown option {option!r} (known: "
+                f"{', '.join(_ALLOWED)})")
+        if explicit.get(option) is None and (not isinstance(value, str)
+                                             or value not in _ALLOWED[option]):
+            raise _weights.MetadataError(
+                f"metadata['architecture']['{option}'] must be one of {_allowed(option)}; "
+                f"got {value!r}")
+    return stored
+
+
 def _resolve_architecture(explicit, stored):
     """Explicit arguments beat the file's stored architecture, which beats the defaults."""
     architecture = {}
     for option, default in DEFAULT_ARCHITECTURE.items():
         value = explicit.get(option)
-        if value is None:
-            value = stored.get(option, default)
-        if value not in _ALLOWED[option]:
-            raise ValueError(
-                f"{option} must be one of {', '.join(map(repr, _ALLOWED[option]))}; got {value!r}"
-            )
-        architecture[option] = value
+        if value is not None and value not in _ALLOWED[option]:
+            raise ValueError(f"{option} must be one of {_allowed(option)}; got {value!r}")
+        architecture[option] = stored.get(option, default) if value is None else value
     return architecture
 
 
@@ -159,9 +179,13 @@ class LeNet:
             If `path` does not exist.
         """
         weights, metadata = _weights.load_npz(path, key_map=key_map, strict=strict)
-        return cls._from_canonical(weights, metadata, num_threads, {
-            "conv_activation": conv_activation, "fc_activation": fc_activation,
-            "output_activation": output_activation, "pool": pool})
+        try:
+            return cls._from_canonical(weights, metadata, num_threads, {
+                "conv_activation": conv_activation, "fc_activation": fc_activation,
+                "output_activation": output_activation, "pool": pool})
+        except _weights.MetadataError as exc:
+            raise _weights.WeightFileError(
+                f"{path}: '{_weights.METADATA_KEY}.npy': {exc}") from exc
 
     @classmethod
     def pretrained(cls, name, *, num_threads=None):
@@ -236,7 +260,7 @@ class LeNet:
 
     @classmethod
     def _from_canonical(cls, weights, metadata, num_threads, explicit):
-        architecture = _resolve_architecture(explicit, metadata.get("architecture", {}))
+        architecture = _resolve_architecture(explicit, _stored_architecture(metadata, explicit))
         model = cls.__new__(cls)
         model._setup(weights, architecture, num_threads, metadata)
         return model
@@ -269,6 +293,7 @@ class LeNet:
 
     @num_threads.setter
     def num_threads(self, value):
+        self._num_threads_set = value is not None
         self._num_threads = (_dispatch.default_num_threads() if value is None
                              else _check_num_threads(value))
 
@@ -332,7 +357,9 @@ class LeNet:
 
     def __getstate__(self):
         return {"weights": self._weights, "architecture": self._architecture,
-                "metadata": self._metadata, "num_threads": self._num_threads}
+                "metadata": self._metadata,
+                # A default stays a default: the unpickling process resolves its own.
+                "num_threads": self._num_threads if self._num_threads_set else None}
 
     def __setstate__(self, state):
         weights = {key: np.array(value, dtype=np.float32) for key, value in state["weights"].items()}

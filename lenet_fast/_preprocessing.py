@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._weights import MetadataError
+
 _ENGINE_PAD = 2         # 28 x 28 input is zero-padded to 32 x 32 by the engine
 
 
@@ -48,8 +50,9 @@ class Preprocessing:
 
         Raises
         ------
-        ValueError
-            If ``metadata["preprocessing"]`` is not a dict of finite numbers with positive
+        MetadataError
+            (a ``ValueError``) if ``metadata["preprocessing"]`` is not a dict of finite numbers
+            with positive
             ``scale`` and ``std`` and ``pad`` equal to 2; the message names the field.
         """
         stored = metadata.get("preprocessing")
@@ -58,20 +61,20 @@ class Preprocessing:
         if not isinstance(stored, dict) or set(stored) - {"scale", "mean", "std", "pad"} or \
                 not {"scale", "mean", "std"} <= set(stored):
             found = sorted(stored) if isinstance(stored, dict) else type(stored).__name__
-            raise ValueError(f"metadata['preprocessing'] must be a dict with keys scale, mean, "
+            raise MetadataError(f"metadata['preprocessing'] must be a dict with keys scale, mean, "
                              f"std and optionally pad; got {found}")
         values = {}
         for key in ("scale", "mean", "std"):
             value = stored[key]
             if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-                    not math.isfinite(value) or (key != "mean" and value <= 0):
+                    not math.isfinite(_as_float(value)) or (key != "mean" and value <= 0):
                 rule = "a finite number" if key == "mean" else "a positive finite number"
-                raise ValueError(f"metadata['preprocessing']['{key}'] must be {rule}; "
+                raise MetadataError(f"metadata['preprocessing']['{key}'] must be {rule}; "
                                  f"got {value!r}")
             values[key] = float(value)
         pad = stored.get("pad", _ENGINE_PAD)
         if pad != _ENGINE_PAD or isinstance(pad, bool):
-            raise ValueError(f"metadata['preprocessing']['pad'] must be {_ENGINE_PAD} (the "
+            raise MetadataError(f"metadata['preprocessing']['pad'] must be {_ENGINE_PAD} (the "
                              f"engine pads 28 x 28 input by 2); got {pad!r}")
         return cls(pad=_ENGINE_PAD, **values)
 
@@ -97,13 +100,21 @@ class Preprocessing:
         return result
 
 
+def _as_float(number):
+    """float(number), or inf for an integer too large for a float (JSON allows any size)."""
+    try:
+        return float(number)
+    except OverflowError:
+        return math.inf
+
+
 def class_names(metadata, n_classes):
     """The class names stored in a model's metadata (a list of str), or None if there are none.
 
     Raises
     ------
-    ValueError
-        If ``metadata["classes"]`` is not a list of `n_classes` strings.
+    MetadataError
+        (a ``ValueError``) if ``metadata["classes"]`` is not a list of `n_classes` strings.
     """
     names = metadata.get("classes")
     if names is None:
@@ -111,6 +122,6 @@ def class_names(metadata, n_classes):
     if not isinstance(names, list) or len(names) != n_classes or \
             not all(isinstance(name, str) for name in names):
         found = (f"{len(names)} entries" if isinstance(names, list) else type(names).__name__)
-        raise ValueError(f"metadata['classes'] must be a list of {n_classes} strings (one per "
+        raise MetadataError(f"metadata['classes'] must be a list of {n_classes} strings (one per "
                          f"output); got {found}")
     return list(names)

@@ -40,6 +40,7 @@ DIMENSIONS = ("in_channels", "conv1_channels", "conv2_channels", "conv3_channels
 MAX_WIDTH = 4096
 MAX_CLASSES = 100_000
 MAX_ELEMENTS = 1 << 24
+MAX_METADATA_BYTES = 1 << 20
 _KERNEL = 5
 
 # Each canonical array's shape in terms of the network's dimensions; the first occurrence of a
@@ -75,6 +76,11 @@ class WeightFileError(ValueError):
     The message names the file (when there is one), the key or archive member, the problem, and
     the expected and found values.
     """
+
+
+class MetadataError(ValueError):
+    """Metadata (architecture, preprocessing, class names) that lenet_fast cannot use.  Loading a
+    file turns it into a `WeightFileError` naming the file and the metadata member."""
 
 
 def _where(source, key=None):
@@ -387,6 +393,10 @@ def _check_npy_header(shape, dtype, where):
         raise _error(
             where, f"expected at most {MAX_ELEMENTS} elements, found {math.prod(shape)} (shape {shape})"
         )
+    if math.prod(shape) * dtype.itemsize > MAX_ELEMENTS * 8:
+        raise _error(
+            where, f"expected at most {MAX_ELEMENTS * 8} bytes of data, found {dtype} x {shape}"
+        )
 
 
 def _read_member(archive, info, source, header_only=False):
@@ -462,12 +472,14 @@ class _ArchiveMembers(Mapping):
 
 def _read_metadata(members, source):
     where = _where(source, f"{METADATA_KEY}.npy")
-    array = members[METADATA_KEY]
-    if array.dtype != np.uint8 or array.ndim != 1:
+    shape, dtype = members.header(METADATA_KEY)   # checked before any data is read
+    if dtype != np.uint8 or len(shape) != 1:
         raise _error(
-            where,
-            f"expected a 1-D uint8 array of UTF-8 JSON, found dtype {array.dtype} with shape {array.shape}",
+            where, f"expected a 1-D uint8 array of UTF-8 JSON, found dtype {dtype} with shape {shape}"
         )
+    if shape[0] > MAX_METADATA_BYTES:
+        raise _error(where, f"expected at most {MAX_METADATA_BYTES} bytes of JSON, found {shape[0]}")
+    array = members[METADATA_KEY]
     try:
         metadata = json.loads(array.tobytes().decode("utf-8"))
     except (ValueError, RecursionError) as exc:

@@ -159,6 +159,28 @@ def test_import_without_any_built_kernels_is_an_import_error(tmp_path):
     assert completed.stderr.strip().splitlines()[-1].startswith("ImportError: ")
 
 
+def test_importing_the_unbuilt_source_folder_says_how_to_build(tmp_path):
+    package = tmp_path / "lenet_fast"
+    package.mkdir()
+    for path in Path(lenet_fast.__file__).resolve().parent.glob("*.py"):
+        shutil.copy(path, package / path.name)
+    completed = subprocess.run(
+        [sys.executable, "-c", "import lenet_fast"], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)}, cwd=tmp_path)
+    last_line = completed.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("ImportError: lenet_fast has no compiled kernels here")
+    assert "pip install ." in last_line
+
+
+def test_openmp_spin_count_is_set_for_libgomp_only_not_left_in_the_environment():
+    completed = run_python("""
+        import os
+        import lenet_fast
+        print(os.environ.get("GOMP_SPINCOUNT"), lenet_fast.show_config(False)["gomp_spincount"])
+    """)
+    assert completed.stdout.split() == ["None", "10000"]
+
+
 # ---------------------------------------------------------------------------------------------
 # qemu-user: the kernels on CPUs without AVX-512 (Haswell) and without AVX (Nehalem)
 # ---------------------------------------------------------------------------------------------

@@ -131,7 +131,9 @@ def test_unknown_option_values_are_rejected(tmp_path):
     with pytest.raises(ValueError, match=exact(f"conv_activation must be one of {names}; got 'softmax'")):
         LeNet.from_state_dict(make_random_weights(), conv_activation="softmax")
     _weights.save_npz(tmp_path / "bad.npz", make_random_weights(), {"architecture": {"fc_activation": "gelu"}})
-    with pytest.raises(ValueError, match=exact(f"fc_activation must be one of {names}; got 'gelu'")):
+    with pytest.raises(ValueError, match=exact(
+            f"{tmp_path / 'bad.npz'}: '__lenet_fast__.npy': metadata['architecture']['fc_activation'] "
+            f"must be one of {names}; got 'gelu'")):
         LeNet.from_npz(tmp_path / "bad.npz")
     assert LeNet.from_npz(tmp_path / "bad.npz", fc_activation="relu").architecture["fc_activation"] == "relu"
 
@@ -469,3 +471,30 @@ def test_million_image_predict_runs_in_bounded_memory(tmp_path):
     assert result["converted"] < 64, f"peak RSS grew by {result['converted']:.0f} MB"
     assert result["float32_labels"] == [result["zero_label"]]
     assert result["converted_labels"] == [result["image_label"]]
+
+
+@pytest.mark.parametrize("metadata, problem", [
+    ({"architecture": ["relu"]}, "metadata['architecture'] must be a dict; got list"),
+    ({"architecture": {"pool": "median"}},
+     "metadata['architecture']['pool'] must be one of 'max', 'avg'; got 'median'"),
+    ({"architecture": {"dropout": "yes"}}, "metadata['architecture'] has an unknown option 'dropout'"),
+    ({"preprocessing": {"scale": 10 ** 400, "mean": 0, "std": 1}},
+     "metadata['preprocessing']['scale'] must be a positive finite number"),
+    ({"classes": ["a", "b"]}, "metadata['classes'] must be a list of 10 strings"),
+])
+def test_unusable_stored_metadata_is_a_weight_file_error_naming_the_file(tmp_path, metadata, problem):
+    from lenet_fast import WeightFileError
+    from lenet_fast._weights import save_npz
+
+    path = tmp_path / "model.npz"
+    save_npz(path, make_random_weights(2), metadata)
+    with pytest.raises(WeightFileError, match="^" + re.escape(f"{path}: '__lenet_fast__.npy': {problem}")):
+        LeNet.from_npz(path)
+
+
+def test_pickled_model_keeps_a_default_thread_count_a_default(monkeypatch):
+    default = pickle.dumps(LeNet(make_random_weights(2)))
+    explicit = pickle.dumps(LeNet(make_random_weights(2), num_threads=1))
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert pickle.loads(default).num_threads == 3
+    assert pickle.loads(explicit).num_threads == 1

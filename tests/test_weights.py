@@ -586,3 +586,28 @@ def test_metadata_member_errors(tmp_path):
 
 def test_weight_file_error_is_a_value_error():
     assert issubclass(WeightFileError, ValueError)
+
+
+def test_metadata_member_is_checked_from_its_header_before_any_data_is_read(tmp_path):
+    # 800 MB of zeros declared as a 4-item bytes array: compresses to ~1 MB.
+    path = tmp_path / "metadata-bomb.npz"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for key, value in make_weights().items():
+            with archive.open(f"{key}.npy", "w") as member:
+                npy_format.write_array(member, value)
+        header = io.BytesIO()
+        npy_format.write_array_header_1_0(header, {"descr": "|S200000000", "fortran_order": False,
+                                                   "shape": (4,)})
+        with archive.open("__lenet_fast__.npy", "w", force_zip64=True) as member:
+            member.write(header.getvalue())
+            chunk = bytes(1 << 24)
+            for _ in range(800_000_000 // len(chunk)):
+                member.write(chunk)
+    tracemalloc.start()
+    try:
+        with pytest.raises(WeightFileError, match=starts(f"{path}: '__lenet_fast__.npy': expected")):
+            load_npz(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 2**20

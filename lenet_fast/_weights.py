@@ -58,6 +58,36 @@ _SHAPES = {
     "fc2.bias": ("n_classes",),
 }
 
+DEFAULT_DIMENSIONS = {"in_channels": 1, "conv1_channels": 6, "conv2_channels": 16,
+                      "conv3_channels": 120, "fc1_units": 84, "n_classes": 10}
+
+
+def canonical_shapes(**dimensions):
+    """The shape of every canonical array, in canonical key order.
+
+    Parameters
+    ----------
+    **dimensions : int
+        Any of `DIMENSIONS` (``in_channels``, ``conv1_channels``, ..., ``n_classes``); the others
+        take the reference model's values (`DEFAULT_DIMENSIONS`).
+
+    Returns
+    -------
+    dict of str to tuple of int
+
+    Examples
+    --------
+    >>> canonical_shapes(n_classes=5)["fc2.weight"]
+    (5, 84)
+    """
+    unknown = set(dimensions) - set(DIMENSIONS)
+    if unknown:
+        raise TypeError(f"unknown dimensions {sorted(unknown)}; expected some of {list(DIMENSIONS)}")
+    sizes = {**DEFAULT_DIMENSIONS, **dimensions}
+    return {key: tuple(sizes[symbol] if isinstance(symbol, str) else symbol for symbol in symbols)
+            for key, symbols in _SHAPES.items()}
+
+
 # The PyTorch tutorial model: conv3 is the dense layer fc1 over the flattened 16x5x5 features.
 _TUTORIAL_LAYERS = {"conv1": "conv1", "conv2": "conv2", "conv3": "fc1", "fc1": "fc2", "fc2": "fc3"}
 _NUMBERED_KEY = re.compile(r"^(?:(?P<container>.+)\.)?(?P<index>\d+)\.(?P<parameter>weight|bias)$")

@@ -54,9 +54,8 @@ import numpy as np
 
 from . import __version__, _dispatch, reference, show_config
 from ._model import LeNet
+from ._weights import LAYERS, canonical_shapes
 
-LAYER_SHAPES = {"conv1": (6, 1, 5, 5), "conv2": (16, 6, 5, 5), "conv3": (120, 16, 5, 5),
-                "fc1": (84, 120), "fc2": (10, 84)}
 ENGINES = ("lenet_fast", "onnxruntime", "openvino", "torch", "numpy")
 TOLERANCE = 1e-4
 # PyTorch eager and the float64 NumPy reference are 10-50x slower than the compiled engines:
@@ -150,7 +149,9 @@ def random_weights(seed=0):
     """
     rng = np.random.default_rng(seed)
     weights = {}
-    for layer, shape in LAYER_SHAPES.items():
+    shapes = canonical_shapes()
+    for layer in LAYERS:
+        shape = shapes[f"{layer}.weight"]
         bound = 1.0 / np.sqrt(np.prod(shape[1:]))
         weights[f"{layer}.weight"] = rng.uniform(-bound, bound, shape).astype(np.float32)
         weights[f"{layer}.bias"] = rng.uniform(-bound, bound, shape[0]).astype(np.float32)

@@ -73,6 +73,7 @@ def _neutral_working_directory(tmp_path_factory):
     os.chdir(previous)
 
 from lenet_fast import LeNet  # noqa: E402  (after the guard, which explains a failed import)
+from lenet_fast._weights import LAYERS, canonical_shapes  # noqa: E402
 
 KERNEL_LEVELS = _dispatch.usable_levels()
 DEFAULT_WIDTHS = (6, 16, 120, 84, 10)  # conv1, conv2, conv3, fc1 channels; classes
@@ -82,16 +83,12 @@ def make_random_weights(seed=0, in_channels=1, widths=DEFAULT_WIDTHS):
     """Canonical float32 weights, uniform in +-1/sqrt(fan_in) (PyTorch's default scale), so that
     every activation stays in its interesting range; biases in +-0.1."""
     conv1, conv2, conv3, fc1, n_classes = widths
-    shapes = {
-        "conv1": (conv1, in_channels, 5, 5),
-        "conv2": (conv2, conv1, 5, 5),
-        "conv3": (conv3, conv2, 5, 5),
-        "fc1": (fc1, conv3),
-        "fc2": (n_classes, fc1),
-    }
+    shapes = canonical_shapes(in_channels=in_channels, conv1_channels=conv1, conv2_channels=conv2,
+                              conv3_channels=conv3, fc1_units=fc1, n_classes=n_classes)
     rng = np.random.default_rng(seed)
     weights = {}
-    for layer, shape in shapes.items():
+    for layer in LAYERS:
+        shape = shapes[f"{layer}.weight"]
         bound = 1 / math.sqrt(math.prod(shape[1:]))
         weights[f"{layer}.weight"] = rng.uniform(-bound, bound, shape).astype(np.float32)
         weights[f"{layer}.bias"] = rng.uniform(-0.1, 0.1, shape[0]).astype(np.float32)

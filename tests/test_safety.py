@@ -27,7 +27,7 @@ from numpy.lib import format as npy_format
 
 import lenet_fast
 from lenet_fast import LeNet, WeightFileError, reference
-from lenet_fast._weights import load_npz
+from lenet_fast._weights import canonical_shapes, load_npz
 from test_weights import CreatesMarkerWhenUnpickled
 
 hypothesis = pytest.importorskip("hypothesis")
@@ -42,13 +42,8 @@ BAD_INPUT = "contains NaN or infinity; pass check_finite=False to skip this chec
 
 def make_weights(in_channels=1, conv1=6, conv2=16, conv3=120, fc1=84, n_classes=10, seed=0):
     rng = np.random.default_rng(seed)
-    shapes = {
-        "conv1.weight": (conv1, in_channels, 5, 5), "conv1.bias": (conv1,),
-        "conv2.weight": (conv2, conv1, 5, 5), "conv2.bias": (conv2,),
-        "conv3.weight": (conv3, conv2, 5, 5), "conv3.bias": (conv3,),
-        "fc1.weight": (fc1, conv3), "fc1.bias": (fc1,),
-        "fc2.weight": (n_classes, fc1), "fc2.bias": (n_classes,),
-    }
+    shapes = canonical_shapes(in_channels=in_channels, conv1_channels=conv1, conv2_channels=conv2,
+                              conv3_channels=conv3, fc1_units=fc1, n_classes=n_classes)
     # Scaled like a trained net (fan-in) so that outputs vary between images.
     return {key: (rng.normal(size=shape) / np.sqrt(np.prod(shape[1:]) or 1)).astype(np.float32)
             for key, shape in shapes.items()}

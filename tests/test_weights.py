@@ -17,19 +17,15 @@ from lenet_fast._weights import (
     canonicalize,
     infer_dimensions,
     load_npz,
+    canonical_shapes,
     save_npz,
 )
 
 
 def make_weights(in_channels=1, conv1=6, conv2=16, conv3=120, fc1=84, n_classes=10, seed=0):
     rng = np.random.default_rng(seed)
-    shapes = {
-        "conv1.weight": (conv1, in_channels, 5, 5), "conv1.bias": (conv1,),
-        "conv2.weight": (conv2, conv1, 5, 5), "conv2.bias": (conv2,),
-        "conv3.weight": (conv3, conv2, 5, 5), "conv3.bias": (conv3,),
-        "fc1.weight": (fc1, conv3), "fc1.bias": (fc1,),
-        "fc2.weight": (n_classes, fc1), "fc2.bias": (n_classes,),
-    }
+    shapes = canonical_shapes(in_channels=in_channels, conv1_channels=conv1, conv2_channels=conv2,
+                              conv3_channels=conv3, fc1_units=fc1, n_classes=n_classes)
     return {key: rng.normal(size=shape).astype(np.float32) for key, shape in shapes.items()}
 
 

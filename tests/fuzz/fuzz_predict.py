@@ -17,17 +17,13 @@ import numpy as np  # noqa: E402
 
 with _harness.instrumented_imports():
     from lenet_fast import LeNet
+    from lenet_fast._weights import canonical_shapes
 
 
 def _weights(in_channels, conv1, conv2, conv3, fc1, n_classes):
     rng = np.random.default_rng(0)
-    shapes = {
-        "conv1.weight": (conv1, in_channels, 5, 5), "conv1.bias": (conv1,),
-        "conv2.weight": (conv2, conv1, 5, 5), "conv2.bias": (conv2,),
-        "conv3.weight": (conv3, conv2, 5, 5), "conv3.bias": (conv3,),
-        "fc1.weight": (fc1, conv3), "fc1.bias": (fc1,),
-        "fc2.weight": (n_classes, fc1), "fc2.bias": (n_classes,),
-    }
+    shapes = canonical_shapes(in_channels=in_channels, conv1_channels=conv1, conv2_channels=conv2,
+                              conv3_channels=conv3, fc1_units=fc1, n_classes=n_classes)
     return {key: (rng.normal(size=shape) / np.sqrt(np.prod(shape[1:]))).astype(np.float32)
             for key, shape in shapes.items()}
 

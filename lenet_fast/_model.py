@@ -259,6 +259,23 @@ class LeNet:
                          pool=pool, num_threads=num_threads)
 
     @classmethod
+    def from_keras(cls, path, *, num_threads=None):
+        """Build a model from a Keras LeNet saved by ``model.save`` (``.keras`` or ``.h5``).
+
+        Needs ``h5py`` (``pip install "lenet_fast[keras]"``), not Keras.  The architecture is read
+        from the file's config and the weights are converted from channels-last; the model
+        takes (N, C, H, W) images.  See `lenet_fast.keras.from_keras` for what is accepted and
+        the errors.
+
+        Returns
+        -------
+        LeNet
+        """
+        from .keras import from_keras
+
+        return from_keras(path, num_threads=num_threads)
+
+    @classmethod
     def _from_canonical(cls, weights, metadata, num_threads, explicit):
         architecture = _resolve_architecture(explicit, _stored_architecture(metadata, explicit))
         model = cls.__new__(cls)

@@ -1,0 +1,889 @@
+"""Keras models in: `from_keras` reads Keras 3 ``.keras`` archives and Keras 2/3 HDF5 ``.h5`` files.
+
+Design: the file is read as data, never executed.  Keras is not imported (nor TensorFlow); the
+model config is parsed with ``json`` and only its plain values are looked at, so no object is
+ever deserialised; HDF5 is read with ``h5py`` (the ``keras`` extra).  Loading goes in four steps:
+
+1. *Open*: a ``.keras`` archive (a zip holding ``config.json`` and ``model.weights.h5``) or a
+   legacy ``.h5`` file (the JSON config in the ``model_config`` attribute, the weights in the
+   ``model_weights`` group), recognised by content, not by name.  Sizes are checked before
+   anything is read: the number of zip members and their declared sizes, the JSON text's length.
+2. *Chain*: the config's layers as one chain from the input -- a ``Sequential`` model, or a
+   ``Functional`` one whose every layer has one inbound tensor from the layer before (no
+   branches, shared layers, nested models).  Dropout-like layers are dropped (inference
+   identities).
+3. *Match*: the chain against the one network the engine runs::
+
+       Conv2D act? pool act? Conv2D act? pool act? (Conv2D act? Flatten | Flatten Dense) act?
+       Dense act? Dense act?
+
+   with 5x5 stride-1 convolutions (the first ``padding="same"`` on a 28 x 28 input, else
+   ``"valid"`` on 32 x 32), 2 x 2 stride-2 pooling of one kind, one activation per stage (from the
+   layer's ``activation`` or a separate ``Activation``/``ReLU``/``Softmax`` layer), the same
+   activation after the three convolutions (the first Dense after ``Flatten`` plays conv3) and
+   softmax only last.  Anything else is refused, naming the layer.
+4. *Weights*: each expected dataset is located (by Keras's own path scheme: ``layers/conv2d_1/
+   vars/0`` in ``.keras``, the ``weight_names`` attribute in ``.h5``), following hard links only,
+   and its dtype and shape are checked against the config before its data is read.  The weights
+   are converted once from channels-last: kernels (5, 5, in, out) -> (out, in, 5, 5), dense
+   kernels (in, out) -> (out, in), and the first dense kernel after ``Flatten`` reordered from
+   the flatten order Keras used (H, W, C for channels-last) to conv3's (C, H, W).  They then pass
+   through ``_weights.canonicalize`` like every other weight set.
+"""
+
+import json
+import math
+import os
+import zipfile
+
+import numpy as np
+
+from . import _weights
+from ._model import LeNet
+from ._weights import WeightFileError
+
+MAX_CONFIG_BYTES = 1 << 20          # the model config's JSON text
+MAX_WEIGHTS_BYTES = 1 << 31         # the model.weights.h5 member of a .keras archive
+_MAX_MEMBERS = 64
+_MAX_LAYERS = 256
+_MAX_SMALL_TEXT = 4096              # metadata.json, the keras_version attribute
+_KERNEL = 5
+_FLATTENED = 5                      # conv2's pooled output (and conv3's kernel) is 5 x 5
+_GEOMETRIES = {"same": 28, "valid": 32}   # conv1 padding -> the input size the engine runs
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
+_CONFIG_MEMBER, _WEIGHTS_MEMBER = "config.json", "model.weights.h5"
+
+_ACTIVATIONS = {"relu": "relu", "tanh": "tanh", "sigmoid": "sigmoid", "softmax": "softmax",
+                "linear": "identity", None: "identity"}
+_POOLS = {"MaxPooling2D": "max", "MaxPool2D": "max", "AveragePooling2D": "avg",
+          "AvgPool2D": "avg"}
+# Layers that compute the identity at inference.
+_INFERENCE_IDENTITIES = ("Dropout", "SpatialDropout2D", "GaussianDropout", "GaussianNoise",
+                         "AlphaDropout", "ActivityRegularization", "Identity")
+# Keras's path for a layer's variables in model.weights.h5 is its class name in snake case.
+_WEIGHTS_PATH_NAMES = {"Conv2D": "conv2d", "Dense": "dense"}
+# Config entries that do not change what a trained layer computes at inference.
+_INERT_OPTIONS = {"name", "trainable", "dtype", "kernel_initializer", "bias_initializer",
+                  "kernel_regularizer", "bias_regularizer", "activity_regularizer",
+                  "kernel_constraint", "bias_constraint", "rate", "noise_shape", "seed",
+                  "stddev", "l1", "l2", "batch_input_shape", "batch_shape", "input_shape",
+                  "lora_alpha"}
+_NOT_SUPPORTED_YET = ("BatchNormalization",)
+
+
+def _import_h5py():
+    try:
+        import h5py
+    except ImportError as exc:
+        raise ImportError("reading Keras .keras and .h5 files needs h5py: install the keras extra "
+                          "(pip install \"lenet_fast[keras]\") or h5py itself") from exc
+    return h5py
+
+
+def _error(source, problem, layer=None):
+    where = f"{source}: " + (f"layer {layer.name!r} ({layer.class_name}): " if layer else "")
+    return WeightFileError(where + problem)
+
+
+class _Layer:
+    """One entry of the config's layer list: its class, its name and its (checked) config."""
+
+    def __init__(self, entry, index, source):
+        if not isinstance(entry, dict) or not isinstance(entry.get("class_name"), str) or \
+                not isinstance(entry.get("config"), dict):
+            raise _error(source, f"model config: expected layer {index} to be an object with "
+                                 f"'class_name' and 'config', found {_brief(entry)}")
+        self.class_name, self.config, self.entry = entry["class_name"], entry["config"], entry
+        self.name = self.config.get("name", entry.get("name"))
+        if not isinstance(self.name, str) or not self.name or "/" in self.name:
+            raise _error(source, f"model config: layer {index} ({self.class_name}) has no usable "
+                                 f"name, found {_brief(self.name)}")
+
+
+def _brief(value):
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+# ---------------------------------------------------------------------------------------------
+# Step 1: open the file
+# ---------------------------------------------------------------------------------------------
+
+def _parse_config(text, source, where):
+    if len(text) > MAX_CONFIG_BYTES:
+        raise _error(source, f"{where}: expected at most {MAX_CONFIG_BYTES} bytes of JSON, found "
+                             f"{len(text)}")
+    try:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise _error(source, f"{where}: expected UTF-8 JSON, found invalid data ({exc})") from exc
+
+
+def _open_keras_archive(source, h5py, stack):
+    """The config and the open weights file of a ``.keras`` zip archive."""
+    try:
+        archive = stack.enter_context(zipfile.ZipFile(source))
+        members = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
+        raise _error(source, f"expected a .keras (zip) archive, found an unreadable file "
+                             f"({type(exc).__name__}: {exc})") from exc
+    if len(members) > _MAX_MEMBERS:
+        raise _error(source, f"expected at most {_MAX_MEMBERS} archive members, found "
+                             f"{len(members)}")
+    by_name = {}
+    for info in members:
+        if info.filename in by_name:
+            raise _error(source, f"{info.filename!r}: expected unique member names, found a "
+                                 f"duplicate")
+        by_name[info.filename] = info
+    missing = [name for name in (_CONFIG_MEMBER, _WEIGHTS_MEMBER) if name not in by_name]
+    if missing:
+        found = ", ".join(sorted(by_name)[:10]) or "(none)"
+        raise _error(source, f"expected a Keras 3 .keras archive with members {_CONFIG_MEMBER} "
+                             f"and {_WEIGHTS_MEMBER}; missing {', '.join(missing)} (found: "
+                             f"{found})")
+    config_info, weights_info = by_name[_CONFIG_MEMBER], by_name[_WEIGHTS_MEMBER]
+    for info, limit in ((config_info, MAX_CONFIG_BYTES), (weights_info, MAX_WEIGHTS_BYTES)):
+        if info.file_size > limit:
+            raise _error(source, f"{info.filename!r}: expected at most {limit} bytes, the zip "
+                                 f"directory declares {info.file_size}")
+    try:
+        with archive.open(config_info) as stream:
+            text = stream.read(MAX_CONFIG_BYTES + 1)  # zipfile stops at the declared size
+        weights_stream = stack.enter_context(archive.open(weights_info))
+        weights = stack.enter_context(h5py.File(weights_stream, "r"))
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError,
+            RuntimeError) as exc:
+        raise _error(source, f"unreadable archive member ({type(exc).__name__}: {exc})") from exc
+    config = _parse_config(text, source, _CONFIG_MEMBER)
+    return config, _KerasArchiveWeights(weights, source), _archive_keras_version(archive, by_name)
+
+
+def _archive_keras_version(archive, by_name):
+    """The Keras version metadata.json records, or None (it is informative only)."""
+    info = by_name.get("metadata.json")
+    if info is None or info.file_size > _MAX_SMALL_TEXT:
+        return None
+    try:
+        with archive.open(info) as stream:
+            metadata = json.loads(stream.read(_MAX_SMALL_TEXT).decode("utf-8"))
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError,
+            RuntimeError, RecursionError):
+        return None
+    version = metadata.get("keras_version") if isinstance(metadata, dict) else None
+    return version if isinstance(version, str) and len(version) <= 100 else None
+
+
+def _open_legacy_h5(source, h5py, stack):
+    """The config and the weights of a legacy Keras HDF5 file (``model.save("x.h5")``)."""
+    try:
+        file = stack.enter_context(h5py.File(source, "r"))
+        has_config = "model_config" in file.attrs
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise _error(source, f"expected a Keras .h5 file, found an unreadable HDF5 file "
+                             f"({type(exc).__name__}: {exc})") from exc
+    if not has_config:
+        raise _error(source, "expected a whole Keras model saved with model.save() (an HDF5 "
+                             "'model_config' attribute); this file has none -- weights alone "
+                             "(save_weights) do not say the architecture")
+    text = _string_attribute(file, "model_config", source, "'model_config' attribute",
+                             MAX_CONFIG_BYTES)
+    config = _parse_config(text, source, "'model_config' attribute")
+    link = file.get("model_weights", getlink=True)
+    if not isinstance(link, h5py.HardLink) or not isinstance(file["model_weights"], h5py.Group):
+        raise _error(source, "expected a 'model_weights' group (a legacy Keras model file), "
+                             f"found {'none' if link is None else type(link).__name__}")
+    version = None
+    if "keras_version" in file.attrs:
+        version = _string_attribute(file, "keras_version", source, "'keras_version' attribute",
+                                    _MAX_SMALL_TEXT)
+        version = version.decode("utf-8", "replace") if isinstance(version, bytes) else version
+    return config, _LegacyWeights(file["model_weights"], source, h5py), (
+        version if isinstance(version, str) and len(version) <= 100 else None)
+
+
+def _string_attribute(obj, name, source, where, limit):
+    """A string attribute, with its type and (for fixed-length strings) size checked before it is
+    read; a variable-length string lives in the file, so it is no larger than the file."""
+    import h5py
+
+    try:
+        attribute = obj.attrs.get_id(name)
+        dtype, shape = attribute.dtype, attribute.shape
+        if h5py.check_string_dtype(dtype) is None or shape not in ((), (1,)):
+            raise _error(source, f"{where}: expected a string, found {dtype} of shape {shape}")
+        if dtype.itemsize > limit:
+            raise _error(source, f"{where}: expected at most {limit} bytes, found {dtype.itemsize}")
+        value = obj.attrs[name]
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
+        raise _error(source, f"{where}: unreadable ({type(exc).__name__}: {exc})") from exc
+    if isinstance(value, np.ndarray):
+        value = value.reshape(-1)[0]
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Step 2: the chain of layers
+# ---------------------------------------------------------------------------------------------
+
+def _model_layers(config, source):
+    """The model's layers in config order, and the same layers as a chain from the input."""
+    if not isinstance(config, dict):
+        raise _error(source, f"model config: expected a JSON object, found {_brief(config)}")
+    class_name, inner = config.get("class_name"), config.get("config")
+    if class_name == "Sequential":
+        entries = inner.get("layers") if isinstance(inner, dict) else inner  # Keras 2.0: a list
+    elif class_name in ("Functional", "Model"):
+        entries = inner.get("layers") if isinstance(inner, dict) else None
+    else:
+        raise _error(source, f"model config: expected a Sequential or Functional model, found "
+                             f"{_brief(class_name)} (a subclassed model's file does not describe "
+                             f"its layers)")
+    if not isinstance(entries, list) or not entries:
+        raise _error(source, f"model config: expected a non-empty list of layers, found "
+                             f"{_brief(entries)}")
+    if len(entries) > _MAX_LAYERS:
+        raise _error(source, f"model config: expected at most {_MAX_LAYERS} layers, found "
+                             f"{len(entries)}")
+    layers = [_Layer(entry, index, source) for index, entry in enumerate(entries)]
+    names = [layer.name for layer in layers]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise _error(source, f"model config: expected unique layer names, found {duplicates[0]!r} "
+                             f"more than once")
+    if class_name == "Sequential":
+        return layers, layers, _sequential_input_shape(config, inner, layers)
+    return layers, _functional_chain(inner, layers, source), None
+
+
+def _sequential_input_shape(config, inner, layers):
+    """The (batch, ...) input shape a Sequential config states, or None."""
+    first = layers[0].config
+    candidates = [first.get("batch_shape"), first.get("batch_input_shape")]
+    if isinstance(inner, dict):
+        candidates.append(inner.get("build_input_shape"))
+    build = config.get("build_config")
+    if isinstance(build, dict):
+        candidates.append(build.get("input_shape"))
+    return next((shape for shape in candidates if shape is not None), None)
+
+
+def _tensor_reference(value, source, where):
+    """(layer name, node index, tensor index) from a Keras 2 list or a Keras 3 tensor object."""
+    if isinstance(value, dict) and value.get("class_name") == "__keras_tensor__" and \
+            isinstance(value.get("config"), dict):
+        value = value["config"].get("keras_history")
+    if isinstance(value, list) and len(value) in (3, 4) and isinstance(value[0], str) and \
+            all(isinstance(index, int) and not isinstance(index, bool) for index in value[1:3]):
+        if len(value) == 4 and not _no_call_arguments(value[3]):
+            raise _error(source, f"{where}: call arguments {_brief(value[3])} are not supported")
+        return tuple(value[:3])
+    raise _error(source, f"{where}: expected a reference to a layer's output tensor, found "
+                         f"{_brief(value)}")
+
+
+def _no_call_arguments(kwargs):
+    return isinstance(kwargs, dict) and all(value is None for value in kwargs.values())
+
+
+def _endpoint(inner, key, source):
+    value = inner.get(key)
+    if isinstance(value, list) and value and isinstance(value[0], list):
+        if len(value) != 1:
+            raise _error(source, f"model config: expected one entry in {key}, found {len(value)}")
+        value = value[0]
+    return _tensor_reference(value, source, f"model config: {key}")
+
+
+def _inbound(layer, source):
+    """The name of the one layer whose output feeds `layer`."""
+    nodes = layer.entry.get("inbound_nodes")
+    if not isinstance(nodes, list) or len(nodes) != 1:
+        count = len(nodes) if isinstance(nodes, list) else _brief(nodes)
+        raise _error(source, f"expected the layer to be called once (one inbound node), found "
+                             f"{count}", layer)
+    node = nodes[0]
+    if isinstance(node, dict):      # Keras 3: {"args": [tensor], "kwargs": {...}}
+        arguments, kwargs = node.get("args"), node.get("kwargs", {})
+        if not _no_call_arguments(kwargs):
+            raise _error(source, f"call arguments {_brief(kwargs)} are not supported", layer)
+    else:                           # Keras 2: [[name, node, tensor, kwargs]]
+        arguments = node
+    if not isinstance(arguments, list) or len(arguments) != 1:
+        raise _error(source, f"expected one input tensor, found {_brief(arguments)}", layer)
+    name, node_index, tensor_index = _tensor_reference(arguments[0], source,
+                                                       f"layer {layer.name!r} input")
+    if (node_index, tensor_index) != (0, 0):
+        raise _error(source, f"expected the first output of layer {name!r} as input, found "
+                             f"node {node_index}, tensor {tensor_index}", layer)
+    return name
+
+
+def _functional_chain(inner, layers, source):
+    """A Functional model's layers from its input to its output, checking they form one chain."""
+    by_name = {layer.name: layer for layer in layers}
+    input_name = _endpoint(inner, "input_layers", source)[0]
+    output_name = _endpoint(inner, "output_layers", source)[0]
+    chain, name = [], output_name
+    while True:
+        layer = by_name.get(name)
+        if layer is None:
+            raise _error(source, f"model config: the chain refers to layer {name!r}, which the "
+                                 f"config does not define")
+        if layer in chain:
+            raise _error(source, "model config: the layers form a cycle", layer)
+        chain.append(layer)
+        if name == input_name:
+            break
+        if layer.class_name == "InputLayer":
+            raise _error(source, f"expected the chain to start at the model input "
+                                 f"{input_name!r}", layer)
+        name = _inbound(layer, source)
+    unused = [layer for layer in layers if layer not in chain]
+    if unused:
+        raise _error(source, "expected one chain of layers from the input to the output; this "
+                             "layer is not on it (a branch)", unused[0])
+    return chain[::-1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Step 3: match the chain against the network
+# ---------------------------------------------------------------------------------------------
+
+class _Step:
+    """A layer the network uses: kind is "input", "conv", "dense", "activation", "pool" or
+    "flatten"; `value` the activation, pool kind or input shape."""
+
+    def __init__(self, kind, layer, value=None):
+        self.kind, self.layer, self.value = kind, layer, value
+
+
+def _option(layer, key, allowed, source, default=None):
+    value = layer.config.get(key, default)
+    if isinstance(value, list) and len(value) == 1 and key == "axis":
+        value = value[0]
+    if value not in allowed:
+        expected = " or ".join(repr(option) for option in allowed)
+        raise _error(source, f"expected {key} {expected}, found {_brief(value)}", layer)
+    return value
+
+
+def _check_inert_options(layer, used, source):
+    """Refuse config entries that would change the computation and that this reader does not
+    interpret (new Keras options are accepted only while they are None)."""
+    for key, value in layer.config.items():
+        if key not in used and key not in _INERT_OPTIONS and value is not None:
+            raise _error(source, f"option {key}={_brief(value)} is not supported", layer)
+    dtype = layer.config.get("dtype")
+    if isinstance(dtype, dict):
+        dtype = dtype.get("config", {}).get("name") if isinstance(dtype.get("config"), dict) \
+            else None
+    if dtype not in (None, "float32"):
+        raise _error(source, f"expected float32 computation, found dtype policy {_brief(dtype)} "
+                             f"(the outputs would differ from Keras's)", layer)
+
+
+def _activation_name(value, layer, source):
+    if isinstance(value, dict) and str(value.get("module", "")).startswith(
+            ("keras.activations", "keras.src.activations")) and isinstance(value.get("config"), str):
+        value = value["config"]   # Keras 3's serialised built-in function
+    if isinstance(value, str) or value is None:
+        if value in _ACTIVATIONS:
+            return _ACTIVATIONS[value]
+    raise _error(source, f"activation {_brief(value)} is not supported (expected relu, tanh, "
+                         f"sigmoid, softmax or linear)", layer)
+
+
+def _data_format(layer, source):
+    return _option(layer, "data_format", ("channels_last", "channels_first", None), source) \
+        or "channels_last"
+
+
+def _steps(chain, source):
+    """Each layer of the chain as a step; inference identities are dropped."""
+    steps = []
+    for layer in chain:
+        name = layer.class_name
+        if name in _INFERENCE_IDENTITIES:
+            continue
+        if name in _NOT_SUPPORTED_YET:
+            raise _error(source, f"{name} is not supported yet (fold it into the preceding "
+                                 f"layer's weights before saving)", layer)
+        if name == "InputLayer":
+            _check_inert_options(layer, {"sparse", "ragged", "optional"}, source)
+            for flag in ("sparse", "ragged", "optional"):
+                _option(layer, flag, (False, None), source)
+            steps.append(_Step("input", layer, layer.config.get("batch_shape",
+                                                                layer.config.get("batch_input_shape"))))
+        elif name == "Conv2D":
+            _check_inert_options(layer, {"filters", "kernel_size", "strides", "padding",
+                                         "data_format", "dilation_rate", "groups", "activation",
+                                         "use_bias", "lora_rank"}, source)
+            _option(layer, "kernel_size", ([_KERNEL, _KERNEL],), source)
+            _option(layer, "strides", ([1, 1],), source, [1, 1])
+            _option(layer, "dilation_rate", ([1, 1],), source, [1, 1])
+            _option(layer, "groups", (1,), source, 1)
+            _option(layer, "padding", ("valid", "same"), source, "valid")
+            _option(layer, "lora_rank", (None,), source)
+            _data_format(layer, source)
+            steps.append(_Step("conv", layer, _activation_name(layer.config.get("activation"),
+                                                                 layer, source)))
+        elif name == "Dense":
+            _check_inert_options(layer, {"units", "activation", "use_bias", "lora_rank"}, source)
+            _option(layer, "lora_rank", (None,), source)
+            steps.append(_Step("dense", layer, _activation_name(layer.config.get("activation"),
+                                                                  layer, source)))
+        elif name in _POOLS:
+            _check_inert_options(layer, {"pool_size", "strides", "padding", "data_format"}, source)
+            _option(layer, "pool_size", ([2, 2],), source)
+            _option(layer, "strides", ([2, 2], None), source)
+            _option(layer, "padding", ("valid", "same"), source, "valid")
+            _data_format(layer, source)
+            steps.append(_Step("pool", layer, _POOLS[name]))
+        elif name == "Flatten":
+            _check_inert_options(layer, {"data_format"}, source)
+            _data_format(layer, source)
+            steps.append(_Step("flatten", layer))
+        elif name == "Activation":
+            _check_inert_options(layer, {"activation"}, source)
+            steps.append(_Step("activation", layer,
+                               _activation_name(layer.config.get("activation"), layer, source)))
+        elif name == "ReLU":
+            _check_inert_options(layer, {"max_value", "negative_slope", "threshold"}, source)
+            _option(layer, "max_value", (None,), source)
+            _option(layer, "negative_slope", (0, 0.0), source, 0.0)
+            _option(layer, "threshold", (0, 0.0), source, 0.0)
+            steps.append(_Step("activation", layer, "relu"))
+        elif name == "Softmax":
+            _check_inert_options(layer, {"axis"}, source)
+            _option(layer, "axis", (-1, 1), source, -1)
+            steps.append(_Step("activation", layer, "softmax"))
+        elif name in ("Sequential", "Functional", "Model"):
+            raise _error(source, "nested models are not supported; save the inner model",
+                         layer)
+        else:
+            raise _error(source, f"layer type {name} is not supported (expected InputLayer, "
+                                 f"Conv2D, MaxPooling2D, AveragePooling2D, Flatten, Dense, "
+                                 f"Activation, ReLU, Softmax or Dropout)", layer)
+    return steps
+
+
+def _stages(steps, source):
+    """Group the steps as five weighted layers, each with the steps that follow it."""
+    stages, inputs = [], []
+    for step in steps:
+        if step.kind in ("conv", "dense"):
+            if len(stages) == len(_weights.LAYERS):
+                raise _error(source, "the network has five weighted layers (Conv2D, Conv2D, "
+                                     "Conv2D or Dense, Dense, Dense); this is a sixth", step.layer)
+            stages.append((step, []))
+        elif step.kind == "input":
+            if stages or inputs:
+                raise _error(source, "expected InputLayer only first", step.layer)
+            inputs.append(step)
+        elif not stages:
+            raise _error(source, "expected the first layer to be a Conv2D", step.layer)
+        else:
+            stages[-1][1].append(step)
+    if len(stages) != len(_weights.LAYERS):
+        found = ", ".join(step.layer.class_name for step, _ in stages) or "none"
+        raise _error(source, f"expected five weighted layers (Conv2D, Conv2D, Conv2D or Dense, "
+                             f"Dense, Dense), found {len(stages)}: {found}; other layer counts "
+                             f"are not supported yet")
+    return stages, inputs[0] if inputs else None
+
+
+def _read_architecture(stages, source):
+    """Check the stages' structure; return the architecture, the stage activations' layers, the
+    pooling and flatten steps."""
+    activations, pools, flatten = {}, [], None
+    for position, (name, (layer, following)) in enumerate(zip(_weights.LAYERS, stages)):
+        is_conv = layer.kind == "conv"
+        if (position < 2 and not is_conv) or (position > 2 and is_conv):
+            expected = "a Conv2D" if position < 2 else "a Dense"
+            raise _error(source, f"expected {name} to be {expected}", layer.layer)
+        next_is_dense = stages[position + 1][0].kind == "dense" if position < 4 else False
+        wants_flatten = (position == 2 and is_conv) or (position == 1 and next_is_dense)
+        wants_pool = position < 2
+        chosen = [(layer.value, layer.layer)] if layer.value != "identity" else []
+        seen = {"pool": [], "flatten": []}
+        for step in following:
+            if step.kind == "activation":
+                if step.value != "identity":
+                    chosen.append((step.value, step.layer))
+                if seen["pool"] and seen["pool"][0].value == "avg" and step.value != "identity":
+                    raise _error(source, "an activation after average pooling does not commute "
+                                         "with it; expected it before the pooling", step.layer)
+                continue
+            seen[step.kind].append(step)
+            if len(seen[step.kind]) > 1:
+                raise _error(source, f"expected at most one {step.kind} after {name}",
+                             step.layer)
+            if step.kind == "pool" and not wants_pool:
+                raise _error(source, f"expected pooling only after the first two Conv2D "
+                                     f"layers, found it after {name}", step.layer)
+            if step.kind == "flatten" and (not wants_flatten or (wants_pool and not seen["pool"])):
+                raise _error(source, f"expected Flatten only after the last convolution (and "
+                                     f"its pooling), found it after {name}", step.layer)
+        if wants_pool and not seen["pool"]:
+            raise _error(source, "expected a 2x2 stride-2 MaxPooling2D or AveragePooling2D "
+                                 "after this layer", layer.layer)
+        if wants_flatten and not seen["flatten"]:
+            raise _error(source, "expected a Flatten after this layer", layer.layer)
+        if len(chosen) > 1:
+            raise _error(source, f"a second activation ({chosen[1][0]}) after {chosen[0][0]} "
+                                 f"in one stage cannot be expressed", chosen[1][1])
+        activation, where = chosen[0] if chosen else ("identity", layer.layer)
+        if activation == "softmax" and name != "fc2":
+            raise _error(source, "expected softmax only after the last Dense", where)
+        activations[name] = (activation, where)
+        pools.extend(seen["pool"])
+        flatten = flatten or (seen["flatten"][0] if seen["flatten"] else None)
+    conv_activation = activations["conv1"][0]
+    for name in ("conv2", "conv3"):
+        activation, where = activations[name]
+        if activation != conv_activation:
+            role = ("plays conv3 (the first Dense after Flatten) and" if stages[2][0].kind ==
+                    "dense" and name == "conv3" else "")
+            raise _error(source, f"this layer {role} must use the convolutions' activation "
+                                 f"({conv_activation}) because lenet_fast applies one activation "
+                                 f"after all three; found {activation}; this network is not "
+                                 f"supported yet".replace("  ", " "), where)
+    if pools[0].value != pools[1].value:
+        raise _error(source, f"pooling must be the same after both convolutions; found "
+                             f"{pools[0].layer.class_name} then {pools[1].layer.class_name}",
+                     pools[1].layer)
+    architecture = {"conv_activation": conv_activation,
+                    "fc_activation": activations["fc1"][0],
+                    "output_activation": activations["fc2"][0], "pool": pools[0].value}
+    return architecture, pools, flatten
+
+
+def _positive(layer, key, limit, source):
+    value = layer.config.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+        raise _error(source, f"expected {key} from 1 to {limit}, found {_brief(value)}", layer)
+    return value
+
+
+def _geometry(stages, input_step, pools, flatten, source):
+    """Check padding, data format and input size; return the data format, the input's
+    (C, H, W) with None where unstated, and the flatten order as axis names."""
+    conv1 = stages[0][0].layer
+    layouts = {_data_format(step.layer, source) for step in [*(stage for stage, _ in stages[:3]
+                                                             if stage.kind == "conv"), *pools]}
+    if len(layouts) > 1:
+        raise _error(source, "expected one data_format for every Conv2D and pooling layer, "
+                             f"found {' and '.join(sorted(layouts))}")
+    layout = layouts.pop()
+    for stage, _ in stages[1:3]:
+        if stage.kind == "conv" and _option(stage.layer, "padding", ("valid", "same"), source,
+                                            "valid") != "valid":
+            raise _error(source, "padding 'same' after the first convolution gives a geometry "
+                                 "that is not supported yet (expected padding 'valid')",
+                         stage.layer)
+    padding = _option(conv1, "padding", ("valid", "same"), source, "valid")
+    shape = input_step.value if input_step else None
+    if shape is None:
+        channels = height = width = None
+    else:
+        if not isinstance(shape, list) or len(shape) != 4 or not all(
+                size is None or (isinstance(size, int) and not isinstance(size, bool) and size > 0)
+                for size in shape):
+            raise _error(source, f"expected an image input shape (batch, height, width, "
+                                 f"channels), found {_brief(shape)}")
+        if layout == "channels_last":
+            height, width, channels = shape[1:]
+        else:
+            channels, height, width = shape[1:]
+    size = _GEOMETRIES[padding]
+    if any(stated not in (None, size) for stated in (height, width)):
+        found = f"{height}x{width}".replace("None", "?")
+        raise _error(source, f"input {found} with padding {padding!r} on the first Conv2D: "
+                             f"lenet_fast runs 32x32 input with padding 'valid' or 28x28 with "
+                             f"padding 'same' (both flatten 5x5 features after the second "
+                             f"pooling); this geometry is not supported yet", conv1)
+    # Flatten order of the (C, H, W) feature map: the tensor's own layout, moved to
+    # channels-last first when the Flatten layer says channels_first.
+    order = ("H", "W", "C") if layout == "channels_last" else ("C", "H", "W")
+    if _data_format(flatten.layer, source) == "channels_first":
+        order = order[1:] + order[:1]
+    return layout, (channels, height, width), order
+
+
+# ---------------------------------------------------------------------------------------------
+# Step 4: the weights
+# ---------------------------------------------------------------------------------------------
+
+def _check_links(group, parts, h5py, source, where):
+    """Follow `parts` from `group` through hard links only (no soft or external links)."""
+    node = group
+    for part in parts:
+        link = node.get(part, getlink=True) if isinstance(node, h5py.Group) else None
+        if link is None:
+            return None
+        if not isinstance(link, h5py.HardLink):
+            raise _error(source, f"{where}: expected a stored object, found a "
+                                 f"{type(link).__name__} (links are not followed)")
+        node = node[part]
+    return node
+
+
+def _read_dataset(node, expected_shape, h5py, source, where, hint=""):
+    """Read a dataset after checking its type, dtype and shape (`None` in the expected shape
+    takes any size up to 3, for the input channels); `hint` explains a wrong shape."""
+    if not isinstance(node, h5py.Dataset):
+        raise _error(source, f"{where}: expected a dataset, found {type(node).__name__}")
+    try:
+        shape, dtype = node.shape, node.dtype
+        if node.is_virtual or node.external:
+            raise _error(source, f"{where}: expected data stored in this file, found a virtual or "
+                                 f"external dataset")
+    except (OSError, ValueError, RuntimeError, TypeError) as exc:
+        raise _error(source, f"{where}: unreadable ({type(exc).__name__}: {exc})") from exc
+    if dtype.kind != "f" or dtype.itemsize not in (2, 4, 8):
+        raise _error(source, f"{where}: expected float16, float32 or float64, found {dtype}")
+    matches = shape is not None and len(shape) == len(expected_shape) and all(
+        got == want or (want is None and 1 <= got <= 3) for got, want in zip(shape, expected_shape))
+    if not matches:
+        text = ", ".join("C" if want is None else str(want) for want in expected_shape)
+        raise _error(source, f"{where}: expected shape ({text}{',' if len(expected_shape) == 1 else ''}), "
+                             f"found {shape}{hint}")
+    if math.prod(shape) > _weights.MAX_ELEMENTS:
+        raise _error(source, f"{where}: expected at most {_weights.MAX_ELEMENTS} elements, found "
+                             f"{math.prod(shape)}")
+    try:
+        return np.asarray(node[()])
+    except (OSError, ValueError, RuntimeError, TypeError) as exc:
+        raise _error(source, f"{where}: unreadable ({type(exc).__name__}: {exc})") from exc
+
+
+class _KerasArchiveWeights:
+    """model.weights.h5 of a .keras archive: a layer's variables are ``layers/<class in snake
+    case, numbered by order of appearance>/vars/<index>``."""
+
+    def __init__(self, file, source):
+        self._file, self._source = file, source
+
+    def variables(self, layer, path_name, shapes, hint=""):
+        import h5py
+
+        where = f"{_WEIGHTS_MEMBER} 'layers/{path_name}/vars'"
+        group = _check_links(self._file, ["layers", path_name, "vars"], h5py, self._source,
+                             where)
+        if not isinstance(group, h5py.Group):
+            raise _error(self._source, f"{where}: missing (the weights do not match the config)",
+                         layer)
+        stored_name = group.attrs.get("name") if "name" in group.attrs else None
+        if isinstance(stored_name, bytes):
+            stored_name = stored_name.decode("utf-8", "replace")
+        if stored_name is not None and stored_name != layer.name:
+            raise _error(self._source, f"{where} belongs to layer {_brief(stored_name)}: the "
+                                       f"weights do not match the config", layer)
+        present, expected = sorted(group.keys()), [str(index) for index in range(len(shapes))]
+        if present != expected:
+            raise _error(self._source, f"{where}: expected variables {expected}, found "
+                                       f"{present}", layer)
+        return [_read_dataset(_check_links(group, [key], h5py, self._source, where), shape, h5py,
+                              self._source, f"{where[:-1]}/{key}' of layer {layer.name!r}", hint)
+                for key, shape in zip(expected, shapes)]
+
+
+class _LegacyWeights:
+    """The model_weights group of a legacy .h5 file: a group per layer name whose
+    ``weight_names`` attribute lists its datasets (kernel, then bias) by relative path."""
+
+    def __init__(self, group, source, h5py):
+        self._group, self._source, self._h5py = group, source, h5py
+
+    def variables(self, layer, path_name, shapes, hint=""):
+        h5py, source = self._h5py, self._source
+        where = f"'model_weights/{layer.name}'"
+        group = _check_links(self._group, [layer.name], h5py, source, where)
+        if not isinstance(group, h5py.Group):
+            raise _error(source, f"{where}: missing (the weights do not match the config)", layer)
+        names = self._weight_names(group, layer, where)
+        roles = ["kernel", "bias"][:len(shapes)]
+        found = [name.split("/")[-1].split(":")[0] for name in names]
+        if found != roles:
+            raise _error(source, f"{where}: expected weights {roles}, found {names}", layer)
+        arrays = []
+        for name, shape in zip(names, shapes):
+            dataset_where = f"'model_weights/{layer.name}/{name}'"
+            node = _check_links(group, name.split("/"), h5py, source, dataset_where)
+            if node is None:
+                raise _error(source, f"{dataset_where}: missing", layer)
+            arrays.append(_read_dataset(node, shape, h5py, source, dataset_where, hint))
+        return arrays
+
+    def _weight_names(self, group, layer, where):
+        try:
+            attribute = group.attrs.get_id("weight_names") if "weight_names" in group.attrs \
+                else None
+            if attribute is None:
+                raise _error(self._source, f"{where}: no 'weight_names' attribute", layer)
+            if attribute.shape is None or len(attribute.shape) != 1 or attribute.shape[0] > 4:
+                raise _error(self._source, f"{where}: expected at most 2 weight names, found "
+                                           f"an attribute of shape {attribute.shape}", layer)
+            if attribute.shape[0] and self._h5py.check_string_dtype(attribute.dtype) is None:
+                raise _error(self._source, f"{where}: expected weight names as strings, found "
+                                           f"{attribute.dtype}", layer)
+            values = group.attrs["weight_names"]
+        except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
+            raise _error(self._source, f"{where}: unreadable 'weight_names' "
+                                       f"({type(exc).__name__}: {exc})", layer) from exc
+        names = [value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+                 for value in np.asarray(values).reshape(-1)]
+        if any(not name or len(name) > 1000 or name.startswith("/") for name in names):
+            raise _error(self._source, f"{where}: unusable weight names {_brief(names)}", layer)
+        return names
+
+
+def _read_weights(layers, stages, store, input_chw, order, source):
+    """The canonical weight dict, converted from Keras's channels-last layout."""
+    counters, path_names = {}, {}
+    for layer in layers:   # Keras numbers the variable paths per class, in config order
+        base = _WEIGHTS_PATH_NAMES.get(layer.class_name)
+        if base:
+            count = counters.get(base, 0)
+            path_names[layer.name] = base if count == 0 else f"{base}_{count}"
+            counters[base] = count + 1
+    weights, channels = {}, input_chw[0]
+    features = None
+    for position, (name, (step, _)) in enumerate(zip(_weights.LAYERS, stages)):
+        layer = step.layer
+        use_bias = _option(layer, "use_bias", (True, False), source, True)
+        if step.kind == "conv":
+            width = _positive(layer, "filters", _weights.MAX_WIDTH, source)
+            kernel_shape = (_KERNEL, _KERNEL, channels, width)
+        else:
+            limit = _weights.MAX_CLASSES if name == "fc2" else _weights.MAX_WIDTH
+            width = _positive(layer, "units", limit, source)
+            kernel_shape = (features, width)
+        shapes = [kernel_shape, (width,)] if use_bias else [kernel_shape]
+        hint = ""
+        if name == "conv3" or (name == "fc1" and stages[2][0].kind == "conv"):
+            feeding = "conv2's 5x5" if name == "conv3" else "conv3's 1x1"
+            hint = (f" (the Dense after Flatten takes {features} features: {feeding} output; "
+                    f"lenet_fast runs 32x32 input with padding 'valid' or 28x28 with "
+                    f"padding 'same' on the first Conv2D, other geometries such as 28x28 "
+                    f"unpadded are not supported yet)")
+        arrays = store.variables(layer, path_names[layer.name], shapes, hint)
+        kernel = arrays[0]
+        if step.kind == "conv":
+            weight = kernel.transpose(3, 2, 0, 1)       # (5, 5, in, out) -> (out, in, 5, 5)
+        elif name == "conv3":                           # the first Dense after Flatten
+            sizes = {"C": channels, "H": _FLATTENED, "W": _FLATTENED}
+            weight = kernel.T.reshape(width, *(sizes[axis] for axis in order))
+            weight = weight.transpose(0, *(1 + order.index(axis) for axis in "CHW"))
+        else:
+            weight = kernel.T                           # (in, out) -> (out, in)
+        weights[f"{name}.weight"] = weight
+        weights[f"{name}.bias"] = arrays[1] if use_bias else np.zeros(width, kernel.dtype)
+        channels = width
+        features = channels * (_FLATTENED * _FLATTENED if position == 1 else 1)
+    return weights
+
+
+def from_keras(path, *, num_threads=None):
+    """Build a `LeNet` from a Keras model file, without Keras.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A Keras 3 ``.keras`` archive or a Keras 2/3 ``.h5`` file written by ``model.save``
+        (recognised by content).  The model: Conv2D -> pooling -> Conv2D -> pooling -> Flatten ->
+        Dense -> Dense -> Dense, or Conv2D x 3 -> Flatten -> Dense -> Dense; see Notes.
+    num_threads : int, optional
+        See `LeNet`.
+
+    Returns
+    -------
+    LeNet
+        With the file's activations and pooling as its architecture; ``metadata["provenance"]``
+        records the Keras version, the model name and its input shape.  It takes images in
+        lenet_fast's (N, C, H, W) layout: transpose Keras's channels-last batches with
+        ``x.transpose(0, 3, 1, 2)`` (or pass (N, H, W) for one channel).
+
+    Raises
+    ------
+    lenet_fast.WeightFileError
+        (a ``ValueError``) naming the file and, where there is one, the layer: an unreadable or
+        oversized file, a model that is not one chain of layers, a layer type, option,
+        activation or geometry the engine cannot run (the message says which), or weights that
+        do not match the config.
+    ImportError
+        If ``h5py`` is not installed (``pip install "lenet_fast[keras]"``).
+    FileNotFoundError
+        If `path` does not exist.
+
+    Notes
+    -----
+    Supported: ``Sequential`` models and ``Functional`` models that are one chain of layers;
+    InputLayer; Conv2D with 5x5 kernels, stride 1, no dilation, one group, ``padding="same"``
+    on the first on a 28 x 28 input or ``"valid"`` on a 32 x 32 one, ``"valid"`` after it; 2 x 2
+    stride-2 MaxPooling2D or AveragePooling2D (the same after both convolutions); Flatten;
+    Dense; activations relu, tanh, sigmoid, linear and (last) softmax, as a layer option or as
+    Activation, ReLU (plain) and Softmax layers; Dropout, SpatialDropout2D, GaussianNoise,
+    GaussianDropout, AlphaDropout and ActivityRegularization are ignored (they are identities
+    at inference); ``use_bias=False`` gives a zero bias; channels-last or channels-first.  The
+    three convolutions -- or two, and the first Dense after Flatten -- must share one
+    activation.  BatchNormalization and other geometries (such as 28 x 28 without padding) are
+    not supported yet.
+
+    Examples
+    --------
+    >>> model = LeNet.from_keras("lenet.keras")                 # doctest: +SKIP
+    >>> labels = model.predict(images_nhwc.transpose(0, 3, 1, 2))  # doctest: +SKIP
+    """
+    import contextlib
+
+    h5py = _import_h5py()
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or path-like; got {type(path).__name__}")
+    source = os.fspath(path)
+    if not os.path.exists(source):
+        raise FileNotFoundError(f"Keras file {source!r} does not exist")
+    try:
+        with open(source, "rb") as file:
+            magic = file.read(len(_HDF5_MAGIC))
+    except OSError as exc:
+        raise _error(source, f"unreadable ({type(exc).__name__}: {exc})") from exc
+    with contextlib.ExitStack() as stack:
+        if magic.startswith(_ZIP_MAGICS):
+            config, store, version = _open_keras_archive(source, h5py, stack)
+            file_format = ".keras"
+        elif magic == _HDF5_MAGIC:
+            config, store, version = _open_legacy_h5(source, h5py, stack)
+            file_format = ".h5"
+        else:
+            raise _error(source, f"expected a Keras .keras archive (zip) or .h5 (HDF5) file, "
+                                 f"found a file starting with {magic!r}")
+        layers, chain, stated_shape = _model_layers(config, source)
+        steps = _steps(chain, source)
+        if stated_shape is not None and not any(step.kind == "input" for step in steps):
+            steps.insert(0, _Step("input", chain[0], stated_shape))
+        stages, input_step = _stages(steps, source)
+        architecture, pools, flatten = _read_architecture(stages, source)
+        layout, input_chw, order = _geometry(stages, input_step, pools, flatten, source)
+        weights = _read_weights(layers, stages, store, input_chw, order, source)
+    canonical = _weights.canonicalize(weights, source=source)
+    channels = canonical["conv1.weight"].shape[1]
+    size = _GEOMETRIES[_option(stages[0][0].layer, "padding", ("valid", "same"), source, "valid")]
+    provenance = {"format": f"Keras {file_format}",
+                  "keras_input_shape": [size, size, channels] if layout == "channels_last"
+                  else [channels, size, size]}
+    for key, value in (("keras_model", _model_name(config)), ("keras_version", version)):
+        if value is not None:
+            provenance[key] = value
+    metadata = {"architecture": architecture, "provenance": provenance}
+    return LeNet._from_canonical(canonical, metadata, num_threads, {})
+
+
+def _model_name(config):
+    inner = config.get("config")
+    name = inner.get("name") if isinstance(inner, dict) else None
+    return name if isinstance(name, str) and len(name) <= 200 else None

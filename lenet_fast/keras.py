@@ -53,6 +53,9 @@ _GEOMETRIES = {"same": 28, "valid": 32}   # conv1 padding -> the input size the 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 _CONFIG_MEMBER, _WEIGHTS_MEMBER = "config.json", "model.weights.h5"
+# What zipfile, zlib and h5py raise on bad bytes.
+_ZIP_ERRORS = (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError,
+               RuntimeError, KeyError)
 
 _ACTIVATIONS = {"relu": "relu", "tanh": "tanh", "sigmoid": "sigmoid", "softmax": "softmax",
                 "linear": "identity", None: "identity"}
@@ -153,13 +156,21 @@ def _open_keras_archive(source, h5py, stack):
     try:
         with archive.open(config_info) as stream:
             text = stream.read(MAX_CONFIG_BYTES + 1)  # zipfile stops at the declared size
-        weights_stream = stack.enter_context(archive.open(weights_info))
-        weights = stack.enter_context(h5py.File(weights_stream, "r"))
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError,
-            RuntimeError) as exc:
-        raise _error(source, f"unreadable archive member ({type(exc).__name__}: {exc})") from exc
+    except _ZIP_ERRORS as exc:
+        raise _error(source, f"{_CONFIG_MEMBER!r}: unreadable ({type(exc).__name__}: {exc})") \
+            from exc
     config = _parse_config(text, source, _CONFIG_MEMBER)
-    return config, _KerasArchiveWeights(weights, source), _archive_keras_version(archive, by_name)
+
+    def open_weights():
+        try:
+            stream = stack.enter_context(archive.open(weights_info))
+            return stack.enter_context(h5py.File(stream, "r"))
+        except _ZIP_ERRORS as exc:
+            raise _error(source, f"{_WEIGHTS_MEMBER!r}: expected an HDF5 file, found an "
+                                 f"unreadable one ({type(exc).__name__}: {exc})") from exc
+
+    return config, _KerasArchiveWeights(open_weights, source), \
+        _archive_keras_version(archive, by_name)
 
 
 def _archive_keras_version(archive, by_name):
@@ -170,8 +181,7 @@ def _archive_keras_version(archive, by_name):
     try:
         with archive.open(info) as stream:
             metadata = json.loads(stream.read(_MAX_SMALL_TEXT).decode("utf-8"))
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError,
-            RuntimeError, RecursionError):
+    except (*_ZIP_ERRORS, RecursionError):
         return None
     version = metadata.get("keras_version") if isinstance(metadata, dict) else None
     return version if isinstance(version, str) and len(version) <= 100 else None
@@ -312,8 +322,12 @@ def _inbound(layer, source):
             raise _error(source, f"call arguments {_brief(kwargs)} are not supported", layer)
     else:                           # Keras 2: [[name, node, tensor, kwargs]]
         arguments = node
+    if isinstance(arguments, list) and len(arguments) == 1 and isinstance(arguments[0], list) \
+            and arguments[0] and not isinstance(arguments[0][0], str):
+        arguments = arguments[0]    # Keras 3 passes several tensors as one list argument
     if not isinstance(arguments, list) or len(arguments) != 1:
-        raise _error(source, f"expected one input tensor, found {_brief(arguments)}", layer)
+        count = len(arguments) if isinstance(arguments, list) else _brief(arguments)
+        raise _error(source, f"expected one input tensor, found {count}", layer)
     name, node_index, tensor_index = _tensor_reference(arguments[0], source,
                                                        f"layer {layer.name!r} input")
     if (node_index, tensor_index) != (0, 0):
@@ -665,12 +679,14 @@ class _KerasArchiveWeights:
     """model.weights.h5 of a .keras archive: a layer's variables are ``layers/<class in snake
     case, numbered by order of appearance>/vars/<index>``."""
 
-    def __init__(self, file, source):
-        self._file, self._source = file, source
+    def __init__(self, open_file, source):
+        self._open_file, self._file, self._source = open_file, None, source
 
     def variables(self, layer, path_name, shapes, hint=""):
         import h5py
 
+        if self._file is None:   # opened once the config has been checked
+            self._file = self._open_file()
         where = f"{_WEIGHTS_MEMBER} 'layers/{path_name}/vars'"
         group = _check_links(self._file, ["layers", path_name, "vars"], h5py, self._source,
                              where)
@@ -743,7 +759,8 @@ class _LegacyWeights:
 
 
 def _read_weights(layers, stages, store, input_chw, order, source):
-    """The canonical weight dict, converted from Keras's channels-last layout."""
+    """The weights in canonical shapes (converted from Keras's channels-last layout) keyed by
+    Keras layer names, and the key_map from canonical layer names to those."""
     counters, path_names = {}, {}
     for layer in layers:   # Keras numbers the variable paths per class, in config order
         base = _WEIGHTS_PATH_NAMES.get(layer.class_name)
@@ -751,8 +768,7 @@ def _read_weights(layers, stages, store, input_chw, order, source):
             count = counters.get(base, 0)
             path_names[layer.name] = base if count == 0 else f"{base}_{count}"
             counters[base] = count + 1
-    weights, channels = {}, input_chw[0]
-    features = None
+    weights, key_map, channels, features = {}, {}, input_chw[0], None
     for position, (name, (step, _)) in enumerate(zip(_weights.LAYERS, stages)):
         layer = step.layer
         use_bias = _option(layer, "use_bias", (True, False), source, True)
@@ -781,11 +797,13 @@ def _read_weights(layers, stages, store, input_chw, order, source):
             weight = weight.transpose(0, *(1 + order.index(axis) for axis in "CHW"))
         else:
             weight = kernel.T                           # (in, out) -> (out, in)
-        weights[f"{name}.weight"] = weight
-        weights[f"{name}.bias"] = arrays[1] if use_bias else np.zeros(width, kernel.dtype)
+        # Keyed by the Keras layer's name, so that canonicalize's messages name it.
+        key_map[name] = layer.name
+        weights[f"{layer.name}.weight"] = weight
+        weights[f"{layer.name}.bias"] = arrays[1] if use_bias else np.zeros(width, kernel.dtype)
         channels = width
         features = channels * (_FLATTENED * _FLATTENED if position == 1 else 1)
-    return weights
+    return weights, key_map
 
 
 def from_keras(path, *, num_threads=None):
@@ -869,8 +887,8 @@ def from_keras(path, *, num_threads=None):
         stages, input_step = _stages(steps, source)
         architecture, pools, flatten = _read_architecture(stages, source)
         layout, input_chw, order = _geometry(stages, input_step, pools, flatten, source)
-        weights = _read_weights(layers, stages, store, input_chw, order, source)
-    canonical = _weights.canonicalize(weights, source=source)
+        weights, key_map = _read_weights(layers, stages, store, input_chw, order, source)
+    canonical = _weights.canonicalize(weights, key_map=key_map, source=source)
     channels = canonical["conv1.weight"].shape[1]
     size = _GEOMETRIES[_option(stages[0][0].layer, "padding", ("valid", "same"), source, "valid")]
     provenance = {"format": f"Keras {file_format}",

@@ -1,0 +1,601 @@
+"""Keras interop: LeNets built and saved by Keras 3 itself (``.keras`` and ``.h5``), and the Keras 2
+``.h5`` layout, load with `LeNet.from_keras` and give Keras's outputs; files outside the network
+family, and hostile files, are refused naming the file and the layer.
+
+Keras runs on its PyTorch backend (no TensorFlow).  Parity: <= 1e-5 absolute + 1e-5 relative on the
+outputs and >= 99.9 % equal labels, on random images and on real Fashion-MNIST images.
+"""
+
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import zipfile
+
+import numpy as np
+import pytest
+
+h5py = pytest.importorskip("h5py", reason="h5py is not installed (pip install lenet_fast[keras])")
+os.environ["KERAS_BACKEND"] = "torch"   # before Keras is imported: no TensorFlow needed
+keras = pytest.importorskip("keras", reason="Keras 3 is not installed (the test extra installs it)")
+from keras import layers  # noqa: E402
+
+from lenet_fast import LeNet, WeightFileError  # noqa: E402
+from lenet_fast.datasets import load_sample  # noqa: E402
+
+TOLERANCE = {"atol": 1e-5, "rtol": 1e-5}
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning",
+                                        "ignore::FutureWarning")
+
+
+# ---------------------------------------------------------------------------------------------
+# Models built with Keras
+# ---------------------------------------------------------------------------------------------
+
+def example_lenet():
+    """The issue's Keras LeNet (28x28x1, 'same' first convolution, tanh, average pooling), with a
+    Dropout that inference ignores."""
+    return keras.Sequential([
+        keras.Input((28, 28, 1)),
+        layers.Conv2D(6, 5, padding="same", activation="tanh"), layers.AveragePooling2D(2),
+        layers.Conv2D(16, 5, activation="tanh"), layers.AveragePooling2D(2),
+        layers.Flatten(), layers.Dense(120, activation="tanh"), layers.Dense(84, activation="tanh"),
+        layers.Dropout(0.3), layers.Dense(10, activation="softmax")])
+
+
+def relu_max_lenet():
+    """32x32 'valid', ReLU and max pooling, conv3 as a Conv2D, activations as separate layers (one
+    after a max pooling), a bias-free convolution; Functional API with custom names."""
+    inputs = keras.Input((32, 32, 1), name="pixels")
+    x = layers.Conv2D(6, 5, name="c1")(inputs)
+    x = layers.ReLU(name="r1")(x)
+    x = layers.MaxPooling2D(name="s2")(x)
+    x = layers.Conv2D(16, 5, use_bias=False, name="c3")(x)
+    x = layers.MaxPooling2D(name="s4")(x)
+    x = layers.Activation("relu", name="r4")(x)
+    x = layers.Conv2D(120, 5, activation="relu", name="c5")(x)
+    x = layers.Flatten(name="flat")(x)
+    x = layers.Dense(84, activation="relu", name="f6")(x)
+    x = layers.Dense(10, name="logits")(x)
+    return keras.Model(inputs, layers.Softmax(name="probabilities")(x))
+
+
+def rgb_lenet():
+    """Three input channels, other widths, sigmoid dense layers and a linear output."""
+    return keras.Sequential([
+        keras.Input((32, 32, 3)),
+        layers.Conv2D(8, 5, activation="relu"), layers.MaxPooling2D(),
+        layers.Conv2D(20, 5, activation="relu"), layers.MaxPooling2D(),
+        layers.Flatten(), layers.Dense(100, activation="relu"),
+        layers.Dense(50, activation="sigmoid"), layers.Dense(7)])
+
+
+def channels_first_lenet():
+    """Channels-first tensors, flattened channels-last (Flatten's data_format moves them)."""
+    return keras.Sequential([
+        keras.Input((1, 28, 28)),
+        layers.Conv2D(6, 5, padding="same", activation="tanh", data_format="channels_first"),
+        layers.AveragePooling2D(2, data_format="channels_first"),
+        layers.Conv2D(16, 5, activation="tanh", data_format="channels_first"),
+        layers.AveragePooling2D(2, data_format="channels_first"),
+        layers.Flatten(data_format="channels_first"),
+        layers.Dense(120, activation="tanh"), layers.Dense(84, activation="tanh"),
+        layers.Dense(10, activation="softmax")])
+
+
+MODELS = {
+    "example": (example_lenet, {"conv_activation": "tanh", "fc_activation": "tanh",
+                                "output_activation": "softmax", "pool": "avg"}),
+    "relu_max": (relu_max_lenet, {"conv_activation": "relu", "fc_activation": "relu",
+                                  "output_activation": "softmax", "pool": "max"}),
+    "rgb": (rgb_lenet, {"conv_activation": "relu", "fc_activation": "sigmoid",
+                        "output_activation": "identity", "pool": "max"}),
+    "channels_first": (channels_first_lenet, {"conv_activation": "tanh",
+                                              "fc_activation": "tanh",
+                                              "output_activation": "softmax", "pool": "avg"}),
+}
+
+
+def keras_input_shape(model):
+    return tuple(model.inputs[0].shape[1:])
+
+
+def to_keras_layout(images_nchw, model):
+    """Our (N, C, H, W) images in the layout the Keras model takes."""
+    if keras_input_shape(model)[0] == images_nchw.shape[1]:       # channels-first
+        return images_nchw
+    return images_nchw.transpose(0, 2, 3, 1)
+
+
+def real_images(size, channels):
+    """The shipped Fashion-MNIST test images as floats in [0, 1], (N, C, size, size)."""
+    images = load_sample()[0].astype(np.float32) / 255
+    pad = (size - 28) // 2
+    images = np.pad(images, ((0, 0), (pad, pad), (pad, pad)))[:, None]
+    if channels == 3:   # three different channels: the image, its negative, its square
+        images = np.concatenate([images, 1 - images, images**2], axis=1)
+    return np.ascontiguousarray(images)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """name -> (Keras model, its .keras file, its .h5 file).  The example LeNet is trained for a
+    few steps on real images so that its labels mean something; the others keep Keras's
+    initial weights."""
+    keras.utils.set_random_seed(0)
+    folder = tmp_path_factory.mktemp("keras")
+    result = {}
+    for name, (build, _) in MODELS.items():
+        model = build()
+        if name == "example":
+            images, labels = load_sample()
+            model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+            model.fit(images[..., None].astype(np.float32) / 255, labels, epochs=3,
+                      batch_size=32, verbose=0)
+        model.save(folder / f"{name}.keras")
+        model.save(folder / f"{name}.h5")
+        result[name] = (model, folder / f"{name}.keras", folder / f"{name}.h5")
+    return result
+
+
+def assert_parity(ours, keras_model, images):
+    expected = np.asarray(keras_model.predict(to_keras_layout(images, keras_model), verbose=0,
+                                              batch_size=256))
+    found = ours.forward(images)
+    np.testing.assert_allclose(found, expected, **TOLERANCE)
+    agreement = np.mean(found.argmax(axis=1) == expected.argmax(axis=1))
+    assert agreement >= 0.999, agreement
+    return found
+
+
+@pytest.mark.parametrize("file_format", [".keras", ".h5"])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_outputs_match_keras(saved, name, file_format):
+    keras_model, keras_file, h5_file = saved[name]
+    model = LeNet.from_keras(keras_file if file_format == ".keras" else h5_file)
+    assert model.architecture == MODELS[name][1]
+    shape = keras_input_shape(keras_model)
+    channels, size = (shape[0], shape[1]) if name == "channels_first" else (shape[2], shape[0])
+    random_images = np.random.default_rng(1).normal(size=(1000, channels, size, size))
+    assert_parity(model, keras_model, random_images.astype(np.float32))
+    found = assert_parity(model, keras_model, real_images(size, channels))
+    if name == "example":   # trained: its labels are Fashion-MNIST classes, not noise
+        assert np.mean(found.argmax(axis=1) == load_sample()[1]) > 0.5
+    provenance = model.metadata["provenance"]
+    assert provenance["format"] == f"Keras {file_format}"
+    assert provenance["keras_version"] == keras.__version__
+    assert tuple(provenance["keras_input_shape"]) == shape
+
+
+def test_saved_model_reloads_without_arguments(saved, tmp_path):
+    model = LeNet.from_keras(saved["example"][1])
+    model.save_npz(tmp_path / "lenet.npz")
+    again = LeNet.from_npz(tmp_path / "lenet.npz")
+    assert again.architecture == model.architecture
+    images = real_images(28, 1)[:64]
+    np.testing.assert_array_equal(again.forward(images), model.forward(images))
+
+
+def test_reading_imports_neither_keras_nor_tensorflow(saved):
+    code = textwrap.dedent(f"""
+        import sys
+        from lenet_fast import LeNet
+        for path in ({str(saved['example'][1])!r}, {str(saved['relu_max'][2])!r}):
+            LeNet.from_keras(path)
+        assert not {{"keras", "tensorflow"}} & set(sys.modules), sorted(sys.modules)
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+def test_missing_h5py_names_the_extra(saved):
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules["h5py"] = None
+        from lenet_fast import LeNet
+        try:
+            LeNet.from_keras({str(saved['example'][1])!r})
+        except ImportError as exc:
+            print(exc)
+        else:
+            raise SystemExit("no ImportError")
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert 'pip install "lenet_fast[keras]"' in result.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# The Keras 2 .h5 layout (written as tf.keras 2 writes it, from a Keras 3 model's weights)
+# ---------------------------------------------------------------------------------------------
+
+def keras2_layer(layer):
+    """A Keras 2 config entry: class_name and config only, activations as names."""
+    config = {key: value for key, value in layer.get_config().items()
+              if key not in ("dtype", "kernel_initializer", "bias_initializer", "quantization_config")}
+    config["dtype"] = "float32"
+    return {"class_name": type(layer).__name__, "config": config}
+
+
+def write_keras2_h5(model, path, functional=False):
+    """The file tf.keras 2.x ``model.save("x.h5")`` writes: Sequential configs put the input shape
+    on the first layer, Functional ones list inbound nodes as [[name, 0, 0, {}]]; weights live at
+    model_weights/<layer>/<layer>/kernel:0, listed by the weight_names attribute."""
+    entries = [keras2_layer(layer) for layer in model.layers]
+    if functional:
+        previous = "input_1"
+        for entry in entries:
+            entry["name"] = entry["config"]["name"]
+            entry["inbound_nodes"] = [[[previous, 0, 0, {}]]]
+            previous = entry["name"]
+        shape = [None, *keras_input_shape(model)]
+        entries.insert(0, {"class_name": "InputLayer", "name": "input_1", "inbound_nodes": [],
+                           "config": {"batch_input_shape": shape, "dtype": "float32",
+                                      "sparse": False, "ragged": False, "name": "input_1"}})
+        config = {"class_name": "Functional", "config": {
+            "name": "model", "layers": entries, "input_layers": [["input_1", 0, 0]],
+            "output_layers": [[previous, 0, 0]]}}
+    else:
+        entries[0]["config"]["batch_input_shape"] = [None, *keras_input_shape(model)]
+        config = {"class_name": "Sequential", "config": {"name": "sequential", "layers": entries}}
+    with h5py.File(path, "w") as file:
+        file.attrs["keras_version"] = "2.15.0"
+        file.attrs["backend"] = "tensorflow"
+        file.attrs["model_config"] = json.dumps(config)
+        group = file.create_group("model_weights")
+        group.attrs["layer_names"] = np.array([layer.name.encode() for layer in model.layers])
+        for layer in model.layers:
+            names = [f"{layer.name}/{variable.name}:0".encode() for variable in layer.weights]
+            layer_group = group.create_group(layer.name)
+            layer_group.attrs["weight_names"] = np.array(names, dtype="S")
+            for name, variable in zip(names, layer.weights):
+                layer_group[name.decode()] = np.asarray(variable.numpy())
+
+
+@pytest.mark.parametrize("functional", [False, True], ids=["sequential", "functional"])
+def test_keras2_h5_layout(saved, tmp_path, functional):
+    keras_model = saved["example"][0]
+    write_keras2_h5(keras_model, tmp_path / "keras2.h5", functional)
+    model = LeNet.from_keras(tmp_path / "keras2.h5")
+    assert model.metadata["provenance"]["keras_version"] == "2.15.0"
+    assert_parity(model, keras_model, real_images(28, 1))
+
+
+# ---------------------------------------------------------------------------------------------
+# Networks outside the family, refused naming the layer
+# ---------------------------------------------------------------------------------------------
+
+def sequential(*body, input_shape=(28, 28, 1)):
+    return keras.Sequential([keras.Input(input_shape), *body])
+
+
+def lenet_body(conv1=None, pool=layers.AveragePooling2D, conv2=None, flatten_and_dense=None):
+    return [conv1 or layers.Conv2D(6, 5, padding="same", activation="tanh", name="conv1"), pool(2),
+            conv2 or layers.Conv2D(16, 5, activation="tanh", name="conv2"), pool(2),
+            *(flatten_and_dense or [layers.Flatten(), layers.Dense(120, activation="tanh"),
+                                    layers.Dense(84, activation="tanh"),
+                                    layers.Dense(10, activation="softmax")])]
+
+
+UNSUPPORTED = {
+    "mnist_unpadded": (
+        lambda: sequential(*lenet_body(conv1=layers.Conv2D(6, 5, activation="tanh", name="conv1"))),
+        r"layer 'conv1' \(Conv2D\): input 28x28 with padding 'valid' on the first Conv2D: "
+        r"lenet_fast runs 32x32 input with padding 'valid' or 28x28 with padding 'same' .*"
+        r"not supported yet"),
+    "caffe": (
+        lambda: sequential(layers.Conv2D(20, 5, name="conv1"), layers.MaxPooling2D(),
+                           layers.Conv2D(50, 5, name="conv2"), layers.MaxPooling2D(),
+                           layers.Flatten(), layers.Dense(500, activation="relu"),
+                           layers.Dense(10, activation="softmax")),
+        r"expected five weighted layers .* found 4: Conv2D, Conv2D, Dense, Dense; .*not supported "
+        r"yet"),
+    "strides": (
+        lambda: sequential(*lenet_body(conv2=layers.Conv2D(16, 5, strides=2, name="conv2")),
+                           input_shape=(28, 28, 1)),
+        r"layer 'conv2' \(Conv2D\): expected strides \[1, 1\], found \[2, 2\]"),
+    "dilation": (
+        lambda: sequential(*lenet_body(conv2=layers.Conv2D(16, 5, dilation_rate=2, name="conv2"))),
+        r"layer 'conv2' \(Conv2D\): expected dilation_rate \[1, 1\], found \[2, 2\]"),
+    "kernel_3": (
+        lambda: sequential(*lenet_body(conv2=layers.Conv2D(16, 3, name="conv2"))),
+        r"layer 'conv2' \(Conv2D\): expected kernel_size \[5, 5\], found \[3, 3\]"),
+    "batch_norm": (
+        lambda: sequential(*lenet_body()[:1], layers.BatchNormalization(name="bn"),
+                           *lenet_body()[1:]),
+        r"layer 'bn' \(BatchNormalization\): BatchNormalization is not supported yet"),
+    "conv3_dense_other_activation": (
+        lambda: sequential(*lenet_body(flatten_and_dense=[
+            layers.Flatten(), layers.Dense(120, activation="relu", name="dense120"),
+            layers.Dense(84, activation="tanh"), layers.Dense(10, activation="softmax")])),
+        r"layer 'dense120' \(Dense\): this layer plays conv3 \(the first Dense after Flatten\) and "
+        r"must use the convolutions' activation \(tanh\) .* found relu"),
+    "other_layer": (
+        lambda: sequential(*lenet_body()[:1], layers.LeakyReLU(name="leaky"), *lenet_body()[1:]),
+        r"layer 'leaky' \(LeakyReLU\): layer type LeakyReLU is not supported"),
+    "other_activation": (
+        lambda: sequential(*lenet_body(conv2=layers.Conv2D(16, 5, activation="elu",
+                                                           name="conv2"))),
+        r"layer 'conv2' \(Conv2D\): activation 'elu' is not supported"),
+    "activation_after_average_pool": (
+        lambda: sequential(layers.Conv2D(6, 5, padding="same", name="conv1"),
+                           layers.AveragePooling2D(2), layers.Activation("tanh", name="late"),
+                           *lenet_body()[2:]),
+        r"layer 'late' \(Activation\): an activation after average pooling does not commute"),
+    "two_activations": (
+        lambda: sequential(*lenet_body()[:1], layers.Activation("relu", name="again"),
+                           *lenet_body()[1:]),
+        r"layer 'again' \(Activation\): a second activation \(relu\) after tanh"),
+    "mixed_pooling": (
+        lambda: sequential(*lenet_body()[:1], layers.MaxPooling2D(name="max"),
+                           *lenet_body()[2:3], layers.AveragePooling2D(2, name="avg"),
+                           *lenet_body()[4:]),
+        r"layer 'avg' \(AveragePooling2D\): pooling must be the same after both convolutions"),
+    "pool_3": (
+        lambda: sequential(*lenet_body()[:1], layers.MaxPooling2D(3, name="p3"),
+                           *lenet_body()[2:]),
+        r"layer 'p3' \(MaxPooling2D\): expected pool_size \[2, 2\], found \[3, 3\]"),
+    "softmax_inside": (
+        lambda: sequential(*lenet_body(flatten_and_dense=[
+            layers.Flatten(), layers.Dense(120, activation="tanh"),
+            layers.Dense(84, activation="softmax", name="early"), layers.Dense(10)])),
+        r"layer 'early' \(Dense\): expected softmax only after the last Dense"),
+    "rescaling": (
+        lambda: sequential(layers.Rescaling(1 / 255, name="scale"), *lenet_body()),
+        r"layer 'scale' \(Rescaling\): layer type Rescaling is not supported"),
+    "mixed_precision": (
+        lambda: sequential(*lenet_body(conv2=layers.Conv2D(16, 5, activation="tanh",
+                                                           dtype="mixed_float16", name="conv2"))),
+        r"layer 'conv2' \(Conv2D\): expected float32 computation, found dtype policy "
+        r"'mixed_float16'"),
+}
+
+
+@pytest.mark.parametrize("file_format", [".keras", ".h5"])
+@pytest.mark.parametrize("case", list(UNSUPPORTED))
+def test_unsupported_networks_are_refused(tmp_path, case, file_format):
+    build, message = UNSUPPORTED[case]
+    path = tmp_path / f"model{file_format}"
+    build().save(path)
+    with pytest.raises(WeightFileError, match=re.escape(str(path)) + ": " + message):
+        LeNet.from_keras(path)
+
+
+def test_branches_are_refused(tmp_path):
+    inputs = keras.Input((28, 28, 1))
+    x = layers.Conv2D(6, 5, padding="same", activation="tanh", name="conv1")(inputs)
+    side = layers.Conv2D(6, 1, name="side")(x)
+    x = layers.Add(name="join")([x, side])
+    for layer in lenet_body()[1:]:
+        x = layer(x)
+    keras.Model(inputs, x).save(tmp_path / "branch.keras")
+    with pytest.raises(WeightFileError, match=r"layer 'join' \(Add\): expected one input tensor"):
+        LeNet.from_keras(tmp_path / "branch.keras")
+
+
+def test_subclassed_model_is_refused(tmp_path):
+    config = {"module": "__main__", "class_name": "MyLeNet", "config": {}}
+    path = tmp_path / "subclassed.keras"
+    write_archive(path, config, b"")
+    with pytest.raises(WeightFileError, match=r"expected a Sequential or Functional model, found "
+                                              r"'MyLeNet' \(a subclassed model"):
+        LeNet.from_keras(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile and broken files
+# ---------------------------------------------------------------------------------------------
+
+def archive_parts(path):
+    with zipfile.ZipFile(path) as archive:
+        return json.loads(archive.read("config.json")), archive.read("model.weights.h5")
+
+
+def write_archive(path, config, weights, extra=()):
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("config.json", config if isinstance(config, (str, bytes))
+                         else json.dumps(config))
+        archive.writestr("model.weights.h5", weights)
+        for name, data in extra:
+            archive.writestr(name, data)
+
+
+def edited_weights(weights, edit):
+    """The model.weights.h5 bytes after `edit(h5py.File)`."""
+    buffer = io.BytesIO(weights)
+    with h5py.File(buffer, "r+") as file:
+        edit(file)
+    return buffer.getvalue()
+
+
+def refused(path, pattern):
+    with pytest.raises(WeightFileError, match=re.escape(str(path)) + ": (.* )?" + pattern):
+        LeNet.from_keras(path)
+
+
+def test_not_a_keras_file(tmp_path):
+    path = tmp_path / "model.keras"
+    path.write_bytes(b"GIF89a not a model")
+    refused(path, r"expected a Keras \.keras archive \(zip\) or \.h5 \(HDF5\) file")
+    with pytest.raises(FileNotFoundError):
+        LeNet.from_keras(tmp_path / "missing.keras")
+    path.write_bytes(b"PK\x03\x04 truncated")
+    refused(path, r"expected a \.keras \(zip\) archive, found an unreadable file")
+
+
+def test_archive_members_and_sizes(saved, tmp_path):
+    config, weights = archive_parts(saved["example"][1])
+    path = tmp_path / "model.keras"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("config.json", json.dumps(config))
+    refused(path, r"missing model\.weights\.h5")
+    write_archive(path, " " * (1 << 20) + json.dumps(config), weights)
+    refused(path, r"'config\.json': expected at most 1048576 bytes, the zip directory declares")
+    write_archive(path, config, weights, [(f"extra{i}", b"") for i in range(100)])
+    refused(path, r"expected at most 64 archive members, found 102")
+    write_archive(path, "{not json", weights)
+    refused(path, r"config\.json: expected UTF-8 JSON, found invalid data")
+    write_archive(path, "[" * 100_000 + "]" * 100_000, weights)
+    refused(path, r"config\.json: expected UTF-8 JSON, found invalid data")
+    write_archive(path, config, b"not hdf5")
+    refused(path, r"'model\.weights\.h5': expected an HDF5 file, found an unreadable one")
+
+
+def test_zip_bomb_member_is_refused_from_its_declared_size(saved, tmp_path):
+    config, weights = archive_parts(saved["example"][1])
+    path = tmp_path / "bomb.keras"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("config.json", json.dumps(config))
+        archive.writestr("model.weights.h5", weights + bytes(1 << 31))
+    assert path.stat().st_size < 10 << 20
+    refused(path, r"'model\.weights\.h5': expected at most 2147483648 bytes, the zip directory "
+                  r"declares \d+")
+
+
+def test_config_is_data_never_code(saved, tmp_path):
+    """A Lambda layer's code (and a registered custom class) is never run: the layer is refused."""
+    config, weights = archive_parts(saved["example"][1])
+    marker = tmp_path / "executed"
+    code = f"open({str(marker)!r}, 'w')"
+    config["config"]["layers"].insert(2, {
+        "module": "keras.layers", "class_name": "Lambda", "registered_name": None,
+        "config": {"name": "evil", "function": {"class_name": "__lambda__",
+                                                "config": {"code": code}}}})
+    path = tmp_path / "lambda.keras"
+    write_archive(path, config, weights)
+    refused(path, r"layer 'evil' \(Lambda\): layer type Lambda is not supported")
+    assert not marker.exists()
+
+
+def test_config_values_of_the_wrong_type(saved, tmp_path):
+    config, weights = archive_parts(saved["example"][1])
+    path = tmp_path / "model.keras"
+    cases = [
+        (lambda c: c.update(config=[]), r"expected a non-empty list of layers"),
+        (lambda c: c["config"]["layers"].__setitem__(1, "Conv2D"),
+         r"expected layer 1 to be an object with 'class_name' and 'config'"),
+        (lambda c: c["config"]["layers"][1]["config"].update(filters=10**9),
+         r"layer 'conv2d' \(Conv2D\): expected filters from 1 to 4096, found 1000000000"),
+        (lambda c: c["config"]["layers"][1]["config"].update(filters="6"),
+         r"layer 'conv2d' \(Conv2D\): expected filters from 1 to 4096, found '6'"),
+        (lambda c: c["config"]["layers"][1]["config"].update(activation={"module": "os",
+                                                                         "config": "system"}),
+         r"layer 'conv2d' \(Conv2D\): activation \{'module': 'os'"),
+        (lambda c: c["config"]["layers"][1]["config"].update(future_option=3),
+         r"layer 'conv2d' \(Conv2D\): option future_option=3 is not supported"),
+        (lambda c: c["config"]["layers"][0]["config"].update(batch_shape=[None, 28, 28, "1"]),
+         r"expected an image input shape \(batch, height, width, channels\)"),
+        (lambda c: c["config"]["layers"][2]["config"].update(name="conv2d"),
+         r"expected unique layer names, found 'conv2d' more than once"),
+        (lambda c: c["config"]["layers"][6]["config"].update(units=100),
+         r"model\.weights\.h5 'layers/dense/vars/0' of layer 'dense': expected shape "
+         r"\(400, 100\), found \(400, 120\) \(the Dense after Flatten takes 400 features"),
+    ]
+    for edit, message in cases:
+        edited = json.loads(json.dumps(config))
+        edit(edited)
+        write_archive(path, edited, weights)
+        refused(path, message)
+
+
+def test_weights_that_do_not_match_or_are_unsafe(saved, tmp_path):
+    config, weights = archive_parts(saved["example"][1])
+    path = tmp_path / "model.keras"
+
+    def replace(name, data):
+        def edit(file):
+            del file[name]
+            file[name] = data
+        return edit
+
+    def external_link(file):
+        del file["layers/conv2d/vars/0"]
+        file["layers/conv2d/vars/0"] = h5py.ExternalLink("/etc/passwd", "/data")
+
+    def soft_link(file):
+        del file["layers/conv2d/vars/0"]
+        file["layers/conv2d/vars/0"] = h5py.SoftLink("/layers/conv2d_1/vars/0")
+
+    cases = [
+        (replace("layers/conv2d/vars/0", np.zeros((5, 5, 1, 7), np.float32)),
+         r"'layers/conv2d/vars/0' of layer 'conv2d': expected shape \(5, 5, 1, 6\), found "
+         r"\(5, 5, 1, 7\)"),
+        (replace("layers/conv2d/vars/0", np.zeros((5, 5, 1, 6), np.int32)),
+         r"expected float16, float32 or float64, found int32"),
+        (replace("layers/conv2d/vars/1", np.array([b"x"] * 6, dtype=object).astype(
+            h5py.string_dtype())), r"expected float16, float32 or float64, found object"),
+        (replace("layers/dense/vars/1", np.full(120, np.nan, np.float32)),
+         r"'dense.bias' \(used as conv3.bias\): expected finite values"),
+        (lambda file: file["layers/conv2d/vars"].create_dataset("2", data=np.zeros(3)),
+         r"layer 'conv2d' \(Conv2D\): model\.weights\.h5 'layers/conv2d/vars': expected "
+         r"variables \['0', '1'\], found \['0', '1', '2'\]"),
+        (lambda file: file["layers/conv2d/vars"].attrs.modify("name", "other"),
+         r"belongs to layer 'other': the weights do not match the config"),
+        (lambda file: file["layers"].pop("dense_1"),
+         r"layer 'dense_1' \(Dense\): model\.weights\.h5 'layers/dense_1/vars': missing"),
+        (external_link, r"found a ExternalLink \(links are not followed\)"),
+        (soft_link, r"found a SoftLink \(links are not followed\)"),
+    ]
+    for edit, message in cases:
+        write_archive(path, config, edited_weights(weights, edit))
+        refused(path, message)
+
+
+def test_legacy_h5_without_a_config_or_with_bad_weight_names(saved, tmp_path):
+    keras_model, _, h5_file = saved["example"]
+    path = tmp_path / "weights.h5"
+    keras_model.save_weights(tmp_path / "model.weights.h5")
+    refused(tmp_path / "model.weights.h5", r"this file has none -- weights alone")
+    data = h5_file.read_bytes()
+    path.write_bytes(data)
+    with h5py.File(path, "r+") as file:
+        file["model_weights/dense"].attrs["weight_names"] = np.array([b"dense/bias", b"dense/kernel"])
+    refused(path, r"layer 'dense' \(Dense\): 'model_weights/dense': expected weights "
+                  r"\['kernel', 'bias'\], found \['dense/bias', 'dense/kernel'\]")
+    path.write_bytes(data)
+    with h5py.File(path, "r+") as file:
+        file.attrs["model_config"] = np.int64(3)
+    refused(path, r"'model_config' attribute: expected a string, found int64")
+    with h5py.File(path, "w", libver="latest") as file:   # room for a 2 MiB attribute
+        file.attrs["model_config"] = np.bytes_(b" " * (2 << 20))
+    refused(path, r"'model_config' attribute: expected at most 1048576 bytes, found 2097152")
+    with h5py.File(path, "w", libver="latest") as file:   # variable length: read, then refused
+        file.attrs["model_config"] = " " * (2 << 20)
+    refused(path, r"'model_config' attribute: expected at most 1048576 bytes of JSON, found "
+                  r"2097152")
+
+
+@pytest.mark.parametrize("file_format", [".keras", ".h5"])
+def test_corrupted_bytes_give_only_weight_file_errors(saved, tmp_path, file_format):
+    """Flipped and truncated bytes anywhere: a clean WeightFileError or (where the damage hit
+    nothing read) a model with Keras's outputs -- never another exception."""
+    keras_model, keras_file, h5_file = saved["example"]
+    data = bytearray((keras_file if file_format == ".keras" else h5_file).read_bytes())
+    rng = np.random.default_rng(7)
+    images = real_images(28, 1)[:32]
+    expected = np.asarray(keras_model.predict(images.transpose(0, 2, 3, 1), verbose=0))
+    path = tmp_path / f"corrupt{file_format}"
+    outcomes = {"refused": 0, "loaded": 0}
+    for trial in range(120):
+        damaged = bytearray(data)
+        if trial % 4 == 3:
+            damaged = damaged[:int(rng.integers(len(damaged)))]
+        else:
+            for position in rng.integers(len(damaged), size=int(rng.integers(1, 8))):
+                damaged[position] ^= int(rng.integers(1, 256))
+        path.write_bytes(bytes(damaged))
+        try:
+            model = LeNet.from_keras(path)
+        except WeightFileError:
+            outcomes["refused"] += 1
+            continue
+        outcomes["loaded"] += 1
+        # A flip inside weight data changes the weights, which no file format can detect
+        # without a checksum; the model must still be a working LeNet of the same shape.
+        assert model.forward(images).shape == expected.shape
+    assert outcomes["refused"] > 0, outcomes

@@ -31,10 +31,12 @@ ever deserialised; HDF5 is read with ``h5py`` (the ``keras`` extra).  Loading go
    through ``_weights.canonicalize`` like every other weight set.
 """
 
+import contextlib
 import json
 import math
 import os
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -53,9 +55,9 @@ _GEOMETRIES = {"same": 28, "valid": 32}   # conv1 padding -> the input size the 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 _CONFIG_MEMBER, _WEIGHTS_MEMBER = "config.json", "model.weights.h5"
-# What zipfile, zlib and h5py raise on bad bytes.
-_ZIP_ERRORS = (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError,
-               RuntimeError, KeyError)
+# What zipfile, zlib and h5py raise on bad bytes (h5py: OSError, KeyError, ValueError, ...).
+_READ_ERRORS = (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError,
+                NotImplementedError, RuntimeError, KeyError, TypeError)
 
 _ACTIVATIONS = {"relu": "relu", "tanh": "tanh", "sigmoid": "sigmoid", "softmax": "softmax",
                 "linear": "identity", None: "identity"}
@@ -156,7 +158,7 @@ def _open_keras_archive(source, h5py, stack):
     try:
         with archive.open(config_info) as stream:
             text = stream.read(MAX_CONFIG_BYTES + 1)  # zipfile stops at the declared size
-    except _ZIP_ERRORS as exc:
+    except _READ_ERRORS as exc:
         raise _error(source, f"{_CONFIG_MEMBER!r}: unreadable ({type(exc).__name__}: {exc})") \
             from exc
     config = _parse_config(text, source, _CONFIG_MEMBER)
@@ -165,7 +167,7 @@ def _open_keras_archive(source, h5py, stack):
         try:
             stream = stack.enter_context(archive.open(weights_info))
             return stack.enter_context(h5py.File(stream, "r"))
-        except _ZIP_ERRORS as exc:
+        except _READ_ERRORS as exc:
             raise _error(source, f"{_WEIGHTS_MEMBER!r}: expected an HDF5 file, found an "
                                  f"unreadable one ({type(exc).__name__}: {exc})") from exc
 
@@ -181,7 +183,7 @@ def _archive_keras_version(archive, by_name):
     try:
         with archive.open(info) as stream:
             metadata = json.loads(stream.read(_MAX_SMALL_TEXT).decode("utf-8"))
-    except (*_ZIP_ERRORS, RecursionError):
+    except (*_READ_ERRORS, RecursionError):
         return None
     version = metadata.get("keras_version") if isinstance(metadata, dict) else None
     return version if isinstance(version, str) and len(version) <= 100 else None
@@ -192,7 +194,7 @@ def _open_legacy_h5(source, h5py, stack):
     try:
         file = stack.enter_context(h5py.File(source, "r"))
         has_config = "model_config" in file.attrs
-    except (OSError, ValueError, RuntimeError) as exc:
+    except _READ_ERRORS as exc:
         raise _error(source, f"expected a Keras .h5 file, found an unreadable HDF5 file "
                              f"({type(exc).__name__}: {exc})") from exc
     if not has_config:
@@ -228,6 +230,8 @@ def _string_attribute(obj, name, source, where, limit):
         if dtype.itemsize > limit:
             raise _error(source, f"{where}: expected at most {limit} bytes, found {dtype.itemsize}")
         value = obj.attrs[name]
+    except WeightFileError:
+        raise
     except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
         raise _error(source, f"{where}: unreadable ({type(exc).__name__}: {exc})") from exc
     if isinstance(value, np.ndarray):
@@ -511,8 +515,8 @@ def _stages(steps, source):
 
 
 def _read_architecture(stages, source):
-    """Check the stages' structure; return the architecture, the stage activations' layers, the
-    pooling and flatten steps."""
+    """Check the stages' structure; return the architecture, the two pooling steps and the
+    flatten step."""
     activations, pools, flatten = {}, [], None
     for position, (name, (layer, following)) in enumerate(zip(_weights.LAYERS, stages)):
         is_conv = layer.kind == "conv"
@@ -656,6 +660,8 @@ def _read_dataset(node, expected_shape, h5py, source, where, hint=""):
         if node.is_virtual or node.external:
             raise _error(source, f"{where}: expected data stored in this file, found a virtual or "
                                  f"external dataset")
+    except WeightFileError:
+        raise
     except (OSError, ValueError, RuntimeError, TypeError) as exc:
         raise _error(source, f"{where}: unreadable ({type(exc).__name__}: {exc})") from exc
     if dtype.kind != "f" or dtype.itemsize not in (2, 4, 8):
@@ -671,7 +677,7 @@ def _read_dataset(node, expected_shape, h5py, source, where, hint=""):
                              f"{math.prod(shape)}")
     try:
         return np.asarray(node[()])
-    except (OSError, ValueError, RuntimeError, TypeError) as exc:
+    except _READ_ERRORS as exc:
         raise _error(source, f"{where}: unreadable ({type(exc).__name__}: {exc})") from exc
 
 
@@ -693,7 +699,8 @@ class _KerasArchiveWeights:
         if not isinstance(group, h5py.Group):
             raise _error(self._source, f"{where}: missing (the weights do not match the config)",
                          layer)
-        stored_name = group.attrs.get("name") if "name" in group.attrs else None
+        stored_name = (_string_attribute(group, "name", self._source, f"{where} 'name' attribute",
+                                         _MAX_SMALL_TEXT) if "name" in group.attrs else None)
         if isinstance(stored_name, bytes):
             stored_name = stored_name.decode("utf-8", "replace")
         if stored_name is not None and stored_name != layer.name:
@@ -748,6 +755,8 @@ class _LegacyWeights:
                 raise _error(self._source, f"{where}: expected weight names as strings, found "
                                            f"{attribute.dtype}", layer)
             values = group.attrs["weight_names"]
+        except WeightFileError:
+            raise
         except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
             raise _error(self._source, f"{where}: unreadable 'weight_names' "
                                        f"({type(exc).__name__}: {exc})", layer) from exc
@@ -857,8 +866,6 @@ def from_keras(path, *, num_threads=None):
     >>> model = LeNet.from_keras("lenet.keras")                 # doctest: +SKIP
     >>> labels = model.predict(images_nhwc.transpose(0, 3, 1, 2))  # doctest: +SKIP
     """
-    import contextlib
-
     h5py = _import_h5py()
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or path-like; got {type(path).__name__}")
@@ -870,6 +877,17 @@ def from_keras(path, *, num_threads=None):
             magic = file.read(len(_HDF5_MAGIC))
     except OSError as exc:
         raise _error(source, f"unreadable ({type(exc).__name__}: {exc})") from exc
+    try:
+        canonical, metadata = _load(source, magic, h5py)
+    except WeightFileError:
+        raise
+    except _READ_ERRORS as exc:   # whatever h5py raises on damage the checks did not foresee
+        raise _error(source, f"unreadable ({type(exc).__name__}: {exc})") from exc
+    return LeNet._from_canonical(canonical, metadata, num_threads, {})
+
+
+def _load(source, magic, h5py):
+    """The canonical weights and the metadata (architecture, provenance) of a Keras file."""
     with contextlib.ExitStack() as stack:
         if magic.startswith(_ZIP_MAGICS):
             config, store, version = _open_keras_archive(source, h5py, stack)
@@ -897,8 +915,7 @@ def from_keras(path, *, num_threads=None):
     for key, value in (("keras_model", _model_name(config)), ("keras_version", version)):
         if value is not None:
             provenance[key] = value
-    metadata = {"architecture": architecture, "provenance": provenance}
-    return LeNet._from_canonical(canonical, metadata, num_threads, {})
+    return canonical, {"architecture": architecture, "provenance": provenance}
 
 
 def _model_name(config):

@@ -32,6 +32,7 @@ ever deserialised; HDF5 is read with ``h5py`` (the ``keras`` extra).  Loading go
 """
 
 import contextlib
+import io
 import json
 import math
 import os
@@ -46,6 +47,7 @@ from ._weights import WeightFileError
 
 MAX_CONFIG_BYTES = 1 << 20          # the model config's JSON text
 MAX_WEIGHTS_BYTES = 1 << 31         # the model.weights.h5 member of a .keras archive
+_IN_MEMORY_BYTES = 64 << 20         # smaller weight members are decompressed into memory
 _MAX_MEMBERS = 64
 _MAX_LAYERS = 256
 _MAX_SMALL_TEXT = 4096              # metadata.json, the keras_version attribute
@@ -165,7 +167,10 @@ def _open_keras_archive(source, h5py, stack):
 
     def open_weights():
         try:
-            stream = stack.enter_context(archive.open(weights_info))
+            if weights_info.file_size <= _IN_MEMORY_BYTES:   # one pass; h5py seeks a lot
+                stream = io.BytesIO(archive.read(weights_info))
+            else:   # a zip member stream: memory stays bounded, backward seeks re-read
+                stream = stack.enter_context(archive.open(weights_info))
             return stack.enter_context(h5py.File(stream, "r"))
         except _READ_ERRORS as exc:
             raise _error(source, f"{_WEIGHTS_MEMBER!r}: expected an HDF5 file, found an "

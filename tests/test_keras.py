@@ -607,3 +607,12 @@ def test_corrupted_bytes_give_only_weight_file_errors(saved, tmp_path, file_form
         # without a checksum; the model must still be a working LeNet of the same shape.
         assert model.forward(images).shape == expected.shape
     assert outcomes["refused"] > 0, outcomes
+
+
+def test_large_weight_members_are_streamed(saved, monkeypatch):
+    """Members over the in-memory limit are read from the zip stream: same model."""
+    import lenet_fast.keras
+
+    keras_model, keras_file, _ = saved["relu_max"]
+    monkeypatch.setattr(lenet_fast.keras, "_IN_MEMORY_BYTES", 0)
+    assert_parity(LeNet.from_keras(keras_file), keras_model, real_images(32, 1))

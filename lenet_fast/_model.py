@@ -7,6 +7,8 @@ non-contiguous or byte-swapped views) are converted in chunks, so a million-imag
 needs a second full-size copy.
 """
 
+import warnings
+
 import numpy as np
 
 from . import _dispatch, _preprocessing, _weights
@@ -25,6 +27,16 @@ _ALLOWED = {
     "output_activation": OUTPUT_ACTIVATIONS,
     "pool": POOLS,
 }
+# What a weight file that does not state its architecture is assumed to be, by layout (origin):
+# the PyTorch tutorial's CIFAR-10 `Net` has ReLU after every layer but the last; everything else
+# gets this package's defaults (the design source's).  Either way it is announced.
+ASSUMED_ARCHITECTURES = {
+    "PyTorch tutorial": {"conv_activation": "relu", "fc_activation": "relu",
+                         "output_activation": "identity", "pool": "max"},
+    "canonical": DEFAULT_ARCHITECTURE,
+}
+_ORIGINS = {"PyTorch tutorial": "the PyTorch tutorial layout's architecture",
+            "canonical": "lenet_fast's defaults for its own layout"}
 _INPUT_SIZES = (32, 28)
 _FLOAT32 = np.dtype(np.float32)  # native float32 (a byte-swapped one is a different dtype object)
 _CONVERSION_CHUNK = 4096        # images converted to float32 at a time
@@ -59,15 +71,59 @@ def _stored_architecture(metadata, explicit):
     return stored
 
 
-def _resolve_architecture(explicit, stored):
-    """Explicit arguments beat the file's stored architecture, which beats the defaults."""
-    architecture = {}
-    for option, default in DEFAULT_ARCHITECTURE.items():
+class ArchitectureWarning(UserWarning):
+    """The weights did not state an activation or the pooling, so lenet_fast assumed it.
+
+    Raised (as a warning) by `LeNet.from_npz` and `LeNet.from_state_dict` when neither the call
+    nor the file states every option; the message names the assumed values and how to state them.
+
+    Attributes
+    ----------
+    assumed : dict of str to str
+        The options that were assumed, with the values used.
+    """
+
+    def __init__(self, message, assumed=None):
+        super().__init__(message)
+        self.assumed = dict(assumed or {})
+
+
+def _resolve_architecture(explicit, stored, layout=None):
+    """Explicit arguments beat the file's stored architecture, which beats what is assumed for
+    the weights' layout (`ASSUMED_ARCHITECTURES`, else the defaults).
+
+    Returns
+    -------
+    architecture, assumed : dict, dict
+        Every option's value; the options neither stated, with their assumed values.
+    """
+    architecture, assumed = {}, {}
+    defaults = ASSUMED_ARCHITECTURES.get(layout, DEFAULT_ARCHITECTURE)
+    for option, default in defaults.items():
         value = explicit.get(option)
         if value is not None and value not in _ALLOWED[option]:
             raise ValueError(f"{option} must be one of {_allowed(option)}; got {value!r}")
+        if value is None and option not in stored:
+            assumed[option] = default
         architecture[option] = stored.get(option, default) if value is None else value
-    return architecture
+    return architecture, assumed
+
+
+def _warn_assumed(assumed, layout, source, stacklevel):
+    """Announce an assumed architecture (one `ArchitectureWarning`, one line of text)."""
+    if not assumed:
+        return
+    values = ", ".join(f"{option}={value!r}" for option, value in assumed.items())
+    flags = " ".join(f"--{option.replace('_', '-')} {value}" for option, value in assumed.items())
+    origin = _ORIGINS.get(layout, "lenet_fast's defaults (the layout does not tell the model's "
+                                  "origin)")
+    message = (
+        f"{source + ': ' if source else ''}neither the call nor the weights state "
+        f"{', '.join(assumed)}, so lenet_fast assumed {values} ({origin}); if the model was trained with anything else, "
+        f"its outputs and labels are wrong. State it: pass the options (e.g. {values}; on the "
+        f"command line {flags}), or save the model with save_npz (LeNet.from_torch(net)"
+        f".save_npz(path), or lenet-fast convert), whose files state it and load with no warning")
+    warnings.warn(ArchitectureWarning(message, assumed), stacklevel=stacklevel + 1)
 
 
 def _check_num_threads(value, argument="num_threads"):
@@ -115,19 +171,19 @@ class LeNet:
     def __init__(self, weights, *, conv_activation="relu", fc_activation="sigmoid",
                  output_activation="sigmoid", pool="max", num_threads=None, key_map=None,
                  strict=True, metadata=None):
-        self._setup(
-            _weights.canonicalize(weights, key_map=key_map, strict=strict),
-            _resolve_architecture(
-                {"conv_activation": conv_activation, "fc_activation": fc_activation,
-                 "output_activation": output_activation, "pool": pool}, {}),
-            num_threads, metadata or {},
-        )
+        architecture, _ = _resolve_architecture(
+            {"conv_activation": conv_activation, "fc_activation": fc_activation,
+             "output_activation": output_activation, "pool": pool}, {})
+        self._setup(_weights.canonicalize(weights, key_map=key_map, strict=strict), architecture,
+                    num_threads, metadata or {})
 
-    def _setup(self, weights, architecture, num_threads, metadata, kernels=None):
+    def _setup(self, weights, architecture, num_threads, metadata, kernels=None, assumed=None):
+        weights = {key: weights[key] for key in _weights.CANONICAL_KEYS}  # a plain dict
         for array in weights.values():
             array.setflags(write=False)
         self._weights = weights
         self._architecture = architecture
+        self._assumed = dict(assumed or {})
         self._dimensions = _weights.infer_dimensions(weights)
         self._metadata = {key: value for key, value in metadata.items() if key != "architecture"}
         self._preprocessing = _preprocessing.Preprocessing.from_metadata(self._metadata)
@@ -182,7 +238,7 @@ class LeNet:
         try:
             return cls._from_canonical(weights, metadata, num_threads, {
                 "conv_activation": conv_activation, "fc_activation": fc_activation,
-                "output_activation": output_activation, "pool": pool})
+                "output_activation": output_activation, "pool": pool}, source=str(path))
         except _weights.MetadataError as exc:
             raise _weights.WeightFileError(
                 f"{path}: '{_weights.METADATA_KEY}.npy': {exc}") from exc
@@ -276,10 +332,16 @@ class LeNet:
         return from_keras(path, num_threads=num_threads)
 
     @classmethod
-    def _from_canonical(cls, weights, metadata, num_threads, explicit):
-        architecture = _resolve_architecture(explicit, _stored_architecture(metadata, explicit))
+    def _from_canonical(cls, weights, metadata, num_threads, explicit, source=None):
+        """A model from canonical weights; an option neither `explicit` nor stored in
+        `metadata` is assumed from the weights' layout and announced (`ArchitectureWarning`,
+        pointing at the caller of the public constructor two frames up)."""
+        layout = getattr(weights, "layout", None)
+        architecture, assumed = _resolve_architecture(
+            explicit, _stored_architecture(metadata, explicit), layout)
         model = cls.__new__(cls)
-        model._setup(weights, architecture, num_threads, metadata)
+        model._setup(weights, architecture, num_threads, metadata, assumed=assumed)
+        _warn_assumed(assumed, layout, source, stacklevel=3)
         return model
 
     def save_npz(self, path):
@@ -316,8 +378,16 @@ class LeNet:
 
     @property
     def architecture(self):
-        """The activations and pooling, as a dict (a copy)."""
+        """The activations and pooling in use, as a dict (a copy): ``conv_activation``,
+        ``fc_activation``, ``output_activation``, ``pool``."""
         return dict(self._architecture)
+
+    @property
+    def assumed_architecture(self):
+        """The options of `architecture` that were assumed because neither the call nor the
+        weight file stated them (a dict, empty when everything was stated); loading announced
+        them with an `ArchitectureWarning`.  `save_npz` writes them as stated."""
+        return dict(self._assumed)
 
     @property
     def dimensions(self):
@@ -360,7 +430,7 @@ class LeNet:
         ModelSummary
             ``str()`` of it is a readable table; ``summary()["conv1"].connections`` etc.
         """
-        return ModelSummary(self._dimensions, self._architecture)
+        return ModelSummary(self._dimensions, self._architecture, self._assumed)
 
     def __repr__(self):
         d = self._dimensions
@@ -374,13 +444,14 @@ class LeNet:
 
     def __getstate__(self):
         return {"weights": self._weights, "architecture": self._architecture,
-                "metadata": self._metadata,
+                "metadata": self._metadata, "assumed": self._assumed,
                 # A default stays a default: the unpickling process resolves its own.
                 "num_threads": self._num_threads if self._num_threads_set else None}
 
     def __setstate__(self, state):
         weights = {key: np.array(value, dtype=np.float32) for key, value in state["weights"].items()}
-        self._setup(weights, state["architecture"], state["num_threads"], state["metadata"])
+        self._setup(weights, state["architecture"], state["num_threads"], state["metadata"],
+                    assumed=state.get("assumed"))
 
     # ------------------------------------------------------------------------------------------
     # Inference

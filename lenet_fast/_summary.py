@@ -33,9 +33,13 @@ class ModelSummary:
         In network order: conv1, pool1, conv2, pool2, conv3, fc1, fc2.
     total_parameters, total_connections, total_multiply_adds : int
         Sums over the layers.
+    architecture : dict of str to str
+        The activations and pooling in use.
+    assumed : dict of str to str
+        Those of them that were assumed (not stated by the call or the weight file).
     """
 
-    def __init__(self, dimensions, architecture):
+    def __init__(self, dimensions, architecture, assumed=None):
         c, c1, c2, c3, f1, k = (
             dimensions[name]
             for name in ("in_channels", "conv1_channels", "conv2_channels", "conv3_channels",
@@ -53,6 +57,8 @@ class ModelSummary:
             _dense("fc2", f1, k, architecture["output_activation"]),
         ]
         self.input_shape = (c, 32, 32)
+        self.architecture = dict(architecture)
+        self.assumed = dict(assumed or {})
         self.total_parameters = sum(layer.parameters for layer in self.layers)
         self.total_connections = sum(layer.connections for layer in self.layers)
         self.total_multiply_adds = sum(layer.multiply_adds for layer in self.layers)
@@ -81,6 +87,13 @@ class ModelSummary:
             lines.append("  ".join(cells).rstrip())
             if number in (0, len(rows) - 2):
                 lines.append("  ".join("-" * width for width in widths))
+        a = self.architecture
+        lines.append(f"architecture: conv_activation={a['conv_activation']}, "
+                     f"fc_activation={a['fc_activation']}, output_activation="
+                     f"{a['output_activation']}, pool={a['pool']}")
+        if self.assumed:
+            lines.append(f"  assumed, not stated by the weights: {', '.join(self.assumed)} "
+                         f"(pass them when loading, or save_npz to store them)")
         return "\n".join(lines)
 
     def __repr__(self):

@@ -183,8 +183,9 @@ def _key_map_assignment(key_map, source):
     return assignment
 
 
-def _choose_assignment(names, key_map, source):
-    """Pick the one layout whose keys are all present, or explain why there is none."""
+def _choose_assignment(names, key_map, source, optional_biases=False):
+    """Pick the one layout whose keys are all present, or explain why there is none; with
+    `optional_biases`, a layer may lack its bias (a BatchNorm may follow it)."""
     if key_map is not None:
         candidates = {"key_map": _key_map_assignment(key_map, source)}
     else:
@@ -195,9 +196,10 @@ def _choose_assignment(names, key_map, source):
         }
         candidates = {layout: keys for layout, keys in candidates.items() if keys is not None}
     present = set(names)
-    complete = [layout for layout, keys in candidates.items() if present.issuperset(keys.values())]
+    complete = [layout for layout, keys in candidates.items() if present.issuperset(
+        name for key, name in keys.items() if not (optional_biases and key.endswith(".bias")))]
     if len(complete) == 1:
-        return candidates[complete[0]]
+        return complete[0], candidates[complete[0]]
     found = f"found keys: {_key_list(names)}"
     if complete:
         raise _error(
@@ -229,7 +231,7 @@ def _check_float_dtype(dtype, where):
         raise _error(where, f"expected floating point (float16, float32 or float64), found dtype {dtype}")
 
 
-def _to_float32(value, where):
+def _to_float32(value, where, dtype=np.float32):
     try:
         if hasattr(value, "detach"):  # torch.Tensor, possibly on a GPU or requiring grad
             value = value.detach().cpu()
@@ -240,7 +242,7 @@ def _to_float32(value, where):
         raise _error(where, f"cannot be converted to a NumPy array ({exc})") from exc
     _check_float_dtype(array.dtype, where)
     with np.errstate(over="ignore"):  # float64 beyond float32 range becomes inf, reported just below
-        converted = np.array(array, dtype=np.float32, order="C")
+        converted = np.array(array, dtype=dtype, order="C")
     non_finite = converted.size - np.count_nonzero(np.isfinite(converted))
     if non_finite:
         raise _error(where, f"expected finite values, found {non_finite} non-finite (NaN or inf) values")
@@ -328,8 +330,84 @@ def canonicalize(mapping, *, key_map=None, strict=True, source=None):
     non_strings = [name for name in names if not isinstance(name, str)]
     if non_strings:
         raise _error(_where(source), f"expected string keys, found {_key_list(map(repr, non_strings))}")
-    assignment = _choose_assignment(names, key_map, source)
-    unused = set(names) - set(assignment.values())
+    batchnorms = _batchnorm_groups(names)
+    batchnorm_keys = {key for group in batchnorms.values() for key in group.values()}
+    layout, assignment = _choose_assignment(
+        [name for name in names if name not in batchnorm_keys], key_map, source, bool(batchnorms))
+    _refuse_unused(set(names) - set(assignment.values()) - batchnorm_keys, strict, source)
+
+    def describe(key):
+        name = assignment[key]
+        return _where(source, name) + ("" if name == key else f" (used as {key})")
+
+    absent = [key for key in CANONICAL_KEYS if assignment[key] not in mapping]  # biases, see above
+    if isinstance(mapping, _ArchiveMembers):
+        # Check dtypes and shapes from the .npy headers before any array data is read, so that a
+        # small file cannot make us allocate an array no LeNet of these dimensions can have.
+        headers = {key: mapping.header(assignment[key]) if key not in absent else
+                   ((mapping.header(assignment[key.replace("bias", "weight")])[0][:1]), np.dtype(np.float32))
+                   for key in CANONICAL_KEYS}
+        for key, (_, dtype) in headers.items():
+            _check_float_dtype(dtype, describe(key))
+        _bind_dimensions(_dense_conv3_as_4d({key: shape for key, (shape, _) in headers.items()}),
+                         describe)
+    weights = {key: _to_float32(mapping[assignment[key]], describe(key)) for key in CANONICAL_KEYS
+               if key not in absent}
+    for key in absent:
+        weights[key] = np.zeros(weights[key.replace("bias", "weight")].shape[:1], np.float32)
+    folded = _fold_batchnorms(mapping, names, batchnorms, assignment, weights, absent, source)
+    unfolded = [assignment[key] for key in absent if key.split(".")[0] not in folded]
+    if unfolded:
+        raise _error(_where(source), f"missing {_key_list(unfolded)} (a layer without a bias is "
+                                     f"only accepted when a BatchNorm follows it)")
+    conv3_shape = _dense_conv3_as_4d({key: array.shape for key, array in weights.items()})["conv3.weight"]
+    weights["conv3.weight"] = weights["conv3.weight"].reshape(conv3_shape)
+    _bind_dimensions({key: array.shape for key, array in weights.items()}, describe)
+    return CanonicalWeights(weights, layout=layout, batchnorm=folded)
+
+
+class CanonicalWeights(dict):
+    """The ten canonical arrays (a dict), with what `canonicalize` found out about them.
+
+    Attributes
+    ----------
+    layout : str or None
+        The recognised layout: ``"canonical"``, ``"PyTorch tutorial"``, ``"nn.Sequential"`` or
+        ``"key_map"`` (None when not known).
+    batchnorm : dict of str to str
+        Canonical layer -> the BatchNorm (its key prefix) folded into it.
+    """
+
+    def __init__(self, weights, *, layout=None, batchnorm=None):
+        super().__init__(weights)
+        self.layout = layout
+        self.batchnorm = dict(batchnorm or {})
+
+
+# ---------------------------------------------------------------------------------------------
+# Unused keys and BatchNorm
+# ---------------------------------------------------------------------------------------------
+
+# Keys that hold numbers a network computes with: never dropped, even with strict=False.
+_ARITHMETIC_KEY = re.compile(r"(?:^|[._])(?:weight|bias|running_mean|running_var|weight_orig|"
+                             r"weight_g|weight_v|in_proj_weight|in_proj_bias)$")
+_BATCHNORM_PARAMETERS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+_BATCHNORM_WORDS = re.compile(r"batch_?norm|bn|norm", re.IGNORECASE)
+BATCHNORM_EPS = 1e-5  # PyTorch's default; a state_dict does not store a BatchNorm's eps
+
+
+def _refuse_unused(unused, strict, source):
+    """Keys the layout does not use: parameters are always refused (dropping them would change
+    the outputs); other keys (counters, bookkeeping) are refused unless strict is False."""
+    arithmetic = sorted(name for name in unused if _ARITHMETIC_KEY.search(name))
+    if arithmetic:
+        raise _error(
+            _where(source),
+            f"keys {_key_list(arithmetic)} hold parameters that no layer of the matched layout "
+            f"uses; ignoring them would change the outputs, so the weights are refused (a "
+            f"LeNet-5 here is conv1, conv2, conv3 or a 400-input dense layer, fc1, fc2, each "
+            f"optionally followed by a BatchNorm)",
+        )
     if strict and unused:
         raise _error(
             _where(source),
@@ -337,23 +415,178 @@ def canonicalize(mapping, *, key_map=None, strict=True, source=None):
             f"pass strict=False to ignore them)",
         )
 
-    def describe(key):
-        name = assignment[key]
-        return _where(source, name) + ("" if name == key else f" (used as {key})")
 
-    if isinstance(mapping, _ArchiveMembers):
-        # Check dtypes and shapes from the .npy headers before any array data is read, so that a
-        # small file cannot make us allocate an array no LeNet of these dimensions can have.
-        headers = {key: mapping.header(assignment[key]) for key in CANONICAL_KEYS}
-        for key, (_, dtype) in headers.items():
-            _check_float_dtype(dtype, describe(key))
-        _bind_dimensions(_dense_conv3_as_4d({key: shape for key, (shape, _) in headers.items()}),
-                         describe)
-    weights = {key: _to_float32(mapping[assignment[key]], describe(key)) for key in CANONICAL_KEYS}
-    conv3_shape = _dense_conv3_as_4d({key: array.shape for key, array in weights.items()})["conv3.weight"]
-    weights["conv3.weight"] = weights["conv3.weight"].reshape(conv3_shape)
-    _bind_dimensions({key: array.shape for key, array in weights.items()}, describe)
-    return weights
+def _batchnorm_groups(names):
+    """{prefix: {parameter: key}} for every group of keys with a ``running_mean`` or
+    ``running_var`` (a BatchNorm's state), e.g. ``bn1.weight`` ... ``bn1.num_batches_tracked``."""
+    groups = {}
+    for name in names:
+        prefix, _, parameter = name.rpartition(".")
+        if parameter in ("running_mean", "running_var"):
+            groups.setdefault(prefix, {})
+    for name in names:
+        prefix, _, parameter = name.rpartition(".")
+        if prefix in groups and parameter in _BATCHNORM_PARAMETERS:
+            groups[prefix][parameter] = name
+    return groups
+
+
+def _layer_prefix(assignment, layer):
+    return assignment[f"{layer}.weight"].removesuffix(".weight")
+
+
+def _name_hint(batchnorm, layer_prefix):
+    """Whether a BatchNorm's name points at a layer: ``conv1_bn``, ``bn_conv1`` or ``conv1.bn``
+    for ``conv1``; ``bn1`` for a layer whose name ends in 1."""
+    stripped = _BATCHNORM_WORDS.sub("", batchnorm).strip("._")
+    layer_name = layer_prefix.rpartition(".")[2]
+    return stripped in (layer_prefix, layer_name) or (
+        stripped.isdigit() and re.fullmatch(rf"\D*{stripped}", layer_name) is not None)
+
+
+def _attach_batchnorms(batchnorms, names, assignment, widths, features, source):
+    """Decide which layer each BatchNorm follows: the one layer with as many outputs as the
+    BatchNorm has features; among several, the one its name points at, else the nearest one
+    before it in key order (a state_dict lists modules in the order they were defined)."""
+    position = {name: index for index, name in enumerate(names)}
+    attached = {}
+    for prefix, group in batchnorms.items():
+        where = _where(source, prefix)
+        candidates = [layer for layer in LAYERS
+                      if widths[layer] == features[prefix] and layer not in attached]
+        if len(candidates) > 1:
+            named = [layer for layer in candidates
+                     if _name_hint(prefix, _layer_prefix(assignment, layer))]
+            before = [layer for layer in candidates
+                      if position[assignment[f"{layer}.weight"]] < position[group["running_mean"]]]
+            candidates = named[-1:] or before[-1:] or candidates
+        if not candidates:
+            outputs = ", ".join(f"{layer} {widths[layer]}" for layer in LAYERS)
+            raise _error(where, f"BatchNorm {prefix!r} has {features[prefix]} features, but no "
+                                f"layer without a BatchNorm has {features[prefix]} outputs "
+                                f"(outputs: {outputs}); "
+                                f"it cannot be folded, so the weights are refused")
+        attached[candidates[0]] = prefix
+    return attached
+
+
+def _fold_batchnorms(mapping, names, batchnorms, assignment, weights, absent, source):
+    """Fold each BatchNorm into the layer it follows (see `fold_batchnorm`), in place in
+    `weights`; return {layer: BatchNorm prefix}."""
+    if not batchnorms:
+        return {}
+    widths = {layer: weights[f"{layer}.weight"].shape[0] for layer in LAYERS}
+    arrays = {}
+    for prefix, group in batchnorms.items():
+        missing = [parameter for parameter in ("running_mean", "running_var") if parameter not in group]
+        if missing:
+            raise _error(_where(source, prefix),
+                         f"BatchNorm {prefix!r} has no {prefix}.{missing[0]}; a BatchNorm needs "
+                         f"running_mean and running_var (weight and bias are optional)")
+        for parameter in ("weight", "bias", "running_mean", "running_var"):
+            if parameter in group:
+                key = group[parameter]
+                if isinstance(mapping, _ArchiveMembers):
+                    shape, dtype = mapping.header(key)
+                    _check_float_dtype(dtype, _where(source, key))
+                    if len(shape) != 1 or shape[0] > MAX_WIDTH:
+                        raise _error(_where(source, key), f"expected a BatchNorm vector of at most "
+                                                          f"{MAX_WIDTH} values, found shape {shape}")
+                arrays[key] = _to_float32(mapping[key], _where(source, key), np.float64)
+    features = {prefix: arrays[group["running_mean"]].size for prefix, group in batchnorms.items()}
+    attached = _attach_batchnorms(batchnorms, names, assignment, widths, features, source)
+    for layer, prefix in attached.items():
+        group = batchnorms[prefix]
+        where = _where(source, prefix)
+        raw = {parameter: None if f"{layer}.{parameter}" in absent else
+               _to_float32(mapping[assignment[f"{layer}.{parameter}"]],
+                           _where(source, assignment[f"{layer}.{parameter}"]), np.float64)
+               for parameter in ("weight", "bias")}
+        try:
+            weights[f"{layer}.weight"], weights[f"{layer}.bias"] = fold_batchnorm(
+                raw["weight"], raw["bias"], arrays.get(group.get("weight")),
+                arrays.get(group.get("bias")), arrays[group["running_mean"]],
+                arrays[group["running_var"]], BATCHNORM_EPS)
+        except ValueError as exc:
+            raise _error(where, f"cannot fold BatchNorm {prefix!r} into "
+                                f"{_layer_prefix(assignment, layer)!r}: {exc}") from exc
+    return attached
+
+
+def fold_batchnorm(weight, bias, gamma, beta, mean, var, eps=BATCHNORM_EPS, axis=0):
+    """Fold an inference-mode batch normalisation that follows a layer into the layer itself.
+
+    The layer computes ``z = W x + b`` (or a convolution); the BatchNorm then computes
+    ``gamma * (z - mean) / sqrt(var + eps) + beta`` per output feature.  Both together equal one
+    layer with ``W' = W * s`` (``s = gamma / sqrt(var + eps)`` along the output axis) and
+    ``b' = (b - mean) * s + beta``.  The arithmetic is done in float64 and rounded once to
+    float32, so the folded layer matches the two-step computation to float32 precision.
+
+    Parameters
+    ----------
+    weight : array_like
+        The layer's weight; its `axis` indexes the output features (0 for PyTorch's Conv2d and
+        Linear; -1 for a Keras Dense kernel of shape (inputs, outputs) or a Conv2D kernel).
+    bias : array_like or None
+        The layer's bias (None: zeros).
+    gamma, beta : array_like or None
+        The BatchNorm's scale and shift (None: ones and zeros, as for ``affine=False`` or
+        Keras's ``scale=False`` / ``center=False``).
+    mean, var : array_like
+        The running statistics.
+    eps : float, default 1e-5
+        Added to `var` (PyTorch's default 1e-5; Keras's is 1e-3).
+    axis : int, default 0
+        The output-feature axis of `weight`.
+
+    Returns
+    -------
+    weight, bias : ndarray of float32
+        The folded layer.
+
+    Raises
+    ------
+    ValueError
+        If the vectors' lengths differ from the number of output features, ``var + eps`` is not
+        positive, or a folded value is not finite in float32.
+
+    Examples
+    --------
+    >>> w, b = fold_batchnorm(np.ones((2, 3)), np.zeros(2), [2.0, 1.0], [0.0, 1.0], [0.0, 0.0],
+    ...                       [1.0, 3.0], eps=0.0)
+    >>> w.tolist(), b.tolist()
+    ([[2.0, 2.0, 2.0], [0.5773502588272095, 0.5773502588272095, 0.5773502588272095]], [0.0, 1.0])
+    """
+    weight = np.asarray(weight, dtype=np.float64)
+    axis = axis % weight.ndim
+    features = weight.shape[axis]
+
+    def vector(value, default, name):
+        if value is None:
+            return np.full(features, default, dtype=np.float64)
+        value = np.asarray(value, dtype=np.float64).reshape(-1)
+        if value.shape != (features,):
+            raise ValueError(f"expected {name} of length {features} (the layer's outputs), "
+                             f"found {value.size}")
+        return value
+
+    bias = vector(bias, 0.0, "bias")
+    gamma, beta = vector(gamma, 1.0, "gamma (weight)"), vector(beta, 0.0, "beta (bias)")
+    mean, var = vector(mean, 0.0, "running_mean"), vector(var, 1.0, "running_var")
+    denominator = var + float(eps)
+    if not np.all(denominator > 0):
+        raise ValueError(f"expected running_var + eps > 0, found {denominator.min()!r}")
+    scale = gamma / np.sqrt(denominator)
+    shape = [1] * weight.ndim
+    shape[axis] = features
+    folded_weight = weight * scale.reshape(shape)
+    folded_bias = (bias - mean) * scale + beta
+    with np.errstate(over="ignore"):
+        results = (np.ascontiguousarray(folded_weight, dtype=np.float32),
+                   np.ascontiguousarray(folded_bias, dtype=np.float32))
+    if not all(np.isfinite(result).all() for result in results):
+        raise ValueError("the folded weights are not finite in float32")
+    return results
 
 
 def _dense_conv3_as_4d(shapes):

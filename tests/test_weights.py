@@ -162,15 +162,35 @@ def test_key_map_errors():
 
 def test_strict_rejects_extra_keys_and_strict_false_ignores_them():
     weights = make_weights()
-    extra = {
-        **weights, "bn.running_mean": np.zeros(6), "bn.num_batches_tracked": np.array(3), "__lenet_fast__": np.zeros(2)
-    }
+    extra = {**weights, "epoch": np.array(3.0), "bn.num_batches_tracked": np.array(3),
+             "__lenet_fast__": np.zeros(2)}
     with pytest.raises(WeightFileError, match=exact(
-        "model.npz: unexpected keys bn.num_batches_tracked, bn.running_mean (not used by the matched layout; "
+        "model.npz: unexpected keys bn.num_batches_tracked, epoch (not used by the matched layout; "
         "pass strict=False to ignore them)"
     )):
         canonicalize(extra, source="model.npz")
     assert_same_weights(canonicalize(extra, strict=False), weights)
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_parameters_that_change_the_outputs_are_never_ignored(strict):
+    """strict=False only drops bookkeeping; an unusable BatchNorm or an extra layer's weights are
+    refused, and the message does not suggest strict=False."""
+    weights = make_weights()
+    unusable_batchnorms = {**weights, "bn.running_mean": np.zeros(7), "bn.running_var": np.ones(7)}
+    with pytest.raises(WeightFileError, match="BatchNorm 'bn' has 7 features") as info:
+        canonicalize(unusable_batchnorms, strict=strict)
+    assert "strict" not in str(info.value)
+    incomplete_batchnorm = {**weights, "bn.running_mean": np.zeros(6)}
+    with pytest.raises(WeightFileError, match="has no bn.running_var") as info:
+        canonicalize(incomplete_batchnorm, strict=strict)
+    assert "strict" not in str(info.value)
+    extra_layer = {**weights, "fc4.weight": np.zeros((10, 10)), "fc4.bias": np.zeros(10)}
+    with pytest.raises(WeightFileError, match=starts(
+        "keys fc4.bias, fc4.weight hold parameters that no layer of the matched layout uses; "
+        "ignoring them would change the outputs")) as info:
+        canonicalize(extra_layer, strict=strict)
+    assert "strict" not in str(info.value)
 
 
 def test_no_layout_incomplete_and_ambiguous_mappings():

@@ -12,10 +12,12 @@ the compiled ``_kernels_*`` modules built from ``src/``.
 from . import _dispatch
 from ._model import ArchitectureWarning, LeNet
 from ._summary import LayerSummary, ModelSummary
+from ._torch import TorchImportError
 from ._weights import WeightFileError
 
 __version__ = "0.1.0"
-__all__ = ["ArchitectureWarning", "LeNet", "LayerSummary", "ModelSummary", "WeightFileError", "show_config"]
+__all__ = ["ArchitectureWarning", "LeNet", "LayerSummary", "ModelSummary", "TorchImportError",
+           "WeightFileError", "show_config"]
 
 
 def show_config(print_out=True):

@@ -332,6 +332,55 @@ class LeNet:
         return from_keras(path, num_threads=num_threads)
 
     @classmethod
+    def from_torch(cls, module, *, example_input=None, num_threads=None):
+        """Build a model from a PyTorch ``nn.Module``, reading its architecture from its graph.
+
+        The module's ``forward`` is captured with ``torch.fx`` symbolic tracing (in eval mode;
+        the module's training flags are left as they were) and matched against the network:
+        Conv2d and Linear layers; ReLU, sigmoid, tanh, softmax or no activation (as modules,
+        ``F.relu``/``torch.relu``-style functions or tensor methods); 2x2 max or average
+        pooling; flatten (``nn.Flatten``, ``torch.flatten(x, 1)``, ``x.view(x.size(0), -1)``,
+        ``x.view(-1, 400)``); dropout (ignored, as in eval mode); BatchNorm1d/2d directly after
+        a layer, folded into it (in float64, then float32).  This covers the PyTorch tutorial's
+        ``Net``, the network of this package's table and numbered ``nn.Sequential`` models such
+        as d2l's (sigmoid, average pooling, conv1 padded by 2 for 28x28 input).  The file
+        `save_npz` then writes states the architecture, so it loads with no warning.
+
+        Parameters
+        ----------
+        module : torch.nn.Module
+            The network; it is not modified.
+        example_input : array_like or torch.Tensor, optional
+            Images of shape (N, C, 32, 32) or (N, C, 28, 28); when given, the module (in eval
+            mode) and the new model are run on them and must agree to 1e-4.
+        num_threads : int, optional
+            See `LeNet`.
+
+        Returns
+        -------
+        LeNet
+
+        Raises
+        ------
+        lenet_fast.TorchImportError
+            (a ``ValueError``) naming the module (or function) and the op the engine cannot
+            compute: another layer type or function, strides, dilation, groups, padding other
+            than 2 on conv1, a pooling other than 2x2/2, a branch, other than five weighted
+            layers, a BatchNorm that does not directly follow a layer, different activations
+            after the three convolutions, input sizes other than 32x32 (or 28x28 with conv1
+            padded by 2), or a forward that torch.fx cannot trace.
+        ImportError
+            If PyTorch is not installed.
+
+        Examples
+        --------
+        >>> LeNet.from_torch(net).save_npz("lenet.npz")     # doctest: +SKIP
+        """
+        from ._torch import from_torch
+
+        return from_torch(module, example_input=example_input, num_threads=num_threads)
+
+    @classmethod
     def _from_canonical(cls, weights, metadata, num_threads, explicit, source=None):
         """A model from canonical weights; an option neither `explicit` nor stored in
         `metadata` is assumed from the weights' layout and announced (`ArchitectureWarning`,

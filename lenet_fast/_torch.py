@@ -1,0 +1,490 @@
+"""`LeNet.from_torch`: read a PyTorch module's architecture and weights from what its forward does.
+
+Design: the module's ``forward`` is captured with ``torch.fx`` symbolic tracing (in eval mode;
+the module's own training flags are restored afterwards), which records every module call,
+function and tensor method as a graph node without running any arithmetic.  The nodes must form
+one chain from the single input to the output; each becomes a step -- a weighted layer (Conv2d,
+Linear), a BatchNorm, an activation (ReLU, sigmoid, tanh, softmax, identity), a 2x2 pooling, a
+flatten -- and dropout (a no-op in eval mode) is skipped.  The steps are then matched against the
+one shape the engine computes::
+
+    conv [bn] act pool conv [bn] act pool (conv [bn] act flatten | flatten dense [bn] act)
+    dense [bn] act dense [bn] act          (act: optional; an activation may follow a max pool)
+
+A BatchNorm is folded into the layer it directly follows (`_weights.fold_batchnorm`, float64).
+Anything else -- another op, module or argument (strides, dilation, groups, padding other than
+conv1's 2 for 28x28 input), a branch, a sixth layer -- is refused with a `TorchImportError` naming
+the module (or function) and the op.  torch is imported inside the function only, so ``import
+lenet_fast`` never imports it.
+"""
+
+import builtins
+import operator
+
+import numpy as np
+
+from . import _weights
+from ._model import LeNet
+
+_LAYERS = _weights.LAYERS
+_KERNEL = 5
+_FEATURES_AFTER_CONV2 = _KERNEL * _KERNEL  # conv2 output pooled to 5x5: 25 values per channel
+_VERIFY_TOLERANCE = 1e-4
+
+
+class TorchImportError(ValueError):
+    """A PyTorch module that is not a LeNet-5 this package can compute exactly.
+
+    The message names the module (its attribute path and class) or the function, and the op or
+    argument that cannot be computed.
+    """
+
+
+class _Step:
+    """One link of the chain: kind is "conv", "dense", "batchnorm", "activation", "pool" or
+    "flatten"; `where` names it for messages; `value` is the activation, pooling or flatten size;
+    `module` the nn.Module behind it, if any."""
+
+    def __init__(self, kind, where, value=None, module=None):
+        self.kind, self.where, self.value, self.module = kind, where, value, module
+
+
+def _pair(value):
+    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+
+
+def _argument(node, index, name, default=None):
+    """Argument `index` (after the input) or keyword `name` of a call node."""
+    if len(node.args) > index + 1:
+        return node.args[index + 1]
+    return node.kwargs.get(name, default)
+
+
+class _Reader:
+    """Turns the traced graph of `module` into a list of `_Step`s."""
+
+    def __init__(self, module, torch):
+        self.module, self.torch = module, torch
+        nn, functional = torch.nn, torch.nn.functional
+        self.activation_modules = {nn.ReLU: "relu", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh",
+                                   nn.Softmax: "softmax"}
+        self.activation_functions = {torch.relu: "relu", functional.relu: "relu",
+                                     torch.sigmoid: "sigmoid", torch.tanh: "tanh",
+                                     functional.softmax: "softmax", torch.softmax: "softmax",
+                                     getattr(functional, "sigmoid", torch.sigmoid): "sigmoid",
+                                     getattr(functional, "tanh", torch.tanh): "tanh",
+                                     torch.relu_: "relu", functional.relu_: "relu"}
+        self.activation_methods = {"relu": "relu", "relu_": "relu", "sigmoid": "sigmoid",
+                                   "sigmoid_": "sigmoid", "tanh": "tanh", "tanh_": "tanh",
+                                   "softmax": "softmax"}
+        self.dropout_modules = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
+                                nn.AlphaDropout, nn.FeatureAlphaDropout)
+        self.dropout_functions = (functional.dropout, functional.dropout1d, functional.dropout2d,
+                                  functional.dropout3d, functional.alpha_dropout,
+                                  functional.feature_alpha_dropout)
+        self.pool_functions = {functional.max_pool2d: "max", functional.avg_pool2d: "avg",
+                               torch.max_pool2d: "max"}
+        self.batchnorm_modules = (nn.BatchNorm1d, nn.BatchNorm2d)
+        self.first_conv = True
+
+    # -- naming ---------------------------------------------------------------------------------
+
+    def describe(self, node):
+        if node.op == "call_module":
+            return f"module {node.target!r} ({type(self.module.get_submodule(node.target)).__name__})"
+        if node.op == "call_method":
+            return f"tensor method .{node.target}() (node {node.name!r})"
+        target = getattr(node.target, "__module__", None), getattr(node.target, "__name__", None)
+        name = ".".join(part for part in target if part) or repr(node.target)
+        return f"function {name} (node {node.name!r})"
+
+    def refuse(self, node, problem):
+        return TorchImportError(f"{type(self.module).__name__}: {self.describe(node)}: {problem}")
+
+    # -- the chain ------------------------------------------------------------------------------
+
+    def is_shape_query(self, node):
+        """x.size(...), x.shape, x.shape[i], x.size()[i]: no arithmetic, used by view/reshape."""
+        if node.op == "call_method" and node.target == "size":
+            return True
+        if node.op == "call_function" and node.target is builtins.getattr:
+            return node.args[1] == "shape"
+        if node.op == "call_function" and node.target is operator.getitem:
+            source = node.args[0]
+            return hasattr(source, "op") and self.is_shape_query(source)
+        return False
+
+    def is_batch_size(self, value):
+        """Whether `value` (a node or a constant) is the batch size: x.size(0) or x.shape[0]."""
+        if not hasattr(value, "op"):
+            return False
+        if value.op == "call_method" and value.target == "size":
+            return _argument(value, 0, "dim") == 0
+        if value.op == "call_function" and value.target is operator.getitem:
+            return value.args[1] == 0 and self.is_shape_query(value.args[0])
+        return False
+
+    def steps(self, graph):
+        placeholders = [node for node in graph.nodes if node.op == "placeholder"]
+        if len(placeholders) != 1:
+            raise TorchImportError(
+                f"{type(self.module).__name__}: expected forward() to take one input (the "
+                f"images), found {len(placeholders)}: {', '.join(n.target for n in placeholders)}")
+        current, steps = placeholders[0], []
+        for node in graph.nodes:
+            if node.op == "placeholder" or self.is_shape_query(node):
+                continue
+            if node.op == "get_attr":
+                raise self.refuse(node, "forward() uses a parameter or buffer directly; expected "
+                                        "the layers as Conv2d, Linear and BatchNorm modules")
+            if node.op == "output":
+                if node.args[0] is not current:
+                    raise TorchImportError(
+                        f"{type(self.module).__name__}: forward() returns {node.args[0]!r}, not "
+                        f"the end of the chain of layers ({current.name!r}); expected one tensor "
+                        f"computed by a single chain of layers")
+                return steps
+            if not node.args or node.args[0] is not current:
+                raise self.refuse(node, f"expected it to continue the chain from "
+                                        f"{current.name!r} (one input, no branches), found "
+                                        f"inputs {[str(arg) for arg in node.args]}")
+            step = self.step(node)
+            if step is not None:
+                steps.append(step)
+            current = node
+        raise TorchImportError(f"{type(self.module).__name__}: the traced graph has no output")
+
+    def step(self, node):
+        if node.op == "call_module":
+            return self.module_step(node, self.module.get_submodule(node.target))
+        if node.op == "call_method":
+            return self.method_step(node)
+        return self.function_step(node)
+
+    # -- modules --------------------------------------------------------------------------------
+
+    def module_step(self, node, module):
+        nn, where = self.torch.nn, self.describe(node)
+        if isinstance(module, nn.Conv2d) and type(module) is nn.Conv2d:
+            self.check_conv(node, module)
+            return _Step("conv", where, module=module)
+        if isinstance(module, nn.Linear) and type(module) is nn.Linear:
+            return _Step("dense", where, module=module)
+        if isinstance(module, self.batchnorm_modules):
+            if not module.track_running_stats or module.running_mean is None:
+                raise self.refuse(node, "a BatchNorm without running statistics "
+                                        "(track_running_stats=False) normalises each batch by "
+                                        "itself even in eval mode; it cannot be folded")
+            return _Step("batchnorm", where, module=module)
+        for kind, name in self.activation_modules.items():
+            if type(module) is kind:
+                if name == "softmax" and module.dim not in (None, 1, -1):
+                    raise self.refuse(node, f"expected Softmax over the classes (dim=1), found "
+                                            f"dim={module.dim}")
+                return _Step("activation", where, name)
+        if type(module) is nn.Identity or isinstance(module, self.dropout_modules):
+            return None     # dropout does nothing in eval mode
+        if type(module) in (nn.MaxPool2d, nn.AvgPool2d):
+            kind = "max" if type(module) is nn.MaxPool2d else "avg"
+            extra = {"dilation": module.dilation, "return_indices": module.return_indices} \
+                if kind == "max" else {"divisor_override": module.divisor_override}
+            return self.pool(node, kind, module.kernel_size, module.stride, module.padding, extra)
+        if type(module) is nn.Flatten:
+            if (module.start_dim, module.end_dim) != (1, -1):
+                raise self.refuse(node, f"expected Flatten(start_dim=1, end_dim=-1), found "
+                                        f"start_dim={module.start_dim}, end_dim={module.end_dim}")
+            return _Step("flatten", where)
+        raise self.refuse(node, "this module is not one a LeNet-5 here is built from (Conv2d, "
+                                "Linear, BatchNorm1d/2d, ReLU, Sigmoid, Tanh, Softmax, Identity, "
+                                "MaxPool2d, AvgPool2d, Flatten, Dropout)")
+
+    def check_conv(self, node, conv):
+        padding = conv.padding
+        if padding == "valid":
+            padding = (0, 0)
+        elif padding == "same":
+            padding = tuple(size // 2 for size in conv.kernel_size)
+        problems = []
+        if tuple(conv.kernel_size) != (_KERNEL, _KERNEL):
+            problems.append(f"kernel_size {tuple(conv.kernel_size)} (expected 5x5)")
+        if tuple(conv.stride) != (1, 1):
+            problems.append(f"stride {tuple(conv.stride)} (expected 1)")
+        if tuple(conv.dilation) != (1, 1):
+            problems.append(f"dilation {tuple(conv.dilation)} (expected 1)")
+        if conv.groups != 1:
+            problems.append(f"groups={conv.groups} (expected 1)")
+        allowed = ((0, 0), (2, 2)) if self.first_conv else ((0, 0),)
+        if tuple(padding) not in allowed or (tuple(padding) != (0, 0) and
+                                             conv.padding_mode != "zeros"):
+            problems.append(f"padding {tuple(padding)} with padding_mode {conv.padding_mode!r} "
+                            f"(expected none, or 2 zeros on the first convolution, which is how "
+                            f"the engine runs 28x28 images)")
+        if problems:
+            raise self.refuse(node, "the engine computes 5x5 convolutions with stride 1; found "
+                                    + ", ".join(problems))
+        self.first_conv = False
+
+    def pool(self, node, kind, kernel_size, stride, padding, extra):
+        stride = kernel_size if stride is None or stride == [] or stride == () else stride
+        problems = []
+        if _pair(kernel_size) != (2, 2) or _pair(stride) != (2, 2):
+            problems.append(f"kernel_size {_pair(kernel_size)}, stride {_pair(stride)}")
+        if _pair(padding) != (0, 0):
+            problems.append(f"padding {_pair(padding)}")
+        if kind == "max" and (_pair(extra.get("dilation", 1)) != (1, 1) or
+                              extra.get("return_indices")):
+            problems.append(f"dilation {extra.get('dilation')}, return_indices "
+                            f"{extra.get('return_indices')}")
+        if kind == "avg" and extra.get("divisor_override") is not None:
+            problems.append(f"divisor_override {extra['divisor_override']}")
+        if problems:
+            raise self.refuse(node, f"expected 2x2 {kind} pooling with stride 2 and no padding; "
+                                    f"found {', '.join(problems)}")
+        return _Step("pool", self.describe(node), kind)
+
+    # -- functions and methods ------------------------------------------------------------------
+
+    def function_step(self, node):
+        target, where = node.target, self.describe(node)
+        if target in self.activation_functions:
+            name = self.activation_functions[target]
+            if name == "softmax" and _argument(node, 0, "dim") not in (None, 1, -1):
+                raise self.refuse(node, f"expected softmax over the classes (dim=1), found "
+                                        f"dim={_argument(node, 0, 'dim')}")
+            return _Step("activation", where, name)
+        if target in self.dropout_functions:
+            if _argument(node, 1, "training", True):
+                raise self.refuse(node, "dropout with training=True drops values even in eval "
+                                        "mode; pass training=self.training")
+            return None
+        if target in self.pool_functions:
+            kind = self.pool_functions[target]
+            names = (("kernel_size", None), ("stride", None), ("padding", 0), ("dilation", 1),
+                     ("ceil_mode", False), ("return_indices", False)) if kind == "max" else \
+                (("kernel_size", None), ("stride", None), ("padding", 0), ("ceil_mode", False),
+                 ("count_include_pad", True), ("divisor_override", None))
+            values = {name: _argument(node, index, name, default)
+                      for index, (name, default) in enumerate(names)}
+            return self.pool(node, kind, values["kernel_size"], values["stride"],
+                             values["padding"], values)
+        if target is self.torch.flatten:
+            start, end = _argument(node, 0, "start_dim", 0), _argument(node, 1, "end_dim", -1)
+            if (start, end) != (1, -1):
+                raise self.refuse(node, f"expected torch.flatten(x, 1), found start_dim={start}, "
+                                        f"end_dim={end}")
+            return _Step("flatten", where)
+        if target is self.torch.reshape:
+            return self.reshape(node, node.args[1:] or [node.kwargs.get("shape")])
+        raise self.refuse(node, "this operation is not one a LeNet-5 here computes (activations "
+                                "relu, sigmoid, tanh, softmax; max_pool2d/avg_pool2d; flatten; "
+                                "dropout)")
+
+    def method_step(self, node):
+        name, where = node.target, self.describe(node)
+        if name in self.activation_methods:
+            if name == "softmax" and _argument(node, 0, "dim") not in (None, 1, -1):
+                raise self.refuse(node, f"expected softmax over the classes (dim=1), found "
+                                        f"dim={_argument(node, 0, 'dim')}")
+            return _Step("activation", where, self.activation_methods[name])
+        if name == "contiguous":
+            return None
+        if name == "flatten":
+            start, end = _argument(node, 0, "start_dim", 0), _argument(node, 1, "end_dim", -1)
+            if (start, end) != (1, -1):
+                raise self.refuse(node, f"expected x.flatten(1), found start_dim={start}, "
+                                        f"end_dim={end}")
+            return _Step("flatten", where)
+        if name in ("view", "reshape"):
+            return self.reshape(node, node.args[1:] or [node.kwargs.get("shape")])
+        raise self.refuse(node, "this tensor method is not one a LeNet-5 here computes")
+
+    def reshape(self, node, shape):
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = shape[0]
+        shape = list(shape)
+        if len(shape) == 2 and (shape[0] == -1 or self.is_batch_size(shape[0])) and \
+                isinstance(shape[1], int) and (shape[1] > 0 or shape[1] == -1) and \
+                not (shape[0] == -1 and shape[1] == -1):
+            return _Step("flatten", self.describe(node), None if shape[1] == -1 else shape[1])
+        raise self.refuse(node, f"expected a flatten to (batch, features), such as "
+                                f"x.view(-1, 400) or x.view(x.size(0), -1); found shape "
+                                f"{[str(size) for size in shape]}")
+
+
+def _group_layers(steps, name):
+    """[(layer step, [following steps])] for the five weighted layers."""
+    layers = []
+    for step in steps:
+        if step.kind in ("conv", "dense"):
+            if len(layers) == len(_LAYERS):
+                raise TorchImportError(f"{name}: {step.where}: the engine computes five weighted "
+                                       f"layers (conv1, conv2, conv3 or a dense layer over the "
+                                       f"flattened 16x5x5 features, fc1, fc2); this is a sixth")
+            layers.append((step, []))
+        elif not layers:
+            raise TorchImportError(f"{name}: {step.where}: expected the first layer to be a "
+                                   f"Conv2d, found this before it")
+        else:
+            layers[-1][1].append(step)
+    if len(layers) != len(_LAYERS):
+        found = ", ".join(step.where for step, _ in layers) or "none"
+        raise TorchImportError(f"{name}: expected five weighted layers (Conv2d, Conv2d, Conv2d or "
+                               f"Linear, Linear, Linear), found {len(layers)}: {found}")
+    return layers
+
+
+def _read_architecture(layers, name):
+    """Check the structure; return the architecture and {layer: BatchNorm module}."""
+    activations, pools, batchnorms = [], [], {}
+    for position, (layer_name, (layer, following)) in enumerate(zip(_LAYERS, layers)):
+        expected = "conv" if position < 2 else "dense" if position > 2 else layer.kind
+        if layer.kind != expected:
+            raise TorchImportError(f"{name}: {layer.where}: expected {layer_name} to be "
+                                   f"{'a Conv2d' if expected == 'conv' else 'a Linear layer'}")
+        dense_conv3 = position == 2 and layer.kind == "dense"
+        wants_flatten = (position == 2 and layer.kind == "conv") or \
+            (position == 1 and layers[2][0].kind == "dense")
+        seen = {"activation": [], "pool": [], "flatten": [], "batchnorm": []}
+        for index, step in enumerate(following):
+            seen[step.kind].append(step)
+            if len(seen[step.kind]) > 1:
+                raise TorchImportError(f"{name}: {step.where}: expected at most one {step.kind} "
+                                       f"after {layer.where}")
+            if step.kind == "batchnorm" and index != 0:
+                raise TorchImportError(f"{name}: {step.where}: a BatchNorm is folded into the "
+                                       f"layer it directly follows; this one follows "
+                                       f"{following[index - 1].where}")
+            if step.kind == "pool" and position >= 2:
+                raise TorchImportError(f"{name}: {step.where}: expected pooling only after the "
+                                       f"first two convolutions, found it after {layer.where}")
+            if step.kind == "flatten" and (not wants_flatten or position < 2 and not seen["pool"]):
+                raise TorchImportError(f"{name}: {step.where}: expected flattening only after "
+                                       f"the last convolution (and its pooling)")
+            if step.kind == "activation" and seen["pool"] and (
+                    seen["pool"][0].value == "avg" or step.value == "softmax"):
+                raise TorchImportError(f"{name}: {step.where}: this activation after "
+                                       f"{seen['pool'][0].where} does not commute with the "
+                                       f"pooling; the engine applies it before pooling")
+            if step.kind == "activation" and step.value == "softmax" and position != 4:
+                raise TorchImportError(f"{name}: {step.where}: expected softmax only after the "
+                                       f"last layer")
+        if position < 2 and not seen["pool"]:
+            raise TorchImportError(f"{name}: {layer.where}: expected a 2x2 max or average "
+                                   f"pooling after {layer_name}")
+        if wants_flatten and not seen["flatten"]:
+            raise TorchImportError(f"{name}: {layer.where}: expected a flatten after it")
+        if seen["flatten"] and seen["flatten"][0].value is not None:
+            features = layers[position + 1][0].module.in_features
+            if seen["flatten"][0].value != features:
+                raise TorchImportError(f"{name}: {seen['flatten'][0].where}: expected to flatten "
+                                       f"to {features} features (the next layer's input), found "
+                                       f"{seen['flatten'][0].value}")
+        if dense_conv3:
+            conv2 = layers[1][0].module
+            expected_inputs = conv2.out_channels * _FEATURES_AFTER_CONV2
+            if layer.module.in_features != expected_inputs:
+                raise TorchImportError(
+                    f"{name}: {layer.where}: takes {layer.module.in_features} inputs, but the "
+                    f"engine's geometry gives {conv2.out_channels}x5x5 = {expected_inputs} (32x32 "
+                    f"input with unpadded convolutions, or 28x28 with conv1 padded by 2); other "
+                    f"input sizes are not supported")
+        if seen["batchnorm"]:
+            batchnorms[layer_name] = seen["batchnorm"][0]
+        activations.append(seen["activation"][0] if seen["activation"] else None)
+        pools.extend(seen["pool"])
+    values = [step.value if step else "identity" for step in activations]
+    if len(set(values[:3])) > 1:
+        found = ", ".join(f"{value} after {layer.where}"
+                          for value, (layer, _) in zip(values[:3], layers[:3]))
+        raise TorchImportError(f"{name}: the engine applies one activation after conv1, conv2 "
+                               f"and conv3 (or the dense layer in its place); found {found}")
+    if pools[0].value != pools[1].value:
+        raise TorchImportError(f"{name}: {pools[1].where}: the engine uses one kind of pooling; "
+                               f"found {pools[0].value} then {pools[1].value}")
+    architecture = {"conv_activation": values[0], "fc_activation": values[3],
+                    "output_activation": values[4], "pool": pools[0].value}
+    return architecture, batchnorms
+
+
+def _numpy(tensor):
+    return None if tensor is None else tensor.detach().cpu().numpy()
+
+
+def _layer_weights(layers, batchnorms, name):
+    weights = {}
+    for layer_name, (layer, _) in zip(_LAYERS, layers):
+        module = layer.module
+        weight, bias = _numpy(module.weight), _numpy(module.bias)
+        if layer_name in batchnorms:
+            norm = batchnorms[layer_name].module
+            try:
+                weight, bias = _weights.fold_batchnorm(
+                    weight, bias, _numpy(norm.weight), _numpy(norm.bias),
+                    _numpy(norm.running_mean), _numpy(norm.running_var), norm.eps)
+            except ValueError as exc:
+                raise TorchImportError(f"{name}: {batchnorms[layer_name].where}: cannot fold it "
+                                       f"into {layer.where}: {exc}") from exc
+        elif bias is None:
+            bias = np.zeros(weight.shape[0], np.float32)
+        weights[f"{layer_name}.weight"], weights[f"{layer_name}.bias"] = weight, bias
+    return weights
+
+
+def _trace(module, torch, name):
+    """The module's fx graph, traced in eval mode; the training flags are restored after."""
+    import torch.fx
+
+    modes = [(submodule, submodule.training) for submodule in module.modules()]
+    module.eval()
+    try:
+        return torch.fx.symbolic_trace(module).graph
+    except Exception as exc:  # fx raises TraceError, TypeError, ... on data-dependent code
+        raise TorchImportError(
+            f"{name}: torch.fx cannot trace forward() ({type(exc).__name__}: {exc}); "
+            f"from_torch needs a forward() without data-dependent Python control flow") from exc
+    finally:
+        for submodule, mode in modes:
+            submodule.training = mode
+
+
+def _verify(module, model, example_input, torch, name):
+    """Run both on `example_input` (module in eval mode, flags restored) and compare."""
+    x = example_input if isinstance(example_input, torch.Tensor) else torch.as_tensor(
+        np.asarray(example_input))
+    modes = [(submodule, submodule.training) for submodule in module.modules()]
+    module.eval()
+    try:
+        with torch.no_grad():
+            expected = module(x.float()).detach().cpu().numpy()
+    finally:
+        for submodule, mode in modes:
+            submodule.training = mode
+    actual = model.forward(x.detach().cpu().numpy().astype(np.float32))
+    if expected.shape != actual.shape or not np.allclose(actual, expected, rtol=_VERIFY_TOLERANCE,
+                                                         atol=_VERIFY_TOLERANCE):
+        difference = (np.abs(actual - expected).max() if expected.shape == actual.shape
+                      else f"shapes {expected.shape} and {actual.shape}")
+        raise TorchImportError(f"{name}: on example_input the converted model disagrees with the "
+                               f"module in eval mode (largest difference {difference}); this is "
+                               f"a lenet_fast bug, please report it")
+
+
+def from_torch(module, *, example_input=None, num_threads=None):
+    """Build a `LeNet` from a PyTorch ``nn.Module`` -- see `LeNet.from_torch`."""
+    try:
+        import torch
+    except ImportError as exc:
+        raise ImportError("from_torch needs PyTorch: pip install torch") from exc
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"module must be a torch.nn.Module; got {type(module).__name__}")
+    name = type(module).__name__
+    steps = _Reader(module, torch).steps(_trace(module, torch, name))
+    layers = _group_layers(steps, name)
+    architecture, batchnorms = _read_architecture(layers, name)
+    weights = _layer_weights(layers, batchnorms, name)
+    canonical = _weights.canonicalize(weights, source=f"{name} (from_torch)")
+    metadata = {"architecture": architecture, "converted_from": f"PyTorch {name}"}
+    model = LeNet._from_canonical(canonical, metadata, num_threads, {})
+    if example_input is not None:
+        _verify(module, model, example_input, torch, name)
+    return model

@@ -1,5 +1,5 @@
 """The ``lenet-fast`` command line (also ``python -m lenet_fast``): demo, predict, evaluate, info,
-bench.
+convert, bench.
 
 Design: each subcommand is one ``_command_*`` function taking the parsed arguments and returning
 an exit status; `main` parses, dispatches, and turns every expected failure (a missing or
@@ -12,16 +12,20 @@ by the commands that need them.
 """
 
 import argparse
+import contextlib
 import csv
 import importlib
 import os
 import sys
+import tempfile
 import time
+import warnings
 
 import numpy as np
 
 from . import datasets
-from ._model import LeNet
+from ._model import ArchitectureWarning, LeNet
+from .reference import ACTIVATIONS, OUTPUT_ACTIVATIONS, POOLS
 
 CHUNK_IMAGES = 4096                 # images per chunk read, predicted and written
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -44,14 +48,52 @@ class CommandError(Exception):
 # Models and inputs
 # ---------------------------------------------------------------------------------------------
 
-def load_model(spec):
-    """A `LeNet` from a ``.npz`` path or a pretrained name (a file of that name wins)."""
-    if os.path.isfile(spec):       # not isdir: a folder named like a model must not hide it
-        return LeNet.from_npz(spec)
-    if spec in datasets.PRETRAINED:
-        return LeNet.pretrained(spec)
-    raise CommandError(f"model {spec!r}: no such file, and not a pretrained model name "
-                       f"(expected one of {', '.join(datasets.PRETRAINED)})")
+_ARCHITECTURE_OPTIONS = {"conv_activation": ACTIVATIONS, "fc_activation": ACTIVATIONS,
+                         "output_activation": OUTPUT_ACTIVATIONS, "pool": POOLS}
+
+
+def load_model(spec, architecture=None):
+    """A `LeNet` from a ``.npz`` path or a pretrained name (a file of that name wins).
+
+    `architecture` (``conv_activation`` ... ``pool``, None for unstated) overrides the file's.
+    An `ArchitectureWarning` (the file does not state an option) is printed as one line on
+    stderr.
+    """
+    architecture = {key: value for key, value in (architecture or {}).items() if value is not None}
+    with _caught_architecture_warnings() as caught:
+        if os.path.isfile(spec):       # not isdir: a folder named like a model must not hide it
+            model = LeNet.from_npz(spec, **architecture)
+        elif spec in datasets.PRETRAINED:
+            model = LeNet.pretrained(spec)
+            if architecture:
+                model = LeNet(model.weights, **{**model.architecture, **architecture},
+                              metadata=model.metadata)
+        else:
+            raise CommandError(f"model {spec!r}: no such file, and not a pretrained model name "
+                               f"(expected one of {', '.join(datasets.PRETRAINED)})")
+    for message in caught:
+        print(f"{_PROGRAM}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+    return model
+
+
+@contextlib.contextmanager
+def _caught_architecture_warnings():
+    """Collect the `ArchitectureWarning`s raised inside the block into the list it yields (filled
+    when the block ends); other warnings go on as usual."""
+    caught = []
+    with warnings.catch_warnings(record=True) as recorded:
+        warnings.simplefilter("always", ArchitectureWarning)
+        yield caught
+    for warning in recorded:
+        if issubclass(warning.category, ArchitectureWarning):
+            caught.append(warning.message)
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename,
+                                   warning.lineno)
+
+
+def _architecture_arguments(args):
+    return {option: getattr(args, option) for option in _ARCHITECTURE_OPTIONS}
 
 
 class _ImageSource:
@@ -279,7 +321,7 @@ class _NpyWriter:
 
 
 def _command_predict(args):
-    model = load_model(args.model)
+    model = load_model(args.model, _architecture_arguments(args))
     with _ImageSource(args.input) as source:
         writer = _open_output(args.out, len(source), model, args.scores)
         try:
@@ -296,7 +338,7 @@ def _command_predict(args):
 
 
 def _command_evaluate(args):
-    model = load_model(args.model)
+    model = load_model(args.model, _architecture_arguments(args))
     with _ImageSource(args.images) as source:
         labels = _read_labels(args.labels, len(source))
         k = model.n_classes
@@ -393,7 +435,7 @@ def _plot_confusion(path, confusion, names, mistakes, model):
 def _command_info(args):
     from . import show_config
 
-    model = load_model(args.model)
+    model = load_model(args.model, _architecture_arguments(args))
     summary = model.summary()
     dims = model.dimensions
     architecture = model.architecture
@@ -403,7 +445,9 @@ def _command_info(args):
         ("model", args.model),
         ("architecture", f"conv {architecture['conv_activation']}, fc1 "
                          f"{architecture['fc_activation']}, output "
-                         f"{architecture['output_activation']}, {architecture['pool']} pooling"),
+                         f"{architecture['output_activation']}, {architecture['pool']} pooling"
+                         + (f" (assumed: {', '.join(model.assumed_architecture)})"
+                            if model.assumed_architecture else "")),
         ("widths", "-".join(str(dims[name]) for name in (
             "in_channels", "conv1_channels", "conv2_channels", "conv3_channels", "fc1_units",
             "n_classes"))),
@@ -429,6 +473,110 @@ def _command_info(args):
         print(f"{name:<{width}}  {value}")
     print()
     print(summary)
+    return 0
+
+
+def _read_convert_input(args, architecture):
+    """The model in INPUT: a bare or lenet_fast .npz, an .onnx graph, or (--torch) a PyTorch
+    state_dict file read with torch.load(weights_only=True)."""
+    path, suffix = args.input, os.path.splitext(args.input)[1].lower()
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    if args.torch:
+        try:
+            import torch
+        except ImportError as exc:
+            raise ImportError("--torch needs PyTorch: pip install torch") from exc
+        try:
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # pickle.UnpicklingError for anything but plain tensors, ...
+            raise CommandError(f"{path}: not a PyTorch state_dict file torch.load can read with "
+                               f"weights_only=True ({type(exc).__name__}: "
+                               f"{' '.join(str(exc).split())[:300]})") from exc
+        for key in ("state_dict", "model_state_dict", "model"):  # a training checkpoint
+            if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
+                loaded = loaded[key]
+        if not isinstance(loaded, dict):
+            raise CommandError(f"{path}: expected a state_dict (a dict of tensors); found "
+                               f"{type(loaded).__name__}")
+        return LeNet.from_state_dict(loaded, **architecture)
+    if suffix in (".pt", ".pth"):
+        raise CommandError(f"{path}: a PyTorch file; pass --torch to read it with "
+                           f"torch.load(weights_only=True)")
+    if suffix == ".onnx":
+        return LeNet.from_onnx(path, **architecture)
+    return LeNet.from_npz(path, **architecture)
+
+
+def _parse_preprocessing(text):
+    values = {"scale": 255.0, "mean": 0.0, "std": 1.0}
+    for part in text.split(","):
+        key, _, value = part.partition("=")
+        key = key.strip()
+        if key not in values or not value:
+            raise CommandError(f"--preprocessing {text!r}: expected comma-separated scale=..., "
+                               f"mean=..., std=... (e.g. mean=0.1307,std=0.3081; scale "
+                               f"defaults to 255); found {part.strip()!r}")
+        try:
+            values[key] = float(value)
+        except ValueError as exc:
+            raise CommandError(f"--preprocessing: {key} must be a number; found {value!r}") from exc
+    return values
+
+
+def _parse_classes(text):
+    if os.path.isfile(text):
+        with open(text, encoding="utf-8") as file:
+            return [line.strip() for line in file if line.strip()]
+    return [name.strip() for name in text.split(",")]
+
+
+def _save_atomically(model, path):
+    """`model.save_npz` to a temporary file in the destination folder, then renamed over `path`:
+    an interrupted run never leaves a half-written file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.",
+                                         suffix=".tmp")
+    os.close(handle)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)     # what open() would have given the file
+        model.save_npz(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def _command_convert(args):
+    if not args.output.lower().endswith(".npz"):
+        raise CommandError(f"{args.output}: expected an output file name ending in .npz")
+    architecture = {key: value for key, value in _architecture_arguments(args).items()
+                    if value is not None}
+    with _caught_architecture_warnings():
+        model = _read_convert_input(args, architecture)
+    assumed = model.assumed_architecture
+    if assumed:
+        # Writing a guess into a self-describing file would make it silent from then on.
+        flags = " ".join(f"--{option.replace('_', '-')} {value}" for option, value in assumed.items())
+        raise CommandError(f"{args.input} does not state {', '.join(assumed)}, and a converted "
+                           f"file must not store a guess: pass {flags} (what lenet_fast would "
+                           f"assume for this layout) or the values the model was trained with")
+    metadata = model.metadata
+    if args.classes is not None:
+        metadata["classes"] = _parse_classes(args.classes)
+    if args.preprocessing is not None:
+        metadata["preprocessing"] = _parse_preprocessing(args.preprocessing)
+    model = LeNet(model.weights, **model.architecture, metadata=metadata)
+    _save_atomically(model, args.output)
+    if not args.quiet:
+        a = model.architecture
+        print(f"wrote {args.output}: {model!r}; conv {a['conv_activation']}, fc "
+              f"{a['fc_activation']}, output {a['output_activation']}, {a['pool']} pooling"
+              + (f"; {len(model.classes)} class names" if model.classes else "")
+              + ("; preprocessing stored (uint8 input accepted)" if "preprocessing" in metadata
+                 else ""), file=sys.stderr)
     return 0
 
 
@@ -477,6 +625,33 @@ def _parser():
     info = commands.add_parser("info", help="architecture, size, preprocessing and provenance "
                                             "of a model")
     info.add_argument("model", metavar="MODEL")
+    convert = commands.add_parser(
+        "convert", help="turn a bare state_dict .npz, an .onnx graph or (--torch) a PyTorch "
+                        ".pt/.pth state_dict into a self-describing lenet_fast .npz",
+        description="Write a lenet_fast .npz that states its architecture (and optionally its "
+                    "class names and preprocessing), so that it loads with no warning and "
+                    "classifies images from the command line.  Bare weights do not say which "
+                    "activations the model used: state them with the options below (convert "
+                    "refuses to store a guess).")
+    convert.add_argument("input", metavar="INPUT",
+                         help="a .npz (np.savez of a state_dict, or a lenet_fast file), an .onnx "
+                              "file, or with --torch a .pt/.pth state_dict")
+    convert.add_argument("output", metavar="OUTPUT.npz")
+    convert.add_argument("--torch", action="store_true",
+                         help="INPUT is a PyTorch file: read with torch.load(weights_only=True)")
+    convert.add_argument("--classes", metavar="NAMES",
+                         help="class names: comma-separated, or a text file with one per line")
+    convert.add_argument("--preprocessing", metavar="SPEC",
+                         help="how uint8 pixels become the input: (x / scale - mean) / std, "
+                              "given as scale=255,mean=0.1307,std=0.3081 (scale defaults to "
+                              "255, mean to 0, std to 1)")
+    convert.add_argument("--quiet", action="store_true", help="no summary line")
+    for subcommand in (predict, evaluate, info, convert):
+        group = subcommand.add_argument_group(
+            "architecture (for weight files that do not state it; beats what the file says)")
+        for option, choices in _ARCHITECTURE_OPTIONS.items():
+            group.add_argument(f"--{option.replace('_', '-')}", dest=option, choices=choices,
+                               metavar="{" + ",".join(choices) + "}")
     # Every bench argument, --help included, goes to lenet_fast.benchmark's own parser.
     commands.add_parser("bench", add_help=False,
                         help="the benchmark table (lenet_fast.benchmark; see bench --help)")
@@ -502,7 +677,8 @@ def main(argv=None):
     if extra and args.command != "bench":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     commands = {"demo": _command_demo, "predict": _command_predict,
-                "evaluate": _command_evaluate, "info": _command_info}
+                "evaluate": _command_evaluate, "info": _command_info,
+                "convert": _command_convert}
     try:
         if args.command == "bench":
             return _command_bench(extra)

@@ -38,7 +38,7 @@ _ACTIVATION_OPS = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Softma
 _POOL_OPS = {"MaxPool": "max", "AveragePool": "avg"}
 _FLATTEN_OPS = ("Flatten", "Reshape")
 _SUPPORTED_OPS = ("Conv", "Gemm", "MatMul", "Add", *_ACTIVATION_OPS, *_POOL_OPS, *_FLATTEN_OPS,
-                  "Identity", "Constant")
+                  "Identity", "Constant", "BatchNormalization")
 _LAYERS = _weights.LAYERS
 _KERNEL = 5
 _MNIST_SIZE, _INPUT_SIZE = 28, 32
@@ -187,7 +187,9 @@ def _tokenize(nodes, data, constants, source):
         if len(users) > 1:
             raise _unsupported(users[1], f"it branches off tensor {data!r}, which already feeds "
                                          f"{_describe(users[0])}; expected a single chain of nodes")
-        if not node.input or node.input[0] != data or len(node.output) != 1:
+        outputs = ([name for name in node.output if name]  # optional outputs may be named ""
+                   if node.op_type == "BatchNormalization" else node.output)
+        if not node.input or node.input[0] != data or len(outputs) != 1:
             raise _unsupported(node, f"expected a single-output node continuing the chain from "
                                      f"tensor {data!r}, found inputs {list(node.input)} and "
                                      f"outputs {list(node.output)}")
@@ -219,6 +221,8 @@ def _tokenize(nodes, data, constants, source):
                 bias = constant(add, 1 - list(add.input).index(node.output[0])).reshape(-1)
                 node, index = add, index + 1
             tokens.append(_Token("layer", matmul, None, weight.T, bias))
+        elif op == "BatchNormalization":
+            _fold_batchnorm_node(node, attributes, tokens, constant)
         elif op in _ACTIVATION_OPS:
             if op == "Softmax":
                 _check_attributes(node, attributes, {"axis": [1, -1]})
@@ -247,6 +251,29 @@ def _tokenize(nodes, data, constants, source):
             raise _unsupported(node, "expected Add only as the bias of a MatMul")
         data = node.output[0]
     return tokens, data
+
+
+def _fold_batchnorm_node(node, attributes, tokens, constant):
+    """Fold an inference BatchNormalization into the Conv/Gemm/MatMul token it directly follows
+    (in float64, see `_weights.fold_batchnorm`)."""
+    _check_attributes(node, attributes, {"epsilon": [attributes.get("epsilon", 1e-5)],
+                                         "momentum": [attributes.get("momentum", 0.9)],
+                                         "training_mode": [0], "spatial": [1]})
+    if not tokens or tokens[-1].kind != "layer" or tokens[-1].node is node:
+        raise _unsupported(node, "a BatchNormalization is folded into the Conv, Gemm or MatMul "
+                                 "it directly follows; this one follows "
+                                 + (_describe(tokens[-1].node) if tokens else "the input"))
+    layer = tokens[-1]
+    if getattr(layer, "batchnorm", None) is not None:
+        raise _unsupported(node, f"expected at most one BatchNormalization after "
+                                 f"{_describe(layer.node)}")
+    try:
+        layer.weight, layer.bias = _weights.fold_batchnorm(
+            layer.weight, layer.bias, constant(node, 1), constant(node, 2), constant(node, 3),
+            constant(node, 4), attributes.get("epsilon", 1e-5))
+    except ValueError as exc:
+        raise _unsupported(node, f"cannot fold it into {_describe(layer.node)}: {exc}") from exc
+    layer.batchnorm = node
 
 
 def _split_layers(tokens, source):

@@ -1,0 +1,624 @@
+"""Never silently wrong: every PyTorch LeNet loads with its real architecture (from_torch, bare
+state_dicts with BatchNorm folded, ONNX, the convert command), or with an ArchitectureWarning.
+
+Everything is checked against PyTorch itself in eval mode -- random and trained models, random
+inputs and real Fashion-MNIST images -- to 1e-5 absolute + 1e-5 relative, with >= 99.9 % of the
+labels agreeing.
+"""
+
+import contextlib
+import io
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")  # the test extra installs it: a skip means a broken env
+from torch import nn  # noqa: E402
+from torch.nn import functional as F  # noqa: E402
+
+import lenet_fast  # noqa: E402
+from lenet_fast import ArchitectureWarning, LeNet, TorchImportError, WeightFileError  # noqa: E402
+from lenet_fast._weights import fold_batchnorm  # noqa: E402
+from lenet_fast.cli import main  # noqa: E402
+from lenet_fast.datasets import load_sample  # noqa: E402
+
+TOLERANCE = 1e-5
+MIN_LABEL_AGREEMENT = 0.999
+FASHION_MEAN, FASHION_STD = 0.286, 0.353
+TRAINING_STEPS = 300
+
+
+# ---------------------------------------------------------------------------------------------
+# The models users have
+# ---------------------------------------------------------------------------------------------
+
+class TutorialNet(nn.Module):
+    """The PyTorch CIFAR-10 tutorial's Net (3 channels); optionally BatchNorm after every conv
+    and after fc1."""
+
+    architecture = {"conv_activation": "relu", "fc_activation": "relu",
+                    "output_activation": "identity", "pool": "max"}
+    channels, size = 3, 32
+
+    def __init__(self, batchnorm=False):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 5)
+        self.pool = nn.MaxPool2d(2, 2)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.fc1 = nn.Linear(16 * 5 * 5, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, 10)
+        norms = (nn.BatchNorm2d(6), nn.BatchNorm2d(16), nn.BatchNorm1d(120)) if batchnorm else \
+            (nn.Identity(),) * 3
+        self.bn1, self.bn2, self.bn3 = norms
+
+    def forward(self, x):
+        x = self.pool(F.relu(self.bn1(self.conv1(x))))
+        x = self.pool(F.relu(self.bn2(self.conv2(x))))
+        x = torch.flatten(x, 1)
+        x = F.relu(self.bn3(self.fc1(x)))
+        x = F.relu(self.fc2(x))
+        return self.fc3(x)
+
+
+class SeedNet(nn.Module):
+    """The design table's layout (conv1, conv2, conv3, fc1, fc2), 1 channel, 32x32, with a
+    chosen fc and output activation; optionally BatchNorm after every conv and after fc1."""
+
+    channels, size = 1, 32
+
+    def __init__(self, fc="sigmoid", output="sigmoid", batchnorm=False, conv3_channels=120):
+        super().__init__()
+        self.architecture = {"conv_activation": "relu", "fc_activation": fc,
+                             "output_activation": output, "pool": "max"}
+        c3 = conv3_channels
+        self.conv1, self.conv2 = nn.Conv2d(1, 6, 5), nn.Conv2d(6, 16, 5)
+        self.conv3, self.fc1, self.fc2 = nn.Conv2d(16, c3, 5), nn.Linear(c3, 84), nn.Linear(84, 10)
+        self.bn1, self.bn2, self.bn3, self.bn4 = (
+            (nn.BatchNorm2d(6), nn.BatchNorm2d(16), nn.BatchNorm2d(c3), nn.BatchNorm1d(84))
+            if batchnorm else (nn.Identity(),) * 4)
+        self.fc_act = {"sigmoid": nn.Sigmoid(), "relu": nn.ReLU()}[fc]
+        self.out_act = {"sigmoid": nn.Sigmoid(), "identity": nn.Identity()}[output]
+
+    def forward(self, x):
+        x = F.max_pool2d(torch.relu(self.bn1(self.conv1(x))), 2)
+        x = F.max_pool2d(torch.relu(self.bn2(self.conv2(x))), 2)
+        x = torch.flatten(torch.relu(self.bn3(self.conv3(x))), 1)
+        return self.out_act(self.fc2(self.fc_act(self.bn4(self.fc1(x)))))
+
+
+def d2l_lenet(batchnorm=False):
+    """d2l.ai's LeNet: sigmoid, average pooling, conv1 padded by 2 for 28x28 Fashion-MNIST."""
+    def norm(layer):
+        return [layer] if batchnorm else []
+
+    layers = [nn.Conv2d(1, 6, kernel_size=5, padding=2), *norm(nn.BatchNorm2d(6)), nn.Sigmoid(),
+              nn.AvgPool2d(kernel_size=2, stride=2),
+              nn.Conv2d(6, 16, kernel_size=5), *norm(nn.BatchNorm2d(16)), nn.Sigmoid(),
+              nn.AvgPool2d(kernel_size=2, stride=2), nn.Flatten(),
+              nn.Linear(16 * 5 * 5, 120), *norm(nn.BatchNorm1d(120)), nn.Sigmoid(),
+              nn.Linear(120, 84), nn.Sigmoid(), nn.Linear(84, 10)]
+    net = nn.Sequential(*layers)
+    net.architecture = {"conv_activation": "sigmoid", "fc_activation": "sigmoid",
+                        "output_activation": "identity", "pool": "avg"}
+    net.channels, net.size = 1, 28
+    return net
+
+
+MODELS = {
+    "tutorial": lambda: TutorialNet(),
+    "tutorial+bn": lambda: TutorialNet(batchnorm=True),
+    "seed-relu-sigmoid": lambda: SeedNet(),
+    "seed-relu-sigmoid+bn": lambda: SeedNet(batchnorm=True),
+    "seed-all-relu": lambda: SeedNet("relu", "identity"),
+    "seed-all-relu+bn": lambda: SeedNet("relu", "identity", batchnorm=True),
+    "d2l": lambda: d2l_lenet(),
+    "d2l+bn": lambda: d2l_lenet(batchnorm=True),
+    # conv3 and fc1 both 84 wide: which BatchNorm follows which layer is not told by its size
+    "seed-84+bn": lambda: SeedNet(batchnorm=True, conv3_channels=84),
+}
+
+
+def build(name, seed=0):
+    """A model with random weights and random (not trivial) BatchNorm statistics, in eval mode."""
+    torch.manual_seed(seed)
+    net = MODELS[name]()
+    generator = torch.Generator().manual_seed(seed + 1)
+    for module in net.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            features = module.num_features
+            module.running_mean.copy_(torch.rand(features, generator=generator) * 2 - 1)
+            module.running_var.copy_(torch.rand(features, generator=generator) * 1.5 + 0.5)
+            module.weight.data.copy_(torch.rand(features, generator=generator) + 0.5)
+            module.bias.data.copy_(torch.rand(features, generator=generator) * 2 - 1)
+            module.eps = 1e-5
+    return net.eval()
+
+
+def random_images(net, count=256, seed=2):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((count, net.channels, net.size, net.size), dtype=np.float32)
+
+
+def fashion_images(net, count=1000):
+    """Real Fashion-MNIST test images, normalised, shaped for `net`: 28x28, or zero-padded to
+    32x32 (as the engine pads), replicated over 3 channels for the tutorial's Net."""
+    images, _ = load_sample()
+    x = ((images[:count].astype(np.float32) / 255 - FASHION_MEAN) / FASHION_STD)[:, None]
+    if net.size == 32:
+        x = np.pad(x, ((0, 0), (0, 0), (2, 2), (2, 2)))
+    return np.ascontiguousarray(np.repeat(x, net.channels, axis=1))
+
+
+def pytorch_outputs(net, x):
+    with torch.no_grad():
+        return net.eval()(torch.from_numpy(x)).numpy()
+
+
+def assert_matches_pytorch(model, net, x):
+    expected = pytorch_outputs(net, x)
+    actual = model.forward(x)
+    np.testing.assert_allclose(actual, expected, rtol=TOLERANCE, atol=TOLERANCE)
+    agreement = np.mean(model.predict(x) == expected.argmax(axis=1))
+    assert agreement >= MIN_LABEL_AGREEMENT, agreement
+
+
+def label_agreement(model, net, x):
+    return float(np.mean(model.predict(x) == pytorch_outputs(net, x).argmax(axis=1)))
+
+
+@contextlib.contextmanager
+def no_architecture_warning():
+    """Inside the block, an ArchitectureWarning is an error."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ArchitectureWarning)
+        yield
+
+
+def train(net, steps=TRAINING_STEPS, seed=0):
+    """A few hundred Adam steps on the shipped Fashion-MNIST sample (about a second), so that
+    the model's labels depend on its real activations; returns it in eval mode."""
+    torch.manual_seed(seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)   # tiny batches: extra threads only contend on a shared machine
+    images = torch.from_numpy(fashion_images(net))
+    labels = torch.from_numpy(load_sample()[1].astype(np.int64))
+    optimiser = torch.optim.Adam(net.parameters(), lr=3e-3)
+    net.train()
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        batch = torch.randint(0, len(images), (64,), generator=generator)
+        optimiser.zero_grad()
+        F.cross_entropy(net(images[batch]), labels[batch]).backward()
+        optimiser.step()
+    torch.set_num_threads(threads)
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """Trained models, built once: the tutorial Net with BatchNorm, d2l's LeNet with
+    BatchNorm, and the all-ReLU seed layout."""
+    return {name: train(build(name)) for name in ("tutorial+bn", "d2l+bn", "seed-all-relu")}
+
+
+# ---------------------------------------------------------------------------------------------
+# from_torch
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", MODELS)
+def test_from_torch_matches_pytorch_on_random_and_real_images(name):
+    net = build(name)
+    with no_architecture_warning():
+        model = LeNet.from_torch(net, example_input=random_images(net, 8))
+    assert model.architecture == net.architecture
+    assert model.assumed_architecture == {}
+    assert_matches_pytorch(model, net, random_images(net))
+    assert_matches_pytorch(model, net, fashion_images(net))
+
+
+@pytest.mark.parametrize("name", ["tutorial+bn", "d2l+bn", "seed-all-relu"])
+def test_trained_models_from_torch_agree_with_pytorch(trained, name):
+    net = trained[name]
+    model = LeNet.from_torch(net)
+    x = fashion_images(net)
+    accuracy = np.mean(pytorch_outputs(net, x).argmax(axis=1) == load_sample()[1])
+    assert accuracy > 0.6, accuracy    # really trained: a wrong activation changes labels
+    assert_matches_pytorch(model, net, x)
+    assert_matches_pytorch(model, net, random_images(net))
+
+
+def test_from_torch_save_npz_loads_with_no_warning(tmp_path):
+    net = build("d2l+bn")
+    LeNet.from_torch(net).save_npz(tmp_path / "lenet.npz")
+    with no_architecture_warning():
+        model = LeNet.from_npz(tmp_path / "lenet.npz")
+    assert model.metadata["converted_from"] == "PyTorch Sequential"
+    assert_matches_pytorch(model, net, fashion_images(net))
+
+
+def test_from_torch_leaves_the_module_as_it_was():
+    net = build("tutorial+bn").train()
+    net.bn1.eval()
+    before = {key: value.clone() for key, value in net.state_dict().items()}
+    LeNet.from_torch(net)
+    assert net.training and not net.bn1.training and net.bn2.training
+    assert all(torch.equal(before[key], value) for key, value in net.state_dict().items())
+
+
+@pytest.mark.parametrize("flatten", ["view-size", "reshape-400", "shape-0"])
+def test_from_torch_reads_functional_and_method_forms(flatten):
+    class Functional(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2 = nn.Conv2d(1, 6, 5, bias=False), nn.Conv2d(6, 16, 5)
+            self.d1, self.d2, self.d3 = nn.Linear(400, 120), nn.Linear(120, 84), nn.Linear(84, 10)
+            self.drop = nn.Dropout(0.5)
+
+        def forward(self, x):
+            x = F.avg_pool2d(self.c1(x).tanh(), kernel_size=2, stride=2)
+            x = F.avg_pool2d(torch.tanh(self.c2(x)), (2, 2))
+            if flatten == "view-size":
+                x = x.view(x.size(0), -1)
+            elif flatten == "reshape-400":
+                x = x.reshape(-1, 400)
+            else:
+                x = torch.reshape(x, (x.shape[0], 400))
+            x = self.drop(x)
+            x = F.dropout(F.tanh(self.d1(x)), 0.3, training=self.training)
+            return F.softmax(self.d3(torch.sigmoid(self.d2(x))), dim=1)
+
+    net = Functional().train()
+    net.channels, net.size = 1, 32
+    model = LeNet.from_torch(net)
+    assert model.architecture == {"conv_activation": "tanh", "fc_activation": "sigmoid",
+                                  "output_activation": "softmax", "pool": "avg"}
+    assert_matches_pytorch(model, net, random_images(net))
+
+
+def refusal(module, x=None):
+    with pytest.raises(TorchImportError) as info:
+        LeNet.from_torch(module)
+    return str(info.value)
+
+
+def test_from_torch_refuses_what_the_engine_cannot_compute():
+    def sequential(*replace):
+        layers = list(d2l_lenet())
+        for index, layer in replace:
+            layers[index] = layer
+        return nn.Sequential(*layers)
+
+    assert refusal(sequential((1, nn.LeakyReLU()))) == (
+        "Sequential: module '1' (LeakyReLU): this module is not one a LeNet-5 here is built from "
+        "(Conv2d, Linear, BatchNorm1d/2d, ReLU, Sigmoid, Tanh, Softmax, Identity, MaxPool2d, "
+        "AvgPool2d, Flatten, Dropout)")
+    assert "module '3' (Conv2d): the engine computes 5x5 convolutions with stride 1; found " \
+           "stride (2, 2)" in refusal(sequential((3, nn.Conv2d(6, 16, 5, stride=2))))
+    assert "module '3' (Conv2d)" in refusal(sequential((3, nn.Conv2d(6, 16, 5, padding=2))))
+    assert "module '2' (MaxPool2d): expected 2x2 max pooling with stride 2 and no padding" in \
+        refusal(sequential((2, nn.MaxPool2d(3, 2))))
+    assert "pooling" in refusal(sequential((5, nn.MaxPool2d(2))))
+    # 32x32 input with conv1 padded by 2 needs 16x6x6 = 576 features: outside the geometry.
+    assert "module '7' (Linear): takes 576 inputs, but the engine's geometry gives 16x5x5 = 400" \
+        in refusal(sequential((7, nn.Linear(576, 120))))
+    assert "one activation after conv1, conv2 and conv3" in refusal(sequential((4, nn.ReLU())))
+    six = nn.Sequential(*d2l_lenet(), nn.Linear(10, 10))
+    assert "module '12' (Linear): the engine computes five weighted layers" in refusal(six)
+
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = d2l_lenet()
+
+        def forward(self, x):
+            y = self.net(x)
+            return y + y
+
+    assert "function _operator.add (node 'add')" in refusal(Residual())
+
+    class LateBatchNorm(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net, self.bn = d2l_lenet(), nn.BatchNorm1d(10)
+
+        def forward(self, x):
+            return self.bn(torch.relu(self.net(x)))
+
+    message = refusal(LateBatchNorm())
+    assert "module 'bn' (BatchNorm1d)" in message and "follows function" in message
+
+    class AlwaysDropout(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = d2l_lenet()
+
+        def forward(self, x):
+            return F.dropout(self.net(x), 0.5)
+
+    assert "dropout with training=True drops values even in eval mode" in \
+        refusal(AlwaysDropout())
+
+    class DataDependent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = d2l_lenet()
+
+        def forward(self, x):
+            return self.net(x) if x.sum() > 0 else -self.net(x)
+
+    assert "torch.fx cannot trace forward()" in refusal(DataDependent())
+    with pytest.raises(TypeError, match="module must be a torch.nn.Module; got dict"):
+        LeNet.from_torch({})
+
+
+def test_importing_lenet_fast_does_not_import_torch():
+    code = ("import sys, lenet_fast; from lenet_fast import cli, onnx; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bare state_dicts: the right answer, or a warning; BatchNorm folded, never dropped
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", MODELS)
+def test_bare_state_dict_matches_or_warns_and_matches_once_stated(name, tmp_path):
+    net = build(name)
+    x = fashion_images(net)
+    state = net.state_dict()
+    with pytest.warns(ArchitectureWarning) as caught:
+        assumed = LeNet.from_state_dict(state)
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    for option, value in assumed.assumed_architecture.items():
+        assert f"{option}={value!r}" in message and f"--{option.replace('_', '-')} {value}" in message
+    assert "save_npz" in message
+    if assumed.architecture == net.architecture:
+        assert_matches_pytorch(assumed, net, x)
+    else:
+        assert not np.allclose(assumed.forward(x), pytorch_outputs(net, x), atol=1e-3)
+    np.savez(tmp_path / "net.npz", **{key: value.numpy() for key, value in state.items()})
+    with no_architecture_warning():
+        stated = LeNet.from_npz(tmp_path / "net.npz", **net.architecture)
+        assert_matches_pytorch(stated, net, x)
+        assert_matches_pytorch(LeNet.from_state_dict(state, **net.architecture), net,
+                               random_images(net))
+
+
+def test_assumed_architecture_by_layout():
+    with pytest.warns(ArchitectureWarning, match="the PyTorch tutorial layout's architecture"):
+        tutorial = LeNet.from_state_dict(build("tutorial").state_dict())
+    assert tutorial.architecture == TutorialNet.architecture == tutorial.assumed_architecture
+    with pytest.warns(ArchitectureWarning, match="lenet_fast's defaults for its own layout"):
+        seed = LeNet.from_state_dict(build("seed-relu-sigmoid").state_dict(), pool="max")
+    assert seed.architecture == build("seed-relu-sigmoid").architecture
+    assert "pool" not in seed.assumed_architecture
+    assert "assumed, not stated by the weights: conv_activation, fc_activation, " \
+           "output_activation" in str(seed.summary())
+    assert seed.summary().assumed == seed.assumed_architecture
+    with no_architecture_warning():
+        assert LeNet.pretrained("fashion-mnist").assumed_architecture == {}
+        assert "assumed" not in str(LeNet.pretrained("mnist").summary())
+
+
+def test_the_readme_users_tutorial_model_gets_pytorchs_labels(trained):
+    """The issue's story: np.savez of the tutorial Net's state_dict, then from_npz."""
+    net = trained["tutorial+bn"]
+    with pytest.warns(ArchitectureWarning):
+        model = LeNet.from_state_dict(net.state_dict())
+    assert label_agreement(model, net, fashion_images(net)) >= MIN_LABEL_AGREEMENT
+
+
+def test_a_wrong_assumption_shows_in_a_trained_models_labels(trained):
+    """Why the warning matters: d2l's trained LeNet under the assumed (default) architecture
+    disagrees with PyTorch on most labels; stated, it agrees."""
+    net = trained["d2l+bn"]
+    x = fashion_images(net)
+    with pytest.warns(ArchitectureWarning):
+        assumed = LeNet.from_state_dict(net.state_dict())
+    assert label_agreement(assumed, net, x) < 0.5
+    assert label_agreement(LeNet.from_state_dict(net.state_dict(), **net.architecture), net,
+                           x) >= MIN_LABEL_AGREEMENT
+
+
+@pytest.mark.parametrize("naming, reverse", [
+    ("bn{}", False), ("{}_bn", True), ("bn_{}", True), ("{}.bn", True), ("norm{}", False)])
+def test_batchnorm_key_naming_variants(naming, reverse):
+    """conv3 and fc1 are both 84 wide: a name (conv3_bn, bn_fc1, conv3.bn) or, for bn1 ... bn4,
+    the order of the keys (a state_dict lists modules as they were defined) tells which
+    BatchNorm follows which layer."""
+    net = build("seed-84+bn")
+    layers = {"bn1": "conv1", "bn2": "conv2", "bn3": "conv3", "bn4": "fc1"}
+    renamed = {}
+    for key, value in net.state_dict().items():
+        prefix, _, parameter = key.rpartition(".")
+        if prefix in layers:
+            by_name = naming in ("{}_bn", "bn_{}", "{}.bn")
+            prefix = naming.format(layers[prefix] if by_name else prefix[-1])
+        renamed[f"{prefix}.{parameter}"] = value
+    if reverse:
+        renamed = dict(reversed(renamed.items()))
+    model = LeNet.from_state_dict(renamed, **net.architecture)
+    assert_matches_pytorch(model, net, random_images(net))
+
+
+def test_numbered_sequential_batchnorm_and_strict_false_folds_it():
+    net = build("d2l+bn")
+    state = net.state_dict()
+    assert "1.running_mean" in state
+    for strict in (True, False):
+        model = LeNet.from_state_dict(state, strict=strict, **net.architecture)
+        assert_matches_pytorch(model, net, fashion_images(net))
+
+
+def test_strict_false_never_drops_batchnorm_and_never_suggests_it():
+    net = build("tutorial+bn")
+    state = dict(net.state_dict())
+    state["bn9.running_mean"], state["bn9.running_var"] = torch.zeros(33), torch.ones(33)
+    for strict in (True, False):
+        with pytest.raises(WeightFileError, match="BatchNorm 'bn9' has 33 features") as info:
+            LeNet.from_state_dict(state, strict=strict, **TutorialNet.architecture)
+        assert "strict" not in str(info.value)
+    del state["bn2.running_var"]
+    with pytest.raises(WeightFileError, match="BatchNorm 'bn2' has no bn2.running_var") as info:
+        LeNet.from_state_dict(state, strict=False, **TutorialNet.architecture)
+    assert "strict" not in str(info.value)
+
+
+def test_conv_without_bias_before_batchnorm():
+    torch.manual_seed(0)
+    net = build("tutorial+bn")
+    net.conv1.bias = None
+    model = LeNet.from_state_dict(net.state_dict(), **TutorialNet.architecture)
+    assert_matches_pytorch(model, net, random_images(net))
+    assert_matches_pytorch(LeNet.from_torch(net), net, random_images(net))
+    plain = build("tutorial").state_dict()
+    del plain["conv1.bias"]
+    with pytest.raises(WeightFileError, match="incomplete weights .* missing conv1.bias"):
+        LeNet.from_state_dict(plain, **TutorialNet.architecture)
+
+
+def test_fold_batchnorm_matches_pytorch_and_the_keras_axis():
+    rng = np.random.default_rng(0)
+    conv = nn.Conv2d(4, 5, 5).double()
+    norm = nn.BatchNorm2d(5, eps=1e-3).double().eval()
+    norm.running_mean.uniform_(-1, 1)
+    norm.running_var.uniform_(0.1, 3)
+    x = torch.from_numpy(rng.standard_normal((3, 4, 9, 9)))
+    parameters = [value.detach().numpy() for value in (
+        conv.weight, conv.bias, norm.weight, norm.bias, norm.running_mean, norm.running_var)]
+    weight, bias = fold_batchnorm(*parameters, eps=1e-3)
+    assert weight.dtype == bias.dtype == np.float32
+    folded = F.conv2d(x, torch.from_numpy(weight).double(), torch.from_numpy(bias).double())
+    with torch.no_grad():
+        np.testing.assert_allclose(folded.numpy(), norm(conv(x)).numpy(), rtol=1e-6, atol=1e-6)
+    dense_weight = rng.standard_normal((7, 3))          # Keras Dense: (inputs, outputs)
+    keras_weight, _ = fold_batchnorm(dense_weight, None, [1, 2, 3], None, [0, 0, 0], [1, 4, 9],
+                                     eps=0.0, axis=-1)
+    np.testing.assert_allclose(keras_weight, dense_weight * [1, 1, 1], rtol=1e-7)
+    with pytest.raises(ValueError, match="expected running_var \\+ eps > 0"):
+        fold_batchnorm(np.ones((2, 2)), None, None, None, [0, 0], [-1, 1], eps=0.0)
+    with pytest.raises(ValueError, match="expected running_mean of length 2"):
+        fold_batchnorm(np.ones((2, 2)), None, None, None, [0, 0, 0], [1, 1])
+
+
+# ---------------------------------------------------------------------------------------------
+# ONNX BatchNormalization nodes
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning",
+                            "ignore::FutureWarning")
+@pytest.mark.parametrize("name", ["tutorial+bn", "seed-relu-sigmoid+bn", "d2l+bn"])
+def test_onnx_batchnormalization_is_folded(name):
+    onnx = pytest.importorskip("onnx")
+    net = build(name)
+    buffer = io.BytesIO()
+    torch.onnx.export(net, (torch.from_numpy(random_images(net, 2)),), buffer, dynamo=False,
+                      do_constant_folding=False)
+    graph = onnx.load_from_string(buffer.getvalue())
+    assert "BatchNormalization" in [node.op_type for node in graph.graph.node]
+    with no_architecture_warning():
+        model = LeNet.from_onnx(graph)
+    assert model.architecture == net.architecture
+    assert_matches_pytorch(model, net, fashion_images(net))
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+def run_cli(capsys, *arguments):
+    status = main([str(argument) for argument in arguments])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_cli_predict_prints_the_warning_as_one_line_and_takes_the_options(tmp_path, capsys):
+    net = build("d2l")
+    np.savez(tmp_path / "net.npz", **{k: v.numpy() for k, v in net.state_dict().items()})
+    x = fashion_images(net, 50)
+    np.save(tmp_path / "x.npy", x)
+    status, out, err = run_cli(capsys, "predict", tmp_path / "net.npz", tmp_path / "x.npy",
+                               "--quiet")
+    assert status == 0
+    assert len(err.splitlines()) == 1
+    assert err.startswith("lenet-fast: warning: ") and "--conv-activation relu" in err
+    flags = [f"--conv-activation=sigmoid", "--fc-activation=sigmoid",
+             "--output-activation=identity", "--pool=avg"]
+    status, out, err = run_cli(capsys, "predict", tmp_path / "net.npz", tmp_path / "x.npy",
+                               "--quiet", *flags)
+    assert (status, err) == (0, "")
+    labels = [int(line.split(",")[1]) for line in out.splitlines()[1:]]
+    assert labels == pytorch_outputs(net, x).argmax(axis=1).tolist()
+    np.save(tmp_path / "y.npy", np.array(labels))
+    status, out, err = run_cli(capsys, "evaluate", tmp_path / "net.npz", tmp_path / "x.npy",
+                               tmp_path / "y.npy", "--quiet", *flags)
+    assert (status, err) == (0, "") and "accuracy: 1.0000" in out
+
+
+@pytest.mark.parametrize("source", ["npz", "torch", "onnx"])
+def test_cli_convert_round_trips(tmp_path, capsys, source):
+    net = build("seed-all-relu+bn")
+    state = net.state_dict()
+    flags = [f"--{option.replace('_', '-')}={value}" for option, value in net.architecture.items()]
+    if source == "npz":
+        np.savez(tmp_path / "in.npz", **{key: value.numpy() for key, value in state.items()})
+        arguments = [tmp_path / "in.npz", *flags]
+    elif source == "torch":
+        torch.save(state, tmp_path / "in.pt")
+        arguments = ["--torch", tmp_path / "in.pt", *flags]
+    else:
+        pytest.importorskip("onnx")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(net, (torch.from_numpy(random_images(net, 2)),),
+                              str(tmp_path / "in.onnx"), dynamo=False)
+        arguments = [tmp_path / "in.onnx"]
+    classes = ",".join(f"class {k}" for k in range(10))
+    status, _, err = run_cli(capsys, "convert", *arguments, tmp_path / "out.npz",
+                             "--classes", classes, "--preprocessing", "mean=0.286,std=0.353")
+    assert status == 0, err
+    assert err.startswith("wrote ")
+    assert sorted(path.name for path in tmp_path.iterdir() if path.name.startswith(".")) == []
+    with no_architecture_warning():
+        model = LeNet.from_npz(tmp_path / "out.npz")
+    assert model.classes == classes.split(",")
+    assert model.metadata["preprocessing"]["std"] == 0.353
+    assert_matches_pytorch(model, net, random_images(net))
+    images, _ = load_sample()
+    padded = np.pad(images[:100], ((0, 0), (2, 2), (2, 2)))[:, None]
+    np.testing.assert_array_equal(model.predict(padded), model.predict(
+        ((padded.astype(np.float32) / 255 - 0.286) / 0.353).astype(np.float32)))
+
+
+def test_cli_convert_refuses_to_store_a_guess_and_unreadable_input(tmp_path, capsys):
+    net = build("tutorial")
+    np.savez(tmp_path / "in.npz", **{k: v.numpy() for k, v in net.state_dict().items()})
+    status, _, err = run_cli(capsys, "convert", tmp_path / "in.npz", tmp_path / "out.npz")
+    assert status == 1
+    assert "a converted file must not store a guess: pass --conv-activation relu " \
+           "--fc-activation relu --output-activation identity --pool max" in err
+    assert not (tmp_path / "out.npz").exists()
+    torch.save({"net": nn.ReLU()}, tmp_path / "pickled.pt")
+    status, _, err = run_cli(capsys, "convert", "--torch", tmp_path / "pickled.pt",
+                             tmp_path / "out.npz")
+    assert status == 1 and "weights_only=True" in err
+    status, _, err = run_cli(capsys, "convert", tmp_path / "pickled.pt", tmp_path / "out.npz")
+    assert status == 1 and "pass --torch" in err
+    status, _, err = run_cli(capsys, "convert", tmp_path / "in.npz", tmp_path / "out.bin")
+    assert status == 1 and "ending in .npz" in err
+    status, _, err = run_cli(capsys, "convert", tmp_path / "in.npz", tmp_path / "out.npz",
+                             "--preprocessing", "mu=3", "--conv-activation", "relu",
+                             "--fc-activation", "relu", "--output-activation", "identity",
+                             "--pool", "max")
+    assert status == 1 and "expected comma-separated scale=" in err
+    assert not (tmp_path / "out.npz").exists()
+
+
+def test_architecture_warning_is_exported():
+    assert issubclass(lenet_fast.ArchitectureWarning, UserWarning)
+    assert "ArchitectureWarning" in lenet_fast.__all__ and "TorchImportError" in lenet_fast.__all__

@@ -144,7 +144,9 @@ class LeNet:
     Parameters
     ----------
     weights : mapping of str to array_like
-        Weights in any layout `from_state_dict` accepts.
+        Weights in any layout `from_state_dict` accepts.  The architecture is what the
+        arguments say (their defaults included); `from_npz`, `from_state_dict` and
+        `from_torch` instead read or announce it.
     conv_activation : {"relu", "sigmoid", "tanh", "identity"}, default "relu"
         Applied after conv1, conv2 and conv3 (before pooling).
     fc_activation : {"relu", "sigmoid", "tanh", "identity"}, default "sigmoid"
@@ -212,19 +214,31 @@ class LeNet:
         ----------
         path : str or path-like
             A file written by `save_npz`, or ``np.savez`` of a PyTorch ``state_dict`` (the table
-            model, the PyTorch tutorial model, or a numbered ``nn.Sequential``).
+            model, the PyTorch tutorial model, or a numbered ``nn.Sequential``), BatchNorm
+            layers included (folded into the layer each follows, in float64).
         conv_activation, fc_activation, output_activation, pool : str, optional
-            Override the architecture stored in the file (which overrides the defaults).
+            Override the architecture stored in the file.  An option that neither these nor
+            the file state is assumed from the layout (the PyTorch tutorial layout: relu, relu,
+            identity, max; otherwise the defaults relu, sigmoid, sigmoid, max) and announced
+            with one `ArchitectureWarning`; `model.assumed_architecture` lists it.
         key_map : mapping, optional
             Canonical name -> name in the file, for any other naming.
         strict : bool, default True
-            Reject keys that the recognised layout does not use.
+            Reject keys that the recognised layout does not use.  With False, only bookkeeping
+            (``num_batches_tracked``, counters) is ignored: parameters that change the outputs
+            (weights, BatchNorm statistics no layer can take) are always refused.
         num_threads : int, optional
             See `LeNet`.
 
         Returns
         -------
         LeNet
+
+        Warns
+        -----
+        ArchitectureWarning
+            If an option was assumed (see above): the message names the values and how to
+            state them (pass them, or save the model with `save_npz`).
 
         Raises
         ------
@@ -284,8 +298,10 @@ class LeNet:
                         num_threads=None):
         """Build a model from a mapping of names to arrays (e.g. a PyTorch ``state_dict``).
 
-        Accepts the same layouts and options as `from_npz`; tensors with ``.detach()`` /
-        ``__array__`` are converted with NumPy.
+        Accepts the same layouts and options as `from_npz`, and assumes and announces
+        (`ArchitectureWarning`) what they do not state in the same way; tensors with
+        ``.detach()`` / ``__array__`` are converted with NumPy.  For a PyTorch model,
+        `from_torch` reads the architecture from the module itself.
 
         Returns
         -------

@@ -10,7 +10,9 @@ shape LeNet-5 has::
 
 which covers the three PyTorch layouts ``lenet_fast`` loads (table model, PyTorch tutorial with a
 dense fc1 over the flattened 16x5x5 features, numbered ``nn.Sequential``) as both of PyTorch's
-exporters write them.  The weights then pass through ``_weights.canonicalize`` like any other
+exporters write them.  An inference ``BatchNormalization`` directly after a Conv, Gemm or MatMul
+is folded into that layer's weight and bias (`_weights.fold_batchnorm`, float64).  The weights
+then pass through ``_weights.canonicalize`` like any other
 weight set, so shape checks live in one place.  Anything the kernels cannot compute exactly is
 rejected, naming the first offending node: other op types, strides, dilations, groups, other
 kernel or pool sizes, and padding -- except ``pads=[2, 2, 2, 2]`` on the first convolution of a
@@ -378,7 +380,8 @@ def from_onnx(path_or_model, *, conv_activation=None, fc_activation=None, output
         tutorial form (Flatten after the second pool, then three Gemm layers).  Supported ops:
         Conv (5x5, stride 1; the first may have ``pads=[2, 2, 2, 2]`` on a 28x28 input), Relu,
         Sigmoid, Tanh, Softmax (last), MaxPool and AveragePool (2x2, stride 2), Flatten,
-        Reshape to (batch, features), Gemm, MatMul + Add, Identity; weights as initializers or
+        Reshape to (batch, features), Gemm, MatMul + Add, Identity, BatchNormalization
+        directly after a Conv/Gemm/MatMul (folded into it); weights as initializers or
         Constant nodes.  Activations may be absent ("identity").
     conv_activation, fc_activation, output_activation, pool : str, optional
         Override what the graph says (then the model no longer computes the graph's function);

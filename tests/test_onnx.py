@@ -15,6 +15,7 @@ from onnx import helper, numpy_helper  # noqa: E402
 from torch import nn  # noqa: E402
 
 from lenet_fast import LeNet, WeightFileError  # noqa: E402
+from lenet_fast._weights import fold_batchnorm  # noqa: E402
 from lenet_fast.onnx import ONNXImportError, from_onnx, to_onnx  # noqa: E402
 
 TOLERANCE = 1e-5
@@ -292,14 +293,25 @@ def reject(proto, message):
         from_onnx(proto)
 
 
-def test_rejects_batch_normalization(lenet_graph):
-    ones, zeros = np.ones(6, np.float32), np.zeros(6, np.float32)
-    insert_after(lenet_graph, "conv1", "BatchNormalization", "bn1",
-                 ["bn.scale", "bn.bias", "bn.mean", "bn.var"],
-                 [("bn.scale", ones), ("bn.bias", zeros), ("bn.mean", zeros), ("bn.var", ones)])
-    reject(lenet_graph, "unsupported BatchNormalization node 'bn1': op type not in Conv, Gemm, "
-                        "MatMul, Add, Relu, Sigmoid, Tanh, Softmax, MaxPool, AveragePool, Flatten, "
-                        "Reshape, Identity, Constant")
+def test_folds_batch_normalization_and_rejects_it_after_an_activation(lenet_graph):
+    rng = np.random.default_rng(0)
+    scale, shift, mean = (rng.uniform(-1, 1, 6).astype(np.float32) for _ in range(3))
+    variance = rng.uniform(0.5, 2, 6).astype(np.float32)
+    names = ["bn.scale", "bn.bias", "bn.mean", "bn.var"]
+    values = list(zip(names, (scale, shift, mean, variance)))
+    plain = from_onnx(lenet_graph)
+    after_relu = onnx.ModelProto()
+    after_relu.CopyFrom(lenet_graph)
+    insert_after(lenet_graph, "conv1", "BatchNormalization", "bn1", names, values, epsilon=1e-3)
+    folded = from_onnx(lenet_graph)
+    weight, bias = fold_batchnorm(plain.weights["conv1.weight"], plain.weights["conv1.bias"],
+                                  scale, shift, mean, variance, eps=1e-3)
+    np.testing.assert_array_equal(folded.weights["conv1.weight"], weight)
+    np.testing.assert_array_equal(folded.weights["conv1.bias"], bias)
+    insert_after(after_relu, "conv1_relu", "BatchNormalization", "bn1", names, values)
+    reject(after_relu, "unsupported BatchNormalization node 'bn1': a BatchNormalization is "
+                       "folded into the Conv, Gemm or MatMul it directly follows; this one "
+                       "follows Relu node 'conv1_relu'")
 
 
 def test_rejects_stride_2_convolution(lenet_graph):

@@ -119,8 +119,8 @@ def _warn_assumed(assumed, layout, source, stacklevel):
                                   "origin)")
     message = (
         f"{source + ': ' if source else ''}neither the call nor the weights state "
-        f"{', '.join(assumed)}, so lenet_fast assumed {values} ({origin}); if the model was trained with anything else, "
-        f"its outputs and labels are wrong. State it: pass the options (e.g. {values}; on the "
+        f"{', '.join(assumed)}, so lenet_fast assumed {values} ({origin}); if the model was "
+        f"trained with anything else, its outputs and labels are wrong. State it: pass the options (e.g. {values}; on the "
         f"command line {flags}), or save the model with save_npz (LeNet.from_torch(net)"
         f".save_npz(path), or lenet-fast convert), whose files state it and load with no warning")
     warnings.warn(ArchitectureWarning(message, assumed), stacklevel=stacklevel + 1)

@@ -91,7 +91,8 @@ class _Reader:
 
     def describe(self, node):
         if node.op == "call_module":
-            return f"module {node.target!r} ({type(self.module.get_submodule(node.target)).__name__})"
+            kind = type(self.module.get_submodule(node.target)).__name__
+            return f"module {node.target!r} ({kind})"
         if node.op == "call_method":
             return f"tensor method .{node.target}() (node {node.name!r})"
         target = getattr(node.target, "__module__", None), getattr(node.target, "__name__", None)

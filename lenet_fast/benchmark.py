@@ -352,7 +352,7 @@ def build_peers(weights, threads, engines=ENGINES):
     if unknown:
         raise ValueError(f"unknown engine(s) {', '.join(sorted(unknown))}: expected some of "
                          f"{', '.join(ENGINES)}")
-    model = LeNet.from_state_dict(weights)
+    model = LeNet(weights)  # the defaults, stated: no ArchitectureWarning
     peers = {"lenet_fast": _lenet_fast_peer(model, threads)}
     skipped = {}
     onnx_model = None
@@ -575,7 +575,7 @@ def measure_first_call(weights=None, runs=5):
         filter(None, [_PACKAGE_PARENT, environment.get("PYTHONPATH")]))
     with tempfile.TemporaryDirectory() as directory:
         path = os.path.join(directory, "lenet5.npz")
-        LeNet.from_state_dict(weights).save_npz(path)
+        LeNet(weights).save_npz(path)
         timings = [
             [float(value) for value in subprocess.run(
                 [sys.executable, "-c", _FIRST_CALL_SCRIPT, path], env=environment, check=True,

@@ -559,7 +559,8 @@ def _command_convert(args):
     assumed = model.assumed_architecture
     if assumed:
         # Writing a guess into a self-describing file would make it silent from then on.
-        flags = " ".join(f"--{option.replace('_', '-')} {value}" for option, value in assumed.items())
+        flags = " ".join(f"--{option.replace('_', '-')} {value}"
+                         for option, value in assumed.items())
         raise CommandError(f"{args.input} does not state {', '.join(assumed)}, and a converted "
                            f"file must not store a guess: pass {flags} (what lenet_fast would "
                            f"assume for this layout) or the values the model was trained with")

@@ -8,6 +8,7 @@ labels agreeing.
 
 import contextlib
 import io
+import pickle
 import subprocess
 import sys
 import warnings
@@ -375,7 +376,8 @@ def test_bare_state_dict_matches_or_warns_and_matches_once_stated(name, tmp_path
     assert len(caught) == 1
     message = str(caught[0].message)
     for option, value in assumed.assumed_architecture.items():
-        assert f"{option}={value!r}" in message and f"--{option.replace('_', '-')} {value}" in message
+        assert f"{option}={value!r}" in message
+        assert f"--{option.replace('_', '-')} {value}" in message
     assert "save_npz" in message
     if assumed.architecture == net.architecture:
         assert_matches_pytorch(assumed, net, x)
@@ -400,6 +402,7 @@ def test_assumed_architecture_by_layout():
     assert "assumed, not stated by the weights: conv_activation, fc_activation, " \
            "output_activation" in str(seed.summary())
     assert seed.summary().assumed == seed.assumed_architecture
+    assert pickle.loads(pickle.dumps(seed)).assumed_architecture == seed.assumed_architecture
     with no_architecture_warning():
         assert LeNet.pretrained("fashion-mnist").assumed_architecture == {}
         assert "assumed" not in str(LeNet.pretrained("mnist").summary())

@@ -352,7 +352,9 @@ class LeNet:
         """Build a model from a PyTorch ``nn.Module``, reading its architecture from its graph.
 
         The module's ``forward`` is captured with ``torch.fx`` symbolic tracing (in eval mode;
-        the module's training flags are left as they were) and matched against the network:
+        the module's training flags are left as they were), or, where fx cannot trace it
+        (Python control flow on shapes), with ``torch.export`` on `example_input` (default:
+        two zero images), and matched against the network:
         Conv2d and Linear layers; ReLU, sigmoid, tanh, softmax or no activation (as modules,
         ``F.relu``/``torch.relu``-style functions or tensor methods); 2x2 max or average
         pooling; flatten (``nn.Flatten``, ``torch.flatten(x, 1)``, ``x.view(x.size(0), -1)``,
@@ -368,7 +370,8 @@ class LeNet:
             The network; it is not modified.
         example_input : array_like or torch.Tensor, optional
             Images of shape (N, C, 32, 32) or (N, C, 28, 28); when given, the module (in eval
-            mode) and the new model are run on them and must agree to 1e-4.
+            mode) and the new model are run on them and must agree to 1e-4 (and torch.export,
+            if needed, traces with them).
         num_threads : int, optional
             See `LeNet`.
 
@@ -384,7 +387,7 @@ class LeNet:
             than 2 on conv1, a pooling other than 2x2/2, a branch, other than five weighted
             layers, a BatchNorm that does not directly follow a layer, different activations
             after the three convolutions, input sizes other than 32x32 (or 28x28 with conv1
-            padded by 2), or a forward that torch.fx cannot trace.
+            padded by 2), or a forward that neither torch.fx nor torch.export can capture.
         ImportError
             If PyTorch is not installed.
 

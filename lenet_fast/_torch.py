@@ -2,7 +2,10 @@
 
 Design: the module's ``forward`` is captured with ``torch.fx`` symbolic tracing (in eval mode;
 the module's own training flags are restored afterwards), which records every module call,
-function and tensor method as a graph node without running any arithmetic.  The nodes must form
+function and tensor method as a graph node without running any arithmetic.  A forward that fx
+cannot trace (Python control flow on shapes, like the older tutorial's ``num_flat_features``
+loop) is captured with ``torch.export`` on example images instead, whose ATen ops are traced
+back to the modules owning their weights (`_ExportReader`).  The nodes must form
 one chain from the single input to the output; each becomes a step -- a weighted layer (Conv2d,
 Linear), a BatchNorm, an activation (ReLU, sigmoid, tanh, softmax, identity), a 2x2 pooling, a
 flatten -- and dropout (a no-op in eval mode) is skipped.  The steps are then matched against the
@@ -431,36 +434,211 @@ def _layer_weights(layers, batchnorms, name):
     return weights
 
 
-def _trace(module, torch, name):
-    """The module's fx graph, traced in eval mode; the training flags are restored after."""
-    import torch.fx
+class _ExportReader(_Reader):
+    """Reads the ATen graph ``torch.export`` captures: the fallback for a forward() that
+    torch.fx cannot trace symbolically (e.g. a flatten size computed in a Python loop over
+    ``x.size()``, which export evaluates on the example input).  Parameters are graph inputs
+    here; each weighted op is traced back to the module owning its weight, and checked by the
+    same rules as a module call."""
 
+    def __init__(self, module, torch, program, batch):
+        super().__init__(module, torch)
+        signature = program.graph_signature
+        self.tensors = {**signature.inputs_to_parameters, **signature.inputs_to_buffers}
+        self.batch, self.owner = batch, {}
+        aten = torch.ops.aten
+
+        def ops(*names):
+            return {getattr(getattr(aten, name), overload) for name, overload in
+                    (item.split(".") for item in names)
+                    if hasattr(aten, name) and hasattr(getattr(aten, name), overload)}
+
+        self.aten_activations = {}
+        for names, activation in ((("relu.default", "relu_.default"), "relu"),
+                                  (("sigmoid.default", "sigmoid_.default"), "sigmoid"),
+                                  (("tanh.default", "tanh_.default"), "tanh"),
+                                  (("softmax.int", "_softmax.default"), "softmax")):
+            self.aten_activations.update(dict.fromkeys(ops(*names), activation))
+        self.aten_conv = ops("conv2d.default", "conv2d.padding")
+        self.aten_linear = ops("linear.default")
+        self.aten_batchnorm = ops("batch_norm.default",
+                                  "_native_batch_norm_legit_no_training.default")
+        self.aten_max_pool = ops("max_pool2d.default", "max_pool2d_with_indices.default")
+        self.aten_avg_pool = ops("avg_pool2d.default")
+        self.aten_reshape = ops("view.default", "reshape.default", "_unsafe_view.default")
+        self.aten_flatten = ops("flatten.using_ints")
+        self.aten_dropout = ops("dropout.default", "feature_dropout.default",
+                                "alpha_dropout.default", "feature_alpha_dropout.default")
+        self.aten_passthrough = ops("clone.default", "contiguous.default", "alias.default",
+                                    "detach.default")
+
+    def describe(self, node):
+        text = f"{node.target} (node {node.name!r})"
+        if node in self.owner:
+            owner = self.owner[node]
+            return (f"module {owner!r} ({type(self.module.get_submodule(owner)).__name__}) via "
+                    f"{text}")
+        stack = list((node.meta.get("nn_module_stack") or {}).values())
+        path = stack[-1][0] if stack and isinstance(stack[-1], tuple) else ""
+        return text + (f" in module {path!r}" if path else "")
+
+    def owning_module(self, node, tensor, kinds):
+        """The submodule whose parameter or buffer `tensor` (a graph input) is."""
+        name = self.tensors.get(getattr(tensor, "name", None))
+        if name is not None:
+            self.owner[node] = name.rpartition(".")[0]
+            module = self.module.get_submodule(self.owner[node])
+            if type(module) in kinds:
+                return module
+        raise self.refuse(node, f"expected the weights of a "
+                                f"{' or '.join(kind.__name__ for kind in kinds)} module")
+
+    def steps(self, graph):
+        inputs = [node for node in graph.nodes
+                  if node.op == "placeholder" and node.name not in self.tensors]
+        if len(inputs) != 1:
+            raise TorchImportError(f"{type(self.module).__name__}: expected forward() to take "
+                                   f"one input (the images), found {len(inputs)}")
+        current, steps = inputs[0], []
+        for node in graph.nodes:
+            if node.op == "placeholder":
+                continue
+            if node.op == "output":
+                result = node.args[0]
+                if isinstance(result, (tuple, list)) and len(result) == 1:
+                    result = result[0]
+                if result is not current:
+                    raise TorchImportError(f"{type(self.module).__name__}: forward() does not "
+                                           f"return the end of one chain of layers")
+                return steps
+            if node.op != "call_function" or not node.args or node.args[0] is not current:
+                raise self.refuse(node, f"expected it to continue the chain from "
+                                        f"{current.name!r} (one input, no branches)")
+            step = self.aten_step(node)
+            if step is not None:
+                steps.append(step)
+            current = node
+        raise TorchImportError(f"{type(self.module).__name__}: the captured graph has no output")
+
+    def aten_step(self, node):
+        nn, target, args = self.torch.nn, node.target, list(node.args)
+        if target is operator.getitem:       # the output of a batch norm or pool with indices
+            if args[1] != 0:
+                raise self.refuse(node, "expected only the first output of the op before it")
+            return None
+        if target in self.aten_conv:
+            conv = self.owning_module(node, args[1], (nn.Conv2d,))
+            given = (args + [None, [1, 1], [0, 0], [1, 1], 1][len(args) - 2:])[3:7]
+            stride, padding, dilation, groups = given
+            if _pair(stride) != (1, 1) or _pair(dilation) != (1, 1) or groups != 1 or (
+                    padding not in ("same", "valid") and
+                    _pair(padding) != _pair(conv.padding)):
+                raise self.refuse(node, f"the call's stride {stride}, padding {padding}, "
+                                        f"dilation {dilation}, groups {groups} are not the "
+                                        f"module's")
+            return self.module_step(node, conv)
+        if target in self.aten_linear:
+            return self.module_step(node, self.owning_module(node, args[1], (nn.Linear,)))
+        if target in self.aten_batchnorm:
+            norm = self.owning_module(node, args[3], (nn.BatchNorm1d, nn.BatchNorm2d))
+            if "batch_norm.default" in str(target) and args[5]:
+                raise self.refuse(node, "expected batch norm in inference mode")
+            return self.module_step(node, norm)
+        if target in self.aten_activations:
+            name = self.aten_activations[target]
+            if name == "softmax" and args[1] not in (1, -1):
+                raise self.refuse(node, f"expected softmax over the classes (dim=1), found "
+                                        f"dim={args[1]}")
+            return _Step("activation", self.describe(node), name)
+        if target in self.aten_max_pool or target in self.aten_avg_pool:
+            kind = "max" if target in self.aten_max_pool else "avg"
+            defaults = [None, [], 0, 1, False] if kind == "max" else \
+                [None, [], 0, False, True, None]
+            values = args[1:] + defaults[len(args) - 1:]
+            extra = {"dilation": values[3]} if kind == "max" else {"divisor_override": values[5]}
+            return self.pool(node, kind, values[0], values[1], values[2], extra)
+        if target in self.aten_reshape:
+            shape = list(args[1])
+            if len(shape) == 2 and shape[0] in (-1, self.batch) and (
+                    shape[1] == -1 or shape[1] > 0) and shape != [-1, -1]:
+                return _Step("flatten", self.describe(node), None if shape[1] == -1 else shape[1])
+            raise self.refuse(node, f"expected a flatten to (batch, features); found shape "
+                                    f"{shape}")
+        if target in self.aten_flatten:
+            if (args + [0, -1])[1:3] != [1, -1]:
+                raise self.refuse(node, "expected torch.flatten(x, 1)")
+            return _Step("flatten", self.describe(node))
+        if target in self.aten_dropout:
+            if args[2]:
+                raise self.refuse(node, "dropout with train=True drops values even in eval mode")
+            return None
+        if target in self.aten_passthrough:
+            return None
+        raise self.refuse(node, "this operation is not one a LeNet-5 here computes")
+
+
+def _in_eval_mode(module, capture):
+    """capture(), with `module` in eval mode; its training flags are restored after."""
     modes = [(submodule, submodule.training) for submodule in module.modules()]
     module.eval()
     try:
-        return torch.fx.symbolic_trace(module).graph
-    except Exception as exc:  # fx raises TraceError, TypeError, ... on data-dependent code
-        raise TorchImportError(
-            f"{name}: torch.fx cannot trace forward() ({type(exc).__name__}: {exc}); "
-            f"from_torch needs a forward() without data-dependent Python control flow") from exc
+        return capture()
     finally:
         for submodule, mode in modes:
             submodule.training = mode
+
+
+def _short(exc):
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+
+
+def _example_images(module, torch, name):
+    """Two zero images the first Conv2d accepts: 28x28 if it pads by 2, else 32x32."""
+    first = next((sub for sub in module.modules() if isinstance(sub, torch.nn.Conv2d)), None)
+    if first is None:
+        raise TorchImportError(f"{name}: has no Conv2d module; a LeNet-5 starts with one")
+    padded = first.padding == "same" or _pair(first.padding) == (2, 2)
+    size = 28 if padded else 32
+    return torch.zeros(2, first.in_channels, size, size)
+
+
+def _capture_steps(module, torch, name, example_input):
+    """The steps of the module's forward: torch.fx symbolic tracing, else torch.export."""
+    import torch.fx
+
+    try:
+        graph = _in_eval_mode(module, lambda: torch.fx.symbolic_trace(module).graph)
+    except Exception as fx_error:  # fx raises TraceError, TypeError, ... on data-dependent code
+        x = (_example_images(module, torch, name) if example_input is None else
+             _as_tensor(example_input, torch))
+        try:
+            program = _in_eval_mode(module, lambda: torch.export.export(module, (x,)))
+        except Exception as export_error:
+            raise TorchImportError(
+                f"{name}: neither torch.fx ({_short(fx_error)}) nor torch.export "
+                f"({_short(export_error)}) can capture forward(); from_torch needs a forward() "
+                f"without Python control flow on tensor values; otherwise load "
+                f"net.state_dict() with LeNet.from_state_dict and state conv_activation, "
+                f"fc_activation, output_activation and pool") from export_error
+        return _ExportReader(module, torch, program, x.shape[0]).steps(program.graph)
+    return _Reader(module, torch).steps(graph)
+
+
+def _as_tensor(images, torch):
+    tensor = images if isinstance(images, torch.Tensor) else torch.as_tensor(np.asarray(images))
+    return tensor.detach().cpu().float()
 
 
 def _verify(module, model, example_input, torch, name):
     """Run both on `example_input` (module in eval mode, flags restored) and compare."""
-    x = example_input if isinstance(example_input, torch.Tensor) else torch.as_tensor(
-        np.asarray(example_input))
-    modes = [(submodule, submodule.training) for submodule in module.modules()]
-    module.eval()
-    try:
+    x = _as_tensor(example_input, torch)
+
+    def run():
         with torch.no_grad():
-            expected = module(x.float()).detach().cpu().numpy()
-    finally:
-        for submodule, mode in modes:
-            submodule.training = mode
-    actual = model.forward(x.detach().cpu().numpy().astype(np.float32))
+            return module(x).detach().cpu().numpy()
+
+    expected = _in_eval_mode(module, run)
+    actual = model.forward(x.numpy())
     if expected.shape != actual.shape or not np.allclose(actual, expected, rtol=_VERIFY_TOLERANCE,
                                                          atol=_VERIFY_TOLERANCE):
         difference = (np.abs(actual - expected).max() if expected.shape == actual.shape
@@ -479,7 +657,7 @@ def from_torch(module, *, example_input=None, num_threads=None):
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"module must be a torch.nn.Module; got {type(module).__name__}")
     name = type(module).__name__
-    steps = _Reader(module, torch).steps(_trace(module, torch, name))
+    steps = _capture_steps(module, torch, name, example_input)
     layers = _group_layers(steps, name)
     architecture, batchnorms = _read_architecture(layers, name)
     weights = _layer_weights(layers, batchnorms, name)

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")  # the test extra installs it: a skip means a broken env
+import torch.fx  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
@@ -280,6 +281,49 @@ def test_from_torch_reads_functional_and_method_forms(flatten):
     assert_matches_pytorch(model, net, random_images(net))
 
 
+class OldTutorialNet(nn.Module):
+    """The older PyTorch tutorial's Net: the flatten size comes from a Python loop over
+    x.size(), which torch.fx cannot trace symbolically, so from_torch falls back to
+    torch.export; here with a BatchNorm, dropout and a softmax output."""
+
+    channels, size = 1, 32
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(1, 6, 5), nn.Conv2d(6, 16, 5)
+        self.fc1, self.bn = nn.Linear(16 * 5 * 5, 120), nn.BatchNorm1d(120)
+        self.fc2, self.fc3, self.drop = nn.Linear(120, 84), nn.Linear(84, 10), nn.Dropout()
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), (2, 2))
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = x.view(-1, self.num_flat_features(x))
+        x = self.drop(F.relu(self.bn(self.fc1(x))))
+        x = F.relu(self.fc2(x))
+        return F.softmax(self.fc3(x), dim=1)
+
+    @staticmethod
+    def num_flat_features(x):
+        count = 1
+        for size in x.size()[1:]:
+            count *= size
+        return count
+
+
+def test_from_torch_falls_back_to_torch_export():
+    torch.manual_seed(0)
+    net = OldTutorialNet().eval()
+    net.bn.running_mean.uniform_(-1, 1)
+    net.bn.running_var.uniform_(0.5, 2)
+    with pytest.raises(Exception):
+        torch.fx.symbolic_trace(net)
+    model = LeNet.from_torch(net)
+    assert model.architecture == {"conv_activation": "relu", "fc_activation": "relu",
+                                  "output_activation": "softmax", "pool": "max"}
+    assert_matches_pytorch(model, net, random_images(net))
+    assert_matches_pytorch(model, net, fashion_images(net))
+
+
 def refusal(module, x=None):
     with pytest.raises(TorchImportError) as info:
         LeNet.from_torch(module)
@@ -351,7 +395,8 @@ def test_from_torch_refuses_what_the_engine_cannot_compute():
         def forward(self, x):
             return self.net(x) if x.sum() > 0 else -self.net(x)
 
-    assert "torch.fx cannot trace forward()" in refusal(DataDependent())
+    message = refusal(DataDependent())
+    assert "neither torch.fx" in message and "nor torch.export" in message
     with pytest.raises(TypeError, match="module must be a torch.nn.Module; got dict"):
         LeNet.from_torch({})
 

@@ -341,12 +341,17 @@ def canonicalize(mapping, *, key_map=None, strict=True, source=None):
         return _where(source, name) + ("" if name == key else f" (used as {key})")
 
     absent = [key for key in CANONICAL_KEYS if assignment[key] not in mapping]  # biases, see above
+
+    def header(key):
+        if key in absent:   # a missing bias: as many zeros as the layer has outputs
+            shape, _ = mapping.header(assignment[key.replace("bias", "weight")])
+            return shape[:1], np.dtype(np.float32)
+        return mapping.header(assignment[key])
+
     if isinstance(mapping, _ArchiveMembers):
         # Check dtypes and shapes from the .npy headers before any array data is read, so that a
         # small file cannot make us allocate an array no LeNet of these dimensions can have.
-        headers = {key: mapping.header(assignment[key]) if key not in absent else
-                   ((mapping.header(assignment[key.replace("bias", "weight")])[0][:1]), np.dtype(np.float32))
-                   for key in CANONICAL_KEYS}
+        headers = {key: header(key) for key in CANONICAL_KEYS}
         for key, (_, dtype) in headers.items():
             _check_float_dtype(dtype, describe(key))
         _bind_dimensions(_dense_conv3_as_4d({key: shape for key, (shape, _) in headers.items()}),

@@ -128,13 +128,18 @@ class _Reader:
             return value.args[1] == 0 and self.is_shape_query(value.args[0])
         return False
 
+    def is_weight(self, node):
+        """Whether a placeholder is a parameter or buffer rather than the images (fx: never)."""
+        return False
+
     def steps(self, graph):
-        placeholders = [node for node in graph.nodes if node.op == "placeholder"]
-        if len(placeholders) != 1:
-            raise TorchImportError(
-                f"{type(self.module).__name__}: expected forward() to take one input (the "
-                f"images), found {len(placeholders)}: {', '.join(n.target for n in placeholders)}")
-        current, steps = placeholders[0], []
+        name = type(self.module).__name__
+        inputs = [node for node in graph.nodes
+                  if node.op == "placeholder" and not self.is_weight(node)]
+        if len(inputs) != 1:
+            raise TorchImportError(f"{name}: expected forward() to take one input (the images), "
+                                   f"found {len(inputs)}: {', '.join(n.name for n in inputs)}")
+        current, steps = inputs[0], []
         for node in graph.nodes:
             if node.op == "placeholder" or self.is_shape_query(node):
                 continue
@@ -142,11 +147,13 @@ class _Reader:
                 raise self.refuse(node, "forward() uses a parameter or buffer directly; expected "
                                         "the layers as Conv2d, Linear and BatchNorm modules")
             if node.op == "output":
-                if node.args[0] is not current:
-                    raise TorchImportError(
-                        f"{type(self.module).__name__}: forward() returns {node.args[0]!r}, not "
-                        f"the end of the chain of layers ({current.name!r}); expected one tensor "
-                        f"computed by a single chain of layers")
+                result = node.args[0]
+                if isinstance(result, (tuple, list)) and len(result) == 1:
+                    result = result[0]
+                if result is not current:
+                    raise TorchImportError(f"{name}: forward() returns {result!r}, not the end "
+                                           f"of the chain of layers ({current.name!r}); "
+                                           f"expected one tensor computed by a single chain")
                 return steps
             if not node.args or node.args[0] is not current:
                 raise self.refuse(node, f"expected it to continue the chain from "
@@ -156,7 +163,7 @@ class _Reader:
             if step is not None:
                 steps.append(step)
             current = node
-        raise TorchImportError(f"{type(self.module).__name__}: the traced graph has no output")
+        raise TorchImportError(f"{name}: the captured graph has no output")
 
     def step(self, node):
         if node.op == "call_module":
@@ -493,32 +500,16 @@ class _ExportReader(_Reader):
         raise self.refuse(node, f"expected the weights of a "
                                 f"{' or '.join(kind.__name__ for kind in kinds)} module")
 
-    def steps(self, graph):
-        inputs = [node for node in graph.nodes
-                  if node.op == "placeholder" and node.name not in self.tensors]
-        if len(inputs) != 1:
-            raise TorchImportError(f"{type(self.module).__name__}: expected forward() to take "
-                                   f"one input (the images), found {len(inputs)}")
-        current, steps = inputs[0], []
-        for node in graph.nodes:
-            if node.op == "placeholder":
-                continue
-            if node.op == "output":
-                result = node.args[0]
-                if isinstance(result, (tuple, list)) and len(result) == 1:
-                    result = result[0]
-                if result is not current:
-                    raise TorchImportError(f"{type(self.module).__name__}: forward() does not "
-                                           f"return the end of one chain of layers")
-                return steps
-            if node.op != "call_function" or not node.args or node.args[0] is not current:
-                raise self.refuse(node, f"expected it to continue the chain from "
-                                        f"{current.name!r} (one input, no branches)")
-            step = self.aten_step(node)
-            if step is not None:
-                steps.append(step)
-            current = node
-        raise TorchImportError(f"{type(self.module).__name__}: the captured graph has no output")
+    def is_weight(self, node):
+        return node.name in self.tensors
+
+    def is_shape_query(self, node):
+        return False      # export evaluates shapes on the example input
+
+    def step(self, node):
+        if node.op != "call_function":
+            raise self.refuse(node, "expected an ATen operation")
+        return self.aten_step(node)
 
     def aten_step(self, node):
         nn, target, args = self.torch.nn, node.target, list(node.args)

@@ -7,6 +7,8 @@ non-contiguous or byte-swapped views) are converted in chunks, so a million-imag
 needs a second full-size copy.
 """
 
+import errno
+import threading
 import warnings
 
 import numpy as np
@@ -41,6 +43,8 @@ _INPUT_SIZES = (32, 28)
 _FLOAT32 = np.dtype(np.float32)  # native float32 (a byte-swapped one is a different dtype object)
 _CONVERSION_CHUNK = 4096        # images converted to float32 at a time
 _IMAGES_PER_THREAD = 32         # below this many images per thread, fewer threads are used
+MAX_THREADS = 256               # a larger num_threads is refused (ValueError), never clipped
+_OVERLAP_WORK = 1 << 16         # effort np.shares_memory may spend deciding whether out overlaps x
 
 
 def _activation_code(kernels, name):
@@ -131,7 +135,44 @@ def _check_num_threads(value, argument="num_threads"):
         raise TypeError(f"{argument} must be a positive integer or None; got {value!r}")
     if value < 1:
         raise ValueError(f"{argument} must be >= 1; got {value}")
+    if value > MAX_THREADS:
+        raise ValueError(f"{argument} must be at most {MAX_THREADS} (lenet_fast.MAX_THREADS); "
+                         f"got {value}")
     return int(value)
+
+
+_thread_start_lock = threading.Lock()
+_threads_known_to_start = 1
+
+
+def _ensure_threads_can_start(count):
+    """Raise OSError if this process cannot start `count` - 1 more threads right now.
+
+    GNU OpenMP ends the whole process ("Thread creation failed") when it cannot start a thread,
+    with no exception and no ``finally``.  So before the kernels first use `count` threads, as
+    many are started (and joined) here, where a failure is an exception the caller can handle.
+    OpenMP keeps its threads between calls, so each larger count is probed only once.
+    """
+    global _threads_known_to_start
+    if count <= _threads_known_to_start:
+        return
+    with _thread_start_lock:
+        release = threading.Event()
+        started = []
+        try:
+            for _ in range(count - 1):
+                thread = threading.Thread(target=release.wait, daemon=True)
+                thread.start()
+                started.append(thread)
+        except RuntimeError as exc:
+            raise OSError(errno.EAGAIN, f"could not start {count} threads ({exc}: the memory or "
+                                        f"process limit is too low); pass a smaller num_threads "
+                                        f"(this process started {len(started) + 1})") from None
+        finally:
+            release.set()
+            for thread in started:
+                thread.join()
+        _threads_known_to_start = max(_threads_known_to_start, count)
 
 
 class LeNet:
@@ -156,7 +197,8 @@ class LeNet:
     pool : {"max", "avg"}, default "max"
         2x2, stride-2 pooling after conv1 and conv2.
     num_threads : int, optional
-        Threads for large batches; default: ``OMP_NUM_THREADS`` or the CPUs this process may use.
+        Threads for large batches, 1 to `MAX_THREADS` (256; more is refused with a
+        ``ValueError``); default: ``OMP_NUM_THREADS`` or the CPUs this process may use.
     key_map : mapping, optional
         Maps canonical names (``"conv1.weight"`` or a layer ``"conv1"``) to the names in `weights`.
     strict : bool, default True
@@ -539,11 +581,12 @@ class LeNet:
         num_threads : int, optional
             Threads for this call (default: ``self.num_threads``).  Small batches use fewer.
         check_finite : bool, default True
-            Raise on NaN or infinite input.  With False the check is skipped and such images
-            give unspecified (possibly NaN) outputs for themselves only; other images are
-            unaffected.
+            Raise on NaN or infinite input, and on finite input whose outputs come out NaN
+            (values so far outside the normalised range that the network overflows).  With
+            False neither is checked and such images give unspecified (possibly NaN) outputs
+            for themselves only; other images are unaffected.
         out : ndarray of float32, shape (N, n_classes), optional
-            Where to write the result (C-contiguous).
+            Where to write the result (C-contiguous; it must not overlap `x`).
 
         Returns
         -------
@@ -555,10 +598,15 @@ class LeNet:
             For boolean, complex or non-numeric input, or integer input other than uint8 on a
             model with stored preprocessing.
         ValueError
-            For a wrong shape, or a NaN/infinity (naming the first bad image).
+            For a wrong shape, an `out` that overlaps `x`, or a NaN/infinity in the input or
+            the outputs (naming the first bad image).
+        OSError
+            If the threads cannot be started (e.g. under a low memory limit).
+        KeyboardInterrupt
+            Ctrl-C stops the call within one chunk of 4096 images; nothing is returned.
         """
         images, n = self._as_images(x)
-        scores = self._output(out, (n, self.n_classes), np.float32)
+        scores = self._output(out, (n, self.n_classes), np.float32, x)
         self._run(self._engine.forward, images, scores, num_threads, check_finite)
         return scores
 
@@ -567,14 +615,18 @@ class LeNet:
     def predict(self, x, *, num_threads=None, check_finite=True, out=None):
         """Predicted class of each image: the argmax of `forward` (lowest index on ties).
 
-        Parameters are those of `forward`; `out` is an int64 array of shape (N,).
+        Parameters are those of `forward`; `out` is an int64 array of shape (N,).  A NaN
+        output never becomes a label: with `check_finite` it raises ``ValueError``, without it
+        the image's label is -1.
 
         Returns
         -------
         ndarray of int64, shape (N,)
+            Labels in ``[0, n_classes)``; -1 for an image with NaN outputs (only with
+            ``check_finite=False``).
         """
         images, n = self._as_images(x)
-        labels = self._output(out, (n,), np.int64)
+        labels = self._output(out, (n,), np.int64, x)
         self._run(self._engine.predict, images, labels, num_threads, check_finite)
         return labels
 
@@ -603,7 +655,7 @@ class LeNet:
         return images, images.shape[0]
 
     @staticmethod
-    def _output(out, shape, dtype):
+    def _output(out, shape, dtype, x):
         if out is None:
             return np.empty(shape, dtype=dtype)
         if not isinstance(out, np.ndarray) or out.shape != shape or out.dtype != dtype or \
@@ -612,6 +664,14 @@ class LeNet:
                      else type(out).__name__)
             raise ValueError(f"out must be a writeable C-contiguous {np.dtype(dtype)} array of "
                              f"shape {shape}; got {found}")
+        if isinstance(x, np.ndarray) and np.may_share_memory(out, x):
+            try:
+                overlap = np.shares_memory(out, x, max_work=_OVERLAP_WORK)
+            except getattr(np, "exceptions", np).TooHardError:   # numpy < 1.25: np.TooHardError
+                overlap = True
+            if overlap:
+                raise ValueError("out overlaps the input x (the results would overwrite images "
+                                 "not yet read); pass a separate array")
         return out
 
     def _run(self, kernel, images, result, num_threads, check_finite):
@@ -622,16 +682,21 @@ class LeNet:
         threads = max(1, min(threads, n // _IMAGES_PER_THREAD))
         if _dispatch.in_forked_child():
             threads = 1
+        _ensure_threads_can_start(threads)
         flags = images.flags
-        if images.dtype is _FLOAT32 and flags.c_contiguous and flags.aligned:
-            self._raise_if_bad(kernel(images, result, threads, check_finite), 0)
-            return
+        ready = images.dtype is _FLOAT32 and flags.c_contiguous and flags.aligned
+        # Chunks even for input that needs no conversion: Python acts on signals between kernel
+        # calls, so Ctrl-C stops a batch of any size within one chunk's time.
         for start in range(0, n, _CONVERSION_CHUNK):
             block = images[start:start + _CONVERSION_CHUNK]
-            block = (self._preprocessing.apply(block) if block.dtype == np.uint8
-                     else np.ascontiguousarray(block, dtype=np.float32))
-            bad = kernel(block, result[start:start + _CONVERSION_CHUNK], threads, check_finite)
+            if not ready:
+                block = (self._preprocessing.apply(block) if block.dtype == np.uint8
+                         else np.ascontiguousarray(block, dtype=np.float32))
+            part = result[start:start + _CONVERSION_CHUNK]
+            bad = kernel(block, part, threads, check_finite)
             self._raise_if_bad(bad, start)
+            if check_finite:
+                self._raise_if_nan_output(part, start)
 
     @staticmethod
     def _raise_if_bad(bad, offset):
@@ -640,3 +705,13 @@ class LeNet:
                 f"x[{offset + bad}] contains NaN or infinity; pass check_finite=False to skip "
                 f"this check"
             )
+
+    @staticmethod
+    def _raise_if_nan_output(part, offset):
+        nan = np.isnan(part) if part.dtype.kind == "f" else part < 0   # labels: -1 marks NaN
+        if nan.any():
+            first = offset + int(np.flatnonzero(nan.reshape(len(part), -1).any(axis=1))[0])
+            raise ValueError(
+                f"x[{first}] gives NaN outputs although it is finite: its values overflow inside "
+                f"the network (expected normalised images); pass check_finite=False to get NaN "
+                f"scores and label -1 instead")

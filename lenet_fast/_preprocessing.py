@@ -76,7 +76,18 @@ class Preprocessing:
         if pad != _ENGINE_PAD or isinstance(pad, bool):
             raise MetadataError(f"metadata['preprocessing']['pad'] must be {_ENGINE_PAD} (the "
                              f"engine pads 28 x 28 input by 2); got {pad!r}")
-        return cls(pad=_ENGINE_PAD, **values)
+        preprocessing = cls(pad=_ENGINE_PAD, **values)
+        # Applied in float32, so checked in float32: a std of 1e-60 is 0 there, 1e-40 overflows.
+        with np.errstate(all="ignore"):
+            extremes = preprocessing.apply(np.array([0, 255], dtype=np.uint8))
+            small = {key: value for key, value in values.items()
+                     if key != "mean" and not np.float32(value) >= np.finfo(np.float32).tiny}
+        if small or not np.isfinite(extremes).all():
+            raise MetadataError(
+                f"metadata['preprocessing'] must map pixels 0..255 to finite float32 values; "
+                f"scale {values['scale']!r}, mean {values['mean']!r}, std {values['std']!r} give "
+                f"{extremes[0]} and {extremes[1]}")
+        return preprocessing
 
     def to_metadata(self):
         """The dict stored under ``metadata["preprocessing"]``."""

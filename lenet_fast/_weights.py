@@ -41,6 +41,8 @@ MAX_WIDTH = 4096
 MAX_CLASSES = 100_000
 MAX_ELEMENTS = 1 << 24
 MAX_METADATA_BYTES = 1 << 20
+MAX_PARAMETERS = 1 << 23        # all ten arrays together: 32 MiB as float32
+MAX_NPY_HEADER_BYTES = 10_000   # numpy's own limit for untrusted .npy headers
 _KERNEL = 5
 
 # Each canonical array's shape in terms of the network's dimensions; the first occurrence of a
@@ -249,7 +251,7 @@ def _to_float32(value, where, dtype=np.float32):
     return converted
 
 
-def _bind_dimensions(shapes, describe):
+def _bind_dimensions(shapes, describe, where=None):
     """Check the ten shapes against each other and return the network's dimensions."""
     dimensions = {}
     for key, symbols in _SHAPES.items():
@@ -273,6 +275,10 @@ def _bind_dimensions(shapes, describe):
                 raise _error(
                     describe(key), f"expected {symbol} {allowed}, found {size} (axis {axis} of shape {shape})"
                 )
+    parameters = sum(math.prod(shapes[key]) for key in _SHAPES)
+    if parameters > MAX_PARAMETERS:
+        raise _error(where, f"expected at most {MAX_PARAMETERS:,} parameters in all, found {parameters:,} "
+                     f"(widths {'-'.join(str(dimensions[name]) for name in DIMENSIONS)})")
     return {name: dimensions[name] for name in DIMENSIONS}
 
 
@@ -355,7 +361,7 @@ def canonicalize(mapping, *, key_map=None, strict=True, source=None):
         for key, (_, dtype) in headers.items():
             _check_float_dtype(dtype, describe(key))
         _bind_dimensions(_dense_conv3_as_4d({key: shape for key, (shape, _) in headers.items()}),
-                         describe)
+                         describe, _where(source))
     weights = {key: _to_float32(mapping[assignment[key]], describe(key)) for key in CANONICAL_KEYS
                if key not in absent}
     for key in absent:
@@ -367,7 +373,7 @@ def canonicalize(mapping, *, key_map=None, strict=True, source=None):
                                      f"only accepted when a BatchNorm follows it)")
     conv3_shape = _dense_conv3_as_4d({key: array.shape for key, array in weights.items()})["conv3.weight"]
     weights["conv3.weight"] = weights["conv3.weight"].reshape(conv3_shape)
-    _bind_dimensions({key: array.shape for key, array in weights.items()}, describe)
+    _bind_dimensions({key: array.shape for key, array in weights.items()}, describe, _where(source))
     return CanonicalWeights(weights, layout=layout, batchnorm=folded)
 
 
@@ -648,14 +654,14 @@ _UNIX = 3
 _MEMBER_PERMISSIONS = 0o644 << 16
 
 
-def _check_npy_header(shape, dtype, where):
+def _check_npy_header(shape, dtype, where, max_axis=MAX_CLASSES):
     if dtype.hasobject:
         raise _error(
             where, f"expected a numeric array, found dtype {dtype} holding Python objects (never unpickled)"
         )
-    if len(shape) > 4 or any(not 0 <= size <= MAX_CLASSES for size in shape):
+    if len(shape) > 4 or any(not 0 <= size <= max_axis for size in shape):
         raise _error(
-            where, f"expected a LeNet-5 array shape (at most 4 axes of at most {MAX_CLASSES}), found {shape}"
+            where, f"expected a LeNet-5 array shape (at most 4 axes of at most {max_axis}), found {shape}"
         )
     if math.prod(shape) > MAX_ELEMENTS:
         raise _error(
@@ -665,6 +671,21 @@ def _check_npy_header(shape, dtype, where):
         raise _error(
             where, f"expected at most {MAX_ELEMENTS * 8} bytes of data, found {dtype} x {shape}"
         )
+
+
+def _read_npy_header(stream, version, where):
+    """The (shape, fortran_order, dtype) of a .npy header whose magic was just read: the header
+    length field is checked before the header is read (numpy reads all it declares, up to 4 GiB)."""
+    length_field = stream.read(2 if version == (1, 0) else 4)
+    length = int.from_bytes(length_field, "little")
+    if len(length_field) not in (2, 4) or length > MAX_NPY_HEADER_BYTES:
+        raise _error(where, f"expected a .npy header of at most {MAX_NPY_HEADER_BYTES:,} bytes, "
+                            f"found a header length field of {length:,}")
+    header = stream.read(length)
+    if len(header) != length:
+        raise _error(where, f"truncated: expected a {length}-byte .npy header, found {len(header)}")
+    parse = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
+    return parse(io.BytesIO(length_field + header))
 
 
 def _read_member(archive, info, source, header_only=False):
@@ -678,11 +699,9 @@ def _read_member(archive, info, source, header_only=False):
                 raise _error(
                     where, f"expected .npy format version 1.0 or 2.0, found {version[0]}.{version[1]}"
                 )
-            if version == (1, 0):
-                shape, fortran_order, dtype = npy_format.read_array_header_1_0(stream)
-            else:
-                shape, fortran_order, dtype = npy_format.read_array_header_2_0(stream)
-            _check_npy_header(shape, dtype, where)
+            shape, fortran_order, dtype = _read_npy_header(stream, version, where)
+            _check_npy_header(shape, dtype, where, MAX_METADATA_BYTES
+                              if info.filename == f"{METADATA_KEY}.npy" else MAX_CLASSES)
             data_size = math.prod(shape) * dtype.itemsize
             member_size = stream.tell() + data_size
             if info.file_size != member_size:
@@ -845,6 +864,9 @@ def save_npz(path, weights, metadata=None):
         text = json.dumps(metadata, sort_keys=True, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"metadata must be JSON-serialisable, found {exc}") from exc
+    if len(text.encode("utf-8")) > MAX_METADATA_BYTES:
+        raise ValueError(f"metadata must be at most {MAX_METADATA_BYTES:,} bytes as JSON (what "
+                         f"from_npz reads); found {len(text.encode('utf-8')):,}")
     arrays = {key: np.asarray(weights[key], dtype="<f4") for key in CANONICAL_KEYS}
     arrays[METADATA_KEY] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
     archive_bytes = io.BytesIO()

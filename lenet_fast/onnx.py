@@ -24,6 +24,7 @@ output activation.  The ``onnx`` package is imported inside the functions, so ``
 lenet_fast`` does not need it.
 """
 
+import math
 import os
 
 import numpy as np
@@ -50,10 +51,21 @@ _ONNX_POOLS = {name: op for op, name in _POOL_OPS.items()}
 
 
 class ONNXImportError(ValueError):
-    """An ONNX graph that is not a LeNet-5 this package can run exactly.
+    """An ONNX graph that is not a LeNet-5 this package can run exactly, or a malformed file.
 
-    The message names the first unsupported node (op type and name) or the mismatch found.
+    The message names the file (or "ONNX model"), then the first unsupported node (op type and
+    name), the initializer, or the mismatch found.
     """
+
+
+class _ONNXWeightError(ONNXImportError, _weights.WeightFileError):
+    """Weights in an ONNX graph that do not fit together as one LeNet-5: both error types."""
+
+
+# Exceptions that onnx's helpers and numpy raise on malformed protobuf content (a tensor whose
+# raw_data is shorter than its dims, an unknown data_type, a missing attribute field ...).
+_MALFORMED = (AttributeError, IndexError, KeyError, TypeError, ValueError, OverflowError,
+              MemoryError, RuntimeError, NotImplementedError)
 
 
 def _describe(node):
@@ -67,7 +79,71 @@ def _unsupported(node, problem):
 def _attributes(node):
     from onnx import helper
 
-    return {attribute.name: helper.get_attribute_value(attribute) for attribute in node.attribute}
+    try:
+        return {attribute.name: helper.get_attribute_value(attribute)
+                for attribute in node.attribute}
+    except _MALFORMED as exc:
+        raise _unsupported(node, f"malformed attribute ({type(exc).__name__}: {exc})") from exc
+
+
+def _tensor_array(tensor, what):
+    """A TensorProto as a NumPy array, its size checked first; malformed content raises
+    ONNXImportError naming `what` (the initializer or node)."""
+    from onnx import TensorProto, numpy_helper
+
+    dims = list(tensor.dims)
+    if any(size < 0 for size in dims) or math.prod(dims) > _weights.MAX_ELEMENTS:
+        raise ONNXImportError(f"{what}: expected at most {_weights.MAX_ELEMENTS:,} elements, "
+                              f"found dims {dims}")
+    if tensor.data_location == TensorProto.EXTERNAL:
+        raise ONNXImportError(f"{what}: its data is in an external file, which is read only when "
+                              f"from_onnx is given the model's path (not a loaded ModelProto)")
+    try:
+        return numpy_helper.to_array(tensor)
+    except _MALFORMED as exc:
+        raise ONNXImportError(f"{what}: malformed tensor ({type(exc).__name__}: {exc})") from exc
+
+
+def _read_external_data(model, folder, source):
+    """Load every initializer's external data ourselves, refusing any location that resolves
+    (after symlinks) outside `folder`, and any length that disagrees with the tensor's dims."""
+    from onnx import TensorProto, helper
+
+    root = os.path.realpath(folder)
+    for tensor in model.graph.initializer:
+        if tensor.data_location != TensorProto.EXTERNAL:
+            continue
+        what = f"{source}: initializer {tensor.name!r}"
+        entries = {entry.key: entry.value for entry in tensor.external_data}
+        location = entries.get("location", "")
+        target = os.path.realpath(os.path.join(root, location))
+        if not location or os.path.isabs(location) or \
+                os.path.commonpath([root, target]) != root or target == root:
+            raise ONNXImportError(f"{what}: external data location {location!r} is not a file "
+                                  f"inside the model's folder {root!r}")
+        if not os.path.isfile(target):
+            raise ONNXImportError(f"{what}: external data file {location!r} is missing or not a "
+                                  f"regular file")
+        try:
+            itemsize = helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+            offset, dims = int(entries.get("offset", 0)), list(tensor.dims)
+            declared = int(entries.get("length", math.prod(dims) * itemsize))
+        except _MALFORMED as exc:
+            raise ONNXImportError(f"{what}: malformed external data entry ({type(exc).__name__}: "
+                                  f"{exc})") from exc
+        expected = math.prod(dims) * itemsize
+        if any(size < 0 for size in dims) or math.prod(dims) > _weights.MAX_ELEMENTS or \
+                declared != expected or offset < 0 or \
+                offset + expected > os.path.getsize(target):
+            raise ONNXImportError(f"{what}: external data of {declared:,} bytes at offset "
+                                  f"{offset:,} in {location!r} ({os.path.getsize(target):,} "
+                                  f"bytes) does not hold dims {dims} ({expected:,} bytes; at most "
+                                  f"{_weights.MAX_ELEMENTS:,} elements)")
+        with open(target, "rb") as file:
+            file.seek(offset)
+            tensor.raw_data = file.read(expected)
+        del tensor.external_data[:]
+        tensor.data_location = TensorProto.DEFAULT
 
 
 def _check_attributes(node, attributes, allowed):
@@ -97,22 +173,26 @@ def _load(path_or_model):
         source = os.fspath(path_or_model)
         if not os.path.exists(source):
             raise FileNotFoundError(f"ONNX file {source!r} does not exist")
+        if not os.path.isfile(source):
+            raise ONNXImportError(f"{source}: expected an ONNX model file, found a folder or "
+                                  f"special file")
         try:
-            return onnx.load(source), source
+            # External data is read by _read_external_data, with our own path checks.
+            model = onnx.load(source, load_external_data=False)
         except Exception as exc:  # onnx raises DecodeError, ValueError, ... for a corrupt file
             raise ONNXImportError(
                 f"{source}: expected an ONNX model file, found an unreadable file "
                 f"({type(exc).__name__}: {exc})") from exc
+        _read_external_data(model, os.path.dirname(os.path.abspath(source)), source)
+        return model, source
     raise TypeError(f"path_or_model must be a path or an onnx.ModelProto; got "
                     f"{type(path_or_model).__name__}")
 
 
 def _constant_value(node):
-    from onnx import numpy_helper
-
     attributes = _attributes(node)
     if "value" in attributes:
-        return numpy_helper.to_array(attributes["value"])
+        return _tensor_array(attributes["value"], f"unsupported {_describe(node)}")
     for name in ("value_float", "value_floats", "value_int", "value_ints"):
         if name in attributes:
             return np.array(attributes[name])
@@ -120,19 +200,37 @@ def _constant_value(node):
 
 
 def _topological_order(graph, available):
-    """The graph's nodes ordered so that each comes after the producers of its inputs."""
-    pending, ordered, available = list(graph.node), [], set(available)
-    while pending:
-        ready = [node for node in pending if all(name in available for name in node.input if name)]
-        if not ready:
-            node = pending[0]
-            missing = [name for name in node.input if name and name not in available]
-            raise _unsupported(node, f"input {missing[0]!r} is produced by no node (cycle or "
-                                     f"dangling input)")
-        for node in ready:
-            ordered.append(node)
-            available.update(node.output)
-        pending = [node for node in pending if node not in ready]
+    """The graph's nodes ordered so that each comes after the producers of its inputs: in waves
+    (the nodes whose inputs all exist, in file order), found in linear time (Kahn's algorithm)."""
+    nodes, available = list(graph.node), set(available)
+    waiting = {}                 # tensor name -> indices of the nodes waiting for it
+    missing = []                 # per node: how many of its distinct inputs do not exist yet
+    for index, node in enumerate(nodes):
+        absent = {name for name in node.input if name and name not in available}
+        missing.append(len(absent))
+        for name in absent:
+            waiting.setdefault(name, []).append(index)
+    wave = [index for index, count in enumerate(missing) if count == 0]
+    ordered = []
+    while wave:
+        wave.sort()
+        ordered.extend(nodes[index] for index in wave)
+        following = []
+        for index in wave:
+            for name in nodes[index].output:
+                if name in available:
+                    continue
+                available.add(name)
+                for waiter in waiting.pop(name, ()):
+                    missing[waiter] -= 1
+                    if missing[waiter] == 0:
+                        following.append(waiter)
+        wave = following
+    if len(ordered) != len(nodes):
+        node = next(node for index, node in enumerate(nodes) if missing[index])
+        name = next(name for name in node.input if name and name not in available)
+        raise _unsupported(node, f"input {name!r} is produced by no node (cycle or dangling "
+                                 f"input)")
     return ordered
 
 
@@ -169,14 +267,24 @@ def _tokenize(nodes, data, constants, source):
             for name in node.input:
                 consumers.setdefault(name, []).append(node)
 
-    def constant(node, position):
+    def constant(node, position, ndim=None):
+        """The constant input at `position` (None when absent and `ndim` is None); with `ndim`,
+        it is required and must have that many axes (a tuple: any of them)."""
         name = node.input[position] if len(node.input) > position else ""
-        if not name:
+        if not name and ndim is None:
             return None
+        what = "weight" if position == 1 else "bias" if position == 2 else "constant input"
+        if not name:
+            raise _unsupported(node, f"expected a {what} as input {position}, found none")
         if name not in constants:
             raise _unsupported(node, f"input {name!r} must be a constant weight (an initializer "
                                      f"or a Constant node)")
-        return np.asarray(constants[name])
+        value = np.asarray(constants[name])
+        allowed = (ndim,) if isinstance(ndim, int) else ndim
+        if allowed is not None and value.ndim not in allowed:
+            raise _unsupported(node, f"expected a {' or '.join(map(str, allowed))}-D {what} "
+                                     f"{name!r}, found shape {value.shape}")
+        return value
 
     while index < len(nodes):
         node = nodes[index]
@@ -204,23 +312,21 @@ def _tokenize(nodes, data, constants, source):
                 "kernel_shape": [[_KERNEL, _KERNEL]], "strides": [[1, 1]], "dilations": [[1, 1]],
                 "group": [1], "auto_pad": ["NOTSET", "VALID"], "pads": [[0, 0, 0, 0], _MNIST_PADS]})
             tokens.append(_Token("layer", node, attributes.get("pads", [0, 0, 0, 0]),
-                                 constant(node, 1), constant(node, 2)))
+                                 constant(node, 1, 4), constant(node, 2)))
         elif op == "Gemm":
             _check_attributes(node, attributes, {"transA": [0], "transB": [0, 1],
                                                  "alpha": [1.0], "beta": [1.0]})
-            weight, bias = constant(node, 1), constant(node, 2)
+            weight, bias = constant(node, 1, 2), constant(node, 2)
             tokens.append(_Token("layer", node, None,
                                  weight if attributes.get("transB", 0) else weight.T,
                                  None if bias is None else bias.reshape(-1)))
         elif op == "MatMul":
-            matmul, weight, bias = node, constant(node, 1), None
-            if weight.ndim != 2:
-                raise _unsupported(node, f"expected a 2-D weight, found shape {weight.shape}")
+            matmul, weight, bias = node, constant(node, 1, 2), None
             add = nodes[index] if index < len(nodes) else None
             if add is not None and add.op_type == "Add" and node.output[0] in add.input and \
                     len(consumers.get(node.output[0], [])) == 1:
                 # The bias, on either side of the Add.
-                bias = constant(add, 1 - list(add.input).index(node.output[0])).reshape(-1)
+                bias = constant(add, 1 - list(add.input).index(node.output[0]), (0, 1, 2)).reshape(-1)
                 node, index = add, index + 1
             tokens.append(_Token("layer", matmul, None, weight.T, bias))
         elif op == "BatchNormalization":
@@ -242,7 +348,7 @@ def _tokenize(nodes, data, constants, source):
             tokens.append(_Token("flatten", node))
         elif op == "Reshape":
             _check_attributes(node, attributes, {"allowzero": [0, 1]})
-            shape = constant(node, 1)
+            shape = constant(node, 1, 1)
             batch_ok = shape.ndim == 1 and len(shape) == 2 and (
                 shape[0] == -1 or (shape[0] == 0 and not attributes.get("allowzero", 0)))
             if not batch_ok or shape[1] == 0 or shape[1] < -1 or (shape == -1).all():
@@ -396,11 +502,14 @@ def from_onnx(path_or_model, *, conv_activation=None, fc_activation=None, output
     Raises
     ------
     ONNXImportError
-        (a ``ValueError``) naming the first unsupported node (op type and name) or the mismatch:
-        an op type outside the list, a branch, other strides, kernels, padding, pooling or
-        attributes, different activations after the three convolutions, different pooling.
-    lenet_fast.WeightFileError
-        If the weights' shapes do not fit together as one LeNet-5.
+        (a ``ValueError``; also ``lenet_fast.ONNXImportError``) for every problem with the
+        graph, its message starting with the file (or "ONNX model") and naming the first
+        unsupported node (op type and name), the initializer, or the mismatch: an op type
+        outside the list, a branch, other strides, kernels, padding, pooling or attributes,
+        different activations after the three convolutions, different pooling, a malformed or
+        oversized tensor (over 2**24 elements), external data outside the model's folder
+        (after resolving symlinks).  When the weights' shapes do not fit together as one
+        LeNet-5 the error is also a `lenet_fast.WeightFileError`.
     FileNotFoundError
         If the path does not exist.
     TypeError
@@ -411,11 +520,31 @@ def from_onnx(path_or_model, *, conv_activation=None, fc_activation=None, output
     >>> torch.onnx.export(torch_model, (x,), "lenet.onnx")      # doctest: +SKIP
     >>> model = LeNet.from_onnx("lenet.onnx")                  # doctest: +SKIP
     """
-    from onnx import numpy_helper
+    from ._model import _check_num_threads
 
+    if num_threads is not None:
+        _check_num_threads(num_threads)
     model, source = _load(path_or_model)
-    graph = model.graph
-    constants = {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer}
+    try:
+        canonical, architecture = _read_graph(model.graph, source)
+    except _weights.WeightFileError as exc:
+        raise _ONNXWeightError(str(exc)) from exc
+    except ONNXImportError as exc:
+        if str(exc).startswith(f"{source}: "):
+            raise
+        raise ONNXImportError(f"{source}: {exc}") from exc
+    except _MALFORMED as exc:   # a malformed graph that no check above names more precisely
+        raise ONNXImportError(f"{source}: malformed ONNX graph ({type(exc).__name__}: "
+                              f"{exc})") from exc
+    explicit = {"conv_activation": conv_activation, "fc_activation": fc_activation,
+                "output_activation": output_activation, "pool": pool}
+    return LeNet._from_canonical(canonical, {"architecture": architecture}, num_threads, explicit)
+
+
+def _read_graph(graph, source):
+    """The canonical weights and the architecture of a LeNet-5 graph."""
+    constants = {tensor.name: _tensor_array(tensor, f"{source}: initializer {tensor.name!r}")
+                 for tensor in graph.initializer}
     input_name, input_dims = _graph_input(graph, constants, source)
     nodes = _topological_order(graph, {input_name, *constants})
     for node in nodes:
@@ -436,10 +565,7 @@ def from_onnx(path_or_model, *, conv_activation=None, fc_activation=None, output
     if in_channels is not None and in_channels != weights["conv1.weight"].shape[1]:
         raise ONNXImportError(f"{source}: the input has {in_channels} channels but conv1 expects "
                               f"{weights['conv1.weight'].shape[1]}")
-    explicit = {"conv_activation": conv_activation, "fc_activation": fc_activation,
-                "output_activation": output_activation, "pool": pool}
-    canonical = _weights.canonicalize(weights, source=source)
-    return LeNet._from_canonical(canonical, {"architecture": architecture}, num_threads, explicit)
+    return _weights.canonicalize(weights, source=source), architecture
 
 
 # ---------------------------------------------------------------------------------------------

@@ -289,6 +289,9 @@ def insert_after(proto, name, op, new_name, extra_inputs=(), initializers=(), **
 
 
 def reject(proto, message):
+    """from_onnx(proto) raises ONNXImportError(message), which starts with "ONNX model: "."""
+    if not message.startswith("ONNX model: "):
+        message = f"ONNX model: {message}"
     with pytest.raises(ONNXImportError, match=f"^{re.escape(message)}$"):
         from_onnx(proto)
 

@@ -4,11 +4,19 @@ convert, bench.
 Design: each subcommand is one ``_command_*`` function taking the parsed arguments and returning
 an exit status; `main` parses, dispatches, and turns every expected failure (a missing or
 malformed file, a wrong shape, a missing optional package) into one line on stderr and exit
-status 1 -- never a traceback.  Inputs are opened as an `_ImageSource` (IDX or ``.npy`` file, or
-a folder of PNG/JPEG images) that yields bounded chunks, and outputs are written chunk by chunk
-(CSV rows, or a memory-mapped ``.npy``), so `predict` and `evaluate` run in bounded memory on
-inputs of any size.  Optional packages (Pillow for images, matplotlib for plots) are imported only
-by the commands that need them.
+status 1 -- never a traceback.  Inputs are opened as an `_ImageSource` (IDX or ``.npy`` file, one
+image, a folder of images, or a folder of class subfolders) that yields bounded chunks, and
+outputs are written chunk by chunk (CSV rows, or a memory-mapped ``.npy``), so `predict` and
+`evaluate` run in bounded memory on inputs of any size.  Optional packages (Pillow for images,
+matplotlib for plots) are imported only by the commands that need them.
+
+Nothing is lost and nothing half-written is left: every output file is written to a temporary
+file in its destination folder and renamed into place only when the command succeeds (removed on
+an error or Ctrl-C); an output that is one of the inputs (also through a link) is refused before
+anything is read; CSV for standard output goes to a temporary file first and is copied to
+standard output only once every image has been classified.  Sizes a file claims (.npy headers,
+IDX dimensions, image dimensions) are checked before memory is reserved for them, and strings
+from files (class names, metadata, file names) are printed with control characters escaped.
 """
 
 import argparse
@@ -16,32 +24,128 @@ import contextlib
 import csv
 import importlib
 import os
+import shutil
+import stat
 import sys
 import tempfile
 import time
 import warnings
 
 import numpy as np
+from numpy.lib import format as npy_format
 
-from . import datasets
+from . import __version__, _weights, datasets
 from ._model import ArchitectureWarning, LeNet
 from .reference import ACTIVATIONS, OUTPUT_ACTIVATIONS, POOLS
 
 CHUNK_IMAGES = 4096                 # images per chunk read, predicted and written
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+IMAGE_SIZES = ((28, 28), (32, 32))
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")
 MAX_PLOTTED_MISTAKES = 24
 _DEMO_EXAMPLES = 8
 _DEMO_MIN_SECONDS = 0.5
 _PROGRAM = "lenet-fast"
 _INPUT_FORMATS = (
-    "Input: a folder of PNG/JPEG images is read as grayscale, so it suits 1-channel models "
-    "only.  IDX files and images (like uint8 .npy files) hold uint8 pixels, which need a model "
-    "with stored preprocessing (e.g. the pretrained fashion-mnist and mnist); a float .npy "
-    "file is taken as normalised images and works with any model.")
+    "Input: an image file, or a folder of images (PNG, JPEG, BMP, GIF, WebP, TIFF; 28 x 28 or "
+    "32 x 32), is read as grayscale, so it suits 1-channel models only.  IDX files and images "
+    "(like uint8 .npy files) hold uint8 pixels, which need a model with stored preprocessing "
+    "(e.g. the pretrained fashion-mnist and mnist); a float .npy file is taken as normalised "
+    "images and works with any model.")
 
 
 class CommandError(Exception):
     """An expected failure, reported as one line on stderr."""
+
+
+def printable(text):
+    """`text` with control and other non-printable characters escaped (``\\x1b``), so that a
+    string from an untrusted file cannot drive the terminal (escape sequences, bidi overrides)."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
+                   for char in text)
+
+
+def _regular_file(path):
+    """Raise CommandError unless `path` is a regular file (a FIFO would block for ever)."""
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise CommandError(f"{printable(path)}: expected a regular file, found a FIFO, device or "
+                           f"socket")
+
+
+def _open_npy(path):
+    """A read-only memory map of a ``.npy`` file, checked from its header first: numeric dtype,
+    a header within numpy's limit, and a file size matching the shape it declares."""
+    _regular_file(path)
+    where = printable(path)
+    with open(path, "rb") as file:
+        try:
+            version = npy_format.read_magic(file)
+        except ValueError as exc:
+            raise CommandError(f"{where}: not a .npy file (expected the \\x93NUMPY magic; "
+                               f"{exc})") from exc
+        if version not in ((1, 0), (2, 0), (3, 0)):
+            raise CommandError(f"{where}: unsupported .npy format version {version}")
+        try:
+            shape, fortran_order, dtype = _weights._read_npy_header(
+                file, (1, 0) if version == (1, 0) else (2, 0), where)
+        except _weights.WeightFileError:
+            raise
+        except _weights._ARCHIVE_ERRORS as exc:
+            raise CommandError(f"{where}: unreadable .npy header ({type(exc).__name__}: "
+                               f"{exc})") from exc
+        offset = file.tell()
+    if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
+        raise CommandError(f"{where}: expected a plain numeric array, found dtype {dtype} (Python "
+                           f"objects are never unpickled)")
+    data_bytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    size = os.path.getsize(path)
+    if size != offset + data_bytes:
+        problem = "truncated file" if size < offset + data_bytes else "trailing bytes"
+        raise CommandError(f"{where}: its header declares {dtype} {shape} ({data_bytes:,} bytes "
+                           f"after the {offset}-byte header); the file has {size:,} bytes "
+                           f"({problem})")
+    if data_bytes == 0:
+        return np.empty(shape, dtype)
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape,
+                     order="F" if fortran_order else "C")
+
+
+class _Destination:
+    """An output file written atomically: to a temporary file in the destination's folder
+    (`temporary`), renamed to `path` by `commit`, removed by `discard`."""
+
+    def __init__(self, path, option):
+        self.path = path
+        if os.path.isdir(path):
+            raise CommandError(f"{option} {printable(path)}: is a folder; expected a file name")
+        folder = os.path.dirname(os.path.abspath(path))
+        descriptor, self.temporary = tempfile.mkstemp(
+            prefix=f".{os.path.basename(path)}.", suffix=".part", dir=folder)
+        os.close(descriptor)
+        umask = os.umask(0o022)
+        os.umask(umask)
+        os.chmod(self.temporary, 0o666 & ~umask)      # what open(path, "w") would have made
+
+    def commit(self):
+        os.replace(self.temporary, self.path)
+
+    def discard(self):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.temporary)
+
+
+def _refuse_overwriting(output, inputs, option):
+    """Refuse an output path that is one of the inputs (the same file, also through a link)."""
+    if output is None or not os.path.exists(output):
+        return
+    for path in inputs:
+        if path is not None and os.path.exists(path) and os.path.samefile(output, path):
+            raise CommandError(f"{option} {printable(output)}: is the input {printable(path)}; "
+                               f"refusing to overwrite it")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -72,7 +176,7 @@ def load_model(spec, architecture=None):
             raise CommandError(f"model {spec!r}: no such file, and not a pretrained model name "
                                f"(expected one of {', '.join(datasets.PRETRAINED)})")
     for message in caught:
-        print(f"{_PROGRAM}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+        print(f"{_PROGRAM}: warning: {printable(' '.join(str(message).split()))}", file=sys.stderr)
     return model
 
 
@@ -97,38 +201,73 @@ def _architecture_arguments(args):
 
 
 class _ImageSource:
-    """Images of an IDX file, a ``.npy`` file or a folder, read `CHUNK_IMAGES` at a time.
+    """Images of an IDX file, a ``.npy`` file, one image file, a folder of images, or a folder of
+    class subfolders (``root/<class>/<image>``), read `CHUNK_IMAGES` at a time.
 
-    Attributes: ``names`` (one str per image: the file name, or the index), ``len()``.  A context
-    manager: an IDX file stays open until `close` (or the end of the ``with`` block), whether or
-    not `chunks` ran to its end.
+    Attributes: ``len()``; `name` (an image's file name, or its index); ``class_folders`` (for
+    the class-subfolder layout: each image's folder name, else None).  A context manager: an IDX
+    file stays open until `close` (or the end of the ``with`` block), whether or not `chunks`
+    ran to its end.  Every size the input declares is checked before anything is read.
     """
 
-    def __init__(self, path):
+    def __init__(self, path, quiet=True):
         self.path = path
+        self.class_folders = None
         self._files = None
+        self._folder = path
         self._idx = None
         if os.path.isdir(path):
-            self._files = sorted(name for name in os.listdir(path)
-                                 if name.lower().endswith(IMAGE_SUFFIXES))
-            if not self._files:
-                raise CommandError(f"{path}: folder holds no {'/'.join(IMAGE_SUFFIXES)} images")
+            self._list_folder(path, quiet)
             self._count = len(self._files)
-        elif not os.path.exists(path):
+            return
+        if not os.path.exists(path):
             raise FileNotFoundError(f"{path}: no such file or folder")
+        _regular_file(path)
+        if path.lower().endswith(IMAGE_SUFFIXES):
+            self._folder, self._files = os.path.dirname(path), [os.path.basename(path)]
+            self._count = 1
         elif path.lower().endswith(".npy"):
-            self._array = np.load(path, mmap_mode="r", allow_pickle=False)
-            if self._array.ndim < 3:
-                raise CommandError(f"{path}: expected images of shape (N, H, W) or (N, C, H, W); "
-                                   f"found shape {self._array.shape}")
+            self._array = _open_npy(path)
+            self._check_image_shape(self._array.shape, "a .npy file of images")
             self._count = len(self._array)
         else:
             self._idx = datasets.IdxReader(path)
-            if len(self._idx.shape) < 3:
+            try:
+                self._check_image_shape(self._idx.shape, "an IDX file of images")
+            except CommandError:
                 self._idx.close()
-                raise CommandError(f"{path}: expected an IDX file of images (3 or 4 dimensions); "
-                                   f"found shape {self._idx.shape}")
+                raise
             self._count = len(self._idx)
+
+    def _check_image_shape(self, shape, what):
+        if len(shape) not in (3, 4) or tuple(shape[-2:]) not in IMAGE_SIZES or \
+                (len(shape) == 4 and not 1 <= shape[1] <= 3):
+            raise CommandError(f"{printable(self.path)}: expected {what} (3 or 4 dimensions: N, "
+                               f"[channels,] 28 x 28 or 32 x 32 pixels); found shape {shape}")
+
+    def _list_folder(self, path, quiet):
+        entries = sorted(os.listdir(path))
+        images = [name for name in entries if name.lower().endswith(IMAGE_SUFFIXES)]
+        folders = [name for name in entries if os.path.isdir(os.path.join(path, name))]
+        if not images and folders:      # torchvision's ImageFolder layout: root/<class>/<image>
+            self._files, self.class_folders, others = [], [], []
+            for folder in folders:
+                for name in sorted(os.listdir(os.path.join(path, folder))):
+                    if name.lower().endswith(IMAGE_SUFFIXES):
+                        self._files.append(os.path.join(folder, name))
+                        self.class_folders.append(folder)
+                    else:
+                        others.append(os.path.join(folder, name))
+        else:
+            self._files = images
+            others = [name for name in entries if name not in images]
+        if not self._files:
+            raise CommandError(f"{printable(path)}: folder holds no images "
+                               f"({'/'.join(IMAGE_SUFFIXES)}), directly or in class subfolders")
+        if others and not quiet:
+            listed = ", ".join(map(printable, others[:5])) + (", ..." if len(others) > 5 else "")
+            print(f"{_PROGRAM}: note: skipped {len(others):,} entries that are not images "
+                  f"({'/'.join(IMAGE_SUFFIXES)}): {listed}", file=sys.stderr)
 
     def __len__(self):
         return self._count
@@ -143,9 +282,9 @@ class _ImageSource:
         if self._idx is not None:
             self._idx.close()
 
-    @property
-    def names(self):
-        return self._files if self._files is not None else [str(i) for i in range(self._count)]
+    def name(self, index):
+        """The name of image `index`: its file name (relative to the folder), or the index."""
+        return self._files[index] if self._files is not None else str(index)
 
     def chunks(self):
         if self._idx is not None:
@@ -161,30 +300,76 @@ class _ImageSource:
         try:
             from PIL import Image
         except ImportError as exc:
-            raise ImportError("reading PNG/JPEG images needs Pillow: "
+            raise ImportError("reading images needs Pillow: "
                               "pip install 'lenet_fast[images]'") from exc
         pixels = []
         for name in names:
-            file = os.path.join(self.path, name)
-            try:
-                with Image.open(file) as image:
-                    array = np.asarray(image.convert("L"))
-            except OSError as exc:
-                raise CommandError(f"{file}: not a readable image ({exc})") from exc
-            if array.shape not in ((28, 28), (32, 32)) or \
-                    (pixels and array.shape != pixels[0].shape):
-                expected = "28 x 28 or 32 x 32" if not pixels else \
-                    "x".join(map(str, pixels[0].shape)) + " like the images before it"
-                raise CommandError(f"{file}: expected a {expected} image; found "
-                                   f"{array.shape[1]} x {array.shape[0]}")
+            array = read_image(os.path.join(self._folder, name), Image)
+            if pixels and array.shape != pixels[0].shape:
+                raise CommandError(f"{printable(os.path.join(self._folder, name))}: expected a "
+                                   f"{' x '.join(map(str, pixels[0].shape))} image like the "
+                                   f"images before it; found {array.shape[1]} x {array.shape[0]}")
             pixels.append(array)
         return np.stack(pixels)
+
+
+def read_image(path, image_module=None):
+    """One 28 x 28 or 32 x 32 image file as a 2-D uint8 array of grayscale pixels.
+
+    The dimensions are read from the image header and checked before any pixel is decoded, and
+    a FIFO or device is refused without blocking, so a small hostile file cannot make this take
+    much memory or time.
+
+    Parameters
+    ----------
+    path : str
+        Any format Pillow reads (PNG, JPEG, BMP, GIF, WebP, TIFF ...).
+    image_module : module, optional
+        ``PIL.Image`` (imported when not given).
+
+    Returns
+    -------
+    ndarray of uint8, shape (28, 28) or (32, 32)
+
+    Raises
+    ------
+    CommandError
+        For anything but a readable 28 x 28 or 32 x 32 image in a regular file; the message
+        names the file.
+    """
+    if image_module is None:
+        from PIL import Image as image_module
+    where = printable(path)
+    # O_NONBLOCK: opening a FIFO returns at once instead of waiting for a writer.
+    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(descriptor, "rb") as stream:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise CommandError(f"{where}: expected an image file, found a FIFO, device or socket")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", image_module.DecompressionBombWarning)
+                with image_module.open(stream) as image:
+                    width, height = image.size
+                    if (height, width) not in IMAGE_SIZES:
+                        raise CommandError(f"{where}: expected a 28 x 28 or 32 x 32 image; "
+                                           f"found {width} x {height}")
+                    array = np.asarray(image.convert("L"))
+        except CommandError:
+            raise
+        except Exception as exc:    # Pillow's decoders raise many types on corrupt data
+            raise CommandError(f"{where}: not a readable image ({type(exc).__name__}: "
+                               f"{printable(exc)})") from exc
+    if array.shape not in IMAGE_SIZES:      # a decoder that disagrees with its own header
+        raise CommandError(f"{where}: expected a 28 x 28 or 32 x 32 image; decoded "
+                           f"{array.shape[1]} x {array.shape[0]}")
+    return array
 
 
 def _read_labels(path, count):
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file")
-    labels = (np.load(path, allow_pickle=False) if path.lower().endswith(".npy")
+    _regular_file(path)
+    labels = (np.array(_open_npy(path)) if path.lower().endswith(".npy")
               else datasets.read_idx(path))
     if labels.ndim != 1 or labels.dtype.kind not in "iu":
         raise CommandError(f"{path}: expected a 1-D array of integer labels; found "
@@ -235,6 +420,10 @@ def _class_name(model, label):
     return model.classes[label] if model.classes else str(label)
 
 
+def _plural(count, noun):
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
 # ---------------------------------------------------------------------------------------------
 # Commands
 # ---------------------------------------------------------------------------------------------
@@ -255,7 +444,8 @@ def _command_demo(args):
     print(f"{'image':>5}  {'true class':<12} predicted")
     for i in range(_DEMO_EXAMPLES):
         mark = "" if predicted[i] == labels[i] else "  <- wrong"
-        print(f"{i:>5}  {model.classes[labels[i]]:<12} {model.classes[predicted[i]]}{mark}")
+        print(f"{i:>5}  {printable(model.classes[labels[i]]):<12} "
+              f"{printable(model.classes[predicted[i]])}{mark}")
     print()
     best, runs, spent = float("inf"), 0, 0.0
     while spent < _DEMO_MIN_SECONDS or runs < 3:
@@ -264,89 +454,170 @@ def _command_demo(args):
         elapsed = time.perf_counter() - started
         best, runs, spent = min(best, elapsed), runs + 1, spent + elapsed
     print(f"throughput: {len(images) / best:,.0f} images/s (uint8 in, labels out; batch of "
-          f"{len(images):,}, {model.num_threads} threads, {model.isa} kernels, best of {runs} "
-          f"runs)")
+          f"{len(images):,}, {_plural(model.num_threads, 'thread')}, {model.isa} kernels, best "
+          f"of {runs} runs)")
     return 0
 
 
-def _open_output(path, count, model, scores):
-    """A writer object with write(start, names, labels, outputs) and close()."""
+def _open_output(path, count, model, scores, source):
+    """A writer with write(start, labels, outputs), commit() (on success) and discard()."""
     if path is not None and path.lower().endswith(".npy"):
         return _NpyWriter(path, count, model, scores)
     if path is None or path.lower().endswith(".csv"):
-        return _CsvWriter(path, model, scores)
-    raise CommandError(f"--out {path}: expected a file name ending in .csv or .npy")
+        return _CsvWriter(path, model, scores, source)
+    raise CommandError(f"--out {printable(path)}: expected a file name ending in .csv or .npy")
 
 
 class _CsvWriter:
-    def __init__(self, path, model, scores):
-        self._file = sys.stdout if path is None else open(path, "w", newline="")
+    """CSV rows into a temporary file: renamed to `path` by `commit`, or, with no path, copied to
+    standard output by `commit` -- so nothing reaches its destination before the whole input is
+    classified.  On standard output, names from files are written with control characters
+    escaped."""
+
+    def __init__(self, path, model, scores, source):
+        if path is None:
+            self._destination = None
+            self._file = tempfile.TemporaryFile("w+", newline="")
+        else:
+            self._destination = _Destination(path, "--out")
+            self._file = open(self._destination.temporary, "w", newline="")
+        self._text = str if path is not None else printable
         self._writer = csv.writer(self._file)
-        self._model = model
+        self._model, self._source = model, source
         header = ["input", "label"] + (["class"] if model.classes else [])
         if scores:
             header += [f"score_{_class_name(model, k)}" for k in range(model.n_classes)]
-        self._writer.writerow(header)
+        self._writer.writerow(list(map(self._text, header)))
 
-    def write(self, start, names, labels, outputs):
+    def write(self, start, labels, outputs):
         for i, label in enumerate(labels):
-            row = [names[start + i], int(label)]
+            row = [self._text(self._source.name(start + i)), int(label)]
             if self._model.classes:
-                row.append(self._model.classes[label])
+                row.append(self._text(self._model.classes[label]))
             if outputs is not None:
                 row += [f"{value:.6g}" for value in outputs[i]]
             self._writer.writerow(row)
 
-    def close(self):
-        if self._file is not sys.stdout:
+    def commit(self):
+        if self._destination is None:
+            self._file.seek(0)
+            shutil.copyfileobj(self._file, sys.stdout)
+            sys.stdout.flush()
             self._file.close()
+        else:
+            self._file.close()
+            self._destination.commit()
+
+    def discard(self):
+        self._file.close()
+        if self._destination is not None:
+            self._destination.discard()
 
 
 class _NpyWriter:
     """Labels, int64 (N,); with scores, the outputs, float32 (N, n_classes), whose argmax along
-    axis 1 are the labels."""
+    axis 1 are the labels.  Written into a temporary file renamed to `path` by `commit`."""
 
     def __init__(self, path, count, model, scores):
+        self._destination = _Destination(path, "--out")
         shape = (count, model.n_classes) if scores else (count,)
-        self._array = np.lib.format.open_memmap(
-            path, mode="w+", dtype=np.float32 if scores else np.int64, shape=shape)
+        try:
+            self._array = np.lib.format.open_memmap(
+                self._destination.temporary, mode="w+",
+                dtype=np.float32 if scores else np.int64, shape=shape)
+        except BaseException:
+            self._destination.discard()
+            raise
 
-    def write(self, start, names, labels, outputs):
+    def write(self, start, labels, outputs):
         values = labels if outputs is None else outputs
         self._array[start:start + len(values)] = values
 
-    def close(self):
+    def commit(self):
         self._array.flush()
         del self._array
+        self._destination.commit()
+
+    def discard(self):
+        self._array = None
+        self._destination.discard()
 
 
 def _command_predict(args):
+    _refuse_overwriting(args.out, [args.input, args.model], "--out")
     model = load_model(args.model, _architecture_arguments(args))
-    with _ImageSource(args.input) as source:
-        writer = _open_output(args.out, len(source), model, args.scores)
+    with _ImageSource(args.input, args.quiet) as source:
+        writer = _open_output(args.out, len(source), model, args.scores, source)
         try:
-            names = source.names
             for start, _, labels, outputs in _predict_chunks(model, source, args.scores,
                                                              args.quiet):
-                writer.write(start, names, labels, outputs)
-        finally:
-            writer.close()
+                writer.write(start, labels, outputs)
+            writer.commit()
+        except BaseException:
+            writer.discard()
+            raise
     if args.out is not None and not args.quiet:
-        print(f"wrote {'scores' if args.scores else 'labels'} of {len(source):,} images to "
-              f"{args.out}", file=sys.stderr)
+        print(f"wrote {'scores' if args.scores else 'labels'} of "
+              f"{_plural(len(source), 'image')} to {printable(args.out)}", file=sys.stderr)
     return 0
 
 
+def _folder_labels(model, folders, root):
+    """Class indices of the images of a root/<class>/<image> folder, matched by folder name
+    against the model's class names (ignoring case; a "/" in a class name may be written "_"
+    or "-"), or, for a model without class names, folder names 0 .. n_classes - 1."""
+    names = model.classes or [str(k) for k in range(model.n_classes)]
+    index = {}
+    for k, name in enumerate(names):
+        for variant in (name, name.replace("/", "_"), name.replace("/", "-")):
+            index.setdefault(variant.casefold(), k)
+    unknown = sorted({folder for folder in folders if folder.casefold() not in index})
+    if unknown:
+        raise CommandError(f"{printable(root)}: class folders {', '.join(map(printable, unknown))} "
+                           f"match none of the model's classes "
+                           f"({', '.join(map(printable, names))})")
+    return np.array([index[folder.casefold()] for folder in folders], dtype=np.int64)
+
+
 def _command_evaluate(args):
+    _refuse_overwriting(args.plot, [args.images, args.labels, args.model], "--plot")
+    plot = _plot_destination(args.plot) if args.plot else None   # fail before the work
+    try:
+        return _evaluate(args, plot)
+    except BaseException:
+        if plot is not None:
+            plot.discard()
+        raise
+
+
+def _plot_destination(path):
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in PLOT_SUFFIXES:
+        raise CommandError(f"--plot {printable(path)}: expected a file name ending in "
+                           f"{', '.join(PLOT_SUFFIXES)}")
+    import_pyplot()
+    return _Destination(path, "--plot")
+
+
+def _evaluate(args, plot):
     model = load_model(args.model, _architecture_arguments(args))
-    with _ImageSource(args.images) as source:
-        labels = _read_labels(args.labels, len(source))
+    with _ImageSource(args.images, args.quiet) as source:
+        if args.labels is not None:
+            labels = _read_labels(args.labels, len(source))
+            labels_name = args.labels
+        elif source.class_folders is not None:
+            labels = _folder_labels(model, source.class_folders, args.images)
+            labels_name = f"the class folders of {args.images}"
+        else:
+            raise CommandError(f"{printable(args.images)}: expected LABELS, or a folder of class "
+                               f"subfolders (root/<class>/<image>) to take them from")
         k = model.n_classes
         if labels.size and (labels.min() < 0 or labels.max() >= k):
-            raise CommandError(f"{args.labels}: labels must lie in 0..{k - 1} for this "
-                               f"{k}-class model; found {labels.min()}..{labels.max()}")
-        if args.plot:
-            import_pyplot()     # fail before the work, not after it
+            raise CommandError(f"{printable(labels_name)}: labels must lie in 0..{k - 1} for "
+                               f"this {k}-class model; found {labels.min()}..{labels.max()}")
+        if len(source) == 0:
+            raise CommandError(f"{printable(args.images)}: nothing to evaluate (it holds no "
+                               f"images)")
         confusion = np.zeros((k, k), dtype=np.int64)
         mistakes = []           # (index, image, true, predicted), the first few
         for start, images, predicted, _ in _predict_chunks(model, source, False, args.quiet):
@@ -355,7 +626,7 @@ def _command_evaluate(args):
             for i in np.flatnonzero(truth != predicted)[:MAX_PLOTTED_MISTAKES - len(mistakes)]:
                 # A copy: a view would keep the whole CHUNK_IMAGES-image chunk alive.
                 mistakes.append((start + i, images[i].copy(), truth[i], predicted[i]))
-    names = [_class_name(model, c) for c in range(k)]
+    names = [printable(_class_name(model, c)) for c in range(k)]
     total, correct = confusion.sum(), np.trace(confusion)
     print(f"accuracy: {correct / max(total, 1):.4f} ({correct:,}/{total:,} correct)")
     print("\nper-class accuracy:")
@@ -369,9 +640,11 @@ def _command_evaluate(args):
     print("     " + "".join(f"{c:>{cell}}" for c in range(k)))
     for c in range(k):
         print(f"  {c:>3}" + "".join(f"{value:>{cell},}" for value in confusion[c]))
-    if args.plot:
-        _plot_confusion(args.plot, confusion, names, mistakes, model)
-        print(f"\nwrote {args.plot}")
+    if plot is not None:
+        _plot_confusion(plot.temporary, confusion, names, mistakes, model,
+                        os.path.splitext(plot.path)[1].lower().lstrip("."))
+        plot.commit()
+        print(f"\nwrote {printable(plot.path)}")
     return 0
 
 
@@ -398,7 +671,7 @@ def import_pyplot():
     return pyplot
 
 
-def _plot_confusion(path, confusion, names, mistakes, model):
+def _plot_confusion(path, confusion, names, mistakes, model, file_format="png"):
     pyplot = import_pyplot()
     figure = pyplot.figure(figsize=(15, 7), layout="constrained")
     left, right = figure.subfigures(1, 2, width_ratios=(1.1, 1))
@@ -426,9 +699,9 @@ def _plot_confusion(path, confusion, names, mistakes, model):
             index, image, truth, predicted = mistakes[axes_index]
             axes.imshow(np.asarray(image).reshape(image.shape[-2:]) if image.ndim == 2 or
                         image.shape[0] == 1 else np.moveaxis(image, 0, -1), cmap="gray")
-            axes.set_title(f"#{index}\n{_class_name(model, truth)} -> "
-                           f"{_class_name(model, predicted)}", fontsize=7)
-    figure.savefig(path, dpi=100)
+            axes.set_title(f"#{index}\n{printable(_class_name(model, truth))} -> "
+                           f"{printable(_class_name(model, predicted))}", fontsize=7)
+    figure.savefig(path, dpi=100, format=file_format)
     pyplot.close(figure)
 
 
@@ -442,7 +715,7 @@ def _command_info(args):
     metadata = model.metadata
     config = show_config(False)
     rows = [
-        ("model", args.model),
+        ("model", printable(args.model)),
         ("architecture", f"conv {architecture['conv_activation']}, fc1 "
                          f"{architecture['fc_activation']}, output "
                          f"{architecture['output_activation']}, {architecture['pool']} pooling"
@@ -461,13 +734,18 @@ def _command_info(args):
                  f"{preprocessing['std']:g}; 28 x 28 zero-padded by {preprocessing.get('pad', 2)}"
                  if preprocessing else "none stored: the model takes normalised float input only"))
     rows.append(("classes", ", ".join(model.classes) if model.classes else "none stored"))
-    for key, value in sorted(metadata.get("provenance", {}).items()):
-        rows.append((f"provenance.{key}", str(value)))
+    provenance = metadata.get("provenance", {})
+    if isinstance(provenance, dict):
+        for key, value in sorted(provenance.items()):
+            rows.append((f"provenance.{key}", str(value)))
+    else:       # free-form metadata: shown as it is
+        rows.append(("provenance", str(provenance)))
     for key, value in sorted(metadata.items()):
         if key not in ("preprocessing", "classes", "provenance"):
             rows.append((f"metadata.{key}", str(value)))
     rows += [("ISA", f"{config['isa']} (usable: {', '.join(config['usable_isas'])})"),
              ("threads", f"{model.num_threads} (OpenMP: {'yes' if config['openmp'] else 'no'})")]
+    rows = [(printable(name), printable(value)) for name, value in rows]
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
@@ -599,6 +877,7 @@ def _command_bench(arguments):
 def _parser():
     parser = argparse.ArgumentParser(
         prog=_PROGRAM, description="LeNet-5 inference on the CPU: pretrained models, data, tools.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("demo", help="classify the bundled Fashion-MNIST sample with the shipped "
                                      "model: accuracy, examples, throughput")
@@ -607,10 +886,12 @@ def _parser():
     predict.add_argument("model", metavar="MODEL", help="a .npz file or a pretrained name "
                                                         "(fashion-mnist, mnist)")
     predict.add_argument("input", metavar="INPUT",
-                         help="an IDX file (.gz or raw), a .npy file, or a folder of PNG/JPEG")
+                         help="an IDX file (.gz or raw), a .npy file, an image file, or a folder "
+                              "of images")
     predict.add_argument("--out", metavar="FILE",
-                         help="write to FILE: .csv (with class names) or .npy; default: CSV on "
-                              "standard output")
+                         help="write to FILE: .csv (with class names) or .npy, only once every "
+                              "image is classified (nothing is left on an error or Ctrl-C); "
+                              "default: CSV on standard output, also written at the end")
     predict.add_argument("--scores", action="store_true",
                          help="write the network outputs too (in .npy: the outputs only)")
     predict.add_argument("--quiet", action="store_true", help="no progress bar or summary")
@@ -618,10 +899,15 @@ def _parser():
                                                     "matrix on labelled images",
                                    epilog=_INPUT_FORMATS)
     evaluate.add_argument("model", metavar="MODEL")
-    evaluate.add_argument("images", metavar="IMAGES")
-    evaluate.add_argument("labels", metavar="LABELS", help="an IDX or .npy file of labels")
-    evaluate.add_argument("--plot", metavar="PNG",
-                          help="save the confusion matrix and misclassified images")
+    evaluate.add_argument("images", metavar="IMAGES",
+                          help="as INPUT of predict, or a folder of class subfolders "
+                               "(root/<class>/<image>, torchvision's ImageFolder layout)")
+    evaluate.add_argument("labels", metavar="LABELS", nargs="?",
+                          help="an IDX or .npy file of labels; default: the class folder names, "
+                               "matched against the model's class names")
+    evaluate.add_argument("--plot", metavar="FILE",
+                          help="save the confusion matrix and misclassified images (.png, "
+                               ".pdf or .svg)")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
     info = commands.add_parser("info", help="architecture, size, preprocessing and provenance "
                                             "of a model")
@@ -676,7 +962,9 @@ def main(argv=None):
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "bench":
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        subcommands = next(action for action in parser._actions
+                           if isinstance(action, argparse._SubParsersAction))
+        subcommands.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     commands = {"demo": _command_demo, "predict": _command_predict,
                 "evaluate": _command_evaluate, "info": _command_info,
                 "convert": _command_convert}
@@ -696,5 +984,5 @@ def main(argv=None):
 
 def _describe(exc):
     if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
-        return f"{exc.filename}: {exc.strerror}"
-    return " ".join(str(exc).split()) or type(exc).__name__
+        return printable(f"{exc.filename}: {exc.strerror}")
+    return printable(" ".join(str(exc).split()) or type(exc).__name__)

@@ -184,8 +184,8 @@ def test_help_tells_which_inputs_suit_which_models(command, capsys):
     assert exit_info.value.code == 0
     # Spaces removed: argparse wraps to the terminal width, also at hyphens.
     text = "".join(capsys.readouterr().out.split())
-    for phrase in ("a folder of PNG/JPEG images is read as grayscale, so it suits 1-channel "
-                   "models only",
+    for phrase in ("or a folder of images (PNG, JPEG, BMP, GIF, WebP, TIFF; 28 x 28 or 32 x 32), "
+                   "is read as grayscale, so it suits 1-channel models only",
                    "IDX files and images (like uint8 .npy files) hold uint8 pixels, which need a "
                    "model with stored preprocessing (e.g. the pretrained fashion-mnist and mnist)",
                    "a float .npy file is taken as normalised images and works with any model"):
@@ -222,8 +222,8 @@ def test_the_image_file_is_closed_however_the_command_ends(command, status, open
 def test_predict_folder_errors(tmp_path):
     image = pytest.importorskip("PIL.Image")
     (tmp_path / "empty").mkdir()
-    run_failing("predict", "fashion-mnist", tmp_path / "empty", match="folder holds no "
-                ".png/.jpg/.jpeg images")
+    run_failing("predict", "fashion-mnist", tmp_path / "empty", match="folder holds no images "
+                "(.png/.jpg/.jpeg/.bmp/.gif/.webp/.tif/.tiff), directly or in class subfolders")
     (tmp_path / "big").mkdir()
     image.new("L", (64, 48)).save(tmp_path / "big" / "photo.jpg")
     run_failing("predict", "fashion-mnist", tmp_path / "big",
@@ -263,7 +263,7 @@ def test_evaluate_keeps_copies_of_misclassified_images_not_views_into_chunks(
         tmp_path, monkeypatch, capsys, sample):
     plotted = {}
     monkeypatch.setattr(cli, "import_pyplot", lambda: None)
-    monkeypatch.setattr(cli, "_plot_confusion", lambda path, confusion, names, mistakes, model:
+    monkeypatch.setattr(cli, "_plot_confusion", lambda path, confusion, names, mistakes, model, *_:
                         plotted.update(mistakes=mistakes))
     assert cli.main(["evaluate", "fashion-mnist", SAMPLE_IMAGES, SAMPLE_LABELS, "--plot",
                      str(tmp_path / "unused.png")]) == 0
@@ -310,9 +310,12 @@ def test_missing_and_malformed_inputs(tmp_path, sample):
                 "7,849 (truncated file)")
     datasets.write_idx(tmp_path / "labels.idx", sample[1][:10].astype(np.uint8))
     run_failing("predict", "mnist", tmp_path / "labels.idx", match="expected an IDX file of "
-                "images (3 or 4 dimensions); found shape (10,)")
+                "images (3 or 4 dimensions: N, [channels,] 28 x 28 or 32 x 32 pixels); found "
+                "shape (10,)")
     np.save(tmp_path / "odd.npy", np.zeros((3, 20, 20), np.uint8))
-    run_failing("predict", "mnist", tmp_path / "odd.npy", match="x must have shape")
+    run_failing("predict", "mnist", tmp_path / "odd.npy", match="odd.npy: expected a .npy file "
+                "of images (3 or 4 dimensions: N, [channels,] 28 x 28 or 32 x 32 pixels); found "
+                "shape (3, 20, 20)")
     np.save(tmp_path / "ints.npy", np.zeros((3, 28, 28), np.int32))
     run_failing("predict", "mnist", tmp_path / "ints.npy",
                 match="x must hold floating-point (normalised) images or uint8 pixels; got "

@@ -9,15 +9,36 @@ or generic, chosen at import), ``reference`` (plain NumPy forward pass, the grou
 the compiled ``_kernels_*`` modules built from ``src/``.
 """
 
-from . import _dispatch
-from ._model import ArchitectureWarning, LeNet
+import os as _os
+import sys as _sys
+
+
+def _started_as_command_line():
+    """True while ``lenet-fast`` or ``python -m lenet_fast`` is starting."""
+    arguments = list(getattr(_sys, "orig_argv", _sys.argv))
+    if _os.path.basename(_sys.argv[0] if _sys.argv else "") == "lenet-fast":
+        return True
+    return "-m" in arguments[:-1] and arguments[arguments.index("-m") + 1] == "lenet_fast"
+
+
+try:
+    from . import _dispatch
+except ImportError as _exc:
+    # The command line cannot catch an error of its own package's import: report it here as
+    # the command line reports every error, one line and exit status 1, not a traceback.
+    if _started_as_command_line():
+        print(f"lenet-fast: error: {_exc}", file=_sys.stderr)
+        raise SystemExit(1) from None
+    raise
+from ._model import MAX_THREADS, ArchitectureWarning, LeNet
 from ._summary import LayerSummary, ModelSummary
 from ._torch import TorchImportError
 from ._weights import WeightFileError
+from .onnx import ONNXImportError
 
 __version__ = "0.1.0"
-__all__ = ["ArchitectureWarning", "LeNet", "LayerSummary", "ModelSummary", "TorchImportError",
-           "WeightFileError", "show_config"]
+__all__ = ["ArchitectureWarning", "LeNet", "LayerSummary", "MAX_THREADS", "ModelSummary",
+           "ONNXImportError", "TorchImportError", "WeightFileError", "show_config"]
 
 
 def show_config(print_out=True):

@@ -17,9 +17,32 @@ _NOT_BUILT = (
     "`python setup.py build_ext --inplace`"
 )
 
+
+
+def _installed_copy_shadowed():
+    """Where an installed lenet_fast lies that this (unbuilt) folder hides on sys.path, or None."""
+    import importlib.machinery
+    import sys
+
+    here = os.path.realpath(os.path.dirname(os.path.dirname(__file__)))
+    others = [entry for entry in sys.path if os.path.realpath(entry or os.curdir) != here]
+    spec = importlib.machinery.PathFinder.find_spec(__package__, others)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = list(spec.submodule_search_locations)[0]
+    built = importlib.machinery.PathFinder.find_spec("_cpu_features", [folder])
+    return folder if built is not None else None
+
+
 try:
     from . import _cpu_features
 except ImportError as exc:  # the source folder itself, never built
+    _installed = _installed_copy_shadowed()
+    if _installed is not None:
+        raise ImportError(
+            f"the lenet_fast source folder {os.path.dirname(os.path.dirname(__file__))} (current "
+            f"directory or sys.path) shadows the installed lenet_fast in {_installed}: run from "
+            f"another directory") from None     # not Python's misleading "circular import"
     raise ImportError(_NOT_BUILT.format(where=f"no lenet_fast._cpu_features next to {__file__}")) from exc
 
 LEVELS = ("avx512", "avx2", "generic")

@@ -356,6 +356,9 @@ def read_image(path, image_module=None):
                     array = np.asarray(image.convert("L"))
         except CommandError:
             raise
+        except image_module.DecompressionBombError as exc:     # from the header alone
+            raise CommandError(f"{where}: expected a 28 x 28 or 32 x 32 image; found a far "
+                               f"larger one ({exc})") from exc
         except Exception as exc:    # Pillow's decoders raise many types on corrupt data
             raise CommandError(f"{where}: not a readable image ({type(exc).__name__}: "
                                f"{printable(exc)})") from exc

@@ -663,7 +663,7 @@ def machine_description(fma_peak_gflops, threads=DEFAULT_THREADS):
     ]
 
 
-def plot_throughput(rows, path, title):
+def plot_throughput(rows, path, title, file_format="png"):
     """Draw images/s against batch size (log-log), one line per engine and thread count.
 
     Parameters
@@ -695,7 +695,7 @@ def plot_throughput(rows, path, title):
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize="small")
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=120, format=file_format)
     pyplot.close(figure)
 
 
@@ -746,6 +746,11 @@ def main(argv=None):
     ImportError
         Before measuring anything, if ``--plot`` is given and matplotlib is not installed
         (``lenet-fast bench`` reports it as one line and exit status 1).
+    lenet_fast.cli.CommandError, OSError
+        Before measuring anything, if a ``--json`` or ``--plot`` destination cannot be
+        written (its folder is missing, or the plot's suffix is not .png, .pdf or .svg).
+        Both files are written atomically: to a temporary file in their folder, renamed
+        into place at the end, removed on an error or Ctrl-C.
     SystemExit
         On a usage error (status 2), as `argparse` does.
 
@@ -756,11 +761,25 @@ def main(argv=None):
     arguments = _parser().parse_args(argv)
     if arguments.repeats < 1:
         _parser().error(f"argument --repeats: expected at least 1, got {arguments.repeats}")
+    from .cli import PLOT_SUFFIXES, CommandError, _Destination, import_pyplot
+
     if arguments.plot:
-        from .cli import import_pyplot
-
         import_pyplot()     # fail now, not after minutes of measuring
+        if os.path.splitext(arguments.plot)[1].lower() not in PLOT_SUFFIXES:
+            raise CommandError(f"--plot {arguments.plot}: expected a file name ending in "
+                               f"{', '.join(PLOT_SUFFIXES)}")
+    # Destinations are checked (and written atomically) before minutes of measuring.
+    destinations = {option: _Destination(path, f"--{option}") for option, path in
+                    (("json", arguments.json), ("plot", arguments.plot)) if path}
+    try:
+        _measure_and_report(arguments, destinations)
+    finally:
+        for destination in destinations.values():
+            destination.discard()       # a no-op after commit
+    return 0
 
+
+def _measure_and_report(arguments, destinations):
     fma_peak = measure_fma_peak()
     header = machine_description(fma_peak, arguments.threads)
     print("\n".join(header) + "\n", flush=True)
@@ -780,11 +799,14 @@ def main(argv=None):
         _load_average("after"),
     ]
     print("\n".join(footer), flush=True)
-    if arguments.json:
-        with open(arguments.json, "w") as file:
+    if "json" in destinations:
+        with open(destinations["json"].temporary, "w") as file:
             json.dump({"header": header, "fma_peak_gflops": fma_peak, "rows": rows,
                        "first_call": first_call, "footer": footer}, file, indent=2)
-    if arguments.plot:
-        plot_throughput(rows, arguments.plot, f"LeNet-5 inference on {cpu_model()}")
+        destinations["json"].commit()
+    if "plot" in destinations:
+        plot_throughput(rows, destinations["plot"].temporary,
+                        f"LeNet-5 inference on {cpu_model()}",
+                        file_format=os.path.splitext(arguments.plot)[1].lower().lstrip("."))
+        destinations["plot"].commit()
         print(f"plot written to {arguments.plot}")
-    return 0

@@ -20,6 +20,7 @@ import gzip
 import importlib.resources
 import math
 import os
+import stat
 import zlib
 
 import numpy as np
@@ -129,6 +130,9 @@ class IdxReader:
 
     def __init__(self, path):
         self.path = os.fspath(path)
+        if not stat.S_ISREG(os.stat(self.path).st_mode):     # a FIFO would block for ever
+            raise DataFileError(f"{self.path}: expected a regular file, found a FIFO, device or "
+                                f"socket")
         with open(self.path, "rb") as probe:
             self.compressed = probe.read(2) == _GZIP_MAGIC
         file_size = os.path.getsize(self.path)

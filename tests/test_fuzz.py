@@ -19,7 +19,7 @@ import lenet_fast
 
 FUZZ = Path(__file__).resolve().parent / "fuzz"
 SECONDS = float(os.environ.get("LENET_FAST_FUZZ_SECONDS", "20"))
-TARGETS = ["npz", "idx", "predict"]
+TARGETS = ["npz", "idx", "predict", "onnx", "image"]
 PACKAGE_PARENT = str(Path(lenet_fast.__file__).resolve().parent.parent)
 
 

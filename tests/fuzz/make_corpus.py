@@ -77,6 +77,34 @@ def idx_seeds(tmp):
         write("idx", f"gzip-{name}", b"\1" + (tmp / name).read_bytes())
 
 
+def onnx_seeds(tmp):
+    from lenet_fast.onnx import to_onnx
+
+    to_onnx(LeNet(tiny_weights(), output_activation="softmax"), tmp / "model.onnx")
+    write("onnx", "raw-lenet", b"\0" + (tmp / "model.onnx").read_bytes())
+    to_onnx(LeNet(tiny_weights(3), pool="avg", conv_activation="tanh"), tmp / "model.onnx")
+    write("onnx", "raw-lenet-rgb-avg", b"\0" + (tmp / "model.onnx").read_bytes())
+    rng = np.random.default_rng(0)
+    for index in range(3):
+        write("onnx", f"graph-{index}", b"\1" + rng.bytes(300))
+
+
+def image_seeds(tmp):
+    from PIL import Image
+
+    from lenet_fast.cli import IMAGE_SUFFIXES
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (28, 28), dtype=np.uint8)
+    for suffix, mode, size in ((".png", "L", 28), (".png", "RGB", 32), (".jpg", "L", 28),
+                               (".bmp", "L", 28), (".gif", "L", 28), (".webp", "L", 28),
+                               (".tif", "L", 32)):
+        image = Image.fromarray(pixels).resize((size, size)).convert(mode)
+        image.save(tmp / f"seed{suffix}")
+        write("image", f"{mode}-{size}{suffix}",
+              bytes([IMAGE_SUFFIXES.index(suffix)]) + (tmp / f"seed{suffix}").read_bytes())
+
+
 def predict_seeds():
     rng = np.random.default_rng(0)
     for index in range(8):
@@ -90,7 +118,9 @@ if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as tmp:
         npz_seeds(Path(tmp))
         idx_seeds(Path(tmp))
+        onnx_seeds(Path(tmp))
+        image_seeds(Path(tmp))
     predict_seeds()
-    for target in ("npz", "idx", "predict"):
+    for target in ("npz", "idx", "predict", "onnx", "image"):
         files = sorted((HERE / "corpus" / target).iterdir())
         print(target, len(files), "files,", sum(f.stat().st_size for f in files), "bytes")

@@ -17,6 +17,7 @@ uncompressed archive that is byte-for-byte deterministic (fixed member order, ti
 permissions; little-endian arrays), so that save, load, save gives identical files.
 """
 
+import contextlib
 import functools
 import io
 import json
@@ -24,6 +25,7 @@ import lzma
 import math
 import os
 import re
+import tempfile
 import tokenize
 import zipfile
 import zlib
@@ -319,7 +321,8 @@ def canonicalize(mapping, *, key_map=None, strict=True, source=None):
     WeightFileError
         If no layout matches or several do, keys are missing or (with `strict`) unused, an array
         is not floating point (float16, float32 or float64), a shape does not fit, C is not 1 or
-        3, a width exceeds 4096 or n_classes 100000, or an array holds NaN or inf.
+        3, a width exceeds 4096 or n_classes 100000, the ten arrays hold more than
+        `MAX_PARAMETERS` (2**23) values together, or an array holds NaN or inf.
 
     Examples
     --------
@@ -803,7 +806,9 @@ def load_npz(path, *, key_map=None, strict=True):
         If the file is not a readable zip archive; a member is not a ``.npy`` array, is
         truncated, corrupt, holds Python objects, declares a size its header disagrees with, or
         has a shape no LeNet-5 can have (more than 4 axes, an axis over 100000 or more than 2**24
-        elements); the metadata is not a JSON object; or `canonicalize` rejects the weights.
+        elements), or a header over 10,000 bytes; the metadata is over 1 MiB or not a JSON
+        object; or `canonicalize` rejects the weights (also beyond 2**23 parameters in all).
+        All of these are checked from the headers before any array data is read.
 
     Examples
     --------
@@ -850,7 +855,8 @@ def save_npz(path, weights, metadata=None):
     TypeError
         If `metadata` is not a dict.
     ValueError
-        If `metadata` cannot be serialised as JSON (including NaN and infinity).
+        If `metadata` cannot be serialised as JSON (including NaN and infinity) or is larger
+        than `MAX_METADATA_BYTES` (1 MiB) as JSON, which `load_npz` would refuse.
 
     Examples
     --------
@@ -877,5 +883,23 @@ def save_npz(path, weights, metadata=None):
             info = zipfile.ZipInfo(f"{key}.npy", date_time=_ZIP_EPOCH)
             info.create_system, info.external_attr = _UNIX, _MEMBER_PERMISSIONS
             archive.writestr(info, member_bytes.getvalue())
-    with open(path, "wb") as file:
-        file.write(archive_bytes.getvalue())
+    write_file_atomically(path, archive_bytes.getvalue())
+
+
+def write_file_atomically(path, data):
+    """Write `data` to `path` through a temporary file in the same folder, renamed into place
+    only once complete: `path` is never left half-written, and is untouched on failure."""
+    path = os.fspath(path)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.",
+                                             suffix=".part", dir=os.path.dirname(path) or ".")
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(data)
+        umask = os.umask(0o022)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)        # what open(path, "wb") would have made
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise

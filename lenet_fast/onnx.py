@@ -641,4 +641,4 @@ def to_onnx(model, path):
                                    ir_version=IR_VERSION, producer_name="lenet_fast",
                                    producer_version=__version__)
     onnx.checker.check_model(onnx_model)
-    onnx.save(onnx_model, os.fspath(path))
+    _weights.write_file_atomically(path, onnx_model.SerializeToString())

@@ -205,7 +205,7 @@ def test_non_finite_input_names_the_first_bad_image(level, bad, n, threads, dtyp
 
 
 def test_non_finite_index_counts_across_conversion_chunks(model):
-    x = np.zeros((5000, 28, 28), np.float64)   # converted 4096 images at a time
+    x = np.zeros((5000, 28, 28), np.float64)   # converted in chunks of at most 4096 images
     x[4500, 3, 3] = np.inf
     x[4501, 3, 3] = np.nan
     with pytest.raises(ValueError, match=exact(

@@ -304,7 +304,7 @@ def test_non_finite_input_names_the_first_bad_image(model, n, bad, threads, valu
 
 
 def test_non_finite_input_index_in_converted_chunks(model):
-    x = images(9000, dtype=np.float64)  # converted to float32 in chunks of 4096 images
+    x = images(9000, dtype=np.float64)  # converted to float32 in chunks of at most 4096 images
     x[8999, 0, 31, 31] = np.nan
     x[5000, 0, 0, 0] = np.inf
     with pytest.raises(ValueError, match=bad_input_message(5000)):

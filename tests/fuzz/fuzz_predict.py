@@ -2,8 +2,9 @@
 LeNet.forward with fuzzed options.
 
 Every call must either raise TypeError or ValueError (wrong dtype, shape, option, or a NaN/inf
-with check_finite) or return the right shape, dtype and values: the same bits as the call on
-``np.ascontiguousarray(x, dtype=np.float32)``.  Anything else (another exception, a crash, a
+in the input or the outputs with check_finite) or return the right shape, dtype and values: the
+same bits as the call on ``np.ascontiguousarray(x, dtype=np.float32)``, and label -1 exactly
+where an image's outputs are NaN.  Anything else (another exception, a crash, a
 wrong answer) is a bug.
 """
 
@@ -101,7 +102,10 @@ def test_one_input(data):
     n = x.shape[0]
     assert labels.shape == (n,) and labels.dtype == np.int64, (labels.shape, labels.dtype)
     assert scores.shape == (n, model.n_classes) and scores.dtype == np.float32
-    assert ((labels >= 0) & (labels < model.n_classes)).all()
+    nan_rows = np.isnan(scores).any(axis=1)
+    assert not (options["check_finite"] and nan_rows.any()), "a NaN output was returned"
+    assert (labels[nan_rows] == -1).all(), "a NaN output became a label"
+    assert ((labels[~nan_rows] >= 0) & (labels[~nan_rows] < model.n_classes)).all()
     with np.errstate(all="ignore"):
         contiguous = np.ascontiguousarray(x, dtype=np.float32)
     if contiguous.ndim == 3:

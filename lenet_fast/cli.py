@@ -812,27 +812,10 @@ def _parse_classes(text):
     return [name.strip() for name in text.split(",")]
 
 
-def _save_atomically(model, path):
-    """`model.save_npz` to a temporary file in the destination folder, then renamed over `path`:
-    an interrupted run never leaves a half-written file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.",
-                                         suffix=".tmp")
-    os.close(handle)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)     # what open() would have given the file
-        model.save_npz(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
-
-
 def _command_convert(args):
     if not args.output.lower().endswith(".npz"):
         raise CommandError(f"{args.output}: expected an output file name ending in .npz")
+    _refuse_overwriting(args.output, [args.input], "OUTPUT")
     architecture = {key: value for key, value in _architecture_arguments(args).items()
                     if value is not None}
     with _caught_architecture_warnings():
@@ -851,7 +834,7 @@ def _command_convert(args):
     if args.preprocessing is not None:
         metadata["preprocessing"] = _parse_preprocessing(args.preprocessing)
     model = LeNet(model.weights, **model.architecture, metadata=metadata)
-    _save_atomically(model, args.output)
+    model.save_npz(args.output)     # atomic: a temporary file in the same folder, renamed
     if not args.quiet:
         a = model.architecture
         print(f"wrote {args.output}: {model!r}; conv {a['conv_activation']}, fc "

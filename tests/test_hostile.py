@@ -102,6 +102,14 @@ def test_output_that_is_the_input_is_refused_before_reading(tmp_path, through):
     assert leftovers(tmp_path) == []
 
 
+def test_convert_onto_its_input_is_refused(tmp_path):
+    LeNet.pretrained("mnist").save_npz(tmp_path / "m.npz")
+    before = (tmp_path / "m.npz").read_bytes()
+    result = run_cli("convert", tmp_path / "m.npz", tmp_path / "m.npz", expect=1)
+    assert "is the input" in result.stderr
+    assert (tmp_path / "m.npz").read_bytes() == before
+
+
 def test_model_file_as_output_is_refused(tmp_path):
     LeNet.pretrained("mnist").save_npz(tmp_path / "m.npz")
     before = (tmp_path / "m.npz").read_bytes()

@@ -164,9 +164,11 @@ def test_importing_the_unbuilt_source_folder_says_how_to_build(tmp_path):
     package.mkdir()
     for path in Path(lenet_fast.__file__).resolve().parent.glob("*.py"):
         shutil.copy(path, package / path.name)
+    # -S: no site-packages, so no installed copy that this folder would shadow (that case has
+    # its own message: tests/test_hostile.py).
     completed = subprocess.run(
-        [sys.executable, "-c", "import lenet_fast"], capture_output=True, text=True, timeout=60,
-        env={**os.environ, "PYTHONPATH": str(tmp_path)}, cwd=tmp_path)
+        [sys.executable, "-S", "-c", "import lenet_fast"], capture_output=True, text=True,
+        timeout=60, env={**os.environ, "PYTHONPATH": str(tmp_path)}, cwd=tmp_path)
     last_line = completed.stderr.strip().splitlines()[-1]
     assert last_line.startswith("ImportError: lenet_fast has no compiled kernels here")
     assert "pip install ." in last_line

@@ -886,18 +886,27 @@ def save_npz(path, weights, metadata=None):
     write_file_atomically(path, archive_bytes.getvalue())
 
 
+def temporary_file_beside(path):
+    """Create an empty file ``.<name>.<random>.part`` in `path`'s folder, with the permissions
+    ``open(path, "w")`` would give, and return its path: written, then renamed over `path` with
+    ``os.replace``, it makes a write atomic (same folder, so the rename never copies)."""
+    path = os.fspath(path)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".part",
+                                             dir=os.path.dirname(os.path.abspath(path)))
+    os.close(descriptor)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)
+    return temporary
+
+
 def write_file_atomically(path, data):
     """Write `data` to `path` through a temporary file in the same folder, renamed into place
     only once complete: `path` is never left half-written, and is untouched on failure."""
-    path = os.fspath(path)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.",
-                                             suffix=".part", dir=os.path.dirname(path) or ".")
+    temporary = temporary_file_beside(path)
     try:
-        with os.fdopen(descriptor, "wb") as file:
+        with open(temporary, "wb") as file:
             file.write(data)
-        umask = os.umask(0o022)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)        # what open(path, "wb") would have made
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

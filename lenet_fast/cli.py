@@ -122,13 +122,7 @@ class _Destination:
         self.path = path
         if os.path.isdir(path):
             raise CommandError(f"{option} {printable(path)}: is a folder; expected a file name")
-        folder = os.path.dirname(os.path.abspath(path))
-        descriptor, self.temporary = tempfile.mkstemp(
-            prefix=f".{os.path.basename(path)}.", suffix=".part", dir=folder)
-        os.close(descriptor)
-        umask = os.umask(0o022)
-        os.umask(umask)
-        os.chmod(self.temporary, 0o666 & ~umask)      # what open(path, "w") would have made
+        self.temporary = _weights.temporary_file_beside(path)
 
     def commit(self):
         os.replace(self.temporary, self.path)

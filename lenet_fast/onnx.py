@@ -326,7 +326,8 @@ def _tokenize(nodes, data, constants, source):
             if add is not None and add.op_type == "Add" and node.output[0] in add.input and \
                     len(consumers.get(node.output[0], [])) == 1:
                 # The bias, on either side of the Add.
-                bias = constant(add, 1 - list(add.input).index(node.output[0]), (0, 1, 2)).reshape(-1)
+                position = 1 - list(add.input).index(node.output[0])
+                bias = constant(add, position, (0, 1, 2)).reshape(-1)
                 node, index = add, index + 1
             tokens.append(_Token("layer", matmul, None, weight.T, bias))
         elif op == "BatchNormalization":

@@ -37,8 +37,11 @@ ASSUMED_ARCHITECTURES = {
                          "output_activation": "identity", "pool": "max"},
     "canonical": DEFAULT_ARCHITECTURE,
 }
+_SAVED_GUESS = "saved guess"
 _ORIGINS = {"PyTorch tutorial": "the PyTorch tutorial layout's architecture",
-            "canonical": "lenet_fast's defaults for its own layout"}
+            "canonical": "lenet_fast's defaults for its own layout",
+            _SAVED_GUESS: "values that were already assumed, not stated, when this file was "
+                          "written by save_npz"}
 _INPUT_SIZES = (32, 28)
 _FLOAT32 = np.dtype(np.float32)  # native float32 (a byte-swapped one is a different dtype object)
 _CONVERSION_CHUNK = 4096        # images converted to float32 at a time
@@ -93,7 +96,25 @@ class ArchitectureWarning(UserWarning):
         self.assumed = dict(assumed or {})
 
 
-def _resolve_architecture(explicit, stored, layout=None):
+def _stored_guess(metadata, explicit):
+    """The options a file's `save_npz` recorded as assumed (``metadata['assumed_architecture']``,
+    a list of option names), with the values stored for them; options the caller states now
+    are no longer a guess."""
+    names = metadata.get("assumed_architecture", [])
+    if not isinstance(names, list) or not all(name in _ALLOWED for name in names):
+        raise _weights.MetadataError(
+            f"metadata['assumed_architecture'] must be a list of option names "
+            f"({', '.join(_ALLOWED)}); got {names!r}")
+    stored = metadata.get("architecture", {})
+    missing = [name for name in names if name not in stored]
+    if missing:
+        raise _weights.MetadataError(
+            f"metadata['assumed_architecture'] names {', '.join(missing)}, which "
+            f"metadata['architecture'] does not hold")
+    return {name: stored[name] for name in names if explicit.get(name) is None}
+
+
+def _resolve_architecture(explicit, stored, layout=None, assumed_values=None):
     """Explicit arguments beat the file's stored architecture, which beats what is assumed for
     the weights' layout (`ASSUMED_ARCHITECTURES`, else the defaults).
 
@@ -103,7 +124,8 @@ def _resolve_architecture(explicit, stored, layout=None):
         Every option's value; the options neither stated, with their assumed values.
     """
     architecture, assumed = {}, {}
-    defaults = ASSUMED_ARCHITECTURES.get(layout, DEFAULT_ARCHITECTURE)
+    defaults = {**ASSUMED_ARCHITECTURES.get(layout, DEFAULT_ARCHITECTURE),
+                **(assumed_values or {})}
     for option, default in defaults.items():
         value = explicit.get(option)
         if value is not None and value not in _ALLOWED[option]:
@@ -126,8 +148,9 @@ def _warn_assumed(assumed, layout, source, stacklevel):
         f"{source + ': ' if source else ''}neither the call nor the weights state "
         f"{', '.join(assumed)}, so lenet_fast assumed {values} ({origin}); if the model was "
         f"trained with anything else, its outputs and labels are wrong. State it: pass the options (e.g. {values}; on the "
-        f"command line {flags}), or save the model with save_npz (LeNet.from_torch(net)"
-        f".save_npz(path), or lenet-fast convert), whose files state it and load with no warning")
+        f"command line {flags}), or write a file that states it (LeNet.from_torch(net)"
+        f".save_npz(path), save_npz of a model loaded with the options stated, or lenet-fast "
+        f"convert), which loads with no warning")
     warnings.warn(ArchitectureWarning(message, assumed), stacklevel=stacklevel + 1)
 
 
@@ -230,7 +253,8 @@ class LeNet:
         self._architecture = architecture
         self._assumed = dict(assumed or {})
         self._dimensions = _weights.infer_dimensions(weights)
-        self._metadata = {key: value for key, value in metadata.items() if key != "architecture"}
+        self._metadata = {key: value for key, value in metadata.items()
+                          if key not in ("architecture", "assumed_architecture")}
         self._preprocessing = _preprocessing.Preprocessing.from_metadata(self._metadata)
         self._classes = _preprocessing.class_names(self._metadata, self._dimensions["n_classes"])
         self.num_threads = num_threads
@@ -448,8 +472,15 @@ class LeNet:
         `metadata` is assumed from the weights' layout and announced (`ArchitectureWarning`,
         pointing at the caller of the public constructor two frames up)."""
         layout = getattr(weights, "layout", None)
+        stored = _stored_architecture(metadata, explicit)
+        recorded_guess = _stored_guess(metadata, explicit)
+        if recorded_guess:
+            # save_npz of a model whose architecture was assumed: the guess stays a guess.
+            layout = _SAVED_GUESS
+            stored = {option: value for option, value in stored.items()
+                      if option not in recorded_guess}
         architecture, assumed = _resolve_architecture(
-            explicit, _stored_architecture(metadata, explicit), layout)
+            explicit, stored, layout, assumed_values=recorded_guess)
         model = cls.__new__(cls)
         model._setup(weights, architecture, num_threads, metadata, assumed=assumed)
         _warn_assumed(assumed, layout, source, stacklevel=3)
@@ -459,10 +490,17 @@ class LeNet:
         """Write the weights and the architecture (and any metadata) to a ``.npz`` file.
 
         The file is deterministic (the same model gives the same bytes) and
-        ``LeNet.from_npz(path)`` restores this model with no further arguments.
+        ``LeNet.from_npz(path)`` restores this model with no further arguments.  Options that
+        were assumed when this model was loaded (`assumed_architecture`) are saved as assumed:
+        loading the file announces them again with an `ArchitectureWarning`, so a guess never
+        becomes a statement by a round trip.
         """
         metadata = dict(self._metadata)
         metadata["architecture"] = dict(self._architecture)
+        if self._assumed:
+            # Options that were assumed at load time are recorded as such, so the file warns
+            # again when loaded instead of turning a guess into a statement.
+            metadata["assumed_architecture"] = sorted(self._assumed)
         _weights.save_npz(path, self._weights, metadata)
 
     def to_onnx(self, path):
@@ -497,7 +535,8 @@ class LeNet:
     def assumed_architecture(self):
         """The options of `architecture` that were assumed because neither the call nor the
         weight file stated them (a dict, empty when everything was stated); loading announced
-        them with an `ArchitectureWarning`.  `save_npz` writes them as stated."""
+        them with an `ArchitectureWarning`.  `save_npz` records them as assumed, so the file
+        announces them again when loaded."""
         return dict(self._assumed)
 
     @property

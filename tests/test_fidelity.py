@@ -453,6 +453,37 @@ def test_assumed_architecture_by_layout():
         assert "assumed" not in str(LeNet.pretrained("mnist").summary())
 
 
+def test_save_npz_keeps_a_guess_a_guess(tmp_path):
+    """A model loaded with an assumed architecture and saved again: the file records which
+    options were assumed, so loading it warns again (with the same values and origin), while
+    the options stated at load time stay stated."""
+    state = build("tutorial").state_dict()
+    with pytest.warns(ArchitectureWarning):
+        guessed = LeNet.from_state_dict(state, pool="max")
+    guessed.save_npz(tmp_path / "guess.npz")
+    with pytest.warns(ArchitectureWarning, match="already assumed, not stated") as caught:
+        again = LeNet.from_npz(tmp_path / "guess.npz")
+    assert len(caught) == 1
+    assert again.architecture == guessed.architecture
+    assert again.assumed_architecture == guessed.assumed_architecture
+    assert "pool" not in again.assumed_architecture
+    # Stating the options now makes the file load silently, and saving that states them.
+    with no_architecture_warning():
+        stated = LeNet.from_npz(tmp_path / "guess.npz", **guessed.assumed_architecture)
+        stated.save_npz(tmp_path / "stated.npz")
+        assert LeNet.from_npz(tmp_path / "stated.npz").assumed_architecture == {}
+
+
+def test_recorded_guess_must_name_stored_options(tmp_path):
+    model = LeNet(build("seed-relu-sigmoid").state_dict())
+    weights = {key: np.asarray(value) for key, value in model.weights.items()}
+    for bad in (["conv_activation", "colour"], "pool", [3]):
+        lenet_fast._weights.save_npz(tmp_path / "bad.npz", weights, {
+            "architecture": model.architecture, "assumed_architecture": bad})
+        with pytest.raises(WeightFileError, match="assumed_architecture"):
+            LeNet.from_npz(tmp_path / "bad.npz")
+
+
 def test_the_readme_users_tutorial_model_gets_pytorchs_labels(trained):
     """The issue's story: np.savez of the tutorial Net's state_dict, then from_npz."""
     net = trained["tutorial+bn"]

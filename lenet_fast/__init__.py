@@ -54,8 +54,14 @@ def show_config(print_out=True):
     dict
         ``isa`` (the level in use), ``usable_isas`` (levels this CPU runs, best first),
         ``built_isas``, ``forced_isa`` (``LENET_FAST_ISA`` or None), ``vector_lanes``,
-        ``openmp``, ``default_num_threads``, ``openmp_max_threads``, ``openmp_wait_policy``,
-        ``gomp_spincount``, ``version``.
+        ``openmp`` (whether the build passed ``-fopenmp``; the kernels' threads do not use it),
+        ``threading`` (what runs the threads), ``spin_microseconds`` (how long an idle pool
+        thread spins before sleeping: ``LENET_FAST_SPIN_US``, read when the first batch runs on
+        several threads, and always in effect since the pool is lenet_fast's own),
+        ``openmp_runtimes_loaded`` (OpenMP runtimes other libraries loaded into this process:
+        their threads may spin on the same cores), ``usable_cpus`` (affinity mask capped by the
+        cgroup CPU quota), ``cgroup_cpu_limit`` (None without a quota),
+        ``default_num_threads``, ``version``.
     """
     import os
 
@@ -68,15 +74,17 @@ def show_config(print_out=True):
         "forced_isa": os.environ.get(_dispatch.ISA_ENVIRONMENT_VARIABLE) or None,
         "vector_lanes": kernels.LANES,
         "openmp": kernels.HAVE_OPENMP,
+        "threading": kernels.THREADING,
+        "spin_microseconds": kernels.pool_spin_us(),
+        "openmp_runtimes_loaded": _dispatch.loaded_openmp_runtimes(),
+        "usable_cpus": _dispatch.usable_cpus(),
+        "cgroup_cpu_limit": _dispatch.cgroup_cpu_limit(),
         "default_num_threads": _dispatch.default_num_threads(),
-        "openmp_max_threads": kernels.max_threads(),
-        "openmp_wait_policy": _dispatch.openmp_wait["OMP_WAIT_POLICY"],
-        "gomp_spincount": _dispatch.openmp_wait["GOMP_SPINCOUNT"],
     }
     if print_out:
         width = max(map(len, config))
         for key, value in config.items():
             if isinstance(value, tuple):
-                value = ", ".join(value)
+                value = ", ".join(value) or "none"
             print(f"{key.ljust(width)}  {value}")
     return config

@@ -121,33 +121,105 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_note_fork)
 
 
+def _read_first_line(path):
+    try:
+        with open(path, encoding="ascii", errors="replace") as file:
+            return file.readline().strip()
+    except OSError:
+        return None
+
+
+def _quota_cpus(quota, period):
+    """CPUs granted by a CFS bandwidth quota (microseconds per period), rounded up; None when
+    unlimited or unreadable."""
+    try:
+        quota, period = int(quota), int(period)
+    except (TypeError, ValueError):
+        return None
+    if quota <= 0 or period <= 0:
+        return None   # "max" (v2) or -1 (v1): no limit
+    return max(1, -(-quota // period))
+
+
+def _cgroup_folders(root, relative):
+    """`root`/`relative` and its ancestors up to `root` (a limit set on any of them applies)."""
+    parts = [part for part in relative.split("/") if part and part not in (".", "..")]
+    return [os.path.join(root, *parts[:depth]) for depth in range(len(parts), -1, -1)]
+
+
+def cgroup_cpu_limit(root="/sys/fs/cgroup", self_cgroup="/proc/self/cgroup"):
+    """CPUs this process's cgroup CPU quota allows (rounded up), or None without a quota.
+
+    Reads cgroup v2 ``cpu.max`` ("max 100000" or "150000 100000") and cgroup v1
+    ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``, in the process's own cgroup (from
+    ``self_cgroup``) and every ancestor, and returns the smallest limit found, as loky (which
+    scikit-learn uses) does.  ``root`` and ``self_cgroup`` exist for tests.
+    """
+    v2_path, v1_path = "/", None
+    try:
+        with open(self_cgroup, encoding="ascii", errors="replace") as file:
+            entries = file.read().splitlines()
+    except OSError:
+        entries = []
+    for entry in entries:   # "hierarchy-id:controllers:path"
+        hierarchy, _, rest = entry.strip().partition(":")
+        controllers, _, path = rest.partition(":")
+        if hierarchy == "0" and controllers == "":
+            v2_path = path
+        elif "cpu" in controllers.split(","):
+            v1_path = (controllers, path)
+    limits = []
+    for folder in _cgroup_folders(root, v2_path):
+        cpu_max = _read_first_line(os.path.join(folder, "cpu.max"))
+        if cpu_max:
+            limits.append(_quota_cpus(*(cpu_max.split() + [None, None])[:2]))
+    v1_roots = [os.path.join(root, "cpu"), os.path.join(root, "cpu,cpuacct")]
+    if v1_path is not None:
+        v1_roots.insert(0, os.path.join(root, v1_path[0]))
+    for v1_root in dict.fromkeys(v1_roots):
+        for folder in _cgroup_folders(v1_root, v1_path[1] if v1_path else "/"):
+            limits.append(_quota_cpus(_read_first_line(os.path.join(folder, "cpu.cfs_quota_us")),
+                                      _read_first_line(os.path.join(folder, "cpu.cfs_period_us"))))
+    limits = [limit for limit in limits if limit is not None]
+    return min(limits) if limits else None
+
+
+def usable_cpus():
+    """CPUs this process can actually use: its affinity mask (``os.sched_getaffinity``, else
+    ``os.cpu_count()``), capped by its cgroup CPU quota (`cgroup_cpu_limit`)."""
+    if hasattr(os, "sched_getaffinity"):
+        cpus = len(os.sched_getaffinity(0))
+    else:
+        cpus = os.cpu_count() or 1
+    quota = cgroup_cpu_limit()
+    if quota is not None:
+        cpus = min(cpus, quota)
+    return max(1, cpus)
+
+
 def default_num_threads():
-    """Threads a model uses by default: ``OMP_NUM_THREADS`` when set, else the CPUs this process
-    may run on (its affinity mask), else ``os.cpu_count()``."""
+    """Threads a model uses by default: ``OMP_NUM_THREADS`` when set (the convention of the
+    numerical Python stack), else `usable_cpus` (affinity mask and cgroup CPU quota)."""
     requested = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
     if requested.isdigit() and int(requested) > 0:
         return int(requested)
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
+    return usable_cpus()
 
 
-# GNU OpenMP reads its wait policy once, when it is loaded (with the first kernel module, unless
-# another library loaded it earlier).  Its default keeps idle threads spinning for milliseconds
-# after each parallel region, stealing a core from the calling thread and from other programs;
-# fully passive waiting makes every call pay a thread wake-up (measured: 2 threads on a batch of
-# 64 only 1.2-1.6x one thread).  A short spin (about 0.3 ms here) keeps back-to-back calls at
-# 1.9-2x and costs ~1 ms of CPU after the last call.  A user's own setting wins.
-# The variable is removed again once the kernels (and with them libgomp) are loaded, so that it
-# does not leak into subprocesses or other OpenMP runtimes loaded later.
-_SPIN_COUNT = "10000"
-_set_spin_count = "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ
-if _set_spin_count:
-    os.environ["GOMP_SPINCOUNT"] = _SPIN_COUNT
-try:
-    kernels = _select_kernels()
-finally:
-    if _set_spin_count:
-        del os.environ["GOMP_SPINCOUNT"]
-openmp_wait = {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
-               "GOMP_SPINCOUNT": _SPIN_COUNT if _set_spin_count else os.environ.get("GOMP_SPINCOUNT")}
+kernels = _select_kernels()
+
+
+_OPENMP_RUNTIMES = ("libgomp", "libiomp5", "libomp")
+
+
+def loaded_openmp_runtimes():
+    """File names of the OpenMP runtimes loaded in this process (from ``/proc/self/maps``; an
+    empty tuple where that file does not exist).  lenet_fast's kernels do not use OpenMP, but
+    another library's OpenMP threads may spin on the cores they need."""
+    try:
+        with open("/proc/self/maps", encoding="ascii", errors="replace") as maps:
+            paths = {line.split()[-1] for line in maps if "/" in line}
+    except OSError:
+        return ()
+    return tuple(sorted(os.path.basename(path) for path in paths
+                        if os.path.basename(path).startswith(_OPENMP_RUNTIMES)))

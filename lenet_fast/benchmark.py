@@ -653,7 +653,8 @@ def machine_description(fma_peak_gflops, threads=DEFAULT_THREADS):
     return [
         f"CPU: {cpu_model()} ({os.cpu_count()} logical CPUs, {platform.platform()})",
         f"lenet_fast {config['version']}: ISA level {config['isa']} "
-        f"({config['vector_lanes']} lanes, OpenMP {config['openmp']})",
+        f"({config['vector_lanes']} lanes; threads: lenet_fast pool, spin "
+        f"{config['spin_microseconds']} µs)",
         f"FMA peak of one core at {config['isa']}: {fma_peak_gflops:.1f} GFLOP/s "
         f"(best of 5 × 0.2 s); {max(threads)} threads at once: "
         f"{measure_concurrent_fma_peak(max(threads)):.1f} GFLOP/s in total",

@@ -741,7 +741,7 @@ def _command_info(args):
         if key not in ("preprocessing", "classes", "provenance"):
             rows.append((f"metadata.{key}", str(value)))
     rows += [("ISA", f"{config['isa']} (usable: {', '.join(config['usable_isas'])})"),
-             ("threads", f"{model.num_threads} (OpenMP: {'yes' if config['openmp'] else 'no'})")]
+             ("threads", f"{model.num_threads} (usable CPUs: {config['usable_cpus']})")]
     rows = [(printable(name), printable(value)) for name, value in rows]
     width = max(len(name) for name, _ in rows)
     for name, value in rows:

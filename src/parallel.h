@@ -1,22 +1,20 @@
 /*
- * parallel.h -- OpenMP when the build has it, a serial stand-in when it does not, and the one
- * atomic operation the kernels need.  Kernels include this instead of <omp.h> so that a compiler
- * without OpenMP (e.g. Apple clang) still builds them; `prange` then runs serially.
+ * parallel.h -- the kernels' threading: a small pthread pool with an atomic work counter (below),
+ * per-thread workspaces and the atomics the kernels need.  It does not use OpenMP (see the pool's
+ * comment for why); LENET_HAVE_OPENMP only reports whether the build passed -fopenmp.
  */
 #ifndef LENET_PARALLEL_H
 #define LENET_PARALLEL_H
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdlib.h>
 
 #ifdef _OPENMP
-#include <omp.h>
 #define LENET_HAVE_OPENMP 1
 #else
 #define LENET_HAVE_OPENMP 0
-static inline int omp_get_max_threads(void) { return 1; }
-static inline int omp_get_thread_num(void) { return 0; }
 #endif
 
 /* *target = min(*target, value), atomically (the first bad image index found by any thread). */
@@ -68,6 +66,223 @@ static inline float *lenet_thread_workspace(size_t floats) {
         workspace->floats = workspace->data == NULL ? 0 : floats;
     }
     return workspace->data;
+}
+
+
+/* ---------------------------------------------------------------------------------------------
+ * The thread pool.  Why not an OpenMP parallel region: a region ends in a barrier that every
+ * thread of the team must reach, so one helper that lost its core (a busy neighbour, an
+ * oversubscribed container) holds the caller until the scheduler gives that core back --
+ * milliseconds, against a batch of 64 that takes 0.5 ms.  Here:
+ *
+ *   - the caller posts a job and works on it itself;
+ *   - helpers join when they wake up and take items from the job's atomic counter (the job
+ *     decides what an item is); a helper that arrives after the last item was taken leaves;
+ *   - the caller waits only for helpers that are inside the job (holding a started item), never
+ *     for a helper that has not shown up: nobody waits on a descheduled thread's unstarted work;
+ *   - idle helpers spin for a bounded time (lenet_pool_spin_ns) and then sleep on a condition
+ *     variable, so they neither steal a core for long nor pay a wake-up between close calls.
+ *
+ * One job at a time: a second caller (another Python thread) that finds the pool busy runs its
+ * job alone, which is what a machine already kept busy by two callers wants anyway.  Helpers are
+ * started on demand, block every signal (Python handles signals in the main thread) and live
+ * until the process exits; a fork()ed child starts with an empty pool.
+ * ------------------------------------------------------------------------------------------- */
+
+#include <errno.h>
+#include <signal.h>
+#include <time.h>
+#include <unistd.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define LENET_CPU_RELAX() _mm_pause()
+#elif defined(__aarch64__)
+#define LENET_CPU_RELAX() __asm__ __volatile__("yield" ::: "memory")
+#else
+#define LENET_CPU_RELAX() __asm__ __volatile__("" ::: "memory")
+#endif
+
+#define LENET_POOL_MAX_HELPERS 1023
+#define LENET_POOL_DEFAULT_SPIN_US 200
+
+typedef void (*lenet_participant_fn)(void *context);
+
+typedef struct {
+    pthread_mutex_t caller_lock;    /* held by the caller running a job */
+    pthread_mutex_t sleep_lock;
+    pthread_cond_t wake;
+    int n_helpers;                  /* started (only the caller holding caller_lock changes it) */
+    /* The current job: written by the caller before it bumps `generation`. */
+    uint64_t generation;            /* atomic: incremented when a job is posted */
+    uint64_t closed_generation;     /* atomic: == generation once the job admits no helper */
+    lenet_participant_fn participant;
+    void *context;
+    int helpers_wanted;
+    int helpers_joined;             /* atomic */
+    int active;                     /* atomic: helpers inside the current job */
+    int sleepers;                   /* atomic: helpers asleep (or about to be) on `wake` */
+    int64_t spin_ns;                /* how long an idle helper spins before sleeping */
+} lenet_pool_t;
+
+static lenet_pool_t lenet_pool = {
+    PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,
+    0, 0, 0, NULL, NULL, 0, 0, 0, 0, (int64_t)LENET_POOL_DEFAULT_SPIN_US * 1000};
+static pthread_once_t lenet_pool_once = PTHREAD_ONCE_INIT;
+
+static inline int64_t lenet_now_ns(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
+}
+
+static void lenet_pool_after_fork_in_child(void) {
+    /* The helpers did not survive fork(); the locks may have been held by them. */
+    pthread_mutex_init(&lenet_pool.caller_lock, NULL);
+    pthread_mutex_init(&lenet_pool.sleep_lock, NULL);
+    pthread_cond_init(&lenet_pool.wake, NULL);
+    lenet_pool.n_helpers = 0;
+    lenet_pool.active = 0;
+    lenet_pool.sleepers = 0;
+    lenet_pool.closed_generation = lenet_pool.generation;
+}
+
+static void lenet_pool_init(void) {
+    const char *spin = getenv("LENET_FAST_SPIN_US");
+    if (spin != NULL && *spin != '\0') {
+        char *end;
+        long value = strtol(spin, &end, 10);
+        if (*end == '\0' && value >= 0 && value <= 1000000)
+            lenet_pool.spin_ns = (int64_t)value * 1000;
+    }
+    pthread_atfork(NULL, NULL, lenet_pool_after_fork_in_child);
+}
+
+/* Microseconds an idle helper spins before it sleeps (LENET_FAST_SPIN_US, read once). */
+static inline long lenet_pool_spin_us(void) {
+    pthread_once(&lenet_pool_once, lenet_pool_init);
+    return (long)(lenet_pool.spin_ns / 1000);
+}
+
+static uint64_t lenet_pool_wait_for_job(uint64_t seen) {
+    uint64_t generation;
+    int64_t deadline = lenet_now_ns() + lenet_pool.spin_ns;
+    int spins = 0;
+    for (;;) {
+        generation = __atomic_load_n(&lenet_pool.generation, __ATOMIC_ACQUIRE);
+        if (generation != seen)
+            return generation;
+        LENET_CPU_RELAX();
+        if (++spins % 64 == 0 && lenet_now_ns() >= deadline)
+            break;
+    }
+    pthread_mutex_lock(&lenet_pool.sleep_lock);
+    __atomic_add_fetch(&lenet_pool.sleepers, 1, __ATOMIC_SEQ_CST);
+    while ((generation = __atomic_load_n(&lenet_pool.generation, __ATOMIC_SEQ_CST)) == seen)
+        pthread_cond_wait(&lenet_pool.wake, &lenet_pool.sleep_lock);
+    __atomic_sub_fetch(&lenet_pool.sleepers, 1, __ATOMIC_SEQ_CST);
+    pthread_mutex_unlock(&lenet_pool.sleep_lock);
+    return generation;
+}
+
+static void *lenet_pool_helper(void *start_generation) {
+    uint64_t seen = (uint64_t)(uintptr_t)start_generation;
+    for (;;) {
+        uint64_t generation = lenet_pool_wait_for_job(seen);
+        seen = generation;
+        /* Announce ourselves before looking at the job: the caller closes the job before it
+         * waits for `active` to drop to 0, so either it sees us or we see the job closed. */
+        __atomic_add_fetch(&lenet_pool.active, 1, __ATOMIC_SEQ_CST);
+        if (__atomic_load_n(&lenet_pool.closed_generation, __ATOMIC_SEQ_CST) != generation - 1 ||
+            __atomic_load_n(&lenet_pool.generation, __ATOMIC_SEQ_CST) != generation ||
+            __atomic_fetch_add(&lenet_pool.helpers_joined, 1, __ATOMIC_RELAXED) >=
+                lenet_pool.helpers_wanted) {
+            __atomic_sub_fetch(&lenet_pool.active, 1, __ATOMIC_SEQ_CST);
+            continue;
+        }
+        lenet_pool.participant(lenet_pool.context);
+        __atomic_sub_fetch(&lenet_pool.active, 1, __ATOMIC_RELEASE);
+    }
+    return NULL;
+}
+
+/* Start helpers until there are `wanted` (or as many as the system allows); the caller holds
+ * caller_lock.  New helpers wait for the job after the current generation. */
+static void lenet_pool_grow(int wanted) {
+    sigset_t all, previous;
+    pthread_attr_t attributes;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &previous);
+    pthread_attr_init(&attributes);
+    pthread_attr_setdetachstate(&attributes, PTHREAD_CREATE_DETACHED);
+    while (lenet_pool.n_helpers < wanted) {
+        pthread_t thread;
+        void *start = (void *)(uintptr_t)__atomic_load_n(&lenet_pool.generation, __ATOMIC_RELAXED);
+        if (pthread_create(&thread, &attributes, lenet_pool_helper, start) != 0)
+            break;
+        lenet_pool.n_helpers++;
+    }
+    pthread_attr_destroy(&attributes);
+    pthread_sigmask(SIG_SETMASK, &previous, NULL);
+}
+
+/* Post a job: up to `helpers` pool threads call helper(context) as they wake up, while the
+ * caller does its own share; then the caller calls lenet_pool_finish with what this returned.
+ * Returns 0 (nothing posted: no helpers wanted, or another caller has the pool -- the caller
+ * then does all the work itself) or the job's generation. */
+static uint64_t lenet_pool_post(lenet_participant_fn helper, void *context, int helpers) {
+    uint64_t generation;
+    pthread_once(&lenet_pool_once, lenet_pool_init);
+    if (helpers > LENET_POOL_MAX_HELPERS)
+        helpers = LENET_POOL_MAX_HELPERS;
+    if (helpers <= 0 || pthread_mutex_trylock(&lenet_pool.caller_lock) != 0)
+        return 0;
+    lenet_pool_grow(helpers);
+    lenet_pool.participant = helper;
+    lenet_pool.context = context;
+    lenet_pool.helpers_wanted = helpers;
+    __atomic_store_n(&lenet_pool.helpers_joined, 0, __ATOMIC_RELAXED);
+    generation = __atomic_add_fetch(&lenet_pool.generation, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&lenet_pool.sleepers, __ATOMIC_SEQ_CST) > 0) {
+        pthread_mutex_lock(&lenet_pool.sleep_lock);
+        pthread_cond_broadcast(&lenet_pool.wake);
+        pthread_mutex_unlock(&lenet_pool.sleep_lock);
+    }
+    return generation;
+}
+
+/* Close the job (no helper joins it any more) and wait for the helpers inside it, who hold a
+ * started item or are about to find none left; never for one that has not shown up. */
+static void lenet_pool_finish(uint64_t generation) {
+    int waits = 0;
+    if (generation == 0)
+        return;
+    __atomic_store_n(&lenet_pool.closed_generation, generation, __ATOMIC_SEQ_CST);
+    while (__atomic_load_n(&lenet_pool.active, __ATOMIC_SEQ_CST) != 0) {
+        if (++waits < 4096)
+            LENET_CPU_RELAX();
+        else
+            sched_yield();   /* the helper may be waiting for this very core */
+    }
+    pthread_mutex_unlock(&lenet_pool.caller_lock);
+}
+
+/* The claim word of a job: unclaimed items [lo, hi) as lo | hi << 32. */
+static inline uint64_t lenet_atomic_load_u64(const uint64_t *word) {
+    return __atomic_load_n(word, __ATOMIC_ACQUIRE);
+}
+
+static inline int lenet_atomic_cas_u64(uint64_t *word, uint64_t *expected, uint64_t desired) {
+    return __atomic_compare_exchange_n(word, expected, desired, 0, __ATOMIC_ACQ_REL,
+                                       __ATOMIC_ACQUIRE);
+}
+
+static inline int lenet_atomic_increment(int *counter) {
+    return __atomic_fetch_add(counter, 1, __ATOMIC_ACQ_REL);
+}
+
+static inline int lenet_atomic_load_int(const int *counter) {
+    return __atomic_load_n(counter, __ATOMIC_ACQUIRE);
 }
 
 #endif /* LENET_PARALLEL_H */

@@ -103,24 +103,6 @@ def _select_kernels():
     return load_kernels(usable[0])
 
 
-_forked_child = False
-
-
-def _note_fork():
-    global _forked_child
-    _forked_child = True
-
-
-def in_forked_child():
-    """True in a process made by ``fork()`` after lenet_fast was imported: kernels then run on one
-    thread, because GNU OpenMP cannot start threads in a child whose parent already used them."""
-    return _forked_child
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_note_fork)
-
-
 def _read_first_line(path):
     try:
         with open(path, encoding="ascii", errors="replace") as file:

@@ -46,7 +46,7 @@ _INPUT_SIZES = (32, 28)
 _FLOAT32 = np.dtype(np.float32)  # native float32 (a byte-swapped one is a different dtype object)
 _CONVERSION_CHUNK = 4096        # images converted to float32 at a time
 _CHUNK_PER_THREAD = 512         # at most this many images per thread per kernel call (Ctrl-C)
-_IMAGES_PER_THREAD = 32         # below this many images per thread, fewer threads are used
+_IMAGES_PER_THREAD = 4          # a batch of n uses at most n // 4 threads (see kernels.pxi.tp)
 MAX_THREADS = 256               # a larger num_threads is refused (ValueError), never clipped
 _OVERLAP_WORK = 1 << 16         # effort np.shares_memory may spend deciding whether out overlaps x
 
@@ -721,8 +721,6 @@ class LeNet:
             return
         threads = self._num_threads if num_threads is None else _check_num_threads(num_threads)
         threads = max(1, min(threads, n // _IMAGES_PER_THREAD))
-        if _dispatch.in_forked_child():
-            threads = 1
         _ensure_threads_can_start(threads)
         flags = images.flags
         ready = images.dtype is _FLOAT32 and flags.c_contiguous and flags.aligned

@@ -104,7 +104,7 @@ static inline float *lenet_thread_workspace(size_t floats) {
 #endif
 
 #define LENET_POOL_MAX_HELPERS 1023
-#define LENET_POOL_DEFAULT_SPIN_US 200
+#define LENET_POOL_DEFAULT_SPIN_US 50
 
 typedef void (*lenet_participant_fn)(void *context);
 
@@ -123,11 +123,15 @@ typedef struct {
     int active;                     /* atomic: helpers inside the current job */
     int sleepers;                   /* atomic: helpers asleep (or about to be) on `wake` */
     int64_t spin_ns;                /* how long an idle helper spins before sleeping */
+    int64_t posted_ns;              /* when the current job was posted */
+    int64_t backoff_until_ns;       /* atomic: jobs posted before this run on their caller alone */
+    int strikes;                    /* atomic: consecutive jobs where helpers cost more than they gave */
+    int64_t jobs_posted, jobs_alone, jobs_struck;   /* atomic counters, for show_config */
 } lenet_pool_t;
 
 static lenet_pool_t lenet_pool = {
-    PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,
-    0, 0, 0, NULL, NULL, 0, 0, 0, 0, (int64_t)LENET_POOL_DEFAULT_SPIN_US * 1000};
+    .caller_lock = PTHREAD_MUTEX_INITIALIZER, .sleep_lock = PTHREAD_MUTEX_INITIALIZER,
+    .wake = PTHREAD_COND_INITIALIZER, .spin_ns = (int64_t)LENET_POOL_DEFAULT_SPIN_US * 1000};
 static pthread_once_t lenet_pool_once = PTHREAD_ONCE_INIT;
 
 static inline int64_t lenet_now_ns(void) {
@@ -156,6 +160,11 @@ static void lenet_pool_init(void) {
             lenet_pool.spin_ns = (int64_t)value * 1000;
     }
     pthread_atfork(NULL, NULL, lenet_pool_after_fork_in_child);
+}
+
+static inline int64_t lenet_pool_counter(int which) {
+    int64_t *counters[3] = {&lenet_pool.jobs_posted, &lenet_pool.jobs_alone, &lenet_pool.jobs_struck};
+    return __atomic_load_n(counters[which], __ATOMIC_RELAXED);
 }
 
 /* Microseconds an idle helper spins before it sleeps (LENET_FAST_SPIN_US, read once). */
@@ -226,17 +235,34 @@ static void lenet_pool_grow(int wanted) {
     pthread_sigmask(SIG_SETMASK, &previous, NULL);
 }
 
+/* Adaptive back-off: a job where the caller, after its own share, waited for helpers longer
+ * than that share took was slower than the caller alone would have been (a helper lost its
+ * core while holding an item).  After such a job, jobs run on their caller alone for 2^strikes
+ * times that job's duration (at most LENET_POOL_MAX_BACKOFF_NS); then helpers are tried again,
+ * and one good job clears the strikes.  On a quiet machine helpers hold the caller for a
+ * fraction of an item, so this never triggers. */
+#define LENET_POOL_MAX_BACKOFF_SHIFT 10
+#define LENET_POOL_MAX_BACKOFF_NS 50000000
+
 /* Post a job: up to `helpers` pool threads call helper(context) as they wake up, while the
  * caller does its own share; then the caller calls lenet_pool_finish with what this returned.
- * Returns 0 (nothing posted: no helpers wanted, or another caller has the pool -- the caller
- * then does all the work itself) or the job's generation. */
+ * Returns 0 (nothing posted: no helpers wanted, helpers backed off, or another caller has the
+ * pool -- the caller then does all the work itself) or the job's generation. */
 static uint64_t lenet_pool_post(lenet_participant_fn helper, void *context, int helpers) {
     uint64_t generation;
     pthread_once(&lenet_pool_once, lenet_pool_init);
     if (helpers > LENET_POOL_MAX_HELPERS)
         helpers = LENET_POOL_MAX_HELPERS;
-    if (helpers <= 0 || pthread_mutex_trylock(&lenet_pool.caller_lock) != 0)
+    if (helpers <= 0)
         return 0;
+    if (__atomic_load_n(&lenet_pool.backoff_until_ns, __ATOMIC_RELAXED) > lenet_now_ns()) {
+        __atomic_add_fetch(&lenet_pool.jobs_alone, 1, __ATOMIC_RELAXED);
+        return 0;
+    }
+    if (pthread_mutex_trylock(&lenet_pool.caller_lock) != 0)
+        return 0;
+    lenet_pool.posted_ns = lenet_now_ns();
+    __atomic_add_fetch(&lenet_pool.jobs_posted, 1, __ATOMIC_RELAXED);
     lenet_pool_grow(helpers);
     lenet_pool.participant = helper;
     lenet_pool.context = context;
@@ -255,14 +281,28 @@ static uint64_t lenet_pool_post(lenet_participant_fn helper, void *context, int 
  * started item or are about to find none left; never for one that has not shown up. */
 static void lenet_pool_finish(uint64_t generation) {
     int waits = 0;
+    int64_t share_done_ns, done_ns;
     if (generation == 0)
         return;
+    share_done_ns = lenet_now_ns();
     __atomic_store_n(&lenet_pool.closed_generation, generation, __ATOMIC_SEQ_CST);
     while (__atomic_load_n(&lenet_pool.active, __ATOMIC_SEQ_CST) != 0) {
         if (++waits < 4096)
             LENET_CPU_RELAX();
         else
             sched_yield();   /* the helper may be waiting for this very core */
+    }
+    done_ns = lenet_now_ns();
+    if (done_ns - share_done_ns > share_done_ns - lenet_pool.posted_ns) {
+        int strikes = __atomic_add_fetch(&lenet_pool.strikes, 1, __ATOMIC_RELAXED);
+        __atomic_add_fetch(&lenet_pool.jobs_struck, 1, __ATOMIC_RELAXED);
+        int shift = strikes < LENET_POOL_MAX_BACKOFF_SHIFT ? strikes : LENET_POOL_MAX_BACKOFF_SHIFT;
+        int64_t pause = (done_ns - lenet_pool.posted_ns) << shift;
+        if (pause > LENET_POOL_MAX_BACKOFF_NS)
+            pause = LENET_POOL_MAX_BACKOFF_NS;
+        __atomic_store_n(&lenet_pool.backoff_until_ns, done_ns + pause, __ATOMIC_RELAXED);
+    } else {
+        __atomic_store_n(&lenet_pool.strikes, 0, __ATOMIC_RELAXED);
     }
     pthread_mutex_unlock(&lenet_pool.caller_lock);
 }

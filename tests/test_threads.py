@@ -128,11 +128,11 @@ def test_spin_setting_is_reported_and_always_in_effect():
         import lenet_fast
         print(lenet_fast.show_config(False)["spin_microseconds"])
     """, LENET_FAST_SPIN_US="35") == ["35"]
-    # Invalid values keep the default (200 us).
+    # Invalid values keep the default (50 us).
     assert run_python("""
         import lenet_fast
         print(lenet_fast.show_config(False)["spin_microseconds"])
-    """, LENET_FAST_SPIN_US="lots") == ["200"]
+    """, LENET_FAST_SPIN_US="lots") == ["50"]
 
 
 # ---------------------------------------------------------------------------------------------

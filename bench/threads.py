@@ -86,10 +86,12 @@ def format_scaling_table(rows, threads):
     return "\n".join(lines)
 
 
-def cores_available(threads, fma_peak):
-    """FMA throughput of `threads` threads at once, in cores' worth: below `threads` when the
-    machine is busy (shared VMs, other processes), which no threading scheme can beat."""
-    return benchmark.measure_concurrent_fma_peak(threads) / fma_peak
+def cores_available(threads):
+    """FMA throughput of `threads` threads at once over that of one thread measured just before:
+    below `threads` when the machine is busy (shared VMs, other processes), a limit no
+    threading scheme can beat."""
+    one = benchmark.measure_concurrent_fma_peak(1)
+    return benchmark.measure_concurrent_fma_peak(threads) / one
 
 
 def measure(mode, batches, threads, repeats, fma_peak):
@@ -98,7 +100,7 @@ def measure(mode, batches, threads, repeats, fma_peak):
     if mode == "busy":
         cpu = max(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
         with busy_neighbour(cpu):
-            available = {count: cores_available(count, fma_peak) for count in threads[1:]}
+            available = {count: cores_available(count) for count in threads[1:]}
             rows = benchmark.run_report(batches, threads, repeats,
                                         engines=("lenet_fast", "onnxruntime"),
                                         fma_peak_gflops=fma_peak)
@@ -106,7 +108,7 @@ def measure(mode, batches, threads, repeats, fma_peak):
     else:
         rows = benchmark.run_report(batches, threads, repeats,
                                     engines=("lenet_fast", "onnxruntime"), fma_peak_gflops=fma_peak)
-        available = {count: cores_available(count, fma_peak) for count in threads[1:]}
+        available = {count: cores_available(count) for count in threads[1:]}
         title = "quiet: no neighbour started by the benchmark"
     one_image = [row for row in rows if row["engine"] == "lenet_fast" and row["batch"] == 1
                  and row["threads"] == 1]
@@ -115,8 +117,9 @@ def measure(mode, batches, threads, repeats, fma_peak):
           f"median of {repeats} measurements; thousands of images/s, lenet_fast / ONNX Runtime "
           f"(ratio)")
     if available:
-        print("cores' worth of FMA throughput available to this process: " + ", ".join(
-            f"{count} threads {value:.2f}" for count, value in available.items()))
+        print("FMA throughput of N threads at once / one thread (the cores this process really "
+              "gets): " + ", ".join(f"{count} threads {value:.2f}x" for count, value in
+                                    available.items()))
     if one_image:
         print(f"lenet_fast batch 1 on one thread: {one_image[0]['us_per_call']:.1f} µs per call")
     print()

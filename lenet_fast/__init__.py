@@ -60,7 +60,9 @@ def show_config(print_out=True):
         several threads, and always in effect since the pool is lenet_fast's own),
         ``openmp_runtimes_loaded`` (OpenMP runtimes other libraries loaded into this process:
         their threads may spin on the same cores), ``usable_cpus`` (affinity mask capped by the
-        cgroup CPU quota), ``cgroup_cpu_limit`` (None without a quota),
+        cgroup CPU quota), ``cgroup_cpu_limit`` (None without a quota), ``pool_jobs`` (jobs run
+        with helpers, jobs run on the caller alone while the pool backed off, jobs after which it
+        backed off: helpers that lose their core make the pool back off),
         ``default_num_threads``, ``version``.
     """
     import os
@@ -76,6 +78,7 @@ def show_config(print_out=True):
         "openmp": kernels.HAVE_OPENMP,
         "threading": kernels.THREADING,
         "spin_microseconds": kernels.pool_spin_us(),
+        "pool_jobs": kernels.pool_statistics(),
         "openmp_runtimes_loaded": _dispatch.loaded_openmp_runtimes(),
         "usable_cpus": _dispatch.usable_cpus(),
         "cgroup_cpu_limit": _dispatch.cgroup_cpu_limit(),

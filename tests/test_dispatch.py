@@ -56,7 +56,7 @@ def test_show_config_reports_the_level_in_use(capsys):
     config = lenet_fast.show_config(False)
     assert capsys.readouterr().out == ""
     assert {"version", "isa", "usable_isas", "built_isas", "forced_isa", "vector_lanes", "openmp",
-            "threading", "spin_microseconds", "openmp_runtimes_loaded", "usable_cpus",
+            "threading", "spin_microseconds", "pool_jobs", "openmp_runtimes_loaded", "usable_cpus",
             "cgroup_cpu_limit", "default_num_threads"} <= set(config)
     assert config["version"] == lenet_fast.__version__
     assert config["isa"] == _dispatch.kernels.ISA == LeNet(make_random_weights()).isa

@@ -178,3 +178,16 @@ def test_first_non_finite_image_is_found_at_any_thread_count():
     scores = np.empty((120, 10), np.float32)
     for threads in (1, 2, 5, 16):
         assert model._engine.forward(x, scores, threads, True) == 37
+
+
+def test_pool_statistics_count_every_multithreaded_job():
+    model = LeNet(make_random_weights())
+    x = np.random.default_rng(3).normal(size=(64, 1, 32, 32)).astype(np.float32)
+    scores = np.empty((64, 10), np.float32)
+    before = lenet_fast.show_config(False)["pool_jobs"]
+    for _ in range(5):
+        model._engine.forward(x, scores, 2, True)
+    model._engine.forward(x, scores, 1, True)    # one thread: no job for the pool
+    after = lenet_fast.show_config(False)["pool_jobs"]
+    assert (after["posted"] + after["backed_off"]) - (before["posted"] + before["backed_off"]) == 5
+    assert 0 <= after["struck"] - before["struck"] <= after["posted"] - before["posted"]

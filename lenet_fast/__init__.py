@@ -42,7 +42,7 @@ __all__ = ["ArchitectureWarning", "LeNet", "LayerSummary", "MAX_THREADS", "Model
 
 
 def show_config(print_out=True):
-    """Report the kernel level chosen at import, OpenMP, and thread defaults.
+    """Report the kernel level chosen at import, the threading in effect, and thread defaults.
 
     Parameters
     ----------

@@ -76,12 +76,15 @@ static inline float *lenet_thread_workspace(size_t floats) {
  * milliseconds, against a batch of 64 that takes 0.5 ms.  Here:
  *
  *   - the caller posts a job and works on it itself;
- *   - helpers join when they wake up and take items from the job's atomic counter (the job
- *     decides what an item is); a helper that arrives after the last item was taken leaves;
+ *   - helpers join when they wake up and claim work from the job's atomic claim word (the job
+ *     decides what a piece of work is); a helper that arrives after the last piece went leaves;
  *   - the caller waits only for helpers that are inside the job (holding a started item), never
  *     for a helper that has not shown up: nobody waits on a descheduled thread's unstarted work;
- *   - idle helpers spin for a bounded time (lenet_pool_spin_ns) and then sleep on a condition
- *     variable, so they neither steal a core for long nor pay a wake-up between close calls.
+ *   - idle helpers spin for a bounded time (spin_ns, LENET_FAST_SPIN_US) and then sleep on a
+ *     condition variable, so they neither steal a core for long nor pay a wake-up between close
+ *     calls;
+ *   - helpers that cost the caller more than they gave make the pool back off for a while
+ *     (see lenet_pool_post).
  *
  * One job at a time: a second caller (another Python thread) that finds the pool busy runs its
  * job alone, which is what a machine already kept busy by two callers wants anyway.  Helpers are
@@ -89,10 +92,8 @@ static inline float *lenet_thread_workspace(size_t floats) {
  * until the process exits; a fork()ed child starts with an empty pool.
  * ------------------------------------------------------------------------------------------- */
 
-#include <errno.h>
 #include <signal.h>
 #include <time.h>
-#include <unistd.h>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>

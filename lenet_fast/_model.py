@@ -172,10 +172,11 @@ _threads_known_to_start = 1
 def _ensure_threads_can_start(count):
     """Raise OSError if this process cannot start `count` - 1 more threads right now.
 
-    GNU OpenMP ends the whole process ("Thread creation failed") when it cannot start a thread,
-    with no exception and no ``finally``.  So before the kernels first use `count` threads, as
-    many are started (and joined) here, where a failure is an exception the caller can handle.
-    OpenMP keeps its threads between calls, so each larger count is probed only once.
+    The kernels' thread pool would quietly run on fewer threads than asked for (GNU OpenMP,
+    which the kernels used before, ended the whole process).  So before the kernels first use
+    `count` threads, as many are started (and joined) here, and a process that cannot start
+    them gets an exception it can handle.  The pool keeps its threads between calls, so each
+    larger count is probed only once.
     """
     global _threads_known_to_start
     if count <= _threads_known_to_start:

@@ -39,6 +39,8 @@ from ._model import ArchitectureWarning, LeNet
 from .reference import ACTIVATIONS, OUTPUT_ACTIVATIONS, POOLS
 
 CHUNK_IMAGES = 4096                 # images per chunk read, predicted and written
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")   # model files read with LeNet.from_keras
+_TORCH_SUFFIXES = (".pt", ".pth")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 IMAGE_SIZES = ((28, 28), (32, 32))
 PLOT_SUFFIXES = (".png", ".pdf", ".svg")
@@ -46,6 +48,8 @@ MAX_PLOTTED_MISTAKES = 24
 _DEMO_EXAMPLES = 8
 _DEMO_MIN_SECONDS = 0.5
 _PROGRAM = "lenet-fast"
+_MODEL_HELP = ("a .npz file, an .onnx graph (needs onnx), a Keras .keras/.h5/.hdf5 model (needs "
+               "h5py), or a pretrained name (fashion-mnist, mnist)")
 _INPUT_FORMATS = (
     "Input: an image file, or a folder of images (PNG, JPEG, BMP, GIF, WebP, TIFF; 28 x 28 or "
     "32 x 32), is read as grayscale, so it suits 1-channel models only.  IDX files and images "
@@ -151,7 +155,8 @@ _ARCHITECTURE_OPTIONS = {"conv_activation": ACTIVATIONS, "fc_activation": ACTIVA
 
 
 def load_model(spec, architecture=None):
-    """A `LeNet` from a ``.npz`` path or a pretrained name (a file of that name wins).
+    """A `LeNet` from a model file (see `read_model_file`) or a pretrained name (a file of that
+    name wins).
 
     `architecture` (``conv_activation`` ... ``pool``, None for unstated) overrides the file's.
     An `ArchitectureWarning` (the file does not state an option) is printed as one line on
@@ -160,7 +165,7 @@ def load_model(spec, architecture=None):
     architecture = {key: value for key, value in (architecture or {}).items() if value is not None}
     with _caught_architecture_warnings() as caught:
         if os.path.isfile(spec):       # not isdir: a folder named like a model must not hide it
-            model = LeNet.from_npz(spec, **architecture)
+            model = read_model_file(spec, architecture)
         elif spec in datasets.PRETRAINED:
             model = LeNet.pretrained(spec)
             if architecture:
@@ -172,6 +177,29 @@ def load_model(spec, architecture=None):
     for message in caught:
         print(f"{_PROGRAM}: warning: {printable(' '.join(str(message).split()))}", file=sys.stderr)
     return model
+
+
+def read_model_file(path, architecture):
+    """The model in the file `path`, by the reader its suffix names (case-insensitive):
+    ``.onnx`` `LeNet.from_onnx`; ``.keras``, ``.h5``, ``.hdf5`` `LeNet.from_keras` (which tells a
+    Keras 3 archive from an HDF5 file by content); ``.pt``/``.pth`` refused (they need
+    ``lenet-fast convert --torch``); anything else `LeNet.from_npz`.
+
+    `architecture` (options with a value) overrides what the file states, for every format.
+    """
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix in _TORCH_SUFFIXES:
+        raise CommandError(f"{path}: a PyTorch file; pass --torch to lenet-fast convert to read "
+                           f"it with torch.load(weights_only=True) into a .npz")
+    if suffix == ".onnx":
+        return LeNet.from_onnx(path, **architecture)
+    if suffix in KERAS_SUFFIXES:
+        model = LeNet.from_keras(path)
+        if architecture:
+            model = LeNet(model.weights, **{**model.architecture, **architecture},
+                          metadata=model.metadata)
+        return model
+    return LeNet.from_npz(path, **architecture)
 
 
 @contextlib.contextmanager
@@ -752,9 +780,10 @@ def _command_info(args):
 
 
 def _read_convert_input(args, architecture):
-    """The model in INPUT: a bare or lenet_fast .npz, an .onnx graph, or (--torch) a PyTorch
-    state_dict file read with torch.load(weights_only=True)."""
-    path, suffix = args.input, os.path.splitext(args.input)[1].lower()
+    """The model in INPUT: any file `read_model_file` reads (a bare or lenet_fast .npz, an .onnx
+    graph, a Keras .keras/.h5 model), or (--torch) a PyTorch state_dict file read with
+    torch.load(weights_only=True)."""
+    path = args.input
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such file")
     if args.torch:
@@ -775,12 +804,7 @@ def _read_convert_input(args, architecture):
             raise CommandError(f"{path}: expected a state_dict (a dict of tensors); found "
                                f"{type(loaded).__name__}")
         return LeNet.from_state_dict(loaded, **architecture)
-    if suffix in (".pt", ".pth"):
-        raise CommandError(f"{path}: a PyTorch file; pass --torch to read it with "
-                           f"torch.load(weights_only=True)")
-    if suffix == ".onnx":
-        return LeNet.from_onnx(path, **architecture)
-    return LeNet.from_npz(path, **architecture)
+    return read_model_file(path, architecture)
 
 
 def _parse_preprocessing(text):
@@ -863,8 +887,7 @@ def _parser():
                                      "model: accuracy, examples, throughput")
     predict = commands.add_parser("predict", help="predict labels of images",
                                   epilog=_INPUT_FORMATS)
-    predict.add_argument("model", metavar="MODEL", help="a .npz file or a pretrained name "
-                                                        "(fashion-mnist, mnist)")
+    predict.add_argument("model", metavar="MODEL", help=_MODEL_HELP)
     predict.add_argument("input", metavar="INPUT",
                          help="an IDX file (.gz or raw), a .npy file, an image file, or a folder "
                               "of images")
@@ -878,7 +901,7 @@ def _parser():
     evaluate = commands.add_parser("evaluate", help="accuracy, per-class accuracy and confusion "
                                                     "matrix on labelled images",
                                    epilog=_INPUT_FORMATS)
-    evaluate.add_argument("model", metavar="MODEL")
+    evaluate.add_argument("model", metavar="MODEL", help=_MODEL_HELP)
     evaluate.add_argument("images", metavar="IMAGES",
                           help="as INPUT of predict, or a folder of class subfolders "
                                "(root/<class>/<image>, torchvision's ImageFolder layout)")
@@ -891,10 +914,11 @@ def _parser():
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
     info = commands.add_parser("info", help="architecture, size, preprocessing and provenance "
                                             "of a model")
-    info.add_argument("model", metavar="MODEL")
+    info.add_argument("model", metavar="MODEL", help=_MODEL_HELP)
     convert = commands.add_parser(
-        "convert", help="turn a bare state_dict .npz, an .onnx graph or (--torch) a PyTorch "
-                        ".pt/.pth state_dict into a self-describing lenet_fast .npz",
+        "convert", help="turn a bare state_dict .npz, an .onnx graph, a Keras .keras/.h5 model "
+                        "or (--torch) a PyTorch .pt/.pth state_dict into a self-describing "
+                        "lenet_fast .npz",
         description="Write a lenet_fast .npz that states its architecture (and optionally its "
                     "class names and preprocessing), so that it loads with no warning and "
                     "classifies images from the command line.  Bare weights do not say which "
@@ -902,7 +926,8 @@ def _parser():
                     "refuses to store a guess).")
     convert.add_argument("input", metavar="INPUT",
                          help="a .npz (np.savez of a state_dict, or a lenet_fast file), an .onnx "
-                              "file, or with --torch a .pt/.pth state_dict")
+                              "file, a Keras .keras/.h5 model (read with h5py), or with --torch "
+                              "a .pt/.pth state_dict")
     convert.add_argument("output", metavar="OUTPUT.npz")
     convert.add_argument("--torch", action="store_true",
                          help="INPUT is a PyTorch file: read with torch.load(weights_only=True)")

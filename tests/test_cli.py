@@ -356,3 +356,18 @@ def test_usage_errors():
     assert bench_help.startswith("usage: lenet-fast bench ")
     for option in ("--batches", "--threads", "--repeats", "--json", "--plot"):
         assert option in bench_help
+
+
+def test_predict_and_info_take_an_onnx_model(tmp_path, sample, fashion):
+    pytest.importorskip("onnx")
+    fashion.to_onnx(tmp_path / "fashion.onnx")
+    p = fashion.metadata["preprocessing"]
+    normalised = ((sample[0][:40] / np.float32(255) - np.float32(p["mean"]))
+                  / np.float32(p["std"])).astype(np.float32)
+    np.save(tmp_path / "x.npy", normalised)
+    run("predict", tmp_path / "fashion.onnx", tmp_path / "x.npy", "--out", tmp_path / "y.npy")
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), fashion.predict(sample[0][:40]))
+    assert "relu" in run("info", tmp_path / "fashion.onnx").stdout
+    run_failing("info", tmp_path / "missing.pt", match="no such file")
+    (tmp_path / "net.pt").write_bytes(b"\x80\x02}q\x00.")
+    run_failing("info", tmp_path / "net.pt", match="pass --torch to lenet-fast convert")

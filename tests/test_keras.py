@@ -616,3 +616,81 @@ def test_large_weight_members_are_streamed(saved, monkeypatch):
     keras_model, keras_file, _ = saved["relu_max"]
     monkeypatch.setattr(lenet_fast.keras, "_IN_MEMORY_BYTES", 0)
     assert_parity(LeNet.from_keras(keras_file), keras_model, real_images(32, 1))
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line reads Keras files (lenet_fast.cli.read_model_file)
+# ---------------------------------------------------------------------------------------------
+
+def run_cli(capsys, *arguments):
+    from lenet_fast.cli import main
+
+    status = main([str(argument) for argument in arguments])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+@pytest.mark.parametrize("file_format", [".keras", ".h5"])
+def test_cli_predict_evaluate_and_info_take_a_keras_model(saved, tmp_path, capsys, file_format):
+    keras_model, keras_file, h5_file = saved["example"]
+    path = keras_file if file_format == ".keras" else h5_file
+    model = LeNet.from_keras(path)
+    images, labels = real_images(28, 1)[:300, 0], load_sample()[1][:300]
+    np.save(tmp_path / "images.npy", images)
+    np.save(tmp_path / "labels.npy", labels)
+    status, _, err = run_cli(capsys, "predict", path, tmp_path / "images.npy", "--out",
+                             tmp_path / "labels_out.npy", "--quiet")
+    assert status == 0, err
+    np.testing.assert_array_equal(np.load(tmp_path / "labels_out.npy"), model.predict(images))
+    assert "warning" not in err        # the Keras file states its architecture
+
+    status, out, err = run_cli(capsys, "evaluate", path, tmp_path / "images.npy",
+                               tmp_path / "labels.npy", "--quiet")
+    assert status == 0, err
+    correct = int(np.sum(model.predict(images) == labels))
+    assert f"accuracy: {correct / 300:.4f} ({correct:,}/300 correct)" in out
+
+    status, out, err = run_cli(capsys, "info", path)
+    assert status == 0, err
+    assert "conv tanh, fc1 tanh, output softmax, avg pooling" in out
+    assert f"Keras {file_format}" in out and "assumed" not in out
+    # The architecture options beat what the file says, as for every other format.
+    status, out, err = run_cli(capsys, "info", path, "--pool", "max")
+    assert status == 0, err
+    assert "conv tanh, fc1 tanh, output softmax, max pooling" in out
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5", ".KERAS", ".hdf5"])
+def test_cli_convert_writes_a_self_describing_npz_from_a_keras_model(saved, tmp_path, capsys,
+                                                                     suffix):
+    _, keras_file, h5_file = saved["relu_max"]
+    source = tmp_path / f"model{suffix}"
+    source.write_bytes((h5_file if suffix.lower() in (".h5", ".hdf5") else keras_file)
+                       .read_bytes())
+    status, _, err = run_cli(capsys, "convert", source, tmp_path / "out.npz", "--classes",
+                             ",".join(str(i) for i in range(10)))
+    assert status == 0, err
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")      # no ArchitectureWarning: nothing was guessed
+        converted = LeNet.from_npz(tmp_path / "out.npz")
+    original = LeNet.from_keras(source)
+    assert converted.architecture == original.architecture == MODELS["relu_max"][1]
+    assert converted.classes == [str(i) for i in range(10)]
+    assert converted.metadata["provenance"]["format"] == original.metadata["provenance"]["format"]
+    images = real_images(32, 1)[:64]
+    np.testing.assert_array_equal(converted.forward(images), original.forward(images))
+
+
+def test_cli_keras_errors_are_one_line(saved, tmp_path, capsys):
+    (tmp_path / "fake.keras").write_bytes(b"not a model at all")
+    np.save(tmp_path / "images.npy", real_images(28, 1)[:4, 0])
+    for arguments in (("predict", tmp_path / "fake.keras", tmp_path / "images.npy"),
+                      ("info", tmp_path / "fake.keras"),
+                      ("convert", tmp_path / "fake.keras", tmp_path / "out.npz")):
+        status, _, err = run_cli(capsys, *arguments)
+        assert status == 1
+        assert err.count("\n") == 1 and err.startswith("lenet-fast: error: ")
+        assert "expected a Keras .keras archive (zip) or .h5 (HDF5) file" in err
+    assert not (tmp_path / "out.npz").exists()

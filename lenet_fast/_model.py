@@ -456,6 +456,10 @@ class LeNet:
             layers, a BatchNorm that does not directly follow a layer, different activations
             after the three convolutions, input sizes other than 32x32 (or 28x28 with conv1
             padded by 2), or a forward that neither torch.fx nor torch.export can capture.
+        TypeError, ValueError
+            If `module` is not an ``nn.Module``, or `example_input` does not hold real numbers
+            in the shape the first Conv2d takes, (N, C, 32, 32) or, padded by 2,
+            (N, C, 28, 28) (checked before the module is run).
         ImportError
             If PyTorch is not installed.
 

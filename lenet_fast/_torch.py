@@ -583,14 +583,19 @@ def _short(exc):
     return f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
 
 
-def _example_images(module, torch, name):
-    """Two zero images the first Conv2d accepts: 28x28 if it pads by 2, else 32x32."""
+def _expected_input(module, torch, name):
+    """(channels, size) of the images the first Conv2d takes: 28x28 if it pads by 2, else 32x32."""
     first = next((sub for sub in module.modules() if isinstance(sub, torch.nn.Conv2d)), None)
     if first is None:
         raise TorchImportError(f"{name}: has no Conv2d module; a LeNet-5 starts with one")
     padded = first.padding == "same" or _pair(first.padding) == (2, 2)
-    size = 28 if padded else 32
-    return torch.zeros(2, first.in_channels, size, size)
+    return first.in_channels, 28 if padded else 32
+
+
+def _example_images(module, torch, name):
+    """Two zero images the first Conv2d accepts."""
+    channels, size = _expected_input(module, torch, name)
+    return torch.zeros(2, channels, size, size)
 
 
 def _capture_steps(module, torch, name, example_input):
@@ -601,7 +606,7 @@ def _capture_steps(module, torch, name, example_input):
         graph = _in_eval_mode(module, lambda: torch.fx.symbolic_trace(module).graph)
     except Exception as fx_error:  # fx raises TraceError, TypeError, ... on data-dependent code
         x = (_example_images(module, torch, name) if example_input is None else
-             _as_tensor(example_input, torch))
+             _as_tensor(example_input, module, torch))
         try:
             program = _in_eval_mode(module, lambda: torch.export.export(module, (x,)))
         except Exception as export_error:
@@ -615,14 +620,31 @@ def _capture_steps(module, torch, name, example_input):
     return _Reader(module, torch).steps(graph)
 
 
-def _as_tensor(images, torch):
-    tensor = images if isinstance(images, torch.Tensor) else torch.as_tensor(np.asarray(images))
-    return tensor.detach().cpu().float()
+def _as_tensor(images, module, torch):
+    """`example_input` as a float32 CPU tensor, checked first (real numbers, in the shape the
+    first Conv2d takes, see `_expected_input`), so that a wrong one is a TypeError or ValueError
+    saying so rather than whatever the module raises on it."""
+    if isinstance(images, torch.Tensor):
+        tensor, dtype = images.detach().cpu(), images.dtype
+        numeric = not (tensor.is_complex() or dtype == torch.bool)
+    else:
+        array = np.asarray(images)
+        dtype, numeric = array.dtype, array.dtype.kind in "iuf"
+    if not numeric:
+        raise TypeError(f"example_input must hold real numbers (images); got dtype {dtype}")
+    if not isinstance(images, torch.Tensor):
+        tensor = torch.as_tensor(array)
+    channels, size = _expected_input(module, torch, type(module).__name__)
+    if tuple(tensor.shape[1:]) != (channels, size, size) or tensor.shape[0] < 1:
+        raise ValueError(f"example_input must be images of shape (N, {channels}, {size}, {size}) "
+                         f"with N >= 1 (what the first Conv2d takes); got shape "
+                         f"{tuple(tensor.shape)}")
+    return tensor.float()
 
 
 def _verify(module, model, example_input, torch, name):
     """Run both on `example_input` (module in eval mode, flags restored) and compare."""
-    x = _as_tensor(example_input, torch)
+    x = _as_tensor(example_input, module, torch)
 
     def run():
         with torch.no_grad():
@@ -648,6 +670,8 @@ def from_torch(module, *, example_input=None, num_threads=None):
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"module must be a torch.nn.Module; got {type(module).__name__}")
     name = type(module).__name__
+    if example_input is not None:
+        example_input = _as_tensor(example_input, module, torch)   # checked before any work
     steps = _capture_steps(module, torch, name, example_input)
     layers = _group_layers(steps, name)
     architecture, batchnorms = _read_architecture(layers, name)

@@ -222,6 +222,26 @@ def test_from_torch_matches_pytorch_on_random_and_real_images(name):
     assert_matches_pytorch(model, net, fashion_images(net))
 
 
+@pytest.mark.parametrize("name", ["d2l", "tutorial"])
+def test_from_torch_checks_example_input_before_running_the_module(name):
+    """A wrong example_input is a ValueError or TypeError naming what the first Conv2d takes,
+    never the module's own RuntimeError."""
+    net = build(name)
+    good = random_images(net, 2)
+    wrong_size = 32 if net.size == 28 else 28
+    for bad in (good[0], good[:, :1, :4], np.zeros((2, net.channels, wrong_size, wrong_size)),
+                np.zeros((2, net.channels + 1, net.size, net.size)), good[:0], [[1.0]], 3.0):
+        with pytest.raises(ValueError, match=rf"example_input must be images of shape \(N, "
+                                             rf"{net.channels}, {net.size}, {net.size}\)"):
+            LeNet.from_torch(net, example_input=bad)
+    for bad in (good.astype(str), good > 0, torch.zeros(2, net.channels, net.size, net.size,
+                                                        dtype=torch.complex64)):
+        with pytest.raises(TypeError, match="example_input must hold real numbers"):
+            LeNet.from_torch(net, example_input=bad)
+    with no_architecture_warning():     # integers and tensors of the right shape are fine
+        LeNet.from_torch(net, example_input=torch.from_numpy((good > 0).astype(np.int64)))
+
+
 @pytest.mark.parametrize("name", ["tutorial+bn", "d2l+bn", "seed-all-relu"])
 def test_trained_models_from_torch_agree_with_pytorch(trained, name):
     net = trained[name]

@@ -824,9 +824,20 @@ def _parse_preprocessing(text):
 
 
 def _parse_classes(text):
+    """Class names: a UTF-8 text file of one per line (at most the metadata size a model file
+    may hold), or comma-separated."""
     if os.path.isfile(text):
-        with open(text, encoding="utf-8") as file:
-            return [line.strip() for line in file if line.strip()]
+        with open(text, "rb") as file:
+            data = file.read(_weights.MAX_METADATA_BYTES + 1)
+        if len(data) > _weights.MAX_METADATA_BYTES:
+            raise CommandError(f"--classes {printable(text)}: expected a text file of at most "
+                               f"{_weights.MAX_METADATA_BYTES:,} bytes (one class name per line)")
+        try:
+            lines = data.decode("utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            raise CommandError(f"--classes {printable(text)}: expected UTF-8 text (one class name "
+                               f"per line); {exc}") from exc
+        return [line.strip() for line in lines if line.strip()]
     return [name.strip() for name in text.split(",")]
 
 

@@ -371,3 +371,18 @@ def test_predict_and_info_take_an_onnx_model(tmp_path, sample, fashion):
     run_failing("info", tmp_path / "missing.pt", match="no such file")
     (tmp_path / "net.pt").write_bytes(b"\x80\x02}q\x00.")
     run_failing("info", tmp_path / "net.pt", match="pass --torch to lenet-fast convert")
+
+
+def test_convert_classes_file_errors_name_the_file(tmp_path, fashion):
+    fashion.save_npz(tmp_path / "f.npz")
+    names = tmp_path / "names.txt"
+    names.write_bytes(b"\xff\xfe" + "\n".join(fashion.classes).encode("utf-16-le"))
+    run_failing("convert", tmp_path / "f.npz", tmp_path / "o.npz", "--classes", names,
+                match=f"--classes {names}: expected UTF-8 text")
+    names.write_bytes(b"x\n" * (1 << 20))
+    run_failing("convert", tmp_path / "f.npz", tmp_path / "o.npz", "--classes", names,
+                match=f"--classes {names}: expected a text file of at most 1,048,576 bytes")
+    assert not (tmp_path / "o.npz").exists()
+    names.write_text("\r\n".join(reversed(fashion.classes)) + "\n", encoding="utf-8")
+    run("convert", tmp_path / "f.npz", tmp_path / "o.npz", "--classes", names, "--quiet")
+    assert LeNet.from_npz(tmp_path / "o.npz").classes == fashion.classes[::-1]

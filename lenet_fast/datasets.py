@@ -25,6 +25,8 @@ import zlib
 
 import numpy as np
 
+from . import _weights
+
 __all__ = [
     "DataFileError", "IdxReader", "read_idx", "write_idx", "load_fashion_mnist",
     "load_mnist_sample", "load_sample", "FASHION_MNIST_CLASSES", "MNIST_CLASSES",
@@ -297,7 +299,8 @@ def write_idx(path, array, *, compress=None):
         At least 1-D, of dtype uint8, int8, int16, int32, float32 or float64.
     compress : bool, optional
         Default: whether `path` ends in ``.gz``.  Compressed files carry no timestamp, so the
-        same array gives the same bytes.
+        same array gives the same bytes.  The file is written atomically (a temporary file in
+        the same folder, renamed once complete): on an error an existing `path` is untouched.
 
     Raises
     ------
@@ -318,8 +321,10 @@ def write_idx(path, array, *, compress=None):
     compress = path.endswith(".gz") if compress is None else compress
     header = bytes([0, 0, code, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
     payload = header + np.ascontiguousarray(array, dtype=_IDX_DTYPES[code]).tobytes()
-    with open(path, "wb") as file:
-        file.write(gzip.compress(payload, compresslevel=9, mtime=0) if compress else payload)
+    # Atomic: a temporary file in the same folder, renamed into place once written, so that an
+    # error or Ctrl-C never leaves `path` half-written or an existing file of that name lost.
+    _weights.write_file_atomically(
+        path, gzip.compress(payload, compresslevel=9, mtime=0) if compress else payload)
 
 
 # ---------------------------------------------------------------------------------------------

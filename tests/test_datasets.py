@@ -214,6 +214,34 @@ def test_missing_file(tmp_path):
         read_idx(tmp_path / "nothing.idx")
 
 
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+def test_write_idx_never_leaves_a_half_written_or_lost_file(tmp_path, monkeypatch, suffix):
+    """An error (here Ctrl-C while the bytes are written) leaves an existing file as it was, and
+    no temporary file behind."""
+    path = tmp_path / f"a{suffix}"
+    write_idx(path, np.arange(6, dtype=np.uint8))
+    before = path.read_bytes()
+    real_open = open
+
+    def interrupted_open(file, mode="r", *args, **kwargs):
+        handle = real_open(file, mode, *args, **kwargs)
+        if "w" in mode:
+            handle.write(b"\0\0\x08")    # part of a header, then Ctrl-C
+
+            def interrupt(data):
+                raise KeyboardInterrupt
+            handle.write = interrupt
+        return handle
+
+    monkeypatch.setattr("builtins.open", interrupted_open)
+    with pytest.raises(KeyboardInterrupt):
+        write_idx(path, np.arange(60, dtype=np.uint8))
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == [path.name]
+    np.testing.assert_array_equal(read_idx(path), np.arange(6, dtype=np.uint8))
+
+
 def test_write_idx_rejects_what_idx_cannot_hold(tmp_path):
     with pytest.raises(TypeError, match="IDX files hold uint8, int8, int16, int32, float32 or "
                                         "float64; got int64"):

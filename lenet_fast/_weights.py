@@ -18,6 +18,7 @@ permissions; little-endian arrays), so that save, load, save gives identical fil
 """
 
 import contextlib
+import errno
 import functools
 import io
 import json
@@ -25,7 +26,7 @@ import lzma
 import math
 import os
 import re
-import tempfile
+import secrets
 import tokenize
 import zipfile
 import zlib
@@ -891,13 +892,17 @@ def temporary_file_beside(path):
     ``open(path, "w")`` would give, and return its path: written, then renamed over `path` with
     ``os.replace``, it makes a write atomic (same folder, so the rename never copies)."""
     path = os.fspath(path)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".part",
-                                             dir=os.path.dirname(os.path.abspath(path)))
-    os.close(descriptor)
-    umask = os.umask(0o022)
-    os.umask(umask)
-    os.chmod(temporary, 0o666 & ~umask)
-    return temporary
+    folder, name = os.path.split(os.path.abspath(path))
+    # Created with mode 0o666 for the kernel to apply the umask: reading the umask would mean
+    # setting it, and a umask set for a moment applies to files other threads create meanwhile.
+    for _ in range(100):
+        temporary = os.path.join(folder, f".{name}.{secrets.token_hex(6)}.part")
+        try:
+            os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return temporary
+    raise FileExistsError(errno.EEXIST, "no free temporary file name beside it", path)
 
 
 def write_file_atomically(path, data):

@@ -172,6 +172,29 @@ def test_successful_outputs_replace_the_destination_atomically(tmp_path, capsys)
     assert len(capsys.readouterr().out.splitlines()) == 6
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_atomic_outputs_get_the_umask_without_changing_it(tmp_path, monkeypatch, umask):
+    """The temporary file gets the mode open() would give (0o666 less the umask), and the
+    process umask is never set for a moment to read it: that would apply to files other
+    threads create meanwhile."""
+    previous = os.umask(umask)
+    try:
+        changes = []
+        real_umask = os.umask
+        monkeypatch.setattr(os, "umask", lambda mask: changes.append(mask) or real_umask(mask))
+        LeNet.pretrained("mnist").save_npz(tmp_path / "m.npz")
+        np.save(tmp_path / "in.npy", np.zeros((2, 28, 28), np.uint8))
+        assert cli.main(["predict", "mnist", str(tmp_path / "in.npy"), "--out",
+                         str(tmp_path / "x.csv"), "--quiet"]) == 0
+        monkeypatch.undo()
+    finally:
+        os.umask(previous)
+    assert changes == []
+    for name in ("m.npz", "x.csv"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+    assert leftovers(tmp_path) == []
+
+
 class HalfWriter:
     """A file whose write stores half the data, then fails as a full disk would."""
 

@@ -54,7 +54,8 @@ def show_config(print_out=True):
     dict
         ``isa`` (the level in use), ``usable_isas`` (levels this CPU runs, best first),
         ``built_isas``, ``forced_isa`` (``LENET_FAST_ISA`` or None), ``vector_lanes``,
-        ``openmp``, ``default_num_threads``, ``openmp_max_threads``, ``openmp_wait_policy``,
+        ``openmp``, ``no_openmp_reason`` (None, or why the kernels run on one thread),
+        ``default_num_threads``, ``openmp_max_threads``, ``openmp_wait_policy``,
         ``gomp_spincount``, ``version``.
     """
     import os
@@ -68,6 +69,7 @@ def show_config(print_out=True):
         "forced_isa": os.environ.get(_dispatch.ISA_ENVIRONMENT_VARIABLE) or None,
         "vector_lanes": kernels.LANES,
         "openmp": kernels.HAVE_OPENMP,
+        "no_openmp_reason": _dispatch.no_openmp_reason(),
         "default_num_threads": _dispatch.default_num_threads(),
         "openmp_max_threads": kernels.max_threads(),
         "openmp_wait_policy": _dispatch.openmp_wait["OMP_WAIT_POLICY"],

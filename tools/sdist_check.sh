@@ -51,6 +51,7 @@ started=$SECONDS
 # `pytest` (not `python -m pytest`, which would put the unpacked, uncompiled folder first on
 # sys.path): the tests import the installed package, as the README says.
 "$WORK/venv/bin/pytest" -q -p no:cacheprovider -m "not slow" "$@"
+cd "$WORK"  # (from the unpacked folder, `python -` would import its uncompiled lenet_fast)
 "$VENV_PYTHON" - <<'PY'
 import lenet_fast, pathlib
 assert "site-packages" in lenet_fast.__file__, lenet_fast.__file__

@@ -4,7 +4,19 @@ One kernel source (``src/kernels.pxi``, generated from ``src/kernels.pxi.tp``) i
 times, once per instruction-set level, into separate extension modules
 (``lenet_fast._kernels_generic``, ``_kernels_avx2``, ``_kernels_avx512``).  A small detector module,
 ``lenet_fast._cpu_features``, is compiled for the baseline ISA and picks one of them at import
-(``lenet_fast/_dispatch.py``).  Only the generic level is built on non-x86 machines.
+(``lenet_fast/_dispatch.py``).
+
+Which levels are built depends on the architecture the *compiler* targets, not on the machine
+running the build (a cross build for aarch64 on an x86-64 host must not get AVX flags): x86-64
+gets generic, AVX2+FMA and AVX-512; every other target (aarch64, where GCC's vector extensions
+become NEON; ppc64le; ...) gets the generic level only.  The target is, in this order:
+``LENET_FAST_TARGET_ARCH`` when set; what ``$CC $CFLAGS $ARCHFLAGS -dumpmachine`` prints;
+``sysconfig.get_platform()`` (which honours ``_PYTHON_HOST_PLATFORM``).
+
+The build needs a GCC-compatible C compiler (GCC or Clang: vector extensions,
+``__builtin_cpu_supports``, ``__atomic`` builtins, pthreads); with MSVC it stops before compiling
+anything and says so.  Nothing is probed or generated until ``build_ext`` runs, so ``sdist`` and
+metadata queries need no compiler.
 
 Environment variables read here:
 
@@ -12,24 +24,27 @@ Environment variables read here:
     Checked build: ``-O1 -g``, assertions on, Cython's bounds/wraparound/initialisation checks on
     (they guard the Python-facing code; the kernels use raw pointers, which
     ``LENET_FAST_SANITIZE=address`` -- AddressSanitizer -- checks instead).
-
-The build needs GCC or Clang (vector extensions, ``__builtin_cpu_supports``, pthreads).
 ``LENET_FAST_NO_OPENMP=1``
-    Build without OpenMP even when the compiler supports it (kernels then run serially).
+    Build without -fopenmp even when the compiler supports it.  The kernels' threads come from
+    their own pthread pool (src/parallel.h), so this changes only what show_config() reports.
+``LENET_FAST_TARGET_ARCH``
+    Override the detected target architecture (``x86_64``, ``aarch64``, ...).
+
+The build writes ``lenet_fast/_build_info.json`` next to the extension modules: the target it
+detected and, when the kernels have no OpenMP, why (``lenet_fast.show_config()`` reports it).
 """
 
+import json
 import os
-import platform
+import shlex
 import subprocess
 import sysconfig
 import tempfile
 import warnings
 from pathlib import Path
 
-import numpy as np
-from Cython.Build import cythonize
-from Cython.Tempita import Template
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
 SRC = ROOT / "src"
@@ -37,19 +52,65 @@ SRC = ROOT / "src"
 DEBUG = os.environ.get("LENET_FAST_DEBUG", "") not in ("", "0")
 SANITIZE = os.environ.get("LENET_FAST_SANITIZE", "")
 
-IS_X86_64 = platform.machine().lower() in ("x86_64", "amd64")
+MSVC_UNSUPPORTED = (
+    "lenet_fast cannot be built with Microsoft Visual C++ (MSVC): its kernels use GCC/Clang vector "
+    "extensions, __builtin_cpu_supports, __atomic builtins and pthreads, which MSVC does not "
+    "provide. Build with a GCC-compatible compiler instead: MinGW-w64 GCC "
+    "(`python setup.py build_ext --compiler=mingw32`, from an MSYS2 shell) or use WSL, where "
+    "`pip install .` builds with Linux GCC."
+)
+
+_ARCH_ALIASES = {"amd64": "x86_64", "x64": "x86_64", "x86-64": "x86_64", "arm64": "aarch64",
+                 "i386": "x86", "i486": "x86", "i586": "x86", "i686": "x86", "win32": "x86"}
+
+
+def compiler_command():
+    """The C compiler as distutils runs it, with the flags that may choose its target."""
+    cc = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
+    return (shlex.split(cc) + shlex.split(os.environ.get("CFLAGS", ""))
+            + shlex.split(os.environ.get("ARCHFLAGS", "")))
+
+
+def normalise_arch(name):
+    name = name.strip().lower()
+    return _ARCH_ALIASES.get(name, name)
+
+
+def target_architecture():
+    """Return ``(architecture, how it was found)`` for the compiler's target (see the module doc)."""
+    override = os.environ.get("LENET_FAST_TARGET_ARCH", "").strip()
+    if override:
+        return normalise_arch(override), f"LENET_FAST_TARGET_ARCH={override}"
+    command = compiler_command()
+    if sum(flag == "-arch" for flag in command) > 1:  # macOS universal2: one object, two targets
+        return "universal", f"several -arch flags in {' '.join(command)}"
+    try:
+        result = subprocess.run(command + ["-dumpmachine"], capture_output=True, text=True,
+                                timeout=60)
+        triplet = result.stdout.strip()
+        if result.returncode == 0 and triplet:
+            return normalise_arch(triplet.split("-")[0]), f"{command[0]} -dumpmachine: {triplet}"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    host_platform = sysconfig.get_platform()
+    return normalise_arch(host_platform.rsplit("-", 1)[-1]), f"sysconfig platform {host_platform}"
+
+
+TARGET_ARCH, TARGET_FOUND_BY = target_architecture()
 
 # Compiler flags of each ISA level.  -ffp-contract=off: every fused multiply-add is written
 # explicitly, so the compiler may not invent others (that would change bits between the paths).
 # Never -ffast-math: it breaks NaN handling in max pooling and may set flush-to-zero process-wide.
 ISA_FLAGS = {"generic": []}
-if IS_X86_64:
+if TARGET_ARCH == "x86_64":
     ISA_FLAGS["avx2"] = ["-mavx2", "-mfma"]
     ISA_FLAGS["avx512"] = ["-mavx512f", "-mavx2", "-mfma", "-mprefer-vector-width=512"]
 
 
 def generate_from_templates():
     """Render every ``src/*.tp`` Tempita template next to itself (``x.pxi.tp`` -> ``x.pxi``)."""
+    from Cython.Tempita import Template
+
     for template_path in SRC.glob("*.tp"):
         output_path = template_path.with_suffix("")
         rendered = Template(template_path.read_text(), name=str(template_path)).substitute()
@@ -61,16 +122,17 @@ def generate_from_templates():
             output_path.write_text(text)
 
 
-def compiler_accepts(flags):
-    """True when the C compiler builds and links a tiny program with ``flags``."""
-    cc = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
+def compiler_accepts(compile_flags, link_flags):
+    """True when the C compiler builds and links a tiny OpenMP program with these flags."""
+    command = compiler_command() + shlex.split(os.environ.get("CPPFLAGS", ""))
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "probe.c"
         source.write_text(
             "#include <omp.h>\nint main(void){int n=0;\n#pragma omp parallel reduction(+:n)\nn+=1;\n"
             "return n>0?0:1;}\n"
         )
-        command = cc.split() + [str(source), "-o", str(Path(tmp) / "probe")] + flags
+        command += compile_flags + [str(source), "-o", str(Path(tmp) / "probe")] + link_flags
+        command += shlex.split(os.environ.get("LDFLAGS", ""))
         try:
             result = subprocess.run(command, capture_output=True, timeout=60)
         except (OSError, subprocess.SubprocessError):
@@ -79,60 +141,100 @@ def compiler_accepts(flags):
 
 
 def openmp_flags():
+    """Return ``(compile flags, link flags, None)``, or ``([], [], why there is no OpenMP)``."""
     if os.environ.get("LENET_FAST_NO_OPENMP", "") not in ("", "0"):
-        return []
-    if compiler_accepts(["-fopenmp"]):
-        return ["-fopenmp"]
-    warnings.warn("the C compiler does not support OpenMP: lenet_fast kernels will run on one thread")
-    return []
+        return [], [], "built with LENET_FAST_NO_OPENMP=1"
+    # GCC and LLVM clang: -fopenmp.  Apple clang refuses -fopenmp but accepts OpenMP through the
+    # preprocessor with Homebrew's libomp (CPPFLAGS/LDFLAGS pointing at it; see the README).
+    candidates = [(["-fopenmp"], ["-fopenmp"]), (["-Xpreprocessor", "-fopenmp"], ["-lomp"])]
+    for compile_flags, link_flags in candidates:
+        if compiler_accepts(compile_flags, link_flags):
+            return compile_flags, link_flags, None
+    compiler = " ".join(compiler_command())
+    reason = (f"the C compiler ({compiler}) cannot build OpenMP programs (tried -fopenmp, and "
+              f"-Xpreprocessor -fopenmp -lomp)")
+    warnings.warn(f"building without OpenMP ({reason}); the kernels' own thread pool does not "
+                  f"need it")
+    return [], [], reason
 
 
-def extensions():
-    generate_from_templates()
-    openmp = openmp_flags()
-    common_compile = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-std=gnu11"]
-    common_link = []
-    if DEBUG:
-        common_compile = ["-O1", "-g", "-ffp-contract=off", "-UNDEBUG", "-fno-omit-frame-pointer"]
-    if SANITIZE == "address":
-        common_compile += ["-fsanitize=address"]
-        common_link += ["-fsanitize=address"]
-    macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
-    include_dirs = [str(SRC), np.get_include()]
-
-    modules = [
-        Extension(
-            "lenet_fast._cpu_features",
-            sources=["src/_cpu_features.pyx"],
-            include_dirs=include_dirs,
-            extra_compile_args=common_compile,
-            extra_link_args=common_link,
-        )
-    ]
+def declared_extensions():
+    """The extension modules, with their sources and ISA flags (completed by `BuildKernels`)."""
+    modules = [Extension("lenet_fast._cpu_features", sources=["src/_cpu_features.pyx"])]
     for level, isa_flags in ISA_FLAGS.items():
-        modules.append(
-            Extension(
-                f"lenet_fast._kernels_{level}",
-                sources=[f"src/_kernels_{level}.pyx"],
-                include_dirs=include_dirs,
-                define_macros=macros + [(f"LENET_ISA_{level.upper()}", "1")],
-                extra_compile_args=common_compile + isa_flags + openmp,
-                extra_link_args=common_link + openmp,
-            )
-        )
-    directives = {
-        "language_level": 3,
-        "boundscheck": DEBUG,
-        "wraparound": DEBUG,
-        "initializedcheck": DEBUG,
-        "cdivision": not DEBUG,
-        "embedsignature": True,
-    }
-    return cythonize(
-        modules,
-        compiler_directives=directives,
-        include_path=[str(SRC)],
-    )
+        modules.append(Extension(
+            f"lenet_fast._kernels_{level}",
+            sources=[f"src/_kernels_{level}.pyx"],
+            define_macros=[(f"LENET_ISA_{level.upper()}", "1")],
+            extra_compile_args=list(isa_flags),
+        ))
+    return modules
 
 
-setup(ext_modules=extensions())
+class BuildKernels(build_ext):
+    """build_ext that first refuses MSVC, then probes OpenMP, renders the templates, cythonizes,
+    and records what it found in ``lenet_fast/_build_info.json``."""
+
+    def build_extensions(self):
+        if self.compiler.compiler_type == "msvc":
+            raise SystemExit(f"error: {MSVC_UNSUPPORTED}")
+        import numpy as np
+        from Cython.Build import cythonize
+
+        generate_from_templates()
+        openmp_compile, openmp_link, no_openmp_reason = openmp_flags()
+        common_compile = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-std=gnu11"]
+        common_link = []
+        if DEBUG:
+            common_compile = ["-O1", "-g", "-ffp-contract=off", "-UNDEBUG", "-fno-omit-frame-pointer"]
+        if SANITIZE == "address":
+            common_compile += ["-fsanitize=address"]
+            common_link += ["-fsanitize=address"]
+        for extension in self.extensions:
+            extension.include_dirs = [str(SRC), np.get_include()]
+            extension.extra_compile_args = common_compile + extension.extra_compile_args
+            extension.extra_link_args = list(common_link)
+            if extension.name.startswith("lenet_fast._kernels_"):
+                extension.define_macros.append(("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"))
+                extension.extra_compile_args += openmp_compile
+                extension.extra_link_args += openmp_link
+        directives = {
+            "language_level": 3,
+            "boundscheck": DEBUG,
+            "wraparound": DEBUG,
+            "initializedcheck": DEBUG,
+            "cdivision": not DEBUG,
+            "embedsignature": True,
+        }
+        # cythonize returns new Extension objects; build_ext already annotated ours (finalize_options),
+        # so only their sources change: .pyx -> the generated .c.
+        cythonized = cythonize(self.extensions, compiler_directives=directives,
+                               include_path=[str(SRC)], force=self.force)
+        sources = {extension.name: extension.sources for extension in cythonized}
+        for extension in self.extensions:
+            extension.sources = sources[extension.name]
+        self.write_build_info(no_openmp_reason)
+        super().build_extensions()
+
+    def build_info_path(self):
+        return Path(self.get_ext_fullpath("lenet_fast._cpu_features")).parent / "_build_info.json"
+
+    def write_build_info(self, no_openmp_reason):
+        path = self.build_info_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        info = {"target_arch": TARGET_ARCH, "target_found_by": TARGET_FOUND_BY,
+                "isa_levels": list(ISA_FLAGS), "no_openmp_reason": no_openmp_reason}
+        path.write_text(json.dumps(info, indent=1) + "\n")
+
+    def copy_extensions_to_source(self):
+        """``--inplace``: setuptools builds in build_lib, then copies the modules into the source
+        tree; the build record goes with them."""
+        super().copy_extensions_to_source()
+        self.inplace = 0
+        built = self.build_info_path()
+        self.inplace = 1
+        self.copy_file(str(built), str(self.build_info_path()))
+
+
+if __name__ == "__main__":  # (setuptools' build backend runs this file as __main__ too)
+    setup(ext_modules=declared_extensions(), cmdclass={"build_ext": BuildKernels})

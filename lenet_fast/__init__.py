@@ -63,7 +63,8 @@ def show_config(print_out=True):
         cgroup CPU quota), ``cgroup_cpu_limit`` (None without a quota), ``pool_jobs`` (jobs run
         with helpers, jobs run on the caller alone while the pool backed off, jobs after which it
         backed off: helpers that lose their core make the pool back off),
-        ``default_num_threads``, ``version``.
+        ``no_openmp_reason`` (None, or why the build has no ``-fopenmp``; informational,
+        the pool does not need it), ``default_num_threads``, ``version``.
     """
     import os
 
@@ -82,6 +83,7 @@ def show_config(print_out=True):
         "openmp_runtimes_loaded": _dispatch.loaded_openmp_runtimes(),
         "usable_cpus": _dispatch.usable_cpus(),
         "cgroup_cpu_limit": _dispatch.cgroup_cpu_limit(),
+        "no_openmp_reason": _dispatch.no_openmp_reason(),
         "default_num_threads": _dispatch.default_num_threads(),
     }
     if print_out:

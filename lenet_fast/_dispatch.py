@@ -9,6 +9,7 @@ says which of them this CPU can execute; at import we load the best one, once pe
 
 import importlib
 import importlib.util
+import json
 import os
 
 _NOT_BUILT = (
@@ -177,6 +178,20 @@ def usable_cpus():
     if quota is not None:
         cpus = min(cpus, quota)
     return max(1, cpus)
+
+
+def no_openmp_reason():
+    """None when the kernels were built with ``-fopenmp``; otherwise why not, as recorded by
+    ``setup.py``.  Informational: the kernels' threads come from lenet_fast's own pthread pool
+    (``parallel.h``), which works the same with or without OpenMP."""
+    if kernels.HAVE_OPENMP:
+        return None
+    try:
+        with open(os.path.join(os.path.dirname(__file__), "_build_info.json")) as file:
+            reason = json.load(file).get("no_openmp_reason")
+    except (OSError, ValueError, AttributeError):
+        reason = None
+    return reason or "the kernels were built without OpenMP (the build recorded no reason)"
 
 
 def default_num_threads():

@@ -34,7 +34,7 @@ import warnings
 import numpy as np
 from numpy.lib import format as npy_format
 
-from . import __version__, _weights, datasets
+from . import __version__, _dispatch, _weights, datasets
 from ._model import ArchitectureWarning, LeNet
 from .reference import ACTIVATIONS, OUTPUT_ACTIVATIONS, POOLS
 

@@ -21,9 +21,12 @@ FUZZ = Path(__file__).resolve().parent / "fuzz"
 SECONDS = float(os.environ.get("LENET_FAST_FUZZ_SECONDS", "20"))
 TARGETS = ["npz", "idx", "predict", "onnx", "image"]
 PACKAGE_PARENT = str(Path(lenet_fast.__file__).resolve().parent.parent)
+OPTIONAL_DEPENDENCY = {"onnx": "onnx", "image": "PIL.Image"}  # skip like the other optional tests
 
 
 def run_target(target, arguments, tmp_path, seconds):
+    if target in OPTIONAL_DEPENDENCY:
+        pytest.importorskip(OPTIONAL_DEPENDENCY[target])
     environment = {**os.environ, "LENET_FAST_FUZZ_SECONDS": str(seconds),
                    "LENET_FAST_FUZZ_ARTIFACTS": str(tmp_path),
                    "PYTHONPATH": os.pathsep.join([PACKAGE_PARENT, os.environ.get("PYTHONPATH", "")])}

@@ -1,0 +1,267 @@
+"""Packaging promises: one version, the licence files in the package and its metadata, a complete
+sdist, the build's choice of target architecture (from the compiler, not the host), its refusal
+of MSVC, and an honest report of a build without OpenMP.
+
+The tests marked ``slow`` build lenet_fast again (an sdist; a full build without OpenMP in a
+temporary copy).  The wheel (manylinux repair, install without a compiler), the sdist install in
+a fresh venv and the aarch64 build under qemu are CI steps: tools/wheel_check.sh,
+tools/sdist_check.sh, tools/aarch64_check.sh.
+"""
+
+import importlib.metadata
+import json
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import textwrap
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+import lenet_fast
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_DIR = Path(lenet_fast.__file__).resolve().parent
+FASHION_LICENCE = "LICENSE-fashion-mnist.txt"
+
+
+def load_setup_module(monkeypatch, **environment):
+    """Import setup.py as a module (its ``setup()`` call only runs as ``__main__``) under
+    ``environment`` (a value of None removes the variable)."""
+    for name, value in environment.items():
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    spec = importlib.util.spec_from_file_location("lenet_fast_setup", ROOT / "setup.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def fake_compiler(tmp_path, target):
+    """A 'compiler' that only answers -dumpmachine, like a cross compiler for ``target``."""
+    path = tmp_path / f"{target}-gcc"
+    path.write_text(f'#!/bin/sh\n[ "$1" = -dumpmachine ] && echo {target} && exit 0\nexit 1\n')
+    path.chmod(0o755)
+    return str(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# One version
+# ---------------------------------------------------------------------------------------------
+
+def test_the_version_is_written_once_in_the_package():
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "version" not in project["project"], "pyproject.toml must not repeat the version"
+    assert "version" in project["project"]["dynamic"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "lenet_fast.__version__"}
+    assert re.fullmatch(r"\d+\.\d+\.\d+([ab]|rc|\.dev|\.post)?\d*", lenet_fast.__version__)
+    assert lenet_fast.show_config(False)["version"] == lenet_fast.__version__
+
+
+def test_installed_metadata_has_the_package_version_and_licences():
+    try:
+        distribution = importlib.metadata.distribution("lenet_fast")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("lenet_fast is imported from a source tree, not installed: no metadata")
+    if Path(distribution.locate_file("lenet_fast/__init__.py")).resolve() != \
+            PACKAGE_DIR / "__init__.py":
+        pytest.skip(f"the installed lenet_fast ({distribution.locate_file('lenet_fast')}) is not "
+                    f"the one under test ({PACKAGE_DIR})")
+    assert distribution.version == lenet_fast.__version__
+    metadata = distribution.metadata
+    assert metadata["License-Expression"] == "BSD-3-Clause"
+    assert sorted(metadata.get_all("License-File")) == sorted(
+        ["LICENSE", f"lenet_fast/data/{FASHION_LICENCE}"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Licences
+# ---------------------------------------------------------------------------------------------
+
+def test_licence_files_exist_and_say_what_they_cover():
+    licence = (ROOT / "LICENSE").read_text()
+    assert licence.startswith("BSD 3-Clause License")
+    assert "Neither the name of the copyright holder" in licence
+    # The Fashion-MNIST notice is inside the package, next to the data it covers.
+    notice = (PACKAGE_DIR / "data" / FASHION_LICENCE).read_text()
+    assert "Zalando SE" in notice and "The MIT License" in notice
+    for name in ("fashion-mnist-sample-images-idx3-ubyte.gz", "fashion-mnist-sample-labels-idx1-ubyte.gz"):
+        assert (PACKAGE_DIR / "data" / name).exists()
+        assert name in notice
+
+
+# ---------------------------------------------------------------------------------------------
+# Target architecture, MSVC
+# ---------------------------------------------------------------------------------------------
+
+def test_cross_compiler_target_decides_the_levels_not_the_host(monkeypatch, tmp_path):
+    setup_module = load_setup_module(monkeypatch, CC=fake_compiler(tmp_path, "aarch64-linux-gnu"),
+                                     CFLAGS=None, ARCHFLAGS=None, LENET_FAST_TARGET_ARCH=None)
+    assert setup_module.TARGET_ARCH == "aarch64"
+    assert "aarch64-linux-gnu" in setup_module.TARGET_FOUND_BY
+    assert list(setup_module.ISA_FLAGS) == ["generic"]
+    assert [extension.name for extension in setup_module.declared_extensions()] == [
+        "lenet_fast._cpu_features", "lenet_fast._kernels_generic"]
+
+
+def test_x86_64_compiler_gets_the_three_levels(monkeypatch, tmp_path):
+    setup_module = load_setup_module(monkeypatch, CC=fake_compiler(tmp_path, "x86_64-pc-linux-gnu"),
+                                     CFLAGS=None, ARCHFLAGS=None, LENET_FAST_TARGET_ARCH=None)
+    assert setup_module.TARGET_ARCH == "x86_64"
+    assert list(setup_module.ISA_FLAGS) == ["generic", "avx2", "avx512"]
+
+
+def test_target_override_and_fallback_to_the_host_platform(monkeypatch, tmp_path):
+    assert load_setup_module(monkeypatch, LENET_FAST_TARGET_ARCH="arm64").TARGET_ARCH == "aarch64"
+    # A compiler that cannot say: sysconfig's platform, which honours _PYTHON_HOST_PLATFORM.
+    broken = tmp_path / "broken-cc"
+    broken.write_text("#!/bin/sh\nexit 1\n")
+    broken.chmod(0o755)
+    setup_module = load_setup_module(monkeypatch, LENET_FAST_TARGET_ARCH=None, CC=str(broken),
+                                     CFLAGS=None, ARCHFLAGS=None,
+                                     _PYTHON_HOST_PLATFORM="linux-aarch64")
+    assert (setup_module.TARGET_ARCH, setup_module.TARGET_FOUND_BY) == (
+        "aarch64", "sysconfig platform linux-aarch64")
+    universal = load_setup_module(monkeypatch, ARCHFLAGS="-arch arm64 -arch x86_64")
+    assert list(universal.ISA_FLAGS) == ["generic"]
+
+
+def test_msvc_stops_the_build_before_compiling_with_what_is_missing(monkeypatch):
+    setuptools = pytest.importorskip("setuptools")
+    setup_module = load_setup_module(monkeypatch)
+    command = setup_module.BuildKernels(setuptools.Distribution(
+        {"ext_modules": setup_module.declared_extensions()}))
+    command.compiler = SimpleNamespace(compiler_type="msvc")
+    command.extensions = setup_module.declared_extensions()
+    with pytest.raises(SystemExit, match="MSVC") as raised:
+        command.build_extensions()
+    message = str(raised.value)
+    assert "MinGW-w64" in message and "vector extensions" in message
+    assert all(source.endswith(".pyx") for extension in command.extensions
+               for source in extension.sources), "nothing may be cythonized before the refusal"
+
+
+# ---------------------------------------------------------------------------------------------
+# The sdist
+# ---------------------------------------------------------------------------------------------
+
+def tracked_files():
+    if not (ROOT / ".git").exists() or shutil.which("git") is None:
+        pytest.skip("not a git checkout: the sdist is compared with the tracked files")
+    listed = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True)
+    if listed.returncode:
+        pytest.skip(f"git ls-files failed: {listed.stderr}")
+    return set(listed.stdout.split())
+
+
+@pytest.mark.slow
+def test_sdist_holds_every_tracked_file_and_no_build_output(tmp_path):
+    pytest.importorskip("build")
+    tracked = tracked_files()
+    built = subprocess.run([sys.executable, "-m", "build", "--sdist", "--no-isolation",
+                            "--outdir", str(tmp_path), str(ROOT)],
+                           capture_output=True, text=True)
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    output = built.stdout + built.stderr
+    for warning in ("Deprecat", "is absent from the `packages`", "SetuptoolsWarning"):
+        assert warning not in output, output
+    (archive,) = tmp_path.glob("lenet_fast-*.tar.gz")
+    assert archive.name == f"lenet_fast-{lenet_fast.__version__}.tar.gz"
+    with tarfile.open(archive) as tar:
+        names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
+        pkg_info = tar.extractfile(f"lenet_fast-{lenet_fast.__version__}/PKG-INFO").read().decode()
+    missing = sorted(tracked - names)
+    assert not missing, f"tracked files missing from the sdist: {missing}"
+    assert "tests/conftest.py" in names and any(n.startswith("tests/fuzz/corpus/") for n in names)
+    unwanted = sorted(name for name in names if name.endswith((".so", ".pyc")) or
+                      name in ("src/kernels.pxi", "lenet_fast/_build_info.json") or
+                      (name.startswith("src/") and name.endswith(".c")))
+    assert not unwanted, f"build outputs in the sdist: {unwanted}"
+    assert f"\nVersion: {lenet_fast.__version__}\n" in pkg_info
+    assert "\nLicense-Expression: BSD-3-Clause\n" in pkg_info
+    assert "\nLicense-File: LICENSE\n" in pkg_info
+    assert f"\nLicense-File: lenet_fast/data/{FASHION_LICENCE}\n" in pkg_info
+
+
+# ---------------------------------------------------------------------------------------------
+# A build without OpenMP says so
+# ---------------------------------------------------------------------------------------------
+
+def copy_sources(destination):
+    """The files a build needs, without any compiled module or generated file of this tree."""
+    for name in ("setup.py", "pyproject.toml", "README.md", "LICENSE", "MANIFEST.in"):
+        shutil.copy(ROOT / name, destination / name)
+    shutil.copytree(ROOT / "src", destination / "src",
+                    ignore=shutil.ignore_patterns("*.c", "kernels.pxi"))
+    shutil.copytree(PACKAGE_DIR, destination / "lenet_fast",
+                    ignore=shutil.ignore_patterns("*.so", "*.pyd", "_build_info.json", "__pycache__"))
+
+
+@pytest.fixture(scope="module")
+def no_openmp_build(tmp_path_factory):
+    pytest.importorskip("Cython")
+    if not (ROOT / "setup.py").exists():
+        pytest.skip("no source tree next to the tests")
+    directory = tmp_path_factory.mktemp("no-openmp")
+    copy_sources(directory)
+    environment = dict(os.environ, LENET_FAST_NO_OPENMP="1")
+    built = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace", "-j", "2"],
+                           cwd=directory, env=environment, capture_output=True, text=True)
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    return directory
+
+
+def run_python(directory, *arguments, **environment):
+    environment = dict(os.environ, PYTHONPATH=str(directory), **environment)
+    completed = subprocess.run([sys.executable, *arguments], cwd=directory, env=environment,
+                               capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    return completed.stdout
+
+
+@pytest.mark.slow
+def test_build_without_openmp_still_runs_threads_and_says_why(no_openmp_build):
+    """The kernels' threads come from their own pthread pool: a build without -fopenmp keeps
+    its thread defaults and results, and show_config() says why it has no OpenMP."""
+    report = run_python(no_openmp_build, "-c", textwrap.dedent("""
+        import json, lenet_fast
+        from lenet_fast import LeNet
+        import numpy as np
+        config = lenet_fast.show_config(False)
+        model = LeNet.pretrained("fashion-mnist", num_threads=4)
+        images = np.random.default_rng(0).integers(0, 256, (70, 28, 28), dtype=np.uint8)
+        print(json.dumps({"file": lenet_fast.__file__, "openmp": config["openmp"],
+                          "reason": config["no_openmp_reason"],
+                          "default": config["default_num_threads"],
+                          "model_default": LeNet.pretrained("fashion-mnist").num_threads,
+                          "labels": model.predict(images).tolist(),
+                          "labels_1": model.predict(images, num_threads=1).tolist()}))
+        """), OMP_NUM_THREADS="4")
+    result = json.loads(report)
+    assert result["file"].startswith(str(no_openmp_build))
+    assert result["openmp"] is False
+    assert result["reason"] == "built with LENET_FAST_NO_OPENMP=1"
+    assert result["default"] == 4 and result["model_default"] == 4
+    images = np.random.default_rng(0).integers(0, 256, (70, 28, 28), dtype=np.uint8)
+    expected = lenet_fast.LeNet.pretrained("fashion-mnist").predict(images).tolist()
+    assert result["labels"] == result["labels_1"] == expected
+
+    printed = run_python(no_openmp_build, "-c", "import lenet_fast; lenet_fast.show_config()")
+    assert re.search(r"^no_openmp_reason +built with LENET_FAST_NO_OPENMP=1$", printed, re.M)
+    assert re.search(r"^threading +", printed, re.M), printed
+
+    demo = run_python(no_openmp_build, "-m", "lenet_fast", "demo", OMP_NUM_THREADS="2")
+    assert re.search(r"batch of [\d,]+, 2 threads,", demo), demo
+
+    info = run_python(no_openmp_build, "-m", "lenet_fast", "info", "fashion-mnist",
+                      OMP_NUM_THREADS="2")
+    assert re.search(r"^threads +2 \(usable CPUs: \d+\)$", info, re.M), info

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Wheel check: build the sdist and, from it, the wheel (`python -m build`), repair the wheel with
-# auditwheel (libgomp vendored into lenet_fast.libs, the manylinux tag this machine's glibc
-# allows), `twine check --strict` both, then install the repaired wheel into a fresh venv from
+# auditwheel (anything outside the manylinux policy vendored into lenet_fast.libs -- nothing
+# here, since the kernels' threads need no OpenMP runtime -- and the manylinux tag this machine's
+# glibc allows), `twine check --strict` both, then install the repaired wheel into a fresh venv from
 # another folder with no C compiler on PATH, and run `lenet-fast demo`, `lenet-fast info`, a
 # parity smoke test against the NumPy reference at every kernel level this CPU runs, and the
 # kernel and packaging tests against the installed wheel.
@@ -52,14 +53,16 @@ echo "   repaired: $(basename "$REPAIRED")"
 import sys, zipfile
 names = zipfile.ZipFile(sys.argv[1]).namelist()
 vendored = [name for name in names if name.startswith("lenet_fast.libs/") and not name.endswith("/")]
-assert any("libgomp" in name for name in vendored), f"libgomp not vendored: {vendored}"
+# The kernels' threads are their own pthread pool: the only library auditwheel may have to vendor
+# is libgomp, and only where the linker keeps it although unused (no --as-needed).
+assert all("libgomp" in name for name in vendored), f"unexpected vendored libraries: {vendored}"
 for required in ("LICENSE", "LICENSE-fashion-mnist.txt"):
     assert any(name.endswith(f".dist-info/licenses/{required}") or
                name.endswith(f".dist-info/licenses/lenet_fast/data/{required}") for name in names), \
         f"{required} not in the wheel's metadata"
 assert "lenet_fast/data/LICENSE-fashion-mnist.txt" in names
 assert not any(name.endswith((".pyx", ".c", ".pxi")) for name in names)
-print("   vendored:", ", ".join(vendored), "- licences in .dist-info/licenses")
+print("   vendored:", ", ".join(vendored) or "nothing", "- licences in .dist-info/licenses")
 PY
 
 echo "== twine check --strict"
@@ -91,7 +94,8 @@ from lenet_fast import LeNet, _dispatch, datasets
 site = pathlib.Path(lenet_fast.__file__).resolve().parent
 assert "site-packages" in str(site), site
 maps = pathlib.Path("/proc/self/maps").read_text()
-assert f"{site.parent}/lenet_fast.libs/libgomp" in maps, "the vendored libgomp is not the one loaded"
+if any((site.parent / "lenet_fast.libs").glob("libgomp*")):
+    assert f"{site.parent}/lenet_fast.libs/libgomp" in maps, "the vendored libgomp is not the one loaded"
 config = lenet_fast.show_config(False)
 assert config["openmp"] and config["no_openmp_reason"] is None, config
 images, labels = datasets.load_sample()

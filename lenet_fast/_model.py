@@ -383,20 +383,44 @@ class LeNet:
     @classmethod
     def from_onnx(cls, path_or_model, *, conv_activation=None, fc_activation=None,
                   output_activation=None, pool=None, num_threads=None):
-        """Build a model from a LeNet-5 ONNX graph (e.g. from ``torch.onnx.export``).
+        """Build a model from a LeNet-family ONNX graph (e.g. from ``torch.onnx.export``).
 
-        Needs the ``onnx`` package (``pip install lenet_fast[onnx]``).  The architecture is read
-        from the graph; see `lenet_fast.onnx.from_onnx` for what is accepted and the errors.
+        Needs the ``onnx`` package (``pip install lenet_fast[onnx]``).  The architecture and
+        geometry are read from the graph by `lenet_fast.onnx.read_graph`, which lists what is
+        accepted.
+
+        Parameters
+        ----------
+        path_or_model : str, path-like or onnx.ModelProto
+            The graph.
+        conv_activation, fc_activation, output_activation, pool : str, optional
+            Override what the graph says (then the model no longer computes the graph's
+            function).
+        num_threads : int, optional
+            See `LeNet`.
 
         Returns
         -------
         LeNet
-        """
-        from .onnx import from_onnx
 
-        return from_onnx(path_or_model, conv_activation=conv_activation,
-                         fc_activation=fc_activation, output_activation=output_activation,
-                         pool=pool, num_threads=num_threads)
+        Raises
+        ------
+        lenet_fast.ONNXImportError
+            (a ``ValueError``) naming the file and the first unsupported node; see
+            `lenet_fast.onnx.read_graph`.
+        FileNotFoundError
+            If the path does not exist.
+        TypeError
+            If `path_or_model` is neither a path nor an ``onnx.ModelProto``.
+        """
+        from .onnx import read_graph
+
+        if num_threads is not None:
+            _check_num_threads(num_threads)
+        weights, architecture = read_graph(path_or_model)
+        explicit = {"conv_activation": conv_activation, "fc_activation": fc_activation,
+                    "output_activation": output_activation, "pool": pool}
+        return cls._from_canonical(weights, {"architecture": architecture}, num_threads, explicit)
 
     @classmethod
     def from_keras(cls, path, *, num_threads=None):
@@ -510,10 +534,17 @@ class LeNet:
 
     def to_onnx(self, path):
         """Write the network as an ONNX graph (opset 17) that ONNX Runtime runs to the same
-        outputs; see `lenet_fast.onnx.to_onnx`.  Needs the ``onnx`` package."""
-        from .onnx import to_onnx
+        outputs.  Needs the ``onnx`` package.
 
-        to_onnx(self, path)
+        Parameters
+        ----------
+        path : str or path-like
+            Destination ``.onnx`` file, written atomically; see
+            `lenet_fast.onnx.build_model_proto` for the graph.
+        """
+        from .onnx import build_model_proto, save_model
+
+        save_model(build_model_proto(self.weights, self.architecture), path)
 
     # ------------------------------------------------------------------------------------------
     # Properties

@@ -41,7 +41,7 @@ import zlib
 
 import numpy as np
 
-from . import _weights
+from . import _architecture, _weights
 from ._model import LeNet
 from ._weights import WeightFileError
 
@@ -52,8 +52,10 @@ _MAX_MEMBERS = 64
 _MAX_LAYERS = 256
 _MAX_SMALL_TEXT = 4096              # metadata.json, the keras_version attribute
 _KERNEL = 5
-_FLATTENED = 5                      # conv2's pooled output (and conv3's kernel) is 5 x 5
-_GEOMETRIES = {"same": 28, "valid": 32}   # conv1 padding -> the input size the engine runs
+_PADDINGS = {"valid": 0, "same": 2}     # a 5x5 kernel's "same" padding is 2 on every side
+_CONV_NAMES = ("conv1", "conv2", "conv3")
+_DENSE_NAMES = ("fc1", "fc2", "fc3")
+_ANY = "F"                              # an expected dataset axis of any size (fc1's inputs)
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 _CONFIG_MEMBER, _WEIGHTS_MEMBER = "config.json", "model.weights.h5"
@@ -495,13 +497,23 @@ def _steps(chain, source):
 
 
 def _stages(steps, source):
-    """Group the steps as five weighted layers, each with the steps that follow it."""
-    stages, inputs = [], []
+    """Group the steps as the weighted layers, each with the steps that follow it, named conv1,
+    conv2 (conv3) for the Conv2D layers and fc1, fc2, fc3 for the Dense layers."""
+    stages, names, inputs = [], [], []
     for step in steps:
         if step.kind in ("conv", "dense"):
-            if len(stages) == len(_weights.LAYERS):
-                raise _error(source, "the network has five weighted layers (Conv2D, Conv2D, "
-                                     "Conv2D or Dense, Dense, Dense); this is a sixth", step.layer)
+            convs = sum(name.startswith("conv") for name in names)
+            denses = len(names) - convs
+            if step.kind == "conv" and (denses or convs == len(_CONV_NAMES)):
+                raise _error(source, "expected at most three Conv2D layers, all before the Dense "
+                                     "layers", step.layer)
+            if step.kind == "dense" and convs < 2:
+                raise _error(source, f"expected {_CONV_NAMES[convs]} to be a Conv2D",
+                             step.layer)
+            if step.kind == "dense" and denses == len(_DENSE_NAMES):
+                raise _error(source, "expected at most three Dense layers after the "
+                                     "convolutions; this is a fourth", step.layer)
+            names.append(_CONV_NAMES[convs] if step.kind == "conv" else _DENSE_NAMES[denses])
             stages.append((step, []))
         elif step.kind == "input":
             if stages or inputs:
@@ -511,26 +523,21 @@ def _stages(steps, source):
             raise _error(source, "expected the first layer to be a Conv2D", step.layer)
         else:
             stages[-1][1].append(step)
-    if len(stages) != len(_weights.LAYERS):
+    if len(stages) < 3 or not names[-1].startswith("fc"):
         found = ", ".join(step.layer.class_name for step, _ in stages) or "none"
-        raise _error(source, f"expected five weighted layers (Conv2D, Conv2D, Conv2D or Dense, "
-                             f"Dense, Dense), found {len(stages)}: {found}; other layer counts "
-                             f"are not supported yet")
-    return stages, inputs[0] if inputs else None
+        raise _error(source, f"expected two or three Conv2D layers, then one to three Dense "
+                             f"layers; found {len(stages)} weighted layers: {found}")
+    return list(zip(names, stages)), inputs[0] if inputs else None
 
 
-def _read_architecture(stages, source):
-    """Check the stages' structure; return the architecture, the two pooling steps and the
-    flatten step."""
+def _read_structure(named_stages, source):
+    """Check where pooling, Flatten and activations sit; return each weighted layer's activation
+    (name -> (activation, the layer that says so)), the two pooling steps and the Flatten."""
     activations, pools, flatten = {}, [], None
-    for position, (name, (layer, following)) in enumerate(zip(_weights.LAYERS, stages)):
-        is_conv = layer.kind == "conv"
-        if (position < 2 and not is_conv) or (position > 2 and is_conv):
-            expected = "a Conv2D" if position < 2 else "a Dense"
-            raise _error(source, f"expected {name} to be {expected}", layer.layer)
-        next_is_dense = stages[position + 1][0].kind == "dense" if position < 4 else False
-        wants_flatten = (position == 2 and is_conv) or (position == 1 and next_is_dense)
-        wants_pool = position < 2
+    last_conv = [name for name, _ in named_stages if name.startswith("conv")][-1]
+    last = named_stages[-1][0]
+    for name, (layer, following) in named_stages:
+        wants_pool, wants_flatten = name in ("conv1", "conv2"), name == last_conv
         chosen = [(layer.value, layer.layer)] if layer.value != "identity" else []
         seen = {"pool": [], "flatten": []}
         for step in following:
@@ -560,29 +567,28 @@ def _read_architecture(stages, source):
             raise _error(source, f"a second activation ({chosen[1][0]}) after {chosen[0][0]} "
                                  f"in one stage cannot be expressed", chosen[1][1])
         activation, where = chosen[0] if chosen else ("identity", layer.layer)
-        if activation == "softmax" and name != "fc2":
+        if activation == "softmax" and name != last:
             raise _error(source, "expected softmax only after the last Dense", where)
         activations[name] = (activation, where)
         pools.extend(seen["pool"])
         flatten = flatten or (seen["flatten"][0] if seen["flatten"] else None)
-    conv_activation = activations["conv1"][0]
-    for name in ("conv2", "conv3"):
-        activation, where = activations[name]
-        if activation != conv_activation:
-            role = ("plays conv3 (the first Dense after Flatten) and" if stages[2][0].kind ==
-                    "dense" and name == "conv3" else "")
-            raise _error(source, f"this layer {role} must use the convolutions' activation "
-                                 f"({conv_activation}) because lenet_fast applies one activation "
-                                 f"after all three; found {activation}; this network is not "
-                                 f"supported yet".replace("  ", " "), where)
     if pools[0].value != pools[1].value:
         raise _error(source, f"pooling must be the same after both convolutions; found "
                              f"{pools[0].layer.class_name} then {pools[1].layer.class_name}",
                      pools[1].layer)
-    architecture = {"conv_activation": conv_activation,
-                    "fc_activation": activations["fc1"][0],
-                    "output_activation": activations["fc2"][0], "pool": pools[0].value}
-    return architecture, pools, flatten
+    return activations, pools, flatten
+
+
+def _shared_activation(activations, names, role, source):
+    """The one activation the layers `names` share: lenet_fast applies one per role."""
+    expected, _ = activations[names[0]]
+    for name in names[1:]:
+        activation, where = activations[name]
+        if activation != expected:
+            raise _error(source, f"this layer must use the {role}' activation ({expected}) "
+                                 f"because lenet_fast applies one activation after all of them; "
+                                 f"found {activation}", where)
+    return expected
 
 
 def _positive(layer, key, limit, source):
@@ -592,23 +598,20 @@ def _positive(layer, key, limit, source):
     return value
 
 
-def _geometry(stages, input_step, pools, flatten, source):
-    """Check padding, data format and input size; return the data format, the input's
-    (C, H, W) with None where unstated, and the flatten order as axis names."""
-    conv1 = stages[0][0].layer
-    layouts = {_data_format(step.layer, source) for step in [*(stage for stage, _ in stages[:3]
-                                                             if stage.kind == "conv"), *pools]}
+def _geometry(named_stages, input_step, pools, flatten, source):
+    """Check data formats and paddings; return the data format, the input's (C, H, W) with None
+    where unstated, the flatten order as axis names and the two convolutions' paddings."""
+    convs = [step for name, (step, _) in named_stages if name.startswith("conv")]
+    layouts = {_data_format(step.layer, source) for step in (*convs, *pools)}
     if len(layouts) > 1:
         raise _error(source, "expected one data_format for every Conv2D and pooling layer, "
                              f"found {' and '.join(sorted(layouts))}")
     layout = layouts.pop()
-    for stage, _ in stages[1:3]:
-        if stage.kind == "conv" and _option(stage.layer, "padding", ("valid", "same"), source,
-                                            "valid") != "valid":
-            raise _error(source, "padding 'same' after the first convolution gives a geometry "
-                                 "that is not supported yet (expected padding 'valid')",
-                         stage.layer)
-    padding = _option(conv1, "padding", ("valid", "same"), source, "valid")
+    paddings = [_PADDINGS[_option(step.layer, "padding", ("valid", "same"), source, "valid")]
+                for step in convs]
+    if len(convs) == 3 and paddings[2]:
+        raise _error(source, "expected padding 'valid' on the third Conv2D (conv3 is a "
+                             "full-window convolution giving 1x1)", convs[2].layer)
     shape = input_step.value if input_step else None
     if shape is None:
         channels = height = width = None
@@ -622,19 +625,41 @@ def _geometry(stages, input_step, pools, flatten, source):
             height, width, channels = shape[1:]
         else:
             channels, height, width = shape[1:]
-    size = _GEOMETRIES[padding]
-    if any(stated not in (None, size) for stated in (height, width)):
-        found = f"{height}x{width}".replace("None", "?")
-        raise _error(source, f"input {found} with padding {padding!r} on the first Conv2D: "
-                             f"lenet_fast runs 32x32 input with padding 'valid' or 28x28 with "
-                             f"padding 'same' (both flatten 5x5 features after the second "
-                             f"pooling); this geometry is not supported yet", conv1)
+        if (height is None) != (width is None):
+            raise _error(source, f"expected the input's height and width both stated or both "
+                                 f"free, found {_brief(shape)}")
     # Flatten order of the (C, H, W) feature map: the tensor's own layout, moved to
     # channels-last first when the Flatten layer says channels_first.
     order = ("H", "W", "C") if layout == "channels_last" else ("C", "H", "W")
     if _data_format(flatten.layer, source) == "channels_first":
         order = order[1:] + order[:1]
-    return layout, (channels, height, width), order
+    return layout, (channels, height, width), order, tuple(paddings[:2])
+
+
+def _input_size(named_stages, stated, paddings, features, conv2_channels, source):
+    """The input (H, W): the stated one, checked to pool exactly, else worked out from the
+    first Dense layer's inputs (a square image); and the (H, W) after the second pooling."""
+    conv1 = named_stages[0][1][0].layer
+    text = f"padding {'same' if paddings[0] else 'valid'!r} on conv1 and " \
+           f"{'same' if paddings[1] else 'valid'!r} on conv2"
+    if stated == (None, None):
+        if features is None:
+            pooled = _KERNEL
+        else:
+            pooled = math.isqrt(features // conv2_channels) if features % conv2_channels == 0 \
+                else 0
+            if pooled == 0 or pooled * pooled * conv2_channels != features:
+                raise _error(source, f"the first Dense layer takes {features} features, which "
+                                     f"is not conv2's {conv2_channels} channels times a square "
+                                     f"map, and the config states no input size", conv1)
+        side = _architecture.input_side_for(pooled, *paddings)
+        stated = (side, side)
+    try:
+        stages = _architecture.stage_sizes({"input_size": stated, "conv1_padding": paddings[0],
+                                            "conv2_padding": paddings[1]})
+    except ValueError as exc:
+        raise _error(source, f"input {stated[0]}x{stated[1]} with {text}: {exc}", conv1) from exc
+    return stated, stages["pool2"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -672,7 +697,8 @@ def _read_dataset(node, expected_shape, h5py, source, where, hint=""):
     if dtype.kind != "f" or dtype.itemsize not in (2, 4, 8):
         raise _error(source, f"{where}: expected float16, float32 or float64, found {dtype}")
     matches = shape is not None and len(shape) == len(expected_shape) and all(
-        got == want or (want is None and 1 <= got <= 3) for got, want in zip(shape, expected_shape))
+        got == want or (want is None and 1 <= got <= 3) or (want == _ANY and got >= 1)
+        for got, want in zip(shape, expected_shape))
     if not matches:
         text = ", ".join("C" if want is None else str(want) for want in expected_shape)
         raise _error(source, f"{where}: expected shape ({text}{',' if len(expected_shape) == 1 else ''}), "
@@ -772,9 +798,10 @@ class _LegacyWeights:
         return names
 
 
-def _read_weights(layers, stages, store, input_chw, order, source):
+def _read_weights(layers, named_stages, activations, store, input_chw, order, paddings, source):
     """The weights in canonical shapes (converted from Keras's channels-last layout) keyed by
-    Keras layer names, and the key_map from canonical layer names to those."""
+    Keras layer names, the key_map from canonical layer names to those, the architecture's
+    activations and the input size."""
     counters, path_names = {}, {}
     for layer in layers:   # Keras numbers the variable paths per class, in config order
         base = _WEIGHTS_PATH_NAMES.get(layer.class_name)
@@ -782,42 +809,74 @@ def _read_weights(layers, stages, store, input_chw, order, source):
             count = counters.get(base, 0)
             path_names[layer.name] = base if count == 0 else f"{base}_{count}"
             counters[base] = count + 1
-    weights, key_map, channels, features = {}, {}, input_chw[0], None
-    for position, (name, (step, _)) in enumerate(zip(_weights.LAYERS, stages)):
-        layer = step.layer
+    names = [name for name, _ in named_stages]
+    stages = dict(named_stages)
+    arrays, widths, channels = {}, {}, input_chw[0]
+    stated, pooled, inputs = input_chw[1:], None, None   # inputs: the next Dense layer's
+    for name in names:
+        layer = stages[name][0].layer
         use_bias = _option(layer, "use_bias", (True, False), source, True)
-        if step.kind == "conv":
-            width = _positive(layer, "filters", _weights.MAX_WIDTH, source)
+        hint = ""
+        if name.startswith("conv"):
+            width = _positive(layer, "filters", _architecture.MAX_WIDTH, source)
             kernel_shape = (_KERNEL, _KERNEL, channels, width)
         else:
-            limit = _weights.MAX_CLASSES if name == "fc2" else _weights.MAX_WIDTH
+            limit = _architecture.MAX_CLASSES if name == names[-1] else _architecture.MAX_WIDTH
             width = _positive(layer, "units", limit, source)
-            kernel_shape = (features, width)
+            if name == "fc1" and "conv3" not in stages and stated != (None, None):
+                stated, pooled = _input_size(named_stages, stated, paddings, None, None, source)
+                inputs = widths["conv2"] * pooled[0] * pooled[1]
+                hint = (f" (the Dense after Flatten takes conv2's {widths['conv2']} channels of "
+                        f"{pooled[0]}x{pooled[1]} for a {stated[0]}x{stated[1]} input)")
+            kernel_shape = (_ANY if inputs is None else inputs, width)
         shapes = [kernel_shape, (width,)] if use_bias else [kernel_shape]
-        hint = ""
-        if name == "conv3" or (name == "fc1" and stages[2][0].kind == "conv"):
-            feeding = "conv2's 5x5" if name == "conv3" else "conv3's 1x1"
-            hint = (f" (the Dense after Flatten takes {features} features: {feeding} output; "
-                    f"lenet_fast runs 32x32 input with padding 'valid' or 28x28 with "
-                    f"padding 'same' on the first Conv2D, other geometries such as 28x28 "
-                    f"unpadded are not supported yet)")
-        arrays = store.variables(layer, path_names[layer.name], shapes, hint)
-        kernel = arrays[0]
-        if step.kind == "conv":
+        arrays[name] = store.variables(layer, path_names[layer.name], shapes, hint)
+        if name == "fc1" and inputs is None:
+            inputs = features = arrays[name][0].shape[0]
+        elif name == "fc1":
+            features = inputs
+        widths[name] = channels = inputs = width
+    stated, pooled = _input_size(named_stages, stated, paddings,
+                                 None if "conv3" in stages else features, widths["conv2"], source)
+    if "conv3" in stages and pooled != (_KERNEL, _KERNEL):
+        raise _error(source, f"the third Conv2D must see a 5x5 map (it is a full-window "
+                             f"convolution); the input {stated[0]}x{stated[1]} gives "
+                             f"{pooled[0]}x{pooled[1]}", stages["conv3"][0].layer)
+    conv_activation = activations["conv1"][0]
+    # Three Dense layers over a 5x5 map, the first with the convolutions' activation: conv3 and
+    # two dense layers (the network lenet_fast always ran; the same function).
+    dense_as_conv3 = "conv3" not in stages and len(names) == 5 and \
+        pooled == (_KERNEL, _KERNEL) and activations["fc1"][0] == conv_activation
+    canonical_names = dict(zip(names, ("conv1", "conv2", "conv3", "fc1", "fc2") if
+                               dense_as_conv3 else names))
+    weights, key_map = {}, {}
+    for name in names:
+        layer, canonical = stages[name][0].layer, canonical_names[name]
+        kernel = arrays[name][0]
+        if kernel.ndim == 4:
             weight = kernel.transpose(3, 2, 0, 1)       # (5, 5, in, out) -> (out, in, 5, 5)
-        elif name == "conv3":                           # the first Dense after Flatten
-            sizes = {"C": channels, "H": _FLATTENED, "W": _FLATTENED}
-            weight = kernel.T.reshape(width, *(sizes[axis] for axis in order))
+        elif name == "fc1" and "conv3" not in stages:   # the first Dense after Flatten
+            sizes = {"C": widths["conv2"], "H": pooled[0], "W": pooled[1]}
+            weight = kernel.T.reshape(kernel.shape[1], *(sizes[axis] for axis in order))
             weight = weight.transpose(0, *(1 + order.index(axis) for axis in "CHW"))
+            if not dense_as_conv3:
+                weight = weight.reshape(kernel.shape[1], -1)
         else:
             weight = kernel.T                           # (in, out) -> (out, in)
         # Keyed by the Keras layer's name, so that canonicalize's messages name it.
-        key_map[name] = layer.name
+        key_map[canonical] = layer.name
         weights[f"{layer.name}.weight"] = weight
-        weights[f"{layer.name}.bias"] = arrays[1] if use_bias else np.zeros(width, kernel.dtype)
-        channels = width
-        features = channels * (_FLATTENED * _FLATTENED if position == 1 else 1)
-    return weights, key_map
+        weights[f"{layer.name}.bias"] = arrays[name][1] if len(arrays[name]) > 1 else \
+            np.zeros(weight.shape[0], kernel.dtype)
+    convs = [canonical_names[name] for name in names if canonical_names[name].startswith("conv")]
+    denses = [canonical_names[name] for name in names if canonical_names[name].startswith("fc")]
+    renamed = {canonical_names[name]: value for name, value in activations.items()}
+    conv_activation = _shared_activation(renamed, convs, "convolutions", source)
+    fc_activation = (_shared_activation(renamed, denses[:-1], "hidden Dense layers", source)
+                     if len(denses) > 1 else _architecture.DEFAULT_ARCHITECTURE["fc_activation"])
+    architecture = {"conv_activation": conv_activation, "fc_activation": fc_activation,
+                    "output_activation": renamed[denses[-1]][0]}
+    return weights, key_map, architecture, stated
 
 
 def from_keras(path, *, num_threads=None):
@@ -907,16 +966,19 @@ def _load(source, magic, h5py):
         steps = _steps(chain, source)
         if stated_shape is not None and not any(step.kind == "input" for step in steps):
             steps.insert(0, _Step("input", chain[0], stated_shape))
-        stages, input_step = _stages(steps, source)
-        architecture, pools, flatten = _read_architecture(stages, source)
-        layout, input_chw, order = _geometry(stages, input_step, pools, flatten, source)
-        weights, key_map = _read_weights(layers, stages, store, input_chw, order, source)
+        named_stages, input_step = _stages(steps, source)
+        activations, pools, flatten = _read_structure(named_stages, source)
+        layout, input_chw, order, paddings = _geometry(named_stages, input_step, pools, flatten,
+                                                       source)
+        weights, key_map, architecture, input_size = _read_weights(
+            layers, named_stages, activations, store, input_chw, order, paddings, source)
     canonical = _weights.canonicalize(weights, key_map=key_map, source=source)
     channels = canonical["conv1.weight"].shape[1]
-    size = _GEOMETRIES[_option(stages[0][0].layer, "padding", ("valid", "same"), source, "valid")]
+    architecture.update(pool=pools[0].value, input_size=input_size, conv1_padding=paddings[0],
+                        conv2_padding=paddings[1])
     provenance = {"format": f"Keras {file_format}",
-                  "keras_input_shape": [size, size, channels] if layout == "channels_last"
-                  else [channels, size, size]}
+                  "keras_input_shape": [*input_size, channels] if layout == "channels_last"
+                  else [channels, *input_size]}
     for key, value in (("keras_model", _model_name(config)), ("keras_version", version)):
         if value is not None:
             provenance[key] = value

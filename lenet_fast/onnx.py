@@ -1,27 +1,34 @@
-"""ONNX in and out: import LeNet-family ONNX graphs (`from_onnx`) and export ours (`to_onnx`).
+"""ONNX in and out for the LeNet family, as data: a graph <-> ``(weights, architecture)``.
 
-Design: `from_onnx` never executes the graph; it reads it.  The nodes are sorted topologically
-from the one graph input and must form a single chain (Constant nodes and initializers feed it
-weights).  Each node is turned into a token -- a weighted layer (Conv, Gemm, MatMul followed by
-Add), an activation, a 2x2 pool or a flatten -- and the token list is matched against the one
-shape LeNet-5 has::
+`read_graph` turns an ONNX graph into canonical weights and an architecture dict; it never
+executes the graph, it reads it.  `build_model_proto` turns ``(weights, architecture)`` back into
+an ``onnx.ModelProto``; `save_model` writes one atomically.  `LeNet.from_onnx` and
+`LeNet.to_onnx` compose them; this module does not import the model class (nor the compiled
+kernels), so the graph reader can be used and tested on its own.
 
-    conv act? pool act? conv act? pool act? (conv act? flatten | flatten dense) act? dense act? dense act?
+Reading: the nodes are sorted topologically from the one graph input (linear time) and must form
+a single chain (Constant nodes and initializers feed it weights).  Each node becomes a token -- a
+weighted layer (Conv, Gemm, MatMul followed by Add), an activation, a 2x2 pool, a flatten or a
+zero Pad of 2 -- and the token list is matched against the family::
 
-which covers the three PyTorch layouts ``lenet_fast`` loads (table model, PyTorch tutorial with a
-dense fc1 over the flattened 16x5x5 features, numbered ``nn.Sequential``) as both of PyTorch's
-exporters write them.  An inference ``BatchNormalization`` directly after a Conv, Gemm or MatMul
-is folded into that layer's weight and bias (`_weights.fold_batchnorm`, float64).  The weights
-then pass through ``_weights.canonicalize`` like any other
-weight set, so shape checks live in one place.  Anything the kernels cannot compute exactly is
-rejected, naming the first offending node: other op types, strides, dilations, groups, other
-kernel or pool sizes, and padding -- except ``pads=[2, 2, 2, 2]`` on the first convolution of a
-28x28 input, which is exactly our zero-padding of 28x28 images.
+    pad? conv act? pool act? pad? conv act? pool act? (conv act? flatten | flatten)
+    dense act? [dense act? [dense act?]]
 
-`to_onnx` writes the inverse: opset 17, IR version 8 (readable by ONNX Runtime 1.17 and later),
-a dynamic batch axis, input ``images`` (N, C, 32, 32) float32 and output ``scores`` after the
-output activation.  The ``onnx`` package is imported inside the functions, so ``import
-lenet_fast`` does not need it.
+5x5 stride-1 convolutions padded by 0 or 2 (Conv ``pads``, ``auto_pad`` SAME, or a constant zero
+Pad just before the Conv), one pooling kind, conv3 only where the second pooling gives 5x5, one to
+three dense layers (Gemm or MatMul + Add).  The input size is the graph input's when it states
+one, else worked out from the first dense layer's width (the padding is explicit in ONNX, so
+nothing is guessed).  A Flatten and three dense layers over a 5x5 map whose first dense layer
+uses the convolutions' activation are read as conv3 (the PyTorch tutorial's network, as
+``lenet_fast`` always has).  An inference ``BatchNormalization`` directly after a Conv, Gemm or
+MatMul is folded into that layer (`_weights.fold_batchnorm`, float64).  The weights then pass
+through ``_weights.canonicalize`` like any other weight set, so shape checks live in one place.
+Anything else is rejected, naming the file and the first offending node.
+
+Writing: opset 17, IR version 8 (readable by ONNX Runtime 1.17 and later), a dynamic batch axis,
+input ``images`` (N, C, H, W) float32 at the model's input size (padding as Conv ``pads``) and
+output ``scores`` after the output activation.  The ``onnx`` package is imported inside the
+functions, so ``import lenet_fast`` does not need it.
 """
 
 import math
@@ -30,7 +37,6 @@ import os
 import numpy as np
 
 from . import _weights
-from ._model import LeNet
 
 OPSET = 17
 IR_VERSION = 8
@@ -41,17 +47,23 @@ _ACTIVATION_OPS = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Softma
 _POOL_OPS = {"MaxPool": "max", "AveragePool": "avg"}
 _FLATTEN_OPS = ("Flatten", "Reshape")
 _SUPPORTED_OPS = ("Conv", "Gemm", "MatMul", "Add", *_ACTIVATION_OPS, *_POOL_OPS, *_FLATTEN_OPS,
-                  "Identity", "Constant", "BatchNormalization")
-_LAYERS = _weights.LAYERS
+                  "Pad", "Identity", "Constant", "BatchNormalization")
 _KERNEL = 5
-_MNIST_SIZE, _INPUT_SIZE = 28, 32
-_MNIST_PADS = [2, 2, 2, 2]
+_PADDING = 2                         # the one non-zero padding: "same" for a 5x5 kernel
+_NO_PADS, _SAME_PADS = [0, 0, 0, 0], [_PADDING] * 4
+_CONV_NAMES = ("conv1", "conv2", "conv3")
+_DENSE_NAMES = ("fc1", "fc2", "fc3")
+_MAX_LAYERS = len(_CONV_NAMES) + len(_DENSE_NAMES)
 _ONNX_ACTIVATIONS = {name: op for op, name in _ACTIVATION_OPS.items()}
 _ONNX_POOLS = {name: op for op, name in _POOL_OPS.items()}
+_HIDDEN_ACTIVATIONS = ("relu", "sigmoid", "tanh", "identity")
+_VOCABULARY = {"conv_activation": _HIDDEN_ACTIVATIONS, "fc_activation": _HIDDEN_ACTIVATIONS,
+               "output_activation": (*_HIDDEN_ACTIVATIONS, "softmax"), "pool": ("max", "avg")}
+_DEFAULT_FC_ACTIVATION = "sigmoid"   # unused with one dense layer; the vocabulary's default
 
 
 class ONNXImportError(ValueError):
-    """An ONNX graph that is not a LeNet-5 this package can run exactly, or a malformed file.
+    """An ONNX graph that is not a LeNet this package can run exactly, or a malformed file.
 
     The message names the file (or "ONNX model"), then the first unsupported node (op type and
     name), the initializer, or the mismatch found.
@@ -59,7 +71,7 @@ class ONNXImportError(ValueError):
 
 
 class _ONNXWeightError(ONNXImportError, _weights.WeightFileError):
-    """Weights in an ONNX graph that do not fit together as one LeNet-5: both error types."""
+    """Weights in an ONNX graph that do not fit together as one LeNet: both error types."""
 
 
 # Exceptions that onnx's helpers and numpy raise on malformed protobuf content (a tensor whose
@@ -251,11 +263,53 @@ def _graph_input(graph, constants, source):
     return inputs[0].name, dims
 
 
+
+
 class _Token:
-    """One step of the chain: kind is "layer", "activation", "pool" or "flatten"."""
+    """One step of the chain: kind is "layer", "activation", "pool", "flatten" or "pad"."""
 
     def __init__(self, kind, node, value=None, weight=None, bias=None):
         self.kind, self.node, self.value, self.weight, self.bias = kind, node, value, weight, bias
+        self.batchnorm = None
+
+
+def _conv_pads(node, attributes):
+    """A Conv's padding on every side: 0 or 2 (``pads`` or ``auto_pad``)."""
+    _check_attributes(node, attributes, {
+        "kernel_shape": [[_KERNEL, _KERNEL]], "strides": [[1, 1]], "dilations": [[1, 1]],
+        "group": [1], "auto_pad": ["NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"],
+        "pads": [_NO_PADS, _SAME_PADS]})
+    auto_pad = attributes.get("auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    if auto_pad.startswith("SAME"):
+        if "pads" in attributes:
+            raise _unsupported(node, f"expected pads or auto_pad, found both")
+        return _PADDING
+    return _PADDING if list(attributes.get("pads", _NO_PADS)) == _SAME_PADS else 0
+
+
+def _pad_amount(node, attributes, constant):
+    """A Pad node's padding: 2 zeros on each side of the two image axes, nothing else."""
+    _check_attributes(node, attributes, {"mode": ["constant"],
+                                         "pads": [[0, 0, _PADDING, _PADDING] * 2],
+                                         "value": [0.0]})
+    if "pads" in attributes:                        # opset < 11: attributes only
+        return _PADDING
+    pads, value = constant(node, 1, 1), constant(node, 2)
+    axes = constant(node, 3)
+    expected = [0, 0, _PADDING, _PADDING] * 2
+    if axes is not None:                            # opset 18: pads for the listed axes only
+        if sorted(int(axis) % 4 for axis in np.asarray(axes).reshape(-1)) != [2, 3]:
+            raise _unsupported(node, f"expected padding of axes [2, 3] (the image), found axes "
+                                     f"{np.asarray(axes).reshape(-1).tolist()}")
+        expected = [_PADDING] * 4
+    if pads.tolist() != expected:
+        raise _unsupported(node, f"expected pads {expected} (2 zeros around each image), found "
+                                 f"{pads.tolist()}")
+    if value is not None and (value.size > 1 or np.any(value != 0)):
+        raise _unsupported(node, f"expected zero padding, found constant value "
+                                 f"{np.asarray(value).reshape(-1)[:4].tolist()}")
+    return _PADDING
 
 
 def _tokenize(nodes, data, constants, source):
@@ -305,14 +359,23 @@ def _tokenize(nodes, data, constants, source):
                                      f"outputs {list(node.output)}")
         attributes = _attributes(node)
         op = node.op_type
+        pending_pad = tokens[-1] if tokens and tokens[-1].kind == "pad" else None
+        if pending_pad is not None and op not in ("Conv", "Identity"):
+            raise _unsupported(pending_pad.node, f"expected a Pad only directly before a Conv, "
+                                                 f"found {_describe(node)} after it")
         if op == "Identity":
             pass
         elif op == "Conv":
-            _check_attributes(node, attributes, {
-                "kernel_shape": [[_KERNEL, _KERNEL]], "strides": [[1, 1]], "dilations": [[1, 1]],
-                "group": [1], "auto_pad": ["NOTSET", "VALID"], "pads": [[0, 0, 0, 0], _MNIST_PADS]})
-            tokens.append(_Token("layer", node, attributes.get("pads", [0, 0, 0, 0]),
-                                 constant(node, 1, 4), constant(node, 2)))
+            padding = _conv_pads(node, attributes)
+            if pending_pad is not None:
+                if padding:
+                    raise _unsupported(node, f"padded by 2 after {_describe(pending_pad.node)} "
+                                             f"padded by 2: expected 0 or 2 in all")
+                tokens.pop()
+                padding = pending_pad.value
+            tokens.append(_Token("layer", node, padding, constant(node, 1, 4), constant(node, 2)))
+        elif op == "Pad":
+            tokens.append(_Token("pad", node, _pad_amount(node, attributes, constant)))
         elif op == "Gemm":
             _check_attributes(node, attributes, {"transA": [0], "transB": [0, 1],
                                                  "alpha": [1.0], "beta": [1.0]})
@@ -359,6 +422,8 @@ def _tokenize(nodes, data, constants, source):
         else:  # an Add that does not follow a MatMul
             raise _unsupported(node, "expected Add only as the bias of a MatMul")
         data = node.output[0]
+    if tokens and tokens[-1].kind == "pad":
+        raise _unsupported(tokens[-1].node, "expected a Pad only directly before a Conv")
     return tokens, data
 
 
@@ -386,39 +451,47 @@ def _fold_batchnorm_node(node, attributes, tokens, constant):
 
 
 def _split_layers(tokens, source):
-    """Group the tokens as five weighted layers, each with the tokens that follow it."""
-    layers = []
+    """Group the tokens as the weighted layers, each with the tokens that follow it, and name
+    them: conv1, conv2 (and conv3) for the leading Convs, fc1, fc2, fc3 for the dense layers."""
+    layers, names = [], []
     for token in tokens:
-        if token.kind == "layer":
-            if len(layers) == len(_LAYERS):
-                raise _unsupported(token.node, f"a LeNet-5 has {len(_LAYERS)} weighted layers; "
-                                               f"this is a sixth")
-            layers.append((token, []))
-        elif not layers:
-            raise _unsupported(token.node, "expected the first node to be a Conv")
-        else:
+        if token.kind != "layer":
+            if not layers:
+                raise _unsupported(token.node, "expected the first node to be a Conv")
             layers[-1][1].append(token)
-    if len(layers) != len(_LAYERS):
-        raise ONNXImportError(f"{source}: expected {len(_LAYERS)} weighted layers (Conv, Conv, "
-                              f"Conv or Gemm, Gemm, Gemm), found {len(layers)}")
-    return layers
+            continue
+        convs = sum(name.startswith("conv") for name in names)
+        denses = len(names) - convs
+        is_conv = token.node.op_type == "Conv"
+        if is_conv and (denses or convs == len(_CONV_NAMES)):
+            raise _unsupported(token.node, f"expected {_DENSE_NAMES[denses]} to be Gemm or "
+                                           f"MatMul+Add (at most three Conv layers, all before "
+                                           f"the dense layers)")
+        if not is_conv and convs < 2:
+            raise _unsupported(token.node, f"expected {_CONV_NAMES[convs]} to be Conv")
+        if not is_conv and denses == len(_DENSE_NAMES):
+            raise _unsupported(token.node, f"a LeNet has at most {len(_DENSE_NAMES)} dense "
+                                           f"layers after its convolutions; this is a fourth")
+        names.append(_CONV_NAMES[convs] if is_conv else _DENSE_NAMES[denses])
+        layers.append((token, []))
+    if len(names) < 3 or not names[-1].startswith("fc"):
+        found = ", ".join(layer.node.op_type for layer, _ in layers) or "none"
+        raise ONNXImportError(f"{source}: expected two or three Conv layers, then one to three "
+                              f"dense layers (Gemm or MatMul+Add), found {len(layers)} weighted "
+                              f"layers: {found}")
+    return list(zip(names, layers))
 
 
-def _read_architecture(layers, input_dims, source):
-    """Check the token structure; return the architecture and the conv1 padding decision."""
-    activations, pools = {}, []
-    for position, (name, (layer, following)) in enumerate(zip(_LAYERS, layers)):
-        is_conv = layer.node.op_type == "Conv"
-        if (position < 2 and not is_conv) or (position > 2 and is_conv):
-            expected = "Conv" if position < 2 else "Gemm or MatMul+Add"
-            raise _unsupported(layer.node, f"expected {name} to be {expected}")
-        if position > 0 and is_conv and layer.value != [0, 0, 0, 0]:
-            raise _unsupported(layer.node, f"only the first Conv may be padded (by 2, for 28x28 "
-                                           f"input); found pads {layer.value}")
-        next_is_dense = position + 1 < len(layers) and layers[position + 1][0].node.op_type != "Conv"
-        # Flatten goes after the last convolution: after conv3, or after conv2 when conv3 is dense.
-        wants_flatten = position == 2 and is_conv or position == 1 and next_is_dense
-        wants_pool = position < 2
+def _read_structure(named_layers, source):
+    """Check where the activations, pools and flatten sit; return the activation after each
+    layer (name -> (activation, the node that says so)), the pooling kind and the flatten
+    token."""
+    activations, pools, flatten = {}, [], None
+    last_conv = [name for name, _ in named_layers if name.startswith("conv")][-1]
+    last = named_layers[-1][0]
+    for name, (layer, following) in named_layers:
+        wants_pool = name in ("conv1", "conv2")
+        wants_flatten = name == last_conv
         seen = {"activation": [], "pool": [], "flatten": []}
         for token in following:
             seen[token.kind].append(token)
@@ -433,72 +506,129 @@ def _read_architecture(layers, input_dims, source):
             if token.kind == "activation" and seen["pool"] and seen["pool"][0].value == "avg":
                 raise _unsupported(token.node, "an activation after AveragePool does not commute "
                                                "with it; expected it before the pooling")
-            if token.kind == "activation" and token.value == "softmax" and name != "fc2":
-                raise _unsupported(token.node, f"expected Softmax only after fc2, found it after "
-                                               f"{name}")
+            if token.kind == "activation" and token.value == "softmax" and name != last:
+                raise _unsupported(token.node, f"expected Softmax only after {last}, found it "
+                                               f"after {name}")
         if wants_pool and not seen["pool"]:
             raise _unsupported(layer.node, f"expected a 2x2 stride-2 MaxPool or AveragePool "
                                            f"after {name}")
         if wants_flatten and not seen["flatten"]:
             raise _unsupported(layer.node, f"expected a Flatten or Reshape after {name}")
-        if seen["flatten"] and seen["flatten"][0].value not in (None, -1):
-            features = layers[position + 1][0].weight.shape[-1]
-            if seen["flatten"][0].value != features:
-                raise _unsupported(seen["flatten"][0].node,
-                                   f"expected to flatten to {features} features (the next "
-                                   f"layer's input), found {seen['flatten'][0].value}")
+        if name == "conv3" and layer.value:
+            raise _unsupported(layer.node, "expected conv3 unpadded (a full-window convolution "
+                                           "giving 1x1)")
         activation = seen["activation"][0] if seen["activation"] else None
         activations[name] = (activation.value if activation else "identity",
                              activation.node if activation else layer.node)
         pools.extend(seen["pool"])
-    conv_kinds = {activations[name][0] for name in _LAYERS[:3]}
-    if len(conv_kinds) > 1:
-        found = ", ".join(f"{activations[name][0]} after {name}" for name in _LAYERS[:3])
-        raise ONNXImportError(f"{source}: conv_activation must be the same after conv1, conv2 "
-                              f"and conv3; found {found}")
+        flatten = flatten or (seen["flatten"][0] if seen["flatten"] else None)
     if pools[0].value != pools[1].value:
         raise _unsupported(pools[1].node, f"pooling must be the same after conv1 and conv2; "
                                           f"found {pools[0].node.op_type} then "
                                           f"{pools[1].node.op_type}")
-    _check_input_size(layers[0][0], input_dims, source)
-    return {"conv_activation": conv_kinds.pop(), "fc_activation": activations["fc1"][0],
-            "output_activation": activations["fc2"][0], "pool": pools[0].value}
+    return activations, pools[0].value, flatten
 
 
-def _check_input_size(conv1, input_dims, source):
-    """Unpadded conv1 needs 32x32 input, conv1 padded by 2 needs 28x28 (our own padding)."""
-    size = _MNIST_SIZE if conv1.value == _MNIST_PADS else _INPUT_SIZE
-    height, width = input_dims[2:]
-    if (height, width) != (size, size) and (height, width) != (None, None):
-        padding = "pads [2, 2, 2, 2]" if size == _MNIST_SIZE else "no padding"
-        raise _unsupported(conv1.node, f"with {padding} the input must be {size}x{size}; found "
-                                       f"{height}x{width}")
+def _shared_activation(activations, names, option, source):
+    """The one activation `names` share (the engine applies one per role)."""
+    kinds = {activations[name][0] for name in names}
+    if len(kinds) > 1:
+        found = ", ".join(f"{activations[name][0]} after {name}" for name in names)
+        listed = " and ".join([", ".join(names[:-1]), names[-1]])
+        raise ONNXImportError(f"{source}: {option} must be the same after {listed}; found "
+                              f"{found}")
+    return kinds.pop()
 
 
-def from_onnx(path_or_model, *, conv_activation=None, fc_activation=None, output_activation=None,
-              pool=None, num_threads=None):
-    """Build a `LeNet` from a LeNet-5 ONNX graph, such as ``torch.onnx.export`` writes.
+def _stage_sizes(size, conv1_padding, conv2_padding):
+    """Along one axis: the sizes after conv1, pool1, conv2 and pool2, or None where a
+    convolution's output would be empty or odd (2x2 pooling of an odd size is not exact)."""
+    conv1 = size + 2 * conv1_padding - (_KERNEL - 1)
+    conv2 = conv1 // 2 + 2 * conv2_padding - (_KERNEL - 1)
+    if conv1 <= 0 or conv1 % 2 or conv2 <= 0 or conv2 % 2:
+        return None
+    return conv1, conv1 // 2, conv2, conv2 // 2
+
+
+def _input_size_for(pooled, conv1_padding, conv2_padding):
+    """The input size whose second pooling gives `pooled` (the inverse of `_stage_sizes`)."""
+    conv1 = 2 * (2 * pooled + (_KERNEL - 1) - 2 * conv2_padding)
+    return conv1 + (_KERNEL - 1) - 2 * conv1_padding
+
+
+def _read_geometry(named_layers, input_dims, source):
+    """The input (H, W) and the two convolutions' padding: the graph input's size when stated,
+    else the one size the first dense layer's width allows (a square image)."""
+    layers = dict(named_layers)
+    conv1, conv2 = layers["conv1"][0], layers["conv2"][0]
+    padding = (conv1.value, conv2.value)
+    channels2 = conv2.weight.shape[0]
+    features = layers["fc1"][0].weight.shape[1] if "conv3" not in layers else None
+    stated = tuple(input_dims[2:])
+    if stated != (None, None) and None in stated:
+        raise ONNXImportError(f"{source}: expected the input's height and width both fixed or "
+                              f"both free, found {stated[0]}x{stated[1]}".replace("None", "?"))
+    pads = f"padding {padding[0]} on conv1 and {padding[1]} on conv2"
+    if stated == (None, None):
+        if features is None:
+            pooled = (_KERNEL, _KERNEL)
+        else:
+            side = math.isqrt(features // channels2) if features % channels2 == 0 else 0
+            if side * side * channels2 != features or side == 0:
+                raise _unsupported(layers["fc1"][0].node,
+                                   f"it takes {features} features, which is not conv2's "
+                                   f"{channels2} channels times a square feature map; state "
+                                   f"the input size in the graph input")
+            pooled = (side, side)
+        stated = tuple(_input_size_for(side, *padding) for side in pooled)
+        if min(stated) < 1:
+            raise _unsupported(conv1.node, f"no input size gives a {pooled[0]}x{pooled[1]} map "
+                                           f"after the second pooling with {pads}")
+    sizes = [_stage_sizes(side, *padding) for side in stated]
+    if None in sizes:
+        raise _unsupported(conv1.node, f"a {stated[0]}x{stated[1]} input with {pads} gives an "
+                                       f"empty or odd-sized convolution output (2x2 pooling "
+                                       f"needs even sizes)")
+    pooled = (sizes[0][3], sizes[1][3])
+    if "conv3" in layers and pooled != (_KERNEL, _KERNEL):
+        raise _unsupported(layers["conv3"][0].node,
+                           f"conv3 must see a 5x5 map (it is a full-window convolution); a "
+                           f"{stated[0]}x{stated[1]} input with {pads} gives "
+                           f"{pooled[0]}x{pooled[1]}")
+    return stated, padding, pooled
+
+
+def _check_flatten(flatten, features):
+    """A Reshape that states its feature count must state the next layer's."""
+    if flatten.value not in (None, -1) and flatten.value != features:
+        raise _unsupported(flatten.node, f"expected to flatten to {features} features (the next "
+                                         f"layer's input), found {flatten.value}")
+
+
+def read_graph(model_or_path):
+    """Read a LeNet-family ONNX graph as canonical weights and an architecture, without running it.
 
     Parameters
     ----------
-    path_or_model : str, path-like or onnx.ModelProto
-        The graph: Conv -> activation -> 2x2 pool -> Conv -> activation -> 2x2 pool -> Conv ->
-        activation -> Flatten -> Gemm -> activation -> Gemm -> activation, or the PyTorch
-        tutorial form (Flatten after the second pool, then three Gemm layers).  Supported ops:
-        Conv (5x5, stride 1; the first may have ``pads=[2, 2, 2, 2]`` on a 28x28 input), Relu,
-        Sigmoid, Tanh, Softmax (last), MaxPool and AveragePool (2x2, stride 2), Flatten,
-        Reshape to (batch, features), Gemm, MatMul + Add, Identity, BatchNormalization
-        directly after a Conv/Gemm/MatMul (folded into it); weights as initializers or
-        Constant nodes.  Activations may be absent ("identity").
-    conv_activation, fc_activation, output_activation, pool : str, optional
-        Override what the graph says (then the model no longer computes the graph's function);
-        by default they are read from the graph.
-    num_threads : int, optional
-        See `LeNet`.
+    model_or_path : str, path-like or onnx.ModelProto
+        The graph, such as ``torch.onnx.export`` writes: Conv -> activation -> 2x2 pool ->
+        Conv -> activation -> 2x2 pool -> (Conv -> activation ->) Flatten -> one to three
+        Gemm (or MatMul + Add) layers, each followed by its activation.  Supported ops: Conv
+        (5x5, stride 1, padded by 0 or 2 through ``pads``, ``auto_pad="SAME_*"`` or a constant
+        zero Pad of 2 just before it), Relu, Sigmoid, Tanh, Softmax (last), MaxPool and
+        AveragePool (2x2, stride 2), Flatten, Reshape to (batch, features), Gemm, MatMul + Add,
+        Pad, Identity, BatchNormalization directly after a Conv/Gemm/MatMul (folded into it);
+        weights as initializers or Constant nodes.  Activations may be absent ("identity").
 
     Returns
     -------
-    LeNet
+    weights : dict of str to ndarray
+        Canonical float32 weights (``conv1.weight`` ..., see `lenet_fast._weights.canonicalize`).
+    architecture : dict
+        ``conv_activation``, ``fc_activation``, ``output_activation``, ``pool`` and the geometry:
+        ``input_size`` (an int for a square input, else (H, W)), ``conv1_padding`` and
+        ``conv2_padding`` (0 or 2).  With a single dense layer, ``fc_activation`` is unused and
+        left at its default.
 
     Raises
     ------
@@ -507,27 +637,24 @@ def from_onnx(path_or_model, *, conv_activation=None, fc_activation=None, output
         graph, its message starting with the file (or "ONNX model") and naming the first
         unsupported node (op type and name), the initializer, or the mismatch: an op type
         outside the list, a branch, other strides, kernels, padding, pooling or attributes,
-        different activations after the three convolutions, different pooling, a malformed or
-        oversized tensor (over 2**24 elements), external data outside the model's folder
-        (after resolving symlinks).  When the weights' shapes do not fit together as one
-        LeNet-5 the error is also a `lenet_fast.WeightFileError`.
+        different activations where the engine applies one, different pooling, sizes that no
+        2x2 pooling divides exactly, a malformed or oversized tensor (over 2**24 elements),
+        external data outside the model's folder (after resolving symlinks).  When the weights'
+        shapes do not fit together the error is also a `lenet_fast.WeightFileError`.
     FileNotFoundError
         If the path does not exist.
     TypeError
-        If `path_or_model` is neither a path nor an ``onnx.ModelProto``.
+        If `model_or_path` is neither a path nor an ``onnx.ModelProto``.
 
     Examples
     --------
-    >>> torch.onnx.export(torch_model, (x,), "lenet.onnx")      # doctest: +SKIP
-    >>> model = LeNet.from_onnx("lenet.onnx")                  # doctest: +SKIP
+    >>> weights, architecture = read_graph("lenet.onnx")     # doctest: +SKIP
+    >>> architecture["input_size"], weights["fc1.weight"].shape    # doctest: +SKIP
+    (28, (120, 256))
     """
-    from ._model import _check_num_threads
-
-    if num_threads is not None:
-        _check_num_threads(num_threads)
-    model, source = _load(path_or_model)
+    model, source = _load(model_or_path)
     try:
-        canonical, architecture = _read_graph(model.graph, source)
+        return _read_graph(model.graph, source)
     except _weights.WeightFileError as exc:
         raise _ONNXWeightError(str(exc)) from exc
     except ONNXImportError as exc:
@@ -537,13 +664,10 @@ def from_onnx(path_or_model, *, conv_activation=None, fc_activation=None, output
     except _MALFORMED as exc:   # a malformed graph that no check above names more precisely
         raise ONNXImportError(f"{source}: malformed ONNX graph ({type(exc).__name__}: "
                               f"{exc})") from exc
-    explicit = {"conv_activation": conv_activation, "fc_activation": fc_activation,
-                "output_activation": output_activation, "pool": pool}
-    return LeNet._from_canonical(canonical, {"architecture": architecture}, num_threads, explicit)
 
 
 def _read_graph(graph, source):
-    """The canonical weights and the architecture of a LeNet-5 graph."""
+    """The canonical weights and the architecture of a LeNet-family graph."""
     constants = {tensor.name: _tensor_array(tensor, f"{source}: initializer {tensor.name!r}")
                  for tensor in graph.initializer}
     input_name, input_dims = _graph_input(graph, constants, source)
@@ -555,91 +679,192 @@ def _read_graph(graph, source):
     if output != graph.output[0].name:
         raise ONNXImportError(f"{source}: the chain from input {input_name!r} ends at tensor "
                               f"{output!r}, not at the graph output {graph.output[0].name!r}")
-    layers = _split_layers(tokens, source)
-    architecture = _read_architecture(layers, input_dims, source)
-    weights = {}
-    for name, (layer, _) in zip(_LAYERS, layers):
-        weights[f"{name}.weight"] = layer.weight
-        weights[f"{name}.bias"] = (np.zeros(layer.weight.shape[0], np.float32)
-                                   if layer.bias is None else layer.bias)
+    named_layers = _split_layers(tokens, source)
+    activations, pool, flatten = _read_structure(named_layers, source)
+    names = [name for name, _ in named_layers]
+    convs = [name for name in names if name.startswith("conv")]
+    denses = [name for name in names if name.startswith("fc")]
+    conv_activation = _shared_activation(activations, convs, "conv_activation", source)
     in_channels = input_dims[1]
-    if in_channels is not None and in_channels != weights["conv1.weight"].shape[1]:
+    conv1_weight = named_layers[0][1][0].weight
+    if in_channels is not None and in_channels != conv1_weight.shape[1]:
         raise ONNXImportError(f"{source}: the input has {in_channels} channels but conv1 expects "
-                              f"{weights['conv1.weight'].shape[1]}")
-    return _weights.canonicalize(weights, source=source), architecture
+                              f"{conv1_weight.shape[1]}")
+    (height, width), padding, pooled = _read_geometry(named_layers, input_dims, source)
+    layers = dict(named_layers)
+    _check_flatten(flatten, layers[denses[0]][0].weight.shape[-1])
+    # The PyTorch tutorial's network: three dense layers over a 5x5 map, the first with the
+    # convolutions' activation, is conv3 (a full-window convolution) and two dense layers.
+    if len(convs) == 2 and len(denses) == 3 and pooled == (_KERNEL, _KERNEL) and \
+            activations["fc1"][0] == conv_activation:
+        renamed = dict(zip(names, ("conv1", "conv2", "conv3", "fc1", "fc2")))
+        layers = {renamed[name]: layer for name, layer in layers.items()}
+        activations = {renamed[name]: value for name, value in activations.items()}
+        denses = ["fc1", "fc2"]
+    fc_activation = (_shared_activation(activations, denses[:-1], "fc_activation", source)
+                     if len(denses) > 1 else _DEFAULT_FC_ACTIVATION)
+    weights = {}
+    for name, (layer, _) in layers.items():
+        weight = layer.weight
+        if name == "conv3" and weight.ndim == 2:     # the flattened (C, H, W) dense form
+            channels = layers["conv2"][0].weight.shape[0]
+            if weight.shape[1] == channels * _KERNEL * _KERNEL:
+                weight = weight.reshape(weight.shape[0], channels, _KERNEL, _KERNEL)
+        weights[f"{name}.weight"] = weight
+        weights[f"{name}.bias"] = (np.zeros(weight.shape[0], np.float32) if layer.bias is None
+                                   else layer.bias)
+    architecture = {"conv_activation": conv_activation, "fc_activation": fc_activation,
+                    "output_activation": activations[denses[-1]][0], "pool": pool,
+                    "input_size": height if height == width else (height, width),
+                    "conv1_padding": padding[0], "conv2_padding": padding[1]}
+    return _canonical(weights, architecture, source), architecture
+
+
+def _canonical(weights, architecture, source):
+    """Weights through the one shape check every loader uses."""
+    return _weights.canonicalize(weights, source=source)
 
 
 # ---------------------------------------------------------------------------------------------
 # Writing
 # ---------------------------------------------------------------------------------------------
 
-def to_onnx(model, path):
-    """Write `model` as a standard ONNX graph that ONNX Runtime runs to the same outputs.
+def _layer_names(weights):
+    """The weighted layers a canonical weight set holds, in order."""
+    names = [name for name in (*_CONV_NAMES, *_DENSE_NAMES) if f"{name}.weight" in weights]
+    expected_prefix = ["conv1", "conv2"]
+    if names[:2] != expected_prefix or "fc1" not in names or \
+            names[names.index("fc1"):] != list(_DENSE_NAMES[:len(names) - names.index("fc1")]):
+        raise ValueError(f"weights must hold conv1, conv2, optionally conv3, then fc1 and "
+                         f"optionally fc2 and fc3 (each .weight and .bias); found layers "
+                         f"{', '.join(names) or 'none'}")
+    return names
+
+
+def build_model_proto(weights, architecture):
+    """The ONNX graph of a LeNet-family network, as an ``onnx.ModelProto``.
 
     Parameters
     ----------
-    model : LeNet
-    path : str or path-like
-        Destination ``.onnx`` file (overwritten).
+    weights : mapping of str to ndarray
+        Canonical weights (``conv1.weight``, ``conv1.bias``, ``conv2.*``, optional ``conv3.*``,
+        ``fc1.*``, optional ``fc2.*`` and ``fc3.*``), e.g. `LeNet.weights` or the first result
+        of `read_graph`.
+    architecture : mapping of str to str or int
+        ``conv_activation``, ``fc_activation``, ``output_activation`` and ``pool`` (e.g.
+        `LeNet.architecture`), and optionally the geometry ``input_size`` (int or (H, W);
+        default 32), ``conv1_padding`` and ``conv2_padding`` (0 or 2; default 0).
 
-    Notes
-    -----
-    Opset 17, IR version 8; input ``images`` float32 of shape (N, C, 32, 32) with a dynamic
-    batch axis (28x28 images must be padded by 2 first, as `LeNet` does itself); output
-    ``scores`` (N, n_classes) after the output activation, as `LeNet.forward` returns.  The
-    input is the normalised float tensor: a model's stored uint8 preprocessing is not part of
-    the graph.  `from_onnx` reads the file back to an equal model.
+    Returns
+    -------
+    onnx.ModelProto
+        Opset 17, IR version 8; input ``images`` float32 (N, C, H, W) with a dynamic batch axis
+        and the model's input size; output ``scores`` (N, n_classes) after the output
+        activation.  The input is the normalised float tensor: a model's stored uint8
+        preprocessing is not part of the graph.  `read_graph` reads it back to the same weights
+        and architecture; checked with ``onnx.checker``.
 
     Raises
     ------
-    TypeError
-        If `model` is not a `LeNet`.
+    ValueError
+        If the weights do not hold a family member's layers, an option is not in the
+        vocabulary, or the shapes do not fit the geometry (ONNX's checker names the mismatch).
 
     Examples
     --------
-    >>> LeNet.pretrained("mnist").to_onnx("mnist.onnx")     # doctest: +SKIP
+    >>> proto = build_model_proto(model.weights, model.architecture)     # doctest: +SKIP
+    >>> onnxruntime.InferenceSession(proto.SerializeToString())           # doctest: +SKIP
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    if not isinstance(model, LeNet):
-        raise TypeError(f"model must be a lenet_fast.LeNet; got {type(model).__name__}")
-    architecture, weights = model.architecture, model.weights
+    from . import __version__
+
+    names = _layer_names(weights)
+    size = architecture.get("input_size", 32)
+    height, width = (size, size) if isinstance(size, int) else tuple(size)
+    padding = {"conv1": architecture.get("conv1_padding", 0),
+               "conv2": architecture.get("conv2_padding", 0), "conv3": 0}
+    for option in ("conv_activation", "fc_activation", "output_activation", "pool"):
+        allowed = _VOCABULARY[option]
+        if architecture.get(option) not in allowed:
+            raise ValueError(f"architecture[{option!r}] must be one of "
+                             f"{', '.join(map(repr, allowed))}; got {architecture.get(option)!r}")
     pool = {"kernel_shape": [2, 2], "strides": [2, 2]}
+    last_conv = [name for name in names if name.startswith("conv")][-1]
     steps = []
-    for name in _LAYERS:
-        if name == "fc1":
-            steps.append(("Flatten", "flatten", [], {"axis": 1}))
+    for name in names:
         parameters = [f"{name}.weight", f"{name}.bias"]
         if name.startswith("conv"):
-            steps.append(("Conv", name, parameters, {"kernel_shape": [_KERNEL, _KERNEL]}))
+            attributes = {"kernel_shape": [_KERNEL, _KERNEL]}
+            if padding[name] not in (0, _PADDING):
+                raise ValueError(f"{name}_padding must be 0 or 2; got {padding[name]!r}")
+            if padding[name]:
+                attributes["pads"] = [padding[name]] * 4
+            steps.append(("Conv", name, parameters, attributes))
+            activation = architecture["conv_activation"]
         else:
             steps.append(("Gemm", name, parameters, {"transB": 1}))
-        activation = architecture["output_activation" if name == "fc2" else
-                                  "conv_activation" if name.startswith("conv") else
-                                  "fc_activation"]
+            activation = architecture["output_activation" if name == names[-1] else
+                                      "fc_activation"]
         if activation != "identity":
             attributes = {"axis": 1} if activation == "softmax" else {}
             steps.append((_ONNX_ACTIVATIONS[activation], f"{name}_{activation}", [], attributes))
         if name in ("conv1", "conv2"):
             steps.append((_ONNX_POOLS[architecture["pool"]], f"{name}_pool", [], pool))
+        if name == last_conv:
+            steps.append(("Flatten", "flatten", [], {"axis": 1}))
     nodes, previous = [], INPUT_NAME
     for index, (op, name, parameters, attributes) in enumerate(steps):
         output = OUTPUT_NAME if index == len(steps) - 1 else name
         nodes.append(helper.make_node(op, [previous, *parameters], [output], name=name,
                                       **attributes))
         previous = output
+    arrays = {f"{name}.{part}": np.ascontiguousarray(weights[f"{name}.{part}"], np.float32)
+              for name in names for part in ("weight", "bias")}
+    in_channels, n_classes = arrays["conv1.weight"].shape[1], arrays[f"{names[-1]}.weight"].shape[0]
     graph = helper.make_graph(
-        nodes, "lenet5",
+        nodes, "lenet",
         [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT,
-                                       ["N", model.in_channels, _INPUT_SIZE, _INPUT_SIZE])],
-        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", model.n_classes])],
-        [numpy_helper.from_array(weights[key], key) for key in _weights.CANONICAL_KEYS],
+                                       ["N", in_channels, height, width])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", n_classes])],
+        [numpy_helper.from_array(array, key) for key, array in arrays.items()],
     )
-    from . import __version__
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              ir_version=IR_VERSION, producer_name="lenet_fast",
+                              producer_version=__version__)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise ValueError(f"the weights do not fit the architecture as an ONNX graph: {exc}") \
+            from exc
+    return proto
 
-    onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                                   ir_version=IR_VERSION, producer_name="lenet_fast",
-                                   producer_version=__version__)
-    onnx.checker.check_model(onnx_model)
-    _weights.write_file_atomically(path, onnx_model.SerializeToString())
+
+def save_model(proto, path):
+    """Write an ``onnx.ModelProto`` to `path` atomically.
+
+    Parameters
+    ----------
+    proto : onnx.ModelProto
+        E.g. from `build_model_proto`.
+    path : str or path-like
+        Destination ``.onnx`` file: written to a temporary file beside it, renamed into place
+        once complete, so it is never left half-written and is untouched on failure.
+
+    Raises
+    ------
+    TypeError
+        If `proto` is not an ``onnx.ModelProto``.
+    OSError
+        If the file cannot be written.
+
+    Examples
+    --------
+    >>> save_model(build_model_proto(weights, architecture), "lenet.onnx")   # doctest: +SKIP
+    """
+    import onnx
+
+    if not isinstance(proto, onnx.ModelProto):
+        raise TypeError(f"proto must be an onnx.ModelProto; got {type(proto).__name__}")
+    _weights.write_file_atomically(path, proto.SerializeToString())

@@ -15,20 +15,8 @@ import numpy as np
 
 from . import _dispatch, _preprocessing, _weights
 from ._summary import ModelSummary
-from .reference import ACTIVATIONS, OUTPUT_ACTIVATIONS, POOLS
-
-DEFAULT_ARCHITECTURE = {
-    "conv_activation": "relu",
-    "fc_activation": "sigmoid",
-    "output_activation": "sigmoid",
-    "pool": "max",
-}
-_ALLOWED = {
-    "conv_activation": ACTIVATIONS,
-    "fc_activation": ACTIVATIONS,
-    "output_activation": OUTPUT_ACTIVATIONS,
-    "pool": POOLS,
-}
+from ._architecture import DEFAULT_ARCHITECTURE
+from ._architecture import OPTIONS as _ALLOWED
 # What a weight file that does not state its architecture is assumed to be, by layout (origin):
 # the PyTorch tutorial's CIFAR-10 `Net` has ReLU after every layer but the last; everything else
 # gets this package's defaults (the design source's).  Either way it is announced.
@@ -213,13 +201,14 @@ class LeNet:
         Weights in any layout `from_state_dict` accepts.  The architecture is what the
         arguments say (their defaults included); `from_npz`, `from_state_dict` and
         `from_torch` instead read or announce it.
-    conv_activation : {"relu", "sigmoid", "tanh", "identity"}, default "relu"
-        Applied after conv1, conv2 and conv3 (before pooling).
-    fc_activation : {"relu", "sigmoid", "tanh", "identity"}, default "sigmoid"
-        Applied after fc1.
-    output_activation : {"sigmoid", "relu", "tanh", "identity", "softmax"}, default "sigmoid"
-        Applied after fc2; ``"softmax"`` normalises over the classes.
-    pool : {"max", "avg"}, default "max"
+    conv_activation : {"relu", "sigmoid", "tanh", "identity"}, optional
+        Applied after conv1, conv2 and conv3 (before pooling); default "relu".
+    fc_activation : {"relu", "sigmoid", "tanh", "identity"}, optional
+        Applied after fc1; default "sigmoid".
+    output_activation : {"sigmoid", "relu", "tanh", "identity", "softmax"}, optional
+        Applied after fc2; ``"softmax"`` normalises over the classes; default "sigmoid".
+    pool : {"max", "avg"}, optional
+        Default "max".  (The defaults are `lenet_fast._architecture.DEFAULT_ARCHITECTURE`.)
         2x2, stride-2 pooling after conv1 and conv2.
     num_threads : int, optional
         Threads for large batches, 1 to `MAX_THREADS` (256; more is refused with a
@@ -237,9 +226,11 @@ class LeNet:
     >>> labels = model.predict(images)                 # doctest: +SKIP
     """
 
-    def __init__(self, weights, *, conv_activation="relu", fc_activation="sigmoid",
-                 output_activation="sigmoid", pool="max", num_threads=None, key_map=None,
+    def __init__(self, weights, *, conv_activation=None, fc_activation=None,
+                 output_activation=None, pool=None, num_threads=None, key_map=None,
                  strict=True, metadata=None):
+        # None: the default of `lenet_fast._architecture.DEFAULT_ARCHITECTURE` (stated by the
+        # call, so never announced as assumed).
         architecture, _ = _resolve_architecture(
             {"conv_activation": conv_activation, "fc_activation": fc_activation,
              "output_activation": output_activation, "pool": pool}, {})

@@ -36,7 +36,7 @@ from numpy.lib import format as npy_format
 
 from . import __version__, _dispatch, _weights, datasets
 from ._model import ArchitectureWarning, LeNet
-from .reference import ACTIVATIONS, OUTPUT_ACTIVATIONS, POOLS
+from ._architecture import OPTIONS as _ARCHITECTURE_OPTIONS
 
 CHUNK_IMAGES = 4096                 # images per chunk read, predicted and written
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")   # model files read with LeNet.from_keras
@@ -149,10 +149,6 @@ def _refuse_overwriting(output, inputs, option):
 # ---------------------------------------------------------------------------------------------
 # Models and inputs
 # ---------------------------------------------------------------------------------------------
-
-_ARCHITECTURE_OPTIONS = {"conv_activation": ACTIVATIONS, "fc_activation": ACTIVATIONS,
-                         "output_activation": OUTPUT_ACTIVATIONS, "pool": POOLS}
-
 
 def load_model(spec, architecture=None):
     """A `LeNet` from a model file (see `read_model_file`) or a pretrained name (a file of that

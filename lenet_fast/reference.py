@@ -11,9 +11,7 @@ Each layer applies convolution + bias, then the activation, then pooling.
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-ACTIVATIONS = ("relu", "sigmoid", "tanh", "identity")
-OUTPUT_ACTIVATIONS = ACTIVATIONS + ("softmax",)
-POOLS = ("max", "avg")
+from ._architecture import ACTIVATIONS, OUTPUT_ACTIVATIONS, POOLS
 
 _INPUT_SIZE = 32
 _MNIST_SIZE = 28

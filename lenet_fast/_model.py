@@ -409,6 +409,8 @@ class LeNet:
         if num_threads is not None:
             _check_num_threads(num_threads)
         weights, architecture = read_graph(path_or_model)
+        architecture = {option: value for option, value in architecture.items()
+                        if option in _ALLOWED}   # transitional: until _model takes geometry
         explicit = {"conv_activation": conv_activation, "fc_activation": fc_activation,
                     "output_activation": output_activation, "pool": pool}
         return cls._from_canonical(weights, {"architecture": architecture}, num_threads, explicit)

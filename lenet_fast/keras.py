@@ -637,29 +637,26 @@ def _geometry(named_stages, input_step, pools, flatten, source):
 
 
 def _input_size(named_stages, stated, paddings, features, conv2_channels, source):
-    """The input (H, W): the stated one, checked to pool exactly, else worked out from the
-    first Dense layer's inputs (a square image); and the (H, W) after the second pooling."""
+    """The input (H, W): the stated one, checked to pool exactly, else the square one (28 or 32)
+    that gives the first Dense layer's inputs (`features`; None: conv3's 5x5 map); and the
+    (H, W) after the second pooling."""
     conv1 = named_stages[0][1][0].layer
+    geometry = {"conv1_padding": paddings[0], "conv2_padding": paddings[1]}
     text = f"padding {'same' if paddings[0] else 'valid'!r} on conv1 and " \
            f"{'same' if paddings[1] else 'valid'!r} on conv2"
     if stated == (None, None):
-        if features is None:
-            pooled = _KERNEL
-        else:
-            pooled = math.isqrt(features // conv2_channels) if features % conv2_channels == 0 \
-                else 0
-            if pooled == 0 or pooled * pooled * conv2_channels != features:
-                raise _error(source, f"the first Dense layer takes {features} features, which "
-                                     f"is not conv2's {conv2_channels} channels times a square "
-                                     f"map, and the config states no input size", conv1)
-        side = _architecture.input_side_for(pooled, *paddings)
-        stated = (side, side)
+        wanted = conv2_channels * _KERNEL * _KERNEL if features is None else features
+        candidates = _architecture.geometry_candidates(conv2_channels, wanted, geometry)
+        if not candidates:
+            raise _error(source, f"the config states no input size and no 28x28 or 32x32 "
+                                 f"input gives the first Dense layer's {wanted} features with "
+                                 f"{text}", conv1)
+        stated = candidates[0]["input_size"]
     try:
-        stages = _architecture.stage_sizes({"input_size": stated, "conv1_padding": paddings[0],
-                                            "conv2_padding": paddings[1]})
+        stages = _architecture.stage_sizes({"input_size": stated, **geometry})
     except ValueError as exc:
         raise _error(source, f"input {stated[0]}x{stated[1]} with {text}: {exc}", conv1) from exc
-    return stated, stages["pool2"]
+    return tuple(stated), stages["pool2"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -982,6 +979,8 @@ def _load(source, magic, h5py):
     for key, value in (("keras_model", _model_name(config)), ("keras_version", version)):
         if value is not None:
             provenance[key] = value
+    architecture = {option: value for option, value in architecture.items()
+                    if option in _architecture.OPTIONS}   # transitional: until _model takes geometry
     return canonical, {"architecture": architecture, "provenance": provenance}
 
 

@@ -36,7 +36,7 @@ import os
 
 import numpy as np
 
-from . import _weights
+from . import _architecture, _weights
 
 OPSET = 17
 IR_VERSION = 8
@@ -56,10 +56,6 @@ _DENSE_NAMES = ("fc1", "fc2", "fc3")
 _MAX_LAYERS = len(_CONV_NAMES) + len(_DENSE_NAMES)
 _ONNX_ACTIVATIONS = {name: op for op, name in _ACTIVATION_OPS.items()}
 _ONNX_POOLS = {name: op for op, name in _POOL_OPS.items()}
-_HIDDEN_ACTIVATIONS = ("relu", "sigmoid", "tanh", "identity")
-_VOCABULARY = {"conv_activation": _HIDDEN_ACTIVATIONS, "fc_activation": _HIDDEN_ACTIVATIONS,
-               "output_activation": (*_HIDDEN_ACTIVATIONS, "softmax"), "pool": ("max", "avg")}
-_DEFAULT_FC_ACTIVATION = "sigmoid"   # unused with one dense layer; the vocabulary's default
 
 
 class ONNXImportError(ValueError):
@@ -540,62 +536,42 @@ def _shared_activation(activations, names, option, source):
     return kinds.pop()
 
 
-def _stage_sizes(size, conv1_padding, conv2_padding):
-    """Along one axis: the sizes after conv1, pool1, conv2 and pool2, or None where a
-    convolution's output would be empty or odd (2x2 pooling of an odd size is not exact)."""
-    conv1 = size + 2 * conv1_padding - (_KERNEL - 1)
-    conv2 = conv1 // 2 + 2 * conv2_padding - (_KERNEL - 1)
-    if conv1 <= 0 or conv1 % 2 or conv2 <= 0 or conv2 % 2:
-        return None
-    return conv1, conv1 // 2, conv2, conv2 // 2
-
-
-def _input_size_for(pooled, conv1_padding, conv2_padding):
-    """The input size whose second pooling gives `pooled` (the inverse of `_stage_sizes`)."""
-    conv1 = 2 * (2 * pooled + (_KERNEL - 1) - 2 * conv2_padding)
-    return conv1 + (_KERNEL - 1) - 2 * conv1_padding
-
-
 def _read_geometry(named_layers, input_dims, source):
     """The input (H, W) and the two convolutions' padding: the graph input's size when stated,
-    else the one size the first dense layer's width allows (a square image)."""
+    else the one square size (28 or 32) that gives the first dense layer's inputs, or conv3's
+    5x5 map; and the (H, W) after the second pooling."""
     layers = dict(named_layers)
     conv1, conv2 = layers["conv1"][0], layers["conv2"][0]
-    padding = (conv1.value, conv2.value)
+    padding = {"conv1_padding": conv1.value, "conv2_padding": conv2.value}
     channels2 = conv2.weight.shape[0]
-    features = layers["fc1"][0].weight.shape[1] if "conv3" not in layers else None
+    has_conv3 = "conv3" in layers
+    features = channels2 * _KERNEL * _KERNEL if has_conv3 else layers["fc1"][0].weight.shape[1]
     stated = tuple(input_dims[2:])
-    if stated != (None, None) and None in stated:
-        raise ONNXImportError(f"{source}: expected the input's height and width both fixed or "
-                              f"both free, found {stated[0]}x{stated[1]}".replace("None", "?"))
-    pads = f"padding {padding[0]} on conv1 and {padding[1]} on conv2"
-    if stated == (None, None):
-        if features is None:
-            pooled = (_KERNEL, _KERNEL)
-        else:
-            side = math.isqrt(features // channels2) if features % channels2 == 0 else 0
-            if side * side * channels2 != features or side == 0:
-                raise _unsupported(layers["fc1"][0].node,
-                                   f"it takes {features} features, which is not conv2's "
-                                   f"{channels2} channels times a square feature map; state "
-                                   f"the input size in the graph input")
-            pooled = (side, side)
-        stated = tuple(_input_size_for(side, *padding) for side in pooled)
-        if min(stated) < 1:
-            raise _unsupported(conv1.node, f"no input size gives a {pooled[0]}x{pooled[1]} map "
-                                           f"after the second pooling with {pads}")
-    sizes = [_stage_sizes(side, *padding) for side in stated]
-    if None in sizes:
-        raise _unsupported(conv1.node, f"a {stated[0]}x{stated[1]} input with {pads} gives an "
-                                       f"empty or odd-sized convolution output (2x2 pooling "
-                                       f"needs even sizes)")
-    pooled = (sizes[0][3], sizes[1][3])
-    if "conv3" in layers and pooled != (_KERNEL, _KERNEL):
+    text = f"padding {conv1.value} on conv1 and {conv2.value} on conv2"
+    if None in stated:
+        if stated != (None, None):
+            raise ONNXImportError(f"{source}: expected the input's height and width both fixed "
+                                  f"or both free, found {stated[0]}x{stated[1]}"
+                                  .replace("None", "?"))
+        candidates = _architecture.geometry_candidates(channels2, features, padding)
+        if not candidates:
+            node = layers["conv3" if has_conv3 else "fc1"][0].node
+            wanted = "a 5x5 map for conv3" if has_conv3 else f"{features} features for fc1"
+            raise _unsupported(node, f"no 28x28 or 32x32 input gives {wanted} with {text} and "
+                                     f"conv2's {channels2} channels; state the input size in "
+                                     f"the graph input")
+        stated = candidates[0]["input_size"]
+    try:
+        stages = _architecture.stage_sizes({"input_size": stated, **padding})
+    except ValueError as exc:
+        raise _unsupported(conv1.node, f"{exc}") from exc
+    pooled = stages["pool2"]
+    if has_conv3 and pooled != (_KERNEL, _KERNEL):
         raise _unsupported(layers["conv3"][0].node,
                            f"conv3 must see a 5x5 map (it is a full-window convolution); a "
-                           f"{stated[0]}x{stated[1]} input with {pads} gives "
+                           f"{stated[0]}x{stated[1]} input with {text} gives "
                            f"{pooled[0]}x{pooled[1]}")
-    return stated, padding, pooled
+    return tuple(stated), (conv1.value, conv2.value), pooled
 
 
 def _check_flatten(flatten, features):
@@ -702,7 +678,7 @@ def _read_graph(graph, source):
         activations = {renamed[name]: value for name, value in activations.items()}
         denses = ["fc1", "fc2"]
     fc_activation = (_shared_activation(activations, denses[:-1], "fc_activation", source)
-                     if len(denses) > 1 else _DEFAULT_FC_ACTIVATION)
+                     if len(denses) > 1 else _architecture.DEFAULT_ARCHITECTURE["fc_activation"])
     weights = {}
     for name, (layer, _) in layers.items():
         weight = layer.weight
@@ -715,7 +691,7 @@ def _read_graph(graph, source):
                                    else layer.bias)
     architecture = {"conv_activation": conv_activation, "fc_activation": fc_activation,
                     "output_activation": activations[denses[-1]][0], "pool": pool,
-                    "input_size": height if height == width else (height, width),
+                    "input_size": (height, width),
                     "conv1_padding": padding[0], "conv2_padding": padding[1]}
     return _canonical(weights, architecture, source), architecture
 
@@ -728,18 +704,6 @@ def _canonical(weights, architecture, source):
 # ---------------------------------------------------------------------------------------------
 # Writing
 # ---------------------------------------------------------------------------------------------
-
-def _layer_names(weights):
-    """The weighted layers a canonical weight set holds, in order."""
-    names = [name for name in (*_CONV_NAMES, *_DENSE_NAMES) if f"{name}.weight" in weights]
-    expected_prefix = ["conv1", "conv2"]
-    if names[:2] != expected_prefix or "fc1" not in names or \
-            names[names.index("fc1"):] != list(_DENSE_NAMES[:len(names) - names.index("fc1")]):
-        raise ValueError(f"weights must hold conv1, conv2, optionally conv3, then fc1 and "
-                         f"optionally fc2 and fc3 (each .weight and .bias); found layers "
-                         f"{', '.join(names) or 'none'}")
-    return names
-
 
 def build_model_proto(weights, architecture):
     """The ONNX graph of a LeNet-family network, as an ``onnx.ModelProto``.
@@ -780,16 +744,14 @@ def build_model_proto(weights, architecture):
 
     from . import __version__
 
-    names = _layer_names(weights)
-    size = architecture.get("input_size", 32)
-    height, width = (size, size) if isinstance(size, int) else tuple(size)
-    padding = {"conv1": architecture.get("conv1_padding", 0),
-               "conv2": architecture.get("conv2_padding", 0), "conv3": 0}
-    for option in ("conv_activation", "fc_activation", "output_activation", "pool"):
-        allowed = _VOCABULARY[option]
-        if architecture.get(option) not in allowed:
-            raise ValueError(f"architecture[{option!r}] must be one of "
-                             f"{', '.join(map(repr, allowed))}; got {architecture.get(option)!r}")
+    geometry = _architecture.normalize_geometry(architecture)
+    names = _architecture.sizes({key: np.shape(value) for key, value in weights.items()},
+                                **geometry).layers
+    height, width = geometry["input_size"]
+    padding = {"conv1": geometry["conv1_padding"], "conv2": geometry["conv2_padding"],
+               "conv3": 0}
+    for option in _architecture.OPTIONS:
+        _architecture.check_option(option, architecture.get(option))
     pool = {"kernel_shape": [2, 2], "strides": [2, 2]}
     last_conv = [name for name in names if name.startswith("conv")][-1]
     steps = []
@@ -797,8 +759,6 @@ def build_model_proto(weights, architecture):
         parameters = [f"{name}.weight", f"{name}.bias"]
         if name.startswith("conv"):
             attributes = {"kernel_shape": [_KERNEL, _KERNEL]}
-            if padding[name] not in (0, _PADDING):
-                raise ValueError(f"{name}_padding must be 0 or 2; got {padding[name]!r}")
             if padding[name]:
                 attributes["pads"] = [padding[name]] * 4
             steps.append(("Conv", name, parameters, attributes))

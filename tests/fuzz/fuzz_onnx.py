@@ -1,4 +1,4 @@
-"""Fuzz target: bytes -> lenet_fast.onnx.from_onnx (the ONNX importer).
+"""Fuzz target: bytes -> lenet_fast.onnx.read_graph (the ONNX importer).
 
 Every input must import or raise ONNXImportError; anything else (another exception, a crash, a
 hang, runaway memory) is a bug.  The first byte picks how the rest is used:
@@ -18,12 +18,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _harness  # noqa: E402
 
 with _harness.instrumented_imports():
-    from lenet_fast.onnx import ONNXImportError, from_onnx
+    from lenet_fast.onnx import ONNXImportError, read_graph
 
 from onnx import TensorProto, helper  # noqa: E402
 
 OPS = ["Conv", "Gemm", "MatMul", "Add", "Relu", "Sigmoid", "Tanh", "Softmax", "MaxPool",
-       "AveragePool", "Flatten", "Reshape", "Identity", "Constant", "BatchNormalization"]
+       "AveragePool", "Flatten", "Reshape", "Pad", "Identity", "Constant", "BatchNormalization"]
 ATTRIBUTES = ["kernel_shape", "strides", "pads", "dilations", "group", "transB", "axis",
               "alpha", "auto_pad", "value_ints", "value_float"]
 DATA_TYPES = [TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.INT64,
@@ -91,7 +91,7 @@ def test_one_input(data):
     with open(PATH, "wb") as file:
         file.write(content)
     try:
-        from_onnx(PATH)
+        read_graph(PATH)
     except ONNXImportError:
         pass
 

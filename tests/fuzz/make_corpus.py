@@ -78,11 +78,9 @@ def idx_seeds(tmp):
 
 
 def onnx_seeds(tmp):
-    from lenet_fast.onnx import to_onnx
-
-    to_onnx(LeNet(tiny_weights(), output_activation="softmax"), tmp / "model.onnx")
+    LeNet(tiny_weights(), output_activation="softmax").to_onnx(tmp / "model.onnx")
     write("onnx", "raw-lenet", b"\0" + (tmp / "model.onnx").read_bytes())
-    to_onnx(LeNet(tiny_weights(3), pool="avg", conv_activation="tanh"), tmp / "model.onnx")
+    LeNet(tiny_weights(3), pool="avg", conv_activation="tanh").to_onnx(tmp / "model.onnx")
     write("onnx", "raw-lenet-rgb-avg", b"\0" + (tmp / "model.onnx").read_bytes())
     rng = np.random.default_rng(0)
     for index in range(3):

@@ -823,8 +823,9 @@ def _read_weights(layers, named_stages, activations, store, input_chw, order, pa
             if name == "fc1" and "conv3" not in stages and stated != (None, None):
                 stated, pooled = _input_size(named_stages, stated, paddings, None, None, source)
                 inputs = widths["conv2"] * pooled[0] * pooled[1]
-                hint = (f" (the Dense after Flatten takes conv2's {widths['conv2']} channels of "
-                        f"{pooled[0]}x{pooled[1]} for a {stated[0]}x{stated[1]} input)")
+                hint = (f" (the Dense after Flatten takes {inputs} features: conv2's "
+                        f"{widths['conv2']} channels of {pooled[0]}x{pooled[1]} for a "
+                        f"{stated[0]}x{stated[1]} input)")
             kernel_shape = (_ANY if inputs is None else inputs, width)
         shapes = [kernel_shape, (width,)] if use_bias else [kernel_shape]
         arrays[name] = store.variables(layer, path_names[layer.name], shapes, hint)

@@ -282,19 +282,9 @@ def lenet_body(conv1=None, pool=layers.AveragePooling2D, conv2=None, flatten_and
                                     layers.Dense(10, activation="softmax")])]
 
 
+# (The unpadded MNIST LeNet, Caffe's LeNet and a first Dense with another activation than the
+# convolutions' are family members now: tests/test_family_interop.py loads them.)
 UNSUPPORTED = {
-    "mnist_unpadded": (
-        lambda: sequential(*lenet_body(conv1=layers.Conv2D(6, 5, activation="tanh", name="conv1"))),
-        r"layer 'conv1' \(Conv2D\): input 28x28 with padding 'valid' on the first Conv2D: "
-        r"lenet_fast runs 32x32 input with padding 'valid' or 28x28 with padding 'same' .*"
-        r"not supported yet"),
-    "caffe": (
-        lambda: sequential(layers.Conv2D(20, 5, name="conv1"), layers.MaxPooling2D(),
-                           layers.Conv2D(50, 5, name="conv2"), layers.MaxPooling2D(),
-                           layers.Flatten(), layers.Dense(500, activation="relu"),
-                           layers.Dense(10, activation="softmax")),
-        r"expected five weighted layers .* found 4: Conv2D, Conv2D, Dense, Dense; .*not supported "
-        r"yet"),
     "strides": (
         lambda: sequential(*lenet_body(conv2=layers.Conv2D(16, 5, strides=2, name="conv2")),
                            input_shape=(28, 28, 1)),
@@ -309,12 +299,6 @@ UNSUPPORTED = {
         lambda: sequential(*lenet_body()[:1], layers.BatchNormalization(name="bn"),
                            *lenet_body()[1:]),
         r"layer 'bn' \(BatchNormalization\): BatchNormalization is not supported yet"),
-    "conv3_dense_other_activation": (
-        lambda: sequential(*lenet_body(flatten_and_dense=[
-            layers.Flatten(), layers.Dense(120, activation="relu", name="dense120"),
-            layers.Dense(84, activation="tanh"), layers.Dense(10, activation="softmax")])),
-        r"layer 'dense120' \(Dense\): this layer plays conv3 \(the first Dense after Flatten\) and "
-        r"must use the convolutions' activation \(tanh\) .* found relu"),
     "other_layer": (
         lambda: sequential(*lenet_body()[:1], layers.LeakyReLU(name="leaky"), *lenet_body()[1:]),
         r"layer 'leaky' \(LeakyReLU\): layer type LeakyReLU is not supported"),

@@ -1,7 +1,8 @@
 """Build the lenet_fast kernels.
 
-One kernel source (``src/kernels.pxi``, generated from ``src/kernels.pxi.tp``) is compiled several
-times, once per instruction-set level, into separate extension modules
+One kernel source (``src/kernels.pxi`` and the files it includes, generated from the ``src/*.tp``
+templates and the block-size table ``src/block_sizes.py``) is compiled several times, once per
+instruction-set level, into separate extension modules
 (``lenet_fast._kernels_generic``, ``_kernels_avx2``, ``_kernels_avx512``).  A small detector module,
 ``lenet_fast._cpu_features``, is compiled for the baseline ISA and picks one of them at import
 (``lenet_fast/_dispatch.py``).
@@ -108,15 +109,20 @@ if TARGET_ARCH == "x86_64":
 
 
 def generate_from_templates():
-    """Render every ``src/*.tp`` Tempita template next to itself (``x.pxi.tp`` -> ``x.pxi``)."""
+    """Render every ``src/*.tp`` Tempita template next to itself (``x.pxi.tp`` -> ``x.pxi``,
+    ``block_sizes.h.tp`` -> ``block_sizes.h``), with the block-size table of
+    ``src/block_sizes.py`` in their namespace (``BLOCKS``, ``FAMILIES``, ``largest``)."""
+    import runpy
+
     from Cython.Tempita import Template
 
-    for template_path in SRC.glob("*.tp"):
+    table = runpy.run_path(str(SRC / "block_sizes.py"))
+    namespace = {name: table[name] for name in ("BLOCKS", "FAMILIES", "largest")}
+    for template_path in sorted(SRC.glob("*.tp")):
         output_path = template_path.with_suffix("")
-        rendered = Template(template_path.read_text(), name=str(template_path)).substitute()
-        header = (
-            f"# Generated from {template_path.name} by setup.py -- do not edit; edit the template.\n"
-        )
+        rendered = Template(template_path.read_text(), name=str(template_path)).substitute(namespace)
+        note = f"Generated from {template_path.name} by setup.py -- do not edit; edit the template."
+        header = f"/* {note} */\n" if output_path.suffix == ".h" else f"# {note}\n"
         text = header + rendered
         if not output_path.exists() or output_path.read_text() != text:
             output_path.write_text(text)

@@ -506,8 +506,8 @@ def same_computation(first, second):
 def infer_geometry(conv2_channels, features, has_conv3, stated=None):
     """The geometry of weights that may not state it, and which options were a guess.
 
-    With conv3: the stated options over today's (input 32, unpadded).  Without: the
-    `geometry_candidates`; those computing the same function collapse into one (preferring
+    With conv3, the candidates are the geometries with a 5x5 pool2 (nothing stated: today's
+    input 32, unpadded); without, the `geometry_candidates` for fc1's inputs.  Those computing the same function collapse into one (preferring
     input 32 unpadded, which also accepts 28 x 28 padded by 2); if one remains it is used;
     if several, the first (most common) is used and the options that differ are reported as
     assumed.
@@ -527,8 +527,11 @@ def infer_geometry(conv2_channels, features, has_conv3, stated=None):
     """
     stated = {option: value for option, value in (stated or {}).items() if value is not None}
     if has_conv3:
-        return normalize_geometry(stated), {}
-    candidates = geometry_candidates(conv2_channels, features, stated)
+        candidates = geometry_candidates(conv2_channels, conv2_channels * KERNEL * KERNEL, stated)
+        if not candidates:      # `sizes` explains what is wrong with the stated geometry
+            return normalize_geometry(stated), {}
+    else:
+        candidates = geometry_candidates(conv2_channels, features, stated)
     if not candidates:
         tried = ", ".join(f"{side}: {conv2_channels * area}" for side, area in _areas(stated))
         raise ArchitectureError(

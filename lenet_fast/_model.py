@@ -254,6 +254,7 @@ class LeNet:
         k = self._kernels
         self._engine = k.Engine(
             weights,
+            {"plane": (32, 32), "conv2_padding": 0},
             _activation_code(k, architecture["conv_activation"]),
             _activation_code(k, architecture["fc_activation"]),
             _activation_code(k, architecture["output_activation"]),

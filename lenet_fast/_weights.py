@@ -35,13 +35,18 @@ from collections.abc import Mapping
 import numpy as np
 from numpy.lib import format as npy_format
 
+from . import _architecture
+from ._architecture import CANONICAL_KEYS as FAMILY_KEYS
+from ._architecture import DENSE_LAYERS, MAX_CLASSES, MAX_WIDTH
+from ._architecture import LAYERS as FAMILY_LAYERS
+
+# The layers and keys of the family's `lenet5` member (today's LeNet-5: conv3, fc1, fc2); the
+# whole family's are `_architecture.LAYERS` / `_architecture.CANONICAL_KEYS`.
 LAYERS = ("conv1", "conv2", "conv3", "fc1", "fc2")
 CANONICAL_KEYS = tuple(f"{layer}.{parameter}" for layer in LAYERS for parameter in ("weight", "bias"))
 METADATA_KEY = "__lenet_fast__"
 DIMENSIONS = ("in_channels", "conv1_channels", "conv2_channels", "conv3_channels", "fc1_units", "n_classes")
 
-MAX_WIDTH = 4096
-MAX_CLASSES = 100_000
 MAX_ELEMENTS = 1 << 24
 MAX_METADATA_BYTES = 1 << 20
 MAX_PARAMETERS = 1 << 23        # all ten arrays together: 32 MiB as float32
@@ -95,6 +100,8 @@ def canonical_shapes(**dimensions):
 
 # The PyTorch tutorial model: conv3 is the dense layer fc1 over the flattened 16x5x5 features.
 _TUTORIAL_LAYERS = {"conv1": "conv1", "conv2": "conv2", "conv3": "fc1", "fc1": "fc2", "fc2": "fc3"}
+# Caffe's LeNet (its MNIST example; TensorRT's MNIST sample) as named in Caffe: ip = inner product.
+_CAFFE_LAYERS = {"conv1": "conv1", "conv2": "conv2", "fc1": "ip1", "fc2": "ip2"}
 _NUMBERED_KEY = re.compile(r"^(?:(?P<container>.+)\.)?(?P<index>\d+)\.(?P<parameter>weight|bias)$")
 _FLOAT_SIZES = (2, 4, 8)
 _MAX_LISTED_KEYS = 30
@@ -106,7 +113,7 @@ _ARCHIVE_ERRORS = (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, OSE
 
 
 class WeightFileError(ValueError):
-    """A weight file or weight mapping that cannot be used: unreadable, unsafe, or not a LeNet-5.
+    """A weight file or weight mapping that cannot be used: unreadable, unsafe, or not a LeNet.
 
     The message names the file (when there is one), the key or archive member, the problem, and
     the expected and found values.
@@ -137,21 +144,31 @@ def _key_list(keys):
 
 
 # ---------------------------------------------------------------------------------------------
-# Layouts: each proposes a {canonical key: user's key} assignment.
+# Layouts: each proposes a {canonical key: user's key} assignment for the layers it has.
 # ---------------------------------------------------------------------------------------------
 
 def _layer_assignment(layer_names):
+    """{canonical key: user's key} for {canonical layer: user's layer prefix}, in canonical order."""
     return {
         f"{layer}.{parameter}": f"{layer_names[layer]}.{parameter}"
-        for layer in LAYERS
+        for layer in FAMILY_LAYERS if layer in layer_names
         for parameter in ("weight", "bias")
     }
 
 
-def _sequential_assignment(names):
-    """Map numbered keys (``0.weight``, ``net.3.bias``, ``classifier.1.weight``) onto the five
-    layers, in order of container first appearance then numeric index; None if there are not
-    exactly five numbered layers."""
+def _present_layers(layer_names, present):
+    """The canonical layers whose weight or bias is among the keys (conv1, conv2 and fc1 always:
+    a LeNet without them is incomplete)."""
+    return {layer: name for layer, name in layer_names.items()
+            if layer in ("conv1", "conv2", "fc1") or f"{name}.weight" in present
+            or f"{name}.bias" in present}
+
+
+def _sequential_assignment(names, shape_of):
+    """Map numbered keys (``0.weight``, ``net.3.bias``, ``classifier.1.weight``) onto the
+    layers, in order of container first appearance then numeric index: the first two are conv1
+    and conv2, a third with a 4-D weight is conv3, the rest fc1, fc2, fc3.  None unless there
+    are 3 to 6 numbered layers of which 1 to 3 are dense."""
     containers, layers = {}, set()
     for name in names:
         match = _NUMBERED_KEY.match(name)
@@ -159,25 +176,30 @@ def _sequential_assignment(names):
             container = match["container"] or ""
             containers.setdefault(container, len(containers))
             layers.add((containers[container], int(match["index"]), container, match["index"]))
-    if len(layers) != len(LAYERS):
+    if not 3 <= len(layers) <= 6:
         return None
     prefixes = [f"{container}.{index}" if container else index for *_, container, index in sorted(layers)]
-    return _layer_assignment(dict(zip(LAYERS, prefixes)))
+    third = shape_of(f"{prefixes[2]}.weight")
+    convs = ["conv1", "conv2"] + (["conv3"] if third is not None and len(third) == 4 else [])
+    dense = len(prefixes) - len(convs)
+    if not 1 <= dense <= len(DENSE_LAYERS):
+        return None
+    return _layer_assignment(dict(zip(convs + list(DENSE_LAYERS[:dense]), prefixes)))
 
 
-def _key_map_assignment(key_map, source):
-    unknown = [name for name in key_map if name not in CANONICAL_KEYS and name not in LAYERS]
+def _key_map_assignment(key_map, source, present):
+    unknown = [name for name in key_map if name not in FAMILY_KEYS and name not in FAMILY_LAYERS]
     if unknown:
         raise _error(
             _where(source),
             f"key_map has unknown entries {_key_list(map(str, unknown))}; expected canonical "
-            f"parameter names ({_key_list(CANONICAL_KEYS)}) or layer names ({', '.join(LAYERS)})",
+            f"parameter names ({_key_list(FAMILY_KEYS)}) or layer names ({', '.join(FAMILY_LAYERS)})",
         )
     non_strings = {name: target for name, target in key_map.items() if not isinstance(target, str)}
     if non_strings:
         raise _error(_where(source), f"expected key_map values to be strings, found {non_strings}")
     assignment = {}
-    for key in CANONICAL_KEYS:
+    for key in FAMILY_KEYS:
         layer, parameter = key.split(".")
         if key in key_map:
             assignment[key] = key_map[key]
@@ -185,22 +207,29 @@ def _key_map_assignment(key_map, source):
             assignment[key] = f"{key_map[layer]}.{parameter}"
         else:
             assignment[key] = key
-    return assignment
+    layers = {layer for layer in FAMILY_LAYERS
+              if layer in ("conv1", "conv2", "fc1") or layer in key_map
+              or f"{layer}.weight" in key_map or f"{layer}.bias" in key_map
+              or assignment[f"{layer}.weight"] in present or assignment[f"{layer}.bias"] in present}
+    return {key: name for key, name in assignment.items() if key.split(".")[0] in layers}
 
 
-def _choose_assignment(names, key_map, source, optional_biases=False):
+def _choose_assignment(names, key_map, source, shape_of, optional_biases=False):
     """Pick the one layout whose keys are all present, or explain why there is none; with
     `optional_biases`, a layer may lack its bias (a BatchNorm may follow it)."""
-    if key_map is not None:
-        candidates = {"key_map": _key_map_assignment(key_map, source)}
-    else:
-        candidates = {
-            "canonical": _layer_assignment({layer: layer for layer in LAYERS}),
-            "PyTorch tutorial": _layer_assignment(_TUTORIAL_LAYERS),
-            "nn.Sequential": _sequential_assignment(names),
-        }
-        candidates = {layout: keys for layout, keys in candidates.items() if keys is not None}
     present = set(names)
+    if key_map is not None:
+        candidates = {"key_map": _key_map_assignment(key_map, source, present)}
+    else:
+        canonical = _present_layers({layer: layer for layer in FAMILY_LAYERS}, present)
+        # conv1, conv2, fc1, fc2, fc3 without conv3: the PyTorch tutorial's names (and the
+        # PyTorch MNIST LeNet's); fc1 becomes conv3 below where it is one.
+        tutorial = set(canonical) == {"conv1", "conv2", "fc1", "fc2", "fc3"}
+        candidates = {"PyTorch tutorial" if tutorial else "canonical": _layer_assignment(canonical)}
+        if any(name.startswith(("ip1.", "ip2.")) for name in names):
+            candidates["Caffe"] = _layer_assignment(_CAFFE_LAYERS)
+        candidates["nn.Sequential"] = _sequential_assignment(names, shape_of)
+        candidates = {layout: keys for layout, keys in candidates.items() if keys is not None}
     complete = [layout for layout, keys in candidates.items() if present.issuperset(
         name for key, name in keys.items() if not (optional_biases and key.endswith(".bias")))]
     if len(complete) == 1:
@@ -217,14 +246,43 @@ def _choose_assignment(names, key_map, source, optional_biases=False):
         raise _error(
             _where(source),
             f"no known weight layout matches; {found}; expected keys: {_key_list(CANONICAL_KEYS)} "
-            f"(or the PyTorch tutorial layout conv1, conv2, fc1, fc2, fc3, or an nn.Sequential "
-            f"export with 5 numbered layers), or pass key_map",
+            f"(conv3 optional, fc2 and fc3 optional; or the PyTorch layout conv1, conv2, fc1, fc2, "
+            f"fc3, Caffe's conv1, conv2, ip1, ip2, or an nn.Sequential export with 3 to 6 "
+            f"numbered layers), or pass key_map",
         )
     raise _error(
         _where(source),
         f"incomplete weights for the {closest} layout: missing {_key_list(set(expected) - present)}; "
         f"{found}; expected keys: {_key_list(expected)}",
     )
+
+
+def _fold_dense_into_conv3(assignment, shape_of, activations, stated_geometry):
+    """The assignment with fc1 read as conv3 (fc2, fc3 as fc1, fc2) where that computes the
+    same: no conv3, three dense layers, fc1 over exactly conv2's channels x 5 x 5 features, a
+    geometry with a 5x5 pool2, and the conv and first dense activations not stated to differ
+    (conv3's output gets the conv activation, fc1's the dense one).  This keeps the PyTorch
+    tutorial's model a LeNet-5 with conv3, as it always was here."""
+    if "conv3.weight" in assignment or "fc3.weight" not in assignment:
+        return assignment, False
+    conv_activation, fc_activation = activations
+    if conv_activation is not None and fc_activation is not None and conv_activation != fc_activation:
+        return assignment, False
+    conv2, fc1 = shape_of(assignment["conv2.weight"]), shape_of(assignment["fc1.weight"])
+    if not conv2 or fc1 is None or len(fc1) != 2 or fc1[1] != conv2[0] * _KERNEL ** 2:
+        return assignment, False
+    try:
+        geometry, _ = _architecture.infer_geometry(conv2[0], fc1[1], False, stated_geometry)
+    except ValueError:
+        return assignment, False
+    if _architecture.stage_sizes(geometry)["pool2"] != (_KERNEL, _KERNEL):
+        return assignment, False
+    moved = {"conv3": "fc1", "fc1": "fc2", "fc2": "fc3"}
+    folded = {key: name for key, name in assignment.items() if key.split(".")[0] in ("conv1", "conv2")}
+    for layer, source_layer in moved.items():
+        for parameter in ("weight", "bias"):
+            folded[f"{layer}.{parameter}"] = assignment[f"{source_layer}.{parameter}"]
+    return {key: folded[key] for key in FAMILY_KEYS if key in folded}, True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,10 +312,40 @@ def _to_float32(value, where, dtype=np.float32):
     return converted
 
 
+def _symbolic_shapes(layers):
+    """Each canonical array's shape in terms of the network's dimensions, for these layers; the
+    first occurrence of a dimension binds it, later ones must agree."""
+    symbols = {
+        "conv1.weight": ("conv1_channels", "in_channels", _KERNEL, _KERNEL),
+        "conv1.bias": ("conv1_channels",),
+        "conv2.weight": ("conv2_channels", "conv1_channels", _KERNEL, _KERNEL),
+        "conv2.bias": ("conv2_channels",),
+    }
+    inputs = "features"
+    if "conv3" in layers:
+        symbols["conv3.weight"] = ("conv3_channels", "conv2_channels", _KERNEL, _KERNEL)
+        symbols["conv3.bias"] = ("conv3_channels",)
+        inputs = "conv3_channels"
+    dense = [layer for layer in DENSE_LAYERS if layer in layers]
+    for position, layer in enumerate(dense):
+        outputs = "n_classes" if position == len(dense) - 1 else f"{layer}_units"
+        symbols[f"{layer}.weight"] = (outputs, inputs)
+        symbols[f"{layer}.bias"] = (outputs,)
+        inputs = outputs
+    return symbols
+
+
+def _layers_of(keys):
+    return [layer for layer in FAMILY_LAYERS if f"{layer}.weight" in keys]
+
+
 def _bind_dimensions(shapes, describe, where=None):
-    """Check the ten shapes against each other and return the network's dimensions."""
+    """Check the shapes against each other and return the network's dimensions (in_channels,
+    conv widths, hidden dense widths, n_classes; ``features``, fc1's inputs after a flatten, is
+    checked against the geometry by `_architecture.sizes`)."""
     dimensions = {}
-    for key, symbols in _SHAPES.items():
+    symbolic = _symbolic_shapes(_layers_of(shapes))
+    for key, symbols in symbolic.items():
         shape = tuple(shapes[key])
         expected = tuple(dimensions.get(symbol, symbol) for symbol in symbols)
         if len(shape) != len(expected) or any(
@@ -271,6 +359,8 @@ def _bind_dimensions(shapes, describe, where=None):
             size = dimensions[symbol] = shape[axis]
             if symbol == "in_channels":
                 allowed, valid = "1 or 3", size in (1, 3)
+            elif symbol == "features":
+                allowed, valid = f"1 to {MAX_ELEMENTS}", 1 <= size <= MAX_ELEMENTS
             else:
                 limit = MAX_CLASSES if symbol == "n_classes" else MAX_WIDTH
                 allowed, valid = f"1 to {limit}", 1 <= size <= limit
@@ -278,26 +368,51 @@ def _bind_dimensions(shapes, describe, where=None):
                 raise _error(
                     describe(key), f"expected {symbol} {allowed}, found {size} (axis {axis} of shape {shape})"
                 )
-    parameters = sum(math.prod(shapes[key]) for key in _SHAPES)
+    dimensions = {name: size for name, size in dimensions.items() if name != "features"}
+    parameters = sum(math.prod(shapes[key]) for key in symbolic)
     if parameters > MAX_PARAMETERS:
         raise _error(where, f"expected at most {MAX_PARAMETERS:,} parameters in all, found {parameters:,} "
-                     f"(widths {'-'.join(str(dimensions[name]) for name in DIMENSIONS)})")
-    return {name: dimensions[name] for name in DIMENSIONS}
+                     f"(widths {'-'.join(str(size) for size in dimensions.values())})")
+    return dimensions
 
 
-def canonicalize(mapping, *, key_map=None, strict=True, source=None):
-    """Convert a mapping of named arrays into canonical, validated LeNet-5 weights.
+def _shape_reader(mapping, assignment=None):
+    """shape_of(user key) -> tuple or None, without converting (.npy headers for archives)."""
+    def shape_of(name):
+        if name not in mapping:
+            return None
+        if isinstance(mapping, _ArchiveMembers):
+            return tuple(mapping.header(name)[0])
+        shape = getattr(mapping[name], "shape", None)
+        if shape is None:
+            try:
+                shape = np.shape(mapping[name])
+            except (TypeError, ValueError):
+                return None
+        try:
+            return tuple(int(size) for size in shape)
+        except (TypeError, ValueError):
+            return None
+    return shape_of
+
+
+def canonicalize(mapping, *, key_map=None, strict=True, source=None, input_size=None,
+                 conv1_padding=None, conv2_padding=None, conv_activation=None, fc_activation=None):
+    """Convert a mapping of named arrays into canonical, validated weights of a LeNet of the family.
 
     Parameters
     ----------
     mapping : mapping of str to array_like
         NumPy arrays, PyTorch tensors, or anything with ``.numpy()`` or ``__array__``.  Recognised
-        layouts: canonical names (``conv1.weight`` ... ``fc2.bias``, the ``state_dict`` of a model
-        with layers conv1, conv2, conv3, fc1, fc2); the PyTorch tutorial model (conv1, conv2, fc1,
-        fc2, fc3, where fc1 is conv3 flattened in (channel, row, column) order); and numbered
-        ``nn.Sequential`` exports (``0.weight``, ``net.3.bias``, ``features.0.weight`` ...
-        ``classifier.1.bias``) with five layers holding a weight and a bias.  conv3 may be a 2-D
-        dense weight of shape (conv3_channels, conv2_channels * 25) in every layout.
+        layouts: canonical names (``conv1.weight`` ... ``fc2.bias``: layers conv1, conv2, an
+        optional conv3, fc1, optional fc2 and fc3, the ``state_dict`` of a model with layers of
+        those names); the PyTorch names conv1, conv2, fc1, fc2, fc3 (the PyTorch tutorial model,
+        where fc1 over 16x5x5 features is conv3 flattened in (channel, row, column) order, and
+        the PyTorch MNIST LeNet on unpadded 28x28 input, fc1 over 16x4x4); Caffe's names conv1,
+        conv2, ip1, ip2; and numbered ``nn.Sequential`` exports (``0.weight``, ``net.3.bias``,
+        ``features.0.weight`` ... ``classifier.1.bias``) with 3 to 6 layers (two convolutions,
+        a third one if its weight is 4-D, then 1 to 3 dense layers).  conv3 may be a 2-D dense
+        weight of shape (conv3_channels, conv2_channels * 25) in every layout.
     key_map : mapping of str to str, optional
         Canonical names to the mapping's names, per parameter (``{"conv1.weight": "c1.w"}``) or
         per layer (``{"conv1": "features.c1"}`` for ``features.c1.weight`` and ``.bias``); a
@@ -308,22 +423,33 @@ def canonicalize(mapping, *, key_map=None, strict=True, source=None):
         always ignored.
     source : str or os.PathLike, optional
         The file the mapping came from, named in error messages.
+    input_size, conv1_padding, conv2_padding : optional
+        The geometry, where the caller (or the file) states it; see
+        `lenet_fast._architecture.infer_geometry` for how the rest is inferred from fc1's
+        inputs.  Options guessed among several possibilities are listed in the result's
+        ``assumed_geometry`` (the model announces them).
+    conv_activation, fc_activation : str, optional
+        Where known: when both are given and differ, a dense fc1 over conv2's channels x 5 x 5
+        is kept as fc1 after a flatten instead of being read as conv3.
 
     Returns
     -------
-    dict of str to ndarray
-        The ten canonical keys in order, each a new float32, native byte order, C-contiguous
-        array with shape ``conv1.weight`` (c1, C, 5, 5), ``conv1.bias`` (c1,),
-        ``conv2.weight`` (c2, c1, 5, 5), ``conv3.weight`` (c3, c2, 5, 5), ``fc1.weight``
-        (f1, c3), ``fc2.weight`` (n_classes, f1) and matching biases.
+    CanonicalWeights
+        A dict of the network's canonical keys in order, each a new float32, native byte order,
+        C-contiguous array with shape ``conv1.weight`` (c1, C, 5, 5), ``conv1.bias`` (c1,),
+        ``conv2.weight`` (c2, c1, 5, 5), optional ``conv3.weight`` (c3, c2, 5, 5), ``fc1.weight``
+        (u1, c3 or the flattened features), optional ``fc2.weight`` / ``fc3.weight`` and matching
+        biases; ``.sizes`` holds every size (`lenet_fast._architecture.Sizes`).
 
     Raises
     ------
     WeightFileError
         If no layout matches or several do, keys are missing or (with `strict`) unused, an array
         is not floating point (float16, float32 or float64), a shape does not fit, C is not 1 or
-        3, a width exceeds 4096 or n_classes 100000, the ten arrays hold more than
-        `MAX_PARAMETERS` (2**23) values together, or an array holds NaN or inf.
+        3, a width exceeds 4096 or n_classes 100000, the arrays hold more than
+        `MAX_PARAMETERS` (2**23) values together, an array holds NaN or inf, or the geometry
+        does not fit (an odd convolution output, conv3 after a pool2 that is not 5x5, fc1's
+        inputs that no geometry gives).
 
     Examples
     --------
@@ -340,17 +466,30 @@ def canonicalize(mapping, *, key_map=None, strict=True, source=None):
     non_strings = [name for name in names if not isinstance(name, str)]
     if non_strings:
         raise _error(_where(source), f"expected string keys, found {_key_list(map(repr, non_strings))}")
+    stated = {option: value for option, value in (("input_size", input_size),
+                                                  ("conv1_padding", conv1_padding),
+                                                  ("conv2_padding", conv2_padding))
+              if value is not None}
+    try:
+        stated = {option: _architecture.check_option(option, value) for option, value in stated.items()}
+    except ValueError as exc:
+        raise _error(_where(source), str(exc)) from None
+    shape_of = _shape_reader(mapping)
     batchnorms = _batchnorm_groups(names)
     batchnorm_keys = {key for group in batchnorms.values() for key in group.values()}
     layout, assignment = _choose_assignment(
-        [name for name in names if name not in batchnorm_keys], key_map, source, bool(batchnorms))
+        [name for name in names if name not in batchnorm_keys], key_map, source, shape_of,
+        bool(batchnorms))
     _refuse_unused(set(names) - set(assignment.values()) - batchnorm_keys, strict, source)
+    assignment, folded_into_conv3 = _fold_dense_into_conv3(
+        assignment, shape_of, (conv_activation, fc_activation), stated)
+    keys = list(assignment)
 
     def describe(key):
         name = assignment[key]
         return _where(source, name) + ("" if name == key else f" (used as {key})")
 
-    absent = [key for key in CANONICAL_KEYS if assignment[key] not in mapping]  # biases, see above
+    absent = [key for key in keys if assignment[key] not in mapping]  # biases, see above
 
     def header(key):
         if key in absent:   # a missing bias: as many zeros as the layer has outputs
@@ -361,42 +500,62 @@ def canonicalize(mapping, *, key_map=None, strict=True, source=None):
     if isinstance(mapping, _ArchiveMembers):
         # Check dtypes and shapes from the .npy headers before any array data is read, so that a
         # small file cannot make us allocate an array no LeNet of these dimensions can have.
-        headers = {key: header(key) for key in CANONICAL_KEYS}
+        headers = {key: header(key) for key in keys}
         for key, (_, dtype) in headers.items():
             _check_float_dtype(dtype, describe(key))
         _bind_dimensions(_dense_conv3_as_4d({key: shape for key, (shape, _) in headers.items()}),
                          describe, _where(source))
-    weights = {key: _to_float32(mapping[assignment[key]], describe(key)) for key in CANONICAL_KEYS
+    weights = {key: _to_float32(mapping[assignment[key]], describe(key)) for key in keys
                if key not in absent}
     for key in absent:
         weights[key] = np.zeros(weights[key.replace("bias", "weight")].shape[:1], np.float32)
+    weights = {key: weights[key] for key in keys}
     folded = _fold_batchnorms(mapping, names, batchnorms, assignment, weights, absent, source)
     unfolded = [assignment[key] for key in absent if key.split(".")[0] not in folded]
     if unfolded:
         raise _error(_where(source), f"missing {_key_list(unfolded)} (a layer without a bias is "
                                      f"only accepted when a BatchNorm follows it)")
-    conv3_shape = _dense_conv3_as_4d({key: array.shape for key, array in weights.items()})["conv3.weight"]
-    weights["conv3.weight"] = weights["conv3.weight"].reshape(conv3_shape)
-    _bind_dimensions({key: array.shape for key, array in weights.items()}, describe, _where(source))
-    return CanonicalWeights(weights, layout=layout, batchnorm=folded)
+    if "conv3.weight" in weights:
+        conv3_shape = _dense_conv3_as_4d({key: array.shape for key, array in weights.items()})["conv3.weight"]
+        weights["conv3.weight"] = weights["conv3.weight"].reshape(conv3_shape)
+    shapes = {key: array.shape for key, array in weights.items()}
+    dimensions = _bind_dimensions(shapes, describe, _where(source))
+    try:
+        geometry, assumed = _architecture.infer_geometry(
+            dimensions["conv2_channels"], shapes["fc1.weight"][1], "conv3.weight" in shapes, stated)
+        sizes = _architecture.sizes(shapes, **geometry)
+    except ValueError as exc:
+        raise _error(_where(source), str(exc)) from None
+    return CanonicalWeights(weights, layout=layout, batchnorm=folded, sizes=sizes,
+                            assumed_geometry=assumed, folded_into_conv3=folded_into_conv3)
 
 
 class CanonicalWeights(dict):
-    """The ten canonical arrays (a dict), with what `canonicalize` found out about them.
+    """The canonical arrays (a dict), with what `canonicalize` found out about them.
 
     Attributes
     ----------
     layout : str or None
-        The recognised layout: ``"canonical"``, ``"PyTorch tutorial"``, ``"nn.Sequential"`` or
-        ``"key_map"`` (None when not known).
+        The recognised layout: ``"canonical"``, ``"PyTorch tutorial"``, ``"Caffe"``,
+        ``"nn.Sequential"`` or ``"key_map"`` (None when not known).
     batchnorm : dict of str to str
         Canonical layer -> the BatchNorm (its key prefix) folded into it.
+    sizes : lenet_fast._architecture.Sizes or None
+        Every size of the network (geometry included).
+    assumed_geometry : dict
+        Geometry options that were guessed among several possibilities (empty: none).
+    folded_into_conv3 : bool
+        Whether the mapping's first dense layer was read as conv3 (see `canonicalize`).
     """
 
-    def __init__(self, weights, *, layout=None, batchnorm=None):
+    def __init__(self, weights, *, layout=None, batchnorm=None, sizes=None, assumed_geometry=None,
+                 folded_into_conv3=False):
         super().__init__(weights)
         self.layout = layout
         self.batchnorm = dict(batchnorm or {})
+        self.sizes = sizes
+        self.assumed_geometry = dict(assumed_geometry or {})
+        self.folded_into_conv3 = folded_into_conv3
 
 
 # ---------------------------------------------------------------------------------------------
@@ -420,8 +579,8 @@ def _refuse_unused(unused, strict, source):
             _where(source),
             f"keys {_key_list(arithmetic)} hold parameters that no layer of the matched layout "
             f"uses; ignoring them would change the outputs, so the weights are refused (a "
-            f"LeNet-5 here is conv1, conv2, conv3 or a 400-input dense layer, fc1, fc2, each "
-            f"optionally followed by a BatchNorm)",
+            f"LeNet here is conv1, conv2, an optional conv3, then one to three dense layers, "
+            f"each optionally followed by a BatchNorm)",
         )
     if strict and unused:
         raise _error(
@@ -467,7 +626,7 @@ def _attach_batchnorms(batchnorms, names, assignment, widths, features, source):
     attached = {}
     for prefix, group in batchnorms.items():
         where = _where(source, prefix)
-        candidates = [layer for layer in LAYERS
+        candidates = [layer for layer in widths
                       if widths[layer] == features[prefix] and layer not in attached]
         if len(candidates) > 1:
             named = [layer for layer in candidates
@@ -476,7 +635,7 @@ def _attach_batchnorms(batchnorms, names, assignment, widths, features, source):
                       if position[assignment[f"{layer}.weight"]] < position[group["running_mean"]]]
             candidates = named[-1:] or before[-1:] or candidates
         if not candidates:
-            outputs = ", ".join(f"{layer} {widths[layer]}" for layer in LAYERS)
+            outputs = ", ".join(f"{layer} {width}" for layer, width in widths.items())
             raise _error(where, f"BatchNorm {prefix!r} has {features[prefix]} features, but no "
                                 f"layer without a BatchNorm has {features[prefix]} outputs "
                                 f"(outputs: {outputs}); "
@@ -490,7 +649,7 @@ def _fold_batchnorms(mapping, names, batchnorms, assignment, weights, absent, so
     `weights`; return {layer: BatchNorm prefix}."""
     if not batchnorms:
         return {}
-    widths = {layer: weights[f"{layer}.weight"].shape[0] for layer in LAYERS}
+    widths = {layer: weights[f"{layer}.weight"].shape[0] for layer in _layers_of(weights)}
     arrays = {}
     for prefix, group in batchnorms.items():
         missing = [parameter for parameter in ("running_mean", "running_var") if parameter not in group]
@@ -607,6 +766,8 @@ def fold_batchnorm(weight, bias, gamma, beta, mean, var, eps=BATCHNORM_EPS, axis
 def _dense_conv3_as_4d(shapes):
     """The shapes with a dense conv3 weight (c3, c2 * 25) read as (c3, c2, 5, 5): flattened from
     (channel, row, column), like torch.flatten of NCHW features."""
+    if "conv3.weight" not in shapes:
+        return shapes
     conv3_shape, conv2_channels = tuple(shapes["conv3.weight"]), tuple(shapes["conv2.weight"])[:1]
     if len(conv3_shape) == 2 and conv2_channels and conv3_shape[1] == conv2_channels[0] * _KERNEL**2:
         shapes = {**shapes, "conv3.weight": (conv3_shape[0], conv2_channels[0], _KERNEL, _KERNEL)}
@@ -614,7 +775,8 @@ def _dense_conv3_as_4d(shapes):
 
 
 def infer_dimensions(weights):
-    """Read the network's dimensions off canonical weights, checking that they fit together.
+    """Read the network's dimensions off canonical weights, checking that they fit together
+    (the geometry is not checked here: `canonicalize` returns every size, `.sizes`).
 
     Parameters
     ----------
@@ -624,8 +786,8 @@ def infer_dimensions(weights):
     Returns
     -------
     dict of str to int
-        ``in_channels``, ``conv1_channels``, ``conv2_channels``, ``conv3_channels``,
-        ``fc1_units`` and ``n_classes``.
+        ``in_channels``, ``conv1_channels``, ``conv2_channels``, ``conv3_channels`` (with
+        conv3), ``fc1_units`` ... (the hidden dense layers) and ``n_classes``.
 
     Raises
     ------
@@ -640,12 +802,15 @@ def infer_dimensions(weights):
     >>> infer_dimensions({key: np.zeros(shape, np.float32) for key, shape in shapes.items()})["n_classes"]
     10
     """
-    missing = [key for key in CANONICAL_KEYS if key not in weights]
+    layers = [layer for layer in FAMILY_LAYERS if layer in ("conv1", "conv2", "fc1")
+              or f"{layer}.weight" in weights or f"{layer}.bias" in weights]
+    expected = [f"{layer}.{parameter}" for layer in layers for parameter in ("weight", "bias")]
+    missing = [key for key in expected if key not in weights]
     if missing:
         raise WeightFileError(
-            f"weights is missing {_key_list(missing)}; expected keys: {_key_list(CANONICAL_KEYS)}"
+            f"weights is missing {_key_list(missing)}; expected keys: {_key_list(expected)}"
         )
-    shapes = {key: np.shape(weights[key]) for key in CANONICAL_KEYS}
+    shapes = {key: np.shape(weights[key]) for key in expected}
     return _bind_dimensions(shapes, functools.partial(_where, None))
 
 
@@ -780,7 +945,26 @@ def _read_metadata(members, source):
     return metadata
 
 
-def load_npz(path, *, key_map=None, strict=True):
+def _stated_options(metadata, explicit, source):
+    """The geometry and activations for `canonicalize`: the caller's, else the file's."""
+    stored = metadata.get("architecture", {})
+    stored = stored if isinstance(stored, dict) else {}   # the model reports a malformed one
+    options = {}
+    for option in _architecture.GEOMETRY_OPTIONS + ("conv_activation", "fc_activation"):
+        value = explicit.get(option)
+        if value is None and stored.get(option) is not None:
+            value = stored[option]
+            if option in _architecture.GEOMETRY_OPTIONS:
+                try:
+                    value = _architecture.check_option(option, value)
+                except ValueError as exc:
+                    raise _error(_where(source, f"{METADATA_KEY}.npy"),
+                                 f"metadata['architecture']['{option}']: {exc}") from None
+        options[option] = value
+    return options
+
+
+def load_npz(path, *, key_map=None, strict=True, **options):
     """Load LeNet-5 weights from a ``.npz`` file safely: nothing is ever unpickled.
 
     Parameters
@@ -791,6 +975,10 @@ def load_npz(path, *, key_map=None, strict=True):
         Passed to `canonicalize`.
     strict : bool, default True
         Passed to `canonicalize`: reject arrays the matched layout does not use.
+    **options
+        ``input_size``, ``conv1_padding``, ``conv2_padding``, ``conv_activation``,
+        ``fc_activation`` (None: not stated), passed to `canonicalize`; an option the call does
+        not state is taken from the file's ``metadata['architecture']`` where it states it.
 
     Returns
     -------
@@ -828,14 +1016,15 @@ def load_npz(path, *, key_map=None, strict=True):
     with archive:
         members = _ArchiveMembers(archive, source)
         metadata = _read_metadata(members, source) if METADATA_KEY in members else {}
-        weights = canonicalize(members, key_map=key_map, strict=strict, source=source)
+        weights = canonicalize(members, key_map=key_map, strict=strict, source=source,
+                               **_stated_options(metadata, options, source))
     return weights, metadata
 
 
 def save_npz(path, weights, metadata=None):
     """Write weights and metadata as an uncompressed ``.npz`` that is byte-for-byte reproducible.
 
-    Members are the ten canonical arrays (little-endian float32) in canonical order, then
+    Members are the canonical arrays (little-endian float32) in canonical order, then
     ``__lenet_fast__.npy`` holding the metadata as compact, key-sorted JSON; timestamps and
     permissions are fixed, so saving the result of `load_npz` reproduces the file exactly.
     ``numpy.load`` reads the file.
@@ -863,10 +1052,10 @@ def save_npz(path, weights, metadata=None):
     --------
     >>> save_npz("lenet5.npz", weights, {"conv_activation": "relu"})  # doctest: +SKIP
     """
-    weights = canonicalize(weights)
     metadata = {} if metadata is None else metadata
     if not isinstance(metadata, dict):
         raise TypeError(f"metadata must be a dict, found {type(metadata).__name__}")
+    weights = canonicalize(weights, **_stated_options(metadata, {}, None))
     try:
         text = json.dumps(metadata, sort_keys=True, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -874,7 +1063,7 @@ def save_npz(path, weights, metadata=None):
     if len(text.encode("utf-8")) > MAX_METADATA_BYTES:
         raise ValueError(f"metadata must be at most {MAX_METADATA_BYTES:,} bytes as JSON (what "
                          f"from_npz reads); found {len(text.encode('utf-8')):,}")
-    arrays = {key: np.asarray(weights[key], dtype="<f4") for key in CANONICAL_KEYS}
+    arrays = {key: np.asarray(weights[key], dtype="<f4") for key in weights}   # canonical order
     arrays[METADATA_KEY] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
     archive_bytes = io.BytesIO()
     with zipfile.ZipFile(archive_bytes, "w", zipfile.ZIP_STORED) as archive:

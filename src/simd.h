@@ -1,12 +1,12 @@
 /*
  * simd.h -- the vector primitives the lenet_fast kernels are written in.
  *
- * The kernels (kernels.pxi) are plain Cython over a type `vf` ("vector of floats", VLEN lanes) and
+ * The kernels (kernels.pxi and the files it includes) are plain Cython over a type `vf` ("vector of floats", VLEN lanes) and
  * a dozen inline functions on it.  This header defines them once per instruction-set level; the
  * build compiles the same kernels three times with -DLENET_ISA_{GENERIC,AVX2,AVX512}:
  *
- *   AVX512  __m512, 16 lanes, fused multiply-add, masked tails
- *   AVX2    __m256,  8 lanes, fused multiply-add (FMA3), masked tails
+ *   AVX512  __m512, 16 lanes, fused multiply-add
+ *   AVX2    __m256,  8 lanes, fused multiply-add (FMA3)
  *   GENERIC GCC/Clang vector extension, 4 lanes (SSE2 on x86-64, NEON on arm64), multiply then add
  *
  * Determinism: every output value of the network is produced by vf_madd chains in a fixed order,
@@ -29,11 +29,6 @@
 #include <immintrin.h>
 #define VLEN 16
 #define LENET_ISA_NAME "avx512"
-/* Register blocking: 32 zmm registers. */
-#define CONV_CO_BLOCK 6      /* 2x2 window x 6 channels = 24 accumulators */
-#define CHANVEC_BLOCK 2      /* channel vectors per block in the channel-vectorised conv */
-#define DENSE_LANES_BLOCK 24 /* outputs per block in the images-in-lanes dense layer */
-#define DENSE_VEC_BLOCK 8    /* output vectors per block in the channel-vectorised dense layer */
 typedef __m512 vf;
 typedef __m512i vi;
 static inline vf vf_load(const float *p) { return _mm512_loadu_ps(p); }
@@ -50,12 +45,6 @@ static inline vf vf_min(vf a, vf b) { return _mm512_min_ps(a, b); }
 static inline vi vi_from_vf(vf a) { return _mm512_cvttps_epi32(a); }
 static inline vf vf_pow2_of_int(vi n) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(n, _mm512_set1_epi32(127)), 23));
-}
-static inline vf vf_load_partial(const float *p, int n) {
-    return _mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1u), p);
-}
-static inline void vf_store_partial(float *p, vf v, int n) {
-    _mm512_mask_storeu_ps(p, (__mmask16)((1u << n) - 1u), v);
 }
 
 /* One VLEN x VLEN block into the images-in-lanes layout: out[p * VLEN + lane] =
@@ -93,11 +82,6 @@ static inline void vf_transpose_block(const float *in, ptrdiff_t in_stride, floa
 #include <immintrin.h>
 #define VLEN 8
 #define LENET_ISA_NAME "avx2"
-/* Register blocking: 16 ymm registers. */
-#define CONV_CO_BLOCK 3
-#define CHANVEC_BLOCK 1
-#define DENSE_LANES_BLOCK 12
-#define DENSE_VEC_BLOCK 8
 typedef __m256 vf;
 typedef __m256i vi;
 static inline vf vf_load(const float *p) { return _mm256_loadu_ps(p); }
@@ -113,17 +97,6 @@ static inline vf vf_min(vf a, vf b) { return _mm256_min_ps(a, b); }
 static inline vi vi_from_vf(vf a) { return _mm256_cvttps_epi32(a); }
 static inline vf vf_pow2_of_int(vi n) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n, _mm256_set1_epi32(127)), 23));
-}
-static const int32_t lenet_tail_mask_table[16] = {-1, -1, -1, -1, -1, -1, -1, -1,
-                                                  0,  0,  0,  0,  0,  0,  0,  0};
-static inline __m256i lenet_tail_mask(int n) {
-    return _mm256_loadu_si256((const __m256i *)(lenet_tail_mask_table + 8 - n));
-}
-static inline vf vf_load_partial(const float *p, int n) {
-    return _mm256_maskload_ps(p, lenet_tail_mask(n));
-}
-static inline void vf_store_partial(float *p, vf v, int n) {
-    _mm256_maskstore_ps(p, lenet_tail_mask(n), v);
 }
 
 static inline void vf_transpose_block(const float *in, ptrdiff_t in_stride, float *out) {
@@ -150,10 +123,6 @@ static inline void vf_transpose_block(const float *in, ptrdiff_t in_stride, floa
 #else /* generic */
 #define VLEN 4
 #define LENET_ISA_NAME "generic"
-#define CONV_CO_BLOCK 2
-#define CHANVEC_BLOCK 1
-#define DENSE_LANES_BLOCK 8
-#define DENSE_VEC_BLOCK 4
 typedef float vf __attribute__((vector_size(16)));
 typedef int32_t vi __attribute__((vector_size(16)));
 static inline vf vf_load(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
@@ -181,12 +150,6 @@ static inline vf vf_pow2_of_int(vi n) {
     memcpy(&r, &bits, sizeof r);
     return r;
 }
-static inline vf vf_load_partial(const float *p, int n) {
-    vf v = {0.0f, 0.0f, 0.0f, 0.0f};
-    memcpy(&v, p, (size_t)n * sizeof(float));
-    return v;
-}
-static inline void vf_store_partial(float *p, vf v, int n) { memcpy(p, &v, (size_t)n * sizeof(float)); }
 static inline void vf_transpose_block(const float *in, ptrdiff_t in_stride, float *out) {
     int p, lane;
     for (p = 0; p < VLEN; p++)

@@ -147,11 +147,11 @@ def test_key_map_per_parameter_and_per_layer_with_canonical_fallback():
 def test_key_map_errors():
     weights = make_weights()
     with pytest.raises(WeightFileError, match=exact(
-        "key_map has unknown entries conv4, fc3.weight; expected canonical parameter names (conv1.bias, "
+        "key_map has unknown entries conv4, fc4.weight; expected canonical parameter names (conv1.bias, "
         "conv1.weight, conv2.bias, conv2.weight, conv3.bias, conv3.weight, fc1.bias, fc1.weight, fc2.bias, "
-        "fc2.weight) or layer names (conv1, conv2, conv3, fc1, fc2)"
+        "fc2.weight, fc3.bias, fc3.weight) or layer names (conv1, conv2, conv3, fc1, fc2, fc3)"
     )):
-        canonicalize(weights, key_map={"conv4": "x", "fc3.weight": "y"})
+        canonicalize(weights, key_map={"conv4": "x", "fc4.weight": "y"})
     with pytest.raises(WeightFileError, match=exact("expected key_map values to be strings, found {'conv1': 3}")):
         canonicalize(weights, key_map={"conv1": 3})
     with pytest.raises(WeightFileError, match=starts(
@@ -197,9 +197,9 @@ def test_no_layout_incomplete_and_ambiguous_mappings():
     weights = make_weights()
     with pytest.raises(WeightFileError, match=exact(
         "no known weight layout matches; found keys: a.weight, b; expected keys: conv1.bias, conv1.weight, "
-        "conv2.bias, conv2.weight, conv3.bias, conv3.weight, fc1.bias, fc1.weight, fc2.bias, fc2.weight (or the "
-        "PyTorch tutorial layout conv1, conv2, fc1, fc2, fc3, or an nn.Sequential export with 5 numbered "
-        "layers), or pass key_map"
+        "conv2.bias, conv2.weight, conv3.bias, conv3.weight, fc1.bias, fc1.weight, fc2.bias, fc2.weight (conv3 "
+        "optional, fc2 and fc3 optional; or the PyTorch layout conv1, conv2, fc1, fc2, fc3, Caffe's conv1, conv2, "
+        "ip1, ip2, or an nn.Sequential export with 3 to 6 numbered layers), or pass key_map"
     )):
         canonicalize({"b": 1.0, "a.weight": np.zeros(3)})
     incomplete = {key: value for key, value in weights.items() if key != "conv3.bias"}
@@ -219,9 +219,10 @@ def test_no_layout_incomplete_and_ambiguous_mappings():
         "incomplete weights for the nn.Sequential layout: missing 2.bias"
     )):
         canonicalize(sequential)
-    both = {**weights, **tutorial_layout(weights)}
+    both = {**weights, **{f"ip{index}.{parameter}": weights[f"fc{index}.{parameter}"]
+                          for index in (1, 2) for parameter in ("weight", "bias")}}
     with pytest.raises(WeightFileError, match=starts(
-        "the keys match several layouts (canonical, PyTorch tutorial); pass key_map to choose; found keys: "
+        "the keys match several layouts (canonical, Caffe); pass key_map to choose; found keys: "
     )):
         canonicalize(both, strict=False)
     with pytest.raises(WeightFileError, match=exact("expected string keys, found 1")):

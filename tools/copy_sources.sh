@@ -10,11 +10,11 @@ DESTINATION="$(mkdir -p "$1" && cd "$1" && pwd)"
 cd "$ROOT"
 if git rev-parse --is-inside-work-tree > /dev/null 2>&1; then
     git ls-files -z --cached --others --exclude-standard \
-        | grep -zv -e '\.so$' -e '^src/.*\.c$' -e '^src/kernels\.pxi$' -e '^build/' -e '_build_info\.json$' \
+        | grep -zv -e '\.so$' -e '^src/.*\.c$' -e '^src/.*\.pxi$' -e '^src/block_sizes\.h$' -e '^build/' -e '_build_info\.json$' \
         | xargs -0 -I{} cp --parents -- {} "$DESTINATION"
 else
     cp -r . "$DESTINATION"
     rm -rf "$DESTINATION/build"
     find "$DESTINATION" \( -name '*.so' -o -path "$DESTINATION/src/*.c" -o -name _build_info.json \
-        -o -path "$DESTINATION/src/kernels.pxi" \) -delete
+        -o -path "$DESTINATION/src/*.pxi" -o -path "$DESTINATION/src/block_sizes.h" \) -delete
 fi

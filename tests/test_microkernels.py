@@ -1,0 +1,229 @@
+"""The compiled engine for the whole LeNet family, at every usable ISA level (``level`` is
+parametrised by conftest.py), against a float64 NumPy forward (tests/family_engine_reference.py).
+
+* every register-block size of every micro-kernel family (the table in src/block_sizes.py, as
+  the level reports it in ``BLOCK_SIZES``), deterministically: a layer of b channels or outputs,
+  b up to the level's largest block and one past it (two blocks), runs in one block of b;
+* every named member of the family (lenet5, mnist-unpadded, caffe, keras-same) and further
+  geometries (conv2 padding 2, non-square planes, images 4 smaller than the plane);
+* bitwise-identical outputs across batch size, position in the batch and thread count for
+  every member (the lane-group path and the one-image path agree to the bit);
+* the engine's checks of what it is given.
+"""
+
+import functools
+
+import numpy as np
+import pytest
+
+from lenet_fast import _dispatch
+
+import family_engine_reference as ref
+
+TOLERANCE = {"atol": 1e-5, "rtol": 1e-5}
+CODES = {"identity": "ACT_IDENTITY", "relu": "ACT_RELU", "sigmoid": "ACT_SIGMOID",
+         "tanh": "ACT_TANH", "softmax": "ACT_SOFTMAX"}
+
+
+def engine(kernels, weights, plane, conv2_padding, conv_activation="relu",
+           fc_activation="sigmoid", output_activation="sigmoid", pool="max"):
+    code = {name: getattr(kernels, attribute) for name, attribute in CODES.items()}
+    return kernels.Engine(weights, {"plane": plane, "conv2_padding": conv2_padding},
+                          code[conv_activation], code[fc_activation], code[output_activation],
+                          kernels.POOL_MAX if pool == "max" else kernels.POOL_AVG)
+
+
+def run(engine_, images, num_threads=1):
+    scores = np.empty((len(images), engine_.n_classes), np.float32)
+    assert engine_.forward(images, scores, num_threads, True) == -1
+    return scores
+
+
+@functools.lru_cache(maxsize=None)
+def images(n, in_channels, rows, columns, seed=1):
+    x = np.random.default_rng(seed).normal(0, 1, (n, in_channels, rows, columns))
+    x = x.astype(np.float32)
+    x.setflags(write=False)
+    return x
+
+
+def options(member):
+    return {key: member[key] for key in ("conv_activation", "fc_activation",
+                                         "output_activation", "pool")}
+
+
+def check_against_reference(kernels, spec, in_channels=1, image_size=None, seed=0, n=None):
+    """Build the engine of `spec`, run a batch with full lane groups, a padded tail group and
+    one-image tails (and batch 1), compare with the NumPy forward."""
+    weights = ref.random_weights(seed, in_channels, **spec)
+    lanes = kernels.LANES
+    n = n or 2 * lanes + lanes // 2 + 1
+    rows, columns = image_size or spec["plane"]
+    x = images(n, in_channels, rows, columns)
+    eng = engine(kernels, weights, spec["plane"], spec["conv2_padding"], **options(spec))
+    expected = ref.forward(x, weights, spec["plane"], spec["conv2_padding"], **options(spec))
+    got = run(eng, x)
+    np.testing.assert_allclose(got, expected, **TOLERANCE)
+    np.testing.assert_array_equal(run(eng, x[:1]), got[:1])
+    return eng, x, got
+
+
+# ---------------------------------------------------------------------------------------------
+# Block sizes: every micro-kernel at every block size the level uses
+# ---------------------------------------------------------------------------------------------
+
+SMALL_PLANE = (16, 16)   # conv1 12x12 -> pool1 6x6 -> conv2 2x2 -> pool2 1x1: fast
+
+
+def small_spec(c1=2, c2=3, dense=(5, 4), conv3=None, plane=SMALL_PLANE, conv2_padding=0):
+    return dict(plane=plane, conv2_padding=conv2_padding, c1=c1, c2=c2, conv3=conv3,
+                dense=dense, conv_activation="tanh", fc_activation="sigmoid",
+                output_activation="identity", pool="max")
+
+
+def test_block_sizes_come_from_the_table(level):
+    kernels = _dispatch.load_kernels(level)
+    from pathlib import Path
+    import runpy
+    table = Path(__file__).resolve().parent.parent / "src" / "block_sizes.py"
+    if not table.exists():
+        pytest.skip("no source tree next to the tests")
+    assert kernels.BLOCK_SIZES == runpy.run_path(str(table))["BLOCKS"][level]
+
+
+def test_conv5x5_pool2_broadcast_every_block_size(level):
+    """conv1 (both paths) and conv2 (lane-group path) with b output channels: one block of b
+    for b <= the level's largest, two blocks after."""
+    kernels = _dispatch.load_kernels(level)
+    for b in range(1, kernels.BLOCK_SIZES["conv_channels"] + 2):
+        check_against_reference(kernels, small_spec(c1=b, c2=b), in_channels=2)
+
+
+def test_conv5x5_pool2_channels_in_lanes_every_block_size(level):
+    """conv2 of the one-image path with v vectors of channels (v * LANES, and a partial vector),
+    for one and two pooled windows at a time (pool2 1x1, 1x2 and 2x2)."""
+    kernels = _dispatch.load_kernels(level)
+    lanes = kernels.LANES
+    for v in range(1, kernels.BLOCK_SIZES["conv_channel_vectors"] + 2):
+        for plane in ((16, 16), (16, 20), (20, 20)):
+            check_against_reference(kernels, small_spec(c2=v * lanes, plane=plane))
+        check_against_reference(kernels, small_spec(c2=v * lanes - 1))
+
+
+def test_dense_broadcast_every_block_size(level):
+    kernels = _dispatch.load_kernels(level)
+    for b in range(1, kernels.BLOCK_SIZES["dense_outputs"] + 2):
+        check_against_reference(kernels, small_spec(dense=(b, b)))
+
+
+def test_dense_outputs_in_lanes_every_block_size(level):
+    kernels = _dispatch.load_kernels(level)
+    lanes = kernels.LANES
+    for v in range(1, kernels.BLOCK_SIZES["dense_output_vectors"] + 2):
+        check_against_reference(kernels, small_spec(dense=(v * lanes, v * lanes - 1)))
+
+
+@pytest.mark.parametrize("name", ["relu", "sigmoid", "tanh", "identity"])
+@pytest.mark.parametrize("pool", ["max", "avg"])
+def test_pointwise_activations_and_pools(level, name, pool):
+    kernels = _dispatch.load_kernels(level)
+    spec = small_spec(c1=3, c2=5, dense=(7, 6))
+    spec.update(conv_activation=name, fc_activation=name, output_activation="softmax", pool=pool)
+    check_against_reference(kernels, spec)
+
+
+# ---------------------------------------------------------------------------------------------
+# The family's members and geometries
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("member", ref.MEMBERS)
+def test_named_member_matches_reference(level, member):
+    kernels = _dispatch.load_kernels(level)
+    spec = ref.MEMBERS[member]
+    check_against_reference(kernels, spec)
+    if member in ("lenet5", "keras-same"):   # 28x28 images, zero-padded by 2 inside
+        check_against_reference(kernels, spec, image_size=(28, 28))
+
+
+@pytest.mark.parametrize("geometry", [
+    dict(plane=(24, 24), conv2_padding=2, c1=6, c2=16, conv3=120, dense=(84, 10)),
+    dict(plane=(32, 32), conv2_padding=2, c1=6, c2=16, conv3=None, dense=(30, 10)),
+    dict(plane=(24, 36), conv2_padding=0, c1=5, c2=9, conv3=None, dense=(12,)),
+    dict(plane=(36, 28), conv2_padding=2, c1=4, c2=7, conv3=None, dense=(20, 11, 3)),
+    dict(plane=(12, 12), conv2_padding=2, c1=3, c2=4, conv3=None, dense=(5,)),
+], ids=["24-same-conv3", "32-same-flatten", "24x36", "36x28-same-3-dense", "12-smallest"])
+@pytest.mark.parametrize("in_channels", [1, 3])
+def test_geometries_match_reference(level, geometry, in_channels):
+    kernels = _dispatch.load_kernels(level)
+    spec = dict(geometry, conv_activation="relu", fc_activation="tanh",
+                output_activation="softmax", pool="avg")
+    check_against_reference(kernels, spec, in_channels)
+    rows, columns = spec["plane"]
+    check_against_reference(kernels, spec, in_channels, image_size=(rows - 4, columns - 4))
+
+
+@pytest.mark.parametrize("member", ref.MEMBERS)
+def test_member_bits_do_not_depend_on_batch_size_position_or_threads(level, member):
+    kernels = _dispatch.load_kernels(level)
+    spec = ref.MEMBERS[member]
+    weights = ref.random_weights(3, 1, **spec)
+    eng = engine(kernels, weights, spec["plane"], spec["conv2_padding"], **options(spec))
+    lanes = kernels.LANES
+    n = 3 * lanes + 3
+    x = images(n, 1, *spec["plane"], seed=5)
+    alone = np.concatenate([run(eng, x[i:i + 1]) for i in range(n)])
+    for num_threads in (1, 2, 3):
+        np.testing.assert_array_equal(run(eng, x, num_threads), alone)
+    for start, stop in ((1, n), (lanes - 1, 2 * lanes + 2), (2, 5), (0, lanes)):
+        np.testing.assert_array_equal(run(eng, np.ascontiguousarray(x[start:stop])),
+                                      alone[start:stop])
+    labels = np.empty(n, np.int64)
+    assert eng.predict(x, labels, 2, True) == -1
+    np.testing.assert_array_equal(labels, alone.argmax(axis=1))
+
+
+def test_levels_agree_on_every_member(kernel_levels):
+    """Different ISA levels round differently (FMA or not), but all match the reference."""
+    for member, spec in ref.MEMBERS.items():
+        results = [check_against_reference(_dispatch.load_kernels(level), spec, n=5)[2]
+                   for level in kernel_levels]
+        for other in results[1:]:
+            np.testing.assert_allclose(other, results[0], **TOLERANCE)
+
+
+# ---------------------------------------------------------------------------------------------
+# What the engine refuses
+# ---------------------------------------------------------------------------------------------
+
+def test_engine_refuses_inconsistent_geometry_and_weights(level):
+    kernels = _dispatch.load_kernels(level)
+    spec = ref.MEMBERS["mnist-unpadded"]
+    weights = ref.random_weights(0, 1, **spec)
+    with pytest.raises(ValueError, match="plane must be even"):
+        engine(kernels, weights, (29, 28), 0)
+    with pytest.raises(ValueError, match="conv2's output must be even"):
+        engine(kernels, weights, (30, 28), 0)
+    with pytest.raises(ValueError, match="conv2_padding must be 0 or 2"):
+        engine(kernels, weights, (28, 28), 1)
+    with pytest.raises(ValueError, match="geometry must be a dict"):
+        kernels.Engine(weights, {"plane": (28, 28)}, 1, 1, 1, 0)
+    with pytest.raises(ValueError, match=r"fc1.weight: expected shape \(\*, 400\), found \(120, 256\)"):
+        engine(kernels, weights, (32, 32), 0)   # 400 features there
+    with pytest.raises(ValueError, match="conv3 needs a 5x5 pool2"):
+        engine(kernels, dict(weights, **{"conv3.weight": np.zeros((8, 16, 5, 5), np.float32),
+                                         "conv3.bias": np.zeros(8, np.float32)}), (28, 28), 0)
+    gap = {key: value for key, value in weights.items() if not key.startswith("fc2")}
+    with pytest.raises(ValueError, match="without gaps"):
+        engine(kernels, gap, (28, 28), 0)
+    with pytest.raises(ValueError, match="C-contiguous float32"):
+        engine(kernels, dict(weights, **{"conv1.bias": weights["conv1.bias"].astype(np.float64)}),
+               (28, 28), 0)
+    with pytest.raises(ValueError, match="output activation code"):
+        kernels.Engine(weights, {"plane": (28, 28), "conv2_padding": 0}, 1, 1, 9, 0)
+    with pytest.raises(ValueError, match="conv/fc activation codes"):
+        kernels.Engine(weights, {"plane": (28, 28), "conv2_padding": 0}, kernels.ACT_SOFTMAX, 1,
+                       1, 0)
+    eng = engine(kernels, weights, (28, 28), 0)
+    with pytest.raises(ValueError, match=r"images must have shape \(N, 1, 28, 28\) or "
+                                         r"\(N, 1, 24, 24\)"):
+        run(eng, images(2, 1, 32, 32))

@@ -795,6 +795,13 @@ class _LegacyWeights:
         return names
 
 
+def _check_conv3_input(stages, stated, pooled, source):
+    if "conv3" in stages and pooled != (_KERNEL, _KERNEL):
+        raise _error(source, f"the third Conv2D must see a 5x5 map (it is a full-window "
+                             f"convolution); the input {stated[0]}x{stated[1]} gives "
+                             f"{pooled[0]}x{pooled[1]}", stages["conv3"][0].layer)
+
+
 def _read_weights(layers, named_stages, activations, store, input_chw, order, paddings, source):
     """The weights in canonical shapes (converted from Keras's channels-last layout) keyed by
     Keras layer names, the key_map from canonical layer names to those, the architecture's
@@ -810,6 +817,9 @@ def _read_weights(layers, named_stages, activations, store, input_chw, order, pa
     stages = dict(named_stages)
     arrays, widths, channels = {}, {}, input_chw[0]
     stated, pooled, inputs = input_chw[1:], None, None   # inputs: the next Dense layer's
+    if stated != (None, None):    # checked before any weight is read
+        stated, pooled = _input_size(named_stages, stated, paddings, None, None, source)
+        _check_conv3_input(stages, stated, pooled, source)
     for name in names:
         layer = stages[name][0].layer
         use_bias = _option(layer, "use_bias", (True, False), source, True)
@@ -820,8 +830,7 @@ def _read_weights(layers, named_stages, activations, store, input_chw, order, pa
         else:
             limit = _architecture.MAX_CLASSES if name == names[-1] else _architecture.MAX_WIDTH
             width = _positive(layer, "units", limit, source)
-            if name == "fc1" and "conv3" not in stages and stated != (None, None):
-                stated, pooled = _input_size(named_stages, stated, paddings, None, None, source)
+            if name == "fc1" and "conv3" not in stages and pooled is not None:
                 inputs = widths["conv2"] * pooled[0] * pooled[1]
                 hint = (f" (the Dense after Flatten takes {inputs} features: conv2's "
                         f"{widths['conv2']} channels of {pooled[0]}x{pooled[1]} for a "
@@ -836,10 +845,7 @@ def _read_weights(layers, named_stages, activations, store, input_chw, order, pa
         widths[name] = channels = inputs = width
     stated, pooled = _input_size(named_stages, stated, paddings,
                                  None if "conv3" in stages else features, widths["conv2"], source)
-    if "conv3" in stages and pooled != (_KERNEL, _KERNEL):
-        raise _error(source, f"the third Conv2D must see a 5x5 map (it is a full-window "
-                             f"convolution); the input {stated[0]}x{stated[1]} gives "
-                             f"{pooled[0]}x{pooled[1]}", stages["conv3"][0].layer)
+    _check_conv3_input(stages, stated, pooled, source)
     conv_activation = activations["conv1"][0]
     # Three Dense layers over a 5x5 map, the first with the convolutions' activation: conv3 and
     # two dense layers (the network lenet_fast always ran; the same function).
@@ -970,10 +976,13 @@ def _load(source, magic, h5py):
                                                        source)
         weights, key_map, architecture, input_size = _read_weights(
             layers, named_stages, activations, store, input_chw, order, paddings, source)
-    canonical = _weights.canonicalize(weights, key_map=key_map, source=source)
-    channels = canonical["conv1.weight"].shape[1]
     architecture.update(pool=pools[0].value, input_size=input_size, conv1_padding=paddings[0],
                         conv2_padding=paddings[1])
+    canonical = _weights.canonicalize(
+        weights, key_map=key_map, source=source, conv_activation=architecture["conv_activation"],
+        fc_activation=architecture["fc_activation"],
+        **{option: architecture[option] for option in _architecture.GEOMETRY_OPTIONS})
+    channels = canonical["conv1.weight"].shape[1]
     provenance = {"format": f"Keras {file_format}",
                   "keras_input_shape": [*input_size, channels] if layout == "channels_last"
                   else [channels, *input_size]}

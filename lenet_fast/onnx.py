@@ -697,8 +697,13 @@ def _read_graph(graph, source):
 
 
 def _canonical(weights, architecture, source):
-    """Weights through the one shape check every loader uses."""
-    return _weights.canonicalize(weights, source=source)
+    """The weights through the one shape check every loader uses, with the geometry the graph
+    states (the dense layers are named as decided above: the activations are passed so that
+    fc1 is never read as conv3 where they differ)."""
+    return _weights.canonicalize(
+        weights, source=source, conv_activation=architecture["conv_activation"],
+        fc_activation=architecture["fc_activation"],
+        **{option: architecture[option] for option in _architecture.GEOMETRY_OPTIONS})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,541 @@
+"""ONNX and Keras interop for the whole LeNet family (issue 12).
+
+ONNX: every named member goes torch -> ONNX (``torch.onnx.export``, both exporters) -> lenet_fast
+(equal to torch) -> ONNX (`build_model_proto`) -> ONNX Runtime (equal to lenet_fast) -> lenet_fast
+(the same weights); the graph reader works on its own (no model class), reads Pad nodes and
+``auto_pad``, and refuses what the family does not hold, naming the node.
+
+Keras: LeNets of the family built and saved by Keras 3 itself (``.keras`` and ``.h5``; padding
+"valid"/"same" per convolution, 28x28 and 32x32 inputs, 1-3 Dense layers, average/max pooling,
+tanh/relu/sigmoid, softmax, channels-first) give Keras's own predictions: <= 1e-5 abs + 1e-5 rel,
+>= 99.9 % equal labels, on random and real Fashion-MNIST images; networks outside the family are
+refused naming the layer.  Keras runs on its PyTorch backend (no TensorFlow).
+"""
+
+import ast
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")  # the test extra installs it: a skip here means a broken env
+import onnxruntime  # noqa: E402
+import torch  # noqa: E402
+from onnx import helper, numpy_helper  # noqa: E402
+from torch import nn  # noqa: E402
+
+import lenet_fast.onnx as lenet_onnx  # noqa: E402
+from lenet_fast import LeNet  # noqa: E402
+from lenet_fast._architecture import MEMBERS, normalize_geometry  # noqa: E402
+from lenet_fast.datasets import load_sample  # noqa: E402
+from lenet_fast.onnx import ONNXImportError, build_model_proto, read_graph  # noqa: E402
+
+TOLERANCE = {"atol": 1e-5, "rtol": 1e-5}
+OPTIONS = ("conv_activation", "fc_activation", "output_activation", "pool")
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning",
+                                        "ignore::FutureWarning")
+
+_TORCH_ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh,
+                      "identity": nn.Identity, "softmax": lambda: nn.Softmax(dim=1)}
+_TORCH_POOLS = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
+
+
+def torch_member(name, in_channels=1, seed=0):
+    """The named member as a PyTorch nn.Sequential (random initial weights)."""
+    member = MEMBERS[name]
+    architecture = member.architecture
+    torch.manual_seed(seed)
+
+    def act(option):
+        return _TORCH_ACTIVATIONS[architecture[option]]()
+
+    pool = _TORCH_POOLS[architecture["pool"]]
+    c1, c2, c3 = member.conv1_channels, member.conv2_channels, member.conv3_channels
+    modules = [nn.Conv2d(in_channels, c1, 5, padding=member.conv1_padding), act("conv_activation"),
+               pool(2), nn.Conv2d(c1, c2, 5, padding=member.conv2_padding),
+               act("conv_activation"), pool(2)]
+    side = member.input_size + 2 * member.conv1_padding - 4
+    side = (side // 2 + 2 * member.conv2_padding - 4) // 2
+    features = c2 * side * side
+    if c3:
+        modules += [nn.Conv2d(c2, c3, 5), act("conv_activation")]
+        features = c3
+    modules.append(nn.Flatten())
+    for index, units in enumerate(member.dense_units):
+        modules.append(nn.Linear(features, units))
+        last = index == len(member.dense_units) - 1
+        modules.append(act("output_activation" if last else "fc_activation"))
+        features = units
+    return nn.Sequential(*modules).eval()
+
+
+def export(module, example, path, dynamo):
+    """torch.onnx.export with a dynamic batch axis, with either of torch's exporters."""
+    if dynamo:
+        torch.onnx.export(module, (example,), path, opset_version=17, dynamo=True,
+                          input_names=["x"], output_names=["y"],
+                          dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
+    else:
+        torch.onnx.export(module, (example,), path, opset_version=17, dynamo=False,
+                          input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
+
+
+def images(n, channels, size, seed=0):
+    return np.random.default_rng(seed).standard_normal((n, channels, size, size),
+                                                       dtype=np.float32)
+
+
+def real_images(size=28, channels=1):
+    """The shipped Fashion-MNIST test images as floats in [0, 1], (N, C, size, size)."""
+    pixels = load_sample()[0].astype(np.float32) / 255
+    pad = (size - 28) // 2
+    pixels = np.pad(pixels, ((0, 0), (pad, pad), (pad, pad)))[:, None]
+    if channels == 3:   # three different channels: the image, its negative, its square
+        pixels = np.concatenate([pixels, 1 - pixels, pixels**2], axis=1)
+    return np.ascontiguousarray(pixels)
+
+
+def onnxruntime_scores(proto_or_path, x):
+    content = proto_or_path.SerializeToString() if isinstance(proto_or_path, onnx.ModelProto) \
+        else str(proto_or_path)
+    session = onnxruntime.InferenceSession(content, providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def same_geometry(architecture, member):
+    return normalize_geometry(architecture) == normalize_geometry(member.geometry)
+
+
+# ---------------------------------------------------------------------------------------------
+# ONNX round trips of every member
+# ---------------------------------------------------------------------------------------------
+
+ROUND_TRIPS = [(name, dynamo) for name in MEMBERS for dynamo in (False, True)]
+
+
+@pytest.mark.parametrize("name, dynamo", ROUND_TRIPS,
+                         ids=[f"{name}-{'dynamo' if dynamo else 'torchscript'}"
+                              for name, dynamo in ROUND_TRIPS])
+def test_onnx_round_trip_of_every_member(tmp_path, name, dynamo):
+    member = MEMBERS[name]
+    module = torch_member(name)
+    size = member.input_size
+    path = tmp_path / f"{name}.onnx"
+    export(module, torch.zeros(2, 1, size, size), path, dynamo)
+
+    model = LeNet.from_onnx(path)
+    assert {option: model.architecture[option] for option in OPTIONS} == member.architecture
+    assert same_geometry(model.architecture, member)
+    x = images(300, 1, size)
+    with torch.no_grad():
+        expected = module(torch.from_numpy(x)).numpy()
+    found = model.forward(x)
+    np.testing.assert_allclose(found, expected, **TOLERANCE)
+    assert np.mean(found.argmax(axis=1) == expected.argmax(axis=1)) >= 0.999
+
+    written = tmp_path / "written.onnx"
+    model.to_onnx(written)
+    onnx.checker.check_model(onnx.load(written), full_check=True)
+    np.testing.assert_allclose(onnxruntime_scores(written, x), found, **TOLERANCE)
+    np.testing.assert_allclose(onnxruntime_scores(written, x[:1]), found[:1], **TOLERANCE)
+    back = LeNet.from_onnx(written)
+    assert back.architecture == model.architecture
+    assert list(back.weights) == list(model.weights)
+    for key, value in model.weights.items():
+        np.testing.assert_array_equal(back.weights[key], value, err_msg=key)
+
+
+@pytest.mark.parametrize("name", list(MEMBERS))
+def test_read_graph_and_build_model_proto_without_the_model_class(name):
+    """The graph reader and builder work on (weights, architecture) alone: a proto built from a
+    member's random weights reads back to the same weights and architecture, and ONNX Runtime
+    runs it to lenet_fast's outputs (RGB input, so the channel axis is exercised too)."""
+    member = MEMBERS[name]
+    rng = np.random.default_rng(7)
+    weights = {key: rng.uniform(-0.3, 0.3, shape).astype(np.float32)
+               for key, shape in member.shapes(in_channels=3).items()}
+    architecture = {**member.architecture, **member.geometry}
+    proto = build_model_proto(weights, architecture)
+    read_weights, read_architecture = read_graph(proto)
+    assert {option: read_architecture[option] for option in OPTIONS} == member.architecture
+    assert same_geometry(read_architecture, member)
+    assert list(read_weights) == list(weights)
+    for key, value in weights.items():
+        np.testing.assert_array_equal(read_weights[key], value, err_msg=key)
+    x = images(64, 3, member.input_size, seed=3)
+    model = LeNet.from_onnx(proto)
+    np.testing.assert_allclose(onnxruntime_scores(proto, x), model.forward(x), **TOLERANCE)
+
+
+def test_onnx_module_does_not_import_the_model_class():
+    tree = ast.parse(Path(lenet_onnx.__file__).read_text())
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                for alias in node.names} | {node.module for node in ast.walk(tree)
+                                            if isinstance(node, ast.ImportFrom) and node.module}
+    assert not {"_model", "LeNet", "lenet_fast._model"} & imported, imported
+
+
+def test_build_model_proto_refuses_what_is_not_a_member():
+    member = MEMBERS["mnist-unpadded"]
+    weights = {key: np.zeros(shape, np.float32) for key, shape in member.shapes().items()}
+    architecture = {**member.architecture, **member.geometry}
+    with pytest.raises(ValueError, match="fc1.weight"):
+        build_model_proto(weights, {**architecture, "input_size": 32})
+    with pytest.raises(ValueError, match="conv_activation must be one of"):
+        build_model_proto(weights, {**architecture, "conv_activation": "softmax"})
+    del weights["fc2.weight"], weights["fc2.bias"]
+    with pytest.raises(ValueError, match="consecutive"):
+        build_model_proto(weights, architecture)
+
+
+# ---------------------------------------------------------------------------------------------
+# Padding as Pad nodes and auto_pad; refusals naming the node
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_zero_pad_nodes_are_the_convolution_padding(tmp_path, dynamo):
+    """nn.ZeroPad2d(2) before each convolution exports as Pad nodes: read as padding 2."""
+    torch.manual_seed(3)
+    module = nn.Sequential(
+        nn.ZeroPad2d(2), nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.ZeroPad2d(2), nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(16 * 7 * 7, 10)).eval()
+    path = tmp_path / "pads.onnx"
+    export(module, torch.zeros(1, 1, 28, 28), path, dynamo)
+    assert "Pad" in [node.op_type for node in onnx.load(path).graph.node]
+    model = LeNet.from_onnx(path)
+    assert (model.architecture["conv1_padding"], model.architecture["conv2_padding"]) == (2, 2)
+    x = images(100, 1, 28)
+    with torch.no_grad():
+        np.testing.assert_allclose(model.forward(x), module(torch.from_numpy(x)).numpy(),
+                                   **TOLERANCE)
+
+
+@pytest.fixture
+def keras_same_graph():
+    """The keras-same member as our own graph (conv1 with pads [2, 2, 2, 2])."""
+    member = MEMBERS["keras-same"]
+    rng = np.random.default_rng(2)
+    weights = {key: rng.uniform(-0.3, 0.3, shape).astype(np.float32)
+               for key, shape in member.shapes().items()}
+    return build_model_proto(weights, {**member.architecture, **member.geometry})
+
+
+def node_named(proto, name):
+    (node,) = [node for node in proto.graph.node if node.name == name]
+    return node
+
+
+def set_attribute(node, name, value=None):
+    """Replace (or with value None, remove) an attribute."""
+    for index, attribute in enumerate(node.attribute):
+        if attribute.name == name:
+            del node.attribute[index]
+            break
+    if value is not None:
+        node.attribute.append(helper.make_attribute(name, value))
+
+
+def pad_before(proto, conv_name, pads, constant=None, mode=None):
+    """Insert a Pad node in front of the named Conv."""
+    conv = node_named(proto, conv_name)
+    inputs = [conv.input[0], f"{conv_name}_pads"]
+    proto.graph.initializer.append(numpy_helper.from_array(np.array(pads, np.int64),
+                                                           f"{conv_name}_pads"))
+    if constant is not None:
+        inputs.append(f"{conv_name}_value")
+        proto.graph.initializer.append(numpy_helper.from_array(np.array(constant, np.float32),
+                                                               f"{conv_name}_value"))
+    attributes = {} if mode is None else {"mode": mode}
+    pad = helper.make_node("Pad", inputs, [f"{conv_name}_padded"], name=f"{conv_name}_pad",
+                           **attributes)
+    conv.input[0] = f"{conv_name}_padded"
+    proto.graph.node.insert(list(proto.graph.node).index(conv), pad)
+
+
+def test_pad_node_and_auto_pad_read_as_padding_2(keras_same_graph):
+    expected_weights, expected = read_graph(keras_same_graph)
+    as_pad = onnx.ModelProto()
+    as_pad.CopyFrom(keras_same_graph)
+    set_attribute(node_named(as_pad, "conv1"), "pads")
+    pad_before(as_pad, "conv1", [0, 0, 2, 2, 0, 0, 2, 2], constant=0.0)
+    as_auto = onnx.ModelProto()
+    as_auto.CopyFrom(keras_same_graph)
+    set_attribute(node_named(as_auto, "conv1"), "pads")
+    set_attribute(node_named(as_auto, "conv1"), "auto_pad", "SAME_UPPER")
+    x = images(20, 1, 28)
+    for proto in (as_pad, as_auto):
+        onnx.checker.check_model(proto)
+        weights, architecture = read_graph(proto)
+        assert architecture == expected
+        for key, value in expected_weights.items():
+            np.testing.assert_array_equal(weights[key], value, err_msg=key)
+        np.testing.assert_allclose(onnxruntime_scores(proto, x),
+                                   onnxruntime_scores(keras_same_graph, x), **TOLERANCE)
+
+
+def refuse(proto, message):
+    with pytest.raises(ONNXImportError, match=f"^{re.escape('ONNX model: ' + message)}"):
+        read_graph(proto)
+
+
+def test_pad_refusals_name_the_node(keras_same_graph):
+    cases = [
+        (dict(pads=[0, 0, 2, 2, 0, 0, 2, 2], constant=1.0),
+         "unsupported Pad node 'conv2_pad': expected zero padding, found constant value [1.0]"),
+        (dict(pads=[0, 0, 1, 1, 0, 0, 1, 1]),
+         "unsupported Pad node 'conv2_pad': expected pads [0, 0, 2, 2, 0, 0, 2, 2] (2 zeros "
+         "around each image), found [0, 0, 1, 1, 0, 0, 1, 1]"),
+        (dict(pads=[0, 0, 2, 2, 0, 0, 2, 2], mode="reflect"),
+         "unsupported Pad node 'conv2_pad': expected mode 'constant', found 'reflect'"),
+    ]
+    for arguments, message in cases:
+        proto = onnx.ModelProto()
+        proto.CopyFrom(keras_same_graph)
+        pad_before(proto, "conv2", **arguments)
+        refuse(proto, message)
+    # Padding 2 from a Pad and 2 more from the Conv is 4: not in the family.
+    proto = onnx.ModelProto()
+    proto.CopyFrom(keras_same_graph)
+    pad_before(proto, "conv1", [0, 0, 2, 2, 0, 0, 2, 2])
+    refuse(proto, "unsupported Conv node 'conv1': padded by 2 after Pad node 'conv1_pad' padded "
+                  "by 2: expected 0 or 2 in all")
+    # A Pad that a Conv does not directly follow.
+    proto = onnx.ModelProto()
+    proto.CopyFrom(keras_same_graph)
+    pool = node_named(proto, "conv1_pool")
+    pad = helper.make_node("Pad", [pool.input[0], "pads"], ["late_padded"], name="late_pad")
+    proto.graph.initializer.append(numpy_helper.from_array(
+        np.array([0, 0, 2, 2, 0, 0, 2, 2], np.int64), "pads"))
+    pool.input[0] = "late_padded"
+    proto.graph.node.insert(list(proto.graph.node).index(pool), pad)
+    refuse(proto, "unsupported Pad node 'late_pad': expected a Pad only directly before a Conv, "
+                  "found AveragePool node 'conv1_pool' after it")
+
+
+def test_geometry_refusals_name_the_node(tmp_path):
+    # 30x30, unpadded: conv2 gives 9x9, which 2x2 pooling does not divide.
+    module = nn.Sequential(nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5),
+                           nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16 * 4 * 4, 10))
+    path = tmp_path / "odd.onnx"
+    export(module.eval(), torch.zeros(1, 1, 30, 30), path, dynamo=False)
+    with pytest.raises(ONNXImportError, match=re.escape(
+            "unsupported Conv node '/0/Conv': conv2 gives a height of 9 (odd)")):
+        read_graph(path)
+    # conv3 over a 6x6 map (32x32 input, conv1 padded): not a full-window convolution.
+    module = nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+                           nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(16, 120, 5),
+                           nn.ReLU(), nn.Flatten(), nn.Linear(120 * 2 * 2, 10))
+    path = tmp_path / "conv3.onnx"
+    export(module.eval(), torch.zeros(1, 1, 32, 32), path, dynamo=False)
+    with pytest.raises(ONNXImportError, match=re.escape(
+            "unsupported Conv node '/6/Conv': conv3 must see a 5x5 map (it is a full-window "
+            "convolution); a 32x32 input with padding 2 on conv1 and 0 on conv2 gives 6x6")):
+        read_graph(path)
+
+
+def test_hidden_dense_layers_must_share_an_activation(tmp_path):
+    module = torch_member("mnist-unpadded")
+    module[8] = nn.Tanh()      # after fc1; fc2 keeps ReLU
+    path = tmp_path / "mixed.onnx"
+    export(module, torch.zeros(1, 1, 28, 28), path, dynamo=False)
+    with pytest.raises(ONNXImportError, match=re.escape(
+            "fc_activation must be the same after fc1 and fc2; found tanh after fc1, relu after "
+            "fc2")):
+        read_graph(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Keras 3 files of the family
+# ---------------------------------------------------------------------------------------------
+
+h5py = pytest.importorskip("h5py", reason="h5py is not installed (pip install lenet_fast[keras])")
+os.environ["KERAS_BACKEND"] = "torch"   # before Keras is imported: no TensorFlow needed
+keras = pytest.importorskip("keras", reason="Keras 3 is not installed (the test extra installs it)")
+from keras import layers  # noqa: E402
+
+
+def keras_mnist_unpadded():
+    """28x28 'valid' everywhere, ReLU, max pooling, flatten 256 -> 120 -> 84 -> 10 (linear)."""
+    return keras.Sequential([
+        keras.Input((28, 28, 1)),
+        layers.Conv2D(6, 5, activation="relu"), layers.MaxPooling2D(2),
+        layers.Conv2D(16, 5, activation="relu"), layers.MaxPooling2D(2), layers.Flatten(),
+        layers.Dense(120, activation="relu"), layers.Dense(84, activation="relu"),
+        layers.Dense(10)])
+
+
+def keras_caffe():
+    """Caffe's LeNet: no convolution activation, flatten 800 -> 500 ReLU -> 10 softmax."""
+    return keras.Sequential([
+        keras.Input((28, 28, 1)),
+        layers.Conv2D(20, 5), layers.MaxPooling2D(2), layers.Conv2D(50, 5), layers.MaxPooling2D(2),
+        layers.Flatten(), layers.Dense(500, activation="relu"),
+        layers.Dense(10, activation="softmax")])
+
+
+def keras_same_flatten():
+    """'same' then 'valid', tanh convolutions, average pooling, and ReLU dense layers: a flatten
+    over 5x5 in Keras's (row, column, channel) order that is not conv3."""
+    return keras.Sequential([
+        keras.Input((28, 28, 1)),
+        layers.Conv2D(6, 5, padding="same", activation="tanh"), layers.AveragePooling2D(2),
+        layers.Conv2D(16, 5, activation="tanh"), layers.AveragePooling2D(2), layers.Flatten(),
+        layers.Dense(120, activation="relu"), layers.Dense(84, activation="relu"),
+        layers.Dense(10, activation="softmax")])
+
+
+def keras_same_same_rgb():
+    """'same' on both convolutions (7x7 after pooling), RGB, one Dense layer."""
+    return keras.Sequential([
+        keras.Input((28, 28, 3)),
+        layers.Conv2D(8, 5, padding="same", activation="relu"), layers.MaxPooling2D(2),
+        layers.Conv2D(12, 5, padding="same", activation="relu"), layers.MaxPooling2D(2),
+        layers.Flatten(), layers.Dense(10, activation="softmax")])
+
+
+def keras_channels_first_valid_32():
+    """Channels-first tensors on a 32x32 input, sigmoid, flattened in (channel, row, column)."""
+    return keras.Sequential([
+        keras.Input((1, 32, 32)),
+        layers.Conv2D(6, 5, activation="sigmoid", data_format="channels_first"),
+        layers.AveragePooling2D(2, data_format="channels_first"),
+        layers.Conv2D(16, 5, activation="sigmoid", data_format="channels_first"),
+        layers.AveragePooling2D(2, data_format="channels_first"),
+        layers.Flatten(data_format="channels_first"),
+        layers.Dense(32, activation="tanh"), layers.Dense(10)])
+
+
+KERAS_MODELS = {
+    "mnist-unpadded": (keras_mnist_unpadded, {
+        "conv_activation": "relu", "fc_activation": "relu", "output_activation": "identity",
+        "pool": "max", "input_size": 28, "conv1_padding": 0, "conv2_padding": 0}),
+    "caffe": (keras_caffe, {
+        "conv_activation": "identity", "fc_activation": "relu", "output_activation": "softmax",
+        "pool": "max", "input_size": 28, "conv1_padding": 0, "conv2_padding": 0}),
+    "same-flatten": (keras_same_flatten, {
+        "conv_activation": "tanh", "fc_activation": "relu", "output_activation": "softmax",
+        "pool": "avg", "input_size": 28, "conv1_padding": 2, "conv2_padding": 0}),
+    "same-same-rgb": (keras_same_same_rgb, {
+        "conv_activation": "relu", "output_activation": "softmax", "pool": "max",
+        "input_size": 28, "conv1_padding": 2, "conv2_padding": 2}),
+    "channels-first-32": (keras_channels_first_valid_32, {
+        "conv_activation": "sigmoid", "fc_activation": "tanh", "output_activation": "identity",
+        "pool": "avg", "input_size": 32, "conv1_padding": 0, "conv2_padding": 0}),
+}
+
+
+@pytest.fixture(scope="module")
+def keras_saved(tmp_path_factory):
+    """name -> (Keras model, its .keras file, its .h5 file).  The Caffe LeNet is trained for an
+    epoch on real images so that its labels mean something; the others keep Keras's initial
+    weights."""
+    keras.utils.set_random_seed(0)
+    folder = tmp_path_factory.mktemp("keras-family")
+    result = {}
+    for name, (build, _) in KERAS_MODELS.items():
+        model = build()
+        if name == "caffe":
+            pixels, labels = load_sample()
+            model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+            model.fit(pixels[..., None].astype(np.float32) / 255, labels, epochs=1,
+                      batch_size=32, verbose=0)
+        model.save(folder / f"{name}.keras")
+        model.save(folder / f"{name}.h5")
+        result[name] = (model, folder / f"{name}.keras", folder / f"{name}.h5")
+    return result
+
+
+def assert_keras_parity(ours, keras_model, x):
+    channels_first = tuple(keras_model.inputs[0].shape[1:])[0] == x.shape[1]
+    expected = np.asarray(keras_model.predict(x if channels_first else x.transpose(0, 2, 3, 1),
+                                              verbose=0, batch_size=256))
+    found = ours.forward(x)
+    np.testing.assert_allclose(found, expected, **TOLERANCE)
+    agreement = np.mean(found.argmax(axis=1) == expected.argmax(axis=1))
+    assert agreement >= 0.999, agreement
+    return found
+
+
+@pytest.mark.parametrize("file_format", [".keras", ".h5"])
+@pytest.mark.parametrize("name", list(KERAS_MODELS))
+def test_keras_family_matches_keras(keras_saved, name, file_format):
+    keras_model, keras_file, h5_file = keras_saved[name]
+    model = LeNet.from_keras(keras_file if file_format == ".keras" else h5_file)
+    expected = KERAS_MODELS[name][1]
+    for option, value in expected.items():
+        if option in OPTIONS:
+            assert model.architecture[option] == value, option
+    assert normalize_geometry(model.architecture) == normalize_geometry(
+        {option: expected[option] for option in ("input_size", "conv1_padding",
+                                                 "conv2_padding")})
+    channels = 3 if name.endswith("rgb") else 1
+    size = expected["input_size"]
+    random_images = np.random.default_rng(1).random((1000, channels, size, size),
+                                                    dtype=np.float32)
+    assert_keras_parity(model, keras_model, random_images)
+    found = assert_keras_parity(model, keras_model, real_images(size, channels))
+    if name == "caffe":   # trained: its labels are Fashion-MNIST classes, not noise
+        assert np.mean(found.argmax(axis=1) == load_sample()[1]) > 0.5
+
+
+def test_keras_flatten_permutation_is_done_once_at_load(keras_saved):
+    """fc1 of a channels-last flatten model is stored in PyTorch's (channel, row, column)
+    order: Keras's kernel row (r * W + c) * C + k becomes column (k * H + r) * W + c."""
+    keras_model, path, _ = keras_saved["mnist-unpadded"]
+    kernel = np.asarray(keras_model.layers[5].kernel)        # the first Dense: (256, 120)
+    found = LeNet.from_keras(path).weights["fc1.weight"]
+    expected = kernel.reshape(4, 4, 16, 120).transpose(3, 2, 0, 1).reshape(120, 256)
+    np.testing.assert_array_equal(found, expected)
+
+
+def keras_body(conv2=None, conv3=None, dense=None, input_shape=(28, 28, 1)):
+    return keras.Sequential([
+        keras.Input(input_shape),
+        layers.Conv2D(6, 5, padding="same", activation="tanh", name="conv1"),
+        layers.AveragePooling2D(2), conv2 or layers.Conv2D(16, 5, activation="tanh", name="conv2"),
+        layers.AveragePooling2D(2), *([conv3] if conv3 else []), layers.Flatten(),
+        *(dense or [layers.Dense(120, activation="tanh"), layers.Dense(10)])])
+
+
+KERAS_REFUSED = {
+    "odd_size": (
+        lambda: keras_body(input_shape=(30, 30, 1)),
+        r"layer 'conv1' \(Conv2D\): input 30x30 with padding 'same' on conv1 and 'valid' on "
+        r"conv2: conv2 gives a height of 11 \(odd\)"),
+    "conv3_same": (
+        lambda: keras_body(conv3=layers.Conv2D(120, 5, padding="same", name="conv3")),
+        r"layer 'conv3' \(Conv2D\): expected padding 'valid' on the third Conv2D"),
+    "conv3_not_5x5": (
+        lambda: keras_body(conv3=layers.Conv2D(120, 5, name="conv3"), input_shape=(36, 36, 1)),
+        r"layer 'conv3' \(Conv2D\): the third Conv2D must see a 5x5 map .* the input 36x36 "
+        r"gives 7x7"),
+    "fourth_dense": (
+        lambda: keras_body(dense=[layers.Dense(64), layers.Dense(32), layers.Dense(16),
+                                  layers.Dense(10, name="fourth")]),
+        r"layer 'fourth' \(Dense\): expected at most three Dense layers after the convolutions; "
+        r"this is a fourth"),
+    "hidden_dense_activations_differ": (
+        lambda: keras_body(dense=[layers.Dense(64, activation="relu"),
+                                  layers.Dense(32, activation="tanh", name="second"),
+                                  layers.Dense(10)]),
+        r"layer 'second' \(Dense\): this layer must use the hidden Dense layers' activation "
+        r"\(relu\) .* found tanh"),
+    "conv_activations_differ": (
+        lambda: keras_body(conv2=layers.Conv2D(16, 5, activation="relu", name="conv2")),
+        r"layer 'conv2' \(Conv2D\): this layer must use the convolutions' activation \(tanh\) "
+        r".* found relu"),
+}
+
+
+@pytest.mark.parametrize("file_format", [".keras", ".h5"])
+@pytest.mark.parametrize("case", list(KERAS_REFUSED))
+def test_keras_outside_the_family_is_refused_naming_the_layer(tmp_path, case, file_format):
+    build, message = KERAS_REFUSED[case]
+    path = tmp_path / f"model{file_format}"
+    build().save(path)
+    with pytest.raises(ValueError, match=re.escape(str(path)) + ": " + message):
+        LeNet.from_keras(path)

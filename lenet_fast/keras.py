@@ -12,23 +12,27 @@ ever deserialised; HDF5 is read with ``h5py`` (the ``keras`` extra).  Loading go
    ``Functional`` one whose every layer has one inbound tensor from the layer before (no
    branches, shared layers, nested models).  Dropout-like layers are dropped (inference
    identities).
-3. *Match*: the chain against the one network the engine runs::
+3. *Match*: the chain against the LeNet family the engine runs::
 
-       Conv2D act? pool act? Conv2D act? pool act? (Conv2D act? Flatten | Flatten Dense) act?
-       Dense act? Dense act?
+       Conv2D act? pool act? Conv2D act? pool act? (Conv2D act?)? Flatten (Dense act?){1,3}
 
-   with 5x5 stride-1 convolutions (the first ``padding="same"`` on a 28 x 28 input, else
-   ``"valid"`` on 32 x 32), 2 x 2 stride-2 pooling of one kind, one activation per stage (from the
-   layer's ``activation`` or a separate ``Activation``/``ReLU``/``Softmax`` layer), the same
-   activation after the three convolutions (the first Dense after ``Flatten`` plays conv3) and
-   softmax only last.  Anything else is refused, naming the layer.
+   with 5x5 stride-1 convolutions, each ``padding="valid"`` or ``"same"`` (2 on every side;
+   conv3 "valid" over a 5x5 map), 2 x 2 stride-2 pooling of one kind, one activation per stage
+   (from the layer's ``activation`` or a separate ``Activation``/``ReLU``/``Softmax`` layer), one
+   activation shared by the convolutions and one by the hidden Dense layers, softmax only last,
+   and an input whose every convolution output is even (2 x 2 pooling of an odd size is refused,
+   never floored).  The input size is the config's; a config that states none gets the square
+   28 x 28 or 32 x 32 input that gives the first Dense layer's inputs.  Three Dense layers over
+   a 5x5 map, the first with the convolutions' activation, are read as conv3 and two dense
+   layers (the same function).  Anything else is refused, naming the layer.
 4. *Weights*: each expected dataset is located (by Keras's own path scheme: ``layers/conv2d_1/
    vars/0`` in ``.keras``, the ``weight_names`` attribute in ``.h5``), following hard links only,
    and its dtype and shape are checked against the config before its data is read.  The weights
    are converted once from channels-last: kernels (5, 5, in, out) -> (out, in, 5, 5), dense
    kernels (in, out) -> (out, in), and the first dense kernel after ``Flatten`` reordered from
-   the flatten order Keras used (H, W, C for channels-last) to conv3's (C, H, W).  They then pass
-   through ``_weights.canonicalize`` like every other weight set.
+   the flatten order Keras used ((row, column, channel) for channels-last) to PyTorch's
+   (channel, row, column).  They then pass through ``_weights.canonicalize`` with the geometry
+   (input size and both paddings) like every other weight set.
 """
 
 import contextlib
@@ -890,8 +894,8 @@ def from_keras(path, *, num_threads=None):
     ----------
     path : str or path-like
         A Keras 3 ``.keras`` archive or a Keras 2/3 ``.h5`` file written by ``model.save``
-        (recognised by content).  The model: Conv2D -> pooling -> Conv2D -> pooling -> Flatten ->
-        Dense -> Dense -> Dense, or Conv2D x 3 -> Flatten -> Dense -> Dense; see Notes.
+        (recognised by content).  The model: Conv2D -> pooling -> Conv2D -> pooling -> (Conv2D
+        ->) Flatten -> one to three Dense layers; see Notes.
     num_threads : int, optional
         See `LeNet`.
 
@@ -918,16 +922,17 @@ def from_keras(path, *, num_threads=None):
     Notes
     -----
     Supported: ``Sequential`` models and ``Functional`` models that are one chain of layers;
-    InputLayer; Conv2D with 5x5 kernels, stride 1, no dilation, one group, ``padding="same"``
-    on the first on a 28 x 28 input or ``"valid"`` on a 32 x 32 one, ``"valid"`` after it; 2 x 2
-    stride-2 MaxPooling2D or AveragePooling2D (the same after both convolutions); Flatten;
-    Dense; activations relu, tanh, sigmoid, linear and (last) softmax, as a layer option or as
-    Activation, ReLU (plain) and Softmax layers; Dropout, SpatialDropout2D, GaussianNoise,
-    GaussianDropout, AlphaDropout and ActivityRegularization are ignored (they are identities
-    at inference); ``use_bias=False`` gives a zero bias; channels-last or channels-first.  The
-    three convolutions -- or two, and the first Dense after Flatten -- must share one
-    activation.  BatchNormalization and other geometries (such as 28 x 28 without padding) are
-    not supported yet.
+    InputLayer; Conv2D with 5x5 kernels, stride 1, no dilation, one group, ``padding="valid"``
+    or ``"same"`` on each of the first two and "valid" on a third (which must see a 5x5 map);
+    2 x 2 stride-2 MaxPooling2D or AveragePooling2D (the same after both convolutions);
+    Flatten; one to three Dense layers; activations relu, tanh, sigmoid, linear and (last)
+    softmax, as a layer option or as Activation, ReLU (plain) and Softmax layers; Dropout,
+    SpatialDropout2D, GaussianNoise, GaussianDropout, AlphaDropout and ActivityRegularization
+    are ignored (they are identities at inference); ``use_bias=False`` gives a zero bias;
+    channels-last or channels-first.  The convolutions share one activation, and the Dense
+    layers but the last share one.  The input size (e.g. 28 x 28 or 32 x 32) comes from the
+    config and must give even convolution outputs; the model's ``architecture`` records it
+    with both paddings.  BatchNormalization is not supported yet.
 
     Examples
     --------

@@ -626,7 +626,7 @@ def read_graph(model_or_path):
     --------
     >>> weights, architecture = read_graph("lenet.onnx")     # doctest: +SKIP
     >>> architecture["input_size"], weights["fc1.weight"].shape    # doctest: +SKIP
-    (28, (120, 256))
+    ((28, 28), (120, 256))
     """
     model, source = _load(model_or_path)
     try:

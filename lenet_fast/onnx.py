@@ -279,7 +279,7 @@ def _conv_pads(node, attributes):
     auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
     if auto_pad.startswith("SAME"):
         if "pads" in attributes:
-            raise _unsupported(node, f"expected pads or auto_pad, found both")
+            raise _unsupported(node, "expected pads or auto_pad, found both")
         return _PADDING
     return _PADDING if list(attributes.get("pads", _NO_PADS)) == _SAME_PADS else 0
 

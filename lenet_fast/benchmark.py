@@ -6,7 +6,7 @@ Design, in three layers:
   float32 (N, 1, 32, 32) batch: ``run`` (the timed call, returning labels, the argmax computed
   inside the engine) and ``scores`` (the (N, n_classes) outputs).  `build_peers` makes
   lenet_fast plus every peer whose package is importable, all from one weight dict: ONNX Runtime
-  and OpenVINO run the graph of the library's own exporter (`lenet_fast.onnx.to_onnx`) with an
+  and OpenVINO run the graph of the library's own builder (`lenet_fast.onnx.build_model_proto`) with an
   ArgMax ``labels`` output added, PyTorch runs an eager ``nn.Sequential``, NumPy runs
   ``lenet_fast.reference``.  Each peer is checked against lenet_fast when it is built, so a
   benchmark can never compare two different networks.  Every engine gets the same thread count
@@ -177,7 +177,8 @@ def random_images(batch, seed=1):
 
 
 def _onnx_model_with_labels(model):
-    """`model` as written by `lenet_fast.onnx.to_onnx`, plus an ArgMax ``labels`` output.
+    """`model`'s graph (`lenet_fast.onnx.build_model_proto`, no file), plus an ArgMax ``labels``
+    output.
 
     ArgMax takes the first index on ties, like lenet_fast, so ONNX Runtime and OpenVINO compute
     labels inside the engine, as lenet_fast's ``predict`` does.
@@ -185,12 +186,9 @@ def _onnx_model_with_labels(model):
     import onnx
     from onnx import TensorProto, helper
 
-    from .onnx import OUTPUT_NAME
+    from .onnx import OUTPUT_NAME, build_model_proto
 
-    with tempfile.TemporaryDirectory() as directory:
-        path = os.path.join(directory, "lenet5.onnx")
-        model.to_onnx(path)
-        onnx_model = onnx.load(path)
+    onnx_model = build_model_proto(model.weights, model.architecture)
     onnx_model.graph.node.append(helper.make_node(
         "ArgMax", [OUTPUT_NAME], [LABELS_OUTPUT], name="argmax", axis=1, keepdims=0))
     onnx_model.graph.output.append(

@@ -86,16 +86,20 @@ def channels_first_lenet():
         layers.Dense(10, activation="softmax")])
 
 
+# The geometry the config states: input size and the convolutions' padding.
+INPUT_32 = {"input_size": (32, 32), "conv1_padding": 0, "conv2_padding": 0}
+INPUT_28_SAME = {"input_size": (28, 28), "conv1_padding": 2, "conv2_padding": 0}
 MODELS = {
     "example": (example_lenet, {"conv_activation": "tanh", "fc_activation": "tanh",
-                                "output_activation": "softmax", "pool": "avg"}),
+                                "output_activation": "softmax", "pool": "avg", **INPUT_28_SAME}),
     "relu_max": (relu_max_lenet, {"conv_activation": "relu", "fc_activation": "relu",
-                                  "output_activation": "softmax", "pool": "max"}),
+                                  "output_activation": "softmax", "pool": "max", **INPUT_32}),
     "rgb": (rgb_lenet, {"conv_activation": "relu", "fc_activation": "sigmoid",
-                        "output_activation": "identity", "pool": "max"}),
+                        "output_activation": "identity", "pool": "max", **INPUT_32}),
     "channels_first": (channels_first_lenet, {"conv_activation": "tanh",
                                               "fc_activation": "tanh",
-                                              "output_activation": "softmax", "pool": "avg"}),
+                                              "output_activation": "softmax", "pool": "avg",
+                                              **INPUT_28_SAME}),
 }
 
 

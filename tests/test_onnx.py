@@ -70,17 +70,21 @@ TORCH_MODELS = {
     "sequential-padding2-28x28": (lambda: sequential_model(padding=2), 1, 28),
     "softmax-output-rgb": (lambda: sequential_model(in_channels=3, output=nn.Softmax(dim=1)), 3, 32),
 }
+# The geometry the graph states: its input size and the convolutions' padding.
+INPUT_32 = {"input_size": (32, 32), "conv1_padding": 0, "conv2_padding": 0}
+INPUT_28_PADDED = {"input_size": (28, 28), "conv1_padding": 2, "conv2_padding": 0}
 EXPECTED_ARCHITECTURES = {
     "table": {"conv_activation": "relu", "fc_activation": "sigmoid",
-              "output_activation": "sigmoid", "pool": "max"},
+              "output_activation": "sigmoid", "pool": "max", **INPUT_32},
     "tutorial": {"conv_activation": "relu", "fc_activation": "relu",
-                 "output_activation": "identity", "pool": "max"},
+                 "output_activation": "identity", "pool": "max", **INPUT_32},
     "sequential": {"conv_activation": "tanh", "fc_activation": "tanh",
-                   "output_activation": "identity", "pool": "avg"},
+                   "output_activation": "identity", "pool": "avg", **INPUT_32},
     "sequential-padding2-28x28": {"conv_activation": "tanh", "fc_activation": "tanh",
-                                  "output_activation": "identity", "pool": "avg"},
+                                  "output_activation": "identity", "pool": "avg",
+                                  **INPUT_28_PADDED},
     "softmax-output-rgb": {"conv_activation": "tanh", "fc_activation": "tanh",
-                           "output_activation": "softmax", "pool": "avg"},
+                           "output_activation": "softmax", "pool": "avg", **INPUT_32},
 }
 
 
@@ -157,7 +161,7 @@ def test_reshape_constant_nodes_and_missing_biases(tmp_path):
     assert "Constant" in ops and "Reshape" in ops and "MatMul" in ops  # what this test is about
     model = LeNet.from_onnx(path)
     assert model.architecture == {"conv_activation": "sigmoid", "fc_activation": "identity",
-                                  "output_activation": "identity", "pool": "max"}
+                                  "output_activation": "identity", "pool": "max", **INPUT_32}
     assert not model.weights["conv2.bias"].any() and not model.weights["fc1.bias"].any()
     x = images(100)
     with torch.no_grad():

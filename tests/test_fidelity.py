@@ -23,6 +23,7 @@ from torch.nn import functional as F  # noqa: E402
 
 import lenet_fast  # noqa: E402
 from lenet_fast import ArchitectureWarning, LeNet, TorchImportError, WeightFileError  # noqa: E402
+from lenet_fast._architecture import DEFAULT_GEOMETRY  # noqa: E402
 from lenet_fast._weights import fold_batchnorm  # noqa: E402
 from lenet_fast.cli import main  # noqa: E402
 from lenet_fast.datasets import load_sample  # noqa: E402
@@ -42,7 +43,7 @@ class TutorialNet(nn.Module):
     and after fc1."""
 
     architecture = {"conv_activation": "relu", "fc_activation": "relu",
-                    "output_activation": "identity", "pool": "max"}
+                    "output_activation": "identity", "pool": "max", **DEFAULT_GEOMETRY}
     channels, size = 3, 32
 
     def __init__(self, batchnorm=False):
@@ -75,7 +76,7 @@ class SeedNet(nn.Module):
     def __init__(self, fc="sigmoid", output="sigmoid", batchnorm=False, conv3_channels=120):
         super().__init__()
         self.architecture = {"conv_activation": "relu", "fc_activation": fc,
-                             "output_activation": output, "pool": "max"}
+                             "output_activation": output, "pool": "max", **DEFAULT_GEOMETRY}
         c3 = conv3_channels
         self.conv1, self.conv2 = nn.Conv2d(1, 6, 5), nn.Conv2d(6, 16, 5)
         self.conv3, self.fc1, self.fc2 = nn.Conv2d(16, c3, 5), nn.Linear(c3, 84), nn.Linear(84, 10)
@@ -105,7 +106,8 @@ def d2l_lenet(batchnorm=False):
               nn.Linear(120, 84), nn.Sigmoid(), nn.Linear(84, 10)]
     net = nn.Sequential(*layers)
     net.architecture = {"conv_activation": "sigmoid", "fc_activation": "sigmoid",
-                        "output_activation": "identity", "pool": "avg"}
+                        "output_activation": "identity", "pool": "avg",
+                        "input_size": (28, 28), "conv1_padding": 2, "conv2_padding": 0}
     net.channels, net.size = 1, 28
     return net
 
@@ -297,7 +299,7 @@ def test_from_torch_reads_functional_and_method_forms(flatten):
     net.channels, net.size = 1, 32
     model = LeNet.from_torch(net)
     assert model.architecture == {"conv_activation": "tanh", "fc_activation": "sigmoid",
-                                  "output_activation": "softmax", "pool": "avg"}
+                                  "output_activation": "softmax", "pool": "avg", **DEFAULT_GEOMETRY}
     assert_matches_pytorch(model, net, random_images(net))
 
 
@@ -339,7 +341,7 @@ def test_from_torch_falls_back_to_torch_export():
         torch.fx.symbolic_trace(net)
     model = LeNet.from_torch(net)
     assert model.architecture == {"conv_activation": "relu", "fc_activation": "relu",
-                                  "output_activation": "softmax", "pool": "max"}
+                                  "output_activation": "softmax", "pool": "max", **DEFAULT_GEOMETRY}
     assert_matches_pytorch(model, net, random_images(net))
     assert_matches_pytorch(model, net, fashion_images(net))
 

@@ -122,7 +122,8 @@ def test_torch_export_imports_to_the_same_function(tmp_path, name, dynamo):
     x = images(257, channels, size)
     with torch.no_grad():
         expected = module(torch.from_numpy(x)).numpy()
-    assert model.architecture == EXPECTED_ARCHITECTURES[name]
+    assert {option: model.architecture[option] for option in EXPECTED_ARCHITECTURES[name]} == \
+        EXPECTED_ARCHITECTURES[name]
     np.testing.assert_allclose(model.forward(x), expected, rtol=0, atol=TOLERANCE)
     np.testing.assert_array_equal(model.predict(x), model.forward(x).argmax(axis=1))
     # The same weights as loading the state_dict directly (padding aside, the layouts agree).
@@ -156,8 +157,9 @@ def test_reshape_constant_nodes_and_missing_biases(tmp_path):
     ops = [node.op_type for node in onnx.load(path).graph.node]
     assert "Constant" in ops and "Reshape" in ops and "MatMul" in ops  # what this test is about
     model = LeNet.from_onnx(path)
-    assert model.architecture == {"conv_activation": "sigmoid", "fc_activation": "identity",
-                                  "output_activation": "identity", "pool": "max"}
+    assert {option: model.architecture[option] for option in ("conv_activation", "fc_activation",
+            "output_activation", "pool")} == {"conv_activation": "sigmoid", "fc_activation": "identity",
+                                              "output_activation": "identity", "pool": "max"}
     assert not model.weights["conv2.bias"].any() and not model.weights["fc1.bias"].any()
     x = images(100)
     with torch.no_grad():

@@ -15,7 +15,8 @@ import numpy as np
 
 from . import _dispatch, _preprocessing, _weights
 from ._summary import ModelSummary
-from ._architecture import DEFAULT_ARCHITECTURE
+from . import _architecture
+from ._architecture import ARCHITECTURE_OPTIONS, DEFAULT_ARCHITECTURE, GEOMETRY_OPTIONS
 from ._architecture import OPTIONS as _ALLOWED
 # What a weight file that does not state its architecture is assumed to be, by layout (origin):
 # the PyTorch tutorial's CIFAR-10 `Net` has ReLU after every layer but the last; everything else
@@ -24,13 +25,16 @@ ASSUMED_ARCHITECTURES = {
     "PyTorch tutorial": {"conv_activation": "relu", "fc_activation": "relu",
                          "output_activation": "identity", "pool": "max"},
     "canonical": DEFAULT_ARCHITECTURE,
+    # Caffe's LeNet: no activation after the convolutions, ReLU after ip1, softmax ("prob").
+    "Caffe": {"conv_activation": "identity", "fc_activation": "relu",
+              "output_activation": "softmax", "pool": "max"},
 }
 _SAVED_GUESS = "saved guess"
 _ORIGINS = {"PyTorch tutorial": "the PyTorch tutorial layout's architecture",
             "canonical": "lenet_fast's defaults for its own layout",
+            "Caffe": "Caffe's LeNet (the ip1/ip2 names)",
             _SAVED_GUESS: "values that were already assumed, not stated, when this file was "
                           "written by save_npz"}
-_INPUT_SIZES = (32, 28)
 _FLOAT32 = np.dtype(np.float32)  # native float32 (a byte-swapped one is a different dtype object)
 _CONVERSION_CHUNK = 4096        # images converted to float32 at a time
 _CHUNK_PER_THREAD = 512         # at most this many images per thread per kernel call (Ctrl-C)
@@ -44,7 +48,22 @@ def _activation_code(kernels, name):
 
 
 def _allowed(option):
-    return ", ".join(map(repr, _ALLOWED[option]))
+    return _architecture.allowed_text(option)
+
+
+def _option_text(option, value):
+    """A value as a user would type it: input_size 28 for (28, 28), "28x32" otherwise."""
+    if option == "input_size":
+        height, width = value
+        return str(height) if height == width else f"({height}, {width})"
+    return repr(value)
+
+
+def _flag_text(option, value):
+    if option == "input_size":
+        height, width = value
+        return f"--input-size {height}" if height == width else f"--input-size {height}x{width}"
+    return f"--{option.replace('_', '-')} {value}"
 
 
 def _stored_architecture(metadata, explicit):
@@ -54,21 +73,33 @@ def _stored_architecture(metadata, explicit):
     if not isinstance(stored, dict):
         raise _weights.MetadataError(
             f"metadata['architecture'] must be a dict; got {type(stored).__name__}")
+    checked = {}
     for option, value in stored.items():
-        if option not in _ALLOWED:
+        if option not in ARCHITECTURE_OPTIONS:
             raise _weights.MetadataError(
                 f"metadata['architecture'] has an unknown option {option!r} (known: "
-                f"{', '.join(_ALLOWED)})")
-        if explicit.get(option) is None and (not isinstance(value, str)
-                                             or value not in _ALLOWED[option]):
+                f"{', '.join(ARCHITECTURE_OPTIONS)})")
+        if explicit.get(option) is not None:
+            continue
+        if option in GEOMETRY_OPTIONS:
+            try:
+                checked[option] = _architecture.check_option(option, value)
+            except ValueError:
+                raise _weights.MetadataError(
+                    f"metadata['architecture']['{option}'] must be {_allowed(option)}; "
+                    f"got {value!r}") from None
+        elif not isinstance(value, str) or value not in _ALLOWED[option]:
             raise _weights.MetadataError(
                 f"metadata['architecture']['{option}'] must be one of {_allowed(option)}; "
                 f"got {value!r}")
-    return stored
+        else:
+            checked[option] = value
+    return checked
 
 
 class ArchitectureWarning(UserWarning):
-    """The weights did not state an activation or the pooling, so lenet_fast assumed it.
+    """The weights did not state an activation, the pooling or (where their shapes allow
+    several) the geometry, so lenet_fast assumed it.
 
     Raised (as a warning) by `LeNet.from_npz` and `LeNet.from_state_dict` when neither the call
     nor the file states every option; the message names the assumed values and how to state them.
@@ -89,17 +120,18 @@ def _stored_guess(metadata, explicit):
     a list of option names), with the values stored for them; options the caller states now
     are no longer a guess."""
     names = metadata.get("assumed_architecture", [])
-    if not isinstance(names, list) or not all(name in _ALLOWED for name in names):
+    if not isinstance(names, list) or not all(name in ARCHITECTURE_OPTIONS for name in names):
         raise _weights.MetadataError(
             f"metadata['assumed_architecture'] must be a list of option names "
-            f"({', '.join(_ALLOWED)}); got {names!r}")
+            f"({', '.join(ARCHITECTURE_OPTIONS)}); got {names!r}")
     stored = metadata.get("architecture", {})
     missing = [name for name in names if name not in stored]
     if missing:
         raise _weights.MetadataError(
             f"metadata['assumed_architecture'] names {', '.join(missing)}, which "
             f"metadata['architecture'] does not hold")
-    return {name: stored[name] for name in names if explicit.get(name) is None}
+    return {name: (_architecture.check_option(name, stored[name]) if name in GEOMETRY_OPTIONS
+                   else stored[name]) for name in names if explicit.get(name) is None}
 
 
 def _resolve_architecture(explicit, stored, layout=None, assumed_values=None):
@@ -113,7 +145,8 @@ def _resolve_architecture(explicit, stored, layout=None, assumed_values=None):
     """
     architecture, assumed = {}, {}
     defaults = {**ASSUMED_ARCHITECTURES.get(layout, DEFAULT_ARCHITECTURE),
-                **(assumed_values or {})}
+                **{option: value for option, value in (assumed_values or {}).items()
+                   if option in _ALLOWED}}
     for option, default in defaults.items():
         value = explicit.get(option)
         if value is not None and value not in _ALLOWED[option]:
@@ -128,10 +161,15 @@ def _warn_assumed(assumed, layout, source, stacklevel):
     """Announce an assumed architecture (one `ArchitectureWarning`, one line of text)."""
     if not assumed:
         return
-    values = ", ".join(f"{option}={value!r}" for option, value in assumed.items())
-    flags = " ".join(f"--{option.replace('_', '-')} {value}" for option, value in assumed.items())
+    values = ", ".join(f"{option}={_option_text(option, value)}" for option, value in assumed.items())
+    flags = " ".join(_flag_text(option, value) for option, value in assumed.items())
     origin = _ORIGINS.get(layout, "lenet_fast's defaults (the layout does not tell the model's "
                                   "origin)")
+    if set(assumed) <= set(GEOMETRY_OPTIONS):
+        origin = ("fc1's inputs fit several geometries; the most common one was taken: input "
+                  "28 before 32, unpadded before padded")
+    elif set(assumed) & set(GEOMETRY_OPTIONS):
+        origin += ("; the geometry: fc1's inputs fit several, the most common one was taken")
     message = (
         f"{source + ': ' if source else ''}neither the call nor the weights state "
         f"{', '.join(assumed)}, so lenet_fast assumed {values} ({origin}); if the model was "
@@ -140,6 +178,13 @@ def _warn_assumed(assumed, layout, source, stacklevel):
         f".save_npz(path), save_npz of a model loaded with the options stated, or lenet-fast "
         f"convert), which loads with no warning")
     warnings.warn(ArchitectureWarning(message, assumed), stacklevel=stacklevel + 1)
+
+
+def _check_explicit(explicit):
+    """Check the options a caller passes (None: not stated)."""
+    for option, value in explicit.items():
+        if value is not None:
+            _architecture.check_option(option, value)
 
 
 def _check_num_threads(value, argument="num_threads"):
@@ -227,24 +272,38 @@ class LeNet:
     """
 
     def __init__(self, weights, *, conv_activation=None, fc_activation=None,
-                 output_activation=None, pool=None, num_threads=None, key_map=None,
-                 strict=True, metadata=None):
+                 output_activation=None, pool=None, input_size=None, conv1_padding=None,
+                 conv2_padding=None, num_threads=None, key_map=None, strict=True, metadata=None):
         # None: the default of `lenet_fast._architecture.DEFAULT_ARCHITECTURE` (stated by the
         # call, so never announced as assumed).
         architecture, _ = _resolve_architecture(
             {"conv_activation": conv_activation, "fc_activation": fc_activation,
              "output_activation": output_activation, "pool": pool}, {})
-        self._setup(_weights.canonicalize(weights, key_map=key_map, strict=strict), architecture,
-                    num_threads, metadata or {})
+        weights = _weights.canonicalize(
+            weights, key_map=key_map, strict=strict, input_size=input_size,
+            conv1_padding=conv1_padding, conv2_padding=conv2_padding,
+            conv_activation=architecture["conv_activation"],
+            fc_activation=architecture["fc_activation"])
+        self._setup(weights, {**architecture, **weights.sizes.geometry}, num_threads,
+                    metadata or {}, assumed=weights.assumed_geometry)
+        _warn_assumed(weights.assumed_geometry, weights.layout, None, stacklevel=2)
 
     def _setup(self, weights, architecture, num_threads, metadata, kernels=None, assumed=None):
-        weights = {key: weights[key] for key in _weights.CANONICAL_KEYS}  # a plain dict
+        geometry = _architecture.normalize_geometry(
+            {option: architecture[option] for option in GEOMETRY_OPTIONS if option in architecture})
+        sizes = getattr(weights, "sizes", None)
+        if sizes is None or sizes.geometry != geometry:
+            keys = [key for key in _architecture.CANONICAL_KEYS if key in weights]
+            sizes = _architecture.sizes({key: np.shape(weights[key]) for key in keys}, **geometry)
+        weights = {key: weights[key] for key in sizes.keys}  # a plain dict, canonical order
         for array in weights.values():
             array.setflags(write=False)
         self._weights = weights
-        self._architecture = architecture
+        self._sizes = sizes
+        self._architecture = {**{option: architecture[option] for option in _ALLOWED},
+                              **sizes.geometry}
         self._assumed = dict(assumed or {})
-        self._dimensions = _weights.infer_dimensions(weights)
+        self._dimensions = sizes.dimensions
         self._metadata = {key: value for key, value in metadata.items()
                           if key not in ("architecture", "assumed_architecture")}
         self._preprocessing = _preprocessing.Preprocessing.from_metadata(self._metadata)
@@ -254,7 +313,7 @@ class LeNet:
         k = self._kernels
         self._engine = k.Engine(
             weights,
-            {"plane": (32, 32), "conv2_padding": 0},
+            {"plane": sizes.plane, "conv2_padding": sizes.conv2_padding},
             _activation_code(k, architecture["conv_activation"]),
             _activation_code(k, architecture["fc_activation"]),
             _activation_code(k, architecture["output_activation"]),
@@ -267,7 +326,8 @@ class LeNet:
 
     @classmethod
     def from_npz(cls, path, *, conv_activation=None, fc_activation=None, output_activation=None,
-                 pool=None, key_map=None, strict=True, num_threads=None):
+                 pool=None, input_size=None, conv1_padding=None, conv2_padding=None,
+                 key_map=None, strict=True, num_threads=None):
         """Load a model from a ``.npz`` weight file (never unpickles).
 
         Parameters
@@ -308,11 +368,21 @@ class LeNet:
         FileNotFoundError
             If `path` does not exist.
         """
-        weights, metadata = _weights.load_npz(path, key_map=key_map, strict=strict)
+        explicit = {"conv_activation": conv_activation, "fc_activation": fc_activation,
+                    "output_activation": output_activation, "pool": pool,
+                    "input_size": input_size, "conv1_padding": conv1_padding,
+                    "conv2_padding": conv2_padding}
+        _check_explicit(explicit)
+        geometry = {option: explicit[option] for option in GEOMETRY_OPTIONS}
+
+        def load(conv_activation, fc_activation):
+            return _weights.load_npz(path, key_map=key_map, strict=strict, **geometry,
+                                     conv_activation=conv_activation, fc_activation=fc_activation)
+
+        weights, metadata = load(conv_activation, fc_activation)
         try:
-            return cls._from_canonical(weights, metadata, num_threads, {
-                "conv_activation": conv_activation, "fc_activation": fc_activation,
-                "output_activation": output_activation, "pool": pool}, source=str(path))
+            return cls._from_canonical(weights, metadata, num_threads, explicit, source=str(path),
+                                       reload=lambda conv, fc: load(conv, fc)[0])
         except _weights.MetadataError as exc:
             raise _weights.WeightFileError(
                 f"{path}: '{_weights.METADATA_KEY}.npy': {exc}") from exc
@@ -354,12 +424,12 @@ class LeNet:
 
     @classmethod
     def from_state_dict(cls, mapping, *, conv_activation=None, fc_activation=None,
-                        output_activation=None, pool=None, key_map=None, strict=True,
-                        num_threads=None):
+                        output_activation=None, pool=None, input_size=None, conv1_padding=None,
+                        conv2_padding=None, key_map=None, strict=True, num_threads=None):
         """Build a model from a mapping of names to arrays (e.g. a PyTorch ``state_dict``).
 
-        Accepts the same layouts and options as `from_npz`, and assumes and announces
-        (`ArchitectureWarning`) what they do not state in the same way; tensors with
+        Accepts the same layouts and options (geometry included) as `from_npz`, and assumes
+        and announces (`ArchitectureWarning`) what they do not state in the same way; tensors with
         ``.detach()`` / ``__array__`` are converted with NumPy.  For a PyTorch model,
         `from_torch` reads the architecture from the module itself.
 
@@ -367,10 +437,20 @@ class LeNet:
         -------
         LeNet
         """
-        weights = _weights.canonicalize(mapping, key_map=key_map, strict=strict)
-        return cls._from_canonical(weights, {}, num_threads, {
-            "conv_activation": conv_activation, "fc_activation": fc_activation,
-            "output_activation": output_activation, "pool": pool})
+        explicit = {"conv_activation": conv_activation, "fc_activation": fc_activation,
+                    "output_activation": output_activation, "pool": pool,
+                    "input_size": input_size, "conv1_padding": conv1_padding,
+                    "conv2_padding": conv2_padding}
+        _check_explicit(explicit)
+
+        def load(conv_activation, fc_activation):
+            return _weights.canonicalize(
+                mapping, key_map=key_map, strict=strict, input_size=input_size,
+                conv1_padding=conv1_padding, conv2_padding=conv2_padding,
+                conv_activation=conv_activation, fc_activation=fc_activation)
+
+        return cls._from_canonical(load(conv_activation, fc_activation), {}, num_threads,
+                                   explicit, reload=load)
 
     @classmethod
     def from_onnx(cls, path_or_model, *, conv_activation=None, fc_activation=None,
@@ -410,8 +490,6 @@ class LeNet:
         if num_threads is not None:
             _check_num_threads(num_threads)
         weights, architecture = read_graph(path_or_model)
-        architecture = {option: value for option, value in architecture.items()
-                        if option in _ALLOWED}   # transitional: until _model takes geometry
         explicit = {"conv_activation": conv_activation, "fc_activation": fc_activation,
                     "output_activation": output_activation, "pool": pool}
         return cls._from_canonical(weights, {"architecture": architecture}, num_threads, explicit)
@@ -490,10 +568,15 @@ class LeNet:
         return from_torch(module, example_input=example_input, num_threads=num_threads)
 
     @classmethod
-    def _from_canonical(cls, weights, metadata, num_threads, explicit, source=None):
+    def _from_canonical(cls, weights, metadata, num_threads, explicit, source=None, reload=None):
         """A model from canonical weights; an option neither `explicit` nor stored in
         `metadata` is assumed from the weights' layout and announced (`ArchitectureWarning`,
-        pointing at the caller of the public constructor two frames up)."""
+        pointing at the caller of the public constructor two frames up).
+
+        The geometry is the explicit one, else the stored one, else what `canonicalize` worked
+        out (its guesses among several geometries are announced too).  Where `canonicalize` read
+        a dense fc1 as conv3 but the resolved conv and dense activations differ, `reload(conv,
+        fc)` canonicalizes again with them stated (a flatten and fc1 then)."""
         layout = getattr(weights, "layout", None)
         stored = _stored_architecture(metadata, explicit)
         recorded_guess = _stored_guess(metadata, explicit)
@@ -504,8 +587,25 @@ class LeNet:
                       if option not in recorded_guess}
         architecture, assumed = _resolve_architecture(
             explicit, stored, layout, assumed_values=recorded_guess)
+        if getattr(weights, "folded_into_conv3", False) and reload is not None and \
+                architecture["conv_activation"] != architecture["fc_activation"]:
+            weights = reload(architecture["conv_activation"], architecture["fc_activation"])
+        sizes = getattr(weights, "sizes", None)
+        geometry = dict(sizes.geometry) if sizes is not None else {}
+        for option in GEOMETRY_OPTIONS:
+            value = explicit.get(option)
+            value = stored.get(option, recorded_guess.get(option)) if value is None else value
+            if value is not None:
+                geometry[option] = _architecture.check_option(option, value)
+        for option, value in {**getattr(weights, "assumed_geometry", {}), **recorded_guess}.items():
+            if option in GEOMETRY_OPTIONS and explicit.get(option) is None and option not in stored:
+                assumed[option] = geometry.get(option, value)
         model = cls.__new__(cls)
-        model._setup(weights, architecture, num_threads, metadata, assumed=assumed)
+        try:
+            model._setup(weights, {**architecture, **geometry}, num_threads, metadata,
+                         assumed=assumed)
+        except _architecture.ArchitectureError as exc:
+            raise _weights.WeightFileError(f"{source}: {exc}" if source else str(exc)) from None
         _warn_assumed(assumed, layout, source, stacklevel=3)
         return model
 
@@ -519,7 +619,7 @@ class LeNet:
         becomes a statement by a round trip.
         """
         metadata = dict(self._metadata)
-        metadata["architecture"] = dict(self._architecture)
+        metadata["architecture"] = _architecture.geometry_for_json(self._architecture)
         if self._assumed:
             # Options that were assumed at load time are recorded as such, so the file warns
             # again when loaded instead of turning a guess into a statement.
@@ -557,9 +657,16 @@ class LeNet:
 
     @property
     def architecture(self):
-        """The activations and pooling in use, as a dict (a copy): ``conv_activation``,
-        ``fc_activation``, ``output_activation``, ``pool``."""
+        """The activations, pooling and geometry in use, as a dict (a copy): ``conv_activation``,
+        ``fc_activation``, ``output_activation``, ``pool``, ``input_size`` ((H, W) of the
+        images the network takes), ``conv1_padding``, ``conv2_padding`` (0 or 2)."""
         return dict(self._architecture)
+
+    @property
+    def sizes(self):
+        """Every size of the network (`lenet_fast._architecture.Sizes`: widths, stage sizes,
+        ``plane``, ``multiply_adds`` per image ...)."""
+        return self._sizes
 
     @property
     def assumed_architecture(self):
@@ -571,15 +678,19 @@ class LeNet:
 
     @property
     def dimensions(self):
-        """Input channels, layer widths and class count read from the weights (a copy)."""
+        """Input channels, layer widths and class count read from the weights (a copy):
+        ``in_channels``, ``conv1_channels``, ``conv2_channels``, ``conv3_channels`` (with
+        conv3), ``fc1_units`` ... (hidden dense layers), ``n_classes``."""
         return dict(self._dimensions)
 
     @property
     def n_classes(self):
+        """The number of outputs (classes) per image."""
         return self._dimensions["n_classes"]
 
     @property
     def in_channels(self):
+        """The number of input channels (1 or 3)."""
         return self._dimensions["in_channels"]
 
     @property
@@ -610,15 +721,16 @@ class LeNet:
         ModelSummary
             ``str()`` of it is a readable table; ``summary()["conv1"].connections`` etc.
         """
-        return ModelSummary(self._dimensions, self._architecture, self._assumed)
+        return ModelSummary(self._sizes, self._architecture, self._assumed)
 
     def __repr__(self):
-        d = self._dimensions
-        widths = "-".join(str(d[name]) for name in (
-            "in_channels", "conv1_channels", "conv2_channels", "conv3_channels", "fc1_units",
-            "n_classes"))
+        widths = "-".join(map(str, self._dimensions.values()))
         a = self._architecture
-        return (f"LeNet({widths}, conv={a['conv_activation']}, fc={a['fc_activation']}, "
+        height, width = a["input_size"]
+        geometry = "" if self._sizes.geometry == _architecture.DEFAULT_GEOMETRY else (
+            f", input={height}x{width}, conv1_padding={a['conv1_padding']}, "
+            f"conv2_padding={a['conv2_padding']}")
+        return (f"LeNet({widths}{geometry}, conv={a['conv_activation']}, fc={a['fc_activation']}, "
                 f"output={a['output_activation']}, pool={a['pool']}, isa={self.isa}, "
                 f"num_threads={self._num_threads})")
 
@@ -642,10 +754,11 @@ class LeNet:
 
         Parameters
         ----------
-        x : array_like of float, shape (N, C, 32, 32), (N, C, 28, 28), or (N, H, W) when C = 1
-            Normalised images, as the model was trained on.  float32 C-contiguous input is used
-            without a copy; float16/float64 and non-contiguous views are converted.  28 x 28
-            images are zero-padded by 2 on each side.  uint8 pixels are accepted when the model
+        x : array_like of float, shape (N, C, H, W), or (N, H, W) when C = 1
+            Normalised images, as the model was trained on, of the model's input size
+            (``architecture["input_size"]``; a 32 x 32 unpadded model also takes 28 x 28
+            images, zero-padded by 2 on each side).  float32 C-contiguous input is used
+            without a copy; float16/float64 and non-contiguous views are converted.  uint8 pixels are accepted when the model
             stores its preprocessing (pretrained models do) and are normalised with it, in
             chunks; float input is always taken as already normalised.
         num_threads : int, optional
@@ -702,7 +815,7 @@ class LeNet:
         return labels
 
     def _as_images(self, x):
-        """Validate `x`; return it as an (N, C, S, S) array (not yet converted) and N."""
+        """Validate `x`; return it as an (N, C, H, W) array (not yet converted) and N."""
         if not isinstance(x, np.ndarray):
             x = np.asarray(x)
         kind = x.dtype.kind
@@ -717,12 +830,12 @@ class LeNet:
             raise TypeError(f"x must hold {expected}; got {what} dtype {x.dtype}")
         c = self._dimensions["in_channels"]
         images = x.reshape(x.shape[0], 1, x.shape[1], x.shape[2]) if x.ndim == 3 and c == 1 else x
-        if images.ndim != 4 or images.shape[1] != c or images.shape[2] != images.shape[3] or \
-                images.shape[2] not in _INPUT_SIZES:
-            accepted = f"(N, {c}, 32, 32) or (N, {c}, 28, 28)"
+        accepted = self._sizes.accepted_input_sizes
+        if images.ndim != 4 or images.shape[1] != c or tuple(images.shape[2:]) not in accepted:
+            text = " or ".join(f"(N, {c}, {h}, {w})" for h, w in accepted)
             if c == 1:
-                accepted += ", or (N, 32, 32) / (N, 28, 28)"
-            raise ValueError(f"x must have shape {accepted}; got {x.shape}")
+                text += ", or " + " / ".join(f"(N, {h}, {w})" for h, w in accepted)
+            raise ValueError(f"x must have shape {text}; got {x.shape}")
         return images, images.shape[0]
 
     @staticmethod

@@ -1,4 +1,5 @@
-"""Per-layer accounting of a LeNet: output shapes, parameters, connections, multiply-adds.
+"""Per-layer accounting of a LeNet of the family: output shapes, parameters, connections,
+multiply-adds, from the sizes `lenet_fast._architecture.sizes` works out.
 
 Connections are counted as LeCun et al. (1998) count them: every weight use plus one bias term
 per output, so conv1 of the reference model has (5*5 + 1) * 6 * 28 * 28 = 122,304 connections and
@@ -30,7 +31,11 @@ class ModelSummary:
     Attributes
     ----------
     layers : list of LayerSummary
-        In network order: conv1, pool1, conv2, pool2, conv3, fc1, fc2.
+        In network order: conv1, pool1, conv2, pool2, conv3 (or flatten), fc1, ... .
+    input_shape : tuple of int
+        (C, H, W) of the images the network takes.
+    sizes : lenet_fast._architecture.Sizes
+        Every size of the network; ``sizes.multiply_adds`` equals `total_multiply_adds`.
     total_parameters, total_connections, total_multiply_adds : int
         Sums over the layers.
     architecture : dict of str to str
@@ -39,24 +44,28 @@ class ModelSummary:
         Those of them that were assumed (not stated by the call or the weight file).
     """
 
-    def __init__(self, dimensions, architecture, assumed=None):
-        c, c1, c2, c3, f1, k = (
-            dimensions[name]
-            for name in ("in_channels", "conv1_channels", "conv2_channels", "conv3_channels",
-                         "fc1_units", "n_classes")
-        )
+    def __init__(self, sizes, architecture, assumed=None):
         pool = "max" if architecture["pool"] == "max" else "average"
         conv_act = architecture["conv_activation"]
+        c, c1, c2 = sizes.in_channels, sizes.conv1_channels, sizes.conv2_channels
         self.layers = [
-            _conv("conv1", c, c1, 28, conv_act),
-            _pool("pool1", c1, 14, pool),
-            _conv("conv2", c1, c2, 10, conv_act),
-            _pool("pool2", c2, 5, pool),
-            _conv("conv3", c2, c3, 1, conv_act),
-            _dense("fc1", c3, f1, architecture["fc_activation"]),
-            _dense("fc2", f1, k, architecture["output_activation"]),
+            _conv("conv1", c, c1, sizes.conv1_size, conv_act, sizes.conv1_padding),
+            _pool("pool1", c1, sizes.pool1_size, pool),
+            _conv("conv2", c1, c2, sizes.conv2_size, conv_act, sizes.conv2_padding),
+            _pool("pool2", c2, sizes.pool2_size, pool),
         ]
-        self.input_shape = (c, 32, 32)
+        if sizes.has_conv3:
+            self.layers.append(_conv("conv3", c2, sizes.conv3_channels, (1, 1), conv_act, 0))
+        else:
+            self.layers.append(LayerSummary("flatten", "flatten", (sizes.features,), 0, 0, 0))
+        inputs = sizes.features
+        for position, (name, units) in enumerate(zip(("fc1", "fc2", "fc3"), sizes.dense_units)):
+            last = position == len(sizes.dense_units) - 1
+            activation = architecture["output_activation" if last else "fc_activation"]
+            self.layers.append(_dense(name, inputs, units, activation))
+            inputs = units
+        self.input_shape = (c, *sizes.input_size)
+        self.sizes = sizes
         self.architecture = dict(architecture)
         self.assumed = dict(assumed or {})
         self.total_parameters = sum(layer.parameters for layer in self.layers)
@@ -91,6 +100,9 @@ class ModelSummary:
         lines.append(f"architecture: conv_activation={a['conv_activation']}, "
                      f"fc_activation={a['fc_activation']}, output_activation="
                      f"{a['output_activation']}, pool={a['pool']}")
+        height, width = self.sizes.input_size
+        lines.append(f"geometry: input {height}x{width}, conv1_padding={self.sizes.conv1_padding}, "
+                     f"conv2_padding={self.sizes.conv2_padding}")
         if self.assumed:
             lines.append(f"  assumed, not stated by the weights: {', '.join(self.assumed)} "
                          f"(pass them when loading, or save_npz to store them)")
@@ -101,19 +113,20 @@ class ModelSummary:
                 f"{self.total_multiply_adds:,} multiply-adds per image>")
 
 
-def _conv(name, in_channels, out_channels, size, activation):
+def _conv(name, in_channels, out_channels, size, activation, padding):
     weights_per_output = _KERNEL_AREA * in_channels
-    outputs = out_channels * size * size
+    outputs = out_channels * size[0] * size[1]
+    kind = f"conv 5x5{' pad ' + str(padding) if padding else ''} + {activation}"
     return LayerSummary(
-        name, f"conv 5x5 + {activation}", (out_channels, size, size),
+        name, kind, (out_channels, *size),
         (weights_per_output + 1) * out_channels, (weights_per_output + 1) * outputs,
         weights_per_output * outputs,
     )
 
 
 def _pool(name, channels, size, kind):
-    return LayerSummary(name, f"{kind} pool 2x2", (channels, size, size), 0,
-                        (_POOL_AREA + 1) * channels * size * size, 0)
+    return LayerSummary(name, f"{kind} pool 2x2", (channels, *size), 0,
+                        (_POOL_AREA + 1) * channels * size[0] * size[1], 0)
 
 
 def _dense(name, inputs, outputs, activation):

@@ -9,15 +9,20 @@ back to the modules owning their weights (`_ExportReader`).  The nodes must form
 one chain from the single input to the output; each becomes a step -- a weighted layer (Conv2d,
 Linear), a BatchNorm, an activation (ReLU, sigmoid, tanh, softmax, identity), a 2x2 pooling, a
 flatten -- and dropout (a no-op in eval mode) is skipped.  The steps are then matched against the
-one shape the engine computes::
+family of shapes the engine computes (`lenet_fast._architecture`)::
 
-    conv [bn] act pool conv [bn] act pool (conv [bn] act flatten | flatten dense [bn] act)
-    dense [bn] act dense [bn] act          (act: optional; an activation may follow a max pool)
+    conv [bn] act pool conv [bn] act pool (conv [bn] act flatten | flatten)
+    dense [bn] act [dense [bn] act [dense [bn] act]]   (act: optional; may follow a max pool)
+
+Convolutions may be padded by 2 (``padding=2`` or ``"same"``) except conv3; the input size is
+the example input's, else worked out from the first dense layer's inputs.  Three dense layers
+after a flatten of conv2's channels x 5 x 5, the first with the convolutions' activation, are
+today's LeNet-5 with conv3 written as a dense layer and are read as such.
 
 A BatchNorm is folded into the layer it directly follows (`_weights.fold_batchnorm`, float64).
 Anything else -- another op, module or argument (strides, dilation, groups, padding other than
-conv1's 2 for 28x28 input), a branch, a sixth layer -- is refused with a `TorchImportError` naming
-the module (or function) and the op.  torch is imported inside the function only, so ``import
+0 or 2), a branch, a seventh layer -- is refused with a `TorchImportError` naming the module (or
+function) and the op.  torch is imported inside the function only, so ``import
 lenet_fast`` never imports it.
 """
 
@@ -26,12 +31,12 @@ import operator
 
 import numpy as np
 
-from . import _weights
+from . import _architecture, _weights
 from ._model import LeNet
 
-_LAYERS = _weights.LAYERS
 _KERNEL = 5
 _FEATURES_AFTER_CONV2 = _KERNEL * _KERNEL  # conv2 output pooled to 5x5: 25 values per channel
+_MAX_LAYERS = 6                              # conv1, conv2, conv3, fc1, fc2, fc3
 _VERIFY_TOLERANCE = 1e-4
 
 
@@ -88,7 +93,7 @@ class _Reader:
         self.pool_functions = {functional.max_pool2d: "max", functional.avg_pool2d: "avg",
                                torch.max_pool2d: "max"}
         self.batchnorm_modules = (nn.BatchNorm1d, nn.BatchNorm2d)
-        self.first_conv = True
+        self.convolutions = 0
 
     # -- naming ---------------------------------------------------------------------------------
 
@@ -224,16 +229,16 @@ class _Reader:
             problems.append(f"dilation {tuple(conv.dilation)} (expected 1)")
         if conv.groups != 1:
             problems.append(f"groups={conv.groups} (expected 1)")
-        allowed = ((0, 0), (2, 2)) if self.first_conv else ((0, 0),)
+        allowed = ((0, 0), (2, 2)) if self.convolutions < 2 else ((0, 0),)
         if tuple(padding) not in allowed or (tuple(padding) != (0, 0) and
                                              conv.padding_mode != "zeros"):
             problems.append(f"padding {tuple(padding)} with padding_mode {conv.padding_mode!r} "
-                            f"(expected none, or 2 zeros on the first convolution, which is how "
-                            f"the engine runs 28x28 images)")
+                            f"(expected none, or 2 zeros ('same') on the first two "
+                            f"convolutions)")
         if problems:
             raise self.refuse(node, "the engine computes 5x5 convolutions with stride 1; found "
                                     + ", ".join(problems))
-        self.first_conv = False
+        self.convolutions += 1
 
     def pool(self, node, kind, kernel_size, stride, padding, extra):
         stride = kernel_size if stride is None or stride == [] or stride == () else stride
@@ -323,38 +328,52 @@ class _Reader:
 
 
 def _group_layers(steps, name):
-    """[(layer step, [following steps])] for the five weighted layers."""
+    """[(layer step, [following steps])] for the three to six weighted layers."""
     layers = []
     for step in steps:
         if step.kind in ("conv", "dense"):
-            if len(layers) == len(_LAYERS):
-                raise TorchImportError(f"{name}: {step.where}: the engine computes five weighted "
-                                       f"layers (conv1, conv2, conv3 or a dense layer over the "
-                                       f"flattened 16x5x5 features, fc1, fc2); this is a sixth")
+            if len(layers) == _MAX_LAYERS:
+                raise TorchImportError(f"{name}: {step.where}: the engine computes at most six "
+                                       f"weighted layers (conv1, conv2, an optional conv3, one "
+                                       f"to three dense layers); this is a seventh")
             layers.append((step, []))
         elif not layers:
             raise TorchImportError(f"{name}: {step.where}: expected the first layer to be a "
                                    f"Conv2d, found this before it")
         else:
             layers[-1][1].append(step)
-    if len(layers) != len(_LAYERS):
+    if len(layers) < 3:
         found = ", ".join(step.where for step, _ in layers) or "none"
-        raise TorchImportError(f"{name}: expected five weighted layers (Conv2d, Conv2d, Conv2d or "
-                               f"Linear, Linear, Linear), found {len(layers)}: {found}")
+        raise TorchImportError(f"{name}: expected three to six weighted layers (Conv2d, Conv2d, "
+                               f"an optional Conv2d, one to three Linear), found {len(layers)}: "
+                               f"{found}")
     return layers
 
 
 def _read_architecture(layers, name):
-    """Check the structure; return the architecture and {layer: BatchNorm module}."""
+    """Check the structure; return the architecture (activations and pooling), the canonical
+    layer name of each layer, and {canonical layer: BatchNorm step}."""
+    kinds = [layer.kind for layer, _ in layers]
+    for position in (0, 1):
+        if kinds[position] != "conv":
+            raise TorchImportError(f"{name}: {layers[position][0].where}: expected "
+                                   f"conv{position + 1} to be a Conv2d")
+    convolutions = 3 if kinds[2] == "conv" else 2
+    for layer, _ in layers[convolutions:]:
+        if layer.kind != "dense":
+            raise TorchImportError(f"{name}: {layer.where}: expected a Linear layer here: at "
+                                   f"most three convolutions, then the dense layers")
+    dense_count = len(layers) - convolutions
+    if dense_count > 3:
+        raise TorchImportError(f"{name}: {layers[convolutions + 3][0].where}: the engine "
+                               f"computes one to three dense layers; this is a fourth")
+    if dense_count < 1:
+        raise TorchImportError(f"{name}: expected at least one Linear layer after the "
+                               f"convolutions")
+    last = len(layers) - 1
     activations, pools, batchnorms = [], [], {}
-    for position, (layer_name, (layer, following)) in enumerate(zip(_LAYERS, layers)):
-        expected = "conv" if position < 2 else "dense" if position > 2 else layer.kind
-        if layer.kind != expected:
-            raise TorchImportError(f"{name}: {layer.where}: expected {layer_name} to be "
-                                   f"{'a Conv2d' if expected == 'conv' else 'a Linear layer'}")
-        dense_conv3 = position == 2 and layer.kind == "dense"
-        wants_flatten = (position == 2 and layer.kind == "conv") or \
-            (position == 1 and layers[2][0].kind == "dense")
+    for position, (layer, following) in enumerate(layers):
+        wants_flatten = position == convolutions - 1
         seen = {"activation": [], "pool": [], "flatten": [], "batchnorm": []}
         for index, step in enumerate(following):
             seen[step.kind].append(step)
@@ -376,12 +395,12 @@ def _read_architecture(layers, name):
                 raise TorchImportError(f"{name}: {step.where}: this activation after "
                                        f"{seen['pool'][0].where} does not commute with the "
                                        f"pooling; the engine applies it before pooling")
-            if step.kind == "activation" and step.value == "softmax" and position != 4:
+            if step.kind == "activation" and step.value == "softmax" and position != last:
                 raise TorchImportError(f"{name}: {step.where}: expected softmax only after the "
                                        f"last layer")
         if position < 2 and not seen["pool"]:
             raise TorchImportError(f"{name}: {layer.where}: expected a 2x2 max or average "
-                                   f"pooling after {layer_name}")
+                                   f"pooling after conv{position + 1}")
         if wants_flatten and not seen["flatten"]:
             raise TorchImportError(f"{name}: {layer.where}: expected a flatten after it")
         if seen["flatten"] and seen["flatten"][0].value is not None:
@@ -390,40 +409,46 @@ def _read_architecture(layers, name):
                 raise TorchImportError(f"{name}: {seen['flatten'][0].where}: expected to flatten "
                                        f"to {features} features (the next layer's input), found "
                                        f"{seen['flatten'][0].value}")
-        if dense_conv3:
-            conv2 = layers[1][0].module
-            expected_inputs = conv2.out_channels * _FEATURES_AFTER_CONV2
-            if layer.module.in_features != expected_inputs:
-                raise TorchImportError(
-                    f"{name}: {layer.where}: takes {layer.module.in_features} inputs, but the "
-                    f"engine's geometry gives {conv2.out_channels}x5x5 = {expected_inputs} (32x32 "
-                    f"input with unpadded convolutions, or 28x28 with conv1 padded by 2); other "
-                    f"input sizes are not supported")
         if seen["batchnorm"]:
-            batchnorms[layer_name] = seen["batchnorm"][0]
+            batchnorms[position] = seen["batchnorm"][0]
         activations.append(seen["activation"][0] if seen["activation"] else None)
         pools.extend(seen["pool"])
     values = [step.value if step else "identity" for step in activations]
-    if len(set(values[:3])) > 1:
+    names = ["conv1", "conv2", "conv3"][:convolutions] + ["fc1", "fc2", "fc3"][:dense_count]
+    conv2 = layers[1][0].module
+    if convolutions == 2 and dense_count == 3 and values[2] == values[0] and \
+            _padding(conv2) == 0 and \
+            layers[2][0].module.in_features == conv2.out_channels * _FEATURES_AFTER_CONV2:
+        # conv3 written as a dense layer over the flattened 16x5x5 features (the PyTorch
+        # tutorial's Net): it has the convolutions' activation, so it is read as conv3.
+        names, convolutions = ["conv1", "conv2", "conv3", "fc1", "fc2"], 3
+    if len(set(values[:convolutions])) > 1:
         found = ", ".join(f"{value} after {layer.where}"
-                          for value, (layer, _) in zip(values[:3], layers[:3]))
+                          for value, (layer, _) in zip(values[:convolutions], layers))
         raise TorchImportError(f"{name}: the engine applies one activation after conv1, conv2 "
                                f"and conv3 (or the dense layer in its place); found {found}")
+    hidden = values[convolutions:-1]
+    if len(set(hidden)) > 1:
+        found = ", ".join(f"{value} after {layer.where}"
+                          for value, (layer, _) in zip(hidden, layers[convolutions:]))
+        raise TorchImportError(f"{name}: the engine applies one activation after every dense "
+                               f"layer but the last; found {found}")
     if pools[0].value != pools[1].value:
         raise TorchImportError(f"{name}: {pools[1].where}: the engine uses one kind of pooling; "
                                f"found {pools[0].value} then {pools[1].value}")
-    architecture = {"conv_activation": values[0], "fc_activation": values[3],
-                    "output_activation": values[4], "pool": pools[0].value}
-    return architecture, batchnorms
+    architecture = {"conv_activation": values[0],
+                    "fc_activation": hidden[0] if hidden else values[0],
+                    "output_activation": values[-1], "pool": pools[0].value}
+    return architecture, names, {names[position]: step for position, step in batchnorms.items()}
 
 
 def _numpy(tensor):
     return None if tensor is None else tensor.detach().cpu().numpy()
 
 
-def _layer_weights(layers, batchnorms, name):
+def _layer_weights(layers, names, batchnorms, name):
     weights = {}
-    for layer_name, (layer, _) in zip(_LAYERS, layers):
+    for layer_name, (layer, _) in zip(names, layers):
         module = layer.module
         weight, bias = _numpy(module.weight), _numpy(module.bias)
         if layer_name in batchnorms:
@@ -439,6 +464,41 @@ def _layer_weights(layers, batchnorms, name):
             bias = np.zeros(weight.shape[0], np.float32)
         weights[f"{layer_name}.weight"], weights[f"{layer_name}.bias"] = weight, bias
     return weights
+
+
+def _padding(conv):
+    """A Conv2d's padding as the family states it: 0 or 2 (anything else is refused later)."""
+    if conv.padding == "valid":
+        return 0
+    if conv.padding == "same":
+        return conv.kernel_size[0] // 2
+    return _pair(conv.padding)[0]
+
+
+def _geometry(convolutions, first_dense, has_conv3, name, input_size=None, where=None):
+    """The geometry of a module from its first two Conv2d, whether it has a conv3 and its first
+    Linear (the input size: `input_size`, else the one of 28 and 32 that fits).
+
+    Raises
+    ------
+    TorchImportError
+        If no input size fits (the message asks for an example_input).
+    """
+    stated = {"conv1_padding": _padding(convolutions[0]),
+              "conv2_padding": _padding(convolutions[1])}
+    if any(value not in _architecture.PADDINGS for value in stated.values()):
+        return None     # refused with the module's name when the forward is read
+    if input_size is not None:
+        stated["input_size"] = input_size
+    try:
+        geometry, _ = _architecture.infer_geometry(
+            convolutions[1].out_channels, getattr(first_dense, "in_features", 0), has_conv3,
+            stated)
+        _architecture.stage_sizes(geometry)
+    except ValueError as exc:
+        raise TorchImportError(f"{name}: {where + ': ' if where else ''}{exc}; pass "
+                               f"example_input, images of the size the module takes") from None
+    return geometry
 
 
 class _ExportReader(_Reader):
@@ -584,18 +644,25 @@ def _short(exc):
 
 
 def _expected_input(module, torch, name):
-    """(channels, size) of the images the first Conv2d takes: 28x28 if it pads by 2, else 32x32."""
-    first = next((sub for sub in module.modules() if isinstance(sub, torch.nn.Conv2d)), None)
-    if first is None:
-        raise TorchImportError(f"{name}: has no Conv2d module; a LeNet-5 starts with one")
-    padded = first.padding == "same" or _pair(first.padding) == (2, 2)
-    return first.in_channels, 28 if padded else 32
+    """(channels, (H, W)) of the images the module takes, from its Conv2d and Linear modules in
+    definition order; (H, W) is None where no input size of 28 or 32 fits."""
+    convolutions = [sub for sub in module.modules() if isinstance(sub, torch.nn.Conv2d)]
+    dense = [sub for sub in module.modules() if isinstance(sub, torch.nn.Linear)]
+    if not convolutions:
+        raise TorchImportError(f"{name}: has no Conv2d module; a LeNet starts with one")
+    if len(convolutions) < 2 or not dense:
+        return convolutions[0].in_channels, None
+    try:
+        geometry = _geometry(convolutions, dense[0], len(convolutions) > 2, name)
+    except TorchImportError:
+        geometry = None
+    return convolutions[0].in_channels, None if geometry is None else geometry["input_size"]
 
 
 def _example_images(module, torch, name):
-    """Two zero images the first Conv2d accepts."""
+    """Two zero images the module takes (32x32 where its size cannot be worked out)."""
     channels, size = _expected_input(module, torch, name)
-    return torch.zeros(2, channels, size, size)
+    return torch.zeros(2, channels, *(size or (32, 32)))
 
 
 def _capture_steps(module, torch, name, example_input):
@@ -635,9 +702,11 @@ def _as_tensor(images, module, torch):
     if not isinstance(images, torch.Tensor):
         tensor = torch.as_tensor(array)
     channels, size = _expected_input(module, torch, type(module).__name__)
-    if tuple(tensor.shape[1:]) != (channels, size, size) or tensor.shape[0] < 1:
-        raise ValueError(f"example_input must be images of shape (N, {channels}, {size}, {size}) "
-                         f"with N >= 1 (what the first Conv2d takes); got shape "
+    height, width = size or ("H", "W")
+    if tensor.ndim != 4 or tensor.shape[0] < 1 or tensor.shape[1] != channels or (
+            size is not None and tuple(tensor.shape[2:]) != tuple(size)):
+        raise ValueError(f"example_input must be images of shape (N, {channels}, {height}, "
+                         f"{width}) with N >= 1 (what the module takes); got shape "
                          f"{tuple(tensor.shape)}")
     return tensor.float()
 
@@ -674,10 +743,18 @@ def from_torch(module, *, example_input=None, num_threads=None):
         example_input = _as_tensor(example_input, module, torch)   # checked before any work
     steps = _capture_steps(module, torch, name, example_input)
     layers = _group_layers(steps, name)
-    architecture, batchnorms = _read_architecture(layers, name)
-    weights = _layer_weights(layers, batchnorms, name)
-    canonical = _weights.canonicalize(weights, source=f"{name} (from_torch)")
-    metadata = {"architecture": architecture, "converted_from": f"PyTorch {name}"}
+    architecture, names, batchnorms = _read_architecture(layers, name)
+    weights = _layer_weights(layers, names, batchnorms, name)
+    after_convolutions = layers[names.index("conv3" if "conv3" in names else "fc1")][0]
+    geometry = _geometry([layers[0][0].module, layers[1][0].module], after_convolutions.module,
+                         "conv3" in names, name,
+                         None if example_input is None else tuple(example_input.shape[2:]),
+                         after_convolutions.where)
+    canonical = _weights.canonicalize(weights, source=f"{name} (from_torch)", **geometry,
+                                      conv_activation=architecture["conv_activation"],
+                                      fc_activation=architecture["fc_activation"])
+    metadata = {"architecture": {**architecture, **_architecture.geometry_for_json(geometry)},
+                "converted_from": f"PyTorch {name}"}
     model = LeNet._from_canonical(canonical, metadata, num_threads, {})
     if example_input is not None:
         _verify(module, model, example_input, torch, name)

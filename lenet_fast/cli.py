@@ -24,6 +24,7 @@ import contextlib
 import csv
 import importlib
 import os
+import re
 import shutil
 import stat
 import sys
@@ -36,6 +37,7 @@ from numpy.lib import format as npy_format
 
 from . import __version__, _dispatch, _weights, datasets
 from ._model import ArchitectureWarning, LeNet
+from ._architecture import GEOMETRY_OPTIONS, PADDINGS
 from ._architecture import OPTIONS as _ARCHITECTURE_OPTIONS
 
 CHUNK_IMAGES = 4096                 # images per chunk read, predicted and written
@@ -188,7 +190,14 @@ def read_model_file(path, architecture):
         raise CommandError(f"{path}: a PyTorch file; pass --torch to lenet-fast convert to read "
                            f"it with torch.load(weights_only=True) into a .npz")
     if suffix == ".onnx":
-        return LeNet.from_onnx(path, **architecture)
+        geometry = {option: value for option, value in architecture.items()
+                    if option in GEOMETRY_OPTIONS}
+        model = LeNet.from_onnx(path, **{option: value for option, value in architecture.items()
+                                         if option not in GEOMETRY_OPTIONS})
+        if geometry:
+            model = LeNet(model.weights, **{**model.architecture, **geometry},
+                          metadata=model.metadata)
+        return model
     if suffix in KERAS_SUFFIXES:
         model = LeNet.from_keras(path)
         if architecture:
@@ -215,7 +224,19 @@ def _caught_architecture_warnings():
 
 
 def _architecture_arguments(args):
-    return {option: getattr(args, option) for option in _ARCHITECTURE_OPTIONS}
+    return {option: getattr(args, option) for option in (*_ARCHITECTURE_OPTIONS, *GEOMETRY_OPTIONS)}
+
+
+def _input_size(text):
+    """``--input-size``: 28, 28x32, 28,32 or (28, 32) -> (height, width)."""
+    parts = [part for part in re.split(r"[x,()\s]+", text.strip().lower()) if part]
+    try:
+        sides = [int(part) for part in parts]
+    except ValueError:
+        sides = []
+    if len(sides) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"expected a size such as 28 or 28x32, found {text!r}")
+    return (sides[0], sides[-1])
 
 
 class _ImageSource:
@@ -742,9 +763,12 @@ def _command_info(args):
                          f"{architecture['output_activation']}, {architecture['pool']} pooling"
                          + (f" (assumed: {', '.join(model.assumed_architecture)})"
                             if model.assumed_architecture else "")),
-        ("widths", "-".join(str(dims[name]) for name in (
-            "in_channels", "conv1_channels", "conv2_channels", "conv3_channels", "fc1_units",
-            "n_classes"))),
+        ("geometry", f"input {'x'.join(map(str, architecture['input_size']))}, conv1 padding "
+                     f"{architecture['conv1_padding']}, conv2 padding "
+                     f"{architecture['conv2_padding']}, "
+                     f"{'conv3' if model.sizes.has_conv3 else 'flatten'} -> "
+                     f"{len(model.sizes.dense_units)} dense"),
+        ("widths", "-".join(str(size) for size in dims.values())),
         ("parameters", f"{summary.total_parameters:,}"),
         ("FLOPs per image", f"{2 * summary.total_multiply_adds:,} "
                             f"({summary.total_multiply_adds:,} multiply-adds)"),
@@ -951,6 +975,13 @@ def _parser():
         for option, choices in _ARCHITECTURE_OPTIONS.items():
             group.add_argument(f"--{option.replace('_', '-')}", dest=option, choices=choices,
                                metavar="{" + ",".join(choices) + "}")
+        group.add_argument("--input-size", dest="input_size", type=_input_size, metavar="SIZE",
+                           help="image size the network takes: 28, 32 or HxW (default: from "
+                                "the file, else inferred from the weights' shapes)")
+        for option in ("conv1_padding", "conv2_padding"):
+            group.add_argument(f"--{option.replace('_', '-')}", dest=option, type=int,
+                               choices=PADDINGS, metavar="{0,2}",
+                               help=f"zero padding of {option[:5]} (0, or 2 for 'same')")
     # Every bench argument, --help included, goes to lenet_fast.benchmark's own parser.
     commands.add_parser("bench", add_help=False,
                         help="the benchmark table (lenet_fast.benchmark; see bench --help)")

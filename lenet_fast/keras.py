@@ -994,8 +994,6 @@ def _load(source, magic, h5py):
     for key, value in (("keras_model", _model_name(config)), ("keras_version", version)):
         if value is not None:
             provenance[key] = value
-    architecture = {option: value for option, value in architecture.items()
-                    if option in _architecture.OPTIONS}   # transitional: until _model takes geometry
     return canonical, {"architecture": architecture, "provenance": provenance}
 
 

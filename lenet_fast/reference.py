@@ -1,21 +1,22 @@
-"""Plain NumPy forward pass of LeNet-5: the ground truth for every kernel test.
+"""Plain NumPy forward pass of the LeNet family: the ground truth for every kernel test.
 
 Design: one small vectorised function per layer, on NCHW arrays, computed in float64 so that
 rounding in the reference is far below the float32 tolerance the kernels are held to.
 Convolutions are a ``sliding_window_view`` contracted with ``tensordot`` (no Python loop over
 pixels); pooling reshapes each 2x2 window onto its own axes.  Speed is secondary: this module is
 also the "plain NumPy" peer in the benchmarks, so it must stay idiomatic rather than clever.
-Each layer applies convolution + bias, then the activation, then pooling.
+Each layer applies convolution + bias, then the activation, then pooling; the geometry (input
+size, paddings) and every size come from ``lenet_fast._architecture``.
 """
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from . import _architecture
 from ._architecture import ACTIVATIONS, OUTPUT_ACTIVATIONS, POOLS
 
 _INPUT_SIZE = 32
 _MNIST_SIZE = 28
-_LAYER_NAMES = ("conv1", "conv2", "conv3", "fc1", "fc2")
 
 
 def _check_option(argument, value, allowed):
@@ -227,24 +228,31 @@ def forward(
     fc_activation="sigmoid",
     output_activation="sigmoid",
     pool="max",
+    input_size=None,
+    conv1_padding=None,
+    conv2_padding=None,
     return_intermediates=False,
 ):
-    """Run LeNet-5 in float64 NumPy.
+    """Run a LeNet of the family in float64 NumPy.
 
     Parameters
     ----------
-    x : array_like, shape (N, C, 32, 32) or (N, C, 28, 28)
-        Input images, C = 1 or 3; 28x28 images are zero-padded to 32x32 first.
+    x : array_like, shape (N, C, H, W)
+        Input images, C = 1 or 3, of the network's input size; a network with a 32x32 unpadded
+        input also takes 28x28 images, zero-padded to 32x32 first.
     weights : mapping of str to ndarray
-        Canonical weights (``conv1.weight`` ... ``fc2.bias``), e.g. from
-        ``lenet_fast._weights.load_npz``.
+        Canonical weights (``conv1.weight`` ... : conv1, conv2, optional conv3, fc1, optional
+        fc2 and fc3), e.g. from ``lenet_fast._weights.load_npz``.
     conv_activation : {"relu", "sigmoid", "tanh", "identity"}, default "relu"
         Applied after each convolution, before pooling.
     fc_activation : {"relu", "sigmoid", "tanh", "identity"}, default "sigmoid"
-        Applied after fc1.
+        Applied after every dense layer but the last.
     output_activation : {"relu", "sigmoid", "tanh", "identity", "softmax"}, default "sigmoid"
-        Applied after fc2; ``"softmax"`` normalises over the classes.
+        Applied after the last dense layer; ``"softmax"`` normalises over the classes.
     pool : {"max", "avg"}, default "max"
+    input_size, conv1_padding, conv2_padding : optional
+        The geometry (see ``lenet_fast._architecture``); what is not given is inferred from
+        the weights as the model does (with conv3: 32x32 unpadded).
     return_intermediates : bool, default False
         Also return every layer's output.
 
@@ -252,14 +260,14 @@ def forward(
     -------
     output : ndarray of float32, shape (N, n_classes)
     intermediates : dict of str to ndarray of float32
-        Only if `return_intermediates`: ``conv1`` (N, c1, 28, 28), ``pool1`` (N, c1, 14, 14),
-        ``conv2`` (N, c2, 10, 10), ``pool2`` (N, c2, 5, 5), ``conv3`` (N, c3, 1, 1),
-        ``fc1`` (N, f1), ``fc2`` (N, n_classes); convolutions after their activation.
+        Only if `return_intermediates`: ``conv1``, ``pool1``, ``conv2``, ``pool2``, ``conv3``
+        (with conv3), ``fc1`` ... (each dense layer); convolutions after their activation.
 
     Raises
     ------
     ValueError
-        If an option name is unknown, a weight is missing, or a shape does not fit.
+        If an option name is unknown, a weight is missing, a shape does not fit, or the images
+        are not of a size the network takes.
 
     Examples
     --------
@@ -277,9 +285,12 @@ def forward(
     _check_option("fc_activation", fc_activation, ACTIVATIONS)
     _check_option("output_activation", output_activation, OUTPUT_ACTIVATIONS)
     _check_option("pool", pool, POOLS)
+    layer_names = [layer for layer in _architecture.LAYERS
+                   if layer in ("conv1", "conv2", "fc1") or f"{layer}.weight" in weights
+                   or f"{layer}.bias" in weights]
     missing = [
         f"{layer}.{parameter}"
-        for layer in _LAYER_NAMES
+        for layer in layer_names
         for parameter in ("weight", "bias")
         if f"{layer}.{parameter}" not in weights
     ]
@@ -290,21 +301,48 @@ def forward(
             np.asarray(weights[f"{layer}.weight"], dtype=np.float64),
             np.asarray(weights[f"{layer}.bias"], dtype=np.float64),
         )
-        for layer in _LAYER_NAMES
+        for layer in layer_names
     }
-    images = pad_to_32(np.asarray(x, dtype=np.float64))
+    shapes = {f"{layer}.{part}": array.shape for layer, arrays in parameters.items()
+              for part, array in zip(("weight", "bias"), arrays)}
+    has_conv3 = "conv3" in parameters
+    if has_conv3 and len(shapes["conv3.weight"]) == 2:    # a dense conv3 over the 5x5 features
+        conv3, _ = parameters["conv3"]
+        parameters["conv3"] = (conv3.reshape(len(conv3), -1, 5, 5), parameters["conv3"][1])
+        shapes["conv3.weight"] = parameters["conv3"][0].shape
+    stated = {"input_size": input_size, "conv1_padding": conv1_padding,
+              "conv2_padding": conv2_padding}
+    geometry, _ = _architecture.infer_geometry(
+        parameters["conv2"][0].shape[0], shapes["fc1.weight"][1] if len(shapes["fc1.weight"]) == 2
+        else -1, has_conv3, stated)
+    sizes = _architecture.sizes(shapes, **geometry)
+    x = np.asarray(x, dtype=np.float64)
+    _check_ndim("x", x, 4, "(N, C, H, W)")
+    if tuple(x.shape[2:]) not in sizes.accepted_input_sizes:
+        accepted = " or ".join(f"{h}x{w}" for h, w in sizes.accepted_input_sizes)
+        raise ValueError(f"x images must be {accepted}; got {x.shape[2]}x{x.shape[3]}")
+    border = (sizes.plane[0] - x.shape[2]) // 2
+    images = np.pad(x, ((0, 0), (0, 0), (border, border), (border, border))) if border else x
 
     layers = {}
     layers["conv1"] = activate(conv2d_valid(images, *parameters["conv1"]), conv_activation)
     layers["pool1"] = pool2x2(layers["conv1"], pool)
-    layers["conv2"] = activate(conv2d_valid(layers["pool1"], *parameters["conv2"]), conv_activation)
+    border = sizes.conv2_padding
+    pooled = np.pad(layers["pool1"], ((0, 0), (0, 0), (border, border), (border, border))) \
+        if border else layers["pool1"]
+    layers["conv2"] = activate(conv2d_valid(pooled, *parameters["conv2"]), conv_activation)
     layers["pool2"] = pool2x2(layers["conv2"], pool)
-    layers["conv3"] = activate(conv2d_valid(layers["pool2"], *parameters["conv3"]), conv_activation)
-    flat = layers["conv3"].reshape(len(images), -1)
-    layers["fc1"] = activate(dense(flat, *parameters["fc1"]), fc_activation)
-    layers["fc2"] = activate(dense(layers["fc1"], *parameters["fc2"]), output_activation)
+    features = layers["pool2"]
+    if has_conv3:
+        layers["conv3"] = features = activate(conv2d_valid(features, *parameters["conv3"]),
+                                              conv_activation)
+    flat = features.reshape(len(images), -1)
+    dense_layers = [layer for layer in _architecture.DENSE_LAYERS if layer in parameters]
+    for position, layer in enumerate(dense_layers):
+        activation = output_activation if position == len(dense_layers) - 1 else fc_activation
+        layers[layer] = flat = activate(dense(flat, *parameters[layer]), activation)
 
-    output = layers["fc2"].astype(np.float32)
+    output = flat.astype(np.float32)
     if not return_intermediates:
         return output
     return output, {name: value.astype(np.float32) for name, value in layers.items()}

@@ -23,6 +23,7 @@ from torch.nn import functional as F  # noqa: E402
 
 import lenet_fast  # noqa: E402
 from lenet_fast import ArchitectureWarning, LeNet, TorchImportError, WeightFileError  # noqa: E402
+from lenet_fast._architecture import DEFAULT_GEOMETRY  # noqa: E402
 from lenet_fast._weights import fold_batchnorm  # noqa: E402
 from lenet_fast.cli import main  # noqa: E402
 from lenet_fast.datasets import load_sample  # noqa: E402
@@ -42,7 +43,7 @@ class TutorialNet(nn.Module):
     and after fc1."""
 
     architecture = {"conv_activation": "relu", "fc_activation": "relu",
-                    "output_activation": "identity", "pool": "max"}
+                    "output_activation": "identity", "pool": "max", **DEFAULT_GEOMETRY}
     channels, size = 3, 32
 
     def __init__(self, batchnorm=False):
@@ -75,7 +76,7 @@ class SeedNet(nn.Module):
     def __init__(self, fc="sigmoid", output="sigmoid", batchnorm=False, conv3_channels=120):
         super().__init__()
         self.architecture = {"conv_activation": "relu", "fc_activation": fc,
-                             "output_activation": output, "pool": "max"}
+                             "output_activation": output, "pool": "max", **DEFAULT_GEOMETRY}
         c3 = conv3_channels
         self.conv1, self.conv2 = nn.Conv2d(1, 6, 5), nn.Conv2d(6, 16, 5)
         self.conv3, self.fc1, self.fc2 = nn.Conv2d(16, c3, 5), nn.Linear(c3, 84), nn.Linear(84, 10)
@@ -105,7 +106,8 @@ def d2l_lenet(batchnorm=False):
               nn.Linear(120, 84), nn.Sigmoid(), nn.Linear(84, 10)]
     net = nn.Sequential(*layers)
     net.architecture = {"conv_activation": "sigmoid", "fc_activation": "sigmoid",
-                        "output_activation": "identity", "pool": "avg"}
+                        "output_activation": "identity", "pool": "avg",
+                        "input_size": (28, 28), "conv1_padding": 2, "conv2_padding": 0}
     net.channels, net.size = 1, 28
     return net
 
@@ -297,7 +299,7 @@ def test_from_torch_reads_functional_and_method_forms(flatten):
     net.channels, net.size = 1, 32
     model = LeNet.from_torch(net)
     assert model.architecture == {"conv_activation": "tanh", "fc_activation": "sigmoid",
-                                  "output_activation": "softmax", "pool": "avg"}
+                                  "output_activation": "softmax", "pool": "avg", **DEFAULT_GEOMETRY}
     assert_matches_pytorch(model, net, random_images(net))
 
 
@@ -339,7 +341,7 @@ def test_from_torch_falls_back_to_torch_export():
         torch.fx.symbolic_trace(net)
     model = LeNet.from_torch(net)
     assert model.architecture == {"conv_activation": "relu", "fc_activation": "relu",
-                                  "output_activation": "softmax", "pool": "max"}
+                                  "output_activation": "softmax", "pool": "max", **DEFAULT_GEOMETRY}
     assert_matches_pytorch(model, net, random_images(net))
     assert_matches_pytorch(model, net, fashion_images(net))
 
@@ -363,16 +365,17 @@ def test_from_torch_refuses_what_the_engine_cannot_compute():
         "AvgPool2d, Flatten, Dropout)")
     assert "module '3' (Conv2d): the engine computes 5x5 convolutions with stride 1; found " \
            "stride (2, 2)" in refusal(sequential((3, nn.Conv2d(6, 16, 5, stride=2))))
-    assert "module '3' (Conv2d)" in refusal(sequential((3, nn.Conv2d(6, 16, 5, padding=2))))
+    assert "module '3' (Conv2d)" in refusal(sequential((3, nn.Conv2d(6, 16, 5, padding=1))))
     assert "module '2' (MaxPool2d): expected 2x2 max pooling with stride 2 and no padding" in \
         refusal(sequential((2, nn.MaxPool2d(3, 2))))
     assert "pooling" in refusal(sequential((5, nn.MaxPool2d(2))))
-    # 32x32 input with conv1 padded by 2 needs 16x6x6 = 576 features: outside the geometry.
-    assert "module '7' (Linear): takes 576 inputs, but the engine's geometry gives 16x5x5 = 400" \
-        in refusal(sequential((7, nn.Linear(576, 120))))
+    # 300 features: no input size of 28 or 32 with these paddings gives them.
+    assert "module '7' (Linear): fc1 takes 300 inputs, which no geometry gives with conv2's 16 " \
+           "channels" in refusal(sequential((7, nn.Linear(300, 120))))
     assert "one activation after conv1, conv2 and conv3" in refusal(sequential((4, nn.ReLU())))
     six = nn.Sequential(*d2l_lenet(), nn.Linear(10, 10))
-    assert "module '12' (Linear): the engine computes five weighted layers" in refusal(six)
+    assert "module '12' (Linear): the engine computes one to three dense layers; this is a " \
+           "fourth" in refusal(six)
 
     class Residual(nn.Module):
         def __init__(self):
@@ -459,7 +462,9 @@ def test_bare_state_dict_matches_or_warns_and_matches_once_stated(name, tmp_path
 def test_assumed_architecture_by_layout():
     with pytest.warns(ArchitectureWarning, match="the PyTorch tutorial layout's architecture"):
         tutorial = LeNet.from_state_dict(build("tutorial").state_dict())
-    assert tutorial.architecture == TutorialNet.architecture == tutorial.assumed_architecture
+    assert tutorial.architecture == TutorialNet.architecture
+    assert tutorial.assumed_architecture == {option: TutorialNet.architecture[option]
+                                             for option in lenet_fast._architecture.OPTIONS}
     with pytest.warns(ArchitectureWarning, match="lenet_fast's defaults for its own layout"):
         seed = LeNet.from_state_dict(build("seed-relu-sigmoid").state_dict(), pool="max")
     assert seed.architecture == build("seed-relu-sigmoid").architecture
@@ -622,7 +627,9 @@ def test_onnx_batchnormalization_is_folded(name):
     assert "BatchNormalization" in [node.op_type for node in graph.graph.node]
     with no_architecture_warning():
         model = LeNet.from_onnx(graph)
-    assert model.architecture == net.architecture
+    # the activations and pooling (the geometry the ONNX reader states is the interop tests')
+    assert {option: model.architecture[option] for option in lenet_fast._architecture.OPTIONS} == \
+        {option: net.architecture[option] for option in lenet_fast._architecture.OPTIONS}
     assert_matches_pytorch(model, net, fashion_images(net))
 
 

@@ -17,6 +17,7 @@ import pytest
 
 import lenet_fast
 from lenet_fast import LeNet, _dispatch, reference
+from lenet_fast._architecture import DEFAULT_GEOMETRY
 
 from conftest import build_model_at_level, make_random_weights
 from test_reference import save_like_users, sequential_model, table_model, tutorial_model
@@ -70,7 +71,7 @@ def test_pytorch_models_through_npz_and_state_dict(torch, tmp_path, level, name)
         expected = module(x).numpy()
     for lenet in (LeNet.from_npz(tmp_path / "model.npz", **options),
                   LeNet.from_state_dict(module.state_dict(), **options)):
-        assert lenet.architecture == {**lenet_fast._model.DEFAULT_ARCHITECTURE, **options}
+        assert lenet.architecture == {**lenet_fast._model.DEFAULT_ARCHITECTURE, **DEFAULT_GEOMETRY, **options}
         lenet = build_model_at_level(lenet, level)
         np.testing.assert_allclose(lenet.forward(x.numpy()), expected, **TOLERANCE)
         np.testing.assert_allclose(lenet.forward(x.numpy()[:1]), expected[:1], **TOLERANCE)
@@ -87,7 +88,7 @@ def test_save_npz_round_trip_restores_everything_and_is_byte_stable(tmp_path):
     original = LeNet(make_random_weights(2, 3, (7, 13, 50, 33, 5)), metadata={"run": [1, "a"]}, **options)
     original.save_npz(tmp_path / "first.npz")
     loaded = LeNet.from_npz(tmp_path / "first.npz")
-    assert loaded.architecture == options
+    assert loaded.architecture == {**options, **DEFAULT_GEOMETRY}
     assert loaded.metadata == {"run": [1, "a"]}
     assert loaded.dimensions == original.dimensions
     for key, value in original.weights.items():
@@ -108,17 +109,18 @@ def test_option_precedence_explicit_then_stored_then_default(tmp_path):
 
     stored = LeNet.from_npz(tmp_path / "partial.npz")
     assert stored.architecture == {"conv_activation": "tanh", "fc_activation": "sigmoid",
-                                   "output_activation": "sigmoid", "pool": "avg"}
+                                   "output_activation": "sigmoid", "pool": "avg", **DEFAULT_GEOMETRY}
     explicit = LeNet.from_npz(tmp_path / "partial.npz", pool="max", output_activation="softmax")
     assert explicit.architecture == {"conv_activation": "tanh", "fc_activation": "sigmoid",
-                                     "output_activation": "softmax", "pool": "max"}
+                                     "output_activation": "softmax", "pool": "max", **DEFAULT_GEOMETRY}
     for lenet in (stored, explicit):
         np.testing.assert_allclose(lenet.forward(x), reference.forward(x, weights, **lenet.architecture),
                                    **TOLERANCE)
 
     save_like_users_weights = {key: value for key, value in weights.items()}
     np.savez(tmp_path / "plain.npz", **save_like_users_weights)
-    assert LeNet.from_npz(tmp_path / "plain.npz").architecture == lenet_fast._model.DEFAULT_ARCHITECTURE
+    assert LeNet.from_npz(tmp_path / "plain.npz").architecture == {**lenet_fast._model.DEFAULT_ARCHITECTURE,
+                                                                   **DEFAULT_GEOMETRY}
     assert LeNet.from_state_dict(weights, fc_activation="relu").architecture["fc_activation"] == "relu"
 
 

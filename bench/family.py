@@ -4,7 +4,9 @@ Design: for each member (`lenet_fast._architecture.MEMBERS`: ``lenet5``, ``mnist
 ``caffe``, ``keras-same``) one set of random weights becomes one ONNX graph
 (`lenet_fast.onnx.build_model_proto`); lenet_fast loads that graph (`LeNet.from_onnx`) and ONNX
 Runtime runs it, so both compute the same network from the same weights -- checked on a batch
-before anything is timed.  Both engines live in this one process and compute the (N, n_classes)
+before anything is timed.  (``keras-same`` flattens a 5x5 map into a first dense layer with the
+convolutions' activation, so lenet_fast reads that layer as conv3, the same function, as it does
+for every such graph.)  Both engines live in this one process and compute the (N, n_classes)
 scores of the same float32 images at the member's input size.  Each repeat visits every (batch,
 threads) configuration and, inside it, both engines, the order alternating from one repeat to the
 next, with a short pause between engines (worker threads keep spinning after a call); one

@@ -344,7 +344,12 @@ def _bind_dimensions(shapes, describe, where=None):
     conv widths, hidden dense widths, n_classes; ``features``, fc1's inputs after a flatten, is
     checked against the geometry by `_architecture.sizes`)."""
     dimensions = {}
-    symbolic = _symbolic_shapes(_layers_of(shapes))
+    layers = _layers_of(shapes)
+    dense = [layer for layer in layers if layer in DENSE_LAYERS]
+    if dense != list(DENSE_LAYERS[:len(dense)]):
+        raise _error(where, f"dense layers {', '.join(dense)}: expected consecutive layers fc1, "
+                            f"fc2, fc3 (fc2 only with fc1, fc3 only with fc2)")
+    symbolic = _symbolic_shapes(layers)
     for key, symbols in symbolic.items():
         shape = tuple(shapes[key])
         expected = tuple(dimensions.get(symbol, symbol) for symbol in symbols)
@@ -368,7 +373,9 @@ def _bind_dimensions(shapes, describe, where=None):
                 raise _error(
                     describe(key), f"expected {symbol} {allowed}, found {size} (axis {axis} of shape {shape})"
                 )
-    dimensions = {name: size for name, size in dimensions.items() if name != "features"}
+    order = ("in_channels", "conv1_channels", "conv2_channels", "conv3_channels", "fc1_units",
+             "fc2_units", "n_classes")
+    dimensions = {name: dimensions[name] for name in order if name in dimensions}
     parameters = sum(math.prod(shapes[key]) for key in symbolic)
     if parameters > MAX_PARAMETERS:
         raise _error(where, f"expected at most {MAX_PARAMETERS:,} parameters in all, found {parameters:,} "

@@ -164,12 +164,12 @@ def openmp_flags():
     return [], [], reason
 
 
-# Every file a kernel module is built from besides its .pyx: a change to any of them rebuilds it
-# (Cython tracks the includes it reads, but the C compile step only looks at `depends`).
+# Every source a kernel module is built from besides its .pyx: a change to any of them rebuilds it
+# (Cython tracks the includes it reads, but the C compile step only looks at `depends`).  Sources
+# only -- the templates, not what they render: setuptools also puts `depends` into the sdist.
 KERNEL_DEPENDS = sorted(
-    f"src/{name}" for name in ("simd.h", "parallel.h", "block_sizes.h", "block_sizes.py",
-                               "kernels.pxi", "pointwise.pxi", "conv_pool.pxi", "dense.pxi",
-                               "network.pxi", "batch.pxi", "engine.pxi"))
+    [f"src/{name}" for name in ("simd.h", "parallel.h", "block_sizes.py")]
+    + [f"src/{path.name}" for path in SRC.glob("*.tp")])
 
 
 def declared_extensions():

@@ -10,10 +10,11 @@ images per second and the share of the FMA peak reached:
     % of peak = multiply-adds per image x images per second / (peak FMA rate per thread x threads)
 
 where the peak is ``measure_fma_peak`` of the same ISA level (best of 5; a register-resident
-loop of the FMA instruction the kernels use), measured before every repeat (best of them).  A
-second share divides by the CPU time the process used instead of the wall clock, which time
-slices lost to other processes do not inflate (on a shared, loaded machine the wall-clock share
-reads low).  The last column is microseconds per call.  The load average is printed before and
+loop of the FMA instruction the kernels use), measured at the start of every repeat; each share
+is the median over repeats of (rate in that repeat / peak in that repeat).  A second share
+divides by the CPU time the process used instead of the wall clock (against the best peak per
+CPU second, ``measure_fma_peak(cpu_time=True)``), which time slices lost to other processes do
+not inflate (on a shared, loaded machine the wall-clock share reads low).  The last column is microseconds per call.  The load average is printed before and
 after: on a shared machine a second thread often has no core of its own, so compare ratios from
 one run, not numbers from different runs.
 
@@ -103,12 +104,7 @@ def time_calls(engine, images, scores, threads, budget=0.05):
 
 def fma_peak(kernels, seconds=0.1):
     """(GFLOP/s by the wall clock, GFLOP/s per CPU second) of measure_fma_peak's loop."""
-    wall = time.perf_counter()
-    cpu = time.process_time()
-    rate = kernels.measure_fma_peak(seconds)
-    wall = time.perf_counter() - wall
-    cpu = time.process_time() - cpu
-    return rate, rate * wall / max(cpu, 1e-9)
+    return kernels.measure_fma_peak(seconds), kernels.measure_fma_peak(seconds, cpu_time=True)
 
 
 def main(argv=None):
@@ -143,26 +139,26 @@ def main(argv=None):
             _, _, batch, threads, engine, images, scores = configurations[index]
             budget = 0.05 if batch < 16384 else 0.0   # one call of 16384 is already long
             samples[index].append(time_calls(engine, images, scores, threads, budget))
-    peaks.append(fma_peak(kernels))
     print(f"load average after: {os.getloadavg()}")
-    peak_wall = max(wall for wall, _ in peaks)   # GFLOP/s per thread
     peak_cpu = max(cpu for _, cpu in peaks)
-    print(f"measured FMA peak (best of {len(peaks)}): {peak_wall:.1f} GFLOP/s per thread by the "
-          f"wall clock, {peak_cpu:.1f} per CPU second")
-    print("% of peak (wall): multiply-adds x images/s / (peak x threads); % of peak (CPU): per "
-          "CPU second the process used (robust to time slices lost to other processes; with 2 "
-          "threads it counts a helper's spinning too)")
+    print(f"measured FMA peak per thread: {statistics.median(wall for wall, _ in peaks):.1f} "
+          f"GFLOP/s by the wall clock (median of {len(peaks)}), {peak_cpu:.1f} per CPU second "
+          f"(best of {len(peaks)})")
+    print("% of peak: multiply-adds x images/s / (FMA peak x threads).  'wall': by the wall "
+          "clock, against the peak measured in the same repeat, median over repeats.  'CPU': "
+          "per CPU second the process used (robust to time slices lost to other processes; "
+          "with 2 threads it also counts a helper's spinning), against the best CPU-time peak")
     print(f"{'member':<15} {'MACs/image':>10} {'batch':>6} {'thr':>3} {'images/s':>10} "
           f"{'% peak wall':>11} {'% peak CPU':>10} {'us/call':>9}")
     for index, (name, macs, batch, threads, *_rest) in enumerate(configurations):
-        wall = statistics.median(wall for wall, _ in samples[index])
-        cpu = statistics.median(cpu for _, cpu in samples[index])
-        rate = batch / wall
-        share_wall = 100.0 * macs * rate / (peak_wall / 2 * 1e9 * threads)
-        share_cpu = 100.0 * macs * batch / cpu / (peak_cpu / 2 * 1e9)
-        print(f"{name:<15} {macs:>10,} {batch:>6} {threads:>3} {rate:>10,.0f} "
+        pairs = list(zip(samples[index], peaks))
+        wall = statistics.median(wall for (wall, _), _ in pairs)
+        share_wall = statistics.median(200.0 * macs * batch / seconds / (peak * 1e9 * threads)
+                                       for (seconds, _), (peak, _) in pairs)
+        cpu = statistics.median(cpu for (_, cpu), _ in pairs)
+        share_cpu = 200.0 * macs * batch / cpu / (peak_cpu * 1e9)
+        print(f"{name:<15} {macs:>10,} {batch:>6} {threads:>3} {batch / wall:>10,.0f} "
               f"{share_wall:>10.1f}% {share_cpu:>9.1f}% {wall * 1e6:>9.1f}")
-
 
 if __name__ == "__main__":
     main()

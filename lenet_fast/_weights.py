@@ -187,6 +187,12 @@ def _sequential_assignment(names, shape_of):
     return _layer_assignment(dict(zip(convs + list(DENSE_LAYERS[:dense]), prefixes)))
 
 
+def _numbered_layers(names):
+    """How many numbered layers (``0.weight``, ``net.3.bias`` ...) the keys hold."""
+    return len({match["container"] and match["container"] + "." + match["index"] or match["index"]
+                for match in map(_NUMBERED_KEY.match, names) if match})
+
+
 def _key_map_assignment(key_map, source, present):
     unknown = [name for name in key_map if name not in FAMILY_KEYS and name not in FAMILY_LAYERS]
     if unknown:
@@ -242,6 +248,14 @@ def _choose_assignment(names, key_map, source, shape_of, optional_biases=False):
         )
     closest = max(candidates, key=lambda layout: len(present.intersection(candidates[layout].values())))
     expected = candidates[closest].values()
+    numbered = _numbered_layers(names) if key_map is None else 0
+    if numbered and "nn.Sequential" not in candidates and present.isdisjoint(expected):
+        raise _error(
+            _where(source),
+            f"an nn.Sequential export with {numbered} numbered layers does not fit: expected 3 "
+            f"to 6 (conv1, conv2, an optional conv3 with a 4-D weight, then one to three dense "
+            f"layers); {found}",
+        )
     if present.isdisjoint(expected):
         raise _error(
             _where(source),

@@ -164,6 +164,14 @@ def openmp_flags():
     return [], [], reason
 
 
+# Every source a kernel module is built from besides its .pyx: a change to any of them rebuilds it
+# (Cython tracks the includes it reads, but the C compile step only looks at `depends`).  Sources
+# only -- the templates, not what they render: setuptools also puts `depends` into the sdist.
+KERNEL_DEPENDS = sorted(
+    [f"src/{name}" for name in ("simd.h", "parallel.h", "block_sizes.py")]
+    + [f"src/{path.name}" for path in SRC.glob("*.tp")])
+
+
 def declared_extensions():
     """The extension modules, with their sources and ISA flags (completed by `BuildKernels`)."""
     modules = [Extension("lenet_fast._cpu_features", sources=["src/_cpu_features.pyx"])]
@@ -173,6 +181,7 @@ def declared_extensions():
             sources=[f"src/_kernels_{level}.pyx"],
             define_macros=[(f"LENET_ISA_{level.upper()}", "1")],
             extra_compile_args=list(isa_flags),
+            depends=KERNEL_DEPENDS,
         ))
     return modules
 

@@ -533,7 +533,11 @@ def infer_geometry(conv2_channels, features, has_conv3, stated=None):
     else:
         candidates = geometry_candidates(conv2_channels, features, stated)
     if not candidates:
-        tried = ", ".join(f"{side}: {conv2_channels * area}" for side, area in _areas(stated))
+        areas = _areas(stated)
+        if not areas:       # every geometry the stated options allow has an odd stage: say so
+            stage_sizes({**{option: value for option, value in DEFAULT_GEOMETRY.items()
+                            if option != "input_size"}, **stated})
+        tried = ", ".join(f"{side}: {conv2_channels * area}" for side, area in areas)
         raise ArchitectureError(
             f"fc1 takes {features} inputs, which no geometry gives with conv2's {conv2_channels} "
             f"channels (expected conv2_channels x pool2 height x pool2 width; "

@@ -234,11 +234,14 @@ def _ensure_threads_can_start(count):
 
 
 class LeNet:
-    """LeNet-5 inference on the CPU with compiled SIMD kernels.
+    """Inference of a LeNet of the family on the CPU with compiled SIMD kernels.
 
-    The network: input C x 32 x 32 (or 28 x 28, zero-padded by 2) -> conv1 5x5 -> 2x2 pool ->
-    conv2 5x5 -> 2x2 pool -> conv3 5x5 (1 x 1 output) -> fc1 -> fc2.  Channel widths, input
-    channels and class count come from the weights.
+    The network: input C x H x W -> conv1 5x5 (padding 0 or 2) -> 2x2 pool -> conv2 5x5 (padding
+    0 or 2) -> 2x2 pool -> conv3 5x5 (1 x 1 output; only after a 5 x 5 pool2) or a flatten ->
+    one to three dense layers (see `lenet_fast._architecture`).  Today's LeNet-5 (32 x 32 input,
+    or 28 x 28 zero-padded by 2; conv3, fc1, fc2) is one member; the unpadded MNIST LeNet and
+    Caffe's LeNet (28 x 28) are others.  Channel widths, input channels, class count and the
+    layers present come from the weights.
 
     Parameters
     ----------
@@ -254,6 +257,12 @@ class LeNet:
         Applied after fc2; ``"softmax"`` normalises over the classes; default "sigmoid".
     pool : {"max", "avg"}, optional
         Default "max".  (The defaults are `lenet_fast._architecture.DEFAULT_ARCHITECTURE`.)
+    input_size : int or (int, int), optional
+        The images the network takes (before conv1's padding).  Default: worked out from the
+        weights (with conv3, 32; without, from fc1's inputs); where several sizes fit, the most
+        common is taken and announced with an `ArchitectureWarning`.
+    conv1_padding, conv2_padding : {0, 2}, optional
+        Zero padding of conv1 / conv2 (2 is Keras' ``"same"``); default as for `input_size`.
         2x2, stride-2 pooling after conv1 and conv2.
     num_threads : int, optional
         Threads for large batches, 1 to `MAX_THREADS` (256; more is refused with a
@@ -336,6 +345,9 @@ class LeNet:
             A file written by `save_npz`, or ``np.savez`` of a PyTorch ``state_dict`` (the table
             model, the PyTorch tutorial model, or a numbered ``nn.Sequential``), BatchNorm
             layers included (folded into the layer each follows, in float64).
+        input_size, conv1_padding, conv2_padding : optional
+            The geometry (see `LeNet`), overriding what the file stores; what neither states
+            is worked out from the weights (announced where several geometries fit).
         conv_activation, fc_activation, output_activation, pool : str, optional
             Override the architecture stored in the file.  An option that neither these nor
             the file state is assumed from the layout (the PyTorch tutorial layout: relu, relu,

@@ -187,6 +187,12 @@ def _sequential_assignment(names, shape_of):
     return _layer_assignment(dict(zip(convs + list(DENSE_LAYERS[:dense]), prefixes)))
 
 
+def _numbered_layers(names):
+    """How many numbered layers (``0.weight``, ``net.3.bias`` ...) the keys hold."""
+    return len({match["container"] and match["container"] + "." + match["index"] or match["index"]
+                for match in map(_NUMBERED_KEY.match, names) if match})
+
+
 def _key_map_assignment(key_map, source, present):
     unknown = [name for name in key_map if name not in FAMILY_KEYS and name not in FAMILY_LAYERS]
     if unknown:
@@ -242,6 +248,14 @@ def _choose_assignment(names, key_map, source, shape_of, optional_biases=False):
         )
     closest = max(candidates, key=lambda layout: len(present.intersection(candidates[layout].values())))
     expected = candidates[closest].values()
+    numbered = _numbered_layers(names) if key_map is None else 0
+    if numbered and "nn.Sequential" not in candidates and present.isdisjoint(expected):
+        raise _error(
+            _where(source),
+            f"an nn.Sequential export with {numbered} numbered layers does not fit: expected 3 "
+            f"to 6 (conv1, conv2, an optional conv3 with a 4-D weight, then one to three dense "
+            f"layers); {found}",
+        )
     if present.isdisjoint(expected):
         raise _error(
             _where(source),
@@ -344,7 +358,12 @@ def _bind_dimensions(shapes, describe, where=None):
     conv widths, hidden dense widths, n_classes; ``features``, fc1's inputs after a flatten, is
     checked against the geometry by `_architecture.sizes`)."""
     dimensions = {}
-    symbolic = _symbolic_shapes(_layers_of(shapes))
+    layers = _layers_of(shapes)
+    dense = [layer for layer in layers if layer in DENSE_LAYERS]
+    if dense != list(DENSE_LAYERS[:len(dense)]):
+        raise _error(where, f"dense layers {', '.join(dense)}: expected consecutive layers fc1, "
+                            f"fc2, fc3 (fc2 only with fc1, fc3 only with fc2)")
+    symbolic = _symbolic_shapes(layers)
     for key, symbols in symbolic.items():
         shape = tuple(shapes[key])
         expected = tuple(dimensions.get(symbol, symbol) for symbol in symbols)
@@ -368,7 +387,9 @@ def _bind_dimensions(shapes, describe, where=None):
                 raise _error(
                     describe(key), f"expected {symbol} {allowed}, found {size} (axis {axis} of shape {shape})"
                 )
-    dimensions = {name: size for name, size in dimensions.items() if name != "features"}
+    order = ("in_channels", "conv1_channels", "conv2_channels", "conv3_channels", "fc1_units",
+             "fc2_units", "n_classes")
+    dimensions = {name: dimensions[name] for name in order if name in dimensions}
     parameters = sum(math.prod(shapes[key]) for key in symbolic)
     if parameters > MAX_PARAMETERS:
         raise _error(where, f"expected at most {MAX_PARAMETERS:,} parameters in all, found {parameters:,} "

@@ -227,3 +227,13 @@ def test_engine_refuses_inconsistent_geometry_and_weights(level):
     with pytest.raises(ValueError, match=r"images must have shape \(N, 1, 28, 28\) or "
                                          r"\(N, 1, 24, 24\)"):
         run(eng, images(2, 1, 32, 32))
+
+
+def test_engine_refuses_a_workspace_the_kernels_cannot_index(level):
+    kernels = _dispatch.load_kernels(level)
+    spec = dict(plane=(4096, 4096), conv2_padding=0, c1=1, c2=1, conv3=None, dense=(1,))
+    weights = ref.random_weights(0, 20, **spec)   # 20 x 4096 x 4096 x VLEN >= 2**30 floats
+    with pytest.raises(ValueError, match="needs a workspace of"):
+        engine(kernels, weights, (4096, 4096), 0)
+    with pytest.raises(ValueError, match="plane must be even sizes from 6 to 4096"):
+        engine(kernels, weights, (4098, 4096), 0)

@@ -76,7 +76,8 @@ def test_mnist_gate_on_the_held_out_sample(mnist):
 def test_files_describe_themselves(name, classes, dataset, epochs):
     model = LeNet.from_npz(datasets.pretrained_path(name))
     assert model.architecture == {"conv_activation": "relu", "fc_activation": "sigmoid",
-                                  "output_activation": "softmax", "pool": "max"}
+                                  "output_activation": "softmax", "pool": "max",
+                                  "input_size": (32, 32), "conv1_padding": 0, "conv2_padding": 0}
     assert model.dimensions == {"in_channels": 1, "conv1_channels": 6, "conv2_channels": 16,
                                 "conv3_channels": 120, "fc1_units": 84, "n_classes": 10}
     assert model.classes == list(classes)

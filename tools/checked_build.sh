@@ -78,6 +78,7 @@ PY
 
 KERNEL_TESTS=(tests/test_reference.py)
 [ -f tests/test_kernels.py ] && KERNEL_TESTS+=(tests/test_kernels.py)
+[ -f tests/test_microkernels.py ] && KERNEL_TESTS+=(tests/test_microkernels.py)
 echo "== kernel and safety tests against the checked build"
 started=$SECONDS
 # The memory-measuring safety tests are left out: ASan's shadow memory and quarantine make RSS

@@ -165,6 +165,15 @@ def _check_num_threads(value, argument="num_threads"):
     return int(value)
 
 
+# Shared with lenet_fast.dask, which validates what it is given exactly as LeNet does.
+check_num_threads = _check_num_threads
+
+
+def check_images(model, images):
+    """`model`'s validation of `images` (shape, dtype), as `LeNet.predict` does it."""
+    return model._as_images(images)
+
+
 _thread_start_lock = threading.Lock()
 _threads_known_to_start = 1
 
@@ -356,7 +365,7 @@ class LeNet:
         >>> model.classes[model.predict(images[:1])[0]]
         'Ankle boot'
         """
-        from .datasets import pretrained_path
+        from ._pretrained import pretrained_path
 
         return cls.from_npz(pretrained_path(name), num_threads=num_threads)
 

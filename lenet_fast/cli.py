@@ -1,5 +1,6 @@
 """The ``lenet-fast`` command line (also ``python -m lenet_fast``): demo, predict, evaluate, info,
-convert, bench.
+convert.  (The benchmark against ONNX Runtime, OpenVINO and PyTorch is
+``python bench/report.py`` in the repository: it is not part of the installed package.)
 
 Design: each subcommand is one ``_command_*`` function taking the parsed arguments and returning
 an exit status; `main` parses, dispatches, and turns every expected failure (a missing or
@@ -22,7 +23,6 @@ from files (class names, metadata, file names) are printed with control characte
 import argparse
 import contextlib
 import csv
-import importlib
 import os
 import shutil
 import stat
@@ -34,7 +34,9 @@ import warnings
 import numpy as np
 from numpy.lib import format as npy_format
 
-from . import __version__, _dispatch, _weights, datasets
+from . import _dispatch, _weights, datasets
+from ._config import show_config
+from ._version import __version__
 from ._model import ArchitectureWarning, LeNet
 from .reference import ACTIVATIONS, OUTPUT_ACTIVATIONS, POOLS
 
@@ -731,8 +733,6 @@ def _plot_confusion(path, confusion, names, mistakes, model, file_format="png"):
 
 
 def _command_info(args):
-    from . import show_config
-
     model = load_model(args.model, _architecture_arguments(args))
     summary = model.summary()
     dims = model.dimensions
@@ -874,17 +874,6 @@ def _command_convert(args):
     return 0
 
 
-def _command_bench(arguments):
-    try:
-        benchmark = importlib.import_module(f"{__package__}.benchmark")
-    except ModuleNotFoundError as exc:
-        if exc.name != f"{__package__}.benchmark":
-            raise
-        raise CommandError("bench: this installation has no lenet_fast.benchmark module") from exc
-    status = benchmark.main(arguments)
-    return 0 if status is None else status
-
-
 # ---------------------------------------------------------------------------------------------
 # Entry point
 # ---------------------------------------------------------------------------------------------
@@ -955,9 +944,6 @@ def _parser():
         for option, choices in _ARCHITECTURE_OPTIONS.items():
             group.add_argument(f"--{option.replace('_', '-')}", dest=option, choices=choices,
                                metavar="{" + ",".join(choices) + "}")
-    # Every bench argument, --help included, goes to lenet_fast.benchmark's own parser.
-    commands.add_parser("bench", add_help=False,
-                        help="the benchmark table (lenet_fast.benchmark; see bench --help)")
     return parser
 
 
@@ -977,7 +963,7 @@ def main(argv=None):
     """
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command != "bench":
+    if extra:       # reported by the subcommand's parser, whose usage line names it
         subcommands = next(action for action in parser._actions
                            if isinstance(action, argparse._SubParsersAction))
         subcommands.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
@@ -985,8 +971,6 @@ def main(argv=None):
                 "evaluate": _command_evaluate, "info": _command_info,
                 "convert": _command_convert}
     try:
-        if args.command == "bench":
-            return _command_bench(extra)
         return commands[args.command](args)
     except BrokenPipeError:
         sys.stderr.close()      # the reader went away (e.g. `| head`): not an error

@@ -25,7 +25,7 @@ import threading
 import numpy as np
 
 from . import _dispatch
-from ._model import LeNet, _check_num_threads
+from ._model import LeNet, check_images, check_num_threads
 
 
 def _threads_per_task(model):
@@ -58,10 +58,10 @@ def _map_images(model, images, method, num_threads, check_finite):
         raise TypeError(f"images must be a dask.array.Array of shape (N, [C,] H, W); got "
                         f"{type(images).__name__} (wrap NumPy arrays with dask.array.from_array)")
     if num_threads is not None:
-        num_threads = _check_num_threads(num_threads)
+        num_threads = check_num_threads(num_threads)
     # The model's own validation, on a zero-strided stand-in of the same shape and dtype.
     n = 0 if math.isnan(images.shape[0]) else images.shape[0]  # NaN: chunk sizes not yet known
-    model._as_images(np.broadcast_to(np.zeros((), dtype=images.dtype), (n, *images.shape[1:])))
+    check_images(model, np.broadcast_to(np.zeros((), dtype=images.dtype), (n, *images.shape[1:])))
     images = images.rechunk({axis: -1 for axis in range(1, images.ndim)})
     if method == "predict":
         drop_axis, chunks, dtype = list(range(1, images.ndim)), (images.chunks[0],), np.int64

@@ -17,7 +17,6 @@ shape (N,).  Pretrained models store their preprocessing, so these uint8 images 
 """
 
 import gzip
-import importlib.resources
 import math
 import os
 import stat
@@ -26,6 +25,7 @@ import zlib
 import numpy as np
 
 from . import _weights
+from ._pretrained import PRETRAINED, data_file as _data_file, pretrained_path
 
 __all__ = [
     "DataFileError", "IdxReader", "read_idx", "write_idx", "load_fashion_mnist",
@@ -41,7 +41,6 @@ MNIST_CLASSES = tuple(str(digit) for digit in range(10))
 FASHION_MNIST_DIRECTORY = "/usr/share/datasets/fashion-mnist"   # Debian's dataset-fashion-mnist
 DATA_ENVIRONMENT_VARIABLE = "LENET_FAST_DATA"
 MNIST_SAMPLE_SPLIT = (400, 100)     # per digit: the first 400 images train, the last 100 test
-PRETRAINED = ("fashion-mnist", "mnist")
 
 # IDX dtype codes; multi-byte values are big-endian.
 _IDX_DTYPES = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"),
@@ -62,33 +61,6 @@ class DataFileError(ValueError):
 
     The message names the file, the problem, and the expected and found values.
     """
-
-
-def _data_file(name):
-    """Path of a file shipped in ``lenet_fast/data``."""
-    return os.fspath(importlib.resources.files("lenet_fast") / "data" / name)
-
-
-def pretrained_path(name):
-    """Path of the shipped ``.npz`` of a pretrained model.
-
-    Parameters
-    ----------
-    name : {"fashion-mnist", "mnist"}
-
-    Returns
-    -------
-    str
-
-    Raises
-    ------
-    ValueError
-        If `name` is not one of `PRETRAINED`.
-    """
-    if name not in PRETRAINED:
-        raise ValueError(f"unknown pretrained model {name!r}; expected one of "
-                         f"{', '.join(map(repr, PRETRAINED))}")
-    return _data_file(f"{name}.npz")
 
 
 # ---------------------------------------------------------------------------------------------

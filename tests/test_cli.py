@@ -275,21 +275,6 @@ def test_evaluate_keeps_copies_of_misclassified_images_not_views_into_chunks(
 
 
 # ---------------------------------------------------------------------------------------------
-# bench
-# ---------------------------------------------------------------------------------------------
-
-def test_bench(tmp_path):
-    pytest.importorskip("matplotlib")
-    output = run("bench", "--batches", "1", "--threads", "1", "--repeats", "1", "--plot",
-                 tmp_path / "out.png").stdout
-    assert "| engine | batch | threads | µs/call | images/s | vs ONNX Runtime | % of FMA peak |" \
-        in output
-    assert "| lenet_fast | 1 | 1 | " in output
-    assert f"plot written to {tmp_path / 'out.png'}" in output
-    assert_valid_png(tmp_path / "out.png")
-
-
-# ---------------------------------------------------------------------------------------------
 # Errors: one line, non-zero status, no traceback
 # ---------------------------------------------------------------------------------------------
 
@@ -349,13 +334,7 @@ def test_usage_errors():
     run_failing("predict", "fashion-mnist", match="the following arguments are required: INPUT",
                 status=2)
     run_failing("info", "mnist", "--bogus", match="unrecognized arguments: --bogus", status=2)
-    run_failing("bench", "--repeats", "0", status=2,
-                match="lenet-fast bench: error: argument --repeats: expected at least 1, got 0")
     assert "demo" in run("--help").stdout
-    bench_help = run("bench", "--help").stdout
-    assert bench_help.startswith("usage: lenet-fast bench ")
-    for option in ("--batches", "--threads", "--repeats", "--json", "--plot"):
-        assert option in bench_help
 
 
 def test_predict_and_info_take_an_onnx_model(tmp_path, sample, fashion):

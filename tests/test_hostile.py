@@ -746,21 +746,6 @@ def test_plot_destination_checked_before_the_work(tmp_path, monkeypatch, capsys)
         assert message in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("option, path, message", [
-    ("--json", "missing/x.json", "No such file or directory"),
-    ("--plot", "x", "expected a file name ending in .png, .pdf, .svg"),
-])
-def test_bench_destinations_checked_before_measuring(tmp_path, monkeypatch, capsys, option,
-                                                     path, message):
-    pytest.importorskip("matplotlib")
-    from lenet_fast import benchmark
-
-    monkeypatch.setattr(benchmark, "measure_fma_peak", lambda: pytest.fail("measured"))
-    assert cli.main(["bench", option, str(tmp_path / path)]) == 1
-    assert message in capsys.readouterr().err
-    assert leftovers(tmp_path) == []
-
-
 def test_idx_reader_refuses_a_fifo(tmp_path):
     os.mkfifo(tmp_path / "images.idx")
     with pytest.raises(datasets.DataFileError, match="expected a regular file, found a FIFO"):

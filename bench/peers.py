@@ -50,14 +50,13 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 import lenet_fast
-from lenet_fast import LeNet, __version__, _dispatch, reference, show_config
-from lenet_fast import cli
+from lenet_fast import LeNet, __version__, _dispatch, cli, reference, show_config
 from lenet_fast.onnx import INPUT_NAME, OUTPUT_NAME
 from tests.factories import random_images, random_weights
 

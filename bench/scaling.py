@@ -19,8 +19,8 @@ import time
 import numpy as np
 
 import lenet_fast
-from lenet_fast import LeNet
 from bench.peers import cpu_model
+from lenet_fast import LeNet
 from tests.factories import random_weights
 
 
@@ -52,7 +52,7 @@ def main():
     results = []
     load_before = os.getloadavg()
     for threads in (1, 2):
-        seconds, times = median_seconds(lambda: model.predict(images, num_threads=threads),
+        seconds, times = median_seconds(lambda threads=threads: model.predict(images, num_threads=threads),
                                         args.repeats)
         results.append((f"one process, {threads} thread{'s' * (threads > 1)}", seconds, times))
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,

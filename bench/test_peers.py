@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import peers as benchmark
 import lenet_fast
+from bench import peers as benchmark
 from lenet_fast import LeNet, cli
 from tests.factories import random_weights
 

@@ -147,7 +147,8 @@ def _warn_assumed(assumed, layout, source, stacklevel):
     message = (
         f"{source + ': ' if source else ''}neither the call nor the weights state "
         f"{', '.join(assumed)}, so lenet_fast assumed {values} ({origin}); if the model was "
-        f"trained with anything else, its outputs and labels are wrong. State it: pass the options (e.g. {values}; on the "
+        f"trained with anything else, its outputs and labels are wrong. State it: pass the "
+        f"options (e.g. {values}; on the "
         f"command line {flags}), or write a file that states it (LeNet.from_torch(net)"
         f".save_npz(path), save_npz of a model loaded with the options stated, or lenet-fast "
         f"convert), which loads with no warning")

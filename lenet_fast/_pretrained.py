@@ -21,6 +21,7 @@ def data_file(name: str) -> str:
     Returns
     -------
     str
+        Its path in the installed package.
     """
     return os.fspath(importlib.resources.files("lenet_fast") / "data" / name)
 
@@ -36,6 +37,7 @@ def pretrained_path(name: str) -> str:
     Returns
     -------
     str
+        The path of ``<name>.npz`` in the installed package.
 
     Raises
     ------

@@ -1,5 +1,6 @@
-"""The ``lenet-fast`` command line (also ``python -m lenet_fast``): demo, predict, evaluate, info,
-convert.  (The benchmark against ONNX Runtime, OpenVINO and PyTorch is
+"""The ``lenet-fast`` command line (also ``python -m lenet_fast``).
+
+Subcommands: demo, predict, evaluate, info, convert.  (The benchmark against ONNX Runtime, OpenVINO and PyTorch is
 ``python bench/report.py`` in the repository: it is not part of the installed package.)
 
 Design: each subcommand is one ``_command_*`` function taking the parsed arguments and returning
@@ -30,14 +31,16 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Sequence
+from types import ModuleType
 
 import numpy as np
 from numpy.lib import format as npy_format
 
-from . import _dispatch, _weights, datasets
+from . import _weights, datasets
 from ._config import show_config
-from ._version import __version__
 from ._model import ArchitectureWarning, LeNet
+from ._version import __version__
 from .reference import ACTIVATIONS, OUTPUT_ACTIVATIONS, POOLS
 
 CHUNK_IMAGES = 4096                 # images per chunk read, predicted and written
@@ -64,9 +67,22 @@ class CommandError(Exception):
     """An expected failure, reported as one line on stderr."""
 
 
-def printable(text):
-    """`text` with control and other non-printable characters escaped (``\\x1b``), so that a
-    string from an untrusted file cannot drive the terminal (escape sequences, bidi overrides)."""
+def printable(text: object) -> str:
+    """`text` with control and other non-printable characters escaped (``\\x1b``).
+
+    A string from an untrusted file then cannot drive the terminal (escape sequences, bidi
+    overrides).
+
+    Parameters
+    ----------
+    text : object
+        Converted with ``str`` first.
+
+    Returns
+    -------
+    str
+        `text` itself when it is printable.
+    """
     text = str(text)
     if text.isprintable():
         return text
@@ -156,13 +172,29 @@ _ARCHITECTURE_OPTIONS = {"conv_activation": ACTIVATIONS, "fc_activation": ACTIVA
                          "output_activation": OUTPUT_ACTIVATIONS, "pool": POOLS}
 
 
-def load_model(spec, architecture=None):
-    """A `LeNet` from a model file (see `read_model_file`) or a pretrained name (a file of that
-    name wins).
+def load_model(spec: str, architecture: dict | None = None) -> LeNet:
+    """A `LeNet` from a model file (see `read_model_file`) or a pretrained name.
 
-    `architecture` (``conv_activation`` ... ``pool``, None for unstated) overrides the file's.
     An `ArchitectureWarning` (the file does not state an option) is printed as one line on
     stderr.
+
+    Parameters
+    ----------
+    spec : str
+        A model file, or a pretrained name (``fashion-mnist``, ``mnist``); a file of that name
+        wins.
+    architecture : dict, optional
+        ``conv_activation`` ... ``pool`` (None for unstated): overrides the file's.
+
+    Returns
+    -------
+    LeNet
+        The model, with `architecture` applied.
+
+    Raises
+    ------
+    CommandError
+        If `spec` is neither a file nor a pretrained name.
     """
     architecture = {key: value for key, value in (architecture or {}).items() if value is not None}
     with _caught_architecture_warnings() as caught:
@@ -181,13 +213,29 @@ def load_model(spec, architecture=None):
     return model
 
 
-def read_model_file(path, architecture):
-    """The model in the file `path`, by the reader its suffix names (case-insensitive):
-    ``.onnx`` `LeNet.from_onnx`; ``.keras``, ``.h5``, ``.hdf5`` `LeNet.from_keras` (which tells a
-    Keras 3 archive from an HDF5 file by content); ``.pt``/``.pth`` refused (they need
+def read_model_file(path: str, architecture: dict) -> LeNet:
+    """The model in the file `path`, by the reader its suffix names (case-insensitive).
+
+    ``.onnx``: `LeNet.from_onnx`; ``.keras``, ``.h5``, ``.hdf5``: `LeNet.from_keras` (which
+    tells a Keras 3 archive from an HDF5 file by content); ``.pt``/``.pth`` refused (they need
     ``lenet-fast convert --torch``); anything else `LeNet.from_npz`.
 
-    `architecture` (options with a value) overrides what the file states, for every format.
+    Parameters
+    ----------
+    path : str
+        The model file.
+    architecture : dict
+        Options with a value: override what the file states, for every format.
+
+    Returns
+    -------
+    LeNet
+        Read by the reader of its suffix.
+
+    Raises
+    ------
+    CommandError
+        For a PyTorch file.
     """
     suffix = os.path.splitext(path)[1].lower()
     if suffix in _TORCH_SUFFIXES:
@@ -337,7 +385,7 @@ class _ImageSource:
         return np.stack(pixels)
 
 
-def read_image(path, image_module=None):
+def read_image(path: str, image_module: ModuleType | None = None) -> np.ndarray:
     """One 28 x 28 or 32 x 32 image file as a 2-D uint8 array of grayscale pixels.
 
     The dimensions are read from the image header and checked before any pixel is decoded, and
@@ -354,6 +402,7 @@ def read_image(path, image_module=None):
     Returns
     -------
     ndarray of uint8, shape (28, 28) or (32, 32)
+        Grayscale pixels (colour images are converted with Pillow's "L" mode).
 
     Raises
     ------
@@ -675,7 +724,7 @@ def _evaluate(args, plot):
     return 0
 
 
-def import_pyplot():
+def import_pyplot() -> ModuleType:
     """Import matplotlib's pyplot on the non-interactive Agg backend, for ``--plot`` options.
 
     Returns
@@ -947,12 +996,12 @@ def _parser():
     return parser
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``lenet-fast`` command line.
 
     Parameters
     ----------
-    argv : list of str, optional
+    argv : sequence of str, optional
         Arguments without the program name; default ``sys.argv[1:]``.
 
     Returns

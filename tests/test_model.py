@@ -359,7 +359,7 @@ def test_pickle_and_copies(duplicate):
     clone = duplicate(original)
     assert clone.architecture == original.architecture
     assert clone.metadata == metadata and clone.num_threads == 1
-    assert clone.classes == original.classes == tuple("abcde")
+    assert clone.classes == original.classes == list("abcde")
     assert clone.isa == _dispatch.kernels.ISA
     for key, value in original.weights.items():
         np.testing.assert_array_equal(clone.weights[key], value)

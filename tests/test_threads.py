@@ -245,8 +245,9 @@ BATCH_SIZES = [1, 3, LANES, LANES + 5, 100, 257]
 
 
 def test_eight_threads_share_one_model():
-    model = LeNet(normal_weights(), num_threads=2)
+    model = LeNet(normal_weights(), output_activation="softmax", num_threads=2)
     batches = [images(n, seed=n) for n in BATCH_SIZES]
+    batches += [images(n, size=28, seed=n) for n in (7, 21, 33)]    # 28x28: padded inside
     calls, mismatches = hammer([model], batches, SECONDS)
     assert not mismatches
     assert calls > 8
@@ -310,7 +311,8 @@ def test_child_process_loads_and_predicts_after_a_multithreaded_predict(tmp_path
 # ---------------------------------------------------------------------------------------------
 
 
-def test_num_threads_above_the_cap_is_refused(model):
+def test_num_threads_above_the_cap_is_refused():
+    model = LeNet(normal_weights(), num_threads=2)
     assert lenet_fast.MAX_THREADS == 256
     with pytest.raises(ValueError, match=r"^num_threads must be at most 256 "
                                          r"\(lenet_fast.MAX_THREADS\); got 1000$"):

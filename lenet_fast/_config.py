@@ -10,7 +10,7 @@ from . import _dispatch
 from ._version import __version__
 
 
-def show_config(print_out=True):
+def show_config(print_out: bool = True) -> dict:
     """Report the kernel level chosen at import, the threading in effect, and thread defaults.
 
     Parameters

@@ -21,6 +21,7 @@ import math
 import os
 import stat
 import zlib
+from collections.abc import Iterator
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -104,7 +105,7 @@ class IdxReader:
     ...         labels = model.predict(block)
     """
 
-    def __init__(self, path):
+    def __init__(self, path: str | os.PathLike) -> None:
         self.path = os.fspath(path)
         if not stat.S_ISREG(os.stat(self.path).st_mode):     # a FIFO would block for ever
             raise DataFileError(f"{self.path}: expected a regular file, found a FIFO, device or "
@@ -168,20 +169,20 @@ class IdxReader:
             raise self._error(f"header declares {described}, more than a {file_size:,}-byte gzip "
                               f"file can hold (truncated or wrong file)")
 
-    def __len__(self):
+    def __len__(self) -> int:
         return self.shape[0]
 
-    def __enter__(self):
+    def __enter__(self) -> "IdxReader":
         return self
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def close(self) -> None:
         """Close the file (also done on leaving a ``with`` block)."""
         self._file.close()
 
-    def chunks(self, items=None):
+    def chunks(self, items: int | None = None) -> Iterator[np.ndarray]:
         """Yield the data along its first axis, at most `items` entries per array.
 
         Parameters

@@ -22,17 +22,26 @@ metadata queries need no compiler.
 Environment variables read here:
 
 ``LENET_FAST_DEBUG=1``
-    Checked build: ``-O1 -g``, assertions on, Cython's bounds/wraparound/initialisation checks on
-    (they guard the Python-facing code; the kernels use raw pointers, which
-    ``LENET_FAST_SANITIZE=address`` -- AddressSanitizer -- checks instead).
+    Checked build: adds ``-O1 -g -UNDEBUG -fno-omit-frame-pointer`` after the release flags (so
+    ``-std=gnu11 -fno-math-errno -ffp-contract=off`` stay; the later ``-O1`` wins over ``-O3``),
+    and turns on Cython's bounds/wraparound/initialisation checks (they guard the Python-facing
+    code; the kernels use raw pointers, which ``LENET_FAST_SANITIZE=address`` checks instead).
+``LENET_FAST_SANITIZE=address``
+    Adds AddressSanitizer (``-fsanitize=address``, compile and link); used with
+    ``LENET_FAST_DEBUG=1`` by ``tools/checked_build.sh``, which preloads libasan into Python.
 ``LENET_FAST_NO_OPENMP=1``
     Build without -fopenmp even when the compiler supports it.  The kernels' threads come from
     their own pthread pool (src/parallel.h), so this changes only what show_config() reports.
 ``LENET_FAST_TARGET_ARCH``
     Override the detected target architecture (``x86_64``, ``aarch64``, ...).
+``CC``, ``CFLAGS``, ``ARCHFLAGS``, ``CPPFLAGS``, ``LDFLAGS``
+    The compiler and its flags, as distutils uses them; also used to find the target
+    architecture (``-dumpmachine``) and to probe OpenMP.
 
 The build writes ``lenet_fast/_build_info.json`` next to the extension modules: the target it
 detected and, when the kernels have no OpenMP, why (``lenet_fast.show_config()`` reports it).
+Every ``src/*.tp`` template is rendered (``x.pxi.tp`` -> ``x.pxi``) when ``build_ext`` runs,
+never when this file is imported.
 """
 
 import json
@@ -172,6 +181,19 @@ KERNEL_DEPENDS = sorted(
     + [f"src/{path.name}" for path in SRC.glob("*.tp")])
 
 
+def common_flags(debug=DEBUG, sanitize=SANITIZE):
+    """``(compile flags, link flags)`` of every extension: the release flags, then what the
+    checked build (`debug`) and AddressSanitizer (``sanitize == "address"``) add to them."""
+    compile_flags = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-std=gnu11"]
+    link_flags = []
+    if debug:   # added after the release flags: the later -O1 wins over -O3
+        compile_flags += ["-O1", "-g", "-UNDEBUG", "-fno-omit-frame-pointer"]
+    if sanitize == "address":
+        compile_flags += ["-fsanitize=address"]
+        link_flags += ["-fsanitize=address"]
+    return compile_flags, link_flags
+
+
 def declared_extensions():
     """The extension modules, with their sources and ISA flags (completed by `BuildKernels`)."""
     modules = [Extension("lenet_fast._cpu_features", sources=["src/_cpu_features.pyx"])]
@@ -198,13 +220,7 @@ class BuildKernels(build_ext):
 
         generate_from_templates()
         openmp_compile, openmp_link, no_openmp_reason = openmp_flags()
-        common_compile = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-std=gnu11"]
-        common_link = []
-        if DEBUG:
-            common_compile = ["-O1", "-g", "-ffp-contract=off", "-UNDEBUG", "-fno-omit-frame-pointer"]
-        if SANITIZE == "address":
-            common_compile += ["-fsanitize=address"]
-            common_link += ["-fsanitize=address"]
+        common_compile, common_link = common_flags()
         for extension in self.extensions:
             extension.include_dirs = [str(SRC), np.get_include()]
             extension.extra_compile_args = common_compile + extension.extra_compile_args

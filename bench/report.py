@@ -1,7 +1,7 @@
-"""``python bench/report.py [options]``: the benchmark table, same as ``lenet-fast bench``.
+"""``python bench/report.py [options]``: the benchmark table (see `bench.peers`).
 
-The peers, the methodology and the options live in `lenet_fast.benchmark`; this script only
-makes the repository importable when run from a source checkout.
+The peers, the methodology and the options live in `bench.peers`; this script only makes the
+repository importable (``bench`` and ``tests.factories``) when run as a file.
 """
 
 import sys
@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lenet_fast.benchmark import main  # noqa: E402
+from bench.peers import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,6 +1,6 @@
-"""Throughput from one thread to threads to a Dask cluster, for docs/SCALING.md.
+"""Throughput from one thread to threads to a Dask cluster, for README.md's "Scaling out" section.
 
-Design: the same model (`lenet_fast.benchmark.random_weights`) and the same number of float32
+Design: the same model (`tests.factories.random_weights`) and the same number of float32
 32x32 images in three settings -- `LeNet.predict` with 1 thread, with 2 threads, and
 `lenet_fast.dask.predict` on a ``dask.distributed.LocalCluster`` of 2 single-thread worker
 processes.  The cluster's images are generated and persisted on the workers before timing, so
@@ -19,8 +19,9 @@ import time
 import numpy as np
 
 import lenet_fast
+from bench.peers import cpu_model
 from lenet_fast import LeNet
-from lenet_fast.benchmark import cpu_model, random_weights
+from tests.factories import random_weights
 
 
 def median_seconds(run, repeats):
@@ -51,7 +52,7 @@ def main():
     results = []
     load_before = os.getloadavg()
     for threads in (1, 2):
-        seconds, times = median_seconds(lambda: model.predict(images, num_threads=threads),
+        seconds, times = median_seconds(lambda threads=threads: model.predict(images, num_threads=threads),
                                         args.repeats)
         results.append((f"one process, {threads} thread{'s' * (threads > 1)}", seconds, times))
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,

@@ -1,7 +1,7 @@
 """pytest-benchmark: lenet_fast against its peers, one group per (batch size, thread count).
 
 Run with ``pytest bench/ --benchmark-only``.  Every engine computes the same network from the same
-weights (checked when the peers are built, see `lenet_fast.benchmark.build_peers`) on the same
+weights (checked when the peers are built, see `bench.peers.build_peers`) on the same
 images; engines whose package is missing are skipped.  Small batches use pytest-benchmark's own
 calibration; batches of 1024 and more use a fixed number of rounds so the whole run stays within
 minutes.  There are no timing assertions: the point is the side-by-side table.
@@ -9,9 +9,8 @@ minutes.  There are no timing assertions: the point is the side-by-side table.
 
 import pytest
 
-from lenet_fast.benchmark import (
-    ENGINES, build_peers, is_benchmarked_at, random_images, random_weights,
-)
+from bench.peers import ENGINES, build_peers, is_benchmarked_at
+from tests.factories import random_images, random_weights
 
 BATCHES = (1, 64, 1024, 16384)
 THREADS = (1, 2)

@@ -1,6 +1,6 @@
 """Thread scaling of lenet_fast against ONNX Runtime, on a quiet machine and beside a busy neighbour.
 
-Design: `lenet_fast.benchmark.run_report` does the measuring (both engines in this process, same
+Design: `bench.peers.run_report` does the measuring (both engines in this process, same
 weights and images, each repeat visiting every (batch, threads) configuration and the engines in
 a rotating order, a settle pause between engines, medians over repeats).  This script picks the
 configurations -- threads 1, 2, 4, ... up to the CPUs this process may use, batches 1, 16, 64,
@@ -25,7 +25,8 @@ import sys
 import time
 
 import lenet_fast
-from lenet_fast import _dispatch, benchmark
+from bench import peers as benchmark
+from lenet_fast import _dispatch
 
 BATCHES = (1, 16, 64, 256, 1024, 16384)
 BUSY_LOOP = "import os, sys; os.sched_setaffinity(0, {int(sys.argv[1])})\nwhile True: pass"

@@ -1,14 +1,32 @@
-"""lenet_fast: LeNet-5 inference on the CPU with compiled SIMD kernels behind a NumPy API.
+"""LeNet-5 inference on the CPU with compiled SIMD kernels behind a NumPy API.
 
 >>> from lenet_fast import LeNet
 >>> labels = LeNet.from_npz("lenet.npz").predict(batch)   # doctest: +SKIP
 
-Layout of the package: ``_model`` (the `LeNet` class: validation, options), ``_weights`` (weight
-layouts and safe ``.npz`` I/O), ``_dispatch`` (which compiled kernel module runs: AVX-512, AVX2
-or generic, chosen at import), ``reference`` (plain NumPy forward pass, the ground truth), and
-the compiled ``_kernels_*`` modules built from ``src/``.
-"""
+Where each concern lives (public modules first):
 
+- ``lenet_fast`` (this file): the public names, re-exported; `show_config`.
+- `datasets`: IDX files (read, write), Fashion-MNIST, the MNIST sample, the bundled sample.
+- `onnx`, `keras`: reading and writing ONNX graphs, reading Keras models (``LeNet.from_onnx``,
+  ``to_onnx``, ``from_keras`` compose them).
+- `dask`: lazy inference over Dask arrays and on ``dask.distributed`` clusters.
+- `reference`: the plain NumPy forward pass, the ground truth the kernels are tested against.
+- `cli` (and ``__main__``): the ``lenet-fast`` command line.
+- `train`: ``python -m lenet_fast.train``, the PyTorch recipe that wrote the shipped models.
+- ``_model``: the `LeNet` class (options, validation, threads, saving, pickling).
+- ``_weights``: weight layouts, canonical shapes and safe ``.npz`` reading and writing.
+- ``_torch``: reading PyTorch modules and state dicts (``LeNet.from_torch``).
+- ``_summary``: the layer table (`ModelSummary`, `LayerSummary`).
+- ``_preprocessing``: stored uint8 normalisation and class names in a model's metadata.
+- ``_pretrained``: the registry of the shipped models in ``lenet_fast/data``.
+- ``_dispatch``: which compiled kernel module runs (AVX-512, AVX2 or generic, chosen at
+  import; ``LENET_FAST_ISA``), usable CPUs and the default thread count.
+- ``_config``: `show_config`; ``_version``: the version.
+- ``_cpu_features`` and ``_kernels_{generic,avx2,avx512}``: compiled from ``src/`` (see
+  setup.py): CPU detection, and the kernels with their thread pool.
+
+The benchmarks against other engines live in the repository's ``bench/``, not in the package.
+"""
 import os as _os
 import sys as _sys
 
@@ -30,66 +48,13 @@ except ImportError as _exc:
         print(f"lenet-fast: error: {_exc}", file=_sys.stderr)
         raise SystemExit(1) from None
     raise
+from ._config import show_config
 from ._model import MAX_THREADS, ArchitectureWarning, LeNet
 from ._summary import LayerSummary, ModelSummary
 from ._torch import TorchImportError
+from ._version import __version__
 from ._weights import WeightFileError
 from .onnx import ONNXImportError
 
-__version__ = "0.1.0"
 __all__ = ["ArchitectureWarning", "LeNet", "LayerSummary", "MAX_THREADS", "ModelSummary",
            "ONNXImportError", "TorchImportError", "WeightFileError", "show_config"]
-
-
-def show_config(print_out=True):
-    """Report the kernel level chosen at import, the threading in effect, and thread defaults.
-
-    Parameters
-    ----------
-    print_out : bool, default True
-        Print a readable report as well as returning it.
-
-    Returns
-    -------
-    dict
-        ``isa`` (the level in use), ``usable_isas`` (levels this CPU runs, best first),
-        ``built_isas``, ``forced_isa`` (``LENET_FAST_ISA`` or None), ``vector_lanes``,
-        ``openmp`` (whether the build passed ``-fopenmp``; the kernels' threads do not use it),
-        ``threading`` (what runs the threads), ``spin_microseconds`` (how long an idle pool
-        thread spins before sleeping: ``LENET_FAST_SPIN_US``, read when the first batch runs on
-        several threads, and always in effect since the pool is lenet_fast's own),
-        ``openmp_runtimes_loaded`` (OpenMP runtimes other libraries loaded into this process:
-        their threads may spin on the same cores), ``usable_cpus`` (affinity mask capped by the
-        cgroup CPU quota), ``cgroup_cpu_limit`` (None without a quota), ``pool_jobs`` (jobs run
-        with helpers, jobs run on the caller alone while the pool backed off, jobs after which it
-        backed off: helpers that lose their core make the pool back off),
-        ``no_openmp_reason`` (None, or why the build has no ``-fopenmp``; informational,
-        the pool does not need it), ``default_num_threads``, ``version``.
-    """
-    import os
-
-    kernels = _dispatch.kernels
-    config = {
-        "version": __version__,
-        "isa": kernels.ISA,
-        "usable_isas": _dispatch.usable_levels(),
-        "built_isas": _dispatch.built_levels(),
-        "forced_isa": os.environ.get(_dispatch.ISA_ENVIRONMENT_VARIABLE) or None,
-        "vector_lanes": kernels.LANES,
-        "openmp": kernels.HAVE_OPENMP,
-        "threading": kernels.THREADING,
-        "spin_microseconds": kernels.pool_spin_us(),
-        "pool_jobs": kernels.pool_statistics(),
-        "openmp_runtimes_loaded": _dispatch.loaded_openmp_runtimes(),
-        "usable_cpus": _dispatch.usable_cpus(),
-        "cgroup_cpu_limit": _dispatch.cgroup_cpu_limit(),
-        "no_openmp_reason": _dispatch.no_openmp_reason(),
-        "default_num_threads": _dispatch.default_num_threads(),
-    }
-    if print_out:
-        width = max(map(len, config))
-        for key, value in config.items():
-            if isinstance(value, tuple):
-                value = ", ".join(value) or "none"
-            print(f"{key.ljust(width)}  {value}")
-    return config

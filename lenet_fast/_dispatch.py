@@ -11,6 +11,7 @@ import importlib
 import importlib.util
 import json
 import os
+from types import ModuleType
 
 _NOT_BUILT = (
     "lenet_fast has no compiled kernels here ({where}): install the package with `pip install .` "
@@ -50,22 +51,44 @@ LEVELS = ("avx512", "avx2", "generic")
 ISA_ENVIRONMENT_VARIABLE = "LENET_FAST_ISA"
 
 
-def built_levels():
-    """Kernel levels compiled into this installation, best first."""
+def built_levels() -> tuple[str, ...]:
+    """Kernel levels compiled into this installation, best first.
+
+    Returns
+    -------
+    tuple of str
+        Some of `LEVELS`, in their order.
+    """
     return tuple(
         level for level in LEVELS
         if importlib.util.find_spec(f"lenet_fast._kernels_{level}") is not None
     )
 
 
-def usable_levels():
-    """Levels both built here and supported by this CPU, best first."""
+def usable_levels() -> tuple[str, ...]:
+    """Levels both built here and supported by this CPU, best first.
+
+    Returns
+    -------
+    tuple of str
+        Some of `LEVELS`, in their order; the first is the one imported by default.
+    """
     supported = _cpu_features.supported_levels()
     return tuple(level for level in built_levels() if level in supported)
 
 
-def load_kernels(level):
+def load_kernels(level: str) -> ModuleType:
     """Import the kernel module of ``level`` after checking that this CPU can run it.
+
+    Parameters
+    ----------
+    level : {"avx512", "avx2", "generic"}
+        One of `LEVELS`.
+
+    Returns
+    -------
+    module
+        ``lenet_fast._kernels_<level>``.
 
     Raises
     ------
@@ -130,13 +153,26 @@ def _cgroup_folders(root, relative):
     return [os.path.join(root, *parts[:depth]) for depth in range(len(parts), -1, -1)]
 
 
-def cgroup_cpu_limit(root="/sys/fs/cgroup", self_cgroup="/proc/self/cgroup"):
+def cgroup_cpu_limit(root: str = "/sys/fs/cgroup",
+                     self_cgroup: str = "/proc/self/cgroup") -> int | None:
     """CPUs this process's cgroup CPU quota allows (rounded up), or None without a quota.
 
     Reads cgroup v2 ``cpu.max`` ("max 100000" or "150000 100000") and cgroup v1
     ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``, in the process's own cgroup (from
     ``self_cgroup``) and every ancestor, and returns the smallest limit found, as loky (which
-    scikit-learn uses) does.  ``root`` and ``self_cgroup`` exist for tests.
+    scikit-learn uses) does.
+
+    Parameters
+    ----------
+    root : str, default "/sys/fs/cgroup"
+        Where the cgroup file systems are mounted (another folder in tests).
+    self_cgroup : str, default "/proc/self/cgroup"
+        The file naming this process's cgroups (another file in tests).
+
+    Returns
+    -------
+    int or None
+        The smallest limit found, at least 1; None when no quota applies.
     """
     v2_path, v1_path = "/", None
     try:
@@ -167,9 +203,15 @@ def cgroup_cpu_limit(root="/sys/fs/cgroup", self_cgroup="/proc/self/cgroup"):
     return min(limits) if limits else None
 
 
-def usable_cpus():
-    """CPUs this process can actually use: its affinity mask (``os.sched_getaffinity``, else
-    ``os.cpu_count()``), capped by its cgroup CPU quota (`cgroup_cpu_limit`)."""
+def usable_cpus() -> int:
+    """CPUs this process can actually use.
+
+    Returns
+    -------
+    int
+        Its affinity mask (``os.sched_getaffinity``, else ``os.cpu_count()``), capped by its
+        cgroup CPU quota (`cgroup_cpu_limit`); at least 1.
+    """
     if hasattr(os, "sched_getaffinity"):
         cpus = len(os.sched_getaffinity(0))
     else:
@@ -180,10 +222,17 @@ def usable_cpus():
     return max(1, cpus)
 
 
-def no_openmp_reason():
-    """None when the kernels were built with ``-fopenmp``; otherwise why not, as recorded by
-    ``setup.py``.  Informational: the kernels' threads come from lenet_fast's own pthread pool
-    (``parallel.h``), which works the same with or without OpenMP."""
+def no_openmp_reason() -> str | None:
+    """Why the kernels were built without ``-fopenmp``, as recorded by ``setup.py``.
+
+    Informational: the kernels' threads come from lenet_fast's own pthread pool
+    (``parallel.h``), which works the same with or without OpenMP.
+
+    Returns
+    -------
+    str or None
+        None when the kernels were built with ``-fopenmp``.
+    """
     if kernels.HAVE_OPENMP:
         return None
     try:
@@ -194,9 +243,15 @@ def no_openmp_reason():
     return reason or "the kernels were built without OpenMP (the build recorded no reason)"
 
 
-def default_num_threads():
-    """Threads a model uses by default: ``OMP_NUM_THREADS`` when set (the convention of the
-    numerical Python stack), else `usable_cpus` (affinity mask and cgroup CPU quota)."""
+def default_num_threads() -> int:
+    """Threads a model uses by default.
+
+    Returns
+    -------
+    int
+        ``OMP_NUM_THREADS`` when set to a positive integer (the convention of the numerical
+        Python stack), else `usable_cpus` (affinity mask and cgroup CPU quota).
+    """
     requested = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
     if requested.isdigit() and int(requested) > 0:
         return int(requested)
@@ -209,10 +264,17 @@ kernels = _select_kernels()
 _OPENMP_RUNTIMES = ("libgomp", "libiomp5", "libomp")
 
 
-def loaded_openmp_runtimes():
-    """File names of the OpenMP runtimes loaded in this process (from ``/proc/self/maps``; an
-    empty tuple where that file does not exist).  lenet_fast's kernels do not use OpenMP, but
-    another library's OpenMP threads may spin on the cores they need."""
+def loaded_openmp_runtimes() -> tuple[str, ...]:
+    """File names of the OpenMP runtimes loaded in this process.
+
+    lenet_fast's kernels do not use OpenMP, but another library's OpenMP threads may spin on
+    the cores they need.
+
+    Returns
+    -------
+    tuple of str
+        From ``/proc/self/maps``, sorted; empty where that file does not exist.
+    """
     try:
         with open("/proc/self/maps", encoding="ascii", errors="replace") as maps:
             paths = {line.split()[-1] for line in maps if "/" in line}

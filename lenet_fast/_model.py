@@ -173,7 +173,8 @@ def _warn_assumed(assumed, layout, source, stacklevel):
     message = (
         f"{source + ': ' if source else ''}neither the call nor the weights state "
         f"{', '.join(assumed)}, so lenet_fast assumed {values} ({origin}); if the model was "
-        f"trained with anything else, its outputs and labels are wrong. State it: pass the options (e.g. {values}; on the "
+        f"trained with anything else, its outputs and labels are wrong. State it: pass the "
+        f"options (e.g. {values}; on the "
         f"command line {flags}), or write a file that states it (LeNet.from_torch(net)"
         f".save_npz(path), save_npz of a model loaded with the options stated, or lenet-fast "
         f"convert), which loads with no warning")
@@ -196,6 +197,15 @@ def _check_num_threads(value, argument="num_threads"):
         raise ValueError(f"{argument} must be at most {MAX_THREADS} (lenet_fast.MAX_THREADS); "
                          f"got {value}")
     return int(value)
+
+
+# Shared with lenet_fast.dask, which validates what it is given exactly as LeNet does.
+check_num_threads = _check_num_threads
+
+
+def check_images(model, images):
+    """`model`'s validation of `images` (shape, dtype), as `LeNet.predict` does it."""
+    return model._as_images(images)
 
 
 _thread_start_lock = threading.Lock()
@@ -430,7 +440,7 @@ class LeNet:
         >>> model.classes[model.predict(images[:1])[0]]
         'Ankle boot'
         """
-        from .datasets import pretrained_path
+        from ._pretrained import pretrained_path
 
         return cls.from_npz(pretrained_path(name), num_threads=num_threads)
 

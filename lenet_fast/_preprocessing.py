@@ -45,8 +45,18 @@ class Preprocessing:
     pad: int = _ENGINE_PAD
 
     @classmethod
-    def from_metadata(cls, metadata):
+    def from_metadata(cls, metadata: dict) -> "Preprocessing | None":
         """The preprocessing stored in a model's metadata, or None if there is none.
+
+        Parameters
+        ----------
+        metadata : dict
+            A model's metadata (``LeNet.metadata``, or what a weight file stores).
+
+        Returns
+        -------
+        Preprocessing or None
+            None when `metadata` has no ``"preprocessing"`` entry.
 
         Raises
         ------
@@ -89,20 +99,28 @@ class Preprocessing:
                 f"{extremes[0]} and {extremes[1]}")
         return preprocessing
 
-    def to_metadata(self):
-        """The dict stored under ``metadata["preprocessing"]``."""
+    def to_metadata(self) -> dict:
+        """The dict stored under ``metadata["preprocessing"]``.
+
+        Returns
+        -------
+        dict
+            ``scale``, ``mean``, ``std`` and ``pad``, JSON-serialisable.
+        """
         return {"scale": self.scale, "mean": self.mean, "std": self.std, "pad": self.pad}
 
-    def apply(self, pixels):
+    def apply(self, pixels: np.ndarray) -> np.ndarray:
         """Normalise uint8 pixels into a new C-contiguous float32 array of the same shape.
 
         Parameters
         ----------
         pixels : ndarray of uint8
+            Raw pixels, any shape.
 
         Returns
         -------
         ndarray of float32
+            ``(pixels / scale - mean) / std``, computed in float32.
         """
         result = np.empty(pixels.shape, dtype=np.float32)
         np.divide(pixels, np.float32(self.scale), out=result, dtype=np.float32)
@@ -119,8 +137,20 @@ def _as_float(number):
         return math.inf
 
 
-def class_names(metadata, n_classes):
+def class_names(metadata: dict, n_classes: int) -> list[str] | None:
     """The class names stored in a model's metadata (a list of str), or None if there are none.
+
+    Parameters
+    ----------
+    metadata : dict
+        A model's metadata.
+    n_classes : int
+        The model's number of outputs: the list must hold one name per output.
+
+    Returns
+    -------
+    list of str or None
+        A copy of the stored list; None when `metadata` has no ``"classes"`` entry.
 
     Raises
     ------

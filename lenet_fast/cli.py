@@ -1,5 +1,7 @@
-"""The ``lenet-fast`` command line (also ``python -m lenet_fast``): demo, predict, evaluate, info,
-convert, bench.
+"""The ``lenet-fast`` command line (also ``python -m lenet_fast``).
+
+Subcommands: demo, predict, evaluate, info, convert.  (The benchmark against ONNX Runtime, OpenVINO and PyTorch is
+``python bench/report.py`` in the repository: it is not part of the installed package.)
 
 Design: each subcommand is one ``_command_*`` function taking the parsed arguments and returning
 an exit status; `main` parses, dispatches, and turns every expected failure (a missing or
@@ -22,7 +24,6 @@ from files (class names, metadata, file names) are printed with control characte
 import argparse
 import contextlib
 import csv
-import importlib
 import os
 import re
 import shutil
@@ -31,14 +32,18 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Sequence
+from types import ModuleType
 
 import numpy as np
 from numpy.lib import format as npy_format
 
-from . import __version__, _dispatch, _weights, datasets
+from . import _weights, datasets
+from ._config import show_config
 from ._model import ArchitectureWarning, LeNet
 from ._architecture import GEOMETRY_OPTIONS, PADDINGS
 from ._architecture import OPTIONS as _ARCHITECTURE_OPTIONS
+from ._version import __version__
 
 CHUNK_IMAGES = 4096                 # images per chunk read, predicted and written
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")   # model files read with LeNet.from_keras
@@ -64,9 +69,22 @@ class CommandError(Exception):
     """An expected failure, reported as one line on stderr."""
 
 
-def printable(text):
-    """`text` with control and other non-printable characters escaped (``\\x1b``), so that a
-    string from an untrusted file cannot drive the terminal (escape sequences, bidi overrides)."""
+def printable(text: object) -> str:
+    """`text` with control and other non-printable characters escaped (``\\x1b``).
+
+    A string from an untrusted file then cannot drive the terminal (escape sequences, bidi
+    overrides).
+
+    Parameters
+    ----------
+    text : object
+        Converted with ``str`` first.
+
+    Returns
+    -------
+    str
+        `text` itself when it is printable.
+    """
     text = str(text)
     if text.isprintable():
         return text
@@ -152,13 +170,30 @@ def _refuse_overwriting(output, inputs, option):
 # Models and inputs
 # ---------------------------------------------------------------------------------------------
 
-def load_model(spec, architecture=None):
+def load_model(spec: str, architecture: dict | None = None) -> LeNet:
     """A `LeNet` from a model file (see `read_model_file`) or a pretrained name (a file of that
     name wins).
 
-    `architecture` (``conv_activation`` ... ``pool``, None for unstated) overrides the file's.
     An `ArchitectureWarning` (the file does not state an option) is printed as one line on
     stderr.
+
+    Parameters
+    ----------
+    spec : str
+        A model file, or a pretrained name (``fashion-mnist``, ``mnist``); a file of that name
+        wins.
+    architecture : dict, optional
+        ``conv_activation`` ... ``pool`` (None for unstated): overrides the file's.
+
+    Returns
+    -------
+    LeNet
+        The model, with `architecture` applied.
+
+    Raises
+    ------
+    CommandError
+        If `spec` is neither a file nor a pretrained name.
     """
     architecture = {key: value for key, value in (architecture or {}).items() if value is not None}
     with _caught_architecture_warnings() as caught:
@@ -177,13 +212,29 @@ def load_model(spec, architecture=None):
     return model
 
 
-def read_model_file(path, architecture):
-    """The model in the file `path`, by the reader its suffix names (case-insensitive):
-    ``.onnx`` `LeNet.from_onnx`; ``.keras``, ``.h5``, ``.hdf5`` `LeNet.from_keras` (which tells a
-    Keras 3 archive from an HDF5 file by content); ``.pt``/``.pth`` refused (they need
+def read_model_file(path: str, architecture: dict) -> LeNet:
+    """The model in the file `path`, by the reader its suffix names (case-insensitive).
+
+    ``.onnx``: `LeNet.from_onnx`; ``.keras``, ``.h5``, ``.hdf5``: `LeNet.from_keras` (which
+    tells a Keras 3 archive from an HDF5 file by content); ``.pt``/``.pth`` refused (they need
     ``lenet-fast convert --torch``); anything else `LeNet.from_npz`.
 
-    `architecture` (options with a value) overrides what the file states, for every format.
+    Parameters
+    ----------
+    path : str
+        The model file.
+    architecture : dict
+        Options with a value: override what the file states, for every format.
+
+    Returns
+    -------
+    LeNet
+        Read by the reader of its suffix.
+
+    Raises
+    ------
+    CommandError
+        For a PyTorch file.
     """
     suffix = os.path.splitext(path)[1].lower()
     if suffix in _TORCH_SUFFIXES:
@@ -352,7 +403,7 @@ class _ImageSource:
         return np.stack(pixels)
 
 
-def read_image(path, image_module=None):
+def read_image(path: str, image_module: ModuleType | None = None) -> np.ndarray:
     """One 28 x 28 or 32 x 32 image file as a 2-D uint8 array of grayscale pixels.
 
     The dimensions are read from the image header and checked before any pixel is decoded, and
@@ -369,6 +420,7 @@ def read_image(path, image_module=None):
     Returns
     -------
     ndarray of uint8, shape (28, 28) or (32, 32)
+        Grayscale pixels (colour images are converted with Pillow's "L" mode).
 
     Raises
     ------
@@ -690,7 +742,7 @@ def _evaluate(args, plot):
     return 0
 
 
-def import_pyplot():
+def import_pyplot() -> ModuleType:
     """Import matplotlib's pyplot on the non-interactive Agg backend, for ``--plot`` options.
 
     Returns
@@ -748,8 +800,6 @@ def _plot_confusion(path, confusion, names, mistakes, model, file_format="png"):
 
 
 def _command_info(args):
-    from . import show_config
-
     model = load_model(args.model, _architecture_arguments(args))
     summary = model.summary()
     dims = model.dimensions
@@ -894,17 +944,6 @@ def _command_convert(args):
     return 0
 
 
-def _command_bench(arguments):
-    try:
-        benchmark = importlib.import_module(f"{__package__}.benchmark")
-    except ModuleNotFoundError as exc:
-        if exc.name != f"{__package__}.benchmark":
-            raise
-        raise CommandError("bench: this installation has no lenet_fast.benchmark module") from exc
-    status = benchmark.main(arguments)
-    return 0 if status is None else status
-
-
 # ---------------------------------------------------------------------------------------------
 # Entry point
 # ---------------------------------------------------------------------------------------------
@@ -982,18 +1021,15 @@ def _parser():
             group.add_argument(f"--{option.replace('_', '-')}", dest=option, type=int,
                                choices=PADDINGS, metavar="{0,2}",
                                help=f"zero padding of {option[:5]} (0, or 2 for 'same')")
-    # Every bench argument, --help included, goes to lenet_fast.benchmark's own parser.
-    commands.add_parser("bench", add_help=False,
-                        help="the benchmark table (lenet_fast.benchmark; see bench --help)")
     return parser
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``lenet-fast`` command line.
 
     Parameters
     ----------
-    argv : list of str, optional
+    argv : sequence of str, optional
         Arguments without the program name; default ``sys.argv[1:]``.
 
     Returns
@@ -1004,7 +1040,7 @@ def main(argv=None):
     """
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command != "bench":
+    if extra:       # reported by the subcommand's parser, whose usage line names it
         subcommands = next(action for action in parser._actions
                            if isinstance(action, argparse._SubParsersAction))
         subcommands.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
@@ -1012,8 +1048,6 @@ def main(argv=None):
                 "evaluate": _command_evaluate, "info": _command_info,
                 "convert": _command_convert}
     try:
-        if args.command == "bench":
-            return _command_bench(extra)
         return commands[args.command](args)
     except BrokenPipeError:
         sys.stderr.close()      # the reader went away (e.g. `| head`): not an error

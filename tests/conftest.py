@@ -1,21 +1,27 @@
-"""Fixtures shared by the kernel, model and dispatch tests.
+"""What every test needs before it runs (weights, images and PyTorch models: ``factories.py``).
 
 * a guard: the tests need the compiled kernels, so importing ``lenet_fast`` from a source tree that
   was never built stops the session with the command that fixes it;
-* ``random_weights``: seeded canonical weights of any widths, 1 or 3 input channels;
-* ``kernel_levels`` and the ``level`` parameter: every ISA level this machine can run (tests that
-  take a ``level`` argument run once per level);
-* ``model_at_level``: the same model on the kernels of another level;
-* subprocesses that tests start import the same ``lenet_fast`` as the tests.
+* the ``level`` parameter: every ISA level this machine can run (tests that take a ``level``
+  argument run once per level);
+* subprocesses that tests start import the same ``lenet_fast`` as the tests, and the session
+  runs in an empty working directory.
+
+Where each concern is tested: test_kernels (compiled kernels against the reference, determinism),
+test_reference (the NumPy reference against loops and PyTorch), test_dispatch (choice of kernel
+level, qemu), test_model (the LeNet API: options, inputs, out=, pickling), test_weights (weight
+layouts and .npz files), test_hostile_files (crafted files: npz, IDX, ONNX, images), test_threads
+(thread counts, the pool, concurrent callers, processes), test_memory (bounded memory, leaks),
+test_cli (the command line), test_datasets, test_pretrained (the shipped models), test_torch,
+test_onnx, test_keras, test_dask (interop), test_packaging (builds, sdist, README example),
+test_fuzz (fuzz targets).  Markers: slow, fuzz, memory (pyproject.toml).
 """
 
 import importlib.machinery
 import importlib.util
-import math
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 _BUILD_HINT = (
@@ -72,37 +78,7 @@ def _neutral_working_directory(tmp_path_factory):
     yield
     os.chdir(previous)
 
-from lenet_fast import LeNet  # noqa: E402  (after the guard, which explains a failed import)
-from lenet_fast._weights import LAYERS, canonical_shapes  # noqa: E402
-
 KERNEL_LEVELS = _dispatch.usable_levels()
-DEFAULT_WIDTHS = (6, 16, 120, 84, 10)  # conv1, conv2, conv3, fc1 channels; classes
-
-
-def make_random_weights(seed=0, in_channels=1, widths=DEFAULT_WIDTHS):
-    """Canonical float32 weights, uniform in +-1/sqrt(fan_in) (PyTorch's default scale), so that
-    every activation stays in its interesting range; biases in +-0.1."""
-    conv1, conv2, conv3, fc1, n_classes = widths
-    shapes = canonical_shapes(in_channels=in_channels, conv1_channels=conv1, conv2_channels=conv2,
-                              conv3_channels=conv3, fc1_units=fc1, n_classes=n_classes)
-    rng = np.random.default_rng(seed)
-    weights = {}
-    for layer in LAYERS:
-        shape = shapes[f"{layer}.weight"]
-        bound = 1 / math.sqrt(math.prod(shape[1:]))
-        weights[f"{layer}.weight"] = rng.uniform(-bound, bound, shape).astype(np.float32)
-        weights[f"{layer}.bias"] = rng.uniform(-0.1, 0.1, shape[0]).astype(np.float32)
-    return weights
-
-
-def build_model_at_level(model, level):
-    """`model`'s weights, architecture, threads and metadata on the kernels of `level`."""
-    kernels = _dispatch.load_kernels(level)
-    copy = LeNet.__new__(LeNet)
-    copy._setup({key: np.array(value) for key, value in model.weights.items()},
-                model.architecture, model.num_threads, model.metadata, kernels=kernels)
-    assert copy.isa == level
-    return copy
 
 
 def pytest_generate_tests(metafunc):
@@ -114,21 +90,3 @@ def pytest_generate_tests(metafunc):
             else explicit.update(names)
     if "level" in metafunc.fixturenames and "level" not in explicit:
         metafunc.parametrize("level", KERNEL_LEVELS)
-
-
-@pytest.fixture
-def random_weights():
-    """``random_weights(seed=0, in_channels=1, widths=(6, 16, 120, 84, 10))`` -> weights dict."""
-    return make_random_weights
-
-
-@pytest.fixture
-def kernel_levels():
-    """ISA levels built here and supported by this CPU, best first."""
-    return KERNEL_LEVELS
-
-
-@pytest.fixture
-def model_at_level():
-    """``model_at_level(model, level)`` -> the same LeNet running the kernels of `level`."""
-    return build_model_at_level

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import lenet_fast
+from factories import leftovers, normal_weights
 from lenet_fast import LeNet, cli, datasets
 
 PACKAGE_ROOT = str(Path(lenet_fast.__file__).resolve().parents[1])
@@ -20,9 +21,9 @@ SAMPLE_IMAGES = datasets._data_file("fashion-mnist-sample-images-idx3-ubyte.gz")
 SAMPLE_LABELS = datasets._data_file("fashion-mnist-sample-labels-idx1-ubyte.gz")
 
 
-def run(*args, cwd=None, expect=0):
+def run(*args, cwd=None, expect=0, env=None):
     environment = dict(os.environ, PYTHONPATH=PACKAGE_ROOT + os.pathsep +
-                       os.environ.get("PYTHONPATH", ""))
+                       os.environ.get("PYTHONPATH", ""), **(env or {}))
     result = subprocess.run([sys.executable, "-m", "lenet_fast", *map(str, args)], cwd=cwd,
                             env=environment, capture_output=True, text=True, timeout=600)
     assert result.returncode == expect, result.stderr
@@ -275,21 +276,6 @@ def test_evaluate_keeps_copies_of_misclassified_images_not_views_into_chunks(
 
 
 # ---------------------------------------------------------------------------------------------
-# bench
-# ---------------------------------------------------------------------------------------------
-
-def test_bench(tmp_path):
-    pytest.importorskip("matplotlib")
-    output = run("bench", "--batches", "1", "--threads", "1", "--repeats", "1", "--plot",
-                 tmp_path / "out.png").stdout
-    assert "| engine | batch | threads | µs/call | images/s | vs ONNX Runtime | % of FMA peak |" \
-        in output
-    assert "| lenet_fast | 1 | 1 | " in output
-    assert f"plot written to {tmp_path / 'out.png'}" in output
-    assert_valid_png(tmp_path / "out.png")
-
-
-# ---------------------------------------------------------------------------------------------
 # Errors: one line, non-zero status, no traceback
 # ---------------------------------------------------------------------------------------------
 
@@ -349,13 +335,7 @@ def test_usage_errors():
     run_failing("predict", "fashion-mnist", match="the following arguments are required: INPUT",
                 status=2)
     run_failing("info", "mnist", "--bogus", match="unrecognized arguments: --bogus", status=2)
-    run_failing("bench", "--repeats", "0", status=2,
-                match="lenet-fast bench: error: argument --repeats: expected at least 1, got 0")
     assert "demo" in run("--help").stdout
-    bench_help = run("bench", "--help").stdout
-    assert bench_help.startswith("usage: lenet-fast bench ")
-    for option in ("--batches", "--threads", "--repeats", "--json", "--plot"):
-        assert option in bench_help
 
 
 def test_predict_and_info_take_an_onnx_model(tmp_path, sample, fashion):
@@ -386,3 +366,250 @@ def test_convert_classes_file_errors_name_the_file(tmp_path, fashion):
     names.write_text("\r\n".join(reversed(fashion.classes)) + "\n", encoding="utf-8")
     run("convert", tmp_path / "f.npz", tmp_path / "o.npz", "--classes", names, "--quiet")
     assert LeNet.from_npz(tmp_path / "o.npz").classes == fashion.classes[::-1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs: nothing lost, nothing half-written
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("through", ["same path", "symlink", "hard link"])
+def test_output_that_is_the_input_is_refused_before_reading(tmp_path, through):
+    images = np.zeros((10, 28, 28), np.uint8)
+    np.save(tmp_path / "same.npy", images)
+    before = (tmp_path / "same.npy").read_bytes()
+    out = tmp_path / "same.npy"
+    if through == "symlink":
+        out = tmp_path / "link.npy"
+        out.symlink_to(tmp_path / "same.npy")
+    elif through == "hard link":
+        out = tmp_path / "hard.npy"
+        os.link(tmp_path / "same.npy", out)
+    result = run("predict", "mnist", tmp_path / "same.npy", "--out", out, expect=1)
+    assert "is the input" in result.stderr and "refusing to overwrite it" in result.stderr
+    assert (tmp_path / "same.npy").read_bytes() == before
+    assert leftovers(tmp_path) == []
+
+
+def test_convert_onto_its_input_is_refused(tmp_path):
+    LeNet.pretrained("mnist").save_npz(tmp_path / "m.npz")
+    before = (tmp_path / "m.npz").read_bytes()
+    result = run("convert", tmp_path / "m.npz", tmp_path / "m.npz", expect=1)
+    assert "is the input" in result.stderr
+    assert (tmp_path / "m.npz").read_bytes() == before
+
+
+def test_model_file_as_output_is_refused(tmp_path):
+    LeNet.pretrained("mnist").save_npz(tmp_path / "m.npz")
+    before = (tmp_path / "m.npz").read_bytes()
+    np.save(tmp_path / "x.npy", np.zeros((2, 28, 28), np.uint8))
+    (tmp_path / "m.csv").symlink_to(tmp_path / "m.npz")
+    run("predict", tmp_path / "m.npz", tmp_path / "x.npy", "--out", tmp_path / "m.csv",
+            expect=1)
+    assert (tmp_path / "m.npz").read_bytes() == before
+
+
+@pytest.mark.parametrize("out", ["x.npy", "x.csv", None])
+def test_a_bad_image_part_way_leaves_no_output(tmp_path, out, capsys):
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for index in range(5):
+        Image.new("L", (28, 28), color=index).save(folder / f"{index}.png")
+    (folder / "3.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    (tmp_path / "x.npy").write_bytes(b"old contents")
+    arguments = ["predict", "mnist", str(folder)] + (["--out", str(tmp_path / out)] if out else [])
+    assert cli.main(arguments) == 1
+    captured = capsys.readouterr()
+    assert "3.png: not a readable image" in captured.err
+    assert captured.out == ""                     # not even the CSV header
+    assert (tmp_path / "x.npy").read_bytes() == b"old contents"
+    assert not (tmp_path / "x.csv").exists()
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("out", ["x.npy", "x.csv", None])
+def test_ctrl_c_part_way_leaves_no_output(tmp_path, out, monkeypatch, capsys):
+    np.save(tmp_path / "in.npy", np.zeros((3 * cli.CHUNK_IMAGES, 28, 28), np.uint8))
+    calls = []
+    original = LeNet.predict
+
+    def interrupted(self, images, **options):
+        calls.append(len(images))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(self, images, **options)
+
+    monkeypatch.setattr(LeNet, "predict", interrupted)
+    arguments = ["predict", "mnist", str(tmp_path / "in.npy"), "--quiet"]
+    assert cli.main(arguments + (["--out", str(tmp_path / out)] if out else [])) == 130
+    assert calls == [cli.CHUNK_IMAGES, cli.CHUNK_IMAGES]
+    assert capsys.readouterr().out == ""
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["in.npy"]
+
+
+def test_successful_outputs_replace_the_destination_atomically(tmp_path, capsys):
+    np.save(tmp_path / "in.npy", np.zeros((5, 28, 28), np.uint8))
+    (tmp_path / "x.npy").write_bytes(b"old")
+    assert cli.main(["predict", "mnist", str(tmp_path / "in.npy"), "--out",
+                     str(tmp_path / "x.npy"), "--quiet"]) == 0
+    assert np.load(tmp_path / "x.npy").shape == (5,)
+    assert oct((tmp_path / "x.npy").stat().st_mode & 0o777) != oct(0o600)   # not mkstemp's mode
+    assert leftovers(tmp_path) == []
+    assert cli.main(["predict", "mnist", str(tmp_path / "in.npy")]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 6
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_atomic_outputs_get_the_umask_without_changing_it(tmp_path, monkeypatch, umask):
+    """The temporary file gets the mode open() would give (0o666 less the umask), and the
+    process umask is never set for a moment to read it: that would apply to files other
+    threads create meanwhile."""
+    previous = os.umask(umask)
+    try:
+        changes = []
+        real_umask = os.umask
+        monkeypatch.setattr(os, "umask", lambda mask: changes.append(mask) or real_umask(mask))
+        LeNet.pretrained("mnist").save_npz(tmp_path / "m.npz")
+        np.save(tmp_path / "in.npy", np.zeros((2, 28, 28), np.uint8))
+        assert cli.main(["predict", "mnist", str(tmp_path / "in.npy"), "--out",
+                         str(tmp_path / "x.csv"), "--quiet"]) == 0
+        monkeypatch.undo()
+    finally:
+        os.umask(previous)
+    assert changes == []
+    for name in ("m.npz", "x.csv"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+    assert leftovers(tmp_path) == []
+
+
+def test_output_into_a_missing_folder_fails_before_the_work(tmp_path, monkeypatch):
+    monkeypatch.setattr(LeNet, "predict", lambda *a, **k: pytest.fail("predicted"))
+    assert cli.main(["predict", "mnist", SAMPLE_IMAGES, "--out",
+                     str(tmp_path / "no" / "x.csv")]) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Untrusted strings on the terminal; friction
+# ---------------------------------------------------------------------------------------------
+
+
+def test_control_characters_from_files_are_escaped(tmp_path):
+    names = [f"\x1b]0;pwned\x07class{k}\x1b[2J" for k in range(10)]
+    metadata = {"classes": names, "provenance": ["a", "\x1b[31mred"], "note": "\u202eevil"}
+    LeNet(normal_weights(), metadata=metadata).save_npz(tmp_path / "m.npz")
+    info = run("info", tmp_path / "m.npz", expect=0).stdout
+    assert "\x1b" not in info and "\x07" not in info and "\u202e" not in info
+    assert "\\x1b]0;pwned\\x07class0\\x1b[2J" in info and "\\u202eevil" in info
+    assert "provenance" in info and "\\x1b[31mred" in info
+    bad_name = "\x1b[2Jimage.png"
+    (tmp_path / "images").mkdir()
+    from PIL import Image
+    Image.new("L", (28, 28)).save(tmp_path / "images" / bad_name)
+    csv_text = run("predict", "mnist", tmp_path / "images", expect=0).stdout
+    assert "\x1b" not in csv_text and "\\x1b[2Jimage.png" in csv_text
+    error = run("predict", "mnist", tmp_path / "\x1b[2Jmissing.npy", expect=1).stderr
+    assert "\x1b" not in error
+
+
+def test_invalid_isa_variable_is_one_line_from_the_command_line():
+    result = run("info", "mnist", expect=1, env={"LENET_FAST_ISA": "sse"})
+    assert result.stderr.startswith("lenet-fast: error: LENET_FAST_ISA='sse' is not a level")
+    assert len(result.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".bmp", ".gif", ".webp"])
+def test_a_single_image_file_and_other_formats_as_input(tmp_path, suffix):
+    from PIL import Image
+
+    images, _ = datasets.load_sample()
+    path = tmp_path / f"digit{suffix}"
+    Image.fromarray(images[0]).save(path)
+    rows = run("predict", "fashion-mnist", path, expect=0).stdout.splitlines()
+    assert rows[1].startswith(f"digit{suffix},")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    Image.fromarray(images[0]).save(folder / f"a{suffix}")
+    (folder / "notes.txt").write_text("not an image")
+    result = run("predict", "fashion-mnist", folder, expect=0)
+    assert result.stdout.splitlines()[1].startswith(f"a{suffix},")
+    assert "skipped 1 entries that are not images" in result.stderr and "notes.txt" in \
+        result.stderr
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"1 2 3\n4 5 6\n", "not a .npy file"),
+    (None, "expected a plain numeric array, found dtype object"),
+    (b"truncate", "(truncated file)"),
+])
+def test_npy_problems_name_the_file(tmp_path, content, message):
+    path = tmp_path / "bad.npy"
+    if content is None:
+        np.save(path, np.array([None, 1], dtype=object), allow_pickle=True)
+    elif content == b"truncate":
+        np.save(path, np.zeros((3, 28, 28), np.uint8))
+        path.write_bytes(path.read_bytes()[:-10])
+    else:
+        path.write_bytes(content)
+    result = run("predict", "mnist", path, expect=1)
+    assert f"{path}: " in result.stderr and message in result.stderr
+    assert "allow_pickle" not in result.stderr
+
+
+def test_plot_destination_checked_before_the_work(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("matplotlib")
+    monkeypatch.setattr(LeNet, "predict", lambda *a, **k: pytest.fail("predicted"))
+    labels = datasets._data_file("fashion-mnist-sample-labels-idx1-ubyte.gz")
+    for plot, message in ((tmp_path / "x", "expected a file name ending in .png, .pdf, .svg"),
+                          (tmp_path / "missing" / "x.png", "No such file or directory")):
+        assert cli.main(["evaluate", "fashion-mnist", SAMPLE_IMAGES, labels, "--plot",
+                         str(plot)]) == 1
+        assert message in capsys.readouterr().err
+
+
+def test_version_plural_usage_and_empty_evaluation(tmp_path):
+    assert run("--version", expect=0).stdout.strip() == f"lenet-fast {lenet_fast.__version__}"
+    usage = run("predict", "mnist", "x.idx", "--bogus", expect=2).stderr
+    assert usage.startswith("usage: lenet-fast predict ")
+    np.save(tmp_path / "none.npy", np.zeros((0, 28, 28), np.uint8))
+    np.save(tmp_path / "labels.npy", np.zeros(0, np.int64))
+    result = run("evaluate", "mnist", tmp_path / "none.npy", tmp_path / "labels.npy",
+                     expect=1)
+    assert "nothing to evaluate" in result.stderr
+
+
+def test_demo_says_1_thread():
+    output = run("demo", expect=0, env={"OMP_NUM_THREADS": "1"}).stdout
+    assert "1 thread," in output and "1 threads" not in output
+
+
+def test_evaluate_class_subfolders(tmp_path):
+    from PIL import Image
+
+    images, labels = datasets.load_sample()
+    classes = LeNet.pretrained("fashion-mnist").classes
+    for index in range(40):
+        folder = tmp_path / "root" / classes[labels[index]].replace("/", "_")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(images[index]).save(folder / f"{index}.png")
+    output = run("evaluate", "fashion-mnist", tmp_path / "root", expect=0).stdout
+    assert "/40 correct)" in output
+    (tmp_path / "root" / "Spaceship").mkdir()
+    Image.fromarray(images[0]).save(tmp_path / "root" / "Spaceship" / "0.png")
+    result = run("evaluate", "fashion-mnist", tmp_path / "root", expect=1)
+    assert "class folders Spaceship match none of the model's classes" in result.stderr
+
+
+def test_source_folder_shadowing_an_installed_copy_says_so(tmp_path):
+    source = tmp_path / "src" / "lenet_fast"
+    source.mkdir(parents=True)
+    package = Path(lenet_fast.__file__).parent
+    for path in package.glob("*.py"):
+        (source / path.name).write_text(path.read_text())
+    result = subprocess.run([sys.executable, "-c", "import lenet_fast"], cwd=source.parent,
+                            capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHONPATH": PACKAGE_ROOT})
+    assert "shadows the installed lenet_fast in" in result.stderr
+    assert "run from another directory" in result.stderr
+    assert "circular import" not in result.stderr

@@ -10,6 +10,7 @@ import pytest
 da = pytest.importorskip("dask.array")  # the test extra installs dask[array,distributed]
 distributed = pytest.importorskip("distributed")
 
+from factories import random_weights  # noqa: E402
 from lenet_fast import LeNet  # noqa: E402
 from lenet_fast import dask as lenet_dask  # noqa: E402
 
@@ -18,14 +19,8 @@ CHUNK = 12_500
 
 
 def random_model(in_channels=1, seed=0):
-    rng = np.random.default_rng(seed)
-    shapes = {"conv1": (6, in_channels, 5, 5), "conv2": (16, 6, 5, 5), "conv3": (120, 16, 5, 5),
-              "fc1": (84, 120), "fc2": (10, 84)}
-    weights = {}
-    for layer, shape in shapes.items():
-        bound = 4 / np.sqrt(np.prod(shape[1:]))  # wide enough that noise images get many labels
-        weights[f"{layer}.weight"] = rng.uniform(-bound, bound, shape).astype(np.float32)
-        weights[f"{layer}.bias"] = rng.uniform(-bound, bound, shape[:1]).astype(np.float32)
+    # Weights and biases in +-4/sqrt(fan_in): wide enough that noise images get many labels.
+    weights = random_weights(seed, in_channels, gain=4, bias_bound=None)
     return LeNet(weights, fc_activation="tanh", output_activation="softmax")
 
 

@@ -4,7 +4,6 @@ without AVX-512 / AVX2, emulated by qemu-user (``qemu-x86_64 -cpu Haswell`` / ``
 import json
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -15,17 +14,12 @@ import numpy as np
 import pytest
 
 import lenet_fast
+from factories import exact, random_weights
 from lenet_fast import LeNet, _cpu_features, _dispatch, reference
-
-from conftest import make_random_weights
 
 PACKAGE_ROOT = str(Path(lenet_fast.__file__).resolve().parent.parent)
 LANES = {"avx512": 16, "avx2": 8, "generic": 4}
 TOLERANCE = {"atol": 1e-5, "rtol": 1e-5}
-
-
-def exact(message):
-    return f"^{re.escape(message)}$"
 
 
 def run_python(script, *args, isa=None, prefix=(), timeout=60):
@@ -59,7 +53,7 @@ def test_show_config_reports_the_level_in_use(capsys):
             "threading", "spin_microseconds", "pool_jobs", "openmp_runtimes_loaded", "usable_cpus",
             "cgroup_cpu_limit", "default_num_threads"} <= set(config)
     assert config["version"] == lenet_fast.__version__
-    assert config["isa"] == _dispatch.kernels.ISA == LeNet(make_random_weights()).isa
+    assert config["isa"] == _dispatch.kernels.ISA == LeNet(random_weights()).isa
     assert config["usable_isas"] == _dispatch.usable_levels()
     assert config["built_isas"] == _dispatch.built_levels()
     forced = os.environ.get(_dispatch.ISA_ENVIRONMENT_VARIABLE) or None
@@ -112,7 +106,7 @@ def test_default_num_threads_reads_omp_num_threads(monkeypatch, value, expected)
     monkeypatch.setenv("OMP_NUM_THREADS", value)
     fallback = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     assert _dispatch.default_num_threads() == (expected or fallback)
-    assert LeNet(make_random_weights()).num_threads == (expected or fallback)
+    assert LeNet(random_weights()).num_threads == (expected or fallback)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,7 +161,7 @@ def test_importing_the_unbuilt_source_folder_says_how_to_build(tmp_path):
     for path in Path(lenet_fast.__file__).resolve().parent.glob("*.py"):
         shutil.copy(path, package / path.name)
     # -S: no site-packages, so no installed copy that this folder would shadow (that case has
-    # its own message: tests/test_hostile.py).
+    # its own message: tests/test_cli.py).
     completed = subprocess.run(
         [sys.executable, "-S", "-c", "import lenet_fast"], capture_output=True, text=True,
         timeout=60, env={**os.environ, "PYTHONPATH": str(tmp_path)}, cwd=tmp_path)
@@ -216,7 +210,7 @@ def qemu():
 @pytest.fixture(scope="module")
 def qemu_case(tmp_path_factory):
     directory = tmp_path_factory.mktemp("qemu")
-    model = LeNet(make_random_weights(8, 1, (7, 13, 50, 33, 5)), conv_activation="tanh",
+    model = LeNet(random_weights(8, 1, (7, 13, 50, 33, 5)), conv_activation="tanh",
                   output_activation="softmax", pool="avg")
     model.save_npz(directory / "model.npz")
     x = np.random.default_rng(9).normal(size=(20, 1, 28, 28)).astype(np.float32)

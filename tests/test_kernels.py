@@ -12,9 +12,8 @@ import itertools
 import numpy as np
 import pytest
 
-from lenet_fast import LeNet, reference
-
-from conftest import build_model_at_level, make_random_weights
+from factories import model_at_level, random_weights
+from lenet_fast import LeNet, _dispatch, reference
 
 TOLERANCE = {"atol": 1e-5, "rtol": 1e-5}
 OPTIONS = ("conv_activation", "fc_activation", "output_activation", "pool")
@@ -35,21 +34,21 @@ def architecture(options):
 
 
 def model(level, options=DEFAULT, in_channels=1, widths=WIDTHS["default"], seed=0):
-    plain = LeNet(make_random_weights(seed, in_channels, widths), **architecture(options))
-    return build_model_at_level(plain, level)
+    plain = LeNet(random_weights(seed, in_channels, widths), **architecture(options))
+    return model_at_level(plain, level)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def images(n, in_channels, size, seed=1, scale=1.0):
     x = np.random.default_rng(seed).normal(0, scale, (n, in_channels, size, size)).astype(np.float32)
     x.setflags(write=False)
     return x
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def expected(options, n, in_channels, size, widths=WIDTHS["default"], seed=0):
     """Reference outputs, computed once per configuration and shared by every level."""
-    result = reference.forward(images(n, in_channels, size), make_random_weights(seed, in_channels, widths),
+    result = reference.forward(images(n, in_channels, size), random_weights(seed, in_channels, widths),
                                **architecture(options))
     result.setflags(write=False)
     return result
@@ -103,7 +102,7 @@ def test_widths_channels_sizes_batch_sizes_and_threads(level, widths, in_channel
 def test_large_magnitudes_saturate_like_reference(level, conv_activation, output_activation):
     # Large values come from biases, not from huge weights: a sum of huge terms that cancels is
     # ill-conditioned in float32 whatever computes it (PyTorch misses 1e-5 there too).
-    weights = make_random_weights(3)
+    weights = random_weights(3)
     weights["conv1.bias"] = np.where(np.arange(6) % 2, 12.0, -12.0).astype(np.float32)
     weights["fc2.weight"] *= 3
     weights["fc2.bias"] = np.random.default_rng(3).permutation(np.linspace(-50, 50, 10)).astype(np.float32)
@@ -114,7 +113,7 @@ def test_large_magnitudes_saturate_like_reference(level, conv_activation, output
     logits = reference.dense(layers["fc1"], weights["fc2.weight"], weights["fc2.bias"])
     assert np.median(np.abs(conv1)) > 8, "conv1 sigmoid/tanh should saturate"
     assert 40 < np.abs(logits).max() < 100 and (logits < -20).any() and (logits > 20).any()
-    lenet = build_model_at_level(LeNet(weights, **architecture(options)), level)
+    lenet = model_at_level(LeNet(weights, **architecture(options)), level)
     result = lenet.forward(x)
     assert np.isfinite(result).all()
     np.testing.assert_allclose(result, want, **TOLERANCE)
@@ -156,7 +155,8 @@ def test_each_image_gives_the_same_bits_alone_in_any_batch_at_any_thread_count(
 
 
 @pytest.mark.parametrize("output_activation", ["softmax", "identity"])
-def test_levels_agree(kernel_levels, output_activation):
+def test_levels_agree(output_activation):
+    kernel_levels = _dispatch.usable_levels()
     if len(kernel_levels) < 2:
         pytest.skip(f"only one usable kernel level on this machine: {kernel_levels}")
     options = ("relu", "tanh", output_activation, "max")
@@ -173,11 +173,11 @@ def test_levels_agree(kernel_levels, output_activation):
 
 @pytest.mark.parametrize("n", [1, 7, 21, 100])
 def test_predict_is_argmax_of_forward_lowest_index_on_ties(level, n):
-    weights = make_random_weights(4)
+    weights = random_weights(4)
     # Classes 2, 5 and 8 share one dominating row: always a three-way tie, won by class 2.
     weights["fc2.weight"][[2, 5, 8]] = weights["fc2.weight"][2]
     weights["fc2.bias"][[2, 5, 8]] = 3.0
-    tied = build_model_at_level(LeNet(weights, output_activation="identity"), level)
+    tied = model_at_level(LeNet(weights, output_activation="identity"), level)
     x = images(100, 1, 28, seed=7)[:n]
     scores = tied.forward(x)
     np.testing.assert_array_equal(scores[:, 2], scores[:, 5])
@@ -186,9 +186,9 @@ def test_predict_is_argmax_of_forward_lowest_index_on_ties(level, n):
     np.testing.assert_array_equal(tied.predict(x), np.full(n, 2))
 
     # Saturated sigmoid outputs: many classes reach exactly 1.0 in float32.
-    weights = make_random_weights(4)
+    weights = random_weights(4)
     weights["fc2.weight"] *= 200
-    saturated = build_model_at_level(LeNet(weights), level)
+    saturated = model_at_level(LeNet(weights), level)
     scores = saturated.forward(x)
     assert ((scores == 1.0).sum(axis=1) >= 2).any()
     labels = saturated.predict(x)
@@ -209,7 +209,7 @@ def test_predict_is_argmax_of_forward_lowest_index_on_ties(level, n):
 @pytest.mark.parametrize(("in_channels", "size"), [(1, 32), (3, 28)])
 def test_layer_output_sizes_match_reference_intermediates_and_summary(in_channels, size):
     widths = WIDTHS["odd"]
-    weights = make_random_weights(0, in_channels, widths)
+    weights = random_weights(0, in_channels, widths)
     _, layers = reference.forward(images(2, in_channels, size), weights, return_intermediates=True)
     c1, c2, c3, f1, k = widths
     assert {name: value.shape[1:] for name, value in layers.items()} == {
@@ -223,7 +223,7 @@ def test_layer_output_sizes_match_reference_intermediates_and_summary(in_channel
 
 
 def test_summary_counts_of_the_default_model():
-    summary = LeNet(make_random_weights()).summary()
+    summary = LeNet(random_weights()).summary()
     assert [layer.name for layer in summary.layers] == [
         "conv1", "pool1", "conv2", "pool2", "conv3", "fc1", "fc2"]
     assert (summary["conv1"].parameters, summary["conv1"].connections) == (156, 122_304)
@@ -240,7 +240,7 @@ def test_summary_counts_of_the_default_model():
 
 def test_summary_counts_follow_the_widths():
     c1, c2, c3, f1, k = WIDTHS["odd"]
-    summary = LeNet(make_random_weights(0, 3, WIDTHS["odd"])).summary()
+    summary = LeNet(random_weights(0, 3, WIDTHS["odd"])).summary()
     assert summary["conv1"].parameters == (3 * 25 + 1) * c1
     assert summary["conv1"].connections == (3 * 25 + 1) * c1 * 28 * 28
     assert summary["pool2"].connections == 5 * c2 * 5 * 5

@@ -14,53 +14,20 @@ import torch  # noqa: E402
 from onnx import helper, numpy_helper  # noqa: E402
 from torch import nn  # noqa: E402
 
+from factories import torch_lenets  # noqa: E402
 from lenet_fast import LeNet, WeightFileError  # noqa: E402
 from lenet_fast._weights import fold_batchnorm  # noqa: E402
 from lenet_fast.onnx import ONNXImportError, save_model  # noqa: E402
 
 TOLERANCE = 1e-5
+# PyTorch LeNets (tests/factories.py): the design table's layers, the tutorial's Net, numbered
+# nn.Sequential models, and the older tutorial form without biases.
+TableModel = torch_lenets().TableNet
+TutorialModel = torch_lenets().TutorialNet
+sequential_model = torch_lenets().sequential
+OldTutorialModel = torch_lenets().NoBiasNet
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning",
                                         "ignore::FutureWarning")
-
-
-class TableModel(nn.Module):
-    """The design table's layer names: conv1, conv2, conv3 (a convolution), fc1, fc2."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1, self.conv2 = nn.Conv2d(1, 6, 5), nn.Conv2d(6, 16, 5)
-        self.conv3, self.fc1, self.fc2 = nn.Conv2d(16, 120, 5), nn.Linear(120, 84), nn.Linear(84, 10)
-
-    def forward(self, x):
-        x = torch.max_pool2d(torch.relu(self.conv1(x)), 2)
-        x = torch.max_pool2d(torch.relu(self.conv2(x)), 2)
-        x = torch.flatten(torch.relu(self.conv3(x)), 1)
-        return torch.sigmoid(self.fc2(torch.sigmoid(self.fc1(x))))
-
-
-class TutorialModel(nn.Module):
-    """The PyTorch tutorial "Neural Networks" model: fc1 is a dense layer over 16*5*5 features."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1, self.conv2 = nn.Conv2d(1, 6, 5), nn.Conv2d(6, 16, 5)
-        self.fc1, self.fc2, self.fc3 = nn.Linear(400, 120), nn.Linear(120, 84), nn.Linear(84, 10)
-
-    def forward(self, x):
-        x = nn.functional.max_pool2d(nn.functional.relu(self.conv1(x)), (2, 2))
-        x = nn.functional.max_pool2d(nn.functional.relu(self.conv2(x)), 2)
-        x = torch.flatten(x, 1)
-        x = nn.functional.relu(self.fc1(x))
-        x = nn.functional.relu(self.fc2(x))
-        return self.fc3(x)
-
-
-def sequential_model(padding=0, in_channels=1, output=None):
-    """A numbered nn.Sequential: tanh, average pooling, optional padded first conv and softmax."""
-    layers = [nn.Conv2d(in_channels, 6, 5, padding=padding), nn.Tanh(), nn.AvgPool2d(2),
-              nn.Conv2d(6, 16, 5), nn.Tanh(), nn.AvgPool2d(2), nn.Flatten(),
-              nn.Linear(400, 120), nn.Tanh(), nn.Linear(120, 84), nn.Tanh(), nn.Linear(84, 10)]
-    return nn.Sequential(*layers, *([output] if output is not None else []))
 
 
 TORCH_MODELS = {
@@ -133,23 +100,6 @@ def test_torch_export_imports_to_the_same_function(tmp_path, name, dynamo):
     direct = LeNet.from_state_dict(module.state_dict(), **EXPECTED_ARCHITECTURES[name])
     for key, value in direct.weights.items():
         np.testing.assert_array_equal(model.weights[key], value, err_msg=key)
-
-
-class OldTutorialModel(nn.Module):
-    """The older tutorial form: ``view(-1, 400)`` (a Reshape of a Constant node), sigmoid, and
-    layers without bias (a Conv with two inputs, a bare MatMul)."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1, self.conv2 = nn.Conv2d(1, 6, 5), nn.Conv2d(6, 16, 5, bias=False)
-        self.fc1 = nn.Linear(400, 120)
-        self.fc2, self.fc3 = nn.Linear(120, 84, bias=False), nn.Linear(84, 10)
-
-    def forward(self, x):
-        x = nn.functional.max_pool2d(torch.sigmoid(self.conv1(x)), 2)
-        x = nn.functional.max_pool2d(torch.sigmoid(self.conv2(x)), 2)
-        x = torch.sigmoid(self.fc1(x.view(-1, 16 * 5 * 5)))
-        return self.fc3(self.fc2(x))
 
 
 def test_reshape_constant_nodes_and_missing_biases(tmp_path):

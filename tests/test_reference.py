@@ -6,27 +6,8 @@ import math
 import numpy as np
 import pytest
 
+from factories import random_weights, save_like_users, torch_lenets
 from lenet_fast import _weights, reference
-
-LAYER_SHAPES = {
-    "conv1": (6, 1, 5, 5),
-    "conv2": (16, 6, 5, 5),
-    "conv3": (120, 16, 5, 5),
-    "fc1": (84, 120),
-    "fc2": (10, 84),
-}
-
-
-def random_weights(seed=0, in_channels=1):
-    rng = np.random.default_rng(seed)
-    weights = {}
-    for layer, shape in LAYER_SHAPES.items():
-        shape = (shape[0], in_channels, *shape[2:]) if layer == "conv1" else shape
-        fan_in = math.prod(shape[1:])
-        weights[f"{layer}.weight"] = rng.uniform(-1, 1, shape).astype(np.float32) / math.sqrt(fan_in)
-        weights[f"{layer}.bias"] = rng.uniform(-0.1, 0.1, shape[0]).astype(np.float32)
-    return weights
-
 
 # ---------------------------------------------------------------------------------------------
 # Slow loop implementations: correct by inspection
@@ -232,79 +213,22 @@ def torch():
     return pytest.importorskip("torch")
 
 
-def table_model(torch, in_channels=1, conv1_padding=0):
-    nn = torch.nn
-
-    class TableLeNet(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv1 = nn.Conv2d(in_channels, 6, 5, padding=conv1_padding)
-            self.conv2 = nn.Conv2d(6, 16, 5)
-            self.conv3 = nn.Conv2d(16, 120, 5)
-            self.fc1 = nn.Linear(120, 84)
-            self.fc2 = nn.Linear(84, 10)
-
-        def forward(self, x):
-            x = nn.functional.max_pool2d(torch.relu(self.conv1(x)), 2)
-            x = nn.functional.max_pool2d(torch.relu(self.conv2(x)), 2)
-            x = torch.flatten(torch.relu(self.conv3(x)), 1)
-            return torch.sigmoid(self.fc2(torch.sigmoid(self.fc1(x))))
-
-    return TableLeNet()
-
-
-def tutorial_model(torch):
-    nn = torch.nn
-
-    class TutorialNet(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv1 = nn.Conv2d(1, 6, 5)
-            self.conv2 = nn.Conv2d(6, 16, 5)
-            self.fc1 = nn.Linear(16 * 5 * 5, 120)
-            self.fc2 = nn.Linear(120, 84)
-            self.fc3 = nn.Linear(84, 10)
-
-        def forward(self, x):
-            x = nn.functional.max_pool2d(torch.relu(self.conv1(x)), 2)
-            x = nn.functional.max_pool2d(torch.relu(self.conv2(x)), 2)
-            x = torch.relu(self.fc1(torch.flatten(x, 1)))
-            return self.fc3(torch.relu(self.fc2(x)))
-
-    return TutorialNet()
-
-
-def sequential_model(torch):
-    nn = torch.nn
-    return nn.Sequential(
-        nn.Conv2d(1, 6, 5), nn.Tanh(), nn.AvgPool2d(2),
-        nn.Conv2d(6, 16, 5), nn.Tanh(), nn.AvgPool2d(2),
-        nn.Conv2d(16, 120, 5), nn.Tanh(), nn.Flatten(),
-        nn.Linear(120, 84), nn.Tanh(),
-        nn.Linear(84, 10), nn.Softmax(dim=1),
-    )
-
-
-def save_like_users(model, path):
-    np.savez(path, **{key: value.numpy() for key, value in model.state_dict().items()})
-
-
 @pytest.mark.parametrize(
     ("build", "options"),
     [
-        (table_model, {}),
-        (tutorial_model, {"fc_activation": "relu", "output_activation": "identity"}),
+        (lambda: torch_lenets().TableNet(), {}),
+        (lambda: torch_lenets().TutorialNet(), {"fc_activation": "relu", "output_activation": "identity"}),
         (
-            sequential_model,
+            lambda: torch_lenets().sequential_conv3(),
             {"conv_activation": "tanh", "pool": "avg", "fc_activation": "tanh", "output_activation": "softmax"},
         ),
-        (lambda torch: table_model(torch, in_channels=3), {}),
+        (lambda: torch_lenets().TableNet(in_channels=3), {}),
     ],
     ids=["table", "tutorial", "sequential", "table-3-channels"],
 )
 def test_forward_matches_pytorch_models_loaded_from_npz(torch, tmp_path, build, options):
     torch.manual_seed(7)
-    model = build(torch).eval()
+    model = build().eval()
     in_channels = model.state_dict()[next(iter(model.state_dict()))].shape[1]
     save_like_users(model, tmp_path / "model.npz")
     weights, metadata = _weights.load_npz(tmp_path / "model.npz")
@@ -317,7 +241,7 @@ def test_forward_matches_pytorch_models_loaded_from_npz(torch, tmp_path, build, 
 
 def test_padding_2_on_28x28_equals_padding_to_32(torch, tmp_path):
     torch.manual_seed(8)
-    model = table_model(torch, conv1_padding=2).eval()
+    model = torch_lenets().TableNet(conv1_padding=2).eval()
     save_like_users(model, tmp_path / "padded.npz")
     weights, _ = _weights.load_npz(tmp_path / "padded.npz")
     x = torch.rand(4, 1, 28, 28)

@@ -10,7 +10,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _harness  # noqa: E402
+import _harness
 
 with _harness.instrumented_imports():
     from lenet_fast.datasets import DataFileError, IdxReader

@@ -11,12 +11,12 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _harness  # noqa: E402
+import _harness
 
 with _harness.instrumented_imports():
     from lenet_fast import cli
 
-from PIL import Image  # noqa: E402
+from PIL import Image
 
 _DIRECTORY = tempfile.mkdtemp(prefix="fuzz-image-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
 

@@ -16,7 +16,7 @@ import tempfile
 import zipfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _harness  # noqa: E402
+import _harness
 
 with _harness.instrumented_imports():
     from lenet_fast._weights import CANONICAL_KEYS, METADATA_KEY, WeightFileError, load_npz

@@ -15,12 +15,12 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _harness  # noqa: E402
+import _harness
 
 with _harness.instrumented_imports():
     from lenet_fast.onnx import ONNXImportError, read_graph
 
-from onnx import TensorProto, helper  # noqa: E402
+from onnx import TensorProto, helper
 
 OPS = ["Conv", "Gemm", "MatMul", "Add", "Relu", "Sigmoid", "Tanh", "Softmax", "MaxPool",
        "AveragePool", "Flatten", "Reshape", "Pad", "Identity", "Constant", "BatchNormalization"]

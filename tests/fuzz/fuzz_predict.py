@@ -12,9 +12,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _harness  # noqa: E402
-
-import numpy as np  # noqa: E402
+import _harness
+import numpy as np
 
 with _harness.instrumented_imports():
     from lenet_fast import LeNet

@@ -5,7 +5,6 @@ starts from files that get through every layer.
 """
 
 import io
-import os
 import sys
 import zipfile
 from pathlib import Path

@@ -1,4 +1,7 @@
-"""The benchmark behind ``lenet-fast bench``: lenet_fast against its peers, measured fairly.
+"""``python bench/report.py``: lenet_fast against its peers, measured fairly.
+
+This lives in the repository's ``bench/``, not in the installed package (the peers are optional,
+heavy packages; scikit-learn keeps its benchmarks out of its wheel the same way).
 
 Design, in three layers:
 
@@ -47,14 +50,15 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from . import __version__, _dispatch, reference, show_config
-from ._model import LeNet
-from ._weights import LAYERS, canonical_shapes
+import lenet_fast
+from lenet_fast import LeNet, __version__, _dispatch, cli, reference, show_config
+from lenet_fast.onnx import INPUT_NAME, OUTPUT_NAME
+from tests.factories import random_images, random_weights
 
 ENGINES = ("lenet_fast", "onnxruntime", "openvino", "torch", "numpy")
 TOLERANCE = 1e-4
@@ -70,8 +74,10 @@ DEFAULT_REPEATS = 7
 BASELINE = "onnxruntime"
 PACKAGES = ("numpy", "onnx", "onnxruntime", "openvino", "torch", "threadpoolctl")
 LABELS_OUTPUT = "labels"
-# The directory holding the imported lenet_fast, so the first-call subprocesses import this copy.
-_PACKAGE_PARENT = str(Path(__file__).resolve().parents[1])
+PROGRAM = "bench/report.py"
+# The directory holding the imported lenet_fast, so the first-call subprocesses import this copy
+# (a ``python -c`` child puts its working directory first on sys.path, which may hold another).
+_PACKAGE_PARENT = str(Path(lenet_fast.__file__).resolve().parents[1])
 
 _FIRST_CALL_SCRIPT = """
 import sys, time
@@ -131,51 +137,6 @@ def is_benchmarked_at(engine, batch):
     return batch <= MAX_BATCH.get(engine, batch)
 
 
-def random_weights(seed=0):
-    """Canonical LeNet-5 weights drawn like PyTorch's default initialisation.
-
-    ``nn.Conv2d`` and ``nn.Linear`` draw weight and bias from U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-
-    Parameters
-    ----------
-    seed : int, default 0
-        Seed of ``numpy.random.default_rng``.
-
-    Returns
-    -------
-    dict of str to ndarray of float32
-        ``conv1.weight`` (6, 1, 5, 5), ``conv1.bias`` (6,), ... ``fc2.weight`` (10, 84),
-        ``fc2.bias`` (10,).
-    """
-    rng = np.random.default_rng(seed)
-    weights = {}
-    shapes = canonical_shapes()
-    for layer in LAYERS:
-        shape = shapes[f"{layer}.weight"]
-        bound = 1.0 / np.sqrt(np.prod(shape[1:]))
-        weights[f"{layer}.weight"] = rng.uniform(-bound, bound, shape).astype(np.float32)
-        weights[f"{layer}.bias"] = rng.uniform(-bound, bound, shape[0]).astype(np.float32)
-    return weights
-
-
-def random_images(batch, seed=1):
-    """Standard-normal test images.
-
-    Parameters
-    ----------
-    batch : int
-        Number of images.
-    seed : int, default 1
-        Seed of ``numpy.random.default_rng``.
-
-    Returns
-    -------
-    ndarray of float32, shape (batch, 1, 32, 32)
-        C-contiguous.
-    """
-    return np.random.default_rng(seed).standard_normal((batch, 1, 32, 32), dtype=np.float32)
-
-
 def _onnx_model_with_labels(model):
     """`model`'s graph (`lenet_fast.onnx.build_model_proto`, no file), plus an ArgMax ``labels``
     output.
@@ -186,7 +147,7 @@ def _onnx_model_with_labels(model):
     import onnx
     from onnx import TensorProto, helper
 
-    from .onnx import OUTPUT_NAME, build_model_proto
+    from lenet_fast.onnx import build_model_proto
 
     onnx_model = build_model_proto(model.weights, model.architecture)
     onnx_model.graph.node.append(helper.make_node(
@@ -206,7 +167,6 @@ def _lenet_fast_peer(model, threads):
 def _onnxruntime_peer(onnx_model, threads):
     import onnxruntime
 
-    from .onnx import INPUT_NAME, OUTPUT_NAME
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
@@ -222,7 +182,6 @@ def _onnxruntime_peer(onnx_model, threads):
 def _openvino_peer(onnx_model, threads):
     import openvino
 
-    from .onnx import INPUT_NAME, OUTPUT_NAME
 
     with tempfile.TemporaryDirectory() as directory:
         path = os.path.join(directory, "lenet5.onnx")
@@ -678,9 +637,7 @@ def plot_throughput(rows, path, title, file_format="png"):
     ImportError
         If matplotlib is not installed.
     """
-    from .cli import import_pyplot
-
-    pyplot = import_pyplot()
+    pyplot = cli.import_pyplot()
     figure, axes = pyplot.subplots(figsize=(8, 5))
     engines = list(dict.fromkeys(row["engine"] for row in rows))
     for engine, threads in sorted({(row["engine"], row["threads"]) for row in rows}):
@@ -711,7 +668,7 @@ def _positive_integers(text):
 
 def _parser():
     parser = argparse.ArgumentParser(
-        prog="lenet-fast bench",
+        prog=PROGRAM,
         description="lenet_fast against ONNX Runtime, OpenVINO, PyTorch and NumPy: one "
                     "markdown table, measured in one process with the same weights and threads.")
     parser.add_argument("--batches", type=_positive_integers, default=DEFAULT_BATCHES,
@@ -738,18 +695,14 @@ def main(argv=None):
     Returns
     -------
     int
-        0.
+        0; 1 (after one line on stderr, before measuring anything) if ``--plot`` is given and
+        matplotlib is not installed, or a ``--json`` or ``--plot`` destination cannot be
+        written (its folder is missing, or the plot's suffix is not .png, .pdf or .svg).
+        Both files are written atomically: to a temporary file in their folder, renamed into
+        place at the end, removed on an error or Ctrl-C.
 
     Raises
     ------
-    ImportError
-        Before measuring anything, if ``--plot`` is given and matplotlib is not installed
-        (``lenet-fast bench`` reports it as one line and exit status 1).
-    lenet_fast.cli.CommandError, OSError
-        Before measuring anything, if a ``--json`` or ``--plot`` destination cannot be
-        written (its folder is missing, or the plot's suffix is not .png, .pdf or .svg).
-        Both files are written atomically: to a temporary file in their folder, renamed
-        into place at the end, removed on an error or Ctrl-C.
     SystemExit
         On a usage error (status 2), as `argparse` does.
 
@@ -760,16 +713,18 @@ def main(argv=None):
     arguments = _parser().parse_args(argv)
     if arguments.repeats < 1:
         _parser().error(f"argument --repeats: expected at least 1, got {arguments.repeats}")
-    from .cli import PLOT_SUFFIXES, CommandError, _Destination, import_pyplot
-
-    if arguments.plot:
-        import_pyplot()     # fail now, not after minutes of measuring
-        if os.path.splitext(arguments.plot)[1].lower() not in PLOT_SUFFIXES:
-            raise CommandError(f"--plot {arguments.plot}: expected a file name ending in "
-                               f"{', '.join(PLOT_SUFFIXES)}")
-    # Destinations are checked (and written atomically) before minutes of measuring.
-    destinations = {option: _Destination(path, f"--{option}") for option, path in
-                    (("json", arguments.json), ("plot", arguments.plot)) if path}
+    try:
+        if arguments.plot:
+            cli.import_pyplot()     # fail now, not after minutes of measuring
+            if os.path.splitext(arguments.plot)[1].lower() not in cli.PLOT_SUFFIXES:
+                raise cli.CommandError(f"--plot {arguments.plot}: expected a file name ending in "
+                                       f"{', '.join(cli.PLOT_SUFFIXES)}")
+        # Destinations are checked (and written atomically) before minutes of measuring.
+        destinations = {option: cli._Destination(path, f"--{option}") for option, path in
+                        (("json", arguments.json), ("plot", arguments.plot)) if path}
+    except (cli.CommandError, OSError, ImportError) as exc:
+        print(f"{PROGRAM}: error: {exc}", file=sys.stderr)
+        return 1
     try:
         _measure_and_report(arguments, destinations)
     finally:

@@ -17,11 +17,12 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")  # the test extra installs it: a skip means a broken env
-import torch.fx  # noqa: E402
+import torch.fx  # noqa: E402, F811
 from torch import nn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
 import lenet_fast  # noqa: E402
+from factories import torch_lenets  # noqa: E402
 from lenet_fast import ArchitectureWarning, LeNet, TorchImportError, WeightFileError  # noqa: E402
 from lenet_fast._architecture import DEFAULT_GEOMETRY  # noqa: E402
 from lenet_fast._weights import fold_batchnorm  # noqa: E402
@@ -32,93 +33,21 @@ TOLERANCE = 1e-5
 MIN_LABEL_AGREEMENT = 0.999
 FASHION_MEAN, FASHION_STD = 0.286, 0.353
 TRAINING_STEPS = 300
-
-
-# ---------------------------------------------------------------------------------------------
-# The models users have
-# ---------------------------------------------------------------------------------------------
-
-class TutorialNet(nn.Module):
-    """The PyTorch CIFAR-10 tutorial's Net (3 channels); optionally BatchNorm after every conv
-    and after fc1."""
-
-    architecture = {"conv_activation": "relu", "fc_activation": "relu",
-                    "output_activation": "identity", "pool": "max", **DEFAULT_GEOMETRY}
-    channels, size = 3, 32
-
-    def __init__(self, batchnorm=False):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 6, 5)
-        self.pool = nn.MaxPool2d(2, 2)
-        self.conv2 = nn.Conv2d(6, 16, 5)
-        self.fc1 = nn.Linear(16 * 5 * 5, 120)
-        self.fc2 = nn.Linear(120, 84)
-        self.fc3 = nn.Linear(84, 10)
-        norms = (nn.BatchNorm2d(6), nn.BatchNorm2d(16), nn.BatchNorm1d(120)) if batchnorm else \
-            (nn.Identity(),) * 3
-        self.bn1, self.bn2, self.bn3 = norms
-
-    def forward(self, x):
-        x = self.pool(F.relu(self.bn1(self.conv1(x))))
-        x = self.pool(F.relu(self.bn2(self.conv2(x))))
-        x = torch.flatten(x, 1)
-        x = F.relu(self.bn3(self.fc1(x)))
-        x = F.relu(self.fc2(x))
-        return self.fc3(x)
-
-
-class SeedNet(nn.Module):
-    """The design table's layout (conv1, conv2, conv3, fc1, fc2), 1 channel, 32x32, with a
-    chosen fc and output activation; optionally BatchNorm after every conv and after fc1."""
-
-    channels, size = 1, 32
-
-    def __init__(self, fc="sigmoid", output="sigmoid", batchnorm=False, conv3_channels=120):
-        super().__init__()
-        self.architecture = {"conv_activation": "relu", "fc_activation": fc,
-                             "output_activation": output, "pool": "max", **DEFAULT_GEOMETRY}
-        c3 = conv3_channels
-        self.conv1, self.conv2 = nn.Conv2d(1, 6, 5), nn.Conv2d(6, 16, 5)
-        self.conv3, self.fc1, self.fc2 = nn.Conv2d(16, c3, 5), nn.Linear(c3, 84), nn.Linear(84, 10)
-        self.bn1, self.bn2, self.bn3, self.bn4 = (
-            (nn.BatchNorm2d(6), nn.BatchNorm2d(16), nn.BatchNorm2d(c3), nn.BatchNorm1d(84))
-            if batchnorm else (nn.Identity(),) * 4)
-        self.fc_act = {"sigmoid": nn.Sigmoid(), "relu": nn.ReLU()}[fc]
-        self.out_act = {"sigmoid": nn.Sigmoid(), "identity": nn.Identity()}[output]
-
-    def forward(self, x):
-        x = F.max_pool2d(torch.relu(self.bn1(self.conv1(x))), 2)
-        x = F.max_pool2d(torch.relu(self.bn2(self.conv2(x))), 2)
-        x = torch.flatten(torch.relu(self.bn3(self.conv3(x))), 1)
-        return self.out_act(self.fc2(self.fc_act(self.bn4(self.fc1(x)))))
-
-
-def d2l_lenet(batchnorm=False):
-    """d2l.ai's LeNet: sigmoid, average pooling, conv1 padded by 2 for 28x28 Fashion-MNIST."""
-    def norm(layer):
-        return [layer] if batchnorm else []
-
-    layers = [nn.Conv2d(1, 6, kernel_size=5, padding=2), *norm(nn.BatchNorm2d(6)), nn.Sigmoid(),
-              nn.AvgPool2d(kernel_size=2, stride=2),
-              nn.Conv2d(6, 16, kernel_size=5), *norm(nn.BatchNorm2d(16)), nn.Sigmoid(),
-              nn.AvgPool2d(kernel_size=2, stride=2), nn.Flatten(),
-              nn.Linear(16 * 5 * 5, 120), *norm(nn.BatchNorm1d(120)), nn.Sigmoid(),
-              nn.Linear(120, 84), nn.Sigmoid(), nn.Linear(84, 10)]
-    net = nn.Sequential(*layers)
-    net.architecture = {"conv_activation": "sigmoid", "fc_activation": "sigmoid",
-                        "output_activation": "identity", "pool": "avg",
-                        "input_size": (28, 28), "conv1_padding": 2, "conv2_padding": 0}
-    net.channels, net.size = 1, 28
-    return net
+# The models users have (tests/factories.py): the PyTorch tutorial's Net (3 channels here), the
+# design table's layout ("seed"), d2l.ai's LeNet, and the older tutorial's Net.
+TutorialNet = torch_lenets().TutorialNet
+SeedNet = torch_lenets().TableNet
+d2l_lenet = torch_lenets().d2l
+OldTutorialNet = torch_lenets().OldTutorialNet
 
 
 MODELS = {
-    "tutorial": lambda: TutorialNet(),
-    "tutorial+bn": lambda: TutorialNet(batchnorm=True),
+    "tutorial": lambda: TutorialNet(in_channels=3),
+    "tutorial+bn": lambda: TutorialNet(in_channels=3, batchnorm=True),
     "seed-relu-sigmoid": lambda: SeedNet(),
     "seed-relu-sigmoid+bn": lambda: SeedNet(batchnorm=True),
-    "seed-all-relu": lambda: SeedNet("relu", "identity"),
-    "seed-all-relu+bn": lambda: SeedNet("relu", "identity", batchnorm=True),
+    "seed-all-relu": lambda: SeedNet(fc="relu", output="identity"),
+    "seed-all-relu+bn": lambda: SeedNet(fc="relu", output="identity", batchnorm=True),
     "d2l": lambda: d2l_lenet(),
     "d2l+bn": lambda: d2l_lenet(batchnorm=True),
     # conv3 and fc1 both 84 wide: which BatchNorm follows which layer is not told by its size
@@ -301,35 +230,6 @@ def test_from_torch_reads_functional_and_method_forms(flatten):
     assert model.architecture == {"conv_activation": "tanh", "fc_activation": "sigmoid",
                                   "output_activation": "softmax", "pool": "avg", **DEFAULT_GEOMETRY}
     assert_matches_pytorch(model, net, random_images(net))
-
-
-class OldTutorialNet(nn.Module):
-    """The older PyTorch tutorial's Net: the flatten size comes from a Python loop over
-    x.size(), which torch.fx cannot trace symbolically, so from_torch falls back to
-    torch.export; here with a BatchNorm, dropout and a softmax output."""
-
-    channels, size = 1, 32
-
-    def __init__(self):
-        super().__init__()
-        self.conv1, self.conv2 = nn.Conv2d(1, 6, 5), nn.Conv2d(6, 16, 5)
-        self.fc1, self.bn = nn.Linear(16 * 5 * 5, 120), nn.BatchNorm1d(120)
-        self.fc2, self.fc3, self.drop = nn.Linear(120, 84), nn.Linear(84, 10), nn.Dropout()
-
-    def forward(self, x):
-        x = F.max_pool2d(F.relu(self.conv1(x)), (2, 2))
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
-        x = x.view(-1, self.num_flat_features(x))
-        x = self.drop(F.relu(self.bn(self.fc1(x))))
-        x = F.relu(self.fc2(x))
-        return F.softmax(self.fc3(x), dim=1)
-
-    @staticmethod
-    def num_flat_features(x):
-        count = 1
-        for size in x.size()[1:]:
-            count *= size
-        return count
 
 
 def test_from_torch_falls_back_to_torch_export():
@@ -653,7 +553,7 @@ def test_cli_predict_prints_the_warning_as_one_line_and_takes_the_options(tmp_pa
     assert status == 0
     assert len(err.splitlines()) == 1
     assert err.startswith("lenet-fast: warning: ") and "--conv-activation relu" in err
-    flags = [f"--conv-activation=sigmoid", "--fc-activation=sigmoid",
+    flags = ["--conv-activation=sigmoid", "--fc-activation=sigmoid",
              "--output-activation=identity", "--pool=avg"]
     status, out, err = run_cli(capsys, "predict", tmp_path / "net.npz", tmp_path / "x.npy",
                                "--quiet", *flags)

@@ -1,24 +1,29 @@
-"""`lenet_fast.benchmark` in seconds: every installed peer computes lenet_fast's network, a peer
+"""`bench.peers` in seconds: every installed peer computes lenet_fast's network, a peer
 that does not is rejected, a missing one is skipped with its reason, the table is the expected
 markdown, and a tiny ``main`` run prints it; importing the module pulls in no peer package."""
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import make_random_weights
-from lenet_fast import LeNet, benchmark, cli
+import lenet_fast
+from bench import peers as benchmark
+from lenet_fast import LeNet, cli
+from tests.factories import random_weights
 
 TINY_WIDTHS = (2, 3, 8, 5, 4)      # conv1, conv2, conv3, fc1 channels; classes
+REPOSITORY = str(Path(__file__).resolve().parents[1])
 PEER_PACKAGES = ("onnx", "onnxruntime", "openvino", "torch", "matplotlib")
 
 
 @pytest.fixture(scope="module")
 def tiny_weights():
-    return make_random_weights(seed=7, widths=TINY_WIDTHS)
+    return random_weights(seed=7, widths=TINY_WIDTHS)
 
 
 @pytest.fixture(scope="module")
@@ -27,10 +32,11 @@ def tiny_peers(tiny_weights):
 
 
 def test_import_needs_no_peer_package():
-    code = ("import sys, lenet_fast.benchmark; "
+    code = ("import sys, bench.peers; "
             f"print(sorted(name for name in {PEER_PACKAGES!r} if name in sys.modules))")
+    path = os.pathsep.join([str(Path(lenet_fast.__file__).resolve().parents[1]), REPOSITORY])
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            check=True)
+                            check=True, cwd=REPOSITORY, env={**os.environ, "PYTHONPATH": path})
     assert result.stdout.strip() == "[]"
 
 
@@ -96,10 +102,20 @@ def test_format_table():
 
 def test_main_prints_the_table(tmp_path, capsys):
     pytest.importorskip("onnxruntime")
+    pytest.importorskip("matplotlib")
+    image = pytest.importorskip("PIL.Image")
     path = tmp_path / "report.json"
+    plot = tmp_path / "out.png"
     assert benchmark.main(["--batches", "1,4", "--threads", "1", "--repeats", "1",
-                           "--json", str(path)]) == 0
+                           "--json", str(path), "--plot", str(plot)]) == 0
     output = capsys.readouterr().out
+    assert "| engine | batch | threads | µs/call | images/s | vs ONNX Runtime | % of FMA peak |" \
+        in output
+    assert f"plot written to {plot}" in output
+    assert plot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    with image.open(plot) as opened:
+        opened.verify()
+        assert opened.format == "PNG"
     for engine in ("lenet_fast", "onnxruntime"):
         for batch in (1, 4):
             assert f"| {engine} | {batch} | 1 | " in output
@@ -116,12 +132,25 @@ def test_main_prints_the_table(tmp_path, capsys):
 
 def test_plot_without_matplotlib_fails_before_measuring(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    assert cli.main(["bench", "--plot", str(tmp_path / "out.png")]) == 1
+    assert benchmark.main(["--plot", str(tmp_path / "out.png")]) == 1
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert captured.err == ("lenet-fast: error: --plot needs matplotlib: "
+    assert captured.err == ("bench/report.py: error: --plot needs matplotlib: "
                             "pip install 'lenet_fast[plot]'\n")
     assert not (tmp_path / "out.png").exists()
+
+
+@pytest.mark.parametrize("option, path, message", [
+    ("--json", "missing/x.json", "No such file or directory"),
+    ("--plot", "x", "expected a file name ending in .png, .pdf, .svg"),
+])
+def test_destinations_checked_before_measuring(tmp_path, monkeypatch, capsys, option, path,
+                                               message):
+    pytest.importorskip("matplotlib")
+    monkeypatch.setattr(benchmark, "measure_fma_peak", lambda: pytest.fail("measured"))
+    assert benchmark.main([option, str(tmp_path / path)]) == 1
+    assert message in capsys.readouterr().err
+    assert sorted(path.name for path in tmp_path.rglob("*")) == []
 
 
 def test_skip_reasons_of_every_thread_count_are_printed_once(tiny_weights, monkeypatch,
@@ -155,17 +184,14 @@ def test_plot_imports_pyplot_through_the_public_cli_helper(monkeypatch):
 
 def test_bench_help_lists_every_option(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(["bench", "--help"])
+        benchmark.main(["--help"])
     assert exit_info.value.code == 0
     help_text = capsys.readouterr().out
-    assert help_text.startswith("usage: lenet-fast bench ")
+    assert help_text.startswith("usage: bench/report.py ")
     for option in ("--batches", "--threads", "--repeats", "--json", "--plot"):
         assert option in help_text
 
 
-@pytest.mark.parametrize("entry_point", [benchmark.main,
-                                         lambda arguments: cli.main(["bench", *arguments])],
-                         ids=["benchmark.main", "lenet-fast bench"])
 @pytest.mark.parametrize("arguments, message", [
     (["--batches", "0,4"], "argument --batches: expected comma-separated positive integers, "
                            "got '0,4'"),
@@ -173,8 +199,17 @@ def test_bench_help_lists_every_option(capsys):
                            "got 'two'"),
     (["--repeats", "0"], "argument --repeats: expected at least 1, got 0"),
 ])
-def test_bad_arguments_are_usage_errors(entry_point, arguments, message, capsys):
+def test_bad_arguments_are_usage_errors(arguments, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        entry_point(arguments)
+        benchmark.main(arguments)
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err.splitlines()[-1] == f"lenet-fast bench: error: {message}"
+    assert capsys.readouterr().err.splitlines()[-1] == f"bench/report.py: error: {message}"
+
+
+def test_the_installed_package_has_no_benchmark(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["bench"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'bench'" in capsys.readouterr().err
+    with pytest.raises(ModuleNotFoundError):
+        __import__("lenet_fast.benchmark")

@@ -1,0 +1,399 @@
+"""The one place tests (and ``bench/``) get random weights, images and PyTorch LeNets from.
+
+* `random_weights`: seeded canonical float32 weights of any widths and input channels, uniform or
+  normal, scaled by the fan-in like PyTorch's default initialisation (so activations stay in
+  their interesting range);
+* `normal_weights`, `unit_normal_weights`: the same with normal draws;
+* `normal_images`: seeded normal images of any dtype; `LAYOUTS`: every memory layout and dtype
+  an input may come in;
+* `random_images`: seeded standard-normal float32 images;
+* `model_at_level`: the same model on the kernels of another ISA level;
+* `torch_lenets`: the PyTorch LeNet definitions the reference, model and interop tests export,
+  import and compare against (torch is imported when it is first called: this module needs none);
+* `save_like_users`: a PyTorch model's state_dict written with ``np.savez``, as users do;
+* `leftovers`: the temporary files an interrupted atomic write left behind;
+* `exact`, `starts`: ``pytest.raises(match=)`` patterns matching one whole message, or its start;
+* `run_python`: code in a fresh interpreter that imports the lenet_fast under test and this
+  module, with ``rss_mb()``, ``peak_mb()`` and ``report(**values)``; returns what it reports.
+
+Import it as ``from factories import ...`` in tests (pytest puts ``tests/`` on ``sys.path``) and
+as ``from tests.factories import ...`` from ``bench/``.
+"""
+
+import functools
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import types
+from pathlib import Path
+
+import numpy as np
+
+from lenet_fast import LeNet, _dispatch
+from lenet_fast._weights import LAYERS, canonical_shapes
+
+DEFAULT_WIDTHS = (6, 16, 120, 84, 10)  # conv1, conv2, conv3, fc1 channels; classes
+
+
+def random_weights(seed=0, in_channels=1, widths=DEFAULT_WIDTHS, *, conv1=None, conv2=None,
+                   conv3=None, fc1=None, n_classes=None, distribution="uniform", gain=1.0,
+                   fan_in_scaled=True, bias_bound=0.1):
+    """Canonical float32 weights, drawn layer by layer (weight, then bias) from one generator.
+
+    `normal_weights` and `unit_normal_weights` are this function with other defaults.
+
+    Parameters
+    ----------
+    seed : int
+        Seed of ``numpy.random.default_rng``.
+    in_channels : int
+        Input channels (conv1's second dimension).
+    widths : tuple of 5 int
+        conv1, conv2, conv3 channels, fc1 units, classes.
+    conv1, conv2, conv3, fc1, n_classes : int, optional
+        Override one entry of `widths`.
+    distribution : {"uniform", "normal"}
+        Uniform in +-bound, or normal with standard deviation bound.
+    gain : float
+        Multiplies the bound.
+    fan_in_scaled : bool
+        Whether the weights' bound is ``gain / sqrt(fan_in)`` (PyTorch's default scale) rather
+        than ``gain``.
+    bias_bound : float or None
+        Biases' bound; None: the same as the layer's weights.
+
+    Returns
+    -------
+    dict of str to ndarray of float32
+    """
+    overrides = (conv1, conv2, conv3, fc1, n_classes)
+    conv1, conv2, conv3, fc1, n_classes = (width if override is None else override
+                                           for width, override in zip(widths, overrides))
+    shapes = canonical_shapes(in_channels=in_channels, conv1_channels=conv1, conv2_channels=conv2,
+                              conv3_channels=conv3, fc1_units=fc1, n_classes=n_classes)
+    rng = np.random.default_rng(seed)
+
+    def draw(bound, shape):
+        if distribution == "uniform":
+            return rng.uniform(-bound, bound, shape).astype(np.float32)
+        if distribution == "normal":
+            return (rng.normal(size=shape) * bound).astype(np.float32)
+        raise ValueError(f"distribution: expected 'uniform' or 'normal', got {distribution!r}")
+
+    weights = {}
+    for layer in LAYERS:
+        shape = shapes[f"{layer}.weight"]
+        bound = gain / math.sqrt(math.prod(shape[1:]) or 1) if fan_in_scaled else gain
+        weights[f"{layer}.weight"] = draw(bound, shape)
+        weights[f"{layer}.bias"] = draw(bound if bias_bound is None else bias_bound, shape[:1])
+    return weights
+
+
+# Normal, scaled by the fan-in like a trained net (biases too), so outputs vary between images.
+normal_weights = functools.partial(random_weights, distribution="normal", bias_bound=None)
+# Standard normal, unscaled: for tests of layouts and files, where values only need to differ.
+unit_normal_weights = functools.partial(random_weights, distribution="normal",
+                                        fan_in_scaled=False, bias_bound=None)
+
+
+def model_at_level(model, level):
+    """`model`'s weights, architecture, threads and metadata on the kernels of `level`."""
+    kernels = _dispatch.load_kernels(level)
+    copy = LeNet.__new__(LeNet)
+    copy._setup({key: np.array(value) for key, value in model.weights.items()},
+                model.architecture, model.num_threads, model.metadata, kernels=kernels)
+    assert copy.isa == level
+    return copy
+
+
+def normal_images(n, in_channels=1, size=32, seed=1, dtype=np.float32):
+    """Normal images (``rng.normal``, then cast to `dtype`), shape (n, in_channels, size, size)."""
+    return np.random.default_rng(seed).normal(size=(n, in_channels, size, size)).astype(dtype)
+
+
+def _unaligned(array, writeable):
+    data = np.ascontiguousarray(array, dtype=np.float32)
+    if writeable:
+        buffer = np.empty(data.nbytes + 1, np.uint8)
+        view = buffer[1:].view(np.float32).reshape(array.shape)
+        view[...] = data
+    else:
+        view = np.frombuffer(b"\0" + data.tobytes(), dtype=np.float32, offset=1).reshape(array.shape)
+    assert array.size == 0 or not view.flags.aligned
+    return view
+
+
+def read_only(array):
+    """A read-only copy of `array`."""
+    array = array.copy()
+    array.setflags(write=False)
+    return array
+
+
+# Every memory layout and dtype a caller may hand to LeNet.forward/predict, as a function of
+# float32 (N, C, H, W) images; the model must give the result of np.asarray(view, np.float32).
+LAYOUTS = {
+    "negative-strides": lambda x: x[::-1, :, ::-1, ::-1],
+    "read-only": read_only,
+    "offset-view": lambda x: np.pad(x, ((2, 1), (0, 0), (3, 0), (0, 5)))[2:-1, :, 3:, :-5],
+    "every-other-image": lambda x: np.repeat(x, 2, axis=0)[::2],
+    "fortran-order": np.asfortranarray,
+    "unaligned": lambda x: _unaligned(x, writeable=True),
+    "unaligned-read-only": lambda x: _unaligned(x, writeable=False),
+    "big-endian": lambda x: x.astype(">f4"),
+    "float64": lambda x: x.astype(np.float64),
+    "longdouble": lambda x: x.astype(np.longdouble),
+    "float16": lambda x: x.astype(np.float16),
+    "channels-last-transposed": lambda x: np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2),
+    "nested-list": lambda x: x.tolist(),
+    "n-h-w": lambda x: x[:, 0],
+}
+
+
+def random_images(batch, seed=1, in_channels=1, size=32, dtype=np.float32):
+    """Standard-normal images, C-contiguous, shape (batch, in_channels, size, size)."""
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((batch, in_channels, size, size), dtype=np.float32).astype(
+        dtype, copy=False)
+
+
+def exact(message):
+    """A ``pytest.raises(match=...)`` pattern that matches exactly `message`, nothing more."""
+    return f"^{re.escape(message)}$"
+
+
+def starts(message):
+    """A ``pytest.raises(match=...)`` pattern for a message that begins with `message`."""
+    return f"^{re.escape(message)}"
+
+
+def leftovers(folder):
+    """Temporary ``*.part`` files an atomic writer left in `folder` (there should be none)."""
+    return sorted(path.name for path in Path(folder).iterdir() if path.name.endswith(".part"))
+
+
+def save_like_users(module, path):
+    """Write a PyTorch module's ``state_dict`` as users do: ``np.savez`` of its arrays."""
+    np.savez(path, **{key: value.numpy() for key, value in module.state_dict().items()})
+
+
+@functools.cache
+def torch_lenets():
+    """The PyTorch LeNets of the tests, as a namespace (imports torch on the first call).
+
+    * ``TableNet(in_channels=1, conv1_padding=0, fc="sigmoid", output="sigmoid",
+      batchnorm=False, conv3_channels=120)``: the design table's layers conv1, conv2, conv3 (a
+      convolution), fc1, fc2; ReLU convolutions, max pooling; optionally BatchNorm after every
+      conv and after fc1.
+    * ``TutorialNet(in_channels=1, batchnorm=False)``: the PyTorch tutorial's Net (fc1 a dense
+      layer over 16*5*5 features; ReLU everywhere, identity output); optionally BatchNorm.
+    * ``OldTutorialNet()``: the older tutorial's Net, whose flatten size comes from a Python loop
+      over ``x.size()`` (torch.fx cannot trace it), with BatchNorm, dropout and softmax output.
+    * ``NoBiasNet()``: the older tutorial form ``view(-1, 400)``, sigmoid, layers without bias.
+    * ``sequential(padding=0, in_channels=1, output=None)``: a numbered ``nn.Sequential`` with
+      tanh and average pooling, flatten of 16*5*5, optional padded conv1 and output module.
+    * ``sequential_conv3()``: a numbered ``nn.Sequential`` with conv3, tanh, average pooling and
+      a softmax output.
+    * ``d2l(batchnorm=False)``: d2l.ai's LeNet (sigmoid, average pooling, conv1 padded by 2).
+
+    Every model has ``channels`` and ``size`` (its input) and ``architecture`` (the lenet_fast
+    options it computes).  Parameters are created in the same order in every variant, so a seed
+    gives the same weights with or without BatchNorm.
+    """
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    def geometry(conv1_padding=0):
+        """The geometry options of a 5x5-pool2 LeNet whose conv1 has this padding."""
+        size = 28 if conv1_padding == 2 else 32
+        return {"input_size": (size, size), "conv1_padding": conv1_padding, "conv2_padding": 0}
+
+    class TableNet(nn.Module):
+        size = 32
+
+        def __init__(self, in_channels=1, conv1_padding=0, fc="sigmoid", output="sigmoid",
+                     batchnorm=False, conv3_channels=120):
+            super().__init__()
+            self.channels, self.size = in_channels, 28 if conv1_padding == 2 else 32
+            self.architecture = {"conv_activation": "relu", "fc_activation": fc,
+                                 "output_activation": output, "pool": "max",
+                                 **geometry(conv1_padding)}
+            c3 = conv3_channels
+            self.conv1 = nn.Conv2d(in_channels, 6, 5, padding=conv1_padding)
+            self.conv2 = nn.Conv2d(6, 16, 5)
+            self.conv3, self.fc1, self.fc2 = nn.Conv2d(16, c3, 5), nn.Linear(c3, 84), nn.Linear(84, 10)
+            self.bn1, self.bn2, self.bn3, self.bn4 = (
+                (nn.BatchNorm2d(6), nn.BatchNorm2d(16), nn.BatchNorm2d(c3), nn.BatchNorm1d(84))
+                if batchnorm else (nn.Identity(),) * 4)
+            self.fc_act = {"sigmoid": nn.Sigmoid(), "relu": nn.ReLU()}[fc]
+            self.out_act = {"sigmoid": nn.Sigmoid(), "identity": nn.Identity()}[output]
+
+        def forward(self, x):
+            x = F.max_pool2d(torch.relu(self.bn1(self.conv1(x))), 2)
+            x = F.max_pool2d(torch.relu(self.bn2(self.conv2(x))), 2)
+            x = torch.flatten(torch.relu(self.bn3(self.conv3(x))), 1)
+            return self.out_act(self.fc2(self.fc_act(self.bn4(self.fc1(x)))))
+
+    class TutorialNet(nn.Module):
+        architecture = {"conv_activation": "relu", "fc_activation": "relu",
+                        "output_activation": "identity", "pool": "max", **geometry()}
+        size = 32
+
+        def __init__(self, in_channels=1, batchnorm=False):
+            super().__init__()
+            self.channels = in_channels
+            self.conv1 = nn.Conv2d(in_channels, 6, 5)
+            self.pool = nn.MaxPool2d(2, 2)
+            self.conv2 = nn.Conv2d(6, 16, 5)
+            self.fc1 = nn.Linear(16 * 5 * 5, 120)
+            self.fc2 = nn.Linear(120, 84)
+            self.fc3 = nn.Linear(84, 10)
+            norms = (nn.BatchNorm2d(6), nn.BatchNorm2d(16), nn.BatchNorm1d(120)) if batchnorm \
+                else (nn.Identity(),) * 3
+            self.bn1, self.bn2, self.bn3 = norms
+
+        def forward(self, x):
+            x = self.pool(F.relu(self.bn1(self.conv1(x))))
+            x = self.pool(F.relu(self.bn2(self.conv2(x))))
+            x = torch.flatten(x, 1)
+            x = F.relu(self.bn3(self.fc1(x)))
+            x = F.relu(self.fc2(x))
+            return self.fc3(x)
+
+    class OldTutorialNet(nn.Module):
+        architecture = {"conv_activation": "relu", "fc_activation": "relu",
+                        "output_activation": "softmax", "pool": "max", **geometry()}
+        channels, size = 1, 32
+
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.conv2 = nn.Conv2d(1, 6, 5), nn.Conv2d(6, 16, 5)
+            self.fc1, self.bn = nn.Linear(16 * 5 * 5, 120), nn.BatchNorm1d(120)
+            self.fc2, self.fc3, self.drop = nn.Linear(120, 84), nn.Linear(84, 10), nn.Dropout()
+
+        def forward(self, x):
+            x = F.max_pool2d(F.relu(self.conv1(x)), (2, 2))
+            x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+            x = x.view(-1, self.num_flat_features(x))
+            x = self.drop(F.relu(self.bn(self.fc1(x))))
+            x = F.relu(self.fc2(x))
+            return F.softmax(self.fc3(x), dim=1)
+
+        @staticmethod
+        def num_flat_features(x):
+            count = 1
+            for size in x.size()[1:]:
+                count *= size
+            return count
+
+    class NoBiasNet(nn.Module):
+        channels, size = 1, 32
+
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.conv2 = nn.Conv2d(1, 6, 5), nn.Conv2d(6, 16, 5, bias=False)
+            self.fc1 = nn.Linear(400, 120)
+            self.fc2, self.fc3 = nn.Linear(120, 84, bias=False), nn.Linear(84, 10)
+
+        def forward(self, x):
+            x = F.max_pool2d(torch.sigmoid(self.conv1(x)), 2)
+            x = F.max_pool2d(torch.sigmoid(self.conv2(x)), 2)
+            x = torch.sigmoid(self.fc1(x.view(-1, 16 * 5 * 5)))
+            return self.fc3(self.fc2(x))
+
+    def sequential(padding=0, in_channels=1, output=None):
+        layers = [nn.Conv2d(in_channels, 6, 5, padding=padding), nn.Tanh(), nn.AvgPool2d(2),
+                  nn.Conv2d(6, 16, 5), nn.Tanh(), nn.AvgPool2d(2), nn.Flatten(),
+                  nn.Linear(400, 120), nn.Tanh(), nn.Linear(120, 84), nn.Tanh(), nn.Linear(84, 10)]
+        net = nn.Sequential(*layers, *([output] if output is not None else []))
+        net.channels, net.size = in_channels, 28 if padding == 2 else 32
+        net.architecture = {"conv_activation": "tanh", "fc_activation": "tanh",
+                            "output_activation": "identity" if output is None else "softmax",
+                            "pool": "avg", **geometry(padding)}
+        return net
+
+    def sequential_conv3():
+        net = nn.Sequential(
+            nn.Conv2d(1, 6, 5), nn.Tanh(), nn.AvgPool2d(2),
+            nn.Conv2d(6, 16, 5), nn.Tanh(), nn.AvgPool2d(2),
+            nn.Conv2d(16, 120, 5), nn.Tanh(), nn.Flatten(),
+            nn.Linear(120, 84), nn.Tanh(),
+            nn.Linear(84, 10), nn.Softmax(dim=1),
+        )
+        net.channels, net.size = 1, 32
+        net.architecture = {"conv_activation": "tanh", "fc_activation": "tanh",
+                            "output_activation": "softmax", "pool": "avg", **geometry()}
+        return net
+
+    def d2l(batchnorm=False):
+        def norm(layer):
+            return [layer] if batchnorm else []
+
+        layers = [nn.Conv2d(1, 6, kernel_size=5, padding=2), *norm(nn.BatchNorm2d(6)),
+                  nn.Sigmoid(), nn.AvgPool2d(kernel_size=2, stride=2),
+                  nn.Conv2d(6, 16, kernel_size=5), *norm(nn.BatchNorm2d(16)), nn.Sigmoid(),
+                  nn.AvgPool2d(kernel_size=2, stride=2), nn.Flatten(),
+                  nn.Linear(16 * 5 * 5, 120), *norm(nn.BatchNorm1d(120)), nn.Sigmoid(),
+                  nn.Linear(120, 84), nn.Sigmoid(), nn.Linear(84, 10)]
+        net = nn.Sequential(*layers)
+        net.architecture = {"conv_activation": "sigmoid", "fc_activation": "sigmoid",
+                            "output_activation": "identity", "pool": "avg", **geometry(2)}
+        net.channels, net.size = 1, 28
+        return net
+
+    return types.SimpleNamespace(TableNet=TableNet, TutorialNet=TutorialNet,
+                                 OldTutorialNet=OldTutorialNet, NoBiasNet=NoBiasNet,
+                                 sequential=sequential, sequential_conv3=sequential_conv3, d2l=d2l)
+
+
+_CHILD_PRELUDE = """
+import json, os, sys
+import numpy
+import numpy as np
+import lenet_fast
+from lenet_fast import LeNet
+from factories import normal_images as images, normal_weights
+
+def _status_mb(field):
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith(field + ":"))
+    return int(line.split()[1]) / 1024
+
+def rss_mb():
+    return _status_mb("VmRSS")
+
+def peak_mb():
+    # VmHWM, the high-water mark of this process's own address space: ru_maxrss would also
+    # count the parent's (Linux carries it over fork and exec), hiding any growth below it.
+    return _status_mb("VmHWM")
+
+def report(**values):
+    values["peak_mb"] = peak_mb()
+    print(json.dumps(values))
+"""
+
+
+def run_python(code, timeout=120, env=None):
+    """Run `code` (dedented) in a fresh interpreter and return the JSON object it reports.
+
+    The interpreter imports the same lenet_fast as this process and this module (``images``,
+    ``normal_weights``), and defines ``rss_mb()``, ``peak_mb()`` (MiB, from /proc: Linux only) and
+    ``report(**values)``, which prints `values` plus ``peak_mb`` as JSON.  The last line of
+    standard output is parsed; a non-zero exit fails the calling test with the output.
+    """
+    import lenet_fast
+
+    environment = {**os.environ, **(env or {})}
+    environment["PYTHONPATH"] = os.pathsep.join(
+        [str(Path(lenet_fast.__file__).resolve().parents[1]), str(Path(__file__).parent),
+         environment.get("PYTHONPATH", "")])
+    result = subprocess.run([sys.executable, "-c", _CHILD_PRELUDE + textwrap.dedent(code)],
+                            capture_output=True, text=True, timeout=timeout, env=environment)
+    assert result.returncode == 0, (f"exit {result.returncode}\n{result.stdout[-3000:]}\n"
+                                    f"{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])

@@ -20,7 +20,7 @@ from lenet_fast._architecture import MEMBERS  # noqa: E402
 from lenet_fast.cli import main  # noqa: E402
 from lenet_fast.datasets import load_fashion_mnist  # noqa: E402
 
-from conftest import build_model_at_level  # noqa: E402
+from factories import model_at_level  # noqa: E402
 
 ATOL = RTOL = 1e-5
 MIN_LABEL_AGREEMENT = 0.999
@@ -437,7 +437,7 @@ def test_members_are_bitwise_deterministic_across_batch_position_and_threads(mem
     spec = MEMBERS[member]
     rng = np.random.default_rng(8)
     weights = uniform_weights(spec.shapes(), 8)
-    model = build_model_at_level(LeNet(weights, **spec.architecture, **spec.geometry), level)
+    model = model_at_level(LeNet(weights, **spec.architecture, **spec.geometry), level)
     x = rng.standard_normal((67, 1, *spec.geometry["input_size"]), dtype=np.float32)
     full = model.forward(x, num_threads=1)
     np.testing.assert_allclose(full, reference.forward(x, weights, **model.architecture),

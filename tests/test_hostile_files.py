@@ -240,8 +240,6 @@ def test_onnx_import_is_linear_in_the_node_count(length, constants):
 def lenet_onnx():
     import tempfile
 
-    from lenet_fast.onnx import to_onnx
-
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "m.onnx")
         LeNet(normal_weights()).to_onnx(path)

@@ -162,15 +162,17 @@ def test_geometries_match_reference(level, geometry, in_channels):
     check_against_reference(kernels, spec, in_channels, image_size=(rows - 4, columns - 4))
 
 
+@pytest.mark.parametrize("smaller", [0, 4], ids=["plane", "padded-by-2"])
 @pytest.mark.parametrize("member", ref.MEMBERS)
-def test_member_bits_do_not_depend_on_batch_size_position_or_threads(level, member):
+def test_member_bits_do_not_depend_on_batch_size_position_or_threads(level, member, smaller):
     kernels = _dispatch.load_kernels(level)
     spec = ref.MEMBERS[member]
     weights = ref.random_weights(3, 1, **spec)
     eng = engine(kernels, weights, spec["plane"], spec["conv2_padding"], **options(spec))
     lanes = kernels.LANES
     n = 3 * lanes + 3
-    x = images(n, 1, *spec["plane"], seed=5)
+    rows, columns = spec["plane"]
+    x = images(n, 1, rows - smaller, columns - smaller, seed=5)
     alone = np.concatenate([run(eng, x[i:i + 1]) for i in range(n)])
     for num_threads in (1, 2, 3):
         np.testing.assert_array_equal(run(eng, x, num_threads), alone)

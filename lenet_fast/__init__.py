@@ -1,4 +1,4 @@
-"""LeNet-5 inference on the CPU with compiled SIMD kernels behind a NumPy API.
+"""LeNet inference (the LeNet-5 family) on the CPU with compiled SIMD kernels behind a NumPy API.
 
 >>> from lenet_fast import LeNet
 >>> labels = LeNet.from_npz("lenet.npz").predict(batch)   # doctest: +SKIP
@@ -13,6 +13,8 @@ Where each concern lives (public modules first):
 - `reference`: the plain NumPy forward pass, the ground truth the kernels are tested against.
 - `cli` (and ``__main__``): the ``lenet-fast`` command line.
 - `train`: ``python -m lenet_fast.train``, the PyTorch recipe that wrote the shipped models.
+- ``_architecture``: the family's vocabulary: option names, allowed values and defaults, the
+  geometry options, the named members, and every size worked out from weight shapes (`sizes`).
 - ``_model``: the `LeNet` class (options, validation, threads, saving, pickling).
 - ``_weights``: weight layouts, canonical shapes and safe ``.npz`` reading and writing.
 - ``_torch``: reading PyTorch modules and state dicts (``LeNet.from_torch``).

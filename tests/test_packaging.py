@@ -296,6 +296,7 @@ def test_templates_render_at_build_time_only_and_every_tp_file(monkeypatch, tmp_
     monkeypatch.undo()
     (tmp_path / "a.pxi.tp").write_text("{{for n in (1, 2)}}x{{n}} = {{n}}\n{{endfor}}")
     (tmp_path / "b.pxd.tp").write_text("{{py: w = 8}}cdef int W = {{w}}\n")
+    shutil.copy(ROOT / "src" / "block_sizes.py", tmp_path)   # the table every template sees
     monkeypatch.setattr(setup, "SRC", tmp_path)
     setup.generate_from_templates()
     assert (tmp_path / "a.pxi").read_text().endswith("x1 = 1\nx2 = 2\n")

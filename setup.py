@@ -29,17 +29,15 @@ Environment variables read here:
 ``LENET_FAST_SANITIZE=address``
     Adds AddressSanitizer (``-fsanitize=address``, compile and link); used with
     ``LENET_FAST_DEBUG=1`` by ``tools/checked_build.sh``, which preloads libasan into Python.
-``LENET_FAST_NO_OPENMP=1``
-    Build without -fopenmp even when the compiler supports it.  The kernels' threads come from
-    their own pthread pool (src/parallel.h), so this changes only what show_config() reports.
 ``LENET_FAST_TARGET_ARCH``
     Override the detected target architecture (``x86_64``, ``aarch64``, ...).
 ``CC``, ``CFLAGS``, ``ARCHFLAGS``, ``CPPFLAGS``, ``LDFLAGS``
     The compiler and its flags, as distutils uses them; also used to find the target
-    architecture (``-dumpmachine``) and to probe OpenMP.
+    architecture (``-dumpmachine``).
 
-The build writes ``lenet_fast/_build_info.json`` next to the extension modules: the target it
-detected and, when the kernels have no OpenMP, why (``lenet_fast.show_config()`` reports it).
+The kernels' threads come from their own pthread pool (``src/parallel.h``): no OpenMP flag or
+runtime is used.  The build writes ``lenet_fast/_build_info.json`` next to the extension modules:
+the target it detected, how, and the ISA levels built.
 Every ``src/*.tp`` template is rendered (``x.pxi.tp`` -> ``x.pxi``) when ``build_ext`` runs,
 never when this file is imported.
 """
@@ -49,8 +47,6 @@ import os
 import shlex
 import subprocess
 import sysconfig
-import tempfile
-import warnings
 from pathlib import Path
 
 from setuptools import Extension, setup
@@ -137,42 +133,6 @@ def generate_from_templates():
             output_path.write_text(text)
 
 
-def compiler_accepts(compile_flags, link_flags):
-    """True when the C compiler builds and links a tiny OpenMP program with these flags."""
-    command = compiler_command() + shlex.split(os.environ.get("CPPFLAGS", ""))
-    with tempfile.TemporaryDirectory() as tmp:
-        source = Path(tmp) / "probe.c"
-        source.write_text(
-            "#include <omp.h>\nint main(void){int n=0;\n#pragma omp parallel reduction(+:n)\nn+=1;\n"
-            "return n>0?0:1;}\n"
-        )
-        command += compile_flags + [str(source), "-o", str(Path(tmp) / "probe")] + link_flags
-        command += shlex.split(os.environ.get("LDFLAGS", ""))
-        try:
-            result = subprocess.run(command, capture_output=True, timeout=60)
-        except (OSError, subprocess.SubprocessError):
-            return False
-        return result.returncode == 0
-
-
-def openmp_flags():
-    """Return ``(compile flags, link flags, None)``, or ``([], [], why there is no OpenMP)``."""
-    if os.environ.get("LENET_FAST_NO_OPENMP", "") not in ("", "0"):
-        return [], [], "built with LENET_FAST_NO_OPENMP=1"
-    # GCC and LLVM clang: -fopenmp.  Apple clang refuses -fopenmp but accepts OpenMP through the
-    # preprocessor with Homebrew's libomp (CPPFLAGS/LDFLAGS pointing at it; see the README).
-    candidates = [(["-fopenmp"], ["-fopenmp"]), (["-Xpreprocessor", "-fopenmp"], ["-lomp"])]
-    for compile_flags, link_flags in candidates:
-        if compiler_accepts(compile_flags, link_flags):
-            return compile_flags, link_flags, None
-    compiler = " ".join(compiler_command())
-    reason = (f"the C compiler ({compiler}) cannot build OpenMP programs (tried -fopenmp, and "
-              f"-Xpreprocessor -fopenmp -lomp)")
-    warnings.warn(f"building without OpenMP ({reason}); the kernels' own thread pool does not "
-                  f"need it")
-    return [], [], reason
-
-
 # Every source a kernel module is built from besides its .pyx: a change to any of them rebuilds it
 # (Cython tracks the includes it reads, but the C compile step only looks at `depends`).  Sources
 # only -- the templates, not what they render: setuptools also puts `depends` into the sdist.
@@ -209,8 +169,8 @@ def declared_extensions():
 
 
 class BuildKernels(build_ext):
-    """build_ext that first refuses MSVC, then probes OpenMP, renders the templates, cythonizes,
-    and records what it found in ``lenet_fast/_build_info.json``."""
+    """build_ext that first refuses MSVC, then renders the templates, cythonizes, and records the
+    target it built for in ``lenet_fast/_build_info.json``."""
 
     def build_extensions(self):
         if self.compiler.compiler_type == "msvc":
@@ -219,7 +179,6 @@ class BuildKernels(build_ext):
         from Cython.Build import cythonize
 
         generate_from_templates()
-        openmp_compile, openmp_link, no_openmp_reason = openmp_flags()
         common_compile, common_link = common_flags()
         for extension in self.extensions:
             extension.include_dirs = [str(SRC), np.get_include()]
@@ -227,8 +186,6 @@ class BuildKernels(build_ext):
             extension.extra_link_args = list(common_link)
             if extension.name.startswith("lenet_fast._kernels_"):
                 extension.define_macros.append(("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"))
-                extension.extra_compile_args += openmp_compile
-                extension.extra_link_args += openmp_link
         directives = {
             "language_level": 3,
             "boundscheck": DEBUG,
@@ -244,17 +201,17 @@ class BuildKernels(build_ext):
         sources = {extension.name: extension.sources for extension in cythonized}
         for extension in self.extensions:
             extension.sources = sources[extension.name]
-        self.write_build_info(no_openmp_reason)
+        self.write_build_info()
         super().build_extensions()
 
     def build_info_path(self):
         return Path(self.get_ext_fullpath("lenet_fast._cpu_features")).parent / "_build_info.json"
 
-    def write_build_info(self, no_openmp_reason):
+    def write_build_info(self):
         path = self.build_info_path()
         path.parent.mkdir(parents=True, exist_ok=True)
         info = {"target_arch": TARGET_ARCH, "target_found_by": TARGET_FOUND_BY,
-                "isa_levels": list(ISA_FLAGS), "no_openmp_reason": no_openmp_reason}
+                "isa_levels": list(ISA_FLAGS)}
         path.write_text(json.dumps(info, indent=1) + "\n")
 
     def copy_extensions_to_source(self):

@@ -24,7 +24,6 @@ Run from the repository root: ``python -m bench.family [--members caffe ...] [--
 import argparse
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -32,6 +31,7 @@ import time
 import numpy as np
 
 import lenet_fast
+from bench.peers import calls_lasting, cpu_model, measure_fma_peak, seconds_per_call
 from lenet_fast import LeNet, _architecture, _dispatch
 from lenet_fast.onnx import INPUT_NAME, OUTPUT_NAME, build_model_proto
 
@@ -91,21 +91,6 @@ def engines_for(name, threads, seed=0):
     return sizes.multiply_adds, sizes.in_channels, sizes.input_size, engines
 
 
-def seconds_per_call(run, images, calls):
-    start = time.perf_counter()
-    for _ in range(calls):
-        run(images)
-    return (time.perf_counter() - start) / calls
-
-
-def calls_lasting(run, images, min_seconds):
-    """Warm `run` up and return how many calls last at least `min_seconds`."""
-    calls = 1
-    while (elapsed := calls * seconds_per_call(run, images, calls)) < min_seconds / 10:
-        calls *= 4
-    return max(1, math.ceil(calls * min_seconds / elapsed))
-
-
 def measure(engines, images_by_batch, repeats, min_seconds):
     """Median seconds per call of every (batch, threads, engine)."""
     calls, samples = {}, {}
@@ -126,22 +111,6 @@ def measure(engines, images_by_batch, repeats, min_seconds):
     return {key: statistics.median(values) for key, values in samples.items()}
 
 
-def fma_peak_gflops(tries=5, seconds=0.2):
-    """One core's FMA throughput at lenet_fast's ISA level (GFLOP/s), best of `tries`."""
-    return max(_dispatch.kernels.measure_fma_peak(seconds) for _ in range(tries))
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
 def load_average(when):
     return (f"load average (1, 5, 15 min) {when}: "
             + ", ".join(f"{load:.2f}" for load in os.getloadavg()))
@@ -151,7 +120,7 @@ def report(members, batches, threads, repeats, min_seconds, out=sys.stdout):
     """Measure and print one markdown table per member; return the rows."""
     import onnxruntime
 
-    peak = fma_peak_gflops()
+    peak = measure_fma_peak()
     print(f"CPU: {cpu_model()} ({os.cpu_count()} logical CPUs); lenet_fast "
           f"{lenet_fast.__version__} at ISA level {_dispatch.kernels.__name__.rsplit('_', 1)[-1]}; "
           f"ONNX Runtime {onnxruntime.__version__}", file=out)

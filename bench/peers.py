@@ -405,17 +405,18 @@ def measure_concurrent_fma_peak(threads, seconds=0.5):
     return sum(results)
 
 
-def _seconds_per_call(run, images, calls):
+def seconds_per_call(run, images, calls):
+    """Mean wall seconds of `calls` calls of ``run(images)``."""
     start = time.perf_counter()
     for _ in range(calls):
         run(images)
     return (time.perf_counter() - start) / calls
 
 
-def _calls_per_measurement(run, images, min_seconds):
+def calls_lasting(run, images, min_seconds):
     """Warm `run` up and return how many calls last at least `min_seconds`."""
     calls = 1
-    while (elapsed := calls * _seconds_per_call(run, images, calls)) < min_seconds / 10:
+    while (elapsed := calls * seconds_per_call(run, images, calls)) < min_seconds / 10:
         calls *= 4
     return max(1, math.ceil(calls * min_seconds / elapsed))
 
@@ -473,7 +474,7 @@ def run_report(batches=DEFAULT_BATCHES, threads=DEFAULT_THREADS, repeats=DEFAULT
         for peer in peers[count].values() if is_benchmarked_at(peer.name, batch)
     ]
     calls = {(batch, count, peer.name):
-             _calls_per_measurement(peer.run, images[:batch], min_measurement_seconds)
+             calls_lasting(peer.run, images[:batch], min_measurement_seconds)
              for batch, count, peer in configurations}
     samples = {key: [] for key in calls}
     for repeat in range(repeats):
@@ -483,7 +484,7 @@ def run_report(batches=DEFAULT_BATCHES, threads=DEFAULT_THREADS, repeats=DEFAULT
             for peer in group[shift:] + group[:shift]:
                 key = batch, count, peer.name
                 time.sleep(SETTLE_SECONDS)
-                samples[key].append(_seconds_per_call(peer.run, images[:batch], calls[key]))
+                samples[key].append(seconds_per_call(peer.run, images[:batch], calls[key]))
 
     rows = []
     for (batch, count, name), seconds in samples.items():

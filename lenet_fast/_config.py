@@ -23,7 +23,6 @@ def show_config(print_out: bool = True) -> dict:
     dict
         ``isa`` (the level in use), ``usable_isas`` (levels this CPU runs, best first),
         ``built_isas``, ``forced_isa`` (``LENET_FAST_ISA`` or None), ``vector_lanes``,
-        ``openmp`` (whether the build passed ``-fopenmp``; the kernels' threads do not use it),
         ``threading`` (what runs the threads), ``spin_microseconds`` (how long an idle pool
         thread spins before sleeping: ``LENET_FAST_SPIN_US``, read when the first batch runs on
         several threads, and always in effect since the pool is lenet_fast's own),
@@ -32,8 +31,7 @@ def show_config(print_out: bool = True) -> dict:
         cgroup CPU quota), ``cgroup_cpu_limit`` (None without a quota), ``pool_jobs`` (jobs run
         with helpers, jobs run on the caller alone while the pool backed off, jobs after which it
         backed off: helpers that lose their core make the pool back off),
-        ``no_openmp_reason`` (None, or why the build has no ``-fopenmp``; informational,
-        the pool does not need it), ``default_num_threads``, ``version``.
+        ``default_num_threads``, ``version``.
     """
     kernels = _dispatch.kernels
     config = {
@@ -43,14 +41,12 @@ def show_config(print_out: bool = True) -> dict:
         "built_isas": _dispatch.built_levels(),
         "forced_isa": os.environ.get(_dispatch.ISA_ENVIRONMENT_VARIABLE) or None,
         "vector_lanes": kernels.LANES,
-        "openmp": kernels.HAVE_OPENMP,
         "threading": kernels.THREADING,
         "spin_microseconds": kernels.pool_spin_us(),
         "pool_jobs": kernels.pool_statistics(),
         "openmp_runtimes_loaded": _dispatch.loaded_openmp_runtimes(),
         "usable_cpus": _dispatch.usable_cpus(),
         "cgroup_cpu_limit": _dispatch.cgroup_cpu_limit(),
-        "no_openmp_reason": _dispatch.no_openmp_reason(),
         "default_num_threads": _dispatch.default_num_threads(),
     }
     if print_out:

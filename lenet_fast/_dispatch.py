@@ -9,7 +9,6 @@ says which of them this CPU can execute; at import we load the best one, once pe
 
 import importlib
 import importlib.util
-import json
 import os
 from types import ModuleType
 
@@ -220,27 +219,6 @@ def usable_cpus() -> int:
     if quota is not None:
         cpus = min(cpus, quota)
     return max(1, cpus)
-
-
-def no_openmp_reason() -> str | None:
-    """Why the kernels were built without ``-fopenmp``, as recorded by ``setup.py``.
-
-    Informational: the kernels' threads come from lenet_fast's own pthread pool
-    (``parallel.h``), which works the same with or without OpenMP.
-
-    Returns
-    -------
-    str or None
-        None when the kernels were built with ``-fopenmp``.
-    """
-    if kernels.HAVE_OPENMP:
-        return None
-    try:
-        with open(os.path.join(os.path.dirname(__file__), "_build_info.json")) as file:
-            reason = json.load(file).get("no_openmp_reason")
-    except (OSError, ValueError, AttributeError):
-        reason = None
-    return reason or "the kernels were built without OpenMP (the build recorded no reason)"
 
 
 def default_num_threads() -> int:

@@ -1,7 +1,7 @@
 /*
  * parallel.h -- the kernels' threading: a small pthread pool with an atomic work counter (below),
  * per-thread workspaces and the atomics the kernels need.  It does not use OpenMP (see the pool's
- * comment for why); LENET_HAVE_OPENMP only reports whether the build passed -fopenmp.
+ * comment for why), and the build does not pass -fopenmp.
  */
 #ifndef LENET_PARALLEL_H
 #define LENET_PARALLEL_H
@@ -10,12 +10,6 @@
 #include <sched.h>
 #include <stdint.h>
 #include <stdlib.h>
-
-#ifdef _OPENMP
-#define LENET_HAVE_OPENMP 1
-#else
-#define LENET_HAVE_OPENMP 0
-#endif
 
 /* *target = min(*target, value), atomically (the first bad image index found by any thread). */
 static inline void lenet_atomic_min_i64(int64_t *target, int64_t value) {

@@ -8,13 +8,19 @@
   runs in an empty working directory.
 
 Where each concern is tested: test_kernels (compiled kernels against the reference, determinism),
-test_reference (the NumPy reference against loops and PyTorch), test_dispatch (choice of kernel
-level, qemu), test_model (the LeNet API: options, inputs, out=, pickling), test_weights (weight
-layouts and .npz files), test_hostile_files (crafted files: npz, IDX, ONNX, images), test_threads
-(thread counts, the pool, concurrent callers, processes), test_memory (bounded memory, leaks),
-test_cli (the command line), test_datasets, test_pretrained (the shipped models), test_torch,
-test_onnx, test_keras, test_dask (interop), test_packaging (builds, sdist, README example),
-test_fuzz (fuzz targets).  Markers: slow, fuzz, memory (pyproject.toml).
+test_microkernels (the Engine of every family member and geometry, every micro-kernel block
+size, the Engine's own checks), test_reference (the NumPy reference against loops and PyTorch),
+test_dispatch (choice of kernel level, qemu), test_architecture (the family: named members,
+geometry inferred, stated or refused, sizes, through the model API), test_model (the LeNet API:
+options, inputs, out=, pickling), test_weights (weight layouts and .npz files),
+test_hostile_files (crafted files: npz, IDX, ONNX, images), test_threads (thread counts, the
+pool, concurrent callers, processes), test_memory (bounded memory, leaks), test_cli (the command
+line), test_datasets, test_pretrained (the shipped models), test_torch, test_onnx, test_keras,
+test_dask (interop, each for the whole family), test_packaging (builds, sdist, README example),
+test_fuzz (fuzz targets); bench/test_peers.py and bench/test_family.py (the benchmarks run).
+Markers: slow, fuzz, memory (pyproject.toml).  The README's command runs them on two workers
+(pytest-xdist ``-n 2``): tests write only under ``tmp_path`` and measure memory in their own
+subprocesses, so they are independent of each other.
 """
 
 import importlib.machinery

@@ -1,17 +1,28 @@
 """The one place tests (and ``bench/``) get random weights, images and PyTorch LeNets from.
 
-* `random_weights`: seeded canonical float32 weights of any widths and input channels, uniform or
-  normal, scaled by the fan-in like PyTorch's default initialisation (so activations stay in
-  their interesting range);
+* `random_weights`: seeded canonical float32 weights of any widths and input channels (or of any
+  family member's shapes), uniform or normal, scaled by the fan-in like PyTorch's default
+  initialisation (so activations stay in their interesting range); `member_weights`: those of a
+  named member (``lenet_fast._architecture.MEMBERS``);
 * `normal_weights`, `unit_normal_weights`: the same with normal draws;
 * `normal_images`: seeded normal images of any dtype; `LAYOUTS`: every memory layout and dtype
   an input may come in;
 * `random_images`: seeded standard-normal float32 images;
 * `model_at_level`: the same model on the kernels of another ISA level;
-* `torch_lenets`: the PyTorch LeNet definitions the reference, model and interop tests export,
-  import and compare against (torch is imported when it is first called: this module needs none);
+* `torch_lenets`: the PyTorch LeNet definitions (and every named family member) the reference,
+  model and interop tests export, import and compare against (torch is imported when it is first
+  called: this module needs none); `export_onnx`: one of them to an ``.onnx`` file;
+  `onnxruntime_scores`: what ONNX Runtime computes with a model;
+* `real_images`: the shipped Fashion-MNIST sample as floats in [0, 1], padded, 1 or 3 channels;
+* `saved_keras_models`, `assert_keras_parity`: Keras models saved as ``.keras`` and ``.h5``, and
+  lenet_fast's outputs against Keras's own (Keras is imported by the tests that use them);
+* `torch_scores`, `assert_matches_pytorch`: a PyTorch net's outputs, and a lenet_fast model
+  against them (1e-5 absolute + 1e-5 relative, >= 99.9 % equal labels); `train_torch`: a few
+  hundred seeded Adam steps; `no_architecture_warning`: a block where an ArchitectureWarning is
+  an error; `FASHION_MEAN`, `FASHION_STD`: the normalisation of Fashion-MNIST pixels;
 * `save_like_users`: a PyTorch model's state_dict written with ``np.savez``, as users do;
 * `leftovers`: the temporary files an interrupted atomic write left behind;
+* `traced_peak`: the peak of Python allocations in a block (tracemalloc);
 * `exact`, `starts`: ``pytest.raises(match=)`` patterns matching one whole message, or its start;
 * `run_python`: code in a fresh interpreter that imports the lenet_fast under test and this
   module, with ``rss_mb()``, ``peak_mb()`` and ``report(**values)``; returns what it reports.
@@ -20,6 +31,7 @@ Import it as ``from factories import ...`` in tests (pytest puts ``tests/`` on `
 as ``from tests.factories import ...`` from ``bench/``.
 """
 
+import contextlib
 import functools
 import json
 import math
@@ -28,20 +40,24 @@ import re
 import subprocess
 import sys
 import textwrap
+import tracemalloc
 import types
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from lenet_fast import LeNet, _dispatch
-from lenet_fast._weights import LAYERS, canonical_shapes
+from lenet_fast import ArchitectureWarning, LeNet, _dispatch
+from lenet_fast._architecture import LAYERS, MEMBERS
+from lenet_fast._weights import canonical_shapes
 
 DEFAULT_WIDTHS = (6, 16, 120, 84, 10)  # conv1, conv2, conv3, fc1 channels; classes
+FASHION_MEAN, FASHION_STD = 0.286, 0.353   # Fashion-MNIST pixels / 255: mean, standard deviation
 
 
 def random_weights(seed=0, in_channels=1, widths=DEFAULT_WIDTHS, *, conv1=None, conv2=None,
                    conv3=None, fc1=None, n_classes=None, distribution="uniform", gain=1.0,
-                   fan_in_scaled=True, bias_bound=0.1):
+                   fan_in_scaled=True, bias_bound=0.1, shapes=None):
     """Canonical float32 weights, drawn layer by layer (weight, then bias) from one generator.
 
     `normal_weights` and `unit_normal_weights` are this function with other defaults.
@@ -65,6 +81,9 @@ def random_weights(seed=0, in_channels=1, widths=DEFAULT_WIDTHS, *, conv1=None, 
         than ``gain``.
     bias_bound : float or None
         Biases' bound; None: the same as the layer's weights.
+    shapes : dict of str to tuple, optional
+        Canonical shapes of any member of the family (``Member.shapes()``,
+        ``_architecture.canonical_shapes``); given, `in_channels` and the widths are not used.
 
     Returns
     -------
@@ -73,8 +92,10 @@ def random_weights(seed=0, in_channels=1, widths=DEFAULT_WIDTHS, *, conv1=None, 
     overrides = (conv1, conv2, conv3, fc1, n_classes)
     conv1, conv2, conv3, fc1, n_classes = (width if override is None else override
                                            for width, override in zip(widths, overrides))
-    shapes = canonical_shapes(in_channels=in_channels, conv1_channels=conv1, conv2_channels=conv2,
-                              conv3_channels=conv3, fc1_units=fc1, n_classes=n_classes)
+    if shapes is None:
+        shapes = canonical_shapes(in_channels=in_channels, conv1_channels=conv1,
+                                  conv2_channels=conv2, conv3_channels=conv3, fc1_units=fc1,
+                                  n_classes=n_classes)
     rng = np.random.default_rng(seed)
 
     def draw(bound, shape):
@@ -86,6 +107,8 @@ def random_weights(seed=0, in_channels=1, widths=DEFAULT_WIDTHS, *, conv1=None, 
 
     weights = {}
     for layer in LAYERS:
+        if f"{layer}.weight" not in shapes:
+            continue
         shape = shapes[f"{layer}.weight"]
         bound = gain / math.sqrt(math.prod(shape[1:]) or 1) if fan_in_scaled else gain
         weights[f"{layer}.weight"] = draw(bound, shape)
@@ -98,6 +121,13 @@ normal_weights = functools.partial(random_weights, distribution="normal", bias_b
 # Standard normal, unscaled: for tests of layouts and files, where values only need to differ.
 unit_normal_weights = functools.partial(random_weights, distribution="normal",
                                         fan_in_scaled=False, bias_bound=None)
+
+
+def member_weights(member, in_channels=1, seed=0):
+    """Uniform weights (`random_weights`) of a member of ``lenet_fast._architecture.MEMBERS``
+    (a `Member`, or its name)."""
+    member = MEMBERS[member] if isinstance(member, str) else member
+    return random_weights(seed, shapes=member.shapes(in_channels=in_channels))
 
 
 def model_at_level(model, level):
@@ -161,6 +191,70 @@ def random_images(batch, seed=1, in_channels=1, size=32, dtype=np.float32):
         dtype, copy=False)
 
 
+def real_images(size=28, channels=1):
+    """The shipped Fashion-MNIST test images as floats in [0, 1], (N, C, size, size): zero-padded
+    to `size`; with 3 channels the image, its negative and its square (three different ones)."""
+    from lenet_fast.datasets import load_sample
+
+    pixels = load_sample()[0].astype(np.float32) / 255
+    pad = (size - 28) // 2
+    pixels = np.pad(pixels, ((0, 0), (pad, pad), (pad, pad)))[:, None]
+    if channels == 3:
+        pixels = np.concatenate([pixels, 1 - pixels, pixels**2], axis=1)
+    return np.ascontiguousarray(pixels)
+
+
+def saved_keras_models(models, folder, trained):
+    """name -> (Keras model, its .keras file, its .h5 file) for every ``name: (build, ...)`` of
+    `models`, built after ``keras.utils.set_random_seed(0)`` and saved in `folder`.  The models
+    named in `trained` (name -> epochs) are fitted on the shipped sample so that their labels mean
+    something; the others keep Keras's initial weights."""
+    import keras
+
+    from lenet_fast.datasets import load_sample
+
+    keras.utils.set_random_seed(0)
+    result = {}
+    for name, (build, *_) in models.items():
+        model = build()
+        if name in trained:
+            pixels, labels = load_sample()
+            model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+            model.fit(pixels[..., None].astype(np.float32) / 255, labels, epochs=trained[name],
+                      batch_size=32, verbose=0)
+        model.save(folder / f"{name}.keras")
+        model.save(folder / f"{name}.h5")
+        result[name] = (model, folder / f"{name}.keras", folder / f"{name}.h5")
+    return result
+
+
+def assert_keras_parity(ours, keras_model, images):
+    """`ours`' scores for (N, C, H, W) `images` against the Keras model's (given the images in
+    its own layout): within 1e-5 absolute + 1e-5 relative, >= 99.9 % equal labels.  Returns
+    ours."""
+    channels_first = tuple(keras_model.inputs[0].shape[1:])[0] == images.shape[1]
+    expected = np.asarray(keras_model.predict(
+        images if channels_first else images.transpose(0, 2, 3, 1), verbose=0, batch_size=256))
+    found = ours.forward(images)
+    np.testing.assert_allclose(found, expected, atol=1e-5, rtol=1e-5)
+    agreement = np.mean(found.argmax(axis=1) == expected.argmax(axis=1))
+    assert agreement >= 0.999, agreement
+    return found
+
+
+@contextlib.contextmanager
+def traced_peak():
+    """Trace Python's allocations inside the block; the list it yields then holds the peak of
+    traced bytes (checks that a refusal comes before a large allocation)."""
+    peak = []
+    tracemalloc.start()
+    try:
+        yield peak
+        peak.append(tracemalloc.get_traced_memory()[1])
+    finally:
+        tracemalloc.stop()
+
+
 def exact(message):
     """A ``pytest.raises(match=...)`` pattern that matches exactly `message`, nothing more."""
     return f"^{re.escape(message)}$"
@@ -199,6 +293,14 @@ def torch_lenets():
     * ``sequential_conv3()``: a numbered ``nn.Sequential`` with conv3, tanh, average pooling and
       a softmax output.
     * ``d2l(batchnorm=False)``: d2l.ai's LeNet (sigmoid, average pooling, conv1 padded by 2).
+    * ``MnistLeNet()``: the LeNet of PyTorch's MNIST examples on unpadded 28x28 input (flatten
+      of 16*4*4, three dense layers, ReLU, identity output); ``mnist_sequential()``: the same
+      as a numbered ``nn.Sequential``.
+    * ``CaffeLeNet()``: Caffe's MNIST LeNet with Caffe's layer names (conv 20, conv 50, no conv
+      activation, ip1 800 -> 500 + ReLU, ip2 500 -> 10, softmax).
+    * ``member(name, in_channels=1, seed=0)``: a named member of
+      ``lenet_fast._architecture.MEMBERS`` as an ``nn.Sequential`` in eval mode (seeded
+      PyTorch initialisation).
 
     Every model has ``channels`` and ``size`` (its input) and ``architecture`` (the lenet_fast
     options it computes).  Parameters are created in the same order in every variant, so a seed
@@ -346,9 +448,156 @@ def torch_lenets():
         net.channels, net.size = 1, 28
         return net
 
+    class MnistLeNet(nn.Module):
+        channels, size = 1, 28
+
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.conv2 = nn.Conv2d(1, 6, 5), nn.Conv2d(6, 16, 5)
+            self.fc1, self.fc2 = nn.Linear(256, 120), nn.Linear(120, 84)
+            self.fc3 = nn.Linear(84, 10)
+
+        def forward(self, x):
+            x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+            x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+            x = torch.flatten(x, 1)
+            return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
+
+    def mnist_sequential():
+        return nn.Sequential(nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2),
+                             nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                             nn.Linear(256, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
+                             nn.Linear(84, 10))
+
+    class CaffeLeNet(nn.Module):
+        channels, size = 1, 28
+
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.conv2 = nn.Conv2d(1, 20, 5), nn.Conv2d(20, 50, 5)
+            self.ip1, self.ip2 = nn.Linear(800, 500), nn.Linear(500, 10)
+
+        def forward(self, x):
+            x = F.max_pool2d(self.conv2(F.max_pool2d(self.conv1(x), 2)), 2)
+            return F.softmax(self.ip2(F.relu(self.ip1(x.flatten(1)))), dim=1)
+
+    activations = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh,
+                   "identity": nn.Identity, "softmax": lambda: nn.Softmax(dim=1)}
+    pools = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
+
+    def member(name, in_channels=1, seed=0):
+        spec = MEMBERS[name]
+        architecture = spec.architecture
+        torch.manual_seed(seed)
+
+        def act(option):
+            return activations[architecture[option]]()
+
+        pool = pools[architecture["pool"]]
+        c1, c2, c3 = spec.conv1_channels, spec.conv2_channels, spec.conv3_channels
+        modules = [nn.Conv2d(in_channels, c1, 5, padding=spec.conv1_padding),
+                   act("conv_activation"), pool(2),
+                   nn.Conv2d(c1, c2, 5, padding=spec.conv2_padding), act("conv_activation"),
+                   pool(2)]
+        side = spec.input_size + 2 * spec.conv1_padding - 4
+        side = (side // 2 + 2 * spec.conv2_padding - 4) // 2
+        features = c2 * side * side
+        if c3:
+            modules += [nn.Conv2d(c2, c3, 5), act("conv_activation")]
+            features = c3
+        modules.append(nn.Flatten())
+        for index, units in enumerate(spec.dense_units):
+            modules.append(nn.Linear(features, units))
+            last = index == len(spec.dense_units) - 1
+            modules.append(act("output_activation" if last else "fc_activation"))
+            features = units
+        return nn.Sequential(*modules).eval()
+
     return types.SimpleNamespace(TableNet=TableNet, TutorialNet=TutorialNet,
                                  OldTutorialNet=OldTutorialNet, NoBiasNet=NoBiasNet,
-                                 sequential=sequential, sequential_conv3=sequential_conv3, d2l=d2l)
+                                 sequential=sequential, sequential_conv3=sequential_conv3, d2l=d2l,
+                                 MnistLeNet=MnistLeNet, mnist_sequential=mnist_sequential,
+                                 CaffeLeNet=CaffeLeNet, member=member)
+
+
+def torch_scores(net, x):
+    """`net`'s outputs (in eval mode, without gradients) for the float32 array `x`."""
+    import torch
+
+    with torch.no_grad():
+        return net.eval()(torch.from_numpy(x)).numpy()
+
+
+def assert_matches_pytorch(model, net, x, tolerance=1e-5, min_agreement=0.999):
+    """`model.forward(x)` within `tolerance` (absolute + relative) of `net`'s outputs and at least
+    `min_agreement` of `model.predict(x)` equal to PyTorch's labels; returns the largest
+    absolute difference."""
+    expected = torch_scores(net, x)
+    actual = model.forward(x)
+    np.testing.assert_allclose(actual, expected, rtol=tolerance, atol=tolerance)
+    agreement = float(np.mean(model.predict(x) == expected.argmax(axis=1)))
+    assert agreement >= min_agreement, agreement
+    return float(np.abs(actual - expected).max())
+
+
+def train_torch(net, images, labels, steps=300, seed=0):
+    """`steps` seeded Adam steps (batches of 64, cross-entropy) of `net` on float32 `images` and
+    integer `labels`, on one torch thread (tiny batches: extra threads only contend on a shared
+    machine), so that its labels depend on its real activations; returns `net` in eval mode."""
+    import torch
+    from torch.nn import functional as F
+
+    torch.manual_seed(seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    images = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+    labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    optimiser = torch.optim.Adam(net.parameters(), lr=3e-3)
+    net.train()
+    generator = torch.Generator().manual_seed(seed)
+    try:
+        for _ in range(steps):
+            batch = torch.randint(0, len(images), (64,), generator=generator)
+            optimiser.zero_grad()
+            F.cross_entropy(net(images[batch]), labels[batch]).backward()
+            optimiser.step()
+    finally:
+        torch.set_num_threads(threads)
+    return net.eval()
+
+
+@contextlib.contextmanager
+def no_architecture_warning():
+    """Inside the block, an ArchitectureWarning is an error."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ArchitectureWarning)
+        yield
+
+
+def export_onnx(module, example, path, dynamo):
+    """``torch.onnx.export`` of `module` (in eval mode) with a dynamic batch axis, input "x" and
+    output "y", opset 17, with the dynamo exporter or the TorchScript one."""
+    import torch
+
+    module.eval()
+    if dynamo:
+        torch.onnx.export(module, (example,), path, opset_version=17, dynamo=True,
+                          input_names=["x"], output_names=["y"],
+                          dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
+    else:
+        torch.onnx.export(module, (example,), path, opset_version=17, dynamo=False,
+                          input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
+
+
+def onnxruntime_scores(proto_or_path, x):
+    """What ONNX Runtime (CPU) computes for `x` with a ``ModelProto`` or an ``.onnx`` file."""
+    import onnxruntime
+
+    content = proto_or_path.SerializeToString() if hasattr(proto_or_path, "SerializeToString") \
+        else str(proto_or_path)
+    session = onnxruntime.InferenceSession(content, providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
 
 
 _CHILD_PRELUDE = """

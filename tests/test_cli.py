@@ -4,6 +4,7 @@ including the error exits (one line on stderr, non-zero status, no traceback).""
 import csv
 import io
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -579,9 +580,13 @@ def test_version_plural_usage_and_empty_evaluation(tmp_path):
     assert "nothing to evaluate" in result.stderr
 
 
-def test_demo_says_1_thread():
+def test_demo_and_info_say_the_thread_count_omp_num_threads_sets():
     output = run("demo", expect=0, env={"OMP_NUM_THREADS": "1"}).stdout
     assert "1 thread," in output and "1 threads" not in output
+    output = run("demo", expect=0, env={"OMP_NUM_THREADS": "2"}).stdout
+    assert re.search(r"batch of [\d,]+, 2 threads,", output), output
+    output = run("info", "fashion-mnist", env={"OMP_NUM_THREADS": "2"}).stdout
+    assert re.search(r"^threads +2 \(usable CPUs: \d+\)$", output, re.M), output
 
 
 def test_evaluate_class_subfolders(tmp_path):

@@ -2,11 +2,11 @@
 
 import gzip
 import os
-import tracemalloc
 
 import numpy as np
 import pytest
 
+from factories import traced_peak
 from lenet_fast import datasets
 from lenet_fast.datasets import DataFileError, IdxReader, read_idx, write_idx
 
@@ -182,14 +182,10 @@ def test_lying_header_is_rejected_before_allocating(tmp_path, images, compress):
     data = bytearray(idx_bytes(images))
     data[4:8] = (2**32 - 1).to_bytes(4, "big")
     path = write(tmp_path / "a.idx", bytes(data), compress)
-    tracemalloc.start()
-    try:
-        with pytest.raises(DataFileError, match=r"header declares 4294967295 x 28 x 28 uint8"):
-            read_idx(path)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert peak < 1 << 20
+    with (traced_peak() as peak,
+          pytest.raises(DataFileError, match=r"header declares 4294967295 x 28 x 28 uint8")):
+        read_idx(path)
+    assert peak[0] < 1 << 20
 
 
 def test_gzip_header_lying_within_the_deflate_bound_reads_in_bounded_chunks(tmp_path, images):
@@ -198,15 +194,11 @@ def test_gzip_header_lying_within_the_deflate_bound_reads_in_bounded_chunks(tmp_
     data = bytearray(idx_bytes(images))
     data[4:8] = (2000).to_bytes(4, "big")
     path = write(tmp_path / "a.idx", bytes(data), True)
-    tracemalloc.start()
-    try:
-        with IdxReader(path) as reader, pytest.raises(DataFileError, match="truncated"):
-            for _ in reader.chunks(50):
-                pass
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert peak < 2000 * 28 * 28 // 4
+    with (traced_peak() as peak, IdxReader(path) as reader,
+          pytest.raises(DataFileError, match="truncated")):
+        for _ in reader.chunks(50):
+            pass
+    assert peak[0] < 2000 * 28 * 28 // 4
 
 
 def test_missing_file(tmp_path):

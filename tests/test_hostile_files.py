@@ -15,7 +15,6 @@ import struct
 import subprocess
 import sys
 import time
-import tracemalloc
 import zipfile
 import zlib
 from pathlib import Path
@@ -25,7 +24,14 @@ import pytest
 from numpy.lib import format as npy_format
 
 import lenet_fast
-from factories import exact, normal_weights, run_python, starts, unit_normal_weights
+from factories import (
+    exact,
+    normal_weights,
+    run_python,
+    starts,
+    traced_peak,
+    unit_normal_weights,
+)
 from factories import normal_images as images
 from lenet_fast import LeNet, WeightFileError, datasets
 from lenet_fast._weights import (
@@ -691,14 +697,10 @@ def test_duplicate_members_are_rejected(tmp_path):
 def test_absurd_header_shapes_are_rejected_before_allocation(tmp_path, shape, message):
     path = tmp_path / "absurd.npz"
     write_zip(path, members_with(**{"conv1.weight.npy": npy_header_only(shape)}))
-    tracemalloc.start()
-    try:
-        with pytest.raises(WeightFileError, match=exact(f"{path}: 'conv1.weight.npy': {message}")):
-            load_npz(path)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert peak < 4 * 2**20
+    with (traced_peak() as peak,
+          pytest.raises(WeightFileError, match=exact(f"{path}: 'conv1.weight.npy': {message}"))):
+        load_npz(path)
+    assert peak[0] < 4 * 2**20
 
 
 def test_zip_bomb_is_rejected_quickly_with_little_memory(tmp_path):
@@ -714,19 +716,14 @@ def test_zip_bomb_is_rejected_quickly_with_little_memory(tmp_path):
             for _ in range(128):
                 member.write(zeros)
     assert path.stat().st_size < 2**20  # 128 MiB of zeros compress to almost nothing
-    tracemalloc.start()
     started = time.perf_counter()
-    try:
-        with pytest.raises(WeightFileError, match=exact(
-            f"{path}: 'conv1.weight.npy': the zip directory declares {len(header) + 2**27} uncompressed bytes, "
-            f"the .npy header of a float32 array of shape (6, 1, 5, 5) implies {len(header) + 600}"
-        )):
-            load_npz(path)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    with traced_peak() as peak, pytest.raises(WeightFileError, match=exact(
+        f"{path}: 'conv1.weight.npy': the zip directory declares {len(header) + 2**27} uncompressed bytes, "
+        f"the .npy header of a float32 array of shape (6, 1, 5, 5) implies {len(header) + 600}"
+    )):
+        load_npz(path)
     assert time.perf_counter() - started < 1.0
-    assert peak < 4 * 2**20
+    assert peak[0] < 4 * 2**20
 
 
 def test_metadata_member_errors(tmp_path):
@@ -758,11 +755,7 @@ def test_metadata_member_is_checked_from_its_header_before_any_data_is_read(tmp_
             chunk = bytes(1 << 24)
             for _ in range(800_000_000 // len(chunk)):
                 member.write(chunk)
-    tracemalloc.start()
-    try:
-        with pytest.raises(WeightFileError, match=starts(f"{path}: '__lenet_fast__.npy': expected")):
-            load_npz(path)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert peak < 16 * 2**20
+    with (traced_peak() as peak,
+          pytest.raises(WeightFileError, match=starts(f"{path}: '__lenet_fast__.npy': expected"))):
+        load_npz(path)
+    assert peak[0] < 16 * 2**20

@@ -1,6 +1,10 @@
 """Keras interop: LeNets built and saved by Keras 3 itself (``.keras`` and ``.h5``), and the Keras 2
 ``.h5`` layout, load with `LeNet.from_keras` and give Keras's outputs; files outside the network
-family, and hostile files, are refused naming the file and the layer.
+family (odd sizes, conv3 that does not see 5x5, a fourth Dense layer, mixed activations, ...),
+and hostile files, are refused naming the file and the layer.  The family's members and
+geometries ('valid'/'same' per convolution, 28x28 and 32x32, flatten models with 1-3 Dense
+layers, channels-first, RGB) load with fc1 permuted once from Keras's (row, column, channel)
+order.
 
 Keras runs on its PyTorch backend (no TensorFlow).  Parity: <= 1e-5 absolute + 1e-5 relative on the
 outputs and >= 99.9 % equal labels, on random images and on real Fashion-MNIST images.
@@ -23,10 +27,11 @@ os.environ["KERAS_BACKEND"] = "torch"   # before Keras is imported: no TensorFlo
 keras = pytest.importorskip("keras", reason="Keras 3 is not installed (the test extra installs it)")
 from keras import layers  # noqa: E402
 
+from factories import assert_keras_parity, real_images, saved_keras_models  # noqa: E402
 from lenet_fast import LeNet, WeightFileError  # noqa: E402
+from lenet_fast._architecture import ARCHITECTURE_OPTIONS  # noqa: E402
 from lenet_fast.datasets import load_sample  # noqa: E402
 
-TOLERANCE = {"atol": 1e-5, "rtol": 1e-5}
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning",
                                         "ignore::FutureWarning")
 
@@ -86,9 +91,62 @@ def channels_first_lenet():
         layers.Dense(10, activation="softmax")])
 
 
+def keras_mnist_unpadded():
+    """28x28 'valid' everywhere, ReLU, max pooling, flatten 256 -> 120 -> 84 -> 10 (linear)."""
+    return keras.Sequential([
+        keras.Input((28, 28, 1)),
+        layers.Conv2D(6, 5, activation="relu"), layers.MaxPooling2D(2),
+        layers.Conv2D(16, 5, activation="relu"), layers.MaxPooling2D(2), layers.Flatten(),
+        layers.Dense(120, activation="relu"), layers.Dense(84, activation="relu"),
+        layers.Dense(10)])
+
+
+def keras_caffe():
+    """Caffe's LeNet: no convolution activation, flatten 800 -> 500 ReLU -> 10 softmax."""
+    return keras.Sequential([
+        keras.Input((28, 28, 1)),
+        layers.Conv2D(20, 5), layers.MaxPooling2D(2), layers.Conv2D(50, 5), layers.MaxPooling2D(2),
+        layers.Flatten(), layers.Dense(500, activation="relu"),
+        layers.Dense(10, activation="softmax")])
+
+
+def keras_same_flatten():
+    """'same' then 'valid', tanh convolutions, average pooling, and ReLU dense layers: a flatten
+    over 5x5 in Keras's (row, column, channel) order that is not conv3."""
+    return keras.Sequential([
+        keras.Input((28, 28, 1)),
+        layers.Conv2D(6, 5, padding="same", activation="tanh"), layers.AveragePooling2D(2),
+        layers.Conv2D(16, 5, activation="tanh"), layers.AveragePooling2D(2), layers.Flatten(),
+        layers.Dense(120, activation="relu"), layers.Dense(84, activation="relu"),
+        layers.Dense(10, activation="softmax")])
+
+
+def keras_same_same_rgb():
+    """'same' on both convolutions (7x7 after pooling), RGB, one Dense layer."""
+    return keras.Sequential([
+        keras.Input((28, 28, 3)),
+        layers.Conv2D(8, 5, padding="same", activation="relu"), layers.MaxPooling2D(2),
+        layers.Conv2D(12, 5, padding="same", activation="relu"), layers.MaxPooling2D(2),
+        layers.Flatten(), layers.Dense(10, activation="softmax")])
+
+
+def keras_channels_first_valid_32():
+    """Channels-first tensors on a 32x32 input, sigmoid, flattened in (channel, row, column)."""
+    return keras.Sequential([
+        keras.Input((1, 32, 32)),
+        layers.Conv2D(6, 5, activation="sigmoid", data_format="channels_first"),
+        layers.AveragePooling2D(2, data_format="channels_first"),
+        layers.Conv2D(16, 5, activation="sigmoid", data_format="channels_first"),
+        layers.AveragePooling2D(2, data_format="channels_first"),
+        layers.Flatten(data_format="channels_first"),
+        layers.Dense(32, activation="tanh"), layers.Dense(10)])
+
+
 # The geometry the config states: input size and the convolutions' padding.
 INPUT_32 = {"input_size": (32, 32), "conv1_padding": 0, "conv2_padding": 0}
+INPUT_28 = {"input_size": (28, 28), "conv1_padding": 0, "conv2_padding": 0}
 INPUT_28_SAME = {"input_size": (28, 28), "conv1_padding": 2, "conv2_padding": 0}
+INPUT_28_SAME_SAME = {"input_size": (28, 28), "conv1_padding": 2, "conv2_padding": 2}
 MODELS = {
     "example": (example_lenet, {"conv_activation": "tanh", "fc_activation": "tanh",
                                 "output_activation": "softmax", "pool": "avg", **INPUT_28_SAME}),
@@ -100,59 +158,44 @@ MODELS = {
                                               "fc_activation": "tanh",
                                               "output_activation": "softmax", "pool": "avg",
                                               **INPUT_28_SAME}),
+    # The family (issue 12): padding per convolution, flatten models, 1 to 3 Dense layers.
+    "mnist-unpadded": (keras_mnist_unpadded, {
+        "conv_activation": "relu", "fc_activation": "relu", "output_activation": "identity",
+        "pool": "max", **INPUT_28}),
+    "caffe": (keras_caffe, {
+        "conv_activation": "identity", "fc_activation": "relu", "output_activation": "softmax",
+        "pool": "max", **INPUT_28}),
+    "same-flatten": (keras_same_flatten, {
+        "conv_activation": "tanh", "fc_activation": "relu", "output_activation": "softmax",
+        "pool": "avg", **INPUT_28_SAME}),
+    "same-same-rgb": (keras_same_same_rgb, {   # one Dense layer: no fc_activation to compare
+        "conv_activation": "relu", "output_activation": "softmax", "pool": "max",
+        **INPUT_28_SAME_SAME}),
+    "channels_first_32": (keras_channels_first_valid_32, {
+        "conv_activation": "sigmoid", "fc_activation": "tanh", "output_activation": "identity",
+        "pool": "avg", **INPUT_32}),
 }
+# Trained for this many epochs on real images so that their labels mean something; the others
+# keep Keras's initial weights.
+TRAINED = {"example": 3, "caffe": 1}
 
 
 def keras_input_shape(model):
     return tuple(model.inputs[0].shape[1:])
 
 
-def to_keras_layout(images_nchw, model):
-    """Our (N, C, H, W) images in the layout the Keras model takes."""
-    if keras_input_shape(model)[0] == images_nchw.shape[1]:       # channels-first
-        return images_nchw
-    return images_nchw.transpose(0, 2, 3, 1)
-
-
-def real_images(size, channels):
-    """The shipped Fashion-MNIST test images as floats in [0, 1], (N, C, size, size)."""
-    images = load_sample()[0].astype(np.float32) / 255
-    pad = (size - 28) // 2
-    images = np.pad(images, ((0, 0), (pad, pad), (pad, pad)))[:, None]
-    if channels == 3:   # three different channels: the image, its negative, its square
-        images = np.concatenate([images, 1 - images, images**2], axis=1)
-    return np.ascontiguousarray(images)
+@pytest.fixture(scope="module", autouse=True)
+def fresh_keras_names():
+    """Keras numbers automatic layer names per process (conv2d, conv2d_1, ...): reset them after
+    this module so that other test modules see the names a fresh process gives."""
+    yield
+    keras.backend.clear_session()
 
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
-    """name -> (Keras model, its .keras file, its .h5 file).  The example LeNet is trained for a
-    few steps on real images so that its labels mean something; the others keep Keras's
-    initial weights."""
-    keras.utils.set_random_seed(0)
-    folder = tmp_path_factory.mktemp("keras")
-    result = {}
-    for name, (build, _) in MODELS.items():
-        model = build()
-        if name == "example":
-            images, labels = load_sample()
-            model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-            model.fit(images[..., None].astype(np.float32) / 255, labels, epochs=3,
-                      batch_size=32, verbose=0)
-        model.save(folder / f"{name}.keras")
-        model.save(folder / f"{name}.h5")
-        result[name] = (model, folder / f"{name}.keras", folder / f"{name}.h5")
-    return result
-
-
-def assert_parity(ours, keras_model, images):
-    expected = np.asarray(keras_model.predict(to_keras_layout(images, keras_model), verbose=0,
-                                              batch_size=256))
-    found = ours.forward(images)
-    np.testing.assert_allclose(found, expected, **TOLERANCE)
-    agreement = np.mean(found.argmax(axis=1) == expected.argmax(axis=1))
-    assert agreement >= 0.999, agreement
-    return found
+    """name -> (Keras model, its .keras file, its .h5 file) for every model of MODELS."""
+    return saved_keras_models(MODELS, tmp_path_factory.mktemp("keras"), TRAINED)
 
 
 @pytest.mark.parametrize("file_format", [".keras", ".h5"])
@@ -160,18 +203,31 @@ def assert_parity(ours, keras_model, images):
 def test_outputs_match_keras(saved, name, file_format):
     keras_model, keras_file, h5_file = saved[name]
     model = LeNet.from_keras(keras_file if file_format == ".keras" else h5_file)
-    assert model.architecture == MODELS[name][1]
+    expected = MODELS[name][1]
+    assert set(model.architecture) == set(ARCHITECTURE_OPTIONS)
+    assert {option: model.architecture[option] for option in expected} == expected
     shape = keras_input_shape(keras_model)
-    channels, size = (shape[0], shape[1]) if name == "channels_first" else (shape[2], shape[0])
+    channels, size = (shape[0], shape[1]) if name.startswith("channels_first") \
+        else (shape[2], shape[0])
     random_images = np.random.default_rng(1).normal(size=(1000, channels, size, size))
-    assert_parity(model, keras_model, random_images.astype(np.float32))
-    found = assert_parity(model, keras_model, real_images(size, channels))
-    if name == "example":   # trained: its labels are Fashion-MNIST classes, not noise
+    assert_keras_parity(model, keras_model, random_images.astype(np.float32))
+    found = assert_keras_parity(model, keras_model, real_images(size, channels))
+    if name in TRAINED:   # its labels are Fashion-MNIST classes, not noise
         assert np.mean(found.argmax(axis=1) == load_sample()[1]) > 0.5
     provenance = model.metadata["provenance"]
     assert provenance["format"] == f"Keras {file_format}"
     assert provenance["keras_version"] == keras.__version__
     assert tuple(provenance["keras_input_shape"]) == shape
+
+
+def test_keras_flatten_permutation_is_done_once_at_load(saved):
+    """fc1 of a channels-last flatten model is stored in PyTorch's (channel, row, column)
+    order: Keras's kernel row (r * W + c) * C + k becomes column (k * H + r) * W + c."""
+    keras_model, path, _ = saved["mnist-unpadded"]
+    kernel = np.asarray(keras_model.layers[5].kernel)        # the first Dense: (256, 120)
+    found = LeNet.from_keras(path).weights["fc1.weight"]
+    expected = kernel.reshape(4, 4, 16, 120).transpose(3, 2, 0, 1).reshape(120, 256)
+    np.testing.assert_array_equal(found, expected)
 
 
 def test_saved_model_reloads_without_arguments(saved, tmp_path):
@@ -267,7 +323,7 @@ def test_keras2_h5_layout(saved, tmp_path, functional):
     write_keras2_h5(keras_model, tmp_path / "keras2.h5", functional)
     model = LeNet.from_keras(tmp_path / "keras2.h5")
     assert model.metadata["provenance"]["keras_version"] == "2.15.0"
-    assert_parity(model, keras_model, real_images(28, 1))
+    assert_keras_parity(model, keras_model, real_images(28, 1))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,7 +343,7 @@ def lenet_body(conv1=None, pool=layers.AveragePooling2D, conv2=None, flatten_and
 
 
 # (The unpadded MNIST LeNet, Caffe's LeNet and a first Dense with another activation than the
-# convolutions' are family members now: tests/test_family_interop.py loads them.)
+# convolutions' are family members now: MODELS above loads them.)
 UNSUPPORTED = {
     "strides": (
         lambda: sequential(*lenet_body(conv2=layers.Conv2D(16, 5, strides=2, name="conv2")),
@@ -344,10 +400,49 @@ UNSUPPORTED = {
 }
 
 
+def keras_body(conv2=None, conv3=None, dense=None, input_shape=(28, 28, 1)):
+    return keras.Sequential([
+        keras.Input(input_shape),
+        layers.Conv2D(6, 5, padding="same", activation="tanh", name="conv1"),
+        layers.AveragePooling2D(2), conv2 or layers.Conv2D(16, 5, activation="tanh", name="conv2"),
+        layers.AveragePooling2D(2), *([conv3] if conv3 else []), layers.Flatten(),
+        *(dense or [layers.Dense(120, activation="tanh"), layers.Dense(10)])])
+
+
+OUTSIDE_THE_FAMILY = {
+    "odd_size": (
+        lambda: keras_body(input_shape=(30, 30, 1)),
+        r"layer 'conv1' \(Conv2D\): input 30x30 with padding 'same' on conv1 and 'valid' on "
+        r"conv2: conv2 gives a height of 11 \(odd\)"),
+    "conv3_same": (
+        lambda: keras_body(conv3=layers.Conv2D(120, 5, padding="same", name="conv3")),
+        r"layer 'conv3' \(Conv2D\): expected padding 'valid' on the third Conv2D"),
+    "conv3_not_5x5": (
+        lambda: keras_body(conv3=layers.Conv2D(120, 5, name="conv3"), input_shape=(36, 36, 1)),
+        r"layer 'conv3' \(Conv2D\): the third Conv2D must see a 5x5 map .* the input 36x36 "
+        r"gives 7x7"),
+    "fourth_dense": (
+        lambda: keras_body(dense=[layers.Dense(64), layers.Dense(32), layers.Dense(16),
+                                  layers.Dense(10, name="fourth")]),
+        r"layer 'fourth' \(Dense\): expected at most three Dense layers after the convolutions; "
+        r"this is a fourth"),
+    "hidden_dense_activations_differ": (
+        lambda: keras_body(dense=[layers.Dense(64, activation="relu"),
+                                  layers.Dense(32, activation="tanh", name="second"),
+                                  layers.Dense(10)]),
+        r"layer 'second' \(Dense\): this layer must use the hidden Dense layers' activation "
+        r"\(relu\) .* found tanh"),
+    "conv_activations_differ": (
+        lambda: keras_body(conv2=layers.Conv2D(16, 5, activation="relu", name="conv2")),
+        r"layer 'conv2' \(Conv2D\): this layer must use the convolutions' activation \(tanh\) "
+        r".* found relu"),
+}
+
+
 @pytest.mark.parametrize("file_format", [".keras", ".h5"])
-@pytest.mark.parametrize("case", list(UNSUPPORTED))
+@pytest.mark.parametrize("case", list(UNSUPPORTED) + list(OUTSIDE_THE_FAMILY))
 def test_unsupported_networks_are_refused(tmp_path, case, file_format):
-    build, message = UNSUPPORTED[case]
+    build, message = {**UNSUPPORTED, **OUTSIDE_THE_FAMILY}[case]
     path = tmp_path / f"model{file_format}"
     build().save(path)
     with pytest.raises(WeightFileError, match=re.escape(str(path)) + ": " + message):
@@ -603,7 +698,7 @@ def test_large_weight_members_are_streamed(saved, monkeypatch):
 
     keras_model, keras_file, _ = saved["relu_max"]
     monkeypatch.setattr(lenet_fast.keras, "_IN_MEMORY_BYTES", 0)
-    assert_parity(LeNet.from_keras(keras_file), keras_model, real_images(32, 1))
+    assert_keras_parity(LeNet.from_keras(keras_file), keras_model, real_images(32, 1))
 
 
 # ---------------------------------------------------------------------------------------------

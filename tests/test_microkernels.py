@@ -1,5 +1,5 @@
 """The compiled engine for the whole LeNet family, at every usable ISA level (``level`` is
-parametrised by conftest.py), against a float64 NumPy forward (tests/family_engine_reference.py).
+parametrised by conftest.py), against ``lenet_fast.reference.forward`` (float64 NumPy).
 
 * every register-block size of every micro-kernel family (the table in src/block_sizes.py, as
   the level reports it in ``BLOCK_SIZES``), deterministically: a layer of b channels or outputs,
@@ -16,9 +16,9 @@ import functools
 import numpy as np
 import pytest
 
-from lenet_fast import _dispatch
-
-import family_engine_reference as ref
+from factories import random_weights
+from lenet_fast import _dispatch, reference
+from lenet_fast._architecture import MEMBERS, canonical_shapes
 
 TOLERANCE = {"atol": 1e-5, "rtol": 1e-5}
 CODES = {"identity": "ACT_IDENTITY", "relu": "ACT_RELU", "sigmoid": "ACT_SIGMOID",
@@ -39,7 +39,7 @@ def run(engine_, images, num_threads=1):
     return scores
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def images(n, in_channels, rows, columns, seed=1):
     x = np.random.default_rng(seed).normal(0, 1, (n, in_channels, rows, columns))
     x = x.astype(np.float32)
@@ -52,16 +52,47 @@ def options(member):
                                          "output_activation", "pool")}
 
 
+def engine_spec(member):
+    """A named member as the engine sees it: conv1's plane after its padding, conv2's padding,
+    widths (conv3 None for a flatten) and options."""
+    side = member.input_size + 2 * member.conv1_padding
+    return dict(plane=(side, side), conv2_padding=member.conv2_padding,
+                c1=member.conv1_channels, c2=member.conv2_channels,
+                conv3=member.conv3_channels or None, dense=member.dense_units,
+                **member.architecture)
+
+
+SPECS = {name: engine_spec(member) for name, member in MEMBERS.items()}
+
+
+def spec_weights(seed, in_channels, plane, conv2_padding, c1, c2, conv3, dense, **_):
+    """Uniform weights of an engine spec (PyTorch's default scale, biases within 0.1)."""
+    pool1 = [(side - 4) // 2 for side in plane]
+    pool2 = [(side + 2 * conv2_padding - 4) // 2 for side in pool1]
+    shapes = canonical_shapes(in_channels, c1, c2, conv3 or 0, dense,
+                              features=None if conv3 else c2 * pool2[0] * pool2[1])
+    return random_weights(seed, shapes=shapes)
+
+
+def reference_scores(x, weights, spec):
+    """lenet_fast.reference.forward of the engine spec: images of the plane's size, or 4 smaller
+    (conv1 padded by 2, as the engine pads them)."""
+    rows, columns = x.shape[2:]
+    padding = (spec["plane"][0] - rows) // 2
+    return reference.forward(x, weights, input_size=(rows, columns), conv1_padding=padding,
+                             conv2_padding=spec["conv2_padding"], **options(spec))
+
+
 def check_against_reference(kernels, spec, in_channels=1, image_size=None, seed=0, n=None):
     """Build the engine of `spec`, run a batch with full lane groups, a padded tail group and
     one-image tails (and batch 1), compare with the NumPy forward."""
-    weights = ref.random_weights(seed, in_channels, **spec)
+    weights = spec_weights(seed, in_channels, **spec)
     lanes = kernels.LANES
     n = n or 2 * lanes + lanes // 2 + 1
     rows, columns = image_size or spec["plane"]
     x = images(n, in_channels, rows, columns)
     eng = engine(kernels, weights, spec["plane"], spec["conv2_padding"], **options(spec))
-    expected = ref.forward(x, weights, spec["plane"], spec["conv2_padding"], **options(spec))
+    expected = reference_scores(x, weights, spec)
     got = run(eng, x)
     np.testing.assert_allclose(got, expected, **TOLERANCE)
     np.testing.assert_array_equal(run(eng, x[:1]), got[:1])
@@ -76,15 +107,15 @@ SMALL_PLANE = (16, 16)   # conv1 12x12 -> pool1 6x6 -> conv2 2x2 -> pool2 1x1: f
 
 
 def small_spec(c1=2, c2=3, dense=(5, 4), conv3=None, plane=SMALL_PLANE, conv2_padding=0):
-    return dict(plane=plane, conv2_padding=conv2_padding, c1=c1, c2=c2, conv3=conv3,
-                dense=dense, conv_activation="tanh", fc_activation="sigmoid",
-                output_activation="identity", pool="max")
+    return {"plane": plane, "conv2_padding": conv2_padding, "c1": c1, "c2": c2, "conv3": conv3,
+            "dense": dense, "conv_activation": "tanh", "fc_activation": "sigmoid",
+            "output_activation": "identity", "pool": "max"}
 
 
 def test_block_sizes_come_from_the_table(level):
     kernels = _dispatch.load_kernels(level)
-    from pathlib import Path
     import runpy
+    from pathlib import Path
     table = Path(__file__).resolve().parent.parent / "src" / "block_sizes.py"
     if not table.exists():
         pytest.skip("no source tree next to the tests")
@@ -136,21 +167,21 @@ def test_pointwise_activations_and_pools(level, name, pool):
 # The family's members and geometries
 # ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("member", ref.MEMBERS)
+@pytest.mark.parametrize("member", MEMBERS)
 def test_named_member_matches_reference(level, member):
     kernels = _dispatch.load_kernels(level)
-    spec = ref.MEMBERS[member]
+    spec = SPECS[member]
     check_against_reference(kernels, spec)
     if member in ("lenet5", "keras-same"):   # 28x28 images, zero-padded by 2 inside
         check_against_reference(kernels, spec, image_size=(28, 28))
 
 
 @pytest.mark.parametrize("geometry", [
-    dict(plane=(24, 24), conv2_padding=2, c1=6, c2=16, conv3=120, dense=(84, 10)),
-    dict(plane=(32, 32), conv2_padding=2, c1=6, c2=16, conv3=None, dense=(30, 10)),
-    dict(plane=(24, 36), conv2_padding=0, c1=5, c2=9, conv3=None, dense=(12,)),
-    dict(plane=(36, 28), conv2_padding=2, c1=4, c2=7, conv3=None, dense=(20, 11, 3)),
-    dict(plane=(12, 12), conv2_padding=2, c1=3, c2=4, conv3=None, dense=(5,)),
+    {"plane": (24, 24), "conv2_padding": 2, "c1": 6, "c2": 16, "conv3": 120, "dense": (84, 10)},
+    {"plane": (32, 32), "conv2_padding": 2, "c1": 6, "c2": 16, "conv3": None, "dense": (30, 10)},
+    {"plane": (24, 36), "conv2_padding": 0, "c1": 5, "c2": 9, "conv3": None, "dense": (12,)},
+    {"plane": (36, 28), "conv2_padding": 2, "c1": 4, "c2": 7, "conv3": None, "dense": (20, 11, 3)},
+    {"plane": (12, 12), "conv2_padding": 2, "c1": 3, "c2": 4, "conv3": None, "dense": (5,)},
 ], ids=["24-same-conv3", "32-same-flatten", "24x36", "36x28-same-3-dense", "12-smallest"])
 @pytest.mark.parametrize("in_channels", [1, 3])
 def test_geometries_match_reference(level, geometry, in_channels):
@@ -163,11 +194,11 @@ def test_geometries_match_reference(level, geometry, in_channels):
 
 
 @pytest.mark.parametrize("smaller", [0, 4], ids=["plane", "padded-by-2"])
-@pytest.mark.parametrize("member", ref.MEMBERS)
+@pytest.mark.parametrize("member", MEMBERS)
 def test_member_bits_do_not_depend_on_batch_size_position_or_threads(level, member, smaller):
     kernels = _dispatch.load_kernels(level)
-    spec = ref.MEMBERS[member]
-    weights = ref.random_weights(3, 1, **spec)
+    spec = SPECS[member]
+    weights = spec_weights(3, 1, **spec)
     eng = engine(kernels, weights, spec["plane"], spec["conv2_padding"], **options(spec))
     lanes = kernels.LANES
     n = 3 * lanes + 3
@@ -186,7 +217,7 @@ def test_member_bits_do_not_depend_on_batch_size_position_or_threads(level, memb
 
 def test_levels_agree_on_every_member():
     """Different ISA levels round differently (FMA or not), but all match the reference."""
-    for member, spec in ref.MEMBERS.items():
+    for spec in SPECS.values():
         results = [check_against_reference(_dispatch.load_kernels(level), spec, n=5)[2]
                    for level in _dispatch.usable_levels()]
         for other in results[1:]:
@@ -199,8 +230,8 @@ def test_levels_agree_on_every_member():
 
 def test_engine_refuses_inconsistent_geometry_and_weights(level):
     kernels = _dispatch.load_kernels(level)
-    spec = ref.MEMBERS["mnist-unpadded"]
-    weights = ref.random_weights(0, 1, **spec)
+    spec = SPECS["mnist-unpadded"]
+    weights = spec_weights(0, 1, **spec)
     with pytest.raises(ValueError, match="plane must be even"):
         engine(kernels, weights, (29, 28), 0)
     with pytest.raises(ValueError, match="conv2's output must be even"):
@@ -233,8 +264,8 @@ def test_engine_refuses_inconsistent_geometry_and_weights(level):
 
 def test_engine_refuses_a_workspace_the_kernels_cannot_index(level):
     kernels = _dispatch.load_kernels(level)
-    spec = dict(plane=(4096, 4096), conv2_padding=0, c1=1, c2=1, conv3=None, dense=(1,))
-    weights = ref.random_weights(0, 20, **spec)   # 20 x 4096 x 4096 x VLEN >= 2**30 floats
+    spec = {"plane": (4096, 4096), "conv2_padding": 0, "c1": 1, "c2": 1, "conv3": None, "dense": (1,)}
+    weights = spec_weights(0, 20, **spec)   # 20 x 4096 x 4096 x VLEN >= 2**30 floats
     with pytest.raises(ValueError, match="needs a workspace of"):
         engine(kernels, weights, (4096, 4096), 0)
     with pytest.raises(ValueError, match="plane must be even sizes from 6 to 4096"):

@@ -1,9 +1,17 @@
 """ONNX interop: torch -> ONNX -> lenet_fast equals torch; lenet_fast -> ONNX -> ONNX Runtime equals
-lenet_fast; unsupported graphs are rejected naming the first offending node."""
+lenet_fast; unsupported graphs are rejected naming the first offending node.
 
+For the whole family: every named member goes torch -> ONNX (both exporters) -> lenet_fast ->
+ONNX (`build_model_proto`) -> ONNX Runtime -> lenet_fast (the same weights); the graph reader
+works on its own (no model class), reads Pad nodes and ``auto_pad``, and refuses what the family
+does not hold, naming the node.
+"""
+
+import ast
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,12 +22,26 @@ import torch  # noqa: E402
 from onnx import helper, numpy_helper  # noqa: E402
 from torch import nn  # noqa: E402
 
-from factories import torch_lenets  # noqa: E402
+import lenet_fast.onnx as lenet_onnx  # noqa: E402
+from factories import (  # noqa: E402
+    export_onnx,
+    member_weights,
+    onnxruntime_scores,
+    random_images,
+    torch_lenets,
+)
 from lenet_fast import LeNet, WeightFileError  # noqa: E402
+from lenet_fast._architecture import MEMBERS, normalize_geometry  # noqa: E402
 from lenet_fast._weights import fold_batchnorm  # noqa: E402
-from lenet_fast.onnx import ONNXImportError, save_model  # noqa: E402
+from lenet_fast.onnx import (  # noqa: E402
+    ONNXImportError,
+    build_model_proto,
+    read_graph,
+    save_model,
+)
 
 TOLERANCE = 1e-5
+OPTIONS = ("conv_activation", "fc_activation", "output_activation", "pool")
 # PyTorch LeNets (tests/factories.py): the design table's layers, the tutorial's Net, numbered
 # nn.Sequential models, and the older tutorial form without biases.
 TableModel = torch_lenets().TableNet
@@ -55,23 +77,6 @@ EXPECTED_ARCHITECTURES = {
 }
 
 
-def export(module, example, path, dynamo):
-    """torch.onnx.export with a dynamic batch axis, with either of torch's exporters."""
-    module.eval()
-    if dynamo:
-        torch.onnx.export(module, (example,), path, opset_version=17, dynamo=True,
-                          input_names=["x"], output_names=["y"],
-                          dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
-    else:
-        torch.onnx.export(module, (example,), path, opset_version=17, dynamo=False,
-                          input_names=["x"], output_names=["y"],
-                          dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
-
-
-def images(n, channels=1, size=32, seed=0):
-    return np.random.default_rng(seed).standard_normal((n, channels, size, size), dtype=np.float32)
-
-
 # Every model through the TorchScript exporter; the three layouts and padding=2 also through the
 # (slower) dynamo exporter, torch's default, which flattens with a Reshape instead of Flatten.
 EXPORTS = [(name, False) for name in TORCH_MODELS] + [
@@ -86,11 +91,11 @@ def test_torch_export_imports_to_the_same_function(tmp_path, name, dynamo):
     torch.manual_seed(0)
     module = factory()
     path = tmp_path / f"{name}.onnx"
-    export(module, torch.zeros(2, channels, size, size), path, dynamo)
+    export_onnx(module, torch.zeros(2, channels, size, size), path, dynamo)
 
     model = LeNet.from_onnx(path)
 
-    x = images(257, channels, size)
+    x = random_images(257, seed=0, in_channels=channels, size=size)
     with torch.no_grad():
         expected = module(torch.from_numpy(x)).numpy()
     assert model.architecture == EXPECTED_ARCHITECTURES[name]
@@ -106,14 +111,14 @@ def test_reshape_constant_nodes_and_missing_biases(tmp_path):
     torch.manual_seed(4)
     module = OldTutorialModel()
     path = tmp_path / "old.onnx"
-    export(module, torch.zeros(1, 1, 32, 32), path, dynamo=False)
+    export_onnx(module, torch.zeros(1, 1, 32, 32), path, dynamo=False)
     ops = [node.op_type for node in onnx.load(path).graph.node]
     assert "Constant" in ops and "Reshape" in ops and "MatMul" in ops  # what this test is about
     model = LeNet.from_onnx(path)
     assert model.architecture == {"conv_activation": "sigmoid", "fc_activation": "identity",
                                   "output_activation": "identity", "pool": "max", **INPUT_32}
     assert not model.weights["conv2.bias"].any() and not model.weights["fc1.bias"].any()
-    x = images(100)
+    x = random_images(100, seed=0)
     with torch.no_grad():
         expected = module(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(model.forward(x), expected, rtol=0, atol=TOLERANCE)
@@ -151,7 +156,7 @@ def test_matmul_add_and_untransposed_gemm(tmp_path):
 def test_from_onnx_accepts_a_model_proto_and_explicit_overrides(tmp_path):
     torch.manual_seed(1)
     path = tmp_path / "table.onnx"
-    export(TableModel(), torch.zeros(1, 1, 32, 32), path, dynamo=False)
+    export_onnx(TableModel(), torch.zeros(1, 1, 32, 32), path, dynamo=False)
     proto = onnx.load(path)
     model = LeNet.from_onnx(proto, output_activation="identity", num_threads=1)
     assert model.architecture["output_activation"] == "identity"
@@ -187,7 +192,7 @@ def test_export_runs_in_onnxruntime_to_the_same_outputs(tmp_path, conv, fc, outp
     onnx.checker.check_model(written, full_check=True)
     assert [(opset.domain, opset.version) for opset in written.opset_import] == [("", 17)]
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    x = images(300, channels, seed=4)
+    x = random_images(300, seed=4, in_channels=channels)
     (scores,) = session.run(None, {"images": x})
     np.testing.assert_allclose(scores, model.forward(x), rtol=0, atol=TOLERANCE)
     # Batch size is dynamic.
@@ -219,12 +224,14 @@ def node_named(proto, name):
     return node
 
 
-def set_attribute(node, name, value):
+def set_attribute(node, name, value=None):
+    """Replace (or with value None, remove) an attribute."""
     for index, attribute in enumerate(node.attribute):
         if attribute.name == name:
             del node.attribute[index]
             break
-    node.attribute.append(helper.make_attribute(name, value))
+    if value is not None:
+        node.attribute.append(helper.make_attribute(name, value))
 
 
 def insert_after(proto, name, op, new_name, extra_inputs=(), initializers=(), **attributes):
@@ -281,7 +288,7 @@ def test_rejects_3x3_kernel_from_torch(tmp_path):
                            nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16 * 5 * 5, 120),
                            nn.ReLU(), nn.Linear(120, 10))
     path = tmp_path / "k3.onnx"
-    export(module, torch.zeros(1, 1, 32, 32), path, dynamo=False)
+    export_onnx(module, torch.zeros(1, 1, 32, 32), path, dynamo=False)
     with pytest.raises(ONNXImportError, match=re.escape(
             "unsupported Conv node '/0/Conv': expected kernel_shape [5, 5], found [3, 3]")):
         LeNet.from_onnx(path)
@@ -290,7 +297,7 @@ def test_rejects_3x3_kernel_from_torch(tmp_path):
 def test_rejects_padding_other_than_2_on_28x28(tmp_path):
     module = sequential_model(padding=1)
     path = tmp_path / "pad1.onnx"
-    export(module, torch.zeros(1, 1, 30, 30), path, dynamo=False)
+    export_onnx(module, torch.zeros(1, 1, 30, 30), path, dynamo=False)
     with pytest.raises(ONNXImportError, match=re.escape(
             "unsupported Conv node '/0/Conv': expected pads [0, 0, 0, 0] or [2, 2, 2, 2], "
             "found [1, 1, 1, 1]")):
@@ -302,11 +309,11 @@ def test_padding_2_on_32x32_input_is_a_family_member(tmp_path):
     path = tmp_path / "pad2-32.onnx"
     # 32x32 padded by 2 gives 6x6 after the second pool, so the dense layer must be wider.
     module[7] = nn.Linear(16 * 6 * 6, 120)
-    export(module, torch.zeros(1, 1, 32, 32), path, dynamo=False)
+    export_onnx(module, torch.zeros(1, 1, 32, 32), path, dynamo=False)
     model = LeNet.from_onnx(path)
     assert model.architecture["input_size"] == (32, 32)
     assert model.architecture["conv1_padding"] == 2
-    x = images(50)
+    x = random_images(50, seed=0)
     with torch.no_grad():
         expected = module(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(model.forward(x), expected, rtol=0, atol=TOLERANCE)
@@ -386,3 +393,242 @@ def test_importing_lenet_fast_imports_no_optional_dependency():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True)
     assert result.stdout.strip() == "[]"
+
+
+def same_geometry(architecture, member):
+    return normalize_geometry(architecture) == normalize_geometry(member.geometry)
+
+
+# ---------------------------------------------------------------------------------------------
+# The family (issue 12): ONNX round trips of every member
+# ---------------------------------------------------------------------------------------------
+
+ROUND_TRIPS = [(name, dynamo) for name in MEMBERS for dynamo in (False, True)]
+
+
+@pytest.mark.parametrize("name, dynamo", ROUND_TRIPS,
+                         ids=[f"{name}-{'dynamo' if dynamo else 'torchscript'}"
+                              for name, dynamo in ROUND_TRIPS])
+def test_onnx_round_trip_of_every_member(tmp_path, name, dynamo):
+    member = MEMBERS[name]
+    module = torch_lenets().member(name)
+    size = member.input_size
+    path = tmp_path / f"{name}.onnx"
+    export_onnx(module, torch.zeros(2, 1, size, size), path, dynamo)
+
+    model = LeNet.from_onnx(path)
+    assert {option: model.architecture[option] for option in OPTIONS} == member.architecture
+    assert same_geometry(model.architecture, member)
+    x = random_images(300, seed=0, size=size)
+    with torch.no_grad():
+        expected = module(torch.from_numpy(x)).numpy()
+    found = model.forward(x)
+    np.testing.assert_allclose(found, expected, atol=TOLERANCE, rtol=TOLERANCE)
+    assert np.mean(found.argmax(axis=1) == expected.argmax(axis=1)) >= 0.999
+
+    written = tmp_path / "written.onnx"
+    model.to_onnx(written)
+    onnx.checker.check_model(onnx.load(written), full_check=True)
+    np.testing.assert_allclose(onnxruntime_scores(written, x), found, atol=TOLERANCE, rtol=TOLERANCE)
+    np.testing.assert_allclose(onnxruntime_scores(written, x[:1]), found[:1], atol=TOLERANCE, rtol=TOLERANCE)
+    back = LeNet.from_onnx(written)
+    assert back.architecture == model.architecture
+    assert list(back.weights) == list(model.weights)
+    for key, value in model.weights.items():
+        np.testing.assert_array_equal(back.weights[key], value, err_msg=key)
+
+
+@pytest.mark.parametrize("name", list(MEMBERS))
+def test_read_graph_and_build_model_proto_without_the_model_class(name):
+    """The graph reader and builder work on (weights, architecture) alone: a proto built from a
+    member's random weights reads back to the same weights and architecture, and ONNX Runtime
+    runs it to lenet_fast's outputs (RGB input, so the channel axis is exercised too)."""
+    member = MEMBERS[name]
+    weights = member_weights(member, in_channels=3, seed=7)
+    architecture = {**member.architecture, **member.geometry}
+    proto = build_model_proto(weights, architecture)
+    read_weights, read_architecture = read_graph(proto)
+    assert {option: read_architecture[option] for option in OPTIONS} == member.architecture
+    assert same_geometry(read_architecture, member)
+    # The same arrays in the same order; keras-same's flatten over 5x5 with one activation
+    # throughout reads back as conv3 (the same function, as lenet_fast has always read it).
+    assert len(read_weights) == len(weights)
+    for (key, value), (read_key, read_value) in zip(weights.items(), read_weights.items()):
+        assert read_key == key or (name == "keras-same" and read_value.size == value.size)
+        np.testing.assert_array_equal(read_value.reshape(value.shape), value, err_msg=key)
+    x = random_images(64, seed=3, in_channels=3, size=member.input_size)
+    model = LeNet.from_onnx(proto)
+    np.testing.assert_allclose(onnxruntime_scores(proto, x), model.forward(x), atol=TOLERANCE, rtol=TOLERANCE)
+
+
+def test_onnx_module_does_not_import_the_model_class():
+    tree = ast.parse(Path(lenet_onnx.__file__).read_text())
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                for alias in node.names} | {node.module for node in ast.walk(tree)
+                                            if isinstance(node, ast.ImportFrom) and node.module}
+    assert not {"_model", "LeNet", "lenet_fast._model"} & imported, imported
+
+
+def test_build_model_proto_refuses_what_is_not_a_member():
+    member = MEMBERS["mnist-unpadded"]
+    weights = {key: np.zeros(shape, np.float32) for key, shape in member.shapes().items()}
+    architecture = {**member.architecture, **member.geometry}
+    with pytest.raises(ValueError, match="fc1.weight"):
+        build_model_proto(weights, {**architecture, "input_size": 32})
+    with pytest.raises(ValueError, match="conv_activation must be one of"):
+        build_model_proto(weights, {**architecture, "conv_activation": "softmax"})
+    del weights["fc2.weight"], weights["fc2.bias"]
+    with pytest.raises(ValueError, match="consecutive"):
+        build_model_proto(weights, architecture)
+
+
+# ---------------------------------------------------------------------------------------------
+# Padding as Pad nodes and auto_pad; refusals naming the node
+# ---------------------------------------------------------------------------------------------
+
+def zero_padded_torch_lenet():
+    torch.manual_seed(3)
+    return nn.Sequential(
+        nn.ZeroPad2d(2), nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.ZeroPad2d(2), nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(16 * 7 * 7, 10)).eval()
+
+
+def test_zero_pad_modules_are_the_convolution_padding(tmp_path):
+    """nn.ZeroPad2d(2) before each convolution, through torch's default (dynamo) exporter."""
+    module = zero_padded_torch_lenet()
+    path = tmp_path / "pads.onnx"
+    export_onnx(module, torch.zeros(1, 1, 28, 28), path, dynamo=True)
+    model = LeNet.from_onnx(path)
+    assert (model.architecture["conv1_padding"], model.architecture["conv2_padding"]) == (2, 2)
+    x = random_images(100, seed=0, size=28)
+    with torch.no_grad():
+        np.testing.assert_allclose(model.forward(x), module(torch.from_numpy(x)).numpy(),
+                                   atol=TOLERANCE, rtol=TOLERANCE)
+
+
+def test_pads_computed_by_a_subgraph_are_refused_naming_the_node(tmp_path):
+    """The TorchScript exporter computes ZeroPad2d's pads with ConstantOfShape, Concat, ...:
+    the reader does not run graphs, so it names the first such node."""
+    path = tmp_path / "pads.onnx"
+    export_onnx(zero_padded_torch_lenet(), torch.zeros(1, 1, 28, 28), path, dynamo=False)
+    with pytest.raises(ONNXImportError, match=re.escape(
+            "unsupported ConstantOfShape node '/0/ConstantOfShape': op type not in Conv, Gemm")):
+        read_graph(path)
+
+
+@pytest.fixture
+def keras_same_graph():
+    """The keras-same member as our own graph (conv1 with pads [2, 2, 2, 2])."""
+    member = MEMBERS["keras-same"]
+    weights = member_weights(member, seed=2)
+    return build_model_proto(weights, {**member.architecture, **member.geometry})
+
+
+def pad_before(proto, conv_name, pads, constant=None, mode=None):
+    """Insert a Pad node in front of the named Conv."""
+    conv = node_named(proto, conv_name)
+    inputs = [conv.input[0], f"{conv_name}_pads"]
+    proto.graph.initializer.append(numpy_helper.from_array(np.array(pads, np.int64),
+                                                           f"{conv_name}_pads"))
+    if constant is not None:
+        inputs.append(f"{conv_name}_value")
+        proto.graph.initializer.append(numpy_helper.from_array(np.array(constant, np.float32),
+                                                               f"{conv_name}_value"))
+    attributes = {} if mode is None else {"mode": mode}
+    pad = helper.make_node("Pad", inputs, [f"{conv_name}_padded"], name=f"{conv_name}_pad",
+                           **attributes)
+    conv.input[0] = f"{conv_name}_padded"
+    proto.graph.node.insert(list(proto.graph.node).index(conv), pad)
+
+
+def test_pad_node_and_auto_pad_read_as_padding_2(keras_same_graph):
+    expected_weights, expected = read_graph(keras_same_graph)
+    as_pad = onnx.ModelProto()
+    as_pad.CopyFrom(keras_same_graph)
+    set_attribute(node_named(as_pad, "conv1"), "pads")
+    pad_before(as_pad, "conv1", [0, 0, 2, 2, 0, 0, 2, 2], constant=0.0)
+    as_auto = onnx.ModelProto()
+    as_auto.CopyFrom(keras_same_graph)
+    set_attribute(node_named(as_auto, "conv1"), "pads")
+    set_attribute(node_named(as_auto, "conv1"), "auto_pad", "SAME_UPPER")
+    x = random_images(20, seed=0, size=28)
+    for proto in (as_pad, as_auto):
+        onnx.checker.check_model(proto)
+        weights, architecture = read_graph(proto)
+        assert architecture == expected
+        for key, value in expected_weights.items():
+            np.testing.assert_array_equal(weights[key], value, err_msg=key)
+        np.testing.assert_allclose(onnxruntime_scores(proto, x),
+                                   onnxruntime_scores(keras_same_graph, x), atol=TOLERANCE, rtol=TOLERANCE)
+
+
+def refuse(proto, message):
+    with pytest.raises(ONNXImportError, match=f"^{re.escape('ONNX model: ' + message)}"):
+        read_graph(proto)
+
+
+def test_pad_refusals_name_the_node(keras_same_graph):
+    cases = [
+        ({"pads": [0, 0, 2, 2, 0, 0, 2, 2], "constant": 1.0},
+         "unsupported Pad node 'conv2_pad': expected zero padding, found constant value [1.0]"),
+        ({"pads": [0, 0, 1, 1, 0, 0, 1, 1]},
+         "unsupported Pad node 'conv2_pad': expected pads [0, 0, 2, 2, 0, 0, 2, 2] (2 zeros "
+         "around each image), found [0, 0, 1, 1, 0, 0, 1, 1]"),
+        ({"pads": [0, 0, 2, 2, 0, 0, 2, 2], "mode": "reflect"},
+         "unsupported Pad node 'conv2_pad': expected mode 'constant', found 'reflect'"),
+    ]
+    for arguments, message in cases:
+        proto = onnx.ModelProto()
+        proto.CopyFrom(keras_same_graph)
+        pad_before(proto, "conv2", **arguments)
+        refuse(proto, message)
+    # Padding 2 from a Pad and 2 more from the Conv is 4: not in the family.
+    proto = onnx.ModelProto()
+    proto.CopyFrom(keras_same_graph)
+    pad_before(proto, "conv1", [0, 0, 2, 2, 0, 0, 2, 2])
+    refuse(proto, "unsupported Conv node 'conv1': padded by 2 after Pad node 'conv1_pad' padded "
+                  "by 2: expected 0 or 2 in all")
+    # A Pad that a Conv does not directly follow.
+    proto = onnx.ModelProto()
+    proto.CopyFrom(keras_same_graph)
+    pool = node_named(proto, "conv1_pool")
+    pad = helper.make_node("Pad", [pool.input[0], "pads"], ["late_padded"], name="late_pad")
+    proto.graph.initializer.append(numpy_helper.from_array(
+        np.array([0, 0, 2, 2, 0, 0, 2, 2], np.int64), "pads"))
+    pool.input[0] = "late_padded"
+    proto.graph.node.insert(list(proto.graph.node).index(pool), pad)
+    refuse(proto, "unsupported Pad node 'late_pad': expected a Pad only directly before a Conv, "
+                  "found AveragePool node 'conv1_pool' after it")
+
+
+def test_geometry_refusals_name_the_node(tmp_path):
+    # 30x30, unpadded: conv2 gives 9x9, which 2x2 pooling does not divide.
+    module = nn.Sequential(nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5),
+                           nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16 * 4 * 4, 10))
+    path = tmp_path / "odd.onnx"
+    export_onnx(module.eval(), torch.zeros(1, 1, 30, 30), path, dynamo=False)
+    with pytest.raises(ONNXImportError, match=re.escape(
+            "unsupported Conv node '/0/Conv': conv2 gives a height of 9 (odd)")):
+        read_graph(path)
+    # conv3 over a 6x6 map (32x32 input, conv1 padded): not a full-window convolution.
+    module = nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+                           nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(16, 120, 5),
+                           nn.ReLU(), nn.Flatten(), nn.Linear(120 * 2 * 2, 10))
+    path = tmp_path / "conv3.onnx"
+    export_onnx(module.eval(), torch.zeros(1, 1, 32, 32), path, dynamo=False)
+    with pytest.raises(ONNXImportError, match=re.escape(
+            "unsupported Conv node '/6/Conv': conv3 must see a 5x5 map (it is a full-window "
+            "convolution); a 32x32 input with padding 2 on conv1 and 0 on conv2 gives 6x6")):
+        read_graph(path)
+
+
+def test_hidden_dense_layers_must_share_an_activation(tmp_path):
+    module = torch_lenets().member("mnist-unpadded")
+    module[8] = nn.Tanh()      # after fc1; fc2 keeps ReLU
+    path = tmp_path / "mixed.onnx"
+    export_onnx(module, torch.zeros(1, 1, 28, 28), path, dynamo=False)
+    with pytest.raises(ONNXImportError, match=re.escape(
+            "fc_activation must be the same after fc1 and fc2; found tanh after fc1, relu after "
+            "fc2")):
+        read_graph(path)

@@ -1,28 +1,24 @@
 """Packaging promises: one version, the licence files in the package and its metadata, a complete
 sdist, the build's choice of target architecture (from the compiler, not the host), its refusal
-of MSVC, and an honest report of a build without OpenMP.
+of MSVC, and no OpenMP flag (the kernels' threads are their own pthread pool).
 
-The tests marked ``slow`` build lenet_fast again (an sdist; a full build without OpenMP in a
-temporary copy).  The wheel (manylinux repair, install without a compiler), the sdist install in
-a fresh venv and the aarch64 build under qemu are CI steps: tools/wheel_check.sh,
-tools/sdist_check.sh, tools/aarch64_check.sh.
+The tests marked ``slow`` build lenet_fast again (an sdist).  The wheel (manylinux repair,
+install without a compiler), the sdist install in a fresh venv and the aarch64 build under qemu
+are CI steps: tools/wheel_check.sh, tools/sdist_check.sh, tools/aarch64_check.sh.
 """
 
 import importlib
 import importlib.metadata
 import importlib.util
-import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tarfile
-import textwrap
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 
 import lenet_fast
@@ -195,81 +191,6 @@ def test_sdist_holds_every_tracked_file_and_no_build_output(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# A build without OpenMP says so
-# ---------------------------------------------------------------------------------------------
-
-def copy_sources(destination):
-    """The files a build needs, without any compiled module or generated file of this tree."""
-    for name in ("setup.py", "pyproject.toml", "README.md", "LICENSE", "MANIFEST.in"):
-        shutil.copy(ROOT / name, destination / name)
-    shutil.copytree(ROOT / "src", destination / "src",
-                    ignore=shutil.ignore_patterns("*.c", "kernels.pxi"))
-    shutil.copytree(PACKAGE_DIR, destination / "lenet_fast",
-                    ignore=shutil.ignore_patterns("*.so", "*.pyd", "_build_info.json", "__pycache__"))
-
-
-@pytest.fixture(scope="module")
-def no_openmp_build(tmp_path_factory):
-    pytest.importorskip("Cython")
-    if not (ROOT / "setup.py").exists():
-        pytest.skip("no source tree next to the tests")
-    directory = tmp_path_factory.mktemp("no-openmp")
-    copy_sources(directory)
-    environment = dict(os.environ, LENET_FAST_NO_OPENMP="1")
-    built = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace", "-j", "2"],
-                           cwd=directory, env=environment, capture_output=True, text=True)
-    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
-    return directory
-
-
-def run_python(directory, *arguments, **environment):
-    environment = dict(os.environ, PYTHONPATH=str(directory), **environment)
-    completed = subprocess.run([sys.executable, *arguments], cwd=directory, env=environment,
-                               capture_output=True, text=True, timeout=600)
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    return completed.stdout
-
-
-@pytest.mark.slow
-def test_build_without_openmp_still_runs_threads_and_says_why(no_openmp_build):
-    """The kernels' threads come from their own pthread pool: a build without -fopenmp keeps
-    its thread defaults and results, and show_config() says why it has no OpenMP."""
-    report = run_python(no_openmp_build, "-c", textwrap.dedent("""
-        import json, lenet_fast
-        from lenet_fast import LeNet
-        import numpy as np
-        config = lenet_fast.show_config(False)
-        model = LeNet.pretrained("fashion-mnist", num_threads=4)
-        images = np.random.default_rng(0).integers(0, 256, (70, 28, 28), dtype=np.uint8)
-        print(json.dumps({"file": lenet_fast.__file__, "openmp": config["openmp"],
-                          "reason": config["no_openmp_reason"],
-                          "default": config["default_num_threads"],
-                          "model_default": LeNet.pretrained("fashion-mnist").num_threads,
-                          "labels": model.predict(images).tolist(),
-                          "labels_1": model.predict(images, num_threads=1).tolist()}))
-        """), OMP_NUM_THREADS="4")
-    result = json.loads(report)
-    assert result["file"].startswith(str(no_openmp_build))
-    assert result["openmp"] is False
-    assert result["reason"] == "built with LENET_FAST_NO_OPENMP=1"
-    assert result["default"] == 4 and result["model_default"] == 4
-    images = np.random.default_rng(0).integers(0, 256, (70, 28, 28), dtype=np.uint8)
-    expected = lenet_fast.LeNet.pretrained("fashion-mnist").predict(images).tolist()
-    assert result["labels"] == result["labels_1"] == expected
-
-    printed = run_python(no_openmp_build, "-c", "import lenet_fast; lenet_fast.show_config()")
-    assert re.search(r"^no_openmp_reason +built with LENET_FAST_NO_OPENMP=1$", printed, re.M)
-    assert re.search(r"^threading +", printed, re.M), printed
-
-    demo = run_python(no_openmp_build, "-m", "lenet_fast", "demo", OMP_NUM_THREADS="2")
-    assert re.search(r"batch of [\d,]+, 2 threads,", demo), demo
-
-    info = run_python(no_openmp_build, "-m", "lenet_fast", "info", "fashion-mnist",
-                      OMP_NUM_THREADS="2")
-    assert re.search(r"^threads +2 \(usable CPUs: \d+\)$", info, re.M), info
-
-
-# ---------------------------------------------------------------------------------------------
 # setup.py: flags, templates
 # ---------------------------------------------------------------------------------------------
 
@@ -283,6 +204,12 @@ def test_checked_build_adds_its_flags_to_the_release_flags(monkeypatch):
     assert checked.index("-O1") > checked.index("-O3")
     assert {"-g", "-UNDEBUG", "-fsanitize=address"} <= set(checked)
     assert checked_link == ["-fsanitize=address"]
+    # The kernels' threads are their own pthread pool: no OpenMP flag, and no OpenMP runtime to
+    # link or vendor.
+    for extension in setup.declared_extensions():
+        flags = [*release, *checked, *checked_link, *extension.extra_compile_args,
+                 *extension.extra_link_args]
+        assert not [flag for flag in flags if "openmp" in flag or flag == "-lomp"], extension.name
 
 
 def test_templates_render_at_build_time_only_and_every_tp_file(monkeypatch, tmp_path):

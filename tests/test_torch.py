@@ -6,7 +6,6 @@ inputs and real Fashion-MNIST images -- to 1e-5 absolute + 1e-5 relative, with >
 labels agreeing.
 """
 
-import contextlib
 import io
 import pickle
 import subprocess
@@ -22,16 +21,22 @@ from torch import nn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
 import lenet_fast  # noqa: E402
-from factories import torch_lenets  # noqa: E402
+from factories import (  # noqa: E402
+    FASHION_MEAN,
+    FASHION_STD,
+    assert_matches_pytorch,
+    no_architecture_warning,
+    torch_lenets,
+    torch_scores,
+    train_torch,
+)
 from lenet_fast import ArchitectureWarning, LeNet, TorchImportError, WeightFileError  # noqa: E402
 from lenet_fast._architecture import DEFAULT_GEOMETRY  # noqa: E402
 from lenet_fast._weights import fold_batchnorm  # noqa: E402
 from lenet_fast.cli import main  # noqa: E402
 from lenet_fast.datasets import load_sample  # noqa: E402
 
-TOLERANCE = 1e-5
 MIN_LABEL_AGREEMENT = 0.999
-FASHION_MEAN, FASHION_STD = 0.286, 0.353
 TRAINING_STEPS = 300
 # The models users have (tests/factories.py): the PyTorch tutorial's Net (3 channels here), the
 # design table's layout ("seed"), d2l.ai's LeNet, and the older tutorial's Net.
@@ -86,49 +91,13 @@ def fashion_images(net, count=1000):
     return np.ascontiguousarray(np.repeat(x, net.channels, axis=1))
 
 
-def pytorch_outputs(net, x):
-    with torch.no_grad():
-        return net.eval()(torch.from_numpy(x)).numpy()
-
-
-def assert_matches_pytorch(model, net, x):
-    expected = pytorch_outputs(net, x)
-    actual = model.forward(x)
-    np.testing.assert_allclose(actual, expected, rtol=TOLERANCE, atol=TOLERANCE)
-    agreement = np.mean(model.predict(x) == expected.argmax(axis=1))
-    assert agreement >= MIN_LABEL_AGREEMENT, agreement
-
-
 def label_agreement(model, net, x):
-    return float(np.mean(model.predict(x) == pytorch_outputs(net, x).argmax(axis=1)))
-
-
-@contextlib.contextmanager
-def no_architecture_warning():
-    """Inside the block, an ArchitectureWarning is an error."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", ArchitectureWarning)
-        yield
+    return float(np.mean(model.predict(x) == torch_scores(net, x).argmax(axis=1)))
 
 
 def train(net, steps=TRAINING_STEPS, seed=0):
-    """A few hundred Adam steps on the shipped Fashion-MNIST sample (about a second), so that
-    the model's labels depend on its real activations; returns it in eval mode."""
-    torch.manual_seed(seed)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)   # tiny batches: extra threads only contend on a shared machine
-    images = torch.from_numpy(fashion_images(net))
-    labels = torch.from_numpy(load_sample()[1].astype(np.int64))
-    optimiser = torch.optim.Adam(net.parameters(), lr=3e-3)
-    net.train()
-    generator = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        batch = torch.randint(0, len(images), (64,), generator=generator)
-        optimiser.zero_grad()
-        F.cross_entropy(net(images[batch]), labels[batch]).backward()
-        optimiser.step()
-    torch.set_num_threads(threads)
-    return net.eval()
+    """A few hundred Adam steps on the shipped Fashion-MNIST sample (about a second)."""
+    return train_torch(net, fashion_images(net), load_sample()[1], steps, seed)
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +147,7 @@ def test_trained_models_from_torch_agree_with_pytorch(trained, name):
     net = trained[name]
     model = LeNet.from_torch(net)
     x = fashion_images(net)
-    accuracy = np.mean(pytorch_outputs(net, x).argmax(axis=1) == load_sample()[1])
+    accuracy = np.mean(torch_scores(net, x).argmax(axis=1) == load_sample()[1])
     assert accuracy > 0.6, accuracy    # really trained: a wrong activation changes labels
     assert_matches_pytorch(model, net, x)
     assert_matches_pytorch(model, net, random_images(net))
@@ -350,7 +319,7 @@ def test_bare_state_dict_matches_or_warns_and_matches_once_stated(name, tmp_path
     if assumed.architecture == net.architecture:
         assert_matches_pytorch(assumed, net, x)
     else:
-        assert not np.allclose(assumed.forward(x), pytorch_outputs(net, x), atol=1e-3)
+        assert not np.allclose(assumed.forward(x), torch_scores(net, x), atol=1e-3)
     np.savez(tmp_path / "net.npz", **{key: value.numpy() for key, value in state.items()})
     with no_architecture_warning():
         stated = LeNet.from_npz(tmp_path / "net.npz", **net.architecture)
@@ -559,7 +528,7 @@ def test_cli_predict_prints_the_warning_as_one_line_and_takes_the_options(tmp_pa
                                "--quiet", *flags)
     assert (status, err) == (0, "")
     labels = [int(line.split(",")[1]) for line in out.splitlines()[1:]]
-    assert labels == pytorch_outputs(net, x).argmax(axis=1).tolist()
+    assert labels == torch_scores(net, x).argmax(axis=1).tolist()
     np.save(tmp_path / "y.npy", np.array(labels))
     status, out, err = run_cli(capsys, "evaluate", tmp_path / "net.npz", tmp_path / "x.npy",
                                tmp_path / "y.npy", "--quiet", *flags)

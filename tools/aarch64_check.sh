@@ -47,7 +47,7 @@ APT_OPTIONS=(-o "Dir::State::Lists=$WORK/apt/lists" -o "Dir::Cache=$WORK/apt/cac
              -o APT::Sandbox::User=root)
 apt-get "${APT_OPTIONS[@]}" -qq update
 # The interpreter, its standard library and headers, and the shared libraries they (and NumPy's
-# C++ code, and our OpenMP kernels) load.
+# C++ code) load.
 PACKAGES=(python$PYVER-minimal libpython$PYVER-minimal libpython$PYVER-stdlib libpython$PYVER-dev
           libc6 libgcc-s1 libstdc++6 libgomp1 zlib1g libexpat1 libffi8 libbz2-1.0 liblzma5 libcrypt1
           libuuid1)
@@ -107,7 +107,7 @@ import lenet_fast, platform
 config = lenet_fast.show_config(False)
 assert platform.machine() == "aarch64" and config["isa"] == "generic", config
 print("   lenet_fast", lenet_fast.__version__, "on", platform.machine(), "- isa", config["isa"],
-      "- lanes", config["vector_lanes"], "- OpenMP", config["openmp"],
+      "- lanes", config["vector_lanes"], "- threading", config["threading"].split(":")[0],
       "- threads", config["default_num_threads"])
 PY
 # Left out: the million-image memory test (a 1.2-million-image run in a subprocess with a 120 s

@@ -94,10 +94,10 @@ from lenet_fast import LeNet, _dispatch, datasets
 site = pathlib.Path(lenet_fast.__file__).resolve().parent
 assert "site-packages" in str(site), site
 maps = pathlib.Path("/proc/self/maps").read_text()
-if any((site.parent / "lenet_fast.libs").glob("libgomp*")):
-    assert f"{site.parent}/lenet_fast.libs/libgomp" in maps, "the vendored libgomp is not the one loaded"
-config = lenet_fast.show_config(False)
-assert config["openmp"] and config["no_openmp_reason"] is None, config
+# The kernels' threads are lenet_fast's own pthread pool, built without -fopenmp: auditwheel has no
+# OpenMP runtime to vendor, and importing lenet_fast loads none.
+assert not any((site.parent / "lenet_fast.libs").glob("libgomp*")), "a libgomp was vendored"
+assert "/lenet_fast.libs/libgomp" not in maps, maps
 images, labels = datasets.load_sample()
 print(f"   lenet_fast {lenet_fast.__version__} from {site}; levels {', '.join(_dispatch.usable_levels())}")
 script = """

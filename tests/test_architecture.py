@@ -1,30 +1,43 @@
-"""The LeNet family through the Python API (issue 12): the unpadded MNIST LeNet and Caffe's LeNet
-built in PyTorch load in one call and give PyTorch's answers; geometry is inferred, stated or
-announced, kept by every round trip, and refused with clear messages where it does not fit."""
+"""The LeNet family (``lenet_fast._architecture``: named members, geometry, sizes) through the
+Python API: the unpadded MNIST LeNet and Caffe's LeNet built in PyTorch load in one call and give
+PyTorch's answers; geometry is inferred, stated or announced, kept by every round trip, and
+refused with clear messages where it does not fit; summaries count the multiply-adds; every
+member gives the same bits at any batch position and thread count."""
 
-import contextlib
 import pickle
 import re
-import warnings
 
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
-from torch.nn import functional as F  # noqa: E402
 
-from lenet_fast import ArchitectureWarning, LeNet, WeightFileError, reference  # noqa: E402
-from lenet_fast import _architecture, _weights  # noqa: E402
+from factories import (  # noqa: E402
+    FASHION_MEAN,
+    FASHION_STD,
+    assert_matches_pytorch,
+    model_at_level,
+    no_architecture_warning,
+    random_images,
+    random_weights,
+    torch_lenets,
+    torch_scores,
+    train_torch,
+)
+from lenet_fast import (  # noqa: E402
+    ArchitectureWarning,
+    LeNet,
+    WeightFileError,
+    _architecture,
+    _weights,
+    reference,
+)
 from lenet_fast._architecture import MEMBERS  # noqa: E402
 from lenet_fast.cli import main  # noqa: E402
 from lenet_fast.datasets import load_fashion_mnist  # noqa: E402
 
-from factories import model_at_level  # noqa: E402
-
 ATOL = RTOL = 1e-5
-MIN_LABEL_AGREEMENT = 0.999
-FASHION_MEAN, FASHION_STD = 0.286, 0.353
 TRAINING_STEPS = 300
 MNIST_UNPADDED = {"conv_activation": "relu", "fc_activation": "relu",
                   "output_activation": "identity", "pool": "max"}
@@ -33,44 +46,9 @@ CAFFE = {"conv_activation": "identity", "fc_activation": "relu",
 GEOMETRY_28 = {"input_size": (28, 28), "conv1_padding": 0, "conv2_padding": 0}
 
 
-class MnistLeNet(nn.Module):
-    """The LeNet of PyTorch MNIST examples, on unpadded 28x28 input: 24 -> 12 -> 8 -> 4."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1, self.conv2 = nn.Conv2d(1, 6, 5), nn.Conv2d(6, 16, 5)
-        self.fc1, self.fc2, self.fc3 = nn.Linear(256, 120), nn.Linear(120, 84), nn.Linear(84, 10)
-
-    def forward(self, x):
-        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
-        x = torch.flatten(x, 1)
-        return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
-
-
-def mnist_sequential():
-    return nn.Sequential(nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                         nn.Linear(256, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
-                         nn.Linear(84, 10))
-
-
-class CaffeLeNet(nn.Module):
-    """Caffe's MNIST LeNet built in PyTorch, with Caffe's layer names: conv 20, pool, conv 50,
-    pool, ip1 800 -> 500 + ReLU, ip2 500 -> 10, softmax ("prob")."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1, self.conv2 = nn.Conv2d(1, 20, 5), nn.Conv2d(20, 50, 5)
-        self.ip1, self.ip2 = nn.Linear(800, 500), nn.Linear(500, 10)
-
-    def forward(self, x):
-        x = F.max_pool2d(self.conv2(F.max_pool2d(self.conv1(x), 2)), 2)
-        return F.softmax(self.ip2(F.relu(self.ip1(x.flatten(1)))), dim=1)
-
-
-def random_images(count=512, seed=3, size=28):
-    return np.random.default_rng(seed).standard_normal((count, 1, size, size), dtype=np.float32)
+MnistLeNet = torch_lenets().MnistLeNet
+mnist_sequential = torch_lenets().mnist_sequential
+CaffeLeNet = torch_lenets().CaffeLeNet
 
 
 @pytest.fixture(scope="module")
@@ -88,48 +66,12 @@ def fashion():
     return normalise(train_images), train_labels.astype(np.int64), normalise(test_images[:2000])
 
 
-def torch_outputs(net, x):
-    with torch.no_grad():
-        return net.eval()(torch.from_numpy(x)).numpy()
-
-
-def parity(model, net, x):
-    """Largest absolute difference; asserts the tolerance and the label agreement."""
-    expected = torch_outputs(net, x)
-    actual = model.forward(x)
-    np.testing.assert_allclose(actual, expected, atol=ATOL, rtol=RTOL)
-    agreement = float(np.mean(model.predict(x) == expected.argmax(axis=1)))
-    assert agreement >= MIN_LABEL_AGREEMENT, agreement
-    return float(np.abs(actual - expected).max())
-
-
-@contextlib.contextmanager
-def no_warning():
-    """Inside the block, an ArchitectureWarning is an error."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", ArchitectureWarning)
-        yield
-
-
 @pytest.fixture(scope="module")
 def trained_mnist_lenet(fashion):
     """The unpadded MNIST LeNet after a few hundred Adam steps on real Fashion-MNIST."""
     train_images, train_labels, _ = fashion
     torch.manual_seed(0)
-    net = MnistLeNet()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    optimiser = torch.optim.Adam(net.parameters(), lr=3e-3)
-    generator = torch.Generator().manual_seed(0)
-    images, labels = torch.from_numpy(train_images), torch.from_numpy(train_labels)
-    net.train()
-    for _ in range(TRAINING_STEPS):
-        batch = torch.randint(0, len(images), (64,), generator=generator)
-        optimiser.zero_grad()
-        F.cross_entropy(net(images[batch]), labels[batch]).backward()
-        optimiser.step()
-    torch.set_num_threads(threads)
-    return net.eval()
+    return train_torch(MnistLeNet(), train_images, train_labels, TRAINING_STEPS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,7 +82,7 @@ def loaders(net, architecture, tmp_path):
     """The ways a user loads `net`: from_torch, from_state_dict and from_npz of np.savez."""
     state = net.state_dict()
     np.savez(tmp_path / "state.npz", **{key: value.numpy() for key, value in state.items()})
-    with no_warning():
+    with no_architecture_warning():
         yield "from_torch", LeNet.from_torch(net)
         yield "from_state_dict", LeNet.from_state_dict(state, **architecture)
         yield "from_npz", LeNet.from_npz(tmp_path / "state.npz", **architecture)
@@ -154,22 +96,22 @@ def loaders(net, architecture, tmp_path):
 def test_family_members_match_pytorch_on_random_images(tmp_path, build, architecture, widths):
     torch.manual_seed(1)
     net = build().eval()
-    x = random_images()
+    x = random_images(512, seed=3, size=28)
     for how, model in loaders(net, architecture, tmp_path):
         assert model.architecture == {**architecture, **GEOMETRY_28}, how
         assert tuple(model.dimensions.values()) == widths, how
         assert not model.sizes.has_conv3
-        parity(model, net, x)
+        assert_matches_pytorch(model, net, x)
 
 
 def test_trained_mnist_lenet_matches_pytorch_on_real_fashion_mnist(tmp_path, fashion,
                                                                    trained_mnist_lenet):
     net, (_, _, test_images) = trained_mnist_lenet, fashion
-    accuracy_labels = torch_outputs(net, test_images).argmax(axis=1)
+    accuracy_labels = torch_scores(net, test_images).argmax(axis=1)
     assert len(np.unique(accuracy_labels)) >= 8      # trained: its labels depend on the images
-    for how, model in loaders(net, MNIST_UNPADDED, tmp_path):
-        parity(model, net, test_images)
-        parity(model, net, random_images(256, seed=5))
+    for _how, model in loaders(net, MNIST_UNPADDED, tmp_path):
+        assert_matches_pytorch(model, net, test_images)
+        assert_matches_pytorch(model, net, random_images(256, seed=5, size=28))
 
 
 def test_caffe_names_are_recognised_and_assumed_as_caffe(tmp_path):
@@ -179,14 +121,14 @@ def test_caffe_names_are_recognised_and_assumed_as_caffe(tmp_path):
         model = LeNet.from_state_dict(net.state_dict())
     assert len(caught) == 1
     assert model.assumed_architecture == CAFFE
-    parity(model, net, random_images())
+    assert_matches_pytorch(model, net, random_images(512, seed=3, size=28))
 
 
 def test_unpadded_mnist_lenet_in_one_call_with_lenet_and_stated_geometry():
     torch.manual_seed(3)
     net = MnistLeNet().eval()
     model = LeNet(net.state_dict(), input_size=28, conv1_padding=0, **MNIST_UNPADDED)
-    parity(model, net, random_images())
+    assert_matches_pytorch(model, net, random_images(512, seed=3, size=28))
     # the same with no geometry stated: 256 features leave one geometry
     assert LeNet(net.state_dict(), **MNIST_UNPADDED).architecture == model.architecture
 
@@ -199,7 +141,7 @@ def test_unpadded_mnist_lenet_in_one_call_with_lenet_and_stated_geometry():
 def test_npz_state_dict_pickle_round_trips_keep_geometry(tmp_path, build):
     torch.manual_seed(4)
     net = build().eval()
-    with no_warning():
+    with no_architecture_warning():
         model = LeNet.from_torch(net)
         model.save_npz(tmp_path / "first.npz")
         loaded = LeNet.from_npz(tmp_path / "first.npz")
@@ -208,7 +150,7 @@ def test_npz_state_dict_pickle_round_trips_keep_geometry(tmp_path, build):
     assert loaded.assumed_architecture == {}
     copy = pickle.loads(pickle.dumps(model))
     assert copy.architecture == model.architecture
-    x = random_images(64)
+    x = random_images(64, seed=3, size=28)
     for other in (loaded, again, copy):
         np.testing.assert_array_equal(other.forward(x), model.forward(x))
     loaded.save_npz(tmp_path / "second.npz")
@@ -222,16 +164,16 @@ def test_keras_same_member_stores_its_padding(tmp_path):
     """28x28 input with conv1 padded by 2 and a 400-feature flatten whose dense activation is
     not the conv one: stored and reloaded as stated, taking only 28x28 images."""
     member = MEMBERS["keras-same"]
-    weights = uniform_weights(member.shapes(), 6)
+    weights = random_weights(6, shapes=member.shapes())
     architecture = {**member.architecture, "fc_activation": "sigmoid"}
     model = LeNet(weights, input_size=28, conv1_padding=2, **architecture)
     assert "fc3.weight" in model.weights and "conv3.weight" not in model.weights
     model.save_npz(tmp_path / "keras.npz")
-    with no_warning():
+    with no_architecture_warning():
         loaded = LeNet.from_npz(tmp_path / "keras.npz")
     assert loaded.architecture == {**architecture, "input_size": (28, 28), "conv1_padding": 2,
                                    "conv2_padding": 0}
-    x = random_images(32)
+    x = random_images(32, seed=3, size=28)
     np.testing.assert_array_equal(loaded.forward(x), model.forward(x))
     np.testing.assert_allclose(model.forward(x), reference.forward(x, weights, **model.architecture),
                                atol=ATOL, rtol=RTOL)
@@ -244,29 +186,19 @@ def test_keras_same_member_stores_its_padding(tmp_path):
 # Geometry inference
 # ---------------------------------------------------------------------------------------------
 
-def uniform_weights(shapes, seed):
-    """Weights uniform in +-1/sqrt(fan_in) (PyTorch's default scale); biases in +-0.1."""
-    rng = np.random.default_rng(seed)
-    weights = {}
-    for key, shape in shapes.items():
-        bound = 1 / np.sqrt(np.prod(shape[1:])) if key.endswith(".weight") else 0.1
-        weights[key] = rng.uniform(-bound, bound, shape).astype(np.float32)
-    return weights
-
-
 def flatten_weights(features_per_channel, conv2=16, seed=7):
-    return uniform_weights(_architecture.canonical_shapes(
-        1, 6, conv2, 0, (32, 10), features=conv2 * features_per_channel), seed)
+    return random_weights(seed, shapes=_architecture.canonical_shapes(
+        1, 6, conv2, 0, (32, 10), features=conv2 * features_per_channel))
 
 
 def test_geometry_unique_is_used_silently():
-    with no_warning():
+    with no_architecture_warning():
         model = LeNet.from_state_dict(flatten_weights(16), **MNIST_UNPADDED)
     assert model.architecture["input_size"] == (28, 28)
     assert model.assumed_architecture == {}
     # 5x5 per channel: 32x32 unpadded and 28x28 padded by 2 compute the same; 32x32 (which also
     # takes 28x28 images) is used, no guess to announce
-    with no_warning():
+    with no_architecture_warning():
         model = LeNet.from_state_dict(flatten_weights(25), **{**MNIST_UNPADDED,
                                                               "fc_activation": "tanh"})
     assert model.sizes.geometry == _architecture.DEFAULT_GEOMETRY
@@ -282,7 +214,7 @@ def test_geometry_ambiguous_is_announced_and_stated_silences_it(tmp_path):
     assert "input_size=28" in message and "--input-size 28" in message
     assert model.assumed_architecture == {"input_size": (28, 28), "conv1_padding": 0,
                                           "conv2_padding": 2}
-    x = random_images(16)
+    x = random_images(16, seed=3, size=28)
     np.testing.assert_allclose(model.forward(x), reference.forward(x, weights,
                                                                    **model.architecture),
                                atol=ATOL, rtol=RTOL)
@@ -291,7 +223,7 @@ def test_geometry_ambiguous_is_announced_and_stated_silences_it(tmp_path):
     with pytest.warns(ArchitectureWarning):
         assert LeNet.from_npz(tmp_path / "guess.npz").assumed_architecture == \
             model.assumed_architecture
-    with no_warning():
+    with no_architecture_warning():
         stated = LeNet.from_state_dict(weights, input_size=32, **MNIST_UNPADDED)
         assert stated.architecture["conv1_padding"] == 2
         assert stated.assumed_architecture == {}
@@ -396,7 +328,7 @@ def torch_multiply_adds(net, size=28):
 @pytest.mark.parametrize("build, member", [(MnistLeNet, "mnist-unpadded"), (CaffeLeNet, "caffe")])
 def test_summary_and_sizes_count_the_multiply_adds(build, member):
     net = build().eval()
-    with no_warning():
+    with no_architecture_warning():
         model = LeNet.from_torch(net)
     expected = torch_multiply_adds(net)
     assert model.sizes.multiply_adds == model.summary().total_multiply_adds == expected
@@ -416,7 +348,7 @@ def test_cli_states_the_geometry_for_a_bare_file(tmp_path, capsys):
     status = main(["convert", str(tmp_path / "bare.npz"), str(tmp_path / "out.npz"), *flags,
                    "--input-size", "32", "--conv1-padding", "2", "--conv2-padding", "0"])
     assert status == 0, capsys.readouterr().err
-    with no_warning():
+    with no_architecture_warning():
         model = LeNet.from_npz(tmp_path / "out.npz")
     assert model.architecture == {**MNIST_UNPADDED, "input_size": (32, 32), "conv1_padding": 2,
                                   "conv2_padding": 0}
@@ -436,7 +368,7 @@ def test_cli_states_the_geometry_for_a_bare_file(tmp_path, capsys):
 def test_members_are_bitwise_deterministic_across_batch_position_and_threads(member, level):
     spec = MEMBERS[member]
     rng = np.random.default_rng(8)
-    weights = uniform_weights(spec.shapes(), 8)
+    weights = random_weights(8, shapes=spec.shapes())
     model = model_at_level(LeNet(weights, **spec.architecture, **spec.geometry), level)
     x = rng.standard_normal((67, 1, *spec.geometry["input_size"]), dtype=np.float32)
     full = model.forward(x, num_threads=1)

@@ -507,10 +507,10 @@ def infer_geometry(conv2_channels, features, has_conv3, stated=None):
     """The geometry of weights that may not state it, and which options were a guess.
 
     With conv3, the candidates are the geometries with a 5x5 pool2 (nothing stated: today's
-    input 32, unpadded); without, the `geometry_candidates` for fc1's inputs.  Those computing the same function collapse into one (preferring
-    input 32 unpadded, which also accepts 28 x 28 padded by 2); if one remains it is used;
-    if several, the first (most common) is used and the options that differ are reported as
-    assumed.
+    input 32, unpadded); without, the `geometry_candidates` for fc1's inputs.  Those computing
+    the same function collapse into one (preferring input 32 unpadded, which also accepts
+    28 x 28 padded by 2); if one remains it is used; if several, the first (most common) is
+    used and the options that differ are reported as assumed.
 
     Returns
     -------

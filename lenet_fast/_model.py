@@ -13,11 +13,11 @@ import warnings
 
 import numpy as np
 
-from . import _dispatch, _preprocessing, _weights
-from ._summary import ModelSummary
-from . import _architecture
+from . import _architecture, _dispatch, _preprocessing, _weights
 from ._architecture import ARCHITECTURE_OPTIONS, DEFAULT_ARCHITECTURE, GEOMETRY_OPTIONS
 from ._architecture import OPTIONS as _ALLOWED
+from ._summary import ModelSummary
+
 # What a weight file that does not state its architecture is assumed to be, by layout (origin):
 # the PyTorch tutorial's CIFAR-10 `Net` has ReLU after every layer but the last; everything else
 # gets this package's defaults (the design source's).  Either way it is announced.
@@ -781,9 +781,9 @@ class LeNet:
             Normalised images, as the model was trained on, of the model's input size
             (``architecture["input_size"]``; a 32 x 32 unpadded model also takes 28 x 28
             images, zero-padded by 2 on each side).  float32 C-contiguous input is used
-            without a copy; float16/float64 and non-contiguous views are converted.  uint8 pixels are accepted when the model
-            stores its preprocessing (pretrained models do) and are normalised with it, in
-            chunks; float input is always taken as already normalised.
+            without a copy; float16/float64 and non-contiguous views are converted.  uint8
+            pixels are accepted when the model stores its preprocessing (pretrained models
+            do) and are normalised with it, in chunks; float input is always taken as already normalised.
         num_threads : int, optional
             Threads for this call (default: ``self.num_threads``).  Small batches use fewer.
         check_finite : bool, default True

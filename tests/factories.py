@@ -210,21 +210,27 @@ def saved_keras_models(models, folder, trained):
     named in `trained` (name -> epochs) are fitted on the shipped sample so that their labels mean
     something; the others keep Keras's initial weights."""
     import keras
+    import torch  # Keras's backend here: one thread, as in `train_torch`
 
     from lenet_fast.datasets import load_sample
 
     keras.utils.set_random_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     result = {}
-    for name, (build, *_) in models.items():
-        model = build()
-        if name in trained:
-            pixels, labels = load_sample()
-            model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-            model.fit(pixels[..., None].astype(np.float32) / 255, labels, epochs=trained[name],
-                      batch_size=32, verbose=0)
-        model.save(folder / f"{name}.keras")
-        model.save(folder / f"{name}.h5")
-        result[name] = (model, folder / f"{name}.keras", folder / f"{name}.h5")
+    try:
+        for name, (build, *_) in models.items():
+            model = build()
+            if name in trained:
+                pixels, labels = load_sample()
+                model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+                model.fit(pixels[..., None].astype(np.float32) / 255, labels,
+                          epochs=trained[name], batch_size=32, verbose=0)
+            model.save(folder / f"{name}.keras")
+            model.save(folder / f"{name}.h5")
+            result[name] = (model, folder / f"{name}.keras", folder / f"{name}.h5")
+    finally:
+        torch.set_num_threads(threads)
     return result
 
 

@@ -127,7 +127,7 @@ def test_conv5x5_pool2_broadcast_every_block_size(level):
     for b <= the level's largest, two blocks after."""
     kernels = _dispatch.load_kernels(level)
     for b in range(1, kernels.BLOCK_SIZES["conv_channels"] + 2):
-        check_against_reference(kernels, small_spec(c1=b, c2=b), in_channels=2)
+        check_against_reference(kernels, small_spec(c1=b, c2=b), in_channels=3)
 
 
 def test_conv5x5_pool2_channels_in_lanes_every_block_size(level):

@@ -39,10 +39,10 @@ import numpy as np
 from numpy.lib import format as npy_format
 
 from . import _weights, datasets
-from ._config import show_config
-from ._model import ArchitectureWarning, LeNet
 from ._architecture import GEOMETRY_OPTIONS, PADDINGS
 from ._architecture import OPTIONS as _ARCHITECTURE_OPTIONS
+from ._config import show_config
+from ._model import ArchitectureWarning, LeNet
 from ._version import __version__
 
 CHUNK_IMAGES = 4096                 # images per chunk read, predicted and written

@@ -14,9 +14,10 @@ loop of the FMA instruction the kernels use), measured at the start of every rep
 is the median over repeats of (rate in that repeat / peak in that repeat).  A second share
 divides by the CPU time the process used instead of the wall clock (against the best peak per
 CPU second, ``measure_fma_peak(cpu_time=True)``), which time slices lost to other processes do
-not inflate (on a shared, loaded machine the wall-clock share reads low).  The last column is microseconds per call.  The load average is printed before and
-after: on a shared machine a second thread often has no core of its own, so compare ratios from
-one run, not numbers from different runs.
+not inflate (on a shared, loaded machine the wall-clock share reads low).  The last column is
+microseconds per call.  The load average is printed before and after: on a shared machine a
+second thread often has no core of its own, so compare ratios from one run, not numbers from
+different runs.
 
 Run from the repository root: ``python -m bench.kernels_peak [--repeats 7] [--level avx2]``.
 """
@@ -33,16 +34,18 @@ from lenet_fast import _dispatch
 # name: input channels 1; plane (conv1's input after its padding), image size given, conv2
 # padding, conv widths, conv3 width (or None: flatten), dense widths, activations, pool.
 MEMBERS = {
-    "lenet5": dict(plane=(32, 32), image=(28, 28), conv2_padding=0, c1=6, c2=16, conv3=120,
-                   dense=(84, 10), activations=("relu", "sigmoid", "sigmoid"), pool="max"),
-    "mnist-unpadded": dict(plane=(28, 28), image=(28, 28), conv2_padding=0, c1=6, c2=16,
-                           conv3=None, dense=(120, 84, 10),
-                           activations=("relu", "relu", "identity"), pool="max"),
-    "caffe": dict(plane=(28, 28), image=(28, 28), conv2_padding=0, c1=20, c2=50, conv3=None,
-                  dense=(500, 10), activations=("identity", "relu", "softmax"), pool="max"),
-    "keras-same": dict(plane=(32, 32), image=(28, 28), conv2_padding=0, c1=6, c2=16,
-                       conv3=None, dense=(120, 84, 10),
-                       activations=("tanh", "tanh", "softmax"), pool="avg"),
+    "lenet5": {"plane": (32, 32), "image": (28, 28), "conv2_padding": 0, "c1": 6, "c2": 16,
+               "conv3": 120, "dense": (84, 10), "activations": ("relu", "sigmoid", "sigmoid"),
+               "pool": "max"},
+    "mnist-unpadded": {"plane": (28, 28), "image": (28, 28), "conv2_padding": 0, "c1": 6,
+                       "c2": 16, "conv3": None, "dense": (120, 84, 10),
+                       "activations": ("relu", "relu", "identity"), "pool": "max"},
+    "caffe": {"plane": (28, 28), "image": (28, 28), "conv2_padding": 0, "c1": 20, "c2": 50,
+              "conv3": None, "dense": (500, 10), "activations": ("identity", "relu", "softmax"),
+              "pool": "max"},
+    "keras-same": {"plane": (32, 32), "image": (28, 28), "conv2_padding": 0, "c1": 6, "c2": 16,
+                   "conv3": None, "dense": (120, 84, 10),
+                   "activations": ("tanh", "tanh", "softmax"), "pool": "avg"},
 }
 BATCHES = (1, 64, 1024, 16384)
 THREADS = (1, 2)

@@ -81,13 +81,31 @@ class Member:
     architecture: dict
 
     @property
-    def geometry(self):
+    def geometry(self) -> dict:  # numpydoc ignore=RT01
         """``{"input_size": (H, W), "conv1_padding": p1, "conv2_padding": p2}``."""
         return {"input_size": (self.input_size, self.input_size),
                 "conv1_padding": self.conv1_padding, "conv2_padding": self.conv2_padding}
 
-    def shapes(self, in_channels=1, n_classes=None):
-        """The canonical weight shapes of this member (`n_classes` replaces the last width)."""
+    def shapes(self, in_channels: int = 1, n_classes: int | None = None) -> dict:
+        """The canonical weight shapes of this member.
+
+        Parameters
+        ----------
+        in_channels : int, default 1
+            Input channels (1 or 3).
+        n_classes : int, optional
+            Replaces the last dense width (the member's class count) when given.
+
+        Returns
+        -------
+        dict of str to tuple of int
+            Canonical key -> shape, in canonical order (see `canonical_shapes`).
+
+        Examples
+        --------
+        >>> MEMBERS["caffe"].shapes()["fc1.weight"]
+        (500, 800)
+        """
         dense = self.dense_units if n_classes is None else self.dense_units[:-1] + (n_classes,)
         return canonical_shapes(in_channels, self.conv1_channels, self.conv2_channels,
                                 self.conv3_channels, dense, features=None if self.conv3_channels
@@ -121,7 +139,18 @@ MEMBERS = {member.name: member for member in (
 
 
 def allowed_text(option):
-    """The allowed values of an option, quoted and comma-separated (for messages)."""
+    """The allowed values of an option, quoted and comma-separated (for messages).
+
+    Parameters
+    ----------
+    option : str
+        An option name of `ARCHITECTURE_OPTIONS`.
+
+    Returns
+    -------
+    str
+        E.g. ``"'max', 'avg'"`` for ``pool``, ``"0 or 2"`` for a padding.
+    """
     if option == "input_size":
         return f"an int or (height, width), each at most {MAX_INPUT_SIZE}"
     if option in ("conv1_padding", "conv2_padding"):
@@ -131,6 +160,19 @@ def allowed_text(option):
 
 def check_option(option, value):
     """Check one option's value and return it normalised (``input_size`` as (H, W)).
+
+    Parameters
+    ----------
+    option : str
+        An option name of `ARCHITECTURE_OPTIONS`.
+    value : object
+        Its value as given.
+
+    Returns
+    -------
+    str or int or tuple of int
+        The value: an activation or pooling name, a padding as an int, an input size as
+        (H, W).
 
     Raises
     ------
@@ -164,7 +206,24 @@ def _is_int(value):
 
 
 def normalize_geometry(geometry):
-    """A complete, checked geometry dict from a partial one (missing options: `DEFAULT_GEOMETRY`)."""
+    """A complete, checked geometry dict from a partial one.
+
+    Parameters
+    ----------
+    geometry : mapping of str to object
+        Some of ``input_size``, ``conv1_padding``, ``conv2_padding``; missing ones take
+        `DEFAULT_GEOMETRY`.
+
+    Returns
+    -------
+    dict
+        All three options, checked (`check_option`): ``input_size`` as (H, W).
+
+    Raises
+    ------
+    ValueError
+        If a value is not allowed.
+    """
     return {option: check_option(option, geometry.get(option, DEFAULT_GEOMETRY[option]))
             for option in GEOMETRY_OPTIONS}
 
@@ -175,17 +234,21 @@ def canonical_shapes(in_channels=1, conv1_channels=6, conv2_channels=16, conv3_c
 
     Parameters
     ----------
-    in_channels, conv1_channels, conv2_channels : int
-    conv3_channels : int
+    in_channels : int, default 1
+        Input channels (1 or 3).
+    conv1_channels, conv2_channels : int, default 6, 16
+        The widths of conv1 and conv2.
+    conv3_channels : int, default 120
         0 for a flatten model (then `features` is fc1's input size).
-    dense_units : tuple of int
+    dense_units : tuple of int, default (84, 10)
         The output widths of fc1, fc2, fc3 (1 to 3 of them; the last is the class count).
     features : int, optional
-        fc1's inputs for a flatten model (c2 x pooled height x pooled width).
+        The inputs of fc1 for a flatten model (c2 x pooled height x pooled width).
 
     Returns
     -------
     dict of str to tuple of int
+        Canonical key -> shape, in canonical key order (weights and biases).
     """
     shapes = {"conv1.weight": (conv1_channels, in_channels, KERNEL, KERNEL),
               "conv1.bias": (conv1_channels,),
@@ -245,39 +308,41 @@ class Sizes:
     multiply_adds: int
 
     @property
-    def n_classes(self):
+    def n_classes(self) -> int:  # numpydoc ignore=RT01
+        """The class count: the last dense width."""
         return self.dense_units[-1]
 
     @property
-    def has_conv3(self):
+    def has_conv3(self) -> bool:  # numpydoc ignore=RT01
+        """Whether the network has conv3 (else it flattens pool2 into fc1)."""
         return self.conv3_channels > 0
 
     @property
-    def layers(self):
+    def layers(self) -> tuple:  # numpydoc ignore=RT01
         """The canonical layer names of this network, in order."""
         return ("conv1", "conv2") + (("conv3",) if self.has_conv3 else ()) + \
             DENSE_LAYERS[:len(self.dense_units)]
 
     @property
-    def keys(self):
+    def keys(self) -> tuple:  # numpydoc ignore=RT01
         """The canonical weight keys of this network, in canonical order."""
         return tuple(f"{layer}.{parameter}" for layer in self.layers
                      for parameter in ("weight", "bias"))
 
     @property
-    def geometry(self):
+    def geometry(self) -> dict:  # numpydoc ignore=RT01
         """``{"input_size": (H, W), "conv1_padding": p1, "conv2_padding": p2}``."""
         return {"input_size": self.input_size, "conv1_padding": self.conv1_padding,
                 "conv2_padding": self.conv2_padding}
 
     @property
-    def shapes(self):
+    def shapes(self) -> dict:  # numpydoc ignore=RT01
         """The canonical weight shapes (see `canonical_shapes`)."""
         return canonical_shapes(self.in_channels, self.conv1_channels, self.conv2_channels,
                                 self.conv3_channels, self.dense_units, self.features)
 
     @property
-    def dimensions(self):
+    def dimensions(self) -> dict:  # numpydoc ignore=RT01
         """Input channels and widths by name: ``in_channels``, ``conv1_channels``,
         ``conv2_channels``, ``conv3_channels`` (with conv3), ``fc1_units`` ... for the hidden
         dense layers, ``n_classes``."""
@@ -291,7 +356,7 @@ class Sizes:
         return dimensions
 
     @property
-    def accepted_input_sizes(self):
+    def accepted_input_sizes(self) -> tuple:  # numpydoc ignore=RT01
         """The image sizes (H, W) a model of these sizes takes: its input size, and for an
         unpadded 32 x 32 input also 28 x 28 (zero-padded by 2, as always)."""
         if self.input_size == (32, 32) and self.conv1_padding == 0:
@@ -318,6 +383,17 @@ def _geometry_text(geometry):
 
 def stage_sizes(geometry):
     """The (H, W) of plane, conv1, pool1, conv2 and pool2 for a geometry.
+
+    Parameters
+    ----------
+    geometry : mapping of str to object
+        Some of ``input_size``, ``conv1_padding``, ``conv2_padding`` (see `normalize_geometry`).
+
+    Returns
+    -------
+    dict of str to tuple of int
+        ``plane`` (conv1's input after its padding), ``conv1``, ``pool1``, ``conv2``,
+        ``pool2``: each (H, W).
 
     Raises
     ------
@@ -352,6 +428,7 @@ def sizes(shapes, **geometry):
     Returns
     -------
     Sizes
+        Every size of the network (widths, stage sizes, multiply-adds per image).
 
     Raises
     ------
@@ -466,8 +543,9 @@ def geometry_candidates(conv2_channels, features, stated=None):
     Parameters
     ----------
     conv2_channels : int
+        The width of conv2.
     features : int
-        fc1's inputs (c2 x pool2 height x pool2 width).
+        The inputs of fc1 (c2 x pool2 height x pool2 width).
     stated : dict, optional
         Geometry options the caller or file states.
 
@@ -497,8 +575,21 @@ def geometry_candidates(conv2_channels, features, stated=None):
 
 
 def same_computation(first, second):
-    """Whether two geometries compute the same function on the images both accept: the same
-    padded plane and conv2 padding (e.g. input 32 unpadded and input 28 padded by 2)."""
+    """Whether two geometries compute the same function on the images both accept.
+
+    They do when they have the same padded plane and conv2 padding (e.g. input 32 unpadded
+    and input 28 padded by 2).
+
+    Parameters
+    ----------
+    first, second : dict
+        Complete geometries (`normalize_geometry` form).
+
+    Returns
+    -------
+    bool
+        True when the two compute the same function.
+    """
     return (stage_sizes(first)["plane"] == stage_sizes(second)["plane"]
             and first["conv2_padding"] == second["conv2_padding"])
 
@@ -507,10 +598,21 @@ def infer_geometry(conv2_channels, features, has_conv3, stated=None):
     """The geometry of weights that may not state it, and which options were a guess.
 
     With conv3, the candidates are the geometries with a 5x5 pool2 (nothing stated: today's
-    input 32, unpadded); without, the `geometry_candidates` for fc1's inputs.  Those computing
-    the same function collapse into one (preferring input 32 unpadded, which also accepts
-    28 x 28 padded by 2); if one remains it is used; if several, the first (most common) is
-    used and the options that differ are reported as assumed.
+    input 32, unpadded); without, the `geometry_candidates` for fc1's inputs.  Those
+    computing the same function collapse into one (preferring input 32 unpadded, which also
+    accepts 28 x 28 padded by 2); if one remains it is used; if several, the first (most
+    common) is used and the options that differ are reported as assumed.
+
+    Parameters
+    ----------
+    conv2_channels : int
+        The width of conv2.
+    features : int
+        The inputs of fc1 (ignored with conv3, which takes conv2's channels x 5 x 5).
+    has_conv3 : bool
+        Whether the network has conv3.
+    stated : dict, optional
+        Geometry options the caller or file states (None values: not stated).
 
     Returns
     -------
@@ -584,6 +686,17 @@ def _areas(stated):
 
 
 def geometry_for_json(geometry):
-    """A geometry as stored in a file's metadata: input_size as [H, W] (JSON has no tuples)."""
+    """A geometry as stored in a file's metadata: input_size as [H, W] (JSON has no tuples).
+
+    Parameters
+    ----------
+    geometry : mapping of str to object
+        Geometry (or architecture) options; other options are copied unchanged.
+
+    Returns
+    -------
+    dict
+        The same options, ``input_size`` as a list.
+    """
     return {option: list(value) if option == "input_size" else value
             for option, value in geometry.items()}

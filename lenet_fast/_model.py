@@ -7,9 +7,14 @@ non-contiguous or byte-swapped views) are converted in chunks, so a million-imag
 needs a second full-size copy.
 """
 
+from __future__ import annotations
+
 import errno
+import os
 import threading
 import warnings
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -17,6 +22,11 @@ from . import _architecture, _dispatch, _preprocessing, _weights
 from ._architecture import ARCHITECTURE_OPTIONS, DEFAULT_ARCHITECTURE, GEOMETRY_OPTIONS
 from ._architecture import OPTIONS as _ALLOWED
 from ._summary import ModelSummary
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
+
+    from ._architecture import Sizes
 
 # What a weight file that does not state its architecture is assumed to be, by layout (origin):
 # the PyTorch tutorial's CIFAR-10 `Net` has ReLU after every layer but the last; everything else
@@ -104,6 +114,13 @@ class ArchitectureWarning(UserWarning):
 
     Raised (as a warning) by `LeNet.from_npz` and `LeNet.from_state_dict` when neither the call
     nor the file states every option; the message names the assumed values and how to state them.
+
+    Parameters
+    ----------
+    message : str
+        The warning's text.
+    assumed : dict of str to str, optional
+        The options that were assumed, with the values used.
 
     Attributes
     ----------
@@ -204,8 +221,30 @@ def _check_num_threads(value, argument="num_threads"):
 check_num_threads = _check_num_threads
 
 
-def check_images(model, images):
-    """`model`'s validation of `images` (shape, dtype), as `LeNet.predict` does it."""
+def check_images(model: LeNet, images: ArrayLike) -> tuple[np.ndarray, int]:
+    """`model`'s validation of `images` (shape, dtype), as `LeNet.predict` does it.
+
+    Shared with `lenet_fast.dask`, which checks each block as the model would.
+
+    Parameters
+    ----------
+    model : LeNet
+        The model that will run on the images.
+    images : array_like
+        The batch, as given to `LeNet.predict`.
+
+    Returns
+    -------
+    images : ndarray
+        The batch as an (N, C, H, W) array (not yet converted to float32).
+    n : int
+        The number of images.
+
+    Raises
+    ------
+    ValueError
+        If the images' shape or dtype is not one the model takes (the message says which).
+    """
     return model._as_images(images)
 
 
@@ -291,9 +330,12 @@ class LeNet:
     >>> labels = model.predict(images)                 # doctest: +SKIP
     """
 
-    def __init__(self, weights, *, conv_activation=None, fc_activation=None,
-                 output_activation=None, pool=None, input_size=None, conv1_padding=None,
-                 conv2_padding=None, num_threads=None, key_map=None, strict=True, metadata=None):
+    def __init__(self, weights: Mapping[str, ArrayLike], *, conv_activation: str | None = None,
+                 fc_activation: str | None = None, output_activation: str | None = None,
+                 pool: str | None = None, input_size: int | tuple[int, int] | None = None,
+                 conv1_padding: int | None = None, conv2_padding: int | None = None,
+                 num_threads: int | None = None, key_map: Mapping[str, str] | None = None,
+                 strict: bool = True, metadata: dict[str, Any] | None = None) -> None:
         # None: the default of `lenet_fast._architecture.DEFAULT_ARCHITECTURE` (stated by the
         # call, so never announced as assumed).
         architecture, _ = _resolve_architecture(
@@ -345,9 +387,12 @@ class LeNet:
     # ------------------------------------------------------------------------------------------
 
     @classmethod
-    def from_npz(cls, path, *, conv_activation=None, fc_activation=None, output_activation=None,
-                 pool=None, input_size=None, conv1_padding=None, conv2_padding=None,
-                 key_map=None, strict=True, num_threads=None):
+    def from_npz(cls, path: str | os.PathLike[str], *, conv_activation: str | None = None,
+                 fc_activation: str | None = None, output_activation: str | None = None,
+                 pool: str | None = None, input_size: int | tuple[int, int] | None = None,
+                 conv1_padding: int | None = None, conv2_padding: int | None = None,
+                 key_map: Mapping[str, str] | None = None, strict: bool = True,
+                 num_threads: int | None = None) -> LeNet:
         """Load a model from a ``.npz`` weight file (never unpickles).
 
         Parameters
@@ -356,14 +401,14 @@ class LeNet:
             A file written by `save_npz`, or ``np.savez`` of a PyTorch ``state_dict`` (the table
             model, the PyTorch tutorial model, or a numbered ``nn.Sequential``), BatchNorm
             layers included (folded into the layer each follows, in float64).
-        input_size, conv1_padding, conv2_padding : optional
-            The geometry (see `LeNet`), overriding what the file stores; what neither states
-            is worked out from the weights (announced where several geometries fit).
         conv_activation, fc_activation, output_activation, pool : str, optional
             Override the architecture stored in the file.  An option that neither these nor
             the file state is assumed from the layout (the PyTorch tutorial layout: relu, relu,
             identity, max; otherwise the defaults relu, sigmoid, sigmoid, max) and announced
             with one `ArchitectureWarning`; `model.assumed_architecture` lists it.
+        input_size, conv1_padding, conv2_padding : optional
+            The geometry (see `LeNet`), overriding what the file stores; what neither states
+            is worked out from the weights (announced where several geometries fit).
         key_map : mapping, optional
             Canonical name -> name in the file, for any other naming.
         strict : bool, default True
@@ -376,6 +421,18 @@ class LeNet:
         Returns
         -------
         LeNet
+            The model, with the file's metadata (``metadata``) and its stored architecture.
+
+        Raises
+        ------
+        lenet_fast.WeightFileError
+            (a ``ValueError``) for a file that is unreadable, unsafe, incomplete or not a LeNet;
+            the message names the file, the member and the problem.  Array shapes and dtypes
+            are checked from the ``.npy`` headers before any array data is read.
+        FileNotFoundError
+            If `path` does not exist.
+        ValueError
+            If an option is not one of its allowed values, or `num_threads` is out of range.
 
         Warns
         -----
@@ -383,13 +440,11 @@ class LeNet:
             If an option was assumed (see above): the message names the values and how to
             state them (pass them, or save the model with `save_npz`).
 
-        Raises
-        ------
-        lenet_fast.WeightFileError
-            (a ``ValueError``) for a file that is unreadable, unsafe, incomplete or not a LeNet;
-            the message names the file, the member and the problem.
-        FileNotFoundError
-            If `path` does not exist.
+        Examples
+        --------
+        >>> model = LeNet.from_npz("lenet.npz")             # doctest: +SKIP
+        >>> model.architecture["conv_activation"]           # doctest: +SKIP
+        'relu'
         """
         explicit = {"conv_activation": conv_activation, "fc_activation": fc_activation,
                     "output_activation": output_activation, "pool": pool,
@@ -411,7 +466,7 @@ class LeNet:
                 f"{path}: '{_weights.METADATA_KEY}.npy': {exc}") from exc
 
     @classmethod
-    def pretrained(cls, name, *, num_threads=None):
+    def pretrained(cls, name: str, *, num_threads: int | None = None) -> LeNet:
         """Load a model trained by ``lenet_fast.train`` and shipped with the package.
 
         The file stores its preprocessing (so uint8 images can be passed as they are), its
@@ -427,6 +482,7 @@ class LeNet:
         Returns
         -------
         LeNet
+            The model, with its `classes`, preprocessing and ``metadata["provenance"]``.
 
         Raises
         ------
@@ -446,9 +502,12 @@ class LeNet:
         return cls.from_npz(pretrained_path(name), num_threads=num_threads)
 
     @classmethod
-    def from_state_dict(cls, mapping, *, conv_activation=None, fc_activation=None,
-                        output_activation=None, pool=None, input_size=None, conv1_padding=None,
-                        conv2_padding=None, key_map=None, strict=True, num_threads=None):
+    def from_state_dict(cls, mapping: Mapping[str, Any], *, conv_activation: str | None = None,
+                        fc_activation: str | None = None, output_activation: str | None = None,
+                        pool: str | None = None, input_size: int | tuple[int, int] | None = None,
+                        conv1_padding: int | None = None, conv2_padding: int | None = None,
+                        key_map: Mapping[str, str] | None = None, strict: bool = True,
+                        num_threads: int | None = None) -> LeNet:
         """Build a model from a mapping of names to arrays (e.g. a PyTorch ``state_dict``).
 
         Accepts the same layouts and options (geometry included) as `from_npz`, and assumes
@@ -456,9 +515,53 @@ class LeNet:
         ``.detach()`` / ``__array__`` are converted with NumPy.  For a PyTorch model,
         `from_torch` reads the architecture from the module itself.
 
+        Parameters
+        ----------
+        mapping : mapping of str to array_like
+            Names to arrays (NumPy arrays, PyTorch tensors, anything with ``__array__``) in
+            any layout `lenet_fast._weights.canonicalize` recognises: canonical names, the
+            PyTorch tutorial's, Caffe's, numbered ``nn.Sequential`` exports; BatchNorm
+            parameters are folded into the layer each follows.
+        conv_activation, fc_activation, output_activation, pool : str, optional
+            The architecture; an option not given is assumed from the layout and announced
+            (see `from_npz`).
+        input_size : int or (int, int), optional
+            The images the network takes; default: worked out from the weights (see `LeNet`).
+        conv1_padding, conv2_padding : {0, 2}, optional
+            Zero padding of conv1 / conv2; default as for `input_size`.
+        key_map : mapping of str to str, optional
+            Canonical name (``"conv1.weight"``) or layer (``"conv1"``) -> name in `mapping`.
+        strict : bool, default True
+            Reject keys that the recognised layout does not use (bookkeeping such as
+            ``num_batches_tracked`` is ignored with False; parameters never are).
+        num_threads : int, optional
+            See `LeNet`.
+
         Returns
         -------
         LeNet
+            The model; `assumed_architecture` lists what was assumed.
+
+        Raises
+        ------
+        lenet_fast.WeightFileError
+            (a ``ValueError``) naming the key and the problem: no layout or several match,
+            missing or (with `strict`) unused keys, a shape that does not fit, an array that is
+            not floating point or not finite, or a geometry no member of the family has.
+        ValueError
+            If an option is not one of its allowed values, or `num_threads` is out of range.
+
+        Warns
+        -----
+        ArchitectureWarning
+            If an option was assumed: the message names the values and how to state them.
+
+        Examples
+        --------
+        >>> import torch                                                # doctest: +SKIP
+        >>> model = LeNet.from_state_dict(torch.load("net.pt"), conv_activation="relu",
+        ...                               fc_activation="relu", output_activation="identity",
+        ...                               pool="max")                   # doctest: +SKIP
         """
         explicit = {"conv_activation": conv_activation, "fc_activation": fc_activation,
                     "output_activation": output_activation, "pool": pool,
@@ -476,8 +579,10 @@ class LeNet:
                                    explicit, reload=load)
 
     @classmethod
-    def from_onnx(cls, path_or_model, *, conv_activation=None, fc_activation=None,
-                  output_activation=None, pool=None, num_threads=None):
+    def from_onnx(cls, path_or_model: str | os.PathLike[str] | Any, *,
+                  conv_activation: str | None = None, fc_activation: str | None = None,
+                  output_activation: str | None = None, pool: str | None = None,
+                  num_threads: int | None = None) -> LeNet:
         """Build a model from a LeNet-family ONNX graph (e.g. from ``torch.onnx.export``).
 
         Needs the ``onnx`` package (``pip install lenet_fast[onnx]``).  The architecture and
@@ -497,6 +602,7 @@ class LeNet:
         Returns
         -------
         LeNet
+            With the graph's activations, pooling and geometry as its `architecture`.
 
         Raises
         ------
@@ -507,6 +613,12 @@ class LeNet:
             If the path does not exist.
         TypeError
             If `path_or_model` is neither a path nor an ``onnx.ModelProto``.
+        ImportError
+            If the ``onnx`` package is not installed.
+
+        Examples
+        --------
+        >>> model = LeNet.from_onnx("lenet.onnx")             # doctest: +SKIP
         """
         from .onnx import read_graph
 
@@ -518,24 +630,59 @@ class LeNet:
         return cls._from_canonical(weights, {"architecture": architecture}, num_threads, explicit)
 
     @classmethod
-    def from_keras(cls, path, *, num_threads=None):
+    def from_keras(cls, path: str | os.PathLike[str], *, num_threads: int | None = None) -> LeNet:
         """Build a model from a Keras LeNet saved by ``model.save`` (``.keras`` or ``.h5``).
 
-        Needs ``h5py`` (``pip install "lenet_fast[keras]"``), not Keras.  The architecture is read
-        from the file's config and the weights are converted from channels-last; the model
-        takes (N, C, H, W) images.  See `lenet_fast.keras.from_keras` for what is accepted and
-        the errors.
+        Needs ``h5py`` (``pip install "lenet_fast[keras]"``), not Keras.  The file is read as
+        data by `lenet_fast.keras.read_model` (which lists what is accepted): the architecture
+        from its config, the weights converted from channels-last.  The model takes
+        (N, C, H, W) images: transpose Keras's channels-last batches with
+        ``x.transpose(0, 3, 1, 2)`` (or pass (N, H, W) for one channel).
+
+        Parameters
+        ----------
+        path : str or path-like
+            A Keras 3 ``.keras`` archive or a Keras 2/3 ``.h5`` file (recognised by content).
+        num_threads : int, optional
+            See `LeNet`.
 
         Returns
         -------
         LeNet
-        """
-        from .keras import from_keras
+            With the file's activations, pooling and geometry as its `architecture`;
+            ``metadata["provenance"]`` records the Keras version, the model name and its input
+            shape.
 
-        return from_keras(path, num_threads=num_threads)
+        Raises
+        ------
+        lenet_fast.WeightFileError
+            (a ``ValueError``) naming the file and the layer, for a file or model the engine
+            cannot run; see `lenet_fast.keras.read_model`.
+        ImportError
+            If ``h5py`` is not installed.
+        ValueError
+            If `num_threads` is out of range.
+        FileNotFoundError
+            If `path` does not exist.
+        TypeError
+            If `path` is not a str or path-like.
+
+        Examples
+        --------
+        >>> model = LeNet.from_keras("lenet.keras")                 # doctest: +SKIP
+        >>> labels = model.predict(images_nhwc.transpose(0, 3, 1, 2))  # doctest: +SKIP
+        """
+        from .keras import read_model
+
+        if num_threads is not None:
+            _check_num_threads(num_threads)
+        weights, architecture, provenance = read_model(path)
+        metadata = {"architecture": architecture, "provenance": provenance}
+        return cls._from_canonical(weights, metadata, num_threads, {})
 
     @classmethod
-    def from_torch(cls, module, *, example_input=None, num_threads=None):
+    def from_torch(cls, module: Any, *, example_input: Any = None,
+                   num_threads: int | None = None) -> LeNet:
         """Build a model from a PyTorch ``nn.Module``, reading its architecture from its graph.
 
         The module's ``forward`` is captured with ``torch.fx`` symbolic tracing (in eval mode;
@@ -565,6 +712,8 @@ class LeNet:
         Returns
         -------
         LeNet
+            Its ``architecture`` read from the module's graph (so `save_npz` states it) and
+            ``metadata["converted_from"]`` naming the module's class.
 
         Raises
         ------
@@ -586,9 +735,13 @@ class LeNet:
         --------
         >>> LeNet.from_torch(net).save_npz("lenet.npz")     # doctest: +SKIP
         """
-        from ._torch import from_torch
+        from ._torch import read_module, verify_conversion
 
-        return from_torch(module, example_input=example_input, num_threads=num_threads)
+        weights, metadata, example_input = read_module(module, example_input=example_input)
+        model = cls._from_canonical(weights, metadata, num_threads, {})
+        if example_input is not None:
+            verify_conversion(module, model, example_input)
+        return model
 
     @classmethod
     def _from_canonical(cls, weights, metadata, num_threads, explicit, source=None, reload=None):
@@ -632,7 +785,7 @@ class LeNet:
         _warn_assumed(assumed, layout, source, stacklevel=3)
         return model
 
-    def save_npz(self, path):
+    def save_npz(self, path: str | os.PathLike[str]) -> None:
         """Write the weights and the architecture (and any metadata) to a ``.npz`` file.
 
         The file is deterministic (the same model gives the same bytes) and
@@ -640,6 +793,28 @@ class LeNet:
         were assumed when this model was loaded (`assumed_architecture`) are saved as assumed:
         loading the file announces them again with an `ArchitectureWarning`, so a guess never
         becomes a statement by a round trip.
+
+        Parameters
+        ----------
+        path : str or path-like
+            Destination, written as given (no ``.npz`` suffix is added) and atomically: a
+            temporary file beside it is renamed over it once complete, so `path` is never left
+            half-written.
+
+        Raises
+        ------
+        OSError
+            If the file cannot be written (`path` is then left as it was).
+
+        See Also
+        --------
+        from_npz : Loads the file back.
+
+        Examples
+        --------
+        >>> model.save_npz("lenet.npz")                       # doctest: +SKIP
+        >>> LeNet.from_npz("lenet.npz").architecture == model.architecture  # doctest: +SKIP
+        True
         """
         metadata = dict(self._metadata)
         metadata["architecture"] = _architecture.geometry_for_json(self._architecture)
@@ -649,7 +824,7 @@ class LeNet:
             metadata["assumed_architecture"] = sorted(self._assumed)
         _weights.save_npz(path, self._weights, metadata)
 
-    def to_onnx(self, path):
+    def to_onnx(self, path: str | os.PathLike[str]) -> None:
         """Write the network as an ONNX graph (opset 17) that ONNX Runtime runs to the same
         outputs.  Needs the ``onnx`` package.
 
@@ -658,41 +833,55 @@ class LeNet:
         path : str or path-like
             Destination ``.onnx`` file, written atomically; see
             `lenet_fast.onnx.build_model_proto` for the graph.
+
+        Raises
+        ------
+        ImportError
+            If the ``onnx`` package is not installed.
+        OSError
+            If the file cannot be written (`path` is then left as it was).
+
+        Examples
+        --------
+        >>> model.to_onnx("lenet.onnx")                       # doctest: +SKIP
+        >>> LeNet.from_onnx("lenet.onnx").architecture == model.architecture  # doctest: +SKIP
+        True
         """
         from .onnx import build_model_proto, save_model
 
         save_model(build_model_proto(self.weights, self.architecture), path)
 
     # ------------------------------------------------------------------------------------------
-    # Properties
+    # Properties (documented like attributes, with no Returns section: numpydoc's AST check
+    # cannot tell a property from a method, hence the RT01 exemptions)
     # ------------------------------------------------------------------------------------------
 
     @property
-    def num_threads(self):
+    def num_threads(self) -> int:  # numpydoc ignore=RT01
         """Threads used for large batches (an int >= 1); settable."""
         return self._num_threads
 
     @num_threads.setter
-    def num_threads(self, value):
+    def num_threads(self, value: int | None) -> None:  # numpydoc ignore=GL08
         self._num_threads_set = value is not None
         self._num_threads = (_dispatch.default_num_threads() if value is None
                              else _check_num_threads(value))
 
     @property
-    def architecture(self):
+    def architecture(self) -> dict[str, Any]:  # numpydoc ignore=RT01
         """The activations, pooling and geometry in use, as a dict (a copy): ``conv_activation``,
         ``fc_activation``, ``output_activation``, ``pool``, ``input_size`` ((H, W) of the
         images the network takes), ``conv1_padding``, ``conv2_padding`` (0 or 2)."""
         return dict(self._architecture)
 
     @property
-    def sizes(self):
+    def sizes(self) -> Sizes:  # numpydoc ignore=RT01
         """Every size of the network (`lenet_fast._architecture.Sizes`: widths, stage sizes,
         ``plane``, ``multiply_adds`` per image ...)."""
         return self._sizes
 
     @property
-    def assumed_architecture(self):
+    def assumed_architecture(self) -> dict[str, Any]:  # numpydoc ignore=RT01
         """The options of `architecture` that were assumed because neither the call nor the
         weight file stated them (a dict, empty when everything was stated); loading announced
         them with an `ArchitectureWarning`.  `save_npz` records them as assumed, so the file
@@ -700,49 +889,53 @@ class LeNet:
         return dict(self._assumed)
 
     @property
-    def dimensions(self):
+    def dimensions(self) -> dict[str, int]:  # numpydoc ignore=RT01
         """Input channels, layer widths and class count read from the weights (a copy):
         ``in_channels``, ``conv1_channels``, ``conv2_channels``, ``conv3_channels`` (with
         conv3), ``fc1_units`` ... (hidden dense layers), ``n_classes``."""
         return dict(self._dimensions)
 
     @property
-    def n_classes(self):
+    def n_classes(self) -> int:  # numpydoc ignore=RT01
         """The number of outputs (classes) per image."""
         return self._dimensions["n_classes"]
 
     @property
-    def in_channels(self):
+    def in_channels(self) -> int:  # numpydoc ignore=RT01
         """The number of input channels (1 or 3)."""
         return self._dimensions["in_channels"]
 
     @property
-    def weights(self):
+    def weights(self) -> dict[str, np.ndarray]:  # numpydoc ignore=RT01
         """The canonical float32 weights (read-only arrays)."""
         return dict(self._weights)
 
     @property
-    def classes(self):
+    def classes(self) -> list[str] | None:  # numpydoc ignore=RT01
         """The class names stored with the model (a list of str, one per output), or None."""
         return None if self._classes is None else list(self._classes)
 
     @property
-    def metadata(self):
+    def metadata(self) -> dict[str, Any]:  # numpydoc ignore=RT01
         """Extra information stored with the model (a copy)."""
         return dict(self._metadata)
 
     @property
-    def isa(self):
+    def isa(self) -> str:  # numpydoc ignore=RT01
         """The instruction-set level of the kernels this model runs on."""
         return self._kernels.ISA
 
-    def summary(self):
+    def summary(self) -> ModelSummary:
         """Per-layer output shape, parameters, connections and multiply-adds.
 
         Returns
         -------
         ModelSummary
             ``str()`` of it is a readable table; ``summary()["conv1"].connections`` etc.
+
+        Examples
+        --------
+        >>> print(LeNet.pretrained("mnist").summary())      # doctest: +SKIP
         """
         return ModelSummary(self._sizes, self._architecture, self._assumed)
 
@@ -772,7 +965,8 @@ class LeNet:
     # Inference
     # ------------------------------------------------------------------------------------------
 
-    def forward(self, x, *, num_threads=None, check_finite=True, out=None):
+    def forward(self, x: ArrayLike, *, num_threads: int | None = None, check_finite: bool = True,
+                out: np.ndarray | None = None) -> np.ndarray:
         """Network outputs (after the output activation) for a batch of images.
 
         Parameters
@@ -782,8 +976,9 @@ class LeNet:
             (``architecture["input_size"]``; a 32 x 32 unpadded model also takes 28 x 28
             images, zero-padded by 2 on each side).  float32 C-contiguous input is used
             without a copy; float16/float64 and non-contiguous views are converted.  uint8
-            pixels are accepted when the model stores its preprocessing (pretrained models
-            do) and are normalised with it, in chunks; float input is always taken as already normalised.
+            pixels are accepted when the model stores its preprocessing (pretrained models do)
+            and are normalised with it, in chunks; float input is always taken as already
+            normalised.
         num_threads : int, optional
             Threads for this call (default: ``self.num_threads``).  Small batches use fewer.
         check_finite : bool, default True
@@ -797,6 +992,7 @@ class LeNet:
         Returns
         -------
         ndarray of float32, shape (N, n_classes)
+            The scores of each image (probabilities with a softmax output); `out` when given.
 
         Raises
         ------
@@ -819,12 +1015,24 @@ class LeNet:
 
     __call__ = forward
 
-    def predict(self, x, *, num_threads=None, check_finite=True, out=None):
+    def predict(self, x: ArrayLike, *, num_threads: int | None = None, check_finite: bool = True,
+                out: np.ndarray | None = None) -> np.ndarray:
         """Predicted class of each image: the argmax of `forward` (lowest index on ties).
 
-        Parameters are those of `forward`; `out` is an int64 array of shape (N,).  A NaN
-        output never becomes a label: with `check_finite` it raises ``ValueError``, without it
-        the image's label is -1.
+        A NaN output never becomes a label: with `check_finite` it raises ``ValueError``,
+        without it the image's label is -1.
+
+        Parameters
+        ----------
+        x : array_like of float, shape (N, C, H, W), or (N, H, W) when C = 1
+            Normalised images (or uint8 pixels for a model with stored preprocessing), as for
+            `forward`.
+        num_threads : int, optional
+            Threads for this call (default: ``self.num_threads``).
+        check_finite : bool, default True
+            Raise on NaN or infinite input, and on NaN outputs (see `forward`).
+        out : ndarray of int64, shape (N,), optional
+            Where to write the labels (C-contiguous).
 
         Returns
         -------

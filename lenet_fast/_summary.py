@@ -28,6 +28,15 @@ class LayerSummary:
 class ModelSummary:
     """Per-layer table of a model; ``str()`` renders it for people.
 
+    Parameters
+    ----------
+    sizes : lenet_fast._architecture.Sizes
+        Every size of the network (`LeNet.sizes`).
+    architecture : dict of str to str
+        The activations and pooling in use (`LeNet.architecture`).
+    assumed : dict of str to str, optional
+        Those of them that were assumed.
+
     Attributes
     ----------
     layers : list of LayerSummary

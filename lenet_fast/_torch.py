@@ -32,7 +32,6 @@ import operator
 import numpy as np
 
 from . import _architecture, _weights
-from ._model import LeNet
 
 _KERNEL = 5
 _FEATURES_AFTER_CONV2 = _KERNEL * _KERNEL  # conv2 output pooled to 5x5: 25 values per channel
@@ -711,8 +710,27 @@ def _as_tensor(images, module, torch):
     return tensor.float()
 
 
-def _verify(module, model, example_input, torch, name):
-    """Run both on `example_input` (module in eval mode, flags restored) and compare."""
+def verify_conversion(module, model, example_input):
+    """Check that a converted model computes what its PyTorch module computes.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The module the model was read from; it is run in eval mode and its training flags are
+        restored afterwards.
+    model : LeNet
+        The converted model (anything with a ``forward(images)`` returning the scores).
+    example_input : torch.Tensor
+        Images in the shape the module takes, as `read_module` returned them.
+
+    Raises
+    ------
+    TorchImportError
+        If the outputs differ by more than 1e-4 (relative and absolute), or in shape.
+    """
+    import torch
+
+    name = type(module).__name__
     x = _as_tensor(example_input, module, torch)
 
     def run():
@@ -730,8 +748,35 @@ def _verify(module, model, example_input, torch, name):
                                f"a lenet_fast bug, please report it")
 
 
-def from_torch(module, *, example_input=None, num_threads=None):
-    """Build a `LeNet` from a PyTorch ``nn.Module`` -- see `LeNet.from_torch`."""
+def read_module(module, *, example_input=None):
+    """Read a PyTorch module's canonical weights and metadata -- what `LeNet.from_torch` builds on.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The network; it is not modified.
+    example_input : array_like or torch.Tensor, optional
+        Images the module takes, (N, C, H, W); checked before any other work, and used by
+        ``torch.export`` where ``torch.fx`` cannot trace the module.
+
+    Returns
+    -------
+    weights : dict of str to ndarray
+        The canonical weights (see `lenet_fast._weights.canonicalize`).
+    metadata : dict
+        ``architecture`` (activations, pooling and geometry) and ``converted_from``.
+    example_input : torch.Tensor or None
+        `example_input` as a float32 tensor, for `verify_conversion`.
+
+    Raises
+    ------
+    TorchImportError
+        Naming the module and the op the engine cannot compute (see `LeNet.from_torch`).
+    TypeError, ValueError
+        If `module` is not an ``nn.Module`` or `example_input` is not images it takes.
+    ImportError
+        If PyTorch is not installed.
+    """
     try:
         import torch
     except ImportError as exc:
@@ -755,7 +800,4 @@ def from_torch(module, *, example_input=None, num_threads=None):
                                       fc_activation=architecture["fc_activation"])
     metadata = {"architecture": {**architecture, **_architecture.geometry_for_json(geometry)},
                 "converted_from": f"PyTorch {name}"}
-    model = LeNet._from_canonical(canonical, metadata, num_threads, {})
-    if example_input is not None:
-        _verify(module, model, example_input, torch, name)
-    return model
+    return canonical, metadata, example_input

@@ -84,6 +84,12 @@ def canonical_shapes(**dimensions):
     Returns
     -------
     dict of str to tuple of int
+        Canonical key -> shape for today's LeNet-5 layers (conv1, conv2, conv3, fc1, fc2).
+
+    Raises
+    ------
+    TypeError
+        If a keyword is not one of `DIMENSIONS`.
 
     Examples
     --------
@@ -554,6 +560,13 @@ def canonicalize(mapping, *, key_map=None, strict=True, source=None, input_size=
 class CanonicalWeights(dict):
     """The canonical arrays (a dict), with what `canonicalize` found out about them.
 
+    Parameters
+    ----------
+    weights : mapping of str to ndarray
+        The canonical arrays, in canonical order.
+    layout, batchnorm, sizes, assumed_geometry, folded_into_conv3 : optional
+        The attributes above (``batchnorm`` and ``assumed_geometry`` are copied; None: empty).
+
     Attributes
     ----------
     layout : str or None
@@ -940,6 +953,10 @@ class _ArchiveMembers(Mapping):
         """The (shape, dtype) of a member, from its checked .npy header (no data is read)."""
         return _read_member(self._archive, self._members[key], self._source, header_only=True)
 
+    def __contains__(self, key):
+        # Mapping's default would read (and check) the member's data just to answer "is it there".
+        return key in self._members
+
     def __iter__(self):
         return iter(self._members)
 
@@ -1098,9 +1115,27 @@ def save_npz(path, weights, metadata=None):
 
 
 def temporary_file_beside(path):
-    """Create an empty file ``.<name>.<random>.part`` in `path`'s folder, with the permissions
-    ``open(path, "w")`` would give, and return its path: written, then renamed over `path` with
-    ``os.replace``, it makes a write atomic (same folder, so the rename never copies)."""
+    """Create an empty file ``.<name>.<random>.part`` in `path`'s folder and return its path.
+
+    It has the permissions ``open(path, "w")`` would give.  Written, then renamed over `path`
+    with ``os.replace``, it makes a write atomic (same folder, so the rename never copies).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file that will be written.
+
+    Returns
+    -------
+    str
+        The new, empty temporary file's path (the caller removes it if it is not renamed).
+
+    Raises
+    ------
+    OSError
+        If the folder cannot be written to (``FileExistsError`` if no free name was found in
+        100 tries).
+    """
     path = os.fspath(path)
     folder, name = os.path.split(os.path.abspath(path))
     # Created with mode 0o666 for the kernel to apply the umask: reading the umask would mean
@@ -1116,8 +1151,23 @@ def temporary_file_beside(path):
 
 
 def write_file_atomically(path, data):
-    """Write `data` to `path` through a temporary file in the same folder, renamed into place
-    only once complete: `path` is never left half-written, and is untouched on failure."""
+    """Write `data` to `path` through a temporary file in the same folder.
+
+    The temporary file is renamed into place only once complete: `path` is never left
+    half-written, and is untouched on failure (the temporary file is removed).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Destination; replaced if it exists.
+    data : bytes-like
+        The file's whole content.
+
+    Raises
+    ------
+    OSError
+        If the file cannot be written.
+    """
     temporary = temporary_file_beside(path)
     try:
         with open(temporary, "wb") as file:

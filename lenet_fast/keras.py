@@ -1,4 +1,4 @@
-"""Keras models in: `from_keras` reads Keras 3 ``.keras`` archives and Keras 2/3 HDF5 ``.h5`` files.
+"""Keras models in: `read_model` reads Keras 3 ``.keras`` archives and Keras 2/3 HDF5 ``.h5`` files.
 
 Design: the file is read as data, never executed.  Keras is not imported (nor TensorFlow); the
 model config is parsed with ``json`` and only its plain values are looked at, so no object is
@@ -35,6 +35,8 @@ ever deserialised; HDF5 is read with ``h5py`` (the ``keras`` extra).  Loading go
    (input size and both paddings) like every other weight set.
 """
 
+from __future__ import annotations
+
 import contextlib
 import io
 import json
@@ -42,11 +44,11 @@ import math
 import os
 import zipfile
 import zlib
+from typing import Any
 
 import numpy as np
 
 from . import _architecture, _weights
-from ._model import LeNet
 from ._weights import WeightFileError
 
 MAX_CONFIG_BYTES = 1 << 20          # the model config's JSON text
@@ -887,8 +889,13 @@ def _read_weights(layers, named_stages, activations, store, input_chw, order, pa
     return weights, key_map, architecture, stated
 
 
-def from_keras(path, *, num_threads=None):
-    """Build a `LeNet` from a Keras model file, without Keras.
+def read_model(
+        path: str | os.PathLike[str],
+) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, Any]]:
+    """Read a Keras model file as canonical weights and an architecture, without Keras.
+
+    `LeNet.from_keras` builds a model from what this returns; this module does not import the
+    model class, so the reader can be used and tested on its own.
 
     Parameters
     ----------
@@ -896,16 +903,18 @@ def from_keras(path, *, num_threads=None):
         A Keras 3 ``.keras`` archive or a Keras 2/3 ``.h5`` file written by ``model.save``
         (recognised by content).  The model: Conv2D -> pooling -> Conv2D -> pooling -> (Conv2D
         ->) Flatten -> one to three Dense layers; see Notes.
-    num_threads : int, optional
-        See `LeNet`.
 
     Returns
     -------
-    LeNet
-        With the file's activations and pooling as its architecture; ``metadata["provenance"]``
-        records the Keras version, the model name and its input shape.  It takes images in
-        lenet_fast's (N, C, H, W) layout: transpose Keras's channels-last batches with
-        ``x.transpose(0, 3, 1, 2)`` (or pass (N, H, W) for one channel).
+    weights : dict of str to ndarray
+        Canonical float32 weights (``conv1.weight`` ..., see `lenet_fast._weights.canonicalize`),
+        converted from channels-last and Keras's flatten order.
+    architecture : dict
+        The file's ``conv_activation``, ``fc_activation``, ``output_activation``, ``pool`` and
+        geometry (``input_size``, ``conv1_padding``, ``conv2_padding``).
+    provenance : dict
+        ``format`` (``"Keras .keras"`` or ``"Keras .h5"``), ``keras_input_shape`` and, where the
+        file records them, ``keras_model`` (the model's name) and ``keras_version``.
 
     Raises
     ------
@@ -918,6 +927,8 @@ def from_keras(path, *, num_threads=None):
         If ``h5py`` is not installed (``pip install "lenet_fast[keras]"``).
     FileNotFoundError
         If `path` does not exist.
+    TypeError
+        If `path` is not a str or path-like.
 
     Notes
     -----
@@ -931,13 +942,13 @@ def from_keras(path, *, num_threads=None):
     are ignored (they are identities at inference); ``use_bias=False`` gives a zero bias;
     channels-last or channels-first.  The convolutions share one activation, and the Dense
     layers but the last share one.  The input size (e.g. 28 x 28 or 32 x 32) comes from the
-    config and must give even convolution outputs; the model's ``architecture`` records it
-    with both paddings.  BatchNormalization is not supported yet.
+    config and must give even convolution outputs.  BatchNormalization is not supported yet.
 
     Examples
     --------
-    >>> model = LeNet.from_keras("lenet.keras")                 # doctest: +SKIP
-    >>> labels = model.predict(images_nhwc.transpose(0, 3, 1, 2))  # doctest: +SKIP
+    >>> weights, architecture, provenance = read_model("lenet.keras")   # doctest: +SKIP
+    >>> architecture["input_size"]                                      # doctest: +SKIP
+    (28, 28)
     """
     h5py = _import_h5py()
     if not isinstance(path, (str, os.PathLike)):
@@ -956,7 +967,7 @@ def from_keras(path, *, num_threads=None):
         raise
     except _READ_ERRORS as exc:   # whatever h5py raises on damage the checks did not foresee
         raise _error(source, f"unreadable ({type(exc).__name__}: {exc})") from exc
-    return LeNet._from_canonical(canonical, metadata, num_threads, {})
+    return canonical, metadata["architecture"], metadata["provenance"]
 
 
 def _load(source, magic, h5py):

@@ -31,12 +31,20 @@ output ``scores`` after the output activation.  The ``onnx`` package is imported
 functions, so ``import lenet_fast`` does not need it.
 """
 
+from __future__ import annotations
+
 import math
 import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import _architecture, _weights
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
+    from onnx import ModelProto
 
 OPSET = 17
 IR_VERSION = 8
@@ -581,7 +589,9 @@ def _check_flatten(flatten, features):
                                          f"layer's input), found {flatten.value}")
 
 
-def read_graph(model_or_path):
+def read_graph(
+        model_or_path: str | os.PathLike[str] | ModelProto,
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Read a LeNet-family ONNX graph as canonical weights and an architecture, without running it.
 
     Parameters
@@ -710,7 +720,8 @@ def _canonical(weights, architecture, source):
 # Writing
 # ---------------------------------------------------------------------------------------------
 
-def build_model_proto(weights, architecture):
+def build_model_proto(weights: Mapping[str, ArrayLike],
+                      architecture: Mapping[str, Any]) -> ModelProto:
     """The ONNX graph of a LeNet-family network, as an ``onnx.ModelProto``.
 
     Parameters
@@ -747,7 +758,7 @@ def build_model_proto(weights, architecture):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from . import __version__
+    from ._version import __version__
 
     geometry = _architecture.normalize_geometry(architecture)
     names = _architecture.sizes({key: np.shape(value) for key, value in weights.items()},
@@ -806,7 +817,7 @@ def build_model_proto(weights, architecture):
     return proto
 
 
-def save_model(proto, path):
+def save_model(proto: ModelProto, path: str | os.PathLike[str]) -> None:
     """Write an ``onnx.ModelProto`` to `path` atomically.
 
     Parameters

@@ -9,11 +9,19 @@ Each layer applies convolution + bias, then the activation, then pooling; the ge
 size, paddings) and every size come from ``lenet_fast._architecture``.
 """
 
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from . import _architecture
 from ._architecture import ACTIVATIONS, OUTPUT_ACTIVATIONS, POOLS
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
 _INPUT_SIZE = 32
 _MNIST_SIZE = 28
@@ -85,6 +93,7 @@ def conv2d_valid(x, weight, bias):
     Returns
     -------
     ndarray, shape (N, Co, H - KH + 1, W - KW + 1)
+        The convolution plus the bias, in the inputs' floating dtype.
 
     Raises
     ------
@@ -129,6 +138,7 @@ def pool2x2(x, mode):
     Returns
     -------
     ndarray, shape (N, C, H // 2, W // 2)
+        The maximum or mean of each window.
 
     Raises
     ------
@@ -157,12 +167,16 @@ def dense(x, weight, bias):
     Parameters
     ----------
     x : ndarray, shape (N, in_features)
+        The layer's inputs, one row per image.
     weight : ndarray, shape (out_features, in_features)
+        The weights in PyTorch's layout (one row per output).
     bias : ndarray, shape (out_features,)
+        Added to every row of the result.
 
     Returns
     -------
     ndarray, shape (N, out_features)
+        ``x @ weight.T + bias``.
 
     Raises
     ------
@@ -193,6 +207,7 @@ def pad_to_32(x):
     Parameters
     ----------
     x : ndarray, shape (N, C, 28, 28) or (N, C, 32, 32)
+        Images.
 
     Returns
     -------
@@ -221,18 +236,18 @@ def pad_to_32(x):
 
 
 def forward(
-    x,
-    weights,
+    x: ArrayLike,
+    weights: Mapping[str, ArrayLike],
     *,
-    conv_activation="relu",
-    fc_activation="sigmoid",
-    output_activation="sigmoid",
-    pool="max",
-    input_size=None,
-    conv1_padding=None,
-    conv2_padding=None,
-    return_intermediates=False,
-):
+    conv_activation: str = "relu",
+    fc_activation: str = "sigmoid",
+    output_activation: str = "sigmoid",
+    pool: str = "max",
+    input_size: int | tuple[int, int] | None = None,
+    conv1_padding: int | None = None,
+    conv2_padding: int | None = None,
+    return_intermediates: bool = False,
+) -> np.ndarray | tuple[np.ndarray, dict[str, np.ndarray]]:
     """Run a LeNet of the family in float64 NumPy.
 
     Parameters
@@ -250,6 +265,7 @@ def forward(
     output_activation : {"relu", "sigmoid", "tanh", "identity", "softmax"}, default "sigmoid"
         Applied after the last dense layer; ``"softmax"`` normalises over the classes.
     pool : {"max", "avg"}, default "max"
+        The 2x2, stride-2 pooling after conv1 and conv2.
     input_size, conv1_padding, conv2_padding : optional
         The geometry (see ``lenet_fast._architecture``); what is not given is inferred from
         the weights as the model does (with conv3: 32x32 unpadded).
@@ -259,6 +275,7 @@ def forward(
     Returns
     -------
     output : ndarray of float32, shape (N, n_classes)
+        The network's outputs (computed in float64, rounded once to float32).
     intermediates : dict of str to ndarray of float32
         Only if `return_intermediates`: ``conv1``, ``pool1``, ``conv2``, ``pool2``, ``conv3``
         (with conv3), ``fc1`` ... (each dense layer); convolutions after their activation.

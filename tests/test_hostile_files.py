@@ -410,11 +410,6 @@ def test_pickled_npy_file_is_rejected_and_its_payload_never_runs(tmp_path):
 
 
 @pytest.mark.memory
-@pytest.mark.xfail(strict=True, reason=(
-    "found when peak memory became VmHWM (ru_maxrss had carried the parent's larger peak over, "
-    "so 'grew' was always 0): _weights.load_npz reads and converts the 128 MiB member (+256 MB, "
-    "~1 s) before canonicalize compares its shape with the model's; the fix belongs in "
-    "_weights.py"))
 def test_declared_shape_too_large_for_the_model_is_rejected_from_the_header(tmp_path):
     # A 0.4 MB file whose conv1.weight is a consistent, deflated 128 MiB float64 array of a shape
     # no LeNet can use: rejected from the header without reading or allocating the data.

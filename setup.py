@@ -66,15 +66,27 @@ MSVC_UNSUPPORTED = (
     "`pip install .` builds with Linux GCC."
 )
 
-_ARCH_ALIASES = {"amd64": "x86_64", "x64": "x86_64", "x86-64": "x86_64", "arm64": "aarch64",
-                 "i386": "x86", "i486": "x86", "i586": "x86", "i686": "x86", "win32": "x86"}
+_ARCH_ALIASES = {
+    "amd64": "x86_64",
+    "x64": "x86_64",
+    "x86-64": "x86_64",
+    "arm64": "aarch64",
+    "i386": "x86",
+    "i486": "x86",
+    "i586": "x86",
+    "i686": "x86",
+    "win32": "x86",
+}
 
 
 def compiler_command():
     """The C compiler as distutils runs it, with the flags that may choose its target."""
     cc = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
-    return (shlex.split(cc) + shlex.split(os.environ.get("CFLAGS", ""))
-            + shlex.split(os.environ.get("ARCHFLAGS", "")))
+    return (
+        shlex.split(cc)
+        + shlex.split(os.environ.get("CFLAGS", ""))
+        + shlex.split(os.environ.get("ARCHFLAGS", ""))
+    )
 
 
 def normalise_arch(name):
@@ -91,8 +103,9 @@ def target_architecture():
     if sum(flag == "-arch" for flag in command) > 1:  # macOS universal2: one object, two targets
         return "universal", f"several -arch flags in {' '.join(command)}"
     try:
-        result = subprocess.run(command + ["-dumpmachine"], capture_output=True, text=True,
-                                timeout=60)
+        result = subprocess.run(
+            command + ["-dumpmachine"], capture_output=True, text=True, timeout=60
+        )
         triplet = result.stdout.strip()
         if result.returncode == 0 and triplet:
             return normalise_arch(triplet.split("-")[0]), f"{command[0]} -dumpmachine: {triplet}"
@@ -125,7 +138,9 @@ def generate_from_templates():
     namespace = {name: table[name] for name in ("BLOCKS", "FAMILIES", "largest")}
     for template_path in sorted(SRC.glob("*.tp")):
         output_path = template_path.with_suffix("")
-        rendered = Template(template_path.read_text(), name=str(template_path)).substitute(namespace)
+        rendered = Template(template_path.read_text(), name=str(template_path)).substitute(
+            namespace
+        )
         note = f"Generated from {template_path.name} by setup.py -- do not edit; edit the template."
         header = f"/* {note} */\n" if output_path.suffix == ".h" else f"# {note}\n"
         text = header + rendered
@@ -138,7 +153,8 @@ def generate_from_templates():
 # only -- the templates, not what they render: setuptools also puts `depends` into the sdist.
 KERNEL_DEPENDS = sorted(
     [f"src/{name}" for name in ("simd.h", "parallel.h", "block_sizes.py")]
-    + [f"src/{path.name}" for path in SRC.glob("*.tp")])
+    + [f"src/{path.name}" for path in SRC.glob("*.tp")]
+)
 
 
 def common_flags(debug=DEBUG, sanitize=SANITIZE):
@@ -146,7 +162,7 @@ def common_flags(debug=DEBUG, sanitize=SANITIZE):
     checked build (`debug`) and AddressSanitizer (``sanitize == "address"``) add to them."""
     compile_flags = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-std=gnu11"]
     link_flags = []
-    if debug:   # added after the release flags: the later -O1 wins over -O3
+    if debug:  # added after the release flags: the later -O1 wins over -O3
         compile_flags += ["-O1", "-g", "-UNDEBUG", "-fno-omit-frame-pointer"]
     if sanitize == "address":
         compile_flags += ["-fsanitize=address"]
@@ -158,13 +174,15 @@ def declared_extensions():
     """The extension modules, with their sources and ISA flags (completed by `BuildKernels`)."""
     modules = [Extension("lenet_fast._cpu_features", sources=["src/_cpu_features.pyx"])]
     for level, isa_flags in ISA_FLAGS.items():
-        modules.append(Extension(
-            f"lenet_fast._kernels_{level}",
-            sources=[f"src/_kernels_{level}.pyx"],
-            define_macros=[(f"LENET_ISA_{level.upper()}", "1")],
-            extra_compile_args=list(isa_flags),
-            depends=KERNEL_DEPENDS,
-        ))
+        modules.append(
+            Extension(
+                f"lenet_fast._kernels_{level}",
+                sources=[f"src/_kernels_{level}.pyx"],
+                define_macros=[(f"LENET_ISA_{level.upper()}", "1")],
+                extra_compile_args=list(isa_flags),
+                depends=KERNEL_DEPENDS,
+            )
+        )
     return modules
 
 
@@ -196,8 +214,12 @@ class BuildKernels(build_ext):
         }
         # cythonize returns new Extension objects; build_ext already annotated ours (finalize_options),
         # so only their sources change: .pyx -> the generated .c.
-        cythonized = cythonize(self.extensions, compiler_directives=directives,
-                               include_path=[str(SRC)], force=self.force)
+        cythonized = cythonize(
+            self.extensions,
+            compiler_directives=directives,
+            include_path=[str(SRC)],
+            force=self.force,
+        )
         sources = {extension.name: extension.sources for extension in cythonized}
         for extension in self.extensions:
             extension.sources = sources[extension.name]
@@ -210,8 +232,11 @@ class BuildKernels(build_ext):
     def write_build_info(self):
         path = self.build_info_path()
         path.parent.mkdir(parents=True, exist_ok=True)
-        info = {"target_arch": TARGET_ARCH, "target_found_by": TARGET_FOUND_BY,
-                "isa_levels": list(ISA_FLAGS)}
+        info = {
+            "target_arch": TARGET_ARCH,
+            "target_found_by": TARGET_FOUND_BY,
+            "isa_levels": list(ISA_FLAGS),
+        }
         path.write_text(json.dumps(info, indent=1) + "\n")
 
     def copy_extensions_to_source(self):

@@ -37,7 +37,7 @@ from lenet_fast.onnx import INPUT_NAME, OUTPUT_NAME, build_model_proto
 
 BATCHES = (1, 64, 1024, 16384)
 THREADS = (1, 2)
-SETTLE_SECONDS = 0.05       # between engines: the other engine's worker threads stop spinning
+SETTLE_SECONDS = 0.05  # between engines: the other engine's worker threads stop spinning
 TOLERANCE = 1e-4
 
 
@@ -60,8 +60,9 @@ def onnxruntime_session(proto, threads):
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
-    return onnxruntime.InferenceSession(proto.SerializeToString(), options,
-                                        providers=["CPUExecutionProvider"])
+    return onnxruntime.InferenceSession(
+        proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
 
 
 def engines_for(name, threads, seed=0):
@@ -70,23 +71,28 @@ def engines_for(name, threads, seed=0):
     member = _architecture.MEMBERS[name]
     weights = member_weights(member, seed)
     proto = build_model_proto(weights, {**member.architecture, **member.geometry})
-    sizes = _architecture.sizes({key: value.shape for key, value in weights.items()},
-                                **member.geometry)
+    sizes = _architecture.sizes(
+        {key: value.shape for key, value in weights.items()}, **member.geometry
+    )
     model = LeNet.from_onnx(proto)
     engines = {}
     check = np.random.default_rng(seed + 1).random(
-        (33, sizes.in_channels, *sizes.input_size), dtype=np.float32)
+        (33, sizes.in_channels, *sizes.input_size), dtype=np.float32
+    )
     for count in threads:
         session = onnxruntime_session(proto, count)
         pair = {
             "lenet_fast": lambda x, count=count: model.forward(x, num_threads=count),
-            "onnxruntime": lambda x, session=session: session.run([OUTPUT_NAME],
-                                                                  {INPUT_NAME: x})[0],
+            "onnxruntime": lambda x, session=session: session.run([OUTPUT_NAME], {INPUT_NAME: x})[
+                0
+            ],
         }
         difference = np.max(np.abs(pair["lenet_fast"](check) - pair["onnxruntime"](check)))
         if not difference <= TOLERANCE:
-            raise RuntimeError(f"{name}: lenet_fast and ONNX Runtime differ by {difference} on "
-                               f"{count} threads: not the same network")
+            raise RuntimeError(
+                f"{name}: lenet_fast and ONNX Runtime differ by {difference} on "
+                f"{count} threads: not the same network"
+            )
         engines[count] = pair
     return sizes.multiply_adds, sizes.in_channels, sizes.input_size, engines
 
@@ -107,13 +113,15 @@ def measure(engines, images_by_batch, repeats, min_seconds):
                     time.sleep(SETTLE_SECONDS)
                     key = (batch, threads, engine)
                     samples.setdefault(key, []).append(
-                        seconds_per_call(pair[engine], images, calls[key]))
+                        seconds_per_call(pair[engine], images, calls[key])
+                    )
     return {key: statistics.median(values) for key, values in samples.items()}
 
 
 def load_average(when):
-    return (f"load average (1, 5, 15 min) {when}: "
-            + ", ".join(f"{load:.2f}" for load in os.getloadavg()))
+    return f"load average (1, 5, 15 min) {when}: " + ", ".join(
+        f"{load:.2f}" for load in os.getloadavg()
+    )
 
 
 def report(members, batches, threads, repeats, min_seconds, out=sys.stdout):
@@ -121,49 +129,81 @@ def report(members, batches, threads, repeats, min_seconds, out=sys.stdout):
     import onnxruntime
 
     peak = measure_fma_peak()
-    print(f"CPU: {cpu_model()} ({os.cpu_count()} logical CPUs); lenet_fast "
-          f"{lenet_fast.__version__} at ISA level {_dispatch.kernels.__name__.rsplit('_', 1)[-1]}; "
-          f"ONNX Runtime {onnxruntime.__version__}", file=out)
+    print(
+        f"CPU: {cpu_model()} ({os.cpu_count()} logical CPUs); lenet_fast "
+        f"{lenet_fast.__version__} at ISA level {_dispatch.kernels.__name__.rsplit('_', 1)[-1]}; "
+        f"ONNX Runtime {onnxruntime.__version__}",
+        file=out,
+    )
     print(f"FMA peak of one core: {peak:.1f} GFLOP/s (best of 5 x 0.2 s)", file=out)
     print(load_average("before"), file=out)
     rows = []
     for name in members:
         multiply_adds, channels, (height, width), engines = engines_for(name, threads)
         rng = np.random.default_rng(2)
-        images = {batch: rng.random((batch, channels, height, width), dtype=np.float32)
-                  for batch in batches}
+        images = {
+            batch: rng.random((batch, channels, height, width), dtype=np.float32)
+            for batch in batches
+        }
         medians = measure(engines, images, repeats, min_seconds)
-        print(f"\n{name}: {channels}x{height}x{width} input, {multiply_adds:,} multiply-adds per "
-              f"image (median of {repeats})\n", file=out)
-        print("| batch | threads | lenet_fast images/s | ONNX Runtime images/s | ratio | "
-              "% of FMA peak |", file=out)
+        print(
+            f"\n{name}: {channels}x{height}x{width} input, {multiply_adds:,} multiply-adds per "
+            f"image (median of {repeats})\n",
+            file=out,
+        )
+        print(
+            "| batch | threads | lenet_fast images/s | ONNX Runtime images/s | ratio | "
+            "% of FMA peak |",
+            file=out,
+        )
         print("|---:|---:|---:|---:|---:|---:|", file=out)
         for batch in batches:
             for count in threads:
                 ours = batch / medians[batch, count, "lenet_fast"]
                 theirs = batch / medians[batch, count, "onnxruntime"]
                 percent = 100 * ours * 2 * multiply_adds / (count * peak * 1e9)
-                rows.append({"member": name, "batch": batch, "threads": count,
-                             "lenet_fast": ours, "onnxruntime": theirs,
-                             "ratio": ours / theirs, "percent_of_fma_peak": percent})
-                print(f"| {batch} | {count} | {ours:,.0f} | {theirs:,.0f} | {ours / theirs:.2f}x "
-                      f"| {percent:.1f}% |", file=out)
+                rows.append(
+                    {
+                        "member": name,
+                        "batch": batch,
+                        "threads": count,
+                        "lenet_fast": ours,
+                        "onnxruntime": theirs,
+                        "ratio": ours / theirs,
+                        "percent_of_fma_peak": percent,
+                    }
+                )
+                print(
+                    f"| {batch} | {count} | {ours:,.0f} | {theirs:,.0f} | {ours / theirs:.2f}x "
+                    f"| {percent:.1f}% |",
+                    file=out,
+                )
     print("\n" + load_average("after"), file=out)
     return rows
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--members", nargs="+", choices=list(_architecture.MEMBERS),
-                        default=list(_architecture.MEMBERS))
+    parser.add_argument(
+        "--members",
+        nargs="+",
+        choices=list(_architecture.MEMBERS),
+        default=list(_architecture.MEMBERS),
+    )
     parser.add_argument("--batches", nargs="+", type=int, default=list(BATCHES))
     parser.add_argument("--threads", nargs="+", type=int, default=list(THREADS))
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--min-seconds", type=float, default=0.2,
-                        help="length of one measurement (default 0.2 s)")
+    parser.add_argument(
+        "--min-seconds", type=float, default=0.2, help="length of one measurement (default 0.2 s)"
+    )
     arguments = parser.parse_args(argv)
-    return report(arguments.members, arguments.batches, arguments.threads, arguments.repeats,
-                  arguments.min_seconds)
+    return report(
+        arguments.members,
+        arguments.batches,
+        arguments.threads,
+        arguments.repeats,
+        arguments.min_seconds,
+    )
 
 
 if __name__ == "__main__":

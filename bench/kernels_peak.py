@@ -34,18 +34,50 @@ from lenet_fast import _dispatch
 # name: input channels 1; plane (conv1's input after its padding), image size given, conv2
 # padding, conv widths, conv3 width (or None: flatten), dense widths, activations, pool.
 MEMBERS = {
-    "lenet5": {"plane": (32, 32), "image": (28, 28), "conv2_padding": 0, "c1": 6, "c2": 16,
-               "conv3": 120, "dense": (84, 10), "activations": ("relu", "sigmoid", "sigmoid"),
-               "pool": "max"},
-    "mnist-unpadded": {"plane": (28, 28), "image": (28, 28), "conv2_padding": 0, "c1": 6,
-                       "c2": 16, "conv3": None, "dense": (120, 84, 10),
-                       "activations": ("relu", "relu", "identity"), "pool": "max"},
-    "caffe": {"plane": (28, 28), "image": (28, 28), "conv2_padding": 0, "c1": 20, "c2": 50,
-              "conv3": None, "dense": (500, 10), "activations": ("identity", "relu", "softmax"),
-              "pool": "max"},
-    "keras-same": {"plane": (32, 32), "image": (28, 28), "conv2_padding": 0, "c1": 6, "c2": 16,
-                   "conv3": None, "dense": (120, 84, 10),
-                   "activations": ("tanh", "tanh", "softmax"), "pool": "avg"},
+    "lenet5": {
+        "plane": (32, 32),
+        "image": (28, 28),
+        "conv2_padding": 0,
+        "c1": 6,
+        "c2": 16,
+        "conv3": 120,
+        "dense": (84, 10),
+        "activations": ("relu", "sigmoid", "sigmoid"),
+        "pool": "max",
+    },
+    "mnist-unpadded": {
+        "plane": (28, 28),
+        "image": (28, 28),
+        "conv2_padding": 0,
+        "c1": 6,
+        "c2": 16,
+        "conv3": None,
+        "dense": (120, 84, 10),
+        "activations": ("relu", "relu", "identity"),
+        "pool": "max",
+    },
+    "caffe": {
+        "plane": (28, 28),
+        "image": (28, 28),
+        "conv2_padding": 0,
+        "c1": 20,
+        "c2": 50,
+        "conv3": None,
+        "dense": (500, 10),
+        "activations": ("identity", "relu", "softmax"),
+        "pool": "max",
+    },
+    "keras-same": {
+        "plane": (32, 32),
+        "image": (28, 28),
+        "conv2_padding": 0,
+        "c1": 6,
+        "c2": 16,
+        "conv3": None,
+        "dense": (120, 84, 10),
+        "activations": ("tanh", "tanh", "softmax"),
+        "pool": "avg",
+    },
 }
 BATCHES = (1, 64, 1024, 16384)
 THREADS = (1, 2)
@@ -81,14 +113,23 @@ def build_engine(kernels, member, seed=0):
         bound = 1 / np.sqrt(np.prod(shape[1:]))
         weights[f"{name}.weight"] = rng.uniform(-bound, bound, shape).astype(np.float32)
         weights[f"{name}.bias"] = rng.uniform(-0.1, 0.1, shape[0]).astype(np.float32)
-    code = {"identity": kernels.ACT_IDENTITY, "relu": kernels.ACT_RELU,
-            "sigmoid": kernels.ACT_SIGMOID, "tanh": kernels.ACT_TANH,
-            "softmax": kernels.ACT_SOFTMAX}
+    code = {
+        "identity": kernels.ACT_IDENTITY,
+        "relu": kernels.ACT_RELU,
+        "sigmoid": kernels.ACT_SIGMOID,
+        "tanh": kernels.ACT_TANH,
+        "softmax": kernels.ACT_SOFTMAX,
+    }
     conv, fc, output = (code[name] for name in member["activations"])
     pool = kernels.POOL_MAX if member["pool"] == "max" else kernels.POOL_AVG
-    return kernels.Engine(weights, {"plane": member["plane"],
-                                    "conv2_padding": member["conv2_padding"]},
-                          conv, fc, output, pool)
+    return kernels.Engine(
+        weights,
+        {"plane": member["plane"], "conv2_padding": member["conv2_padding"]},
+        conv,
+        fc,
+        output,
+        pool,
+    )
 
 
 def time_calls(engine, images, scores, threads, budget=0.05):
@@ -140,28 +181,39 @@ def main(argv=None):
             order.reverse()
         for index in order:
             _, _, batch, threads, engine, images, scores = configurations[index]
-            budget = 0.05 if batch < 16384 else 0.0   # one call of 16384 is already long
+            budget = 0.05 if batch < 16384 else 0.0  # one call of 16384 is already long
             samples[index].append(time_calls(engine, images, scores, threads, budget))
     print(f"load average after: {os.getloadavg()}")
     peak_cpu = max(cpu for _, cpu in peaks)
-    print(f"measured FMA peak per thread: {statistics.median(wall for wall, _ in peaks):.1f} "
-          f"GFLOP/s by the wall clock (median of {len(peaks)}), {peak_cpu:.1f} per CPU second "
-          f"(best of {len(peaks)})")
-    print("% of peak: multiply-adds x images/s / (FMA peak x threads).  'wall': by the wall "
-          "clock, against the peak measured in the same repeat, median over repeats.  'CPU': "
-          "per CPU second the process used (robust to time slices lost to other processes; "
-          "with 2 threads it also counts a helper's spinning), against the best CPU-time peak")
-    print(f"{'member':<15} {'MACs/image':>10} {'batch':>6} {'thr':>3} {'images/s':>10} "
-          f"{'% peak wall':>11} {'% peak CPU':>10} {'us/call':>9}")
+    print(
+        f"measured FMA peak per thread: {statistics.median(wall for wall, _ in peaks):.1f} "
+        f"GFLOP/s by the wall clock (median of {len(peaks)}), {peak_cpu:.1f} per CPU second "
+        f"(best of {len(peaks)})"
+    )
+    print(
+        "% of peak: multiply-adds x images/s / (FMA peak x threads).  'wall': by the wall "
+        "clock, against the peak measured in the same repeat, median over repeats.  'CPU': "
+        "per CPU second the process used (robust to time slices lost to other processes; "
+        "with 2 threads it also counts a helper's spinning), against the best CPU-time peak"
+    )
+    print(
+        f"{'member':<15} {'MACs/image':>10} {'batch':>6} {'thr':>3} {'images/s':>10} "
+        f"{'% peak wall':>11} {'% peak CPU':>10} {'us/call':>9}"
+    )
     for index, (name, macs, batch, threads, *_rest) in enumerate(configurations):
         pairs = list(zip(samples[index], peaks))
         wall = statistics.median(wall for (wall, _), _ in pairs)
-        share_wall = statistics.median(200.0 * macs * batch / seconds / (peak * 1e9 * threads)
-                                       for (seconds, _), (peak, _) in pairs)
+        share_wall = statistics.median(
+            200.0 * macs * batch / seconds / (peak * 1e9 * threads)
+            for (seconds, _), (peak, _) in pairs
+        )
         cpu = statistics.median(cpu for (_, cpu), _ in pairs)
         share_cpu = 200.0 * macs * batch / cpu / (peak_cpu * 1e9)
-        print(f"{name:<15} {macs:>10,} {batch:>6} {threads:>3} {batch / wall:>10,.0f} "
-              f"{share_wall:>10.1f}% {share_cpu:>9.1f}% {wall * 1e6:>9.1f}")
+        print(
+            f"{name:<15} {macs:>10,} {batch:>6} {threads:>3} {batch / wall:>10,.0f} "
+            f"{share_wall:>10.1f}% {share_cpu:>9.1f}% {wall * 1e6:>9.1f}"
+        )
+
 
 if __name__ == "__main__":
     main()

@@ -67,7 +67,7 @@ TOLERANCE = 1e-4
 MAX_BATCH = {"torch": 1024, "numpy": 1024}
 FLOP_PER_IMAGE = 2 * 416_520
 MIN_MEASUREMENT_SECONDS = 0.1
-SETTLE_SECONDS = 0.15       # lets the previous engine's spinning worker threads go to sleep
+SETTLE_SECONDS = 0.15  # lets the previous engine's spinning worker threads go to sleep
 DEFAULT_BATCHES = (1, 64, 256, 1024, 16384)
 DEFAULT_THREADS = (1, 2)
 DEFAULT_REPEATS = 7
@@ -93,6 +93,7 @@ print(imported - started, time.perf_counter() - imported)
 # ---------------------------------------------------------------------------------------------
 # Peers
 # ---------------------------------------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class Peer:
@@ -150,54 +151,76 @@ def _onnx_model_with_labels(model):
     from lenet_fast.onnx import build_model_proto
 
     onnx_model = build_model_proto(model.weights, model.architecture)
-    onnx_model.graph.node.append(helper.make_node(
-        "ArgMax", [OUTPUT_NAME], [LABELS_OUTPUT], name="argmax", axis=1, keepdims=0))
+    onnx_model.graph.node.append(
+        helper.make_node(
+            "ArgMax", [OUTPUT_NAME], [LABELS_OUTPUT], name="argmax", axis=1, keepdims=0
+        )
+    )
     onnx_model.graph.output.append(
-        helper.make_tensor_value_info(LABELS_OUTPUT, TensorProto.INT64, ["N"]))
+        helper.make_tensor_value_info(LABELS_OUTPUT, TensorProto.INT64, ["N"])
+    )
     onnx.checker.check_model(onnx_model)
     return onnx_model
 
 
 def _lenet_fast_peer(model, threads):
-    return Peer("lenet_fast", f"{__version__} ({model.isa})", threads,
-                lambda x: model.predict(x, num_threads=threads),
-                lambda x: model.forward(x, num_threads=threads))
+    return Peer(
+        "lenet_fast",
+        f"{__version__} ({model.isa})",
+        threads,
+        lambda x: model.predict(x, num_threads=threads),
+        lambda x: model.forward(x, num_threads=threads),
+    )
 
 
 def _onnxruntime_peer(onnx_model, threads):
     import onnxruntime
 
-
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
-    session = onnxruntime.InferenceSession(onnx_model.SerializeToString(), options,
-                                           providers=["CPUExecutionProvider"])
-    return Peer("onnxruntime", onnxruntime.__version__, threads,
-                lambda x: session.run([LABELS_OUTPUT], {INPUT_NAME: x})[0],
-                lambda x: session.run([OUTPUT_NAME], {INPUT_NAME: x})[0])
+    session = onnxruntime.InferenceSession(
+        onnx_model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+    return Peer(
+        "onnxruntime",
+        onnxruntime.__version__,
+        threads,
+        lambda x: session.run([LABELS_OUTPUT], {INPUT_NAME: x})[0],
+        lambda x: session.run([OUTPUT_NAME], {INPUT_NAME: x})[0],
+    )
 
 
 def _openvino_peer(onnx_model, threads):
     import openvino
-
 
     with tempfile.TemporaryDirectory() as directory:
         path = os.path.join(directory, "lenet5.onnx")
         with open(path, "wb") as file:
             file.write(onnx_model.SerializeToString())
         # f32 explicitly: on CPUs with bf16 units OpenVINO would otherwise compute in bf16.
-        compiled = openvino.Core().compile_model(path, "CPU", {
-            "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
-            "INFERENCE_PRECISION_HINT": "f32"})
+        compiled = openvino.Core().compile_model(
+            path,
+            "CPU",
+            {
+                "INFERENCE_NUM_THREADS": threads,
+                "PERFORMANCE_HINT": "LATENCY",
+                "INFERENCE_PRECISION_HINT": "f32",
+            },
+        )
     request = compiled.create_infer_request()
 
     def output(x, name):
         return request.infer({INPUT_NAME: x}, share_inputs=True)[compiled.output(name)]
 
-    return Peer("openvino", openvino.__version__.split("-")[0], threads,
-                lambda x: output(x, LABELS_OUTPUT), lambda x: output(x, OUTPUT_NAME).copy())
+    return Peer(
+        "openvino",
+        openvino.__version__.split("-")[0],
+        threads,
+        lambda x: output(x, LABELS_OUTPUT),
+        lambda x: output(x, OUTPUT_NAME).copy(),
+    )
 
 
 def _torch_peer(weights, threads):
@@ -206,18 +229,28 @@ def _torch_peer(weights, threads):
 
     conv = {layer: weights[f"{layer}.weight"].shape for layer in ("conv1", "conv2", "conv3")}
     fc = {layer: weights[f"{layer}.weight"].shape for layer in ("fc1", "fc2")}
-    module = nn.Sequential(OrderedDict([
-        ("conv1", nn.Conv2d(conv["conv1"][1], conv["conv1"][0], 5)), ("relu1", nn.ReLU()),
-        ("pool1", nn.MaxPool2d(2)),
-        ("conv2", nn.Conv2d(conv["conv2"][1], conv["conv2"][0], 5)), ("relu2", nn.ReLU()),
-        ("pool2", nn.MaxPool2d(2)),
-        ("conv3", nn.Conv2d(conv["conv3"][1], conv["conv3"][0], 5)), ("relu3", nn.ReLU()),
-        ("flatten", nn.Flatten()),
-        ("fc1", nn.Linear(fc["fc1"][1], fc["fc1"][0])), ("sigmoid1", nn.Sigmoid()),
-        ("fc2", nn.Linear(fc["fc2"][1], fc["fc2"][0])), ("sigmoid2", nn.Sigmoid()),
-    ]))
-    module.load_state_dict({name: torch.from_numpy(np.array(value, np.float32))
-                            for name, value in weights.items()})
+    module = nn.Sequential(
+        OrderedDict(
+            [
+                ("conv1", nn.Conv2d(conv["conv1"][1], conv["conv1"][0], 5)),
+                ("relu1", nn.ReLU()),
+                ("pool1", nn.MaxPool2d(2)),
+                ("conv2", nn.Conv2d(conv["conv2"][1], conv["conv2"][0], 5)),
+                ("relu2", nn.ReLU()),
+                ("pool2", nn.MaxPool2d(2)),
+                ("conv3", nn.Conv2d(conv["conv3"][1], conv["conv3"][0], 5)),
+                ("relu3", nn.ReLU()),
+                ("flatten", nn.Flatten()),
+                ("fc1", nn.Linear(fc["fc1"][1], fc["fc1"][0])),
+                ("sigmoid1", nn.Sigmoid()),
+                ("fc2", nn.Linear(fc["fc2"][1], fc["fc2"][0])),
+                ("sigmoid2", nn.Sigmoid()),
+            ]
+        )
+    )
+    module.load_state_dict(
+        {name: torch.from_numpy(np.array(value, np.float32)) for name, value in weights.items()}
+    )
     module.eval()
 
     def infer(x):
@@ -227,17 +260,24 @@ def _torch_peer(weights, threads):
         with torch.inference_mode():
             return module(torch.from_numpy(x))
 
-    return Peer("torch", torch.__version__, threads,
-                lambda x: infer(x).argmax(1).numpy(), lambda x: infer(x).numpy())
+    return Peer(
+        "torch",
+        torch.__version__,
+        threads,
+        lambda x: infer(x).argmax(1).numpy(),
+        lambda x: infer(x).numpy(),
+    )
 
 
 def _numpy_peer(model, threads):
     try:
         from threadpoolctl import ThreadpoolController
+
         blas = ThreadpoolController().select(user_api="blas")
 
         def limit_blas():
             return blas.limit(limits=threads)
+
         version = f"{np.__version__} (BLAS threads = {threads}, threadpoolctl)"
     except ImportError:
         limit_blas = contextlib.nullcontext
@@ -255,21 +295,26 @@ def _numpy_peer(model, threads):
 def _check_against(peer, expected_scores, expected_labels, images):
     """Raise AssertionError if `peer` does not compute the network lenet_fast computes."""
     scores = np.asarray(peer.scores(images))
-    difference = (np.max(np.abs(scores - expected_scores))
-                  if scores.shape == expected_scores.shape else np.inf)
+    difference = (
+        np.max(np.abs(scores - expected_scores))
+        if scores.shape == expected_scores.shape
+        else np.inf
+    )
     if not difference <= TOLERANCE:
-        raise AssertionError(f"{peer.name} ({peer.threads} threads) disagrees with lenet_fast: "
-                             f"scores of shape {scores.shape} (expected "
-                             f"{expected_scores.shape}), max |score difference| = "
-                             f"{difference:.3g} > {TOLERANCE}")
+        raise AssertionError(
+            f"{peer.name} ({peer.threads} threads) disagrees with lenet_fast: "
+            f"scores of shape {scores.shape} (expected "
+            f"{expected_scores.shape}), max |score difference| = "
+            f"{difference:.3g} > {TOLERANCE}"
+        )
     # Labels must match except where two classes are within the tolerance of each other.
     top_two = np.sort(expected_scores, axis=1)[:, -2:]
     clear = top_two[:, 1] - top_two[:, 0] > TOLERANCE
     labels = np.asarray(peer.run(images))
-    if labels.shape != expected_labels.shape or \
-            np.any(labels[clear] != expected_labels[clear]):
-        raise AssertionError(f"{peer.name} ({peer.threads} threads) predicts other labels than "
-                             f"lenet_fast")
+    if labels.shape != expected_labels.shape or np.any(labels[clear] != expected_labels[clear]):
+        raise AssertionError(
+            f"{peer.name} ({peer.threads} threads) predicts other labels than lenet_fast"
+        )
 
 
 def build_peers(weights, threads, engines=ENGINES):
@@ -307,8 +352,9 @@ def build_peers(weights, threads, engines=ENGINES):
     """
     unknown = set(engines) - set(ENGINES)
     if unknown:
-        raise ValueError(f"unknown engine(s) {', '.join(sorted(unknown))}: expected some of "
-                         f"{', '.join(ENGINES)}")
+        raise ValueError(
+            f"unknown engine(s) {', '.join(sorted(unknown))}: expected some of {', '.join(ENGINES)}"
+        )
     model = LeNet(weights)  # the defaults, stated: no ArchitectureWarning
     peers = {"lenet_fast": _lenet_fast_peer(model, threads)}
     skipped = {}
@@ -340,6 +386,7 @@ def build_peers(weights, threads, engines=ENGINES):
 # ---------------------------------------------------------------------------------------------
 # Measurement
 # ---------------------------------------------------------------------------------------------
+
 
 def cpu_model():
     """The CPU's marketing name from ``/proc/cpuinfo``, else what `platform` knows.
@@ -395,9 +442,10 @@ def measure_concurrent_fma_peak(threads, seconds=0.5):
         GFLOP/s summed over the threads.
     """
     results = []
-    workers = [threading.Thread(
-        target=lambda: results.append(_dispatch.kernels.measure_fma_peak(seconds)))
-        for _ in range(threads)]
+    workers = [
+        threading.Thread(target=lambda: results.append(_dispatch.kernels.measure_fma_peak(seconds)))
+        for _ in range(threads)
+    ]
     for worker in workers:
         worker.start()
     for worker in workers:
@@ -421,9 +469,16 @@ def calls_lasting(run, images, min_seconds):
     return max(1, math.ceil(calls * min_seconds / elapsed))
 
 
-def run_report(batches=DEFAULT_BATCHES, threads=DEFAULT_THREADS, repeats=DEFAULT_REPEATS, *,
-               engines=ENGINES, fma_peak_gflops=None, seed=0,
-               min_measurement_seconds=MIN_MEASUREMENT_SECONDS):
+def run_report(
+    batches=DEFAULT_BATCHES,
+    threads=DEFAULT_THREADS,
+    repeats=DEFAULT_REPEATS,
+    *,
+    engines=ENGINES,
+    fma_peak_gflops=None,
+    seed=0,
+    min_measurement_seconds=MIN_MEASUREMENT_SECONDS,
+):
     """Measure every available engine at every batch size and thread count.
 
     Parameters
@@ -461,7 +516,7 @@ def run_report(batches=DEFAULT_BATCHES, threads=DEFAULT_THREADS, repeats=DEFAULT
     weights = random_weights(seed)
     images = random_images(max(batches), seed=seed + 1)
     peers = {}
-    skipped = {}                # (engine, reason) -> None: each reason once, of any thread count
+    skipped = {}  # (engine, reason) -> None: each reason once, of any thread count
     for count in threads:
         peers[count], skipped_at_count = build_peers(weights, count, engines)
         skipped.update(dict.fromkeys(skipped_at_count.items()))
@@ -471,11 +526,13 @@ def run_report(batches=DEFAULT_BATCHES, threads=DEFAULT_THREADS, repeats=DEFAULT
     configurations = [
         (batch, count, peer)
         for batch, count in itertools.product(batches, threads)
-        for peer in peers[count].values() if is_benchmarked_at(peer.name, batch)
+        for peer in peers[count].values()
+        if is_benchmarked_at(peer.name, batch)
     ]
-    calls = {(batch, count, peer.name):
-             calls_lasting(peer.run, images[:batch], min_measurement_seconds)
-             for batch, count, peer in configurations}
+    calls = {
+        (batch, count, peer.name): calls_lasting(peer.run, images[:batch], min_measurement_seconds)
+        for batch, count, peer in configurations
+    }
     samples = {key: [] for key in calls}
     for repeat in range(repeats):
         for batch, count in itertools.product(batches, threads):
@@ -489,18 +546,31 @@ def run_report(batches=DEFAULT_BATCHES, threads=DEFAULT_THREADS, repeats=DEFAULT
     rows = []
     for (batch, count, name), seconds in samples.items():
         seconds = statistics.median(seconds)
-        rows.append({
-            "engine": name, "version": peers[count][name].version, "batch": batch,
-            "threads": count, "us_per_call": seconds * 1e6, "images_per_second": batch / seconds,
-            "percent_of_fma_peak":
-                100 * batch / seconds * FLOP_PER_IMAGE / (count * fma_peak_gflops * 1e9),
-        })
-    baseline = {(row["batch"], row["threads"]): row["images_per_second"]
-                for row in rows if row["engine"] == BASELINE}
+        rows.append(
+            {
+                "engine": name,
+                "version": peers[count][name].version,
+                "batch": batch,
+                "threads": count,
+                "us_per_call": seconds * 1e6,
+                "images_per_second": batch / seconds,
+                "percent_of_fma_peak": 100
+                * batch
+                / seconds
+                * FLOP_PER_IMAGE
+                / (count * fma_peak_gflops * 1e9),
+            }
+        )
+    baseline = {
+        (row["batch"], row["threads"]): row["images_per_second"]
+        for row in rows
+        if row["engine"] == BASELINE
+    }
     for row in rows:
         reference_throughput = baseline.get((row["batch"], row["threads"]))
-        row["vs_onnxruntime"] = (row["images_per_second"] / reference_throughput
-                                 if reference_throughput else None)
+        row["vs_onnxruntime"] = (
+            row["images_per_second"] / reference_throughput if reference_throughput else None
+        )
     return rows
 
 
@@ -530,24 +600,35 @@ def measure_first_call(weights=None, runs=5):
     weights = random_weights(0) if weights is None else weights
     environment = dict(os.environ)
     environment["PYTHONPATH"] = os.pathsep.join(
-        filter(None, [_PACKAGE_PARENT, environment.get("PYTHONPATH")]))
+        filter(None, [_PACKAGE_PARENT, environment.get("PYTHONPATH")])
+    )
     with tempfile.TemporaryDirectory() as directory:
         path = os.path.join(directory, "lenet5.npz")
         LeNet(weights).save_npz(path)
         timings = [
-            [float(value) for value in subprocess.run(
-                [sys.executable, "-c", _FIRST_CALL_SCRIPT, path], env=environment, check=True,
-                capture_output=True, text=True).stdout.split()]
+            [
+                float(value)
+                for value in subprocess.run(
+                    [sys.executable, "-c", _FIRST_CALL_SCRIPT, path],
+                    env=environment,
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                ).stdout.split()
+            ]
             for _ in range(runs)
         ]
     import_seconds, load_seconds = zip(*timings)
-    return {"import_ms": 1e3 * statistics.median(import_seconds),
-            "load_and_first_predict_ms": 1e3 * statistics.median(load_seconds)}
+    return {
+        "import_ms": 1e3 * statistics.median(import_seconds),
+        "load_and_first_predict_ms": 1e3 * statistics.median(load_seconds),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------------------------
+
 
 def format_table(rows):
     """The rows of `run_report` as one markdown table.
@@ -571,20 +652,24 @@ def format_table(rows):
     |---|--:|--:|--:|--:|--:|--:|
     | lenet_fast | 64 | 1 | 1,234.5 | 51,843 | 1.50× | 43.2% |
     """
-    lines = ["| engine | batch | threads | µs/call | images/s | vs ONNX Runtime | % of FMA peak |",
-             "|---|--:|--:|--:|--:|--:|--:|"]
+    lines = [
+        "| engine | batch | threads | µs/call | images/s | vs ONNX Runtime | % of FMA peak |",
+        "|---|--:|--:|--:|--:|--:|--:|",
+    ]
     for row in rows:
         ratio = row["vs_onnxruntime"]
         lines.append(
             f"| {row['engine']} | {row['batch']} | {row['threads']} | {row['us_per_call']:,.1f} "
             f"| {row['images_per_second']:,.0f} | {'n/a' if ratio is None else f'{ratio:.2f}×'} "
-            f"| {row['percent_of_fma_peak']:.1f}% |")
+            f"| {row['percent_of_fma_peak']:.1f}% |"
+        )
     return "\n".join(lines)
 
 
 def _load_average(when):
-    return (f"Load average (1, 5, 15 min) {when} measuring: "
-            + ", ".join(f"{load:.2f}" for load in os.getloadavg()))
+    return f"Load average (1, 5, 15 min) {when} measuring: " + ", ".join(
+        f"{load:.2f}" for load in os.getloadavg()
+    )
 
 
 def machine_description(fma_peak_gflops, threads=DEFAULT_THREADS):
@@ -601,6 +686,7 @@ def machine_description(fma_peak_gflops, threads=DEFAULT_THREADS):
     -------
     list of str
     """
+
     def version(package):
         try:
             return importlib.metadata.version(package)
@@ -616,7 +702,8 @@ def machine_description(fma_peak_gflops, threads=DEFAULT_THREADS):
         f"FMA peak of one core at {config['isa']}: {fma_peak_gflops:.1f} GFLOP/s "
         f"(best of 5 × 0.2 s); {max(threads)} threads at once: "
         f"{measure_concurrent_fma_peak(max(threads)):.1f} GFLOP/s in total",
-        "Peers: " + ", ".join(f"{package} {version(package)}" for package in PACKAGES)
+        "Peers: "
+        + ", ".join(f"{package} {version(package)}" for package in PACKAGES)
         + f", Python {platform.python_version()}",
         _load_average("before"),
     ]
@@ -642,13 +729,25 @@ def plot_throughput(rows, path, title, file_format="png"):
     figure, axes = pyplot.subplots(figsize=(8, 5))
     engines = list(dict.fromkeys(row["engine"] for row in rows))
     for engine, threads in sorted({(row["engine"], row["threads"]) for row in rows}):
-        points = sorted((row["batch"], row["images_per_second"]) for row in rows
-                        if (row["engine"], row["threads"]) == (engine, threads))
-        axes.plot(*zip(*points), marker="o", color=f"C{engines.index(engine)}",
-                  linestyle=["-", "--", ":", "-."][(threads - 1) % 4],
-                  label=f"{engine}, {threads} thread{'s' if threads > 1 else ''}")
-    axes.set(xscale="log", yscale="log", xlabel="batch size (images per call)",
-             ylabel="images / s (median)", title=title)
+        points = sorted(
+            (row["batch"], row["images_per_second"])
+            for row in rows
+            if (row["engine"], row["threads"]) == (engine, threads)
+        )
+        axes.plot(
+            *zip(*points),
+            marker="o",
+            color=f"C{engines.index(engine)}",
+            linestyle=["-", "--", ":", "-."][(threads - 1) % 4],
+            label=f"{engine}, {threads} thread{'s' if threads > 1 else ''}",
+        )
+    axes.set(
+        xscale="log",
+        yscale="log",
+        xlabel="batch size (images per call)",
+        ylabel="images / s (median)",
+        title=title,
+    )
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize="small")
     figure.tight_layout()
@@ -662,8 +761,9 @@ def _positive_integers(text):
     except ValueError:
         values = ()
     if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, "
-                                         f"got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated positive integers, got {text!r}"
+        )
     return values
 
 
@@ -671,16 +771,30 @@ def _parser():
     parser = argparse.ArgumentParser(
         prog=PROGRAM,
         description="lenet_fast against ONNX Runtime, OpenVINO, PyTorch and NumPy: one "
-                    "markdown table, measured in one process with the same weights and threads.")
-    parser.add_argument("--batches", type=_positive_integers, default=DEFAULT_BATCHES,
-                        help="comma-separated batch sizes (default: %(default)s)")
-    parser.add_argument("--threads", type=_positive_integers, default=DEFAULT_THREADS,
-                        help="comma-separated thread counts (default: %(default)s)")
-    parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS,
-                        help="measurements per cell; the median is shown (default: %(default)s)")
+        "markdown table, measured in one process with the same weights and threads.",
+    )
+    parser.add_argument(
+        "--batches",
+        type=_positive_integers,
+        default=DEFAULT_BATCHES,
+        help="comma-separated batch sizes (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=_positive_integers,
+        default=DEFAULT_THREADS,
+        help="comma-separated thread counts (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=DEFAULT_REPEATS,
+        help="measurements per cell; the median is shown (default: %(default)s)",
+    )
     parser.add_argument("--json", metavar="FILE", help="also write header, rows and first call")
-    parser.add_argument("--plot", metavar="FILE",
-                        help="draw images/s against batch size (needs matplotlib)")
+    parser.add_argument(
+        "--plot", metavar="FILE", help="draw images/s against batch size (needs matplotlib)"
+    )
     return parser
 
 
@@ -716,13 +830,18 @@ def main(argv=None):
         _parser().error(f"argument --repeats: expected at least 1, got {arguments.repeats}")
     try:
         if arguments.plot:
-            cli.import_pyplot()     # fail now, not after minutes of measuring
+            cli.import_pyplot()  # fail now, not after minutes of measuring
             if os.path.splitext(arguments.plot)[1].lower() not in cli.PLOT_SUFFIXES:
-                raise cli.CommandError(f"--plot {arguments.plot}: expected a file name ending in "
-                                       f"{', '.join(cli.PLOT_SUFFIXES)}")
+                raise cli.CommandError(
+                    f"--plot {arguments.plot}: expected a file name ending in "
+                    f"{', '.join(cli.PLOT_SUFFIXES)}"
+                )
         # Destinations are checked (and written atomically) before minutes of measuring.
-        destinations = {option: cli._Destination(path, f"--{option}") for option, path in
-                        (("json", arguments.json), ("plot", arguments.plot)) if path}
+        destinations = {
+            option: cli._Destination(path, f"--{option}")
+            for option, path in (("json", arguments.json), ("plot", arguments.plot))
+            if path
+        }
     except (cli.CommandError, OSError, ImportError) as exc:
         print(f"{PROGRAM}: error: {exc}", file=sys.stderr)
         return 1
@@ -730,7 +849,7 @@ def main(argv=None):
         _measure_and_report(arguments, destinations)
     finally:
         for destination in destinations.values():
-            destination.discard()       # a no-op after commit
+            destination.discard()  # a no-op after commit
     return 0
 
 
@@ -738,8 +857,9 @@ def _measure_and_report(arguments, destinations):
     fma_peak = measure_fma_peak()
     header = machine_description(fma_peak, arguments.threads)
     print("\n".join(header) + "\n", flush=True)
-    rows = run_report(arguments.batches, arguments.threads, arguments.repeats,
-                      fma_peak_gflops=fma_peak)
+    rows = run_report(
+        arguments.batches, arguments.threads, arguments.repeats, fma_peak_gflops=fma_peak
+    )
     print(format_table(rows))
     first_call = measure_first_call()
     footer = [
@@ -756,12 +876,24 @@ def _measure_and_report(arguments, destinations):
     print("\n".join(footer), flush=True)
     if "json" in destinations:
         with open(destinations["json"].temporary, "w") as file:
-            json.dump({"header": header, "fma_peak_gflops": fma_peak, "rows": rows,
-                       "first_call": first_call, "footer": footer}, file, indent=2)
+            json.dump(
+                {
+                    "header": header,
+                    "fma_peak_gflops": fma_peak,
+                    "rows": rows,
+                    "first_call": first_call,
+                    "footer": footer,
+                },
+                file,
+                indent=2,
+            )
         destinations["json"].commit()
     if "plot" in destinations:
-        plot_throughput(rows, destinations["plot"].temporary,
-                        f"LeNet-5 inference on {cpu_model()}",
-                        file_format=os.path.splitext(arguments.plot)[1].lower().lstrip("."))
+        plot_throughput(
+            rows,
+            destinations["plot"].temporary,
+            f"LeNet-5 inference on {cpu_model()}",
+            file_format=os.path.splitext(arguments.plot)[1].lower().lstrip("."),
+        )
         destinations["plot"].commit()
         print(f"plot written to {arguments.plot}")

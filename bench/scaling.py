@@ -52,25 +52,36 @@ def main():
     results = []
     load_before = os.getloadavg()
     for threads in (1, 2):
-        seconds, times = median_seconds(lambda threads=threads: model.predict(images, num_threads=threads),
-                                        args.repeats)
+        seconds, times = median_seconds(
+            lambda threads=threads: model.predict(images, num_threads=threads), args.repeats
+        )
         results.append((f"one process, {threads} thread{'s' * (threads > 1)}", seconds, times))
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster, \
-            distributed.Client(cluster) as client:
-        distributed_images = da.random.default_rng(1).standard_normal(
-            (n, 1, 32, 32), chunks=args.chunk, dtype=np.float32).persist()
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        distributed_images = (
+            da.random.default_rng(1)
+            .standard_normal((n, 1, 32, 32), chunks=args.chunk, dtype=np.float32)
+            .persist()
+        )
         distributed.wait(distributed_images)
         labels = lenet_dask.predict(model, distributed_images)
         seconds, times = median_seconds(lambda: client.compute(labels, sync=True), args.repeats)
         results.append(("Dask LocalCluster, 2 worker processes x 1 thread", seconds, times))
     load_after = os.getloadavg()
 
-    print(f"lenet_fast {lenet_fast.__version__}, kernels {model.isa}; {cpu_model()}; "
-          f"{os.cpu_count()} logical CPUs")
-    print(f"{n} float32 32x32 images, median of {args.repeats} runs; load average "
-          f"(1/5/15 min) before {load_before[0]:.2f}/{load_before[1]:.2f}/{load_before[2]:.2f}, "
-          f"after {load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f}")
+    print(
+        f"lenet_fast {lenet_fast.__version__}, kernels {model.isa}; {cpu_model()}; "
+        f"{os.cpu_count()} logical CPUs"
+    )
+    print(
+        f"{n} float32 32x32 images, median of {args.repeats} runs; load average "
+        f"(1/5/15 min) before {load_before[0]:.2f}/{load_before[1]:.2f}/{load_before[2]:.2f}, "
+        f"after {load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f}"
+    )
     print()
     print("| setting | median time (s) | images/s | all runs (s) |")
     print("|---|---:|---:|---|")

@@ -11,14 +11,38 @@ from pathlib import Path
 def test_family_benchmark_prints_a_table_per_member():
     root = Path(__file__).resolve().parent.parent
     result = subprocess.run(
-        [sys.executable, "-m", "bench.family", "--members", "caffe", "mnist-unpadded",
-         "--batches", "1", "3", "--threads", "1", "--repeats", "1", "--min-seconds", "0.001"],
-        cwd=root, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(
-            [str(root), *filter(None, [os.environ.get("PYTHONPATH")])])})
+        [
+            sys.executable,
+            "-m",
+            "bench.family",
+            "--members",
+            "caffe",
+            "mnist-unpadded",
+            "--batches",
+            "1",
+            "3",
+            "--threads",
+            "1",
+            "--repeats",
+            "1",
+            "--min-seconds",
+            "0.001",
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(
+                [str(root), *filter(None, [os.environ.get("PYTHONPATH")])]
+            ),
+        },
+    )
     assert result.returncode == 0, result.stderr
     assert "caffe: 1x28x28 input, 2,293,000 multiply-adds per image" in result.stdout
     assert "mnist-unpadded: 1x28x28 input, 281,640 multiply-adds per image" in result.stdout
-    rows = re.findall(r"^\| (\d+) \| 1 \| [\d,]+ \| [\d,]+ \| [\d.]+x \| [\d.]+% \|$",
-                      result.stdout, re.MULTILINE)
+    rows = re.findall(
+        r"^\| (\d+) \| 1 \| [\d,]+ \| [\d,]+ \| [\d.]+x \| [\d.]+% \|$", result.stdout, re.MULTILINE
+    )
     assert rows == ["1", "3", "1", "3"], result.stdout

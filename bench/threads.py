@@ -47,7 +47,7 @@ def busy_neighbour(cpu):
     """A process spinning on `cpu` for the duration of the block."""
     process = subprocess.Popen([sys.executable, "-c", BUSY_LOOP, str(cpu)])
     try:
-        time.sleep(0.5)   # let it start and the scheduler place it
+        time.sleep(0.5)  # let it start and the scheduler place it
         if process.poll() is not None:
             raise RuntimeError(f"the busy neighbour exited with status {process.returncode}")
         yield process
@@ -81,8 +81,11 @@ def format_scaling_table(rows, threads):
         if len(threads) > 1:
             one = cell.get(("lenet_fast", batch, 1))
             most = cell.get(("lenet_fast", batch, threads[-1]))
-            values.append(f"{most['images_per_second'] / one['images_per_second']:.2f}x"
-                          if one and most else "-")
+            values.append(
+                f"{most['images_per_second'] / one['images_per_second']:.2f}x"
+                if one and most
+                else "-"
+            )
         lines.append("| " + " | ".join(values) + " |")
     return "\n".join(lines)
 
@@ -102,25 +105,41 @@ def measure(mode, batches, threads, repeats, fma_peak):
         cpu = max(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
         with busy_neighbour(cpu):
             available = {count: cores_available(count) for count in threads[1:]}
-            rows = benchmark.run_report(batches, threads, repeats,
-                                        engines=("lenet_fast", "onnxruntime"),
-                                        fma_peak_gflops=fma_peak)
+            rows = benchmark.run_report(
+                batches,
+                threads,
+                repeats,
+                engines=("lenet_fast", "onnxruntime"),
+                fma_peak_gflops=fma_peak,
+            )
         title = f"busy neighbour: a spinning process pinned to CPU {cpu}"
     else:
-        rows = benchmark.run_report(batches, threads, repeats,
-                                    engines=("lenet_fast", "onnxruntime"), fma_peak_gflops=fma_peak)
+        rows = benchmark.run_report(
+            batches,
+            threads,
+            repeats,
+            engines=("lenet_fast", "onnxruntime"),
+            fma_peak_gflops=fma_peak,
+        )
         available = {count: cores_available(count) for count in threads[1:]}
         title = "quiet: no neighbour started by the benchmark"
-    one_image = [row for row in rows if row["engine"] == "lenet_fast" and row["batch"] == 1
-                 and row["threads"] == 1]
+    one_image = [
+        row
+        for row in rows
+        if row["engine"] == "lenet_fast" and row["batch"] == 1 and row["threads"] == 1
+    ]
     print(f"### {title}")
-    print(f"load average (1/5/15 min) before {before}, after {load_average()}; "
-          f"median of {repeats} measurements; thousands of images/s, lenet_fast / ONNX Runtime "
-          f"(ratio)")
+    print(
+        f"load average (1/5/15 min) before {before}, after {load_average()}; "
+        f"median of {repeats} measurements; thousands of images/s, lenet_fast / ONNX Runtime "
+        f"(ratio)"
+    )
     if available:
-        print("FMA throughput of N threads at once / one thread (the cores this process really "
-              "gets): " + ", ".join(f"{count} threads {value:.2f}x" for count, value in
-                                    available.items()))
+        print(
+            "FMA throughput of N threads at once / one thread (the cores this process really "
+            "gets): "
+            + ", ".join(f"{count} threads {value:.2f}x" for count, value in available.items())
+        )
     if one_image:
         print(f"lenet_fast batch 1 on one thread: {one_image[0]['us_per_call']:.1f} µs per call")
     print()
@@ -133,21 +152,30 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mode", choices=("quiet", "busy", "both"), default="both")
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--batches", type=lambda text: tuple(map(int, text.split(","))),
-                        default=BATCHES, help="comma-separated batch sizes")
-    parser.add_argument("--threads", type=lambda text: tuple(map(int, text.split(","))),
-                        default=None, help="comma-separated thread counts (default: 1, 2, 4, "
-                        "... up to the usable CPUs)")
+    parser.add_argument(
+        "--batches",
+        type=lambda text: tuple(map(int, text.split(","))),
+        default=BATCHES,
+        help="comma-separated batch sizes",
+    )
+    parser.add_argument(
+        "--threads",
+        type=lambda text: tuple(map(int, text.split(","))),
+        default=None,
+        help="comma-separated thread counts (default: 1, 2, 4, ... up to the usable CPUs)",
+    )
     args = parser.parse_args(argv)
     threads = args.threads or thread_counts(_dispatch.usable_cpus())
     fma_peak = benchmark.measure_fma_peak()
     config = lenet_fast.show_config(False)
-    print(f"CPU: {benchmark.cpu_model()}, {os.cpu_count()} logical CPUs, "
-          f"{config['usable_cpus']} usable; lenet_fast {config['version']} ({config['isa']}, "
-          f"pool spin {config['spin_microseconds']} µs); FMA peak of one core "
-          f"{fma_peak:.0f} GFLOP/s")
+    print(
+        f"CPU: {benchmark.cpu_model()}, {os.cpu_count()} logical CPUs, "
+        f"{config['usable_cpus']} usable; lenet_fast {config['version']} ({config['isa']}, "
+        f"pool spin {config['spin_microseconds']} µs); FMA peak of one core "
+        f"{fma_peak:.0f} GFLOP/s"
+    )
     print()
-    for mode in (("quiet", "busy") if args.mode == "both" else (args.mode,)):
+    for mode in ("quiet", "busy") if args.mode == "both" else (args.mode,):
         measure(mode, args.batches, threads, args.repeats, fma_peak)
 
 

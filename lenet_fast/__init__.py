@@ -29,6 +29,7 @@ Where each concern lives (public modules first):
 
 The benchmarks against other engines live in the repository's ``bench/``, not in the package.
 """
+
 import os as _os
 import sys as _sys
 
@@ -58,5 +59,14 @@ from ._version import __version__
 from ._weights import WeightFileError
 from .onnx import ONNXImportError
 
-__all__ = ["ArchitectureWarning", "LeNet", "LayerSummary", "MAX_THREADS", "ModelSummary",
-           "ONNXImportError", "TorchImportError", "WeightFileError", "show_config"]
+__all__ = [
+    "ArchitectureWarning",
+    "LeNet",
+    "LayerSummary",
+    "MAX_THREADS",
+    "ModelSummary",
+    "ONNXImportError",
+    "TorchImportError",
+    "WeightFileError",
+    "show_config",
+]

@@ -50,11 +50,13 @@ POOL = 2
 LAYERS = ("conv1", "conv2", "conv3", "fc1", "fc2", "fc3")
 CONV_LAYERS = ("conv1", "conv2", "conv3")
 DENSE_LAYERS = ("fc1", "fc2", "fc3")
-CANONICAL_KEYS = tuple(f"{layer}.{parameter}" for layer in LAYERS for parameter in ("weight", "bias"))
+CANONICAL_KEYS = tuple(
+    f"{layer}.{parameter}" for layer in LAYERS for parameter in ("weight", "bias")
+)
 
-MAX_WIDTH = 4096            # channels or units of any layer but the last
+MAX_WIDTH = 4096  # channels or units of any layer but the last
 MAX_CLASSES = 100_000
-MAX_INPUT_SIZE = 256        # per side; the smallest is whatever keeps every stage >= 2 x 2
+MAX_INPUT_SIZE = 256  # per side; the smallest is whatever keeps every stage >= 2 x 2
 IN_CHANNELS = (1, 3)
 #: Inputs a flatten model's geometry is searched over when the weights do not state it, in
 #: order of preference (the first candidate is assumed, with a warning, when several fit).
@@ -76,15 +78,18 @@ class Member:
     conv2_padding: int
     conv1_channels: int
     conv2_channels: int
-    conv3_channels: int         # 0: flatten
-    dense_units: tuple          # fc1, ... (the last is the class count)
+    conv3_channels: int  # 0: flatten
+    dense_units: tuple  # fc1, ... (the last is the class count)
     architecture: dict
 
     @property
     def geometry(self) -> dict:  # numpydoc ignore=RT01
         """``{"input_size": (H, W), "conv1_padding": p1, "conv2_padding": p2}``."""
-        return {"input_size": (self.input_size, self.input_size),
-                "conv1_padding": self.conv1_padding, "conv2_padding": self.conv2_padding}
+        return {
+            "input_size": (self.input_size, self.input_size),
+            "conv1_padding": self.conv1_padding,
+            "conv2_padding": self.conv2_padding,
+        }
 
     def shapes(self, in_channels: int = 1, n_classes: int | None = None) -> dict:
         """The canonical weight shapes of this member.
@@ -107,15 +112,24 @@ class Member:
         (500, 800)
         """
         dense = self.dense_units if n_classes is None else self.dense_units[:-1] + (n_classes,)
-        return canonical_shapes(in_channels, self.conv1_channels, self.conv2_channels,
-                                self.conv3_channels, dense, features=None if self.conv3_channels
-                                else self.conv2_channels * _pooled_area(self.geometry))
+        return canonical_shapes(
+            in_channels,
+            self.conv1_channels,
+            self.conv2_channels,
+            self.conv3_channels,
+            dense,
+            features=None
+            if self.conv3_channels
+            else self.conv2_channels * _pooled_area(self.geometry),
+        )
 
 
 def _pooled_area(geometry):
     size = normalize_geometry(geometry)
-    h, w = (_stage(_stage(side, size["conv1_padding"]), size["conv2_padding"])
-            for side in size["input_size"])
+    h, w = (
+        _stage(_stage(side, size["conv1_padding"]), size["conv2_padding"])
+        for side in size["input_size"]
+    )
     return h * w
 
 
@@ -124,18 +138,60 @@ def _stage(side, padding):
 
 
 #: The named members (tests and benchmarks use these names).
-MEMBERS = {member.name: member for member in (
-    Member("lenet5", 32, 0, 0, 6, 16, 120, (84, 10), dict(DEFAULT_ARCHITECTURE)),
-    Member("mnist-unpadded", 28, 0, 0, 6, 16, 0, (120, 84, 10),
-           {"conv_activation": "relu", "fc_activation": "relu", "output_activation": "identity",
-            "pool": "max"}),
-    Member("caffe", 28, 0, 0, 20, 50, 0, (500, 10),
-           {"conv_activation": "identity", "fc_activation": "relu", "output_activation": "softmax",
-            "pool": "max"}),
-    Member("keras-same", 28, 2, 0, 6, 16, 0, (120, 84, 10),
-           {"conv_activation": "tanh", "fc_activation": "tanh", "output_activation": "softmax",
-            "pool": "avg"}),
-)}
+MEMBERS = {
+    member.name: member
+    for member in (
+        Member("lenet5", 32, 0, 0, 6, 16, 120, (84, 10), dict(DEFAULT_ARCHITECTURE)),
+        Member(
+            "mnist-unpadded",
+            28,
+            0,
+            0,
+            6,
+            16,
+            0,
+            (120, 84, 10),
+            {
+                "conv_activation": "relu",
+                "fc_activation": "relu",
+                "output_activation": "identity",
+                "pool": "max",
+            },
+        ),
+        Member(
+            "caffe",
+            28,
+            0,
+            0,
+            20,
+            50,
+            0,
+            (500, 10),
+            {
+                "conv_activation": "identity",
+                "fc_activation": "relu",
+                "output_activation": "softmax",
+                "pool": "max",
+            },
+        ),
+        Member(
+            "keras-same",
+            28,
+            2,
+            0,
+            6,
+            16,
+            0,
+            (120, 84, 10),
+            {
+                "conv_activation": "tanh",
+                "fc_activation": "tanh",
+                "output_activation": "softmax",
+                "pool": "avg",
+            },
+        ),
+    )
+}
 
 
 def allowed_text(option):
@@ -193,12 +249,14 @@ def check_option(option, value):
             sides = tuple(sides)
         except TypeError:
             sides = ()
-        if len(sides) != 2 or not all(_is_int(side) and 1 <= int(side) <= MAX_INPUT_SIZE
-                                      for side in sides):
+        if len(sides) != 2 or not all(
+            _is_int(side) and 1 <= int(side) <= MAX_INPUT_SIZE for side in sides
+        ):
             raise ValueError(f"input_size must be {allowed_text(option)}; got {value!r}")
         return (int(sides[0]), int(sides[1]))
-    raise ValueError(f"unknown architecture option {option!r} (known: "
-                     f"{', '.join(ARCHITECTURE_OPTIONS)})")
+    raise ValueError(
+        f"unknown architecture option {option!r} (known: {', '.join(ARCHITECTURE_OPTIONS)})"
+    )
 
 
 def _is_int(value):
@@ -224,12 +282,20 @@ def normalize_geometry(geometry):
     ValueError
         If a value is not allowed.
     """
-    return {option: check_option(option, geometry.get(option, DEFAULT_GEOMETRY[option]))
-            for option in GEOMETRY_OPTIONS}
+    return {
+        option: check_option(option, geometry.get(option, DEFAULT_GEOMETRY[option]))
+        for option in GEOMETRY_OPTIONS
+    }
 
 
-def canonical_shapes(in_channels=1, conv1_channels=6, conv2_channels=16, conv3_channels=120,
-                     dense_units=(84, 10), features=None):
+def canonical_shapes(
+    in_channels=1,
+    conv1_channels=6,
+    conv2_channels=16,
+    conv3_channels=120,
+    dense_units=(84, 10),
+    features=None,
+):
     """The canonical weight shapes of a network, in canonical key order.
 
     Parameters
@@ -250,10 +316,12 @@ def canonical_shapes(in_channels=1, conv1_channels=6, conv2_channels=16, conv3_c
     dict of str to tuple of int
         Canonical key -> shape, in canonical key order (weights and biases).
     """
-    shapes = {"conv1.weight": (conv1_channels, in_channels, KERNEL, KERNEL),
-              "conv1.bias": (conv1_channels,),
-              "conv2.weight": (conv2_channels, conv1_channels, KERNEL, KERNEL),
-              "conv2.bias": (conv2_channels,)}
+    shapes = {
+        "conv1.weight": (conv1_channels, in_channels, KERNEL, KERNEL),
+        "conv1.bias": (conv1_channels,),
+        "conv2.weight": (conv2_channels, conv1_channels, KERNEL, KERNEL),
+        "conv2.bias": (conv2_channels,),
+    }
     inputs = features
     if conv3_channels:
         shapes["conv3.weight"] = (conv3_channels, conv2_channels, KERNEL, KERNEL)
@@ -320,34 +388,50 @@ class Sizes:
     @property
     def layers(self) -> tuple:  # numpydoc ignore=RT01
         """The canonical layer names of this network, in order."""
-        return ("conv1", "conv2") + (("conv3",) if self.has_conv3 else ()) + \
-            DENSE_LAYERS[:len(self.dense_units)]
+        return (
+            ("conv1", "conv2")
+            + (("conv3",) if self.has_conv3 else ())
+            + DENSE_LAYERS[: len(self.dense_units)]
+        )
 
     @property
     def keys(self) -> tuple:  # numpydoc ignore=RT01
         """The canonical weight keys of this network, in canonical order."""
-        return tuple(f"{layer}.{parameter}" for layer in self.layers
-                     for parameter in ("weight", "bias"))
+        return tuple(
+            f"{layer}.{parameter}" for layer in self.layers for parameter in ("weight", "bias")
+        )
 
     @property
     def geometry(self) -> dict:  # numpydoc ignore=RT01
         """``{"input_size": (H, W), "conv1_padding": p1, "conv2_padding": p2}``."""
-        return {"input_size": self.input_size, "conv1_padding": self.conv1_padding,
-                "conv2_padding": self.conv2_padding}
+        return {
+            "input_size": self.input_size,
+            "conv1_padding": self.conv1_padding,
+            "conv2_padding": self.conv2_padding,
+        }
 
     @property
     def shapes(self) -> dict:  # numpydoc ignore=RT01
         """The canonical weight shapes (see `canonical_shapes`)."""
-        return canonical_shapes(self.in_channels, self.conv1_channels, self.conv2_channels,
-                                self.conv3_channels, self.dense_units, self.features)
+        return canonical_shapes(
+            self.in_channels,
+            self.conv1_channels,
+            self.conv2_channels,
+            self.conv3_channels,
+            self.dense_units,
+            self.features,
+        )
 
     @property
     def dimensions(self) -> dict:  # numpydoc ignore=RT01
         """Input channels and widths by name: ``in_channels``, ``conv1_channels``,
         ``conv2_channels``, ``conv3_channels`` (with conv3), ``fc1_units`` ... for the hidden
         dense layers, ``n_classes``."""
-        dimensions = {"in_channels": self.in_channels, "conv1_channels": self.conv1_channels,
-                      "conv2_channels": self.conv2_channels}
+        dimensions = {
+            "in_channels": self.in_channels,
+            "conv1_channels": self.conv1_channels,
+            "conv2_channels": self.conv2_channels,
+        }
         if self.has_conv3:
             dimensions["conv3_channels"] = self.conv3_channels
         for layer, units in zip(DENSE_LAYERS, self.dense_units[:-1]):
@@ -371,14 +455,17 @@ def _conv_output(side, padding, stage, axis_name, geometry_text):
         raise ArchitectureError(
             f"{stage} gives a {axis_name} of {output} ({found}) with {geometry_text}; "
             f"expected an even size of at least 2 for the 2x2/2 pooling after it (an odd size "
-            f"is refused, never floored)")
+            f"is refused, never floored)"
+        )
     return output
 
 
 def _geometry_text(geometry):
     h, w = geometry["input_size"]
-    return (f"input {h}x{w}, conv1_padding {geometry['conv1_padding']}, conv2_padding "
-            f"{geometry['conv2_padding']}")
+    return (
+        f"input {h}x{w}, conv1_padding {geometry['conv1_padding']}, conv2_padding "
+        f"{geometry['conv2_padding']}"
+    )
 
 
 def stage_sizes(geometry):
@@ -407,8 +494,13 @@ def stage_sizes(geometry):
     for side, axis_name in zip(geometry["input_size"], ("height", "width")):
         conv1 = _conv_output(side, p1, "conv1", axis_name, text)
         conv2 = _conv_output(conv1 // POOL, p2, "conv2", axis_name, text)
-        for stage, value in (("plane", side + 2 * p1), ("conv1", conv1), ("pool1", conv1 // POOL),
-                             ("conv2", conv2), ("pool2", conv2 // POOL)):
+        for stage, value in (
+            ("plane", side + 2 * p1),
+            ("conv1", conv1),
+            ("pool1", conv1 // POOL),
+            ("conv2", conv2),
+            ("pool2", conv2 // POOL),
+        ):
             result[stage].append(value)
     return {stage: tuple(value) for stage, value in result.items()}
 
@@ -450,18 +542,28 @@ def sizes(shapes, **geometry):
     dense = [layer for layer in DENSE_LAYERS if layer in present]
     for required in ("conv1", "conv2", "fc1"):
         if required not in present:
-            raise ArchitectureError(f"missing {required}.weight; a LeNet of the family has conv1, "
-                                    f"conv2, an optional conv3, then fc1 and optionally fc2, fc3")
-    if dense != list(DENSE_LAYERS[:len(dense)]):
-        raise ArchitectureError(f"dense layers {', '.join(dense)}: expected consecutive layers "
-                                f"fc1, fc2, fc3 (fc2 only with fc1, fc3 only with fc2)")
+            raise ArchitectureError(
+                f"missing {required}.weight; a LeNet of the family has conv1, "
+                f"conv2, an optional conv3, then fc1 and optionally fc2, fc3"
+            )
+    if dense != list(DENSE_LAYERS[: len(dense)]):
+        raise ArchitectureError(
+            f"dense layers {', '.join(dense)}: expected consecutive layers "
+            f"fc1, fc2, fc3 (fc2 only with fc1, fc3 only with fc2)"
+        )
     conv1 = _shape(shapes, "conv1.weight", 4)
     c1, in_channels = conv1[0], conv1[1]
-    _expect(shapes, "conv1.weight", (c1, in_channels, KERNEL, KERNEL), "(conv1_channels, "
-            "in_channels, 5, 5)")
+    _expect(
+        shapes,
+        "conv1.weight",
+        (c1, in_channels, KERNEL, KERNEL),
+        "(conv1_channels, in_channels, 5, 5)",
+    )
     if in_channels not in IN_CHANNELS:
-        raise ArchitectureError(f"'conv1.weight': expected in_channels 1 or 3, found {in_channels} "
-                                f"(axis 1 of shape {tuple(shapes['conv1.weight'])})")
+        raise ArchitectureError(
+            f"'conv1.weight': expected in_channels 1 or 3, found {in_channels} "
+            f"(axis 1 of shape {tuple(shapes['conv1.weight'])})"
+        )
     conv2 = _shape(shapes, "conv2.weight", 4)
     c2 = conv2[0]
     _expect(shapes, "conv2.weight", (c2, c1, KERNEL, KERNEL), f"(conv2_channels, {c1}, 5, 5)")
@@ -474,14 +576,20 @@ def sizes(shapes, **geometry):
             raise ArchitectureError(
                 f"conv3 needs a 5x5 pool2 output (it gives 1x1); with "
                 f"{_geometry_text(geometry)} pool2 is {h}x{w}: expected no conv3 (a flatten "
-                f"into fc1) or a geometry with a 5x5 pool2 (e.g. input 32, conv1_padding 0)")
+                f"into fc1) or a geometry with a 5x5 pool2 (e.g. input 32, conv1_padding 0)"
+            )
     features = c3 or c2 * stages["pool2"][0] * stages["pool2"][1]
     units, inputs = [], features
     for position, layer in enumerate(dense):
         weight = _shape(shapes, f"{layer}.weight", 2)
         symbol = "n_classes" if position == len(dense) - 1 else f"{layer}_units"
-        _expect(shapes, f"{layer}.weight", (weight[0], inputs), f"({symbol}, {inputs})",
-                _features_hint(layer, c3, c2, stages, geometry))
+        _expect(
+            shapes,
+            f"{layer}.weight",
+            (weight[0], inputs),
+            f"({symbol}, {inputs})",
+            _features_hint(layer, c3, c2, stages, geometry),
+        )
         units.append(weight[0])
         inputs = weight[0]
     widths = {"conv1.weight": ("conv1_channels", c1), "conv2.weight": ("conv2_channels", c2)}
@@ -493,13 +601,17 @@ def sizes(shapes, **geometry):
     for key, (symbol, size) in widths.items():
         limit = MAX_CLASSES if symbol == "n_classes" else MAX_WIDTH
         if not 1 <= size <= limit:
-            raise ArchitectureError(f"{key!r}: expected {symbol} 1 to {limit}, found {size} (axis 0 "
-                                    f"of shape {tuple(shapes[key])})")
+            raise ArchitectureError(
+                f"{key!r}: expected {symbol} 1 to {limit}, found {size} (axis 0 "
+                f"of shape {tuple(shapes[key])})"
+            )
     for layer in present:
         width = tuple(shapes[f"{layer}.weight"])[0]
         bias = f"{layer}.bias"
         if bias in shapes and tuple(shapes[bias]) != (width,):
-            raise ArchitectureError(f"{bias!r}: expected shape ({width},), found {tuple(shapes[bias])}")
+            raise ArchitectureError(
+                f"{bias!r}: expected shape ({width},), found {tuple(shapes[bias])}"
+            )
     area = KERNEL * KERNEL
     macs = c1 * in_channels * area * stages["conv1"][0] * stages["conv1"][1]
     macs += c2 * c1 * area * stages["conv2"][0] * stages["conv2"][1]
@@ -508,9 +620,23 @@ def sizes(shapes, **geometry):
     for width in units:
         macs += inputs * width
         inputs = width
-    return Sizes(in_channels, c1, c2, c3, tuple(units), geometry["input_size"],
-                 geometry["conv1_padding"], geometry["conv2_padding"], stages["plane"],
-                 stages["conv1"], stages["pool1"], stages["conv2"], stages["pool2"], features, macs)
+    return Sizes(
+        in_channels,
+        c1,
+        c2,
+        c3,
+        tuple(units),
+        geometry["input_size"],
+        geometry["conv1_padding"],
+        geometry["conv2_padding"],
+        stages["plane"],
+        stages["conv1"],
+        stages["pool1"],
+        stages["conv2"],
+        stages["pool2"],
+        features,
+        macs,
+    )
 
 
 def _features_hint(layer, c3, c2, stages, geometry):
@@ -554,10 +680,16 @@ def geometry_candidates(conv2_channels, features, stated=None):
     list of dict
         Complete geometries (`normalize_geometry` form); empty if none fits.
     """
-    stated = {option: check_option(option, value) for option, value in (stated or {}).items()
-              if value is not None}
-    inputs = [stated["input_size"]] if "input_size" in stated else \
-        [(side, side) for side in INFERENCE_INPUT_SIZES]
+    stated = {
+        option: check_option(option, value)
+        for option, value in (stated or {}).items()
+        if value is not None
+    }
+    inputs = (
+        [stated["input_size"]]
+        if "input_size" in stated
+        else [(side, side) for side in INFERENCE_INPUT_SIZES]
+    )
     paddings1 = [stated["conv1_padding"]] if "conv1_padding" in stated else list(PADDINGS)
     paddings2 = [stated["conv2_padding"]] if "conv2_padding" in stated else list(PADDINGS)
     found = []
@@ -590,8 +722,10 @@ def same_computation(first, second):
     bool
         True when the two compute the same function.
     """
-    return (stage_sizes(first)["plane"] == stage_sizes(second)["plane"]
-            and first["conv2_padding"] == second["conv2_padding"])
+    return (
+        stage_sizes(first)["plane"] == stage_sizes(second)["plane"]
+        and first["conv2_padding"] == second["conv2_padding"]
+    )
 
 
 def infer_geometry(conv2_channels, features, has_conv3, stated=None):
@@ -630,21 +764,30 @@ def infer_geometry(conv2_channels, features, has_conv3, stated=None):
     stated = {option: value for option, value in (stated or {}).items() if value is not None}
     if has_conv3:
         candidates = geometry_candidates(conv2_channels, conv2_channels * KERNEL * KERNEL, stated)
-        if not candidates:      # `sizes` explains what is wrong with the stated geometry
+        if not candidates:  # `sizes` explains what is wrong with the stated geometry
             return normalize_geometry(stated), {}
     else:
         candidates = geometry_candidates(conv2_channels, features, stated)
     if not candidates:
         areas = _areas(stated)
-        if not areas:       # every geometry the stated options allow has an odd stage: say so
-            stage_sizes({**{option: value for option, value in DEFAULT_GEOMETRY.items()
-                            if option != "input_size"}, **stated})
+        if not areas:  # every geometry the stated options allow has an odd stage: say so
+            stage_sizes(
+                {
+                    **{
+                        option: value
+                        for option, value in DEFAULT_GEOMETRY.items()
+                        if option != "input_size"
+                    },
+                    **stated,
+                }
+            )
         tried = ", ".join(f"{side}: {conv2_channels * area}" for side, area in areas)
         raise ArchitectureError(
             f"fc1 takes {features} inputs, which no geometry gives with conv2's {conv2_channels} "
             f"channels (expected conv2_channels x pool2 height x pool2 width; "
             f"{_stated_text(stated)}inputs by input size and paddings: {tried}); state "
-            f"input_size, conv1_padding and conv2_padding, or check the weights")
+            f"input_size, conv1_padding and conv2_padding, or check the weights"
+        )
     distinct = []
     for candidate in candidates:
         for index, kept in enumerate(distinct):
@@ -657,9 +800,11 @@ def infer_geometry(conv2_channels, features, has_conv3, stated=None):
     chosen = distinct[0]
     if len(distinct) == 1:
         return chosen, {}
-    assumed = {option: chosen[option] for option in GEOMETRY_OPTIONS
-               if option not in stated and any(other[option] != chosen[option]
-                                               for other in distinct[1:])}
+    assumed = {
+        option: chosen[option]
+        for option in GEOMETRY_OPTIONS
+        if option not in stated and any(other[option] != chosen[option] for other in distinct[1:])
+    }
     return chosen, assumed
 
 
@@ -670,12 +815,15 @@ def _stated_text(stated):
 
 
 def _areas(stated):
-    inputs = [check_option("input_size", stated["input_size"])] if "input_size" in stated else \
-        [(side, side) for side in INFERENCE_INPUT_SIZES]
+    inputs = (
+        [check_option("input_size", stated["input_size"])]
+        if "input_size" in stated
+        else [(side, side) for side in INFERENCE_INPUT_SIZES]
+    )
     result = []
     for input_size in inputs:
-        for p1 in ([stated["conv1_padding"]] if "conv1_padding" in stated else PADDINGS):
-            for p2 in ([stated["conv2_padding"]] if "conv2_padding" in stated else PADDINGS):
+        for p1 in [stated["conv1_padding"]] if "conv1_padding" in stated else PADDINGS:
+            for p2 in [stated["conv2_padding"]] if "conv2_padding" in stated else PADDINGS:
                 geometry = {"input_size": input_size, "conv1_padding": p1, "conv2_padding": p2}
                 try:
                     h, w = stage_sizes(geometry)["pool2"]
@@ -698,5 +846,7 @@ def geometry_for_json(geometry):
     dict
         The same options, ``input_size`` as a list.
     """
-    return {option: list(value) if option == "input_size" else value
-            for option, value in geometry.items()}
+    return {
+        option: list(value) if option == "input_size" else value
+        for option, value in geometry.items()
+    }

@@ -19,7 +19,6 @@ _NOT_BUILT = (
 )
 
 
-
 def _installed_copy_shadowed():
     """Where an installed lenet_fast lies that this (unbuilt) folder hides on sys.path, or None."""
     import importlib.machinery
@@ -43,8 +42,11 @@ except ImportError as exc:  # the source folder itself, never built
         raise ImportError(
             f"the lenet_fast source folder {os.path.dirname(os.path.dirname(__file__))} (current "
             f"directory or sys.path) shadows the installed lenet_fast in {_installed}: run from "
-            f"another directory") from None     # not Python's misleading "circular import"
-    raise ImportError(_NOT_BUILT.format(where=f"no lenet_fast._cpu_features next to {__file__}")) from exc
+            f"another directory"
+        ) from None  # not Python's misleading "circular import"
+    raise ImportError(
+        _NOT_BUILT.format(where=f"no lenet_fast._cpu_features next to {__file__}")
+    ) from exc
 
 LEVELS = ("avx512", "avx2", "generic")
 ISA_ENVIRONMENT_VARIABLE = "LENET_FAST_ISA"
@@ -59,7 +61,8 @@ def built_levels() -> tuple[str, ...]:
         Some of `LEVELS`, in their order.
     """
     return tuple(
-        level for level in LEVELS
+        level
+        for level in LEVELS
         if importlib.util.find_spec(f"lenet_fast._kernels_{level}") is not None
     )
 
@@ -122,7 +125,9 @@ def _select_kernels():
         return load_kernels(forced)
     usable = usable_levels()
     if not usable:
-        raise ImportError(_NOT_BUILT.format(where=f"no lenet_fast._kernels_* module next to {__file__}"))
+        raise ImportError(
+            _NOT_BUILT.format(where=f"no lenet_fast._kernels_* module next to {__file__}")
+        )
     return load_kernels(usable[0])
 
 
@@ -142,7 +147,7 @@ def _quota_cpus(quota, period):
     except (TypeError, ValueError):
         return None
     if quota <= 0 or period <= 0:
-        return None   # "max" (v2) or -1 (v1): no limit
+        return None  # "max" (v2) or -1 (v1): no limit
     return max(1, -(-quota // period))
 
 
@@ -152,8 +157,9 @@ def _cgroup_folders(root, relative):
     return [os.path.join(root, *parts[:depth]) for depth in range(len(parts), -1, -1)]
 
 
-def cgroup_cpu_limit(root: str = "/sys/fs/cgroup",
-                     self_cgroup: str = "/proc/self/cgroup") -> int | None:
+def cgroup_cpu_limit(
+    root: str = "/sys/fs/cgroup", self_cgroup: str = "/proc/self/cgroup"
+) -> int | None:
     """CPUs this process's cgroup CPU quota allows (rounded up), or None without a quota.
 
     Reads cgroup v2 ``cpu.max`` ("max 100000" or "150000 100000") and cgroup v1
@@ -179,7 +185,7 @@ def cgroup_cpu_limit(root: str = "/sys/fs/cgroup",
             entries = file.read().splitlines()
     except OSError:
         entries = []
-    for entry in entries:   # "hierarchy-id:controllers:path"
+    for entry in entries:  # "hierarchy-id:controllers:path"
         hierarchy, _, rest = entry.strip().partition(":")
         controllers, _, path = rest.partition(":")
         if hierarchy == "0" and controllers == "":
@@ -196,8 +202,12 @@ def cgroup_cpu_limit(root: str = "/sys/fs/cgroup",
         v1_roots.insert(0, os.path.join(root, v1_path[0]))
     for v1_root in dict.fromkeys(v1_roots):
         for folder in _cgroup_folders(v1_root, v1_path[1] if v1_path else "/"):
-            limits.append(_quota_cpus(_read_first_line(os.path.join(folder, "cpu.cfs_quota_us")),
-                                      _read_first_line(os.path.join(folder, "cpu.cfs_period_us"))))
+            limits.append(
+                _quota_cpus(
+                    _read_first_line(os.path.join(folder, "cpu.cfs_quota_us")),
+                    _read_first_line(os.path.join(folder, "cpu.cfs_period_us")),
+                )
+            )
     limits = [limit for limit in limits if limit is not None]
     return min(limits) if limits else None
 
@@ -258,5 +268,10 @@ def loaded_openmp_runtimes() -> tuple[str, ...]:
             paths = {line.split()[-1] for line in maps if "/" in line}
     except OSError:
         return ()
-    return tuple(sorted(os.path.basename(path) for path in paths
-                        if os.path.basename(path).startswith(_OPENMP_RUNTIMES)))
+    return tuple(
+        sorted(
+            os.path.basename(path)
+            for path in paths
+            if os.path.basename(path).startswith(_OPENMP_RUNTIMES)
+        )
+    )

@@ -32,26 +32,36 @@ if TYPE_CHECKING:
 # the PyTorch tutorial's CIFAR-10 `Net` has ReLU after every layer but the last; everything else
 # gets this package's defaults (the design source's).  Either way it is announced.
 ASSUMED_ARCHITECTURES = {
-    "PyTorch tutorial": {"conv_activation": "relu", "fc_activation": "relu",
-                         "output_activation": "identity", "pool": "max"},
+    "PyTorch tutorial": {
+        "conv_activation": "relu",
+        "fc_activation": "relu",
+        "output_activation": "identity",
+        "pool": "max",
+    },
     "canonical": DEFAULT_ARCHITECTURE,
     # Caffe's LeNet: no activation after the convolutions, ReLU after ip1, softmax ("prob").
-    "Caffe": {"conv_activation": "identity", "fc_activation": "relu",
-              "output_activation": "softmax", "pool": "max"},
+    "Caffe": {
+        "conv_activation": "identity",
+        "fc_activation": "relu",
+        "output_activation": "softmax",
+        "pool": "max",
+    },
 }
 _SAVED_GUESS = "saved guess"
-_ORIGINS = {"PyTorch tutorial": "the PyTorch tutorial layout's architecture",
-            "canonical": "lenet_fast's defaults for its own layout",
-            "Caffe": "Caffe's LeNet (the ip1/ip2 names)",
-            _SAVED_GUESS: "values that were already assumed, not stated, when this file was "
-                          "written by save_npz"}
+_ORIGINS = {
+    "PyTorch tutorial": "the PyTorch tutorial layout's architecture",
+    "canonical": "lenet_fast's defaults for its own layout",
+    "Caffe": "Caffe's LeNet (the ip1/ip2 names)",
+    _SAVED_GUESS: "values that were already assumed, not stated, when this file was "
+    "written by save_npz",
+}
 _FLOAT32 = np.dtype(np.float32)  # native float32 (a byte-swapped one is a different dtype object)
-_CONVERSION_CHUNK = 4096        # images converted to float32 at a time
-_CHUNK_PER_THREAD = 512         # at most this many images per thread per kernel call (Ctrl-C)
-_SMALL_OUTPUT = 64              # outputs checked for NaN in Python rather than by NumPy
-_IMAGES_PER_THREAD = 4          # a batch of n uses at most n // 4 threads (see kernels.pxi.tp)
-MAX_THREADS = 256               # a larger num_threads is refused (ValueError), never clipped
-_OVERLAP_WORK = 1 << 16         # effort np.shares_memory may spend deciding whether out overlaps x
+_CONVERSION_CHUNK = 4096  # images converted to float32 at a time
+_CHUNK_PER_THREAD = 512  # at most this many images per thread per kernel call (Ctrl-C)
+_SMALL_OUTPUT = 64  # outputs checked for NaN in Python rather than by NumPy
+_IMAGES_PER_THREAD = 4  # a batch of n uses at most n // 4 threads (see kernels.pxi.tp)
+MAX_THREADS = 256  # a larger num_threads is refused (ValueError), never clipped
+_OVERLAP_WORK = 1 << 16  # effort np.shares_memory may spend deciding whether out overlaps x
 
 
 def _activation_code(kernels, name):
@@ -83,13 +93,15 @@ def _stored_architecture(metadata, explicit):
     stored = metadata.get("architecture", {})
     if not isinstance(stored, dict):
         raise _weights.MetadataError(
-            f"metadata['architecture'] must be a dict; got {type(stored).__name__}")
+            f"metadata['architecture'] must be a dict; got {type(stored).__name__}"
+        )
     checked = {}
     for option, value in stored.items():
         if option not in ARCHITECTURE_OPTIONS:
             raise _weights.MetadataError(
                 f"metadata['architecture'] has an unknown option {option!r} (known: "
-                f"{', '.join(ARCHITECTURE_OPTIONS)})")
+                f"{', '.join(ARCHITECTURE_OPTIONS)})"
+            )
         if explicit.get(option) is not None:
             continue
         if option in GEOMETRY_OPTIONS:
@@ -98,11 +110,13 @@ def _stored_architecture(metadata, explicit):
             except ValueError:
                 raise _weights.MetadataError(
                     f"metadata['architecture']['{option}'] must be {_allowed(option)}; "
-                    f"got {value!r}") from None
+                    f"got {value!r}"
+                ) from None
         elif not isinstance(value, str) or value not in _ALLOWED[option]:
             raise _weights.MetadataError(
                 f"metadata['architecture']['{option}'] must be one of {_allowed(option)}; "
-                f"got {value!r}")
+                f"got {value!r}"
+            )
         else:
             checked[option] = value
     return checked
@@ -141,15 +155,24 @@ def _stored_guess(metadata, explicit):
     if not isinstance(names, list) or not all(name in ARCHITECTURE_OPTIONS for name in names):
         raise _weights.MetadataError(
             f"metadata['assumed_architecture'] must be a list of option names "
-            f"({', '.join(ARCHITECTURE_OPTIONS)}); got {names!r}")
+            f"({', '.join(ARCHITECTURE_OPTIONS)}); got {names!r}"
+        )
     stored = metadata.get("architecture", {})
     missing = [name for name in names if name not in stored]
     if missing:
         raise _weights.MetadataError(
             f"metadata['assumed_architecture'] names {', '.join(missing)}, which "
-            f"metadata['architecture'] does not hold")
-    return {name: (_architecture.check_option(name, stored[name]) if name in GEOMETRY_OPTIONS
-                   else stored[name]) for name in names if explicit.get(name) is None}
+            f"metadata['architecture'] does not hold"
+        )
+    return {
+        name: (
+            _architecture.check_option(name, stored[name])
+            if name in GEOMETRY_OPTIONS
+            else stored[name]
+        )
+        for name in names
+        if explicit.get(name) is None
+    }
 
 
 def _resolve_architecture(explicit, stored, layout=None, assumed_values=None):
@@ -162,9 +185,10 @@ def _resolve_architecture(explicit, stored, layout=None, assumed_values=None):
         Every option's value; the options neither stated, with their assumed values.
     """
     architecture, assumed = {}, {}
-    defaults = {**ASSUMED_ARCHITECTURES.get(layout, DEFAULT_ARCHITECTURE),
-                **{option: value for option, value in (assumed_values or {}).items()
-                   if option in _ALLOWED}}
+    defaults = {
+        **ASSUMED_ARCHITECTURES.get(layout, DEFAULT_ARCHITECTURE),
+        **{option: value for option, value in (assumed_values or {}).items() if option in _ALLOWED},
+    }
     for option, default in defaults.items():
         value = explicit.get(option)
         if value is not None and value not in _ALLOWED[option]:
@@ -179,15 +203,20 @@ def _warn_assumed(assumed, layout, source, stacklevel):
     """Announce an assumed architecture (one `ArchitectureWarning`, one line of text)."""
     if not assumed:
         return
-    values = ", ".join(f"{option}={_option_text(option, value)}" for option, value in assumed.items())
+    values = ", ".join(
+        f"{option}={_option_text(option, value)}" for option, value in assumed.items()
+    )
     flags = " ".join(_flag_text(option, value) for option, value in assumed.items())
-    origin = _ORIGINS.get(layout, "lenet_fast's defaults (the layout does not tell the model's "
-                                  "origin)")
+    origin = _ORIGINS.get(
+        layout, "lenet_fast's defaults (the layout does not tell the model's origin)"
+    )
     if set(assumed) <= set(GEOMETRY_OPTIONS):
-        origin = ("fc1's inputs fit several geometries; the most common one was taken: input "
-                  "28 before 32, unpadded before padded")
+        origin = (
+            "fc1's inputs fit several geometries; the most common one was taken: input "
+            "28 before 32, unpadded before padded"
+        )
     elif set(assumed) & set(GEOMETRY_OPTIONS):
-        origin += ("; the geometry: fc1's inputs fit several, the most common one was taken")
+        origin += "; the geometry: fc1's inputs fit several, the most common one was taken"
     message = (
         f"{source + ': ' if source else ''}neither the call nor the weights state "
         f"{', '.join(assumed)}, so lenet_fast assumed {values} ({origin}); if the model was "
@@ -195,7 +224,8 @@ def _warn_assumed(assumed, layout, source, stacklevel):
         f"options (e.g. {values}; on the "
         f"command line {flags}), or write a file that states it (LeNet.from_torch(net)"
         f".save_npz(path), save_npz of a model loaded with the options stated, or lenet-fast "
-        f"convert), which loads with no warning")
+        f"convert), which loads with no warning"
+    )
     warnings.warn(ArchitectureWarning(message, assumed), stacklevel=stacklevel + 1)
 
 
@@ -212,8 +242,9 @@ def _check_num_threads(value, argument="num_threads"):
     if value < 1:
         raise ValueError(f"{argument} must be >= 1; got {value}")
     if value > MAX_THREADS:
-        raise ValueError(f"{argument} must be at most {MAX_THREADS} (lenet_fast.MAX_THREADS); "
-                         f"got {value}")
+        raise ValueError(
+            f"{argument} must be at most {MAX_THREADS} (lenet_fast.MAX_THREADS); got {value}"
+        )
     return int(value)
 
 
@@ -273,9 +304,12 @@ def _ensure_threads_can_start(count):
                 thread.start()
                 started.append(thread)
         except RuntimeError as exc:
-            raise OSError(errno.EAGAIN, f"could not start {count} threads ({exc}: the memory or "
-                                        f"process limit is too low); pass a smaller num_threads "
-                                        f"(this process started {len(started) + 1})") from None
+            raise OSError(
+                errno.EAGAIN,
+                f"could not start {count} threads ({exc}: the memory or "
+                f"process limit is too low); pass a smaller num_threads "
+                f"(this process started {len(started) + 1})",
+            ) from None
         finally:
             release.set()
             for thread in started:
@@ -330,29 +364,56 @@ class LeNet:
     >>> labels = model.predict(images)                 # doctest: +SKIP
     """
 
-    def __init__(self, weights: Mapping[str, ArrayLike], *, conv_activation: str | None = None,
-                 fc_activation: str | None = None, output_activation: str | None = None,
-                 pool: str | None = None, input_size: int | tuple[int, int] | None = None,
-                 conv1_padding: int | None = None, conv2_padding: int | None = None,
-                 num_threads: int | None = None, key_map: Mapping[str, str] | None = None,
-                 strict: bool = True, metadata: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        weights: Mapping[str, ArrayLike],
+        *,
+        conv_activation: str | None = None,
+        fc_activation: str | None = None,
+        output_activation: str | None = None,
+        pool: str | None = None,
+        input_size: int | tuple[int, int] | None = None,
+        conv1_padding: int | None = None,
+        conv2_padding: int | None = None,
+        num_threads: int | None = None,
+        key_map: Mapping[str, str] | None = None,
+        strict: bool = True,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
         # None: the default of `lenet_fast._architecture.DEFAULT_ARCHITECTURE` (stated by the
         # call, so never announced as assumed).
         architecture, _ = _resolve_architecture(
-            {"conv_activation": conv_activation, "fc_activation": fc_activation,
-             "output_activation": output_activation, "pool": pool}, {})
+            {
+                "conv_activation": conv_activation,
+                "fc_activation": fc_activation,
+                "output_activation": output_activation,
+                "pool": pool,
+            },
+            {},
+        )
         weights = _weights.canonicalize(
-            weights, key_map=key_map, strict=strict, input_size=input_size,
-            conv1_padding=conv1_padding, conv2_padding=conv2_padding,
+            weights,
+            key_map=key_map,
+            strict=strict,
+            input_size=input_size,
+            conv1_padding=conv1_padding,
+            conv2_padding=conv2_padding,
             conv_activation=architecture["conv_activation"],
-            fc_activation=architecture["fc_activation"])
-        self._setup(weights, {**architecture, **weights.sizes.geometry}, num_threads,
-                    metadata or {}, assumed=weights.assumed_geometry)
+            fc_activation=architecture["fc_activation"],
+        )
+        self._setup(
+            weights,
+            {**architecture, **weights.sizes.geometry},
+            num_threads,
+            metadata or {},
+            assumed=weights.assumed_geometry,
+        )
         _warn_assumed(weights.assumed_geometry, weights.layout, None, stacklevel=2)
 
     def _setup(self, weights, architecture, num_threads, metadata, kernels=None, assumed=None):
         geometry = _architecture.normalize_geometry(
-            {option: architecture[option] for option in GEOMETRY_OPTIONS if option in architecture})
+            {option: architecture[option] for option in GEOMETRY_OPTIONS if option in architecture}
+        )
         sizes = getattr(weights, "sizes", None)
         if sizes is None or sizes.geometry != geometry:
             keys = [key for key in _architecture.CANONICAL_KEYS if key in weights]
@@ -362,12 +423,17 @@ class LeNet:
             array.setflags(write=False)
         self._weights = weights
         self._sizes = sizes
-        self._architecture = {**{option: architecture[option] for option in _ALLOWED},
-                              **sizes.geometry}
+        self._architecture = {
+            **{option: architecture[option] for option in _ALLOWED},
+            **sizes.geometry,
+        }
         self._assumed = dict(assumed or {})
         self._dimensions = sizes.dimensions
-        self._metadata = {key: value for key, value in metadata.items()
-                          if key not in ("architecture", "assumed_architecture")}
+        self._metadata = {
+            key: value
+            for key, value in metadata.items()
+            if key not in ("architecture", "assumed_architecture")
+        }
         self._preprocessing = _preprocessing.Preprocessing.from_metadata(self._metadata)
         self._classes = _preprocessing.class_names(self._metadata, self._dimensions["n_classes"])
         self.num_threads = num_threads
@@ -387,12 +453,21 @@ class LeNet:
     # ------------------------------------------------------------------------------------------
 
     @classmethod
-    def from_npz(cls, path: str | os.PathLike[str], *, conv_activation: str | None = None,
-                 fc_activation: str | None = None, output_activation: str | None = None,
-                 pool: str | None = None, input_size: int | tuple[int, int] | None = None,
-                 conv1_padding: int | None = None, conv2_padding: int | None = None,
-                 key_map: Mapping[str, str] | None = None, strict: bool = True,
-                 num_threads: int | None = None) -> LeNet:
+    def from_npz(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        conv_activation: str | None = None,
+        fc_activation: str | None = None,
+        output_activation: str | None = None,
+        pool: str | None = None,
+        input_size: int | tuple[int, int] | None = None,
+        conv1_padding: int | None = None,
+        conv2_padding: int | None = None,
+        key_map: Mapping[str, str] | None = None,
+        strict: bool = True,
+        num_threads: int | None = None,
+    ) -> LeNet:
         """Load a model from a ``.npz`` weight file (never unpickles).
 
         Parameters
@@ -446,24 +521,40 @@ class LeNet:
         >>> model.architecture["conv_activation"]           # doctest: +SKIP
         'relu'
         """
-        explicit = {"conv_activation": conv_activation, "fc_activation": fc_activation,
-                    "output_activation": output_activation, "pool": pool,
-                    "input_size": input_size, "conv1_padding": conv1_padding,
-                    "conv2_padding": conv2_padding}
+        explicit = {
+            "conv_activation": conv_activation,
+            "fc_activation": fc_activation,
+            "output_activation": output_activation,
+            "pool": pool,
+            "input_size": input_size,
+            "conv1_padding": conv1_padding,
+            "conv2_padding": conv2_padding,
+        }
         _check_explicit(explicit)
         geometry = {option: explicit[option] for option in GEOMETRY_OPTIONS}
 
         def load(conv_activation, fc_activation):
-            return _weights.load_npz(path, key_map=key_map, strict=strict, **geometry,
-                                     conv_activation=conv_activation, fc_activation=fc_activation)
+            return _weights.load_npz(
+                path,
+                key_map=key_map,
+                strict=strict,
+                **geometry,
+                conv_activation=conv_activation,
+                fc_activation=fc_activation,
+            )
 
         weights, metadata = load(conv_activation, fc_activation)
         try:
-            return cls._from_canonical(weights, metadata, num_threads, explicit, source=str(path),
-                                       reload=lambda conv, fc: load(conv, fc)[0])
+            return cls._from_canonical(
+                weights,
+                metadata,
+                num_threads,
+                explicit,
+                source=str(path),
+                reload=lambda conv, fc: load(conv, fc)[0],
+            )
         except _weights.MetadataError as exc:
-            raise _weights.WeightFileError(
-                f"{path}: '{_weights.METADATA_KEY}.npy': {exc}") from exc
+            raise _weights.WeightFileError(f"{path}: '{_weights.METADATA_KEY}.npy': {exc}") from exc
 
     @classmethod
     def pretrained(cls, name: str, *, num_threads: int | None = None) -> LeNet:
@@ -502,12 +593,21 @@ class LeNet:
         return cls.from_npz(pretrained_path(name), num_threads=num_threads)
 
     @classmethod
-    def from_state_dict(cls, mapping: Mapping[str, Any], *, conv_activation: str | None = None,
-                        fc_activation: str | None = None, output_activation: str | None = None,
-                        pool: str | None = None, input_size: int | tuple[int, int] | None = None,
-                        conv1_padding: int | None = None, conv2_padding: int | None = None,
-                        key_map: Mapping[str, str] | None = None, strict: bool = True,
-                        num_threads: int | None = None) -> LeNet:
+    def from_state_dict(
+        cls,
+        mapping: Mapping[str, Any],
+        *,
+        conv_activation: str | None = None,
+        fc_activation: str | None = None,
+        output_activation: str | None = None,
+        pool: str | None = None,
+        input_size: int | tuple[int, int] | None = None,
+        conv1_padding: int | None = None,
+        conv2_padding: int | None = None,
+        key_map: Mapping[str, str] | None = None,
+        strict: bool = True,
+        num_threads: int | None = None,
+    ) -> LeNet:
         """Build a model from a mapping of names to arrays (e.g. a PyTorch ``state_dict``).
 
         Accepts the same layouts and options (geometry included) as `from_npz`, and assumes
@@ -563,26 +663,44 @@ class LeNet:
         ...                               fc_activation="relu", output_activation="identity",
         ...                               pool="max")                   # doctest: +SKIP
         """
-        explicit = {"conv_activation": conv_activation, "fc_activation": fc_activation,
-                    "output_activation": output_activation, "pool": pool,
-                    "input_size": input_size, "conv1_padding": conv1_padding,
-                    "conv2_padding": conv2_padding}
+        explicit = {
+            "conv_activation": conv_activation,
+            "fc_activation": fc_activation,
+            "output_activation": output_activation,
+            "pool": pool,
+            "input_size": input_size,
+            "conv1_padding": conv1_padding,
+            "conv2_padding": conv2_padding,
+        }
         _check_explicit(explicit)
 
         def load(conv_activation, fc_activation):
             return _weights.canonicalize(
-                mapping, key_map=key_map, strict=strict, input_size=input_size,
-                conv1_padding=conv1_padding, conv2_padding=conv2_padding,
-                conv_activation=conv_activation, fc_activation=fc_activation)
+                mapping,
+                key_map=key_map,
+                strict=strict,
+                input_size=input_size,
+                conv1_padding=conv1_padding,
+                conv2_padding=conv2_padding,
+                conv_activation=conv_activation,
+                fc_activation=fc_activation,
+            )
 
-        return cls._from_canonical(load(conv_activation, fc_activation), {}, num_threads,
-                                   explicit, reload=load)
+        return cls._from_canonical(
+            load(conv_activation, fc_activation), {}, num_threads, explicit, reload=load
+        )
 
     @classmethod
-    def from_onnx(cls, path_or_model: str | os.PathLike[str] | Any, *,
-                  conv_activation: str | None = None, fc_activation: str | None = None,
-                  output_activation: str | None = None, pool: str | None = None,
-                  num_threads: int | None = None) -> LeNet:
+    def from_onnx(
+        cls,
+        path_or_model: str | os.PathLike[str] | Any,
+        *,
+        conv_activation: str | None = None,
+        fc_activation: str | None = None,
+        output_activation: str | None = None,
+        pool: str | None = None,
+        num_threads: int | None = None,
+    ) -> LeNet:
         """Build a model from a LeNet-family ONNX graph (e.g. from ``torch.onnx.export``).
 
         Needs the ``onnx`` package (``pip install lenet_fast[onnx]``).  The architecture and
@@ -625,8 +743,12 @@ class LeNet:
         if num_threads is not None:
             _check_num_threads(num_threads)
         weights, architecture = read_graph(path_or_model)
-        explicit = {"conv_activation": conv_activation, "fc_activation": fc_activation,
-                    "output_activation": output_activation, "pool": pool}
+        explicit = {
+            "conv_activation": conv_activation,
+            "fc_activation": fc_activation,
+            "output_activation": output_activation,
+            "pool": pool,
+        }
         return cls._from_canonical(weights, {"architecture": architecture}, num_threads, explicit)
 
     @classmethod
@@ -681,8 +803,9 @@ class LeNet:
         return cls._from_canonical(weights, metadata, num_threads, {})
 
     @classmethod
-    def from_torch(cls, module: Any, *, example_input: Any = None,
-                   num_threads: int | None = None) -> LeNet:
+    def from_torch(
+        cls, module: Any, *, example_input: Any = None, num_threads: int | None = None
+    ) -> LeNet:
         """Build a model from a PyTorch ``nn.Module``, reading its architecture from its graph.
 
         The module's ``forward`` is captured with ``torch.fx`` symbolic tracing (in eval mode;
@@ -759,12 +882,17 @@ class LeNet:
         if recorded_guess:
             # save_npz of a model whose architecture was assumed: the guess stays a guess.
             layout = _SAVED_GUESS
-            stored = {option: value for option, value in stored.items()
-                      if option not in recorded_guess}
+            stored = {
+                option: value for option, value in stored.items() if option not in recorded_guess
+            }
         architecture, assumed = _resolve_architecture(
-            explicit, stored, layout, assumed_values=recorded_guess)
-        if getattr(weights, "folded_into_conv3", False) and reload is not None and \
-                architecture["conv_activation"] != architecture["fc_activation"]:
+            explicit, stored, layout, assumed_values=recorded_guess
+        )
+        if (
+            getattr(weights, "folded_into_conv3", False)
+            and reload is not None
+            and architecture["conv_activation"] != architecture["fc_activation"]
+        ):
             weights = reload(architecture["conv_activation"], architecture["fc_activation"])
         sizes = getattr(weights, "sizes", None)
         geometry = dict(sizes.geometry) if sizes is not None else {}
@@ -778,8 +906,9 @@ class LeNet:
                 assumed[option] = geometry.get(option, value)
         model = cls.__new__(cls)
         try:
-            model._setup(weights, {**architecture, **geometry}, num_threads, metadata,
-                         assumed=assumed)
+            model._setup(
+                weights, {**architecture, **geometry}, num_threads, metadata, assumed=assumed
+            )
         except _architecture.ArchitectureError as exc:
             raise _weights.WeightFileError(f"{source}: {exc}" if source else str(exc)) from None
         _warn_assumed(assumed, layout, source, stacklevel=3)
@@ -864,8 +993,9 @@ class LeNet:
     @num_threads.setter
     def num_threads(self, value: int | None) -> None:  # numpydoc ignore=GL08
         self._num_threads_set = value is not None
-        self._num_threads = (_dispatch.default_num_threads() if value is None
-                             else _check_num_threads(value))
+        self._num_threads = (
+            _dispatch.default_num_threads() if value is None else _check_num_threads(value)
+        )
 
     @property
     def architecture(self) -> dict[str, Any]:  # numpydoc ignore=RT01
@@ -943,30 +1073,54 @@ class LeNet:
         widths = "-".join(map(str, self._dimensions.values()))
         a = self._architecture
         height, width = a["input_size"]
-        geometry = "" if self._sizes.geometry == _architecture.DEFAULT_GEOMETRY else (
-            f", input={height}x{width}, conv1_padding={a['conv1_padding']}, "
-            f"conv2_padding={a['conv2_padding']}")
-        return (f"LeNet({widths}{geometry}, conv={a['conv_activation']}, fc={a['fc_activation']}, "
-                f"output={a['output_activation']}, pool={a['pool']}, isa={self.isa}, "
-                f"num_threads={self._num_threads})")
+        geometry = (
+            ""
+            if self._sizes.geometry == _architecture.DEFAULT_GEOMETRY
+            else (
+                f", input={height}x{width}, conv1_padding={a['conv1_padding']}, "
+                f"conv2_padding={a['conv2_padding']}"
+            )
+        )
+        return (
+            f"LeNet({widths}{geometry}, conv={a['conv_activation']}, fc={a['fc_activation']}, "
+            f"output={a['output_activation']}, pool={a['pool']}, isa={self.isa}, "
+            f"num_threads={self._num_threads})"
+        )
 
     def __getstate__(self):
-        return {"weights": self._weights, "architecture": self._architecture,
-                "metadata": self._metadata, "assumed": self._assumed,
-                # A default stays a default: the unpickling process resolves its own.
-                "num_threads": self._num_threads if self._num_threads_set else None}
+        return {
+            "weights": self._weights,
+            "architecture": self._architecture,
+            "metadata": self._metadata,
+            "assumed": self._assumed,
+            # A default stays a default: the unpickling process resolves its own.
+            "num_threads": self._num_threads if self._num_threads_set else None,
+        }
 
     def __setstate__(self, state):
-        weights = {key: np.array(value, dtype=np.float32) for key, value in state["weights"].items()}
-        self._setup(weights, state["architecture"], state["num_threads"], state["metadata"],
-                    assumed=state.get("assumed"))
+        weights = {
+            key: np.array(value, dtype=np.float32) for key, value in state["weights"].items()
+        }
+        self._setup(
+            weights,
+            state["architecture"],
+            state["num_threads"],
+            state["metadata"],
+            assumed=state.get("assumed"),
+        )
 
     # ------------------------------------------------------------------------------------------
     # Inference
     # ------------------------------------------------------------------------------------------
 
-    def forward(self, x: ArrayLike, *, num_threads: int | None = None, check_finite: bool = True,
-                out: np.ndarray | None = None) -> np.ndarray:
+    def forward(
+        self,
+        x: ArrayLike,
+        *,
+        num_threads: int | None = None,
+        check_finite: bool = True,
+        out: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Network outputs (after the output activation) for a batch of images.
 
         Parameters
@@ -1015,8 +1169,14 @@ class LeNet:
 
     __call__ = forward
 
-    def predict(self, x: ArrayLike, *, num_threads: int | None = None, check_finite: bool = True,
-                out: np.ndarray | None = None) -> np.ndarray:
+    def predict(
+        self,
+        x: ArrayLike,
+        *,
+        num_threads: int | None = None,
+        check_finite: bool = True,
+        out: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Predicted class of each image: the argmax of `forward` (lowest index on ties).
 
         A NaN output never becomes a label: with `check_finite` it raises ``ValueError``,
@@ -1051,11 +1211,16 @@ class LeNet:
             x = np.asarray(x)
         kind = x.dtype.kind
         if kind != "f" and not (x.dtype == np.uint8 and self._preprocessing is not None):
-            what = "boolean" if kind == "b" else {"i": "integer", "u": "integer",
-                                                   "c": "complex"}.get(kind, "non-numeric")
+            what = (
+                "boolean"
+                if kind == "b"
+                else {"i": "integer", "u": "integer", "c": "complex"}.get(kind, "non-numeric")
+            )
             if self._preprocessing is None:
-                expected = ("floating-point images (a model without stored preprocessing needs "
-                            "float input: the normalised tensor it was trained on)")
+                expected = (
+                    "floating-point images (a model without stored preprocessing needs "
+                    "float input: the normalised tensor it was trained on)"
+                )
             else:
                 expected = "floating-point (normalised) images or uint8 pixels"
             raise TypeError(f"x must hold {expected}; got {what} dtype {x.dtype}")
@@ -1073,20 +1238,30 @@ class LeNet:
     def _output(out, shape, dtype, x):
         if out is None:
             return np.empty(shape, dtype=dtype)
-        if not isinstance(out, np.ndarray) or out.shape != shape or out.dtype != dtype or \
-                not out.flags.c_contiguous or not out.flags.writeable:
-            found = (f"{out.dtype} {out.shape}" if isinstance(out, np.ndarray)
-                     else type(out).__name__)
-            raise ValueError(f"out must be a writeable C-contiguous {np.dtype(dtype)} array of "
-                             f"shape {shape}; got {found}")
+        if (
+            not isinstance(out, np.ndarray)
+            or out.shape != shape
+            or out.dtype != dtype
+            or not out.flags.c_contiguous
+            or not out.flags.writeable
+        ):
+            found = (
+                f"{out.dtype} {out.shape}" if isinstance(out, np.ndarray) else type(out).__name__
+            )
+            raise ValueError(
+                f"out must be a writeable C-contiguous {np.dtype(dtype)} array of "
+                f"shape {shape}; got {found}"
+            )
         if isinstance(x, np.ndarray) and np.may_share_memory(out, x):
             try:
                 overlap = np.shares_memory(out, x, max_work=_OVERLAP_WORK)
-            except getattr(np, "exceptions", np).TooHardError:   # numpy < 1.25: np.TooHardError
+            except getattr(np, "exceptions", np).TooHardError:  # numpy < 1.25: np.TooHardError
                 overlap = True
             if overlap:
-                raise ValueError("out overlaps the input x (the results would overwrite images "
-                                 "not yet read); pass a separate array")
+                raise ValueError(
+                    "out overlaps the input x (the results would overwrite images "
+                    "not yet read); pass a separate array"
+                )
         return out
 
     def _run(self, kernel, images, result, num_threads, check_finite):
@@ -1102,17 +1277,20 @@ class LeNet:
         # calls, so Ctrl-C stops a batch of any size within one chunk's time (512 images per
         # thread: 20-40 ms; each call costs only a parallel-region start, a few microseconds).
         chunk = min(_CONVERSION_CHUNK, _CHUNK_PER_THREAD * threads)
-        if ready and n <= chunk:   # one call, no slicing: what batch 1's latency is made of
+        if ready and n <= chunk:  # one call, no slicing: what batch 1's latency is made of
             self._raise_if_bad(kernel(images, result, threads, check_finite), 0)
             if check_finite:
                 self._raise_if_nan_output(result, 0)
             return
         for start in range(0, n, chunk):
-            block = images[start:start + chunk]
+            block = images[start : start + chunk]
             if not ready:
-                block = (self._preprocessing.apply(block) if block.dtype == np.uint8
-                         else np.ascontiguousarray(block, dtype=np.float32))
-            part = result[start:start + chunk]
+                block = (
+                    self._preprocessing.apply(block)
+                    if block.dtype == np.uint8
+                    else np.ascontiguousarray(block, dtype=np.float32)
+                )
+            part = result[start : start + chunk]
             bad = kernel(block, part, threads, check_finite)
             self._raise_if_bad(bad, start)
             if check_finite:
@@ -1135,10 +1313,11 @@ class LeNet:
                     return
             elif min(part.tolist()) >= 0:
                 return
-        nan = np.isnan(part) if part.dtype.kind == "f" else part < 0   # labels: -1 marks NaN
+        nan = np.isnan(part) if part.dtype.kind == "f" else part < 0  # labels: -1 marks NaN
         if nan.any():
             first = offset + int(np.flatnonzero(nan.reshape(len(part), -1).any(axis=1))[0])
             raise ValueError(
                 f"x[{first}] gives NaN outputs although it is finite: its values overflow inside "
                 f"the network (expected normalised images); pass check_finite=False to get NaN "
-                f"scores and label -1 instead")
+                f"scores and label -1 instead"
+            )

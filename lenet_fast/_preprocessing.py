@@ -22,7 +22,7 @@ import numpy as np
 
 from ._weights import MetadataError
 
-_ENGINE_PAD = 2         # 28 x 28 input is zero-padded to 32 x 32 by the engine
+_ENGINE_PAD = 2  # 28 x 28 input is zero-padded to 32 x 32 by the engine
 
 
 @dataclass(frozen=True)
@@ -68,35 +68,51 @@ class Preprocessing:
         stored = metadata.get("preprocessing")
         if stored is None:
             return None
-        if not isinstance(stored, dict) or set(stored) - {"scale", "mean", "std", "pad"} or \
-                not {"scale", "mean", "std"} <= set(stored):
+        if (
+            not isinstance(stored, dict)
+            or set(stored) - {"scale", "mean", "std", "pad"}
+            or not {"scale", "mean", "std"} <= set(stored)
+        ):
             found = sorted(stored) if isinstance(stored, dict) else type(stored).__name__
-            raise MetadataError(f"metadata['preprocessing'] must be a dict with keys scale, mean, "
-                             f"std and optionally pad; got {found}")
+            raise MetadataError(
+                f"metadata['preprocessing'] must be a dict with keys scale, mean, "
+                f"std and optionally pad; got {found}"
+            )
         values = {}
         for key in ("scale", "mean", "std"):
             value = stored[key]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-                    not math.isfinite(_as_float(value)) or (key != "mean" and value <= 0):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(_as_float(value))
+                or (key != "mean" and value <= 0)
+            ):
                 rule = "a finite number" if key == "mean" else "a positive finite number"
-                raise MetadataError(f"metadata['preprocessing']['{key}'] must be {rule}; "
-                                 f"got {value!r}")
+                raise MetadataError(
+                    f"metadata['preprocessing']['{key}'] must be {rule}; got {value!r}"
+                )
             values[key] = float(value)
         pad = stored.get("pad", _ENGINE_PAD)
         if pad != _ENGINE_PAD or isinstance(pad, bool):
-            raise MetadataError(f"metadata['preprocessing']['pad'] must be {_ENGINE_PAD} (the "
-                             f"engine pads 28 x 28 input by 2); got {pad!r}")
+            raise MetadataError(
+                f"metadata['preprocessing']['pad'] must be {_ENGINE_PAD} (the "
+                f"engine pads 28 x 28 input by 2); got {pad!r}"
+            )
         preprocessing = cls(pad=_ENGINE_PAD, **values)
         # Applied in float32, so checked in float32: a std of 1e-60 is 0 there, 1e-40 overflows.
         with np.errstate(all="ignore"):
             extremes = preprocessing.apply(np.array([0, 255], dtype=np.uint8))
-            small = {key: value for key, value in values.items()
-                     if key != "mean" and not np.float32(value) >= np.finfo(np.float32).tiny}
+            small = {
+                key: value
+                for key, value in values.items()
+                if key != "mean" and not np.float32(value) >= np.finfo(np.float32).tiny
+            }
         if small or not np.isfinite(extremes).all():
             raise MetadataError(
                 f"metadata['preprocessing'] must map pixels 0..255 to finite float32 values; "
                 f"scale {values['scale']!r}, mean {values['mean']!r}, std {values['std']!r} give "
-                f"{extremes[0]} and {extremes[1]}")
+                f"{extremes[0]} and {extremes[1]}"
+            )
         return preprocessing
 
     def to_metadata(self) -> dict:
@@ -160,9 +176,14 @@ def class_names(metadata: dict, n_classes: int) -> list[str] | None:
     names = metadata.get("classes")
     if names is None:
         return None
-    if not isinstance(names, list) or len(names) != n_classes or \
-            not all(isinstance(name, str) for name in names):
-        found = (f"{len(names)} entries" if isinstance(names, list) else type(names).__name__)
-        raise MetadataError(f"metadata['classes'] must be a list of {n_classes} strings (one per "
-                         f"output); got {found}")
+    if (
+        not isinstance(names, list)
+        or len(names) != n_classes
+        or not all(isinstance(name, str) for name in names)
+    ):
+        found = f"{len(names)} entries" if isinstance(names, list) else type(names).__name__
+        raise MetadataError(
+            f"metadata['classes'] must be a list of {n_classes} strings (one per "
+            f"output); got {found}"
+        )
     return list(names)

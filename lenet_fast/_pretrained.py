@@ -45,6 +45,7 @@ def pretrained_path(name: str) -> str:
         If `name` is not one of `PRETRAINED`.
     """
     if name not in PRETRAINED:
-        raise ValueError(f"unknown pretrained model {name!r}; expected one of "
-                         f"{', '.join(map(repr, PRETRAINED))}")
+        raise ValueError(
+            f"unknown pretrained model {name!r}; expected one of {', '.join(map(repr, PRETRAINED))}"
+        )
     return data_file(f"{name}.npz")

@@ -91,35 +91,59 @@ class ModelSummary:
         header = ("layer", "type", "output", "parameters", "connections", "multiply-adds")
         rows = [header, ("input", "", "x".join(map(str, self.input_shape)), "", "", "")]
         for layer in self.layers:
-            rows.append((
-                layer.name, layer.kind, "x".join(map(str, layer.output_shape)),
-                f"{layer.parameters:,}", f"{layer.connections:,}", f"{layer.multiply_adds:,}",
-            ))
-        rows.append(("total", "", "", f"{self.total_parameters:,}", f"{self.total_connections:,}",
-                     f"{self.total_multiply_adds:,}"))
+            rows.append(
+                (
+                    layer.name,
+                    layer.kind,
+                    "x".join(map(str, layer.output_shape)),
+                    f"{layer.parameters:,}",
+                    f"{layer.connections:,}",
+                    f"{layer.multiply_adds:,}",
+                )
+            )
+        rows.append(
+            (
+                "total",
+                "",
+                "",
+                f"{self.total_parameters:,}",
+                f"{self.total_connections:,}",
+                f"{self.total_multiply_adds:,}",
+            )
+        )
         widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
         lines = []
         for number, row in enumerate(rows):
-            cells = [row[i].ljust(widths[i]) if i < 3 else row[i].rjust(widths[i])
-                     for i in range(len(row))]
+            cells = [
+                row[i].ljust(widths[i]) if i < 3 else row[i].rjust(widths[i])
+                for i in range(len(row))
+            ]
             lines.append("  ".join(cells).rstrip())
             if number in (0, len(rows) - 2):
                 lines.append("  ".join("-" * width for width in widths))
         a = self.architecture
-        lines.append(f"architecture: conv_activation={a['conv_activation']}, "
-                     f"fc_activation={a['fc_activation']}, output_activation="
-                     f"{a['output_activation']}, pool={a['pool']}")
+        lines.append(
+            f"architecture: conv_activation={a['conv_activation']}, "
+            f"fc_activation={a['fc_activation']}, output_activation="
+            f"{a['output_activation']}, pool={a['pool']}"
+        )
         height, width = self.sizes.input_size
-        lines.append(f"geometry: input {height}x{width}, conv1_padding={self.sizes.conv1_padding}, "
-                     f"conv2_padding={self.sizes.conv2_padding}")
+        lines.append(
+            f"geometry: input {height}x{width}, conv1_padding={self.sizes.conv1_padding}, "
+            f"conv2_padding={self.sizes.conv2_padding}"
+        )
         if self.assumed:
-            lines.append(f"  assumed, not stated by the weights: {', '.join(self.assumed)} "
-                         f"(pass them when loading, or save_npz to store them)")
+            lines.append(
+                f"  assumed, not stated by the weights: {', '.join(self.assumed)} "
+                f"(pass them when loading, or save_npz to store them)"
+            )
         return "\n".join(lines)
 
     def __repr__(self):
-        return (f"<ModelSummary: {len(self.layers)} layers, {self.total_parameters:,} parameters, "
-                f"{self.total_multiply_adds:,} multiply-adds per image>")
+        return (
+            f"<ModelSummary: {len(self.layers)} layers, {self.total_parameters:,} parameters, "
+            f"{self.total_multiply_adds:,} multiply-adds per image>"
+        )
 
 
 def _conv(name, in_channels, out_channels, size, activation, padding):
@@ -127,17 +151,32 @@ def _conv(name, in_channels, out_channels, size, activation, padding):
     outputs = out_channels * size[0] * size[1]
     kind = f"conv 5x5{' pad ' + str(padding) if padding else ''} + {activation}"
     return LayerSummary(
-        name, kind, (out_channels, *size),
-        (weights_per_output + 1) * out_channels, (weights_per_output + 1) * outputs,
+        name,
+        kind,
+        (out_channels, *size),
+        (weights_per_output + 1) * out_channels,
+        (weights_per_output + 1) * outputs,
         weights_per_output * outputs,
     )
 
 
 def _pool(name, channels, size, kind):
-    return LayerSummary(name, f"{kind} pool 2x2", (channels, *size), 0,
-                        (_POOL_AREA + 1) * channels * size[0] * size[1], 0)
+    return LayerSummary(
+        name,
+        f"{kind} pool 2x2",
+        (channels, *size),
+        0,
+        (_POOL_AREA + 1) * channels * size[0] * size[1],
+        0,
+    )
 
 
 def _dense(name, inputs, outputs, activation):
-    return LayerSummary(name, f"dense + {activation}", (outputs,), (inputs + 1) * outputs,
-                        (inputs + 1) * outputs, inputs * outputs)
+    return LayerSummary(
+        name,
+        f"dense + {activation}",
+        (outputs,),
+        (inputs + 1) * outputs,
+        (inputs + 1) * outputs,
+        inputs * outputs,
+    )

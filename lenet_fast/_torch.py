@@ -35,7 +35,7 @@ from . import _architecture, _weights
 
 _KERNEL = 5
 _FEATURES_AFTER_CONV2 = _KERNEL * _KERNEL  # conv2 output pooled to 5x5: 25 values per channel
-_MAX_LAYERS = 6                              # conv1, conv2, conv3, fc1, fc2, fc3
+_MAX_LAYERS = 6  # conv1, conv2, conv3, fc1, fc2, fc3
 _VERIFY_TOLERANCE = 1e-4
 
 
@@ -73,24 +73,54 @@ class _Reader:
     def __init__(self, module, torch):
         self.module, self.torch = module, torch
         nn, functional = torch.nn, torch.nn.functional
-        self.activation_modules = {nn.ReLU: "relu", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh",
-                                   nn.Softmax: "softmax"}
-        self.activation_functions = {torch.relu: "relu", functional.relu: "relu",
-                                     torch.sigmoid: "sigmoid", torch.tanh: "tanh",
-                                     functional.softmax: "softmax", torch.softmax: "softmax",
-                                     getattr(functional, "sigmoid", torch.sigmoid): "sigmoid",
-                                     getattr(functional, "tanh", torch.tanh): "tanh",
-                                     torch.relu_: "relu", functional.relu_: "relu"}
-        self.activation_methods = {"relu": "relu", "relu_": "relu", "sigmoid": "sigmoid",
-                                   "sigmoid_": "sigmoid", "tanh": "tanh", "tanh_": "tanh",
-                                   "softmax": "softmax"}
-        self.dropout_modules = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
-                                nn.AlphaDropout, nn.FeatureAlphaDropout)
-        self.dropout_functions = (functional.dropout, functional.dropout1d, functional.dropout2d,
-                                  functional.dropout3d, functional.alpha_dropout,
-                                  functional.feature_alpha_dropout)
-        self.pool_functions = {functional.max_pool2d: "max", functional.avg_pool2d: "avg",
-                               torch.max_pool2d: "max"}
+        self.activation_modules = {
+            nn.ReLU: "relu",
+            nn.Sigmoid: "sigmoid",
+            nn.Tanh: "tanh",
+            nn.Softmax: "softmax",
+        }
+        self.activation_functions = {
+            torch.relu: "relu",
+            functional.relu: "relu",
+            torch.sigmoid: "sigmoid",
+            torch.tanh: "tanh",
+            functional.softmax: "softmax",
+            torch.softmax: "softmax",
+            getattr(functional, "sigmoid", torch.sigmoid): "sigmoid",
+            getattr(functional, "tanh", torch.tanh): "tanh",
+            torch.relu_: "relu",
+            functional.relu_: "relu",
+        }
+        self.activation_methods = {
+            "relu": "relu",
+            "relu_": "relu",
+            "sigmoid": "sigmoid",
+            "sigmoid_": "sigmoid",
+            "tanh": "tanh",
+            "tanh_": "tanh",
+            "softmax": "softmax",
+        }
+        self.dropout_modules = (
+            nn.Dropout,
+            nn.Dropout1d,
+            nn.Dropout2d,
+            nn.Dropout3d,
+            nn.AlphaDropout,
+            nn.FeatureAlphaDropout,
+        )
+        self.dropout_functions = (
+            functional.dropout,
+            functional.dropout1d,
+            functional.dropout2d,
+            functional.dropout3d,
+            functional.alpha_dropout,
+            functional.feature_alpha_dropout,
+        )
+        self.pool_functions = {
+            functional.max_pool2d: "max",
+            functional.avg_pool2d: "avg",
+            torch.max_pool2d: "max",
+        }
         self.batchnorm_modules = (nn.BatchNorm1d, nn.BatchNorm2d)
         self.convolutions = 0
 
@@ -138,31 +168,42 @@ class _Reader:
 
     def steps(self, graph):
         name = type(self.module).__name__
-        inputs = [node for node in graph.nodes
-                  if node.op == "placeholder" and not self.is_weight(node)]
+        inputs = [
+            node for node in graph.nodes if node.op == "placeholder" and not self.is_weight(node)
+        ]
         if len(inputs) != 1:
-            raise TorchImportError(f"{name}: expected forward() to take one input (the images), "
-                                   f"found {len(inputs)}: {', '.join(n.name for n in inputs)}")
+            raise TorchImportError(
+                f"{name}: expected forward() to take one input (the images), "
+                f"found {len(inputs)}: {', '.join(n.name for n in inputs)}"
+            )
         current, steps = inputs[0], []
         for node in graph.nodes:
             if node.op == "placeholder" or self.is_shape_query(node):
                 continue
             if node.op == "get_attr":
-                raise self.refuse(node, "forward() uses a parameter or buffer directly; expected "
-                                        "the layers as Conv2d, Linear and BatchNorm modules")
+                raise self.refuse(
+                    node,
+                    "forward() uses a parameter or buffer directly; expected "
+                    "the layers as Conv2d, Linear and BatchNorm modules",
+                )
             if node.op == "output":
                 result = node.args[0]
                 if isinstance(result, (tuple, list)) and len(result) == 1:
                     result = result[0]
                 if result is not current:
-                    raise TorchImportError(f"{name}: forward() returns {result!r}, not the end "
-                                           f"of the chain of layers ({current.name!r}); "
-                                           f"expected one tensor computed by a single chain")
+                    raise TorchImportError(
+                        f"{name}: forward() returns {result!r}, not the end "
+                        f"of the chain of layers ({current.name!r}); "
+                        f"expected one tensor computed by a single chain"
+                    )
                 return steps
             if not node.args or node.args[0] is not current:
-                raise self.refuse(node, f"expected it to continue the chain from "
-                                        f"{current.name!r} (one input, no branches), found "
-                                        f"inputs {[str(arg) for arg in node.args]}")
+                raise self.refuse(
+                    node,
+                    f"expected it to continue the chain from "
+                    f"{current.name!r} (one input, no branches), found "
+                    f"inputs {[str(arg) for arg in node.args]}",
+                )
             step = self.step(node)
             if step is not None:
                 steps.append(step)
@@ -187,31 +228,44 @@ class _Reader:
             return _Step("dense", where, module=module)
         if isinstance(module, self.batchnorm_modules):
             if not module.track_running_stats or module.running_mean is None:
-                raise self.refuse(node, "a BatchNorm without running statistics "
-                                        "(track_running_stats=False) normalises each batch by "
-                                        "itself even in eval mode; it cannot be folded")
+                raise self.refuse(
+                    node,
+                    "a BatchNorm without running statistics "
+                    "(track_running_stats=False) normalises each batch by "
+                    "itself even in eval mode; it cannot be folded",
+                )
             return _Step("batchnorm", where, module=module)
         for kind, name in self.activation_modules.items():
             if type(module) is kind:
                 if name == "softmax" and module.dim not in (None, 1, -1):
-                    raise self.refuse(node, f"expected Softmax over the classes (dim=1), found "
-                                            f"dim={module.dim}")
+                    raise self.refuse(
+                        node, f"expected Softmax over the classes (dim=1), found dim={module.dim}"
+                    )
                 return _Step("activation", where, name)
         if type(module) is nn.Identity or isinstance(module, self.dropout_modules):
-            return None     # dropout does nothing in eval mode
+            return None  # dropout does nothing in eval mode
         if type(module) in (nn.MaxPool2d, nn.AvgPool2d):
             kind = "max" if type(module) is nn.MaxPool2d else "avg"
-            extra = {"dilation": module.dilation, "return_indices": module.return_indices} \
-                if kind == "max" else {"divisor_override": module.divisor_override}
+            extra = (
+                {"dilation": module.dilation, "return_indices": module.return_indices}
+                if kind == "max"
+                else {"divisor_override": module.divisor_override}
+            )
             return self.pool(node, kind, module.kernel_size, module.stride, module.padding, extra)
         if type(module) is nn.Flatten:
             if (module.start_dim, module.end_dim) != (1, -1):
-                raise self.refuse(node, f"expected Flatten(start_dim=1, end_dim=-1), found "
-                                        f"start_dim={module.start_dim}, end_dim={module.end_dim}")
+                raise self.refuse(
+                    node,
+                    f"expected Flatten(start_dim=1, end_dim=-1), found "
+                    f"start_dim={module.start_dim}, end_dim={module.end_dim}",
+                )
             return _Step("flatten", where)
-        raise self.refuse(node, "this module is not one a LeNet-5 here is built from (Conv2d, "
-                                "Linear, BatchNorm1d/2d, ReLU, Sigmoid, Tanh, Softmax, Identity, "
-                                "MaxPool2d, AvgPool2d, Flatten, Dropout)")
+        raise self.refuse(
+            node,
+            "this module is not one a LeNet-5 here is built from (Conv2d, "
+            "Linear, BatchNorm1d/2d, ReLU, Sigmoid, Tanh, Softmax, Identity, "
+            "MaxPool2d, AvgPool2d, Flatten, Dropout)",
+        )
 
     def check_conv(self, node, conv):
         padding = conv.padding
@@ -229,14 +283,19 @@ class _Reader:
         if conv.groups != 1:
             problems.append(f"groups={conv.groups} (expected 1)")
         allowed = ((0, 0), (2, 2)) if self.convolutions < 2 else ((0, 0),)
-        if tuple(padding) not in allowed or (tuple(padding) != (0, 0) and
-                                             conv.padding_mode != "zeros"):
-            problems.append(f"padding {tuple(padding)} with padding_mode {conv.padding_mode!r} "
-                            f"(expected none, or 2 zeros ('same') on the first two "
-                            f"convolutions)")
+        if tuple(padding) not in allowed or (
+            tuple(padding) != (0, 0) and conv.padding_mode != "zeros"
+        ):
+            problems.append(
+                f"padding {tuple(padding)} with padding_mode {conv.padding_mode!r} "
+                f"(expected none, or 2 zeros ('same') on the first two "
+                f"convolutions)"
+            )
         if problems:
-            raise self.refuse(node, "the engine computes 5x5 convolutions with stride 1; found "
-                                    + ", ".join(problems))
+            raise self.refuse(
+                node,
+                "the engine computes 5x5 convolutions with stride 1; found " + ", ".join(problems),
+            )
         self.convolutions += 1
 
     def pool(self, node, kind, kernel_size, stride, padding, extra):
@@ -246,15 +305,20 @@ class _Reader:
             problems.append(f"kernel_size {_pair(kernel_size)}, stride {_pair(stride)}")
         if _pair(padding) != (0, 0):
             problems.append(f"padding {_pair(padding)}")
-        if kind == "max" and (_pair(extra.get("dilation", 1)) != (1, 1) or
-                              extra.get("return_indices")):
-            problems.append(f"dilation {extra.get('dilation')}, return_indices "
-                            f"{extra.get('return_indices')}")
+        if kind == "max" and (
+            _pair(extra.get("dilation", 1)) != (1, 1) or extra.get("return_indices")
+        ):
+            problems.append(
+                f"dilation {extra.get('dilation')}, return_indices {extra.get('return_indices')}"
+            )
         if kind == "avg" and extra.get("divisor_override") is not None:
             problems.append(f"divisor_override {extra['divisor_override']}")
         if problems:
-            raise self.refuse(node, f"expected 2x2 {kind} pooling with stride 2 and no padding; "
-                                    f"found {', '.join(problems)}")
+            raise self.refuse(
+                node,
+                f"expected 2x2 {kind} pooling with stride 2 and no padding; "
+                f"found {', '.join(problems)}",
+            )
         return _Step("pool", self.describe(node), kind)
 
     # -- functions and methods ------------------------------------------------------------------
@@ -264,50 +328,82 @@ class _Reader:
         if target in self.activation_functions:
             name = self.activation_functions[target]
             if name == "softmax" and _argument(node, 0, "dim") not in (None, 1, -1):
-                raise self.refuse(node, f"expected softmax over the classes (dim=1), found "
-                                        f"dim={_argument(node, 0, 'dim')}")
+                raise self.refuse(
+                    node,
+                    f"expected softmax over the classes (dim=1), found "
+                    f"dim={_argument(node, 0, 'dim')}",
+                )
             return _Step("activation", where, name)
         if target in self.dropout_functions:
             if _argument(node, 1, "training", True):
-                raise self.refuse(node, "dropout with training=True drops values even in eval "
-                                        "mode; pass training=self.training")
+                raise self.refuse(
+                    node,
+                    "dropout with training=True drops values even in eval "
+                    "mode; pass training=self.training",
+                )
             return None
         if target in self.pool_functions:
             kind = self.pool_functions[target]
-            names = (("kernel_size", None), ("stride", None), ("padding", 0), ("dilation", 1),
-                     ("ceil_mode", False), ("return_indices", False)) if kind == "max" else \
-                (("kernel_size", None), ("stride", None), ("padding", 0), ("ceil_mode", False),
-                 ("count_include_pad", True), ("divisor_override", None))
-            values = {name: _argument(node, index, name, default)
-                      for index, (name, default) in enumerate(names)}
-            return self.pool(node, kind, values["kernel_size"], values["stride"],
-                             values["padding"], values)
+            names = (
+                (
+                    ("kernel_size", None),
+                    ("stride", None),
+                    ("padding", 0),
+                    ("dilation", 1),
+                    ("ceil_mode", False),
+                    ("return_indices", False),
+                )
+                if kind == "max"
+                else (
+                    ("kernel_size", None),
+                    ("stride", None),
+                    ("padding", 0),
+                    ("ceil_mode", False),
+                    ("count_include_pad", True),
+                    ("divisor_override", None),
+                )
+            )
+            values = {
+                name: _argument(node, index, name, default)
+                for index, (name, default) in enumerate(names)
+            }
+            return self.pool(
+                node, kind, values["kernel_size"], values["stride"], values["padding"], values
+            )
         if target is self.torch.flatten:
             start, end = _argument(node, 0, "start_dim", 0), _argument(node, 1, "end_dim", -1)
             if (start, end) != (1, -1):
-                raise self.refuse(node, f"expected torch.flatten(x, 1), found start_dim={start}, "
-                                        f"end_dim={end}")
+                raise self.refuse(
+                    node, f"expected torch.flatten(x, 1), found start_dim={start}, end_dim={end}"
+                )
             return _Step("flatten", where)
         if target is self.torch.reshape:
             return self.reshape(node, node.args[1:] or [node.kwargs.get("shape")])
-        raise self.refuse(node, "this operation is not one a LeNet-5 here computes (activations "
-                                "relu, sigmoid, tanh, softmax; max_pool2d/avg_pool2d; flatten; "
-                                "dropout)")
+        raise self.refuse(
+            node,
+            "this operation is not one a LeNet-5 here computes (activations "
+            "relu, sigmoid, tanh, softmax; max_pool2d/avg_pool2d; flatten; "
+            "dropout)",
+        )
 
     def method_step(self, node):
         name, where = node.target, self.describe(node)
         if name in self.activation_methods:
             if name == "softmax" and _argument(node, 0, "dim") not in (None, 1, -1):
-                raise self.refuse(node, f"expected softmax over the classes (dim=1), found "
-                                        f"dim={_argument(node, 0, 'dim')}")
+                raise self.refuse(
+                    node,
+                    f"expected softmax over the classes (dim=1), found "
+                    f"dim={_argument(node, 0, 'dim')}",
+                )
             return _Step("activation", where, self.activation_methods[name])
         if name == "contiguous":
             return None
         if name == "flatten":
             start, end = _argument(node, 0, "start_dim", 0), _argument(node, 1, "end_dim", -1)
             if (start, end) != (1, -1):
-                raise self.refuse(node, f"expected x.flatten(1), found start_dim={start}, "
-                                        f"end_dim={end}")
+                raise self.refuse(
+                    node, f"expected x.flatten(1), found start_dim={start}, end_dim={end}"
+                )
             return _Step("flatten", where)
         if name in ("view", "reshape"):
             return self.reshape(node, node.args[1:] or [node.kwargs.get("shape")])
@@ -317,13 +413,20 @@ class _Reader:
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = shape[0]
         shape = list(shape)
-        if len(shape) == 2 and (shape[0] == -1 or self.is_batch_size(shape[0])) and \
-                isinstance(shape[1], int) and (shape[1] > 0 or shape[1] == -1) and \
-                not (shape[0] == -1 and shape[1] == -1):
+        if (
+            len(shape) == 2
+            and (shape[0] == -1 or self.is_batch_size(shape[0]))
+            and isinstance(shape[1], int)
+            and (shape[1] > 0 or shape[1] == -1)
+            and not (shape[0] == -1 and shape[1] == -1)
+        ):
             return _Step("flatten", self.describe(node), None if shape[1] == -1 else shape[1])
-        raise self.refuse(node, f"expected a flatten to (batch, features), such as "
-                                f"x.view(-1, 400) or x.view(x.size(0), -1); found shape "
-                                f"{[str(size) for size in shape]}")
+        raise self.refuse(
+            node,
+            f"expected a flatten to (batch, features), such as "
+            f"x.view(-1, 400) or x.view(x.size(0), -1); found shape "
+            f"{[str(size) for size in shape]}",
+        )
 
 
 def _group_layers(steps, name):
@@ -332,20 +435,26 @@ def _group_layers(steps, name):
     for step in steps:
         if step.kind in ("conv", "dense"):
             if len(layers) == _MAX_LAYERS:
-                raise TorchImportError(f"{name}: {step.where}: the engine computes at most six "
-                                       f"weighted layers (conv1, conv2, an optional conv3, one "
-                                       f"to three dense layers); this is a seventh")
+                raise TorchImportError(
+                    f"{name}: {step.where}: the engine computes at most six "
+                    f"weighted layers (conv1, conv2, an optional conv3, one "
+                    f"to three dense layers); this is a seventh"
+                )
             layers.append((step, []))
         elif not layers:
-            raise TorchImportError(f"{name}: {step.where}: expected the first layer to be a "
-                                   f"Conv2d, found this before it")
+            raise TorchImportError(
+                f"{name}: {step.where}: expected the first layer to be a "
+                f"Conv2d, found this before it"
+            )
         else:
             layers[-1][1].append(step)
     if len(layers) < 3:
         found = ", ".join(step.where for step, _ in layers) or "none"
-        raise TorchImportError(f"{name}: expected three to six weighted layers (Conv2d, Conv2d, "
-                               f"an optional Conv2d, one to three Linear), found {len(layers)}: "
-                               f"{found}")
+        raise TorchImportError(
+            f"{name}: expected three to six weighted layers (Conv2d, Conv2d, "
+            f"an optional Conv2d, one to three Linear), found {len(layers)}: "
+            f"{found}"
+        )
     return layers
 
 
@@ -355,20 +464,24 @@ def _read_architecture(layers, name):
     kinds = [layer.kind for layer, _ in layers]
     for position in (0, 1):
         if kinds[position] != "conv":
-            raise TorchImportError(f"{name}: {layers[position][0].where}: expected "
-                                   f"conv{position + 1} to be a Conv2d")
+            raise TorchImportError(
+                f"{name}: {layers[position][0].where}: expected conv{position + 1} to be a Conv2d"
+            )
     convolutions = 3 if kinds[2] == "conv" else 2
     for layer, _ in layers[convolutions:]:
         if layer.kind != "dense":
-            raise TorchImportError(f"{name}: {layer.where}: expected a Linear layer here: at "
-                                   f"most three convolutions, then the dense layers")
+            raise TorchImportError(
+                f"{name}: {layer.where}: expected a Linear layer here: at "
+                f"most three convolutions, then the dense layers"
+            )
     dense_count = len(layers) - convolutions
     if dense_count > 3:
-        raise TorchImportError(f"{name}: {layers[convolutions + 3][0].where}: the engine "
-                               f"computes one to three dense layers; this is a fourth")
+        raise TorchImportError(
+            f"{name}: {layers[convolutions + 3][0].where}: the engine "
+            f"computes one to three dense layers; this is a fourth"
+        )
     if dense_count < 1:
-        raise TorchImportError(f"{name}: expected at least one Linear layer after the "
-                               f"convolutions")
+        raise TorchImportError(f"{name}: expected at least one Linear layer after the convolutions")
     last = len(layers) - 1
     activations, pools, batchnorms = [], [], {}
     for position, (layer, following) in enumerate(layers):
@@ -377,37 +490,54 @@ def _read_architecture(layers, name):
         for index, step in enumerate(following):
             seen[step.kind].append(step)
             if len(seen[step.kind]) > 1:
-                raise TorchImportError(f"{name}: {step.where}: expected at most one {step.kind} "
-                                       f"after {layer.where}")
+                raise TorchImportError(
+                    f"{name}: {step.where}: expected at most one {step.kind} after {layer.where}"
+                )
             if step.kind == "batchnorm" and index != 0:
-                raise TorchImportError(f"{name}: {step.where}: a BatchNorm is folded into the "
-                                       f"layer it directly follows; this one follows "
-                                       f"{following[index - 1].where}")
+                raise TorchImportError(
+                    f"{name}: {step.where}: a BatchNorm is folded into the "
+                    f"layer it directly follows; this one follows "
+                    f"{following[index - 1].where}"
+                )
             if step.kind == "pool" and position >= 2:
-                raise TorchImportError(f"{name}: {step.where}: expected pooling only after the "
-                                       f"first two convolutions, found it after {layer.where}")
+                raise TorchImportError(
+                    f"{name}: {step.where}: expected pooling only after the "
+                    f"first two convolutions, found it after {layer.where}"
+                )
             if step.kind == "flatten" and (not wants_flatten or position < 2 and not seen["pool"]):
-                raise TorchImportError(f"{name}: {step.where}: expected flattening only after "
-                                       f"the last convolution (and its pooling)")
-            if step.kind == "activation" and seen["pool"] and (
-                    seen["pool"][0].value == "avg" or step.value == "softmax"):
-                raise TorchImportError(f"{name}: {step.where}: this activation after "
-                                       f"{seen['pool'][0].where} does not commute with the "
-                                       f"pooling; the engine applies it before pooling")
+                raise TorchImportError(
+                    f"{name}: {step.where}: expected flattening only after "
+                    f"the last convolution (and its pooling)"
+                )
+            if (
+                step.kind == "activation"
+                and seen["pool"]
+                and (seen["pool"][0].value == "avg" or step.value == "softmax")
+            ):
+                raise TorchImportError(
+                    f"{name}: {step.where}: this activation after "
+                    f"{seen['pool'][0].where} does not commute with the "
+                    f"pooling; the engine applies it before pooling"
+                )
             if step.kind == "activation" and step.value == "softmax" and position != last:
-                raise TorchImportError(f"{name}: {step.where}: expected softmax only after the "
-                                       f"last layer")
+                raise TorchImportError(
+                    f"{name}: {step.where}: expected softmax only after the last layer"
+                )
         if position < 2 and not seen["pool"]:
-            raise TorchImportError(f"{name}: {layer.where}: expected a 2x2 max or average "
-                                   f"pooling after conv{position + 1}")
+            raise TorchImportError(
+                f"{name}: {layer.where}: expected a 2x2 max or average "
+                f"pooling after conv{position + 1}"
+            )
         if wants_flatten and not seen["flatten"]:
             raise TorchImportError(f"{name}: {layer.where}: expected a flatten after it")
         if seen["flatten"] and seen["flatten"][0].value is not None:
             features = layers[position + 1][0].module.in_features
             if seen["flatten"][0].value != features:
-                raise TorchImportError(f"{name}: {seen['flatten'][0].where}: expected to flatten "
-                                       f"to {features} features (the next layer's input), found "
-                                       f"{seen['flatten'][0].value}")
+                raise TorchImportError(
+                    f"{name}: {seen['flatten'][0].where}: expected to flatten "
+                    f"to {features} features (the next layer's input), found "
+                    f"{seen['flatten'][0].value}"
+                )
         if seen["batchnorm"]:
             batchnorms[position] = seen["batchnorm"][0]
         activations.append(seen["activation"][0] if seen["activation"] else None)
@@ -415,29 +545,46 @@ def _read_architecture(layers, name):
     values = [step.value if step else "identity" for step in activations]
     names = ["conv1", "conv2", "conv3"][:convolutions] + ["fc1", "fc2", "fc3"][:dense_count]
     conv2 = layers[1][0].module
-    if convolutions == 2 and dense_count == 3 and values[2] == values[0] and \
-            _padding(conv2) == 0 and \
-            layers[2][0].module.in_features == conv2.out_channels * _FEATURES_AFTER_CONV2:
+    if (
+        convolutions == 2
+        and dense_count == 3
+        and values[2] == values[0]
+        and _padding(conv2) == 0
+        and layers[2][0].module.in_features == conv2.out_channels * _FEATURES_AFTER_CONV2
+    ):
         # conv3 written as a dense layer over the flattened 16x5x5 features (the PyTorch
         # tutorial's Net): it has the convolutions' activation, so it is read as conv3.
         names, convolutions = ["conv1", "conv2", "conv3", "fc1", "fc2"], 3
     if len(set(values[:convolutions])) > 1:
-        found = ", ".join(f"{value} after {layer.where}"
-                          for value, (layer, _) in zip(values[:convolutions], layers))
-        raise TorchImportError(f"{name}: the engine applies one activation after conv1, conv2 "
-                               f"and conv3 (or the dense layer in its place); found {found}")
+        found = ", ".join(
+            f"{value} after {layer.where}"
+            for value, (layer, _) in zip(values[:convolutions], layers)
+        )
+        raise TorchImportError(
+            f"{name}: the engine applies one activation after conv1, conv2 "
+            f"and conv3 (or the dense layer in its place); found {found}"
+        )
     hidden = values[convolutions:-1]
     if len(set(hidden)) > 1:
-        found = ", ".join(f"{value} after {layer.where}"
-                          for value, (layer, _) in zip(hidden, layers[convolutions:]))
-        raise TorchImportError(f"{name}: the engine applies one activation after every dense "
-                               f"layer but the last; found {found}")
+        found = ", ".join(
+            f"{value} after {layer.where}"
+            for value, (layer, _) in zip(hidden, layers[convolutions:])
+        )
+        raise TorchImportError(
+            f"{name}: the engine applies one activation after every dense "
+            f"layer but the last; found {found}"
+        )
     if pools[0].value != pools[1].value:
-        raise TorchImportError(f"{name}: {pools[1].where}: the engine uses one kind of pooling; "
-                               f"found {pools[0].value} then {pools[1].value}")
-    architecture = {"conv_activation": values[0],
-                    "fc_activation": hidden[0] if hidden else values[0],
-                    "output_activation": values[-1], "pool": pools[0].value}
+        raise TorchImportError(
+            f"{name}: {pools[1].where}: the engine uses one kind of pooling; "
+            f"found {pools[0].value} then {pools[1].value}"
+        )
+    architecture = {
+        "conv_activation": values[0],
+        "fc_activation": hidden[0] if hidden else values[0],
+        "output_activation": values[-1],
+        "pool": pools[0].value,
+    }
     return architecture, names, {names[position]: step for position, step in batchnorms.items()}
 
 
@@ -454,11 +601,19 @@ def _layer_weights(layers, names, batchnorms, name):
             norm = batchnorms[layer_name].module
             try:
                 weight, bias = _weights.fold_batchnorm(
-                    weight, bias, _numpy(norm.weight), _numpy(norm.bias),
-                    _numpy(norm.running_mean), _numpy(norm.running_var), norm.eps)
+                    weight,
+                    bias,
+                    _numpy(norm.weight),
+                    _numpy(norm.bias),
+                    _numpy(norm.running_mean),
+                    _numpy(norm.running_var),
+                    norm.eps,
+                )
             except ValueError as exc:
-                raise TorchImportError(f"{name}: {batchnorms[layer_name].where}: cannot fold it "
-                                       f"into {layer.where}: {exc}") from exc
+                raise TorchImportError(
+                    f"{name}: {batchnorms[layer_name].where}: cannot fold it "
+                    f"into {layer.where}: {exc}"
+                ) from exc
         elif bias is None:
             bias = np.zeros(weight.shape[0], np.float32)
         weights[f"{layer_name}.weight"], weights[f"{layer_name}.bias"] = weight, bias
@@ -483,20 +638,24 @@ def _geometry(convolutions, first_dense, has_conv3, name, input_size=None, where
     TorchImportError
         If no input size fits (the message asks for an example_input).
     """
-    stated = {"conv1_padding": _padding(convolutions[0]),
-              "conv2_padding": _padding(convolutions[1])}
+    stated = {
+        "conv1_padding": _padding(convolutions[0]),
+        "conv2_padding": _padding(convolutions[1]),
+    }
     if any(value not in _architecture.PADDINGS for value in stated.values()):
-        return None     # refused with the module's name when the forward is read
+        return None  # refused with the module's name when the forward is read
     if input_size is not None:
         stated["input_size"] = input_size
     try:
         geometry, _ = _architecture.infer_geometry(
-            convolutions[1].out_channels, getattr(first_dense, "in_features", 0), has_conv3,
-            stated)
+            convolutions[1].out_channels, getattr(first_dense, "in_features", 0), has_conv3, stated
+        )
         _architecture.stage_sizes(geometry)
     except ValueError as exc:
-        raise TorchImportError(f"{name}: {where + ': ' if where else ''}{exc}; pass "
-                               f"example_input, images of the size the module takes") from None
+        raise TorchImportError(
+            f"{name}: {where + ': ' if where else ''}{exc}; pass "
+            f"example_input, images of the size the module takes"
+        ) from None
     return geometry
 
 
@@ -515,35 +674,46 @@ class _ExportReader(_Reader):
         aten = torch.ops.aten
 
         def ops(*names):
-            return {getattr(getattr(aten, name), overload) for name, overload in
-                    (item.split(".") for item in names)
-                    if hasattr(aten, name) and hasattr(getattr(aten, name), overload)}
+            return {
+                getattr(getattr(aten, name), overload)
+                for name, overload in (item.split(".") for item in names)
+                if hasattr(aten, name) and hasattr(getattr(aten, name), overload)
+            }
 
         self.aten_activations = {}
-        for names, activation in ((("relu.default", "relu_.default"), "relu"),
-                                  (("sigmoid.default", "sigmoid_.default"), "sigmoid"),
-                                  (("tanh.default", "tanh_.default"), "tanh"),
-                                  (("softmax.int", "_softmax.default"), "softmax")):
+        for names, activation in (
+            (("relu.default", "relu_.default"), "relu"),
+            (("sigmoid.default", "sigmoid_.default"), "sigmoid"),
+            (("tanh.default", "tanh_.default"), "tanh"),
+            (("softmax.int", "_softmax.default"), "softmax"),
+        ):
             self.aten_activations.update(dict.fromkeys(ops(*names), activation))
         self.aten_conv = ops("conv2d.default", "conv2d.padding")
         self.aten_linear = ops("linear.default")
-        self.aten_batchnorm = ops("batch_norm.default",
-                                  "_native_batch_norm_legit_no_training.default")
+        self.aten_batchnorm = ops(
+            "batch_norm.default", "_native_batch_norm_legit_no_training.default"
+        )
         self.aten_max_pool = ops("max_pool2d.default", "max_pool2d_with_indices.default")
         self.aten_avg_pool = ops("avg_pool2d.default")
         self.aten_reshape = ops("view.default", "reshape.default", "_unsafe_view.default")
         self.aten_flatten = ops("flatten.using_ints")
-        self.aten_dropout = ops("dropout.default", "feature_dropout.default",
-                                "alpha_dropout.default", "feature_alpha_dropout.default")
-        self.aten_passthrough = ops("clone.default", "contiguous.default", "alias.default",
-                                    "detach.default")
+        self.aten_dropout = ops(
+            "dropout.default",
+            "feature_dropout.default",
+            "alpha_dropout.default",
+            "feature_alpha_dropout.default",
+        )
+        self.aten_passthrough = ops(
+            "clone.default", "contiguous.default", "alias.default", "detach.default"
+        )
 
     def describe(self, node):
         text = f"{node.target} (node {node.name!r})"
         if node in self.owner:
             owner = self.owner[node]
-            return (f"module {owner!r} ({type(self.module.get_submodule(owner)).__name__}) via "
-                    f"{text}")
+            return (
+                f"module {owner!r} ({type(self.module.get_submodule(owner)).__name__}) via {text}"
+            )
         stack = list((node.meta.get("nn_module_stack") or {}).values())
         path = stack[-1][0] if stack and isinstance(stack[-1], tuple) else ""
         return text + (f" in module {path!r}" if path else "")
@@ -556,14 +726,15 @@ class _ExportReader(_Reader):
             module = self.module.get_submodule(self.owner[node])
             if type(module) in kinds:
                 return module
-        raise self.refuse(node, f"expected the weights of a "
-                                f"{' or '.join(kind.__name__ for kind in kinds)} module")
+        raise self.refuse(
+            node, f"expected the weights of a {' or '.join(kind.__name__ for kind in kinds)} module"
+        )
 
     def is_weight(self, node):
         return node.name in self.tensors
 
     def is_shape_query(self, node):
-        return False      # export evaluates shapes on the example input
+        return False  # export evaluates shapes on the example input
 
     def step(self, node):
         if node.op != "call_function":
@@ -572,20 +743,26 @@ class _ExportReader(_Reader):
 
     def aten_step(self, node):
         nn, target, args = self.torch.nn, node.target, list(node.args)
-        if target is operator.getitem:       # the output of a batch norm or pool with indices
+        if target is operator.getitem:  # the output of a batch norm or pool with indices
             if args[1] != 0:
                 raise self.refuse(node, "expected only the first output of the op before it")
             return None
         if target in self.aten_conv:
             conv = self.owning_module(node, args[1], (nn.Conv2d,))
-            given = (args + [None, [1, 1], [0, 0], [1, 1], 1][len(args) - 2:])[3:7]
+            given = (args + [None, [1, 1], [0, 0], [1, 1], 1][len(args) - 2 :])[3:7]
             stride, padding, dilation, groups = given
-            if _pair(stride) != (1, 1) or _pair(dilation) != (1, 1) or groups != 1 or (
-                    padding not in ("same", "valid") and
-                    _pair(padding) != _pair(conv.padding)):
-                raise self.refuse(node, f"the call's stride {stride}, padding {padding}, "
-                                        f"dilation {dilation}, groups {groups} are not the "
-                                        f"module's")
+            if (
+                _pair(stride) != (1, 1)
+                or _pair(dilation) != (1, 1)
+                or groups != 1
+                or (padding not in ("same", "valid") and _pair(padding) != _pair(conv.padding))
+            ):
+                raise self.refuse(
+                    node,
+                    f"the call's stride {stride}, padding {padding}, "
+                    f"dilation {dilation}, groups {groups} are not the "
+                    f"module's",
+                )
             return self.module_step(node, conv)
         if target in self.aten_linear:
             return self.module_step(node, self.owning_module(node, args[1], (nn.Linear,)))
@@ -597,23 +774,28 @@ class _ExportReader(_Reader):
         if target in self.aten_activations:
             name = self.aten_activations[target]
             if name == "softmax" and args[1] not in (1, -1):
-                raise self.refuse(node, f"expected softmax over the classes (dim=1), found "
-                                        f"dim={args[1]}")
+                raise self.refuse(
+                    node, f"expected softmax over the classes (dim=1), found dim={args[1]}"
+                )
             return _Step("activation", self.describe(node), name)
         if target in self.aten_max_pool or target in self.aten_avg_pool:
             kind = "max" if target in self.aten_max_pool else "avg"
-            defaults = [None, [], 0, 1, False] if kind == "max" else \
-                [None, [], 0, False, True, None]
-            values = args[1:] + defaults[len(args) - 1:]
+            defaults = (
+                [None, [], 0, 1, False] if kind == "max" else [None, [], 0, False, True, None]
+            )
+            values = args[1:] + defaults[len(args) - 1 :]
             extra = {"dilation": values[3]} if kind == "max" else {"divisor_override": values[5]}
             return self.pool(node, kind, values[0], values[1], values[2], extra)
         if target in self.aten_reshape:
             shape = list(args[1])
-            if len(shape) == 2 and shape[0] in (-1, self.batch) and (
-                    shape[1] == -1 or shape[1] > 0) and shape != [-1, -1]:
+            if (
+                len(shape) == 2
+                and shape[0] in (-1, self.batch)
+                and (shape[1] == -1 or shape[1] > 0)
+                and shape != [-1, -1]
+            ):
                 return _Step("flatten", self.describe(node), None if shape[1] == -1 else shape[1])
-            raise self.refuse(node, f"expected a flatten to (batch, features); found shape "
-                                    f"{shape}")
+            raise self.refuse(node, f"expected a flatten to (batch, features); found shape {shape}")
         if target in self.aten_flatten:
             if (args + [0, -1])[1:3] != [1, -1]:
                 raise self.refuse(node, "expected torch.flatten(x, 1)")
@@ -671,8 +853,11 @@ def _capture_steps(module, torch, name, example_input):
     try:
         graph = _in_eval_mode(module, lambda: torch.fx.symbolic_trace(module).graph)
     except Exception as fx_error:  # fx raises TraceError, TypeError, ... on data-dependent code
-        x = (_example_images(module, torch, name) if example_input is None else
-             _as_tensor(example_input, module, torch))
+        x = (
+            _example_images(module, torch, name)
+            if example_input is None
+            else _as_tensor(example_input, module, torch)
+        )
         try:
             program = _in_eval_mode(module, lambda: torch.export.export(module, (x,)))
         except Exception as export_error:
@@ -681,7 +866,8 @@ def _capture_steps(module, torch, name, example_input):
                 f"({_short(export_error)}) can capture forward(); from_torch needs a forward() "
                 f"without Python control flow on tensor values; otherwise load "
                 f"net.state_dict() with LeNet.from_state_dict and state conv_activation, "
-                f"fc_activation, output_activation and pool") from export_error
+                f"fc_activation, output_activation and pool"
+            ) from export_error
         return _ExportReader(module, torch, program, x.shape[0]).steps(program.graph)
     return _Reader(module, torch).steps(graph)
 
@@ -702,11 +888,17 @@ def _as_tensor(images, module, torch):
         tensor = torch.as_tensor(array)
     channels, size = _expected_input(module, torch, type(module).__name__)
     height, width = size or ("H", "W")
-    if tensor.ndim != 4 or tensor.shape[0] < 1 or tensor.shape[1] != channels or (
-            size is not None and tuple(tensor.shape[2:]) != tuple(size)):
-        raise ValueError(f"example_input must be images of shape (N, {channels}, {height}, "
-                         f"{width}) with N >= 1 (what the module takes); got shape "
-                         f"{tuple(tensor.shape)}")
+    if (
+        tensor.ndim != 4
+        or tensor.shape[0] < 1
+        or tensor.shape[1] != channels
+        or (size is not None and tuple(tensor.shape[2:]) != tuple(size))
+    ):
+        raise ValueError(
+            f"example_input must be images of shape (N, {channels}, {height}, "
+            f"{width}) with N >= 1 (what the module takes); got shape "
+            f"{tuple(tensor.shape)}"
+        )
     return tensor.float()
 
 
@@ -739,13 +931,19 @@ def verify_conversion(module, model, example_input):
 
     expected = _in_eval_mode(module, run)
     actual = model.forward(x.numpy())
-    if expected.shape != actual.shape or not np.allclose(actual, expected, rtol=_VERIFY_TOLERANCE,
-                                                         atol=_VERIFY_TOLERANCE):
-        difference = (np.abs(actual - expected).max() if expected.shape == actual.shape
-                      else f"shapes {expected.shape} and {actual.shape}")
-        raise TorchImportError(f"{name}: on example_input the converted model disagrees with the "
-                               f"module in eval mode (largest difference {difference}); this is "
-                               f"a lenet_fast bug, please report it")
+    if expected.shape != actual.shape or not np.allclose(
+        actual, expected, rtol=_VERIFY_TOLERANCE, atol=_VERIFY_TOLERANCE
+    ):
+        difference = (
+            np.abs(actual - expected).max()
+            if expected.shape == actual.shape
+            else f"shapes {expected.shape} and {actual.shape}"
+        )
+        raise TorchImportError(
+            f"{name}: on example_input the converted model disagrees with the "
+            f"module in eval mode (largest difference {difference}); this is "
+            f"a lenet_fast bug, please report it"
+        )
 
 
 def read_module(module, *, example_input=None):
@@ -785,19 +983,29 @@ def read_module(module, *, example_input=None):
         raise TypeError(f"module must be a torch.nn.Module; got {type(module).__name__}")
     name = type(module).__name__
     if example_input is not None:
-        example_input = _as_tensor(example_input, module, torch)   # checked before any work
+        example_input = _as_tensor(example_input, module, torch)  # checked before any work
     steps = _capture_steps(module, torch, name, example_input)
     layers = _group_layers(steps, name)
     architecture, names, batchnorms = _read_architecture(layers, name)
     weights = _layer_weights(layers, names, batchnorms, name)
     after_convolutions = layers[names.index("conv3" if "conv3" in names else "fc1")][0]
-    geometry = _geometry([layers[0][0].module, layers[1][0].module], after_convolutions.module,
-                         "conv3" in names, name,
-                         None if example_input is None else tuple(example_input.shape[2:]),
-                         after_convolutions.where)
-    canonical = _weights.canonicalize(weights, source=f"{name} (from_torch)", **geometry,
-                                      conv_activation=architecture["conv_activation"],
-                                      fc_activation=architecture["fc_activation"])
-    metadata = {"architecture": {**architecture, **_architecture.geometry_for_json(geometry)},
-                "converted_from": f"PyTorch {name}"}
+    geometry = _geometry(
+        [layers[0][0].module, layers[1][0].module],
+        after_convolutions.module,
+        "conv3" in names,
+        name,
+        None if example_input is None else tuple(example_input.shape[2:]),
+        after_convolutions.where,
+    )
+    canonical = _weights.canonicalize(
+        weights,
+        source=f"{name} (from_torch)",
+        **geometry,
+        conv_activation=architecture["conv_activation"],
+        fc_activation=architecture["fc_activation"],
+    )
+    metadata = {
+        "architecture": {**architecture, **_architecture.geometry_for_json(geometry)},
+        "converted_from": f"PyTorch {name}",
+    }
     return canonical, metadata, example_input

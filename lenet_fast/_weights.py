@@ -43,14 +43,23 @@ from ._architecture import LAYERS as FAMILY_LAYERS
 # The layers and keys of the family's `lenet5` member (today's LeNet-5: conv3, fc1, fc2); the
 # whole family's are `_architecture.LAYERS` / `_architecture.CANONICAL_KEYS`.
 LAYERS = ("conv1", "conv2", "conv3", "fc1", "fc2")
-CANONICAL_KEYS = tuple(f"{layer}.{parameter}" for layer in LAYERS for parameter in ("weight", "bias"))
+CANONICAL_KEYS = tuple(
+    f"{layer}.{parameter}" for layer in LAYERS for parameter in ("weight", "bias")
+)
 METADATA_KEY = "__lenet_fast__"
-DIMENSIONS = ("in_channels", "conv1_channels", "conv2_channels", "conv3_channels", "fc1_units", "n_classes")
+DIMENSIONS = (
+    "in_channels",
+    "conv1_channels",
+    "conv2_channels",
+    "conv3_channels",
+    "fc1_units",
+    "n_classes",
+)
 
 MAX_ELEMENTS = 1 << 24
 MAX_METADATA_BYTES = 1 << 20
-MAX_PARAMETERS = 1 << 23        # all ten arrays together: 32 MiB as float32
-MAX_NPY_HEADER_BYTES = 10_000   # numpy's own limit for untrusted .npy headers
+MAX_PARAMETERS = 1 << 23  # all ten arrays together: 32 MiB as float32
+MAX_NPY_HEADER_BYTES = 10_000  # numpy's own limit for untrusted .npy headers
 _KERNEL = 5
 
 # Each canonical array's shape in terms of the network's dimensions; the first occurrence of a
@@ -68,8 +77,14 @@ _SHAPES = {
     "fc2.bias": ("n_classes",),
 }
 
-DEFAULT_DIMENSIONS = {"in_channels": 1, "conv1_channels": 6, "conv2_channels": 16,
-                      "conv3_channels": 120, "fc1_units": 84, "n_classes": 10}
+DEFAULT_DIMENSIONS = {
+    "in_channels": 1,
+    "conv1_channels": 6,
+    "conv2_channels": 16,
+    "conv3_channels": 120,
+    "fc1_units": 84,
+    "n_classes": 10,
+}
 
 
 def canonical_shapes(**dimensions):
@@ -98,10 +113,14 @@ def canonical_shapes(**dimensions):
     """
     unknown = set(dimensions) - set(DIMENSIONS)
     if unknown:
-        raise TypeError(f"unknown dimensions {sorted(unknown)}; expected some of {list(DIMENSIONS)}")
+        raise TypeError(
+            f"unknown dimensions {sorted(unknown)}; expected some of {list(DIMENSIONS)}"
+        )
     sizes = {**DEFAULT_DIMENSIONS, **dimensions}
-    return {key: tuple(sizes[symbol] if isinstance(symbol, str) else symbol for symbol in symbols)
-            for key, symbols in _SHAPES.items()}
+    return {
+        key: tuple(sizes[symbol] if isinstance(symbol, str) else symbol for symbol in symbols)
+        for key, symbols in _SHAPES.items()
+    }
 
 
 # The PyTorch tutorial model: conv3 is the dense layer fc1 over the flattened 16x5x5 features.
@@ -114,8 +133,18 @@ _MAX_LISTED_KEYS = 30
 _MAX_ARCHIVE_MEMBERS = 1000
 # What zipfile, zlib, lzma and numpy's .npy header parser raise on bad bytes (the header parser
 # tokenizes and literal-evaluates the header text: TokenError, SyntaxError, RecursionError).
-_ARCHIVE_ERRORS = (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, OSError, RuntimeError,
-                   NotImplementedError, ValueError, tokenize.TokenError, SyntaxError)
+_ARCHIVE_ERRORS = (
+    zipfile.BadZipFile,
+    zlib.error,
+    lzma.LZMAError,
+    EOFError,
+    OSError,
+    RuntimeError,
+    NotImplementedError,
+    ValueError,
+    tokenize.TokenError,
+    SyntaxError,
+)
 
 
 class WeightFileError(ValueError):
@@ -146,18 +175,22 @@ def _error(where, problem):
 def _key_list(keys):
     keys = sorted(keys)
     listed = ", ".join(keys[:_MAX_LISTED_KEYS]) or "(none)"
-    return listed + (f", ... ({len(keys) - _MAX_LISTED_KEYS} more)" if len(keys) > _MAX_LISTED_KEYS else "")
+    return listed + (
+        f", ... ({len(keys) - _MAX_LISTED_KEYS} more)" if len(keys) > _MAX_LISTED_KEYS else ""
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Layouts: each proposes a {canonical key: user's key} assignment for the layers it has.
 # ---------------------------------------------------------------------------------------------
 
+
 def _layer_assignment(layer_names):
     """{canonical key: user's key} for {canonical layer: user's layer prefix}, in canonical order."""
     return {
         f"{layer}.{parameter}": f"{layer_names[layer]}.{parameter}"
-        for layer in FAMILY_LAYERS if layer in layer_names
+        for layer in FAMILY_LAYERS
+        if layer in layer_names
         for parameter in ("weight", "bias")
     }
 
@@ -165,9 +198,13 @@ def _layer_assignment(layer_names):
 def _present_layers(layer_names, present):
     """The canonical layers whose weight or bias is among the keys (conv1, conv2 and fc1 always:
     a LeNet without them is incomplete)."""
-    return {layer: name for layer, name in layer_names.items()
-            if layer in ("conv1", "conv2", "fc1") or f"{name}.weight" in present
-            or f"{name}.bias" in present}
+    return {
+        layer: name
+        for layer, name in layer_names.items()
+        if layer in ("conv1", "conv2", "fc1")
+        or f"{name}.weight" in present
+        or f"{name}.bias" in present
+    }
 
 
 def _sequential_assignment(names, shape_of):
@@ -184,7 +221,9 @@ def _sequential_assignment(names, shape_of):
             layers.add((containers[container], int(match["index"]), container, match["index"]))
     if not 3 <= len(layers) <= 6:
         return None
-    prefixes = [f"{container}.{index}" if container else index for *_, container, index in sorted(layers)]
+    prefixes = [
+        f"{container}.{index}" if container else index for *_, container, index in sorted(layers)
+    ]
     third = shape_of(f"{prefixes[2]}.weight")
     convs = ["conv1", "conv2"] + (["conv3"] if third is not None and len(third) == 4 else [])
     dense = len(prefixes) - len(convs)
@@ -195,8 +234,13 @@ def _sequential_assignment(names, shape_of):
 
 def _numbered_layers(names):
     """How many numbered layers (``0.weight``, ``net.3.bias`` ...) the keys hold."""
-    return len({match["container"] and match["container"] + "." + match["index"] or match["index"]
-                for match in map(_NUMBERED_KEY.match, names) if match})
+    return len(
+        {
+            match["container"] and match["container"] + "." + match["index"] or match["index"]
+            for match in map(_NUMBERED_KEY.match, names)
+            if match
+        }
+    )
 
 
 def _key_map_assignment(key_map, source, present):
@@ -219,10 +263,16 @@ def _key_map_assignment(key_map, source, present):
             assignment[key] = f"{key_map[layer]}.{parameter}"
         else:
             assignment[key] = key
-    layers = {layer for layer in FAMILY_LAYERS
-              if layer in ("conv1", "conv2", "fc1") or layer in key_map
-              or f"{layer}.weight" in key_map or f"{layer}.bias" in key_map
-              or assignment[f"{layer}.weight"] in present or assignment[f"{layer}.bias"] in present}
+    layers = {
+        layer
+        for layer in FAMILY_LAYERS
+        if layer in ("conv1", "conv2", "fc1")
+        or layer in key_map
+        or f"{layer}.weight" in key_map
+        or f"{layer}.bias" in key_map
+        or assignment[f"{layer}.weight"] in present
+        or assignment[f"{layer}.bias"] in present
+    }
     return {key: name for key, name in assignment.items() if key.split(".")[0] in layers}
 
 
@@ -242,8 +292,13 @@ def _choose_assignment(names, key_map, source, shape_of, optional_biases=False):
             candidates["Caffe"] = _layer_assignment(_CAFFE_LAYERS)
         candidates["nn.Sequential"] = _sequential_assignment(names, shape_of)
         candidates = {layout: keys for layout, keys in candidates.items() if keys is not None}
-    complete = [layout for layout, keys in candidates.items() if present.issuperset(
-        name for key, name in keys.items() if not (optional_biases and key.endswith(".bias")))]
+    complete = [
+        layout
+        for layout, keys in candidates.items()
+        if present.issuperset(
+            name for key, name in keys.items() if not (optional_biases and key.endswith(".bias"))
+        )
+    ]
     if len(complete) == 1:
         return complete[0], candidates[complete[0]]
     found = f"found keys: {_key_list(names)}"
@@ -252,7 +307,9 @@ def _choose_assignment(names, key_map, source, shape_of, optional_biases=False):
             _where(source),
             f"the keys match several layouts ({', '.join(complete)}); pass key_map to choose; {found}",
         )
-    closest = max(candidates, key=lambda layout: len(present.intersection(candidates[layout].values())))
+    closest = max(
+        candidates, key=lambda layout: len(present.intersection(candidates[layout].values()))
+    )
     expected = candidates[closest].values()
     numbered = _numbered_layers(names) if key_map is None else 0
     if numbered and "nn.Sequential" not in candidates and present.isdisjoint(expected):
@@ -286,10 +343,14 @@ def _fold_dense_into_conv3(assignment, shape_of, activations, stated_geometry):
     if "conv3.weight" in assignment or "fc3.weight" not in assignment:
         return assignment, False
     conv_activation, fc_activation = activations
-    if conv_activation is not None and fc_activation is not None and conv_activation != fc_activation:
+    if (
+        conv_activation is not None
+        and fc_activation is not None
+        and conv_activation != fc_activation
+    ):
         return assignment, False
     conv2, fc1 = shape_of(assignment["conv2.weight"]), shape_of(assignment["fc1.weight"])
-    if not conv2 or fc1 is None or len(fc1) != 2 or fc1[1] != conv2[0] * _KERNEL ** 2:
+    if not conv2 or fc1 is None or len(fc1) != 2 or fc1[1] != conv2[0] * _KERNEL**2:
         return assignment, False
     try:
         geometry, _ = _architecture.infer_geometry(conv2[0], fc1[1], False, stated_geometry)
@@ -298,7 +359,9 @@ def _fold_dense_into_conv3(assignment, shape_of, activations, stated_geometry):
     if _architecture.stage_sizes(geometry)["pool2"] != (_KERNEL, _KERNEL):
         return assignment, False
     moved = {"conv3": "fc1", "fc1": "fc2", "fc2": "fc3"}
-    folded = {key: name for key, name in assignment.items() if key.split(".")[0] in ("conv1", "conv2")}
+    folded = {
+        key: name for key, name in assignment.items() if key.split(".")[0] in ("conv1", "conv2")
+    }
     for layer, source_layer in moved.items():
         for parameter in ("weight", "bias"):
             folded[f"{layer}.{parameter}"] = assignment[f"{source_layer}.{parameter}"]
@@ -309,9 +372,12 @@ def _fold_dense_into_conv3(assignment, shape_of, activations, stated_geometry):
 # Arrays and shapes
 # ---------------------------------------------------------------------------------------------
 
+
 def _check_float_dtype(dtype, where):
     if dtype.kind != "f" or dtype.itemsize not in _FLOAT_SIZES:
-        raise _error(where, f"expected floating point (float16, float32 or float64), found dtype {dtype}")
+        raise _error(
+            where, f"expected floating point (float16, float32 or float64), found dtype {dtype}"
+        )
 
 
 def _to_float32(value, where, dtype=np.float32):
@@ -324,11 +390,15 @@ def _to_float32(value, where, dtype=np.float32):
     except (TypeError, ValueError, RuntimeError) as exc:
         raise _error(where, f"cannot be converted to a NumPy array ({exc})") from exc
     _check_float_dtype(array.dtype, where)
-    with np.errstate(over="ignore"):  # float64 beyond float32 range becomes inf, reported just below
+    with np.errstate(
+        over="ignore"
+    ):  # float64 beyond float32 range becomes inf, reported just below
         converted = np.array(array, dtype=dtype, order="C")
     non_finite = converted.size - np.count_nonzero(np.isfinite(converted))
     if non_finite:
-        raise _error(where, f"expected finite values, found {non_finite} non-finite (NaN or inf) values")
+        raise _error(
+            where, f"expected finite values, found {non_finite} non-finite (NaN or inf) values"
+        )
     return converted
 
 
@@ -366,9 +436,12 @@ def _bind_dimensions(shapes, describe, where=None):
     dimensions = {}
     layers = _layers_of(shapes)
     dense = [layer for layer in layers if layer in DENSE_LAYERS]
-    if dense != list(DENSE_LAYERS[:len(dense)]):
-        raise _error(where, f"dense layers {', '.join(dense)}: expected consecutive layers fc1, "
-                            f"fc2, fc3 (fc2 only with fc1, fc3 only with fc2)")
+    if dense != list(DENSE_LAYERS[: len(dense)]):
+        raise _error(
+            where,
+            f"dense layers {', '.join(dense)}: expected consecutive layers fc1, "
+            f"fc2, fc3 (fc2 only with fc1, fc3 only with fc2)",
+        )
     symbolic = _symbolic_shapes(layers)
     for key, symbols in symbolic.items():
         shape = tuple(shapes[key])
@@ -391,20 +464,32 @@ def _bind_dimensions(shapes, describe, where=None):
                 allowed, valid = f"1 to {limit}", 1 <= size <= limit
             if not valid:
                 raise _error(
-                    describe(key), f"expected {symbol} {allowed}, found {size} (axis {axis} of shape {shape})"
+                    describe(key),
+                    f"expected {symbol} {allowed}, found {size} (axis {axis} of shape {shape})",
                 )
-    order = ("in_channels", "conv1_channels", "conv2_channels", "conv3_channels", "fc1_units",
-             "fc2_units", "n_classes")
+    order = (
+        "in_channels",
+        "conv1_channels",
+        "conv2_channels",
+        "conv3_channels",
+        "fc1_units",
+        "fc2_units",
+        "n_classes",
+    )
     dimensions = {name: dimensions[name] for name in order if name in dimensions}
     parameters = sum(math.prod(shapes[key]) for key in symbolic)
     if parameters > MAX_PARAMETERS:
-        raise _error(where, f"expected at most {MAX_PARAMETERS:,} parameters in all, found {parameters:,} "
-                     f"(widths {'-'.join(str(size) for size in dimensions.values())})")
+        raise _error(
+            where,
+            f"expected at most {MAX_PARAMETERS:,} parameters in all, found {parameters:,} "
+            f"(widths {'-'.join(str(size) for size in dimensions.values())})",
+        )
     return dimensions
 
 
 def _shape_reader(mapping, assignment=None):
     """shape_of(user key) -> tuple or None, without converting (.npy headers for archives)."""
+
     def shape_of(name):
         if name not in mapping:
             return None
@@ -420,11 +505,22 @@ def _shape_reader(mapping, assignment=None):
             return tuple(int(size) for size in shape)
         except (TypeError, ValueError):
             return None
+
     return shape_of
 
 
-def canonicalize(mapping, *, key_map=None, strict=True, source=None, input_size=None,
-                 conv1_padding=None, conv2_padding=None, conv_activation=None, fc_activation=None):
+def canonicalize(
+    mapping,
+    *,
+    key_map=None,
+    strict=True,
+    source=None,
+    input_size=None,
+    conv1_padding=None,
+    conv2_padding=None,
+    conv_activation=None,
+    fc_activation=None,
+):
     """Convert a mapping of named arrays into canonical, validated weights of a LeNet of the family.
 
     Parameters
@@ -492,24 +588,38 @@ def canonicalize(mapping, *, key_map=None, strict=True, source=None, input_size=
     names = [name for name in mapping if name != METADATA_KEY]
     non_strings = [name for name in names if not isinstance(name, str)]
     if non_strings:
-        raise _error(_where(source), f"expected string keys, found {_key_list(map(repr, non_strings))}")
-    stated = {option: value for option, value in (("input_size", input_size),
-                                                  ("conv1_padding", conv1_padding),
-                                                  ("conv2_padding", conv2_padding))
-              if value is not None}
+        raise _error(
+            _where(source), f"expected string keys, found {_key_list(map(repr, non_strings))}"
+        )
+    stated = {
+        option: value
+        for option, value in (
+            ("input_size", input_size),
+            ("conv1_padding", conv1_padding),
+            ("conv2_padding", conv2_padding),
+        )
+        if value is not None
+    }
     try:
-        stated = {option: _architecture.check_option(option, value) for option, value in stated.items()}
+        stated = {
+            option: _architecture.check_option(option, value) for option, value in stated.items()
+        }
     except ValueError as exc:
         raise _error(_where(source), str(exc)) from None
     shape_of = _shape_reader(mapping)
     batchnorms = _batchnorm_groups(names)
     batchnorm_keys = {key for group in batchnorms.values() for key in group.values()}
     layout, assignment = _choose_assignment(
-        [name for name in names if name not in batchnorm_keys], key_map, source, shape_of,
-        bool(batchnorms))
+        [name for name in names if name not in batchnorm_keys],
+        key_map,
+        source,
+        shape_of,
+        bool(batchnorms),
+    )
     _refuse_unused(set(names) - set(assignment.values()) - batchnorm_keys, strict, source)
     assignment, folded_into_conv3 = _fold_dense_into_conv3(
-        assignment, shape_of, (conv_activation, fc_activation), stated)
+        assignment, shape_of, (conv_activation, fc_activation), stated
+    )
     keys = list(assignment)
 
     def describe(key):
@@ -519,7 +629,7 @@ def canonicalize(mapping, *, key_map=None, strict=True, source=None, input_size=
     absent = [key for key in keys if assignment[key] not in mapping]  # biases, see above
 
     def header(key):
-        if key in absent:   # a missing bias: as many zeros as the layer has outputs
+        if key in absent:  # a missing bias: as many zeros as the layer has outputs
             shape, _ = mapping.header(assignment[key.replace("bias", "weight")])
             return shape[:1], np.dtype(np.float32)
         return mapping.header(assignment[key])
@@ -530,31 +640,49 @@ def canonicalize(mapping, *, key_map=None, strict=True, source=None, input_size=
         headers = {key: header(key) for key in keys}
         for key, (_, dtype) in headers.items():
             _check_float_dtype(dtype, describe(key))
-        _bind_dimensions(_dense_conv3_as_4d({key: shape for key, (shape, _) in headers.items()}),
-                         describe, _where(source))
-    weights = {key: _to_float32(mapping[assignment[key]], describe(key)) for key in keys
-               if key not in absent}
+        _bind_dimensions(
+            _dense_conv3_as_4d({key: shape for key, (shape, _) in headers.items()}),
+            describe,
+            _where(source),
+        )
+    weights = {
+        key: _to_float32(mapping[assignment[key]], describe(key))
+        for key in keys
+        if key not in absent
+    }
     for key in absent:
         weights[key] = np.zeros(weights[key.replace("bias", "weight")].shape[:1], np.float32)
     weights = {key: weights[key] for key in keys}
     folded = _fold_batchnorms(mapping, names, batchnorms, assignment, weights, absent, source)
     unfolded = [assignment[key] for key in absent if key.split(".")[0] not in folded]
     if unfolded:
-        raise _error(_where(source), f"missing {_key_list(unfolded)} (a layer without a bias is "
-                                     f"only accepted when a BatchNorm follows it)")
+        raise _error(
+            _where(source),
+            f"missing {_key_list(unfolded)} (a layer without a bias is "
+            f"only accepted when a BatchNorm follows it)",
+        )
     if "conv3.weight" in weights:
-        conv3_shape = _dense_conv3_as_4d({key: array.shape for key, array in weights.items()})["conv3.weight"]
+        conv3_shape = _dense_conv3_as_4d({key: array.shape for key, array in weights.items()})[
+            "conv3.weight"
+        ]
         weights["conv3.weight"] = weights["conv3.weight"].reshape(conv3_shape)
     shapes = {key: array.shape for key, array in weights.items()}
     dimensions = _bind_dimensions(shapes, describe, _where(source))
     try:
         geometry, assumed = _architecture.infer_geometry(
-            dimensions["conv2_channels"], shapes["fc1.weight"][1], "conv3.weight" in shapes, stated)
+            dimensions["conv2_channels"], shapes["fc1.weight"][1], "conv3.weight" in shapes, stated
+        )
         sizes = _architecture.sizes(shapes, **geometry)
     except ValueError as exc:
         raise _error(_where(source), str(exc)) from None
-    return CanonicalWeights(weights, layout=layout, batchnorm=folded, sizes=sizes,
-                            assumed_geometry=assumed, folded_into_conv3=folded_into_conv3)
+    return CanonicalWeights(
+        weights,
+        layout=layout,
+        batchnorm=folded,
+        sizes=sizes,
+        assumed_geometry=assumed,
+        folded_into_conv3=folded_into_conv3,
+    )
 
 
 class CanonicalWeights(dict):
@@ -582,8 +710,16 @@ class CanonicalWeights(dict):
         Whether the mapping's first dense layer was read as conv3 (see `canonicalize`).
     """
 
-    def __init__(self, weights, *, layout=None, batchnorm=None, sizes=None, assumed_geometry=None,
-                 folded_into_conv3=False):
+    def __init__(
+        self,
+        weights,
+        *,
+        layout=None,
+        batchnorm=None,
+        sizes=None,
+        assumed_geometry=None,
+        folded_into_conv3=False,
+    ):
         super().__init__(weights)
         self.layout = layout
         self.batchnorm = dict(batchnorm or {})
@@ -597,8 +733,10 @@ class CanonicalWeights(dict):
 # ---------------------------------------------------------------------------------------------
 
 # Keys that hold numbers a network computes with: never dropped, even with strict=False.
-_ARITHMETIC_KEY = re.compile(r"(?:^|[._])(?:weight|bias|running_mean|running_var|weight_orig|"
-                             r"weight_g|weight_v|in_proj_weight|in_proj_bias)$")
+_ARITHMETIC_KEY = re.compile(
+    r"(?:^|[._])(?:weight|bias|running_mean|running_var|weight_orig|"
+    r"weight_g|weight_v|in_proj_weight|in_proj_bias)$"
+)
 _BATCHNORM_PARAMETERS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 _BATCHNORM_WORDS = re.compile(r"batch_?norm|bn|norm", re.IGNORECASE)
 BATCHNORM_EPS = 1e-5  # PyTorch's default; a state_dict does not store a BatchNorm's eps
@@ -649,7 +787,8 @@ def _name_hint(batchnorm, layer_prefix):
     stripped = _BATCHNORM_WORDS.sub("", batchnorm).strip("._")
     layer_name = layer_prefix.rpartition(".")[2]
     return stripped in (layer_prefix, layer_name) or (
-        stripped.isdigit() and re.fullmatch(rf"\D*{stripped}", layer_name) is not None)
+        stripped.isdigit() and re.fullmatch(rf"\D*{stripped}", layer_name) is not None
+    )
 
 
 def _attach_batchnorms(batchnorms, names, assignment, widths, features, source):
@@ -660,20 +799,30 @@ def _attach_batchnorms(batchnorms, names, assignment, widths, features, source):
     attached = {}
     for prefix, group in batchnorms.items():
         where = _where(source, prefix)
-        candidates = [layer for layer in widths
-                      if widths[layer] == features[prefix] and layer not in attached]
+        candidates = [
+            layer for layer in widths if widths[layer] == features[prefix] and layer not in attached
+        ]
         if len(candidates) > 1:
-            named = [layer for layer in candidates
-                     if _name_hint(prefix, _layer_prefix(assignment, layer))]
-            before = [layer for layer in candidates
-                      if position[assignment[f"{layer}.weight"]] < position[group["running_mean"]]]
+            named = [
+                layer
+                for layer in candidates
+                if _name_hint(prefix, _layer_prefix(assignment, layer))
+            ]
+            before = [
+                layer
+                for layer in candidates
+                if position[assignment[f"{layer}.weight"]] < position[group["running_mean"]]
+            ]
             candidates = named[-1:] or before[-1:] or candidates
         if not candidates:
             outputs = ", ".join(f"{layer} {width}" for layer, width in widths.items())
-            raise _error(where, f"BatchNorm {prefix!r} has {features[prefix]} features, but no "
-                                f"layer without a BatchNorm has {features[prefix]} outputs "
-                                f"(outputs: {outputs}); "
-                                f"it cannot be folded, so the weights are refused")
+            raise _error(
+                where,
+                f"BatchNorm {prefix!r} has {features[prefix]} features, but no "
+                f"layer without a BatchNorm has {features[prefix]} outputs "
+                f"(outputs: {outputs}); "
+                f"it cannot be folded, so the weights are refused",
+            )
         attached[candidates[0]] = prefix
     return attached
 
@@ -686,11 +835,15 @@ def _fold_batchnorms(mapping, names, batchnorms, assignment, weights, absent, so
     widths = {layer: weights[f"{layer}.weight"].shape[0] for layer in _layers_of(weights)}
     arrays = {}
     for prefix, group in batchnorms.items():
-        missing = [parameter for parameter in ("running_mean", "running_var") if parameter not in group]
+        missing = [
+            parameter for parameter in ("running_mean", "running_var") if parameter not in group
+        ]
         if missing:
-            raise _error(_where(source, prefix),
-                         f"BatchNorm {prefix!r} has no {prefix}.{missing[0]}; a BatchNorm needs "
-                         f"running_mean and running_var (weight and bias are optional)")
+            raise _error(
+                _where(source, prefix),
+                f"BatchNorm {prefix!r} has no {prefix}.{missing[0]}; a BatchNorm needs "
+                f"running_mean and running_var (weight and bias are optional)",
+            )
         for parameter in ("weight", "bias", "running_mean", "running_var"):
             if parameter in group:
                 key = group[parameter]
@@ -698,26 +851,43 @@ def _fold_batchnorms(mapping, names, batchnorms, assignment, weights, absent, so
                     shape, dtype = mapping.header(key)
                     _check_float_dtype(dtype, _where(source, key))
                     if len(shape) != 1 or shape[0] > MAX_WIDTH:
-                        raise _error(_where(source, key), f"expected a BatchNorm vector of at most "
-                                                          f"{MAX_WIDTH} values, found shape {shape}")
+                        raise _error(
+                            _where(source, key),
+                            f"expected a BatchNorm vector of at most "
+                            f"{MAX_WIDTH} values, found shape {shape}",
+                        )
                 arrays[key] = _to_float32(mapping[key], _where(source, key), np.float64)
     features = {prefix: arrays[group["running_mean"]].size for prefix, group in batchnorms.items()}
     attached = _attach_batchnorms(batchnorms, names, assignment, widths, features, source)
     for layer, prefix in attached.items():
         group = batchnorms[prefix]
         where = _where(source, prefix)
-        raw = {parameter: None if f"{layer}.{parameter}" in absent else
-               _to_float32(mapping[assignment[f"{layer}.{parameter}"]],
-                           _where(source, assignment[f"{layer}.{parameter}"]), np.float64)
-               for parameter in ("weight", "bias")}
+        raw = {
+            parameter: None
+            if f"{layer}.{parameter}" in absent
+            else _to_float32(
+                mapping[assignment[f"{layer}.{parameter}"]],
+                _where(source, assignment[f"{layer}.{parameter}"]),
+                np.float64,
+            )
+            for parameter in ("weight", "bias")
+        }
         try:
             weights[f"{layer}.weight"], weights[f"{layer}.bias"] = fold_batchnorm(
-                raw["weight"], raw["bias"], arrays.get(group.get("weight")),
-                arrays.get(group.get("bias")), arrays[group["running_mean"]],
-                arrays[group["running_var"]], BATCHNORM_EPS)
+                raw["weight"],
+                raw["bias"],
+                arrays.get(group.get("weight")),
+                arrays.get(group.get("bias")),
+                arrays[group["running_mean"]],
+                arrays[group["running_var"]],
+                BATCHNORM_EPS,
+            )
         except ValueError as exc:
-            raise _error(where, f"cannot fold BatchNorm {prefix!r} into "
-                                f"{_layer_prefix(assignment, layer)!r}: {exc}") from exc
+            raise _error(
+                where,
+                f"cannot fold BatchNorm {prefix!r} into "
+                f"{_layer_prefix(assignment, layer)!r}: {exc}",
+            ) from exc
     return attached
 
 
@@ -774,8 +944,9 @@ def fold_batchnorm(weight, bias, gamma, beta, mean, var, eps=BATCHNORM_EPS, axis
             return np.full(features, default, dtype=np.float64)
         value = np.asarray(value, dtype=np.float64).reshape(-1)
         if value.shape != (features,):
-            raise ValueError(f"expected {name} of length {features} (the layer's outputs), "
-                             f"found {value.size}")
+            raise ValueError(
+                f"expected {name} of length {features} (the layer's outputs), found {value.size}"
+            )
         return value
 
     bias = vector(bias, 0.0, "bias")
@@ -790,8 +961,10 @@ def fold_batchnorm(weight, bias, gamma, beta, mean, var, eps=BATCHNORM_EPS, axis
     folded_weight = weight * scale.reshape(shape)
     folded_bias = (bias - mean) * scale + beta
     with np.errstate(over="ignore"):
-        results = (np.ascontiguousarray(folded_weight, dtype=np.float32),
-                   np.ascontiguousarray(folded_bias, dtype=np.float32))
+        results = (
+            np.ascontiguousarray(folded_weight, dtype=np.float32),
+            np.ascontiguousarray(folded_bias, dtype=np.float32),
+        )
     if not all(np.isfinite(result).all() for result in results):
         raise ValueError("the folded weights are not finite in float32")
     return results
@@ -803,7 +976,11 @@ def _dense_conv3_as_4d(shapes):
     if "conv3.weight" not in shapes:
         return shapes
     conv3_shape, conv2_channels = tuple(shapes["conv3.weight"]), tuple(shapes["conv2.weight"])[:1]
-    if len(conv3_shape) == 2 and conv2_channels and conv3_shape[1] == conv2_channels[0] * _KERNEL**2:
+    if (
+        len(conv3_shape) == 2
+        and conv2_channels
+        and conv3_shape[1] == conv2_channels[0] * _KERNEL**2
+    ):
         shapes = {**shapes, "conv3.weight": (conv3_shape[0], conv2_channels[0], _KERNEL, _KERNEL)}
     return shapes
 
@@ -836,8 +1013,13 @@ def infer_dimensions(weights):
     >>> infer_dimensions({key: np.zeros(shape, np.float32) for key, shape in shapes.items()})["n_classes"]
     10
     """
-    layers = [layer for layer in FAMILY_LAYERS if layer in ("conv1", "conv2", "fc1")
-              or f"{layer}.weight" in weights or f"{layer}.bias" in weights]
+    layers = [
+        layer
+        for layer in FAMILY_LAYERS
+        if layer in ("conv1", "conv2", "fc1")
+        or f"{layer}.weight" in weights
+        or f"{layer}.bias" in weights
+    ]
     expected = [f"{layer}.{parameter}" for layer in layers for parameter in ("weight", "bias")]
     missing = [key for key in expected if key not in weights]
     if missing:
@@ -860,15 +1042,18 @@ _MEMBER_PERMISSIONS = 0o644 << 16
 def _check_npy_header(shape, dtype, where, max_axis=MAX_CLASSES):
     if dtype.hasobject:
         raise _error(
-            where, f"expected a numeric array, found dtype {dtype} holding Python objects (never unpickled)"
+            where,
+            f"expected a numeric array, found dtype {dtype} holding Python objects (never unpickled)",
         )
     if len(shape) > 4 or any(not 0 <= size <= max_axis for size in shape):
         raise _error(
-            where, f"expected a LeNet-5 array shape (at most 4 axes of at most {max_axis}), found {shape}"
+            where,
+            f"expected a LeNet-5 array shape (at most 4 axes of at most {max_axis}), found {shape}",
         )
     if math.prod(shape) > MAX_ELEMENTS:
         raise _error(
-            where, f"expected at most {MAX_ELEMENTS} elements, found {math.prod(shape)} (shape {shape})"
+            where,
+            f"expected at most {MAX_ELEMENTS} elements, found {math.prod(shape)} (shape {shape})",
         )
     if math.prod(shape) * dtype.itemsize > MAX_ELEMENTS * 8:
         raise _error(
@@ -882,12 +1067,17 @@ def _read_npy_header(stream, version, where):
     length_field = stream.read(2 if version == (1, 0) else 4)
     length = int.from_bytes(length_field, "little")
     if len(length_field) not in (2, 4) or length > MAX_NPY_HEADER_BYTES:
-        raise _error(where, f"expected a .npy header of at most {MAX_NPY_HEADER_BYTES:,} bytes, "
-                            f"found a header length field of {length:,}")
+        raise _error(
+            where,
+            f"expected a .npy header of at most {MAX_NPY_HEADER_BYTES:,} bytes, "
+            f"found a header length field of {length:,}",
+        )
     header = stream.read(length)
     if len(header) != length:
         raise _error(where, f"truncated: expected a {length}-byte .npy header, found {len(header)}")
-    parse = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
+    parse = (
+        npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
+    )
     return parse(io.BytesIO(length_field + header))
 
 
@@ -900,11 +1090,16 @@ def _read_member(archive, info, source, header_only=False):
             version = npy_format.read_magic(stream)
             if version not in ((1, 0), (2, 0)):
                 raise _error(
-                    where, f"expected .npy format version 1.0 or 2.0, found {version[0]}.{version[1]}"
+                    where,
+                    f"expected .npy format version 1.0 or 2.0, found {version[0]}.{version[1]}",
                 )
             shape, fortran_order, dtype = _read_npy_header(stream, version, where)
-            _check_npy_header(shape, dtype, where, MAX_METADATA_BYTES
-                              if info.filename == f"{METADATA_KEY}.npy" else MAX_CLASSES)
+            _check_npy_header(
+                shape,
+                dtype,
+                where,
+                MAX_METADATA_BYTES if info.filename == f"{METADATA_KEY}.npy" else MAX_CLASSES,
+            )
             data_size = math.prod(shape) * dtype.itemsize
             member_size = stream.tell() + data_size
             if info.file_size != member_size:
@@ -917,8 +1112,12 @@ def _read_member(archive, info, source, header_only=False):
                 return shape, dtype
             data = stream.read(data_size)
             if len(data) != data_size:
-                raise _error(where, f"truncated: expected {data_size} bytes of array data, found {len(data)}")
-            return np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran_order else "C")
+                raise _error(
+                    where, f"truncated: expected {data_size} bytes of array data, found {len(data)}"
+                )
+            return np.frombuffer(data, dtype=dtype).reshape(
+                shape, order="F" if fortran_order else "C"
+            )
     except WeightFileError:
         raise
     except _ARCHIVE_ERRORS as exc:
@@ -933,7 +1132,8 @@ class _ArchiveMembers(Mapping):
         members = archive.infolist()
         if len(members) > _MAX_ARCHIVE_MEMBERS:
             raise _error(
-                _where(source), f"expected at most {_MAX_ARCHIVE_MEMBERS} members, found {len(members)}"
+                _where(source),
+                f"expected at most {_MAX_ARCHIVE_MEMBERS} members, found {len(members)}",
             )
         for info in members:
             if not info.filename.endswith(".npy") or info.is_dir():
@@ -943,7 +1143,9 @@ class _ArchiveMembers(Mapping):
                 )
             key = info.filename.removesuffix(".npy")
             if key in self._members:
-                raise _error(_where(source, info.filename), "expected unique member names, found a duplicate")
+                raise _error(
+                    _where(source, info.filename), "expected unique member names, found a duplicate"
+                )
             self._members[key] = info
 
     def __getitem__(self, key):
@@ -966,13 +1168,16 @@ class _ArchiveMembers(Mapping):
 
 def _read_metadata(members, source):
     where = _where(source, f"{METADATA_KEY}.npy")
-    shape, dtype = members.header(METADATA_KEY)   # checked before any data is read
+    shape, dtype = members.header(METADATA_KEY)  # checked before any data is read
     if dtype != np.uint8 or len(shape) != 1:
         raise _error(
-            where, f"expected a 1-D uint8 array of UTF-8 JSON, found dtype {dtype} with shape {shape}"
+            where,
+            f"expected a 1-D uint8 array of UTF-8 JSON, found dtype {dtype} with shape {shape}",
         )
     if shape[0] > MAX_METADATA_BYTES:
-        raise _error(where, f"expected at most {MAX_METADATA_BYTES} bytes of JSON, found {shape[0]}")
+        raise _error(
+            where, f"expected at most {MAX_METADATA_BYTES} bytes of JSON, found {shape[0]}"
+        )
     array = members[METADATA_KEY]
     try:
         metadata = json.loads(array.tobytes().decode("utf-8"))
@@ -986,7 +1191,7 @@ def _read_metadata(members, source):
 def _stated_options(metadata, explicit, source):
     """The geometry and activations for `canonicalize`: the caller's, else the file's."""
     stored = metadata.get("architecture", {})
-    stored = stored if isinstance(stored, dict) else {}   # the model reports a malformed one
+    stored = stored if isinstance(stored, dict) else {}  # the model reports a malformed one
     options = {}
     for option in _architecture.GEOMETRY_OPTIONS + ("conv_activation", "fc_activation"):
         value = explicit.get(option)
@@ -996,8 +1201,10 @@ def _stated_options(metadata, explicit, source):
                 try:
                     value = _architecture.check_option(option, value)
                 except ValueError as exc:
-                    raise _error(_where(source, f"{METADATA_KEY}.npy"),
-                                 f"metadata['architecture']['{option}']: {exc}") from None
+                    raise _error(
+                        _where(source, f"{METADATA_KEY}.npy"),
+                        f"metadata['architecture']['{option}']: {exc}",
+                    ) from None
         options[option] = value
     return options
 
@@ -1054,8 +1261,13 @@ def load_npz(path, *, key_map=None, strict=True, **options):
     with archive:
         members = _ArchiveMembers(archive, source)
         metadata = _read_metadata(members, source) if METADATA_KEY in members else {}
-        weights = canonicalize(members, key_map=key_map, strict=strict, source=source,
-                               **_stated_options(metadata, options, source))
+        weights = canonicalize(
+            members,
+            key_map=key_map,
+            strict=strict,
+            source=source,
+            **_stated_options(metadata, options, source),
+        )
     return weights, metadata
 
 
@@ -1099,9 +1311,11 @@ def save_npz(path, weights, metadata=None):
     except (TypeError, ValueError) as exc:
         raise ValueError(f"metadata must be JSON-serialisable, found {exc}") from exc
     if len(text.encode("utf-8")) > MAX_METADATA_BYTES:
-        raise ValueError(f"metadata must be at most {MAX_METADATA_BYTES:,} bytes as JSON (what "
-                         f"from_npz reads); found {len(text.encode('utf-8')):,}")
-    arrays = {key: np.asarray(weights[key], dtype="<f4") for key in weights}   # canonical order
+        raise ValueError(
+            f"metadata must be at most {MAX_METADATA_BYTES:,} bytes as JSON (what "
+            f"from_npz reads); found {len(text.encode('utf-8')):,}"
+        )
+    arrays = {key: np.asarray(weights[key], dtype="<f4") for key in weights}  # canonical order
     arrays[METADATA_KEY] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
     archive_bytes = io.BytesIO()
     with zipfile.ZipFile(archive_bytes, "w", zipfile.ZIP_STORED) as archive:

@@ -45,8 +45,8 @@ from ._config import show_config
 from ._model import ArchitectureWarning, LeNet
 from ._version import __version__
 
-CHUNK_IMAGES = 4096                 # images per chunk read, predicted and written
-KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")   # model files read with LeNet.from_keras
+CHUNK_IMAGES = 4096  # images per chunk read, predicted and written
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")  # model files read with LeNet.from_keras
 _TORCH_SUFFIXES = (".pt", ".pth")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 IMAGE_SIZES = ((28, 28), (32, 32))
@@ -55,14 +55,17 @@ MAX_PLOTTED_MISTAKES = 24
 _DEMO_EXAMPLES = 8
 _DEMO_MIN_SECONDS = 0.5
 _PROGRAM = "lenet-fast"
-_MODEL_HELP = ("a .npz file, an .onnx graph (needs onnx), a Keras .keras/.h5/.hdf5 model (needs "
-               "h5py), or a pretrained name (fashion-mnist, mnist)")
+_MODEL_HELP = (
+    "a .npz file, an .onnx graph (needs onnx), a Keras .keras/.h5/.hdf5 model (needs "
+    "h5py), or a pretrained name (fashion-mnist, mnist)"
+)
 _INPUT_FORMATS = (
     "Input: an image file, or a folder of images (PNG, JPEG, BMP, GIF, WebP, TIFF; 28 x 28 or "
     "32 x 32), is read as grayscale, so it suits 1-channel models only.  IDX files and images "
     "(like uint8 .npy files) hold uint8 pixels, which need a model with stored preprocessing "
     "(e.g. the pretrained fashion-mnist and mnist); a float .npy file is taken as normalised "
-    "images and works with any model.")
+    "images and works with any model."
+)
 
 
 class CommandError(Exception):
@@ -88,16 +91,19 @@ def printable(text: object) -> str:
     text = str(text)
     if text.isprintable():
         return text
-    return "".join(char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
-                   for char in text)
+    return "".join(
+        char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
+        for char in text
+    )
 
 
 def _regular_file(path):
     """Raise CommandError unless `path` is a regular file (a FIFO would block for ever)."""
     mode = os.stat(path).st_mode
     if not stat.S_ISREG(mode):
-        raise CommandError(f"{printable(path)}: expected a regular file, found a FIFO, device or "
-                           f"socket")
+        raise CommandError(
+            f"{printable(path)}: expected a regular file, found a FIFO, device or socket"
+        )
 
 
 def _open_npy(path):
@@ -109,33 +115,41 @@ def _open_npy(path):
         try:
             version = npy_format.read_magic(file)
         except ValueError as exc:
-            raise CommandError(f"{where}: not a .npy file (expected the \\x93NUMPY magic; "
-                               f"{exc})") from exc
+            raise CommandError(
+                f"{where}: not a .npy file (expected the \\x93NUMPY magic; {exc})"
+            ) from exc
         if version not in ((1, 0), (2, 0), (3, 0)):
             raise CommandError(f"{where}: unsupported .npy format version {version}")
         try:
             shape, fortran_order, dtype = _weights._read_npy_header(
-                file, (1, 0) if version == (1, 0) else (2, 0), where)
+                file, (1, 0) if version == (1, 0) else (2, 0), where
+            )
         except _weights.WeightFileError:
             raise
         except _weights._ARCHIVE_ERRORS as exc:
-            raise CommandError(f"{where}: unreadable .npy header ({type(exc).__name__}: "
-                               f"{exc})") from exc
+            raise CommandError(
+                f"{where}: unreadable .npy header ({type(exc).__name__}: {exc})"
+            ) from exc
         offset = file.tell()
     if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
-        raise CommandError(f"{where}: expected a plain numeric array, found dtype {dtype} (Python "
-                           f"objects are never unpickled)")
+        raise CommandError(
+            f"{where}: expected a plain numeric array, found dtype {dtype} (Python "
+            f"objects are never unpickled)"
+        )
     data_bytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
     size = os.path.getsize(path)
     if size != offset + data_bytes:
         problem = "truncated file" if size < offset + data_bytes else "trailing bytes"
-        raise CommandError(f"{where}: its header declares {dtype} {shape} ({data_bytes:,} bytes "
-                           f"after the {offset}-byte header); the file has {size:,} bytes "
-                           f"({problem})")
+        raise CommandError(
+            f"{where}: its header declares {dtype} {shape} ({data_bytes:,} bytes "
+            f"after the {offset}-byte header); the file has {size:,} bytes "
+            f"({problem})"
+        )
     if data_bytes == 0:
         return np.empty(shape, dtype)
-    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape,
-                     order="F" if fortran_order else "C")
+    return np.memmap(
+        path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran_order else "C"
+    )
 
 
 class _Destination:
@@ -162,13 +176,16 @@ def _refuse_overwriting(output, inputs, option):
         return
     for path in inputs:
         if path is not None and os.path.exists(path) and os.path.samefile(output, path):
-            raise CommandError(f"{option} {printable(output)}: is the input {printable(path)}; "
-                               f"refusing to overwrite it")
+            raise CommandError(
+                f"{option} {printable(output)}: is the input {printable(path)}; "
+                f"refusing to overwrite it"
+            )
 
 
 # ---------------------------------------------------------------------------------------------
 # Models and inputs
 # ---------------------------------------------------------------------------------------------
+
 
 def load_model(spec: str, architecture: dict | None = None) -> LeNet:
     """A `LeNet` from a model file (see `read_model_file`) or a pretrained name (a file of that
@@ -197,16 +214,19 @@ def load_model(spec: str, architecture: dict | None = None) -> LeNet:
     """
     architecture = {key: value for key, value in (architecture or {}).items() if value is not None}
     with _caught_architecture_warnings() as caught:
-        if os.path.isfile(spec):       # not isdir: a folder named like a model must not hide it
+        if os.path.isfile(spec):  # not isdir: a folder named like a model must not hide it
             model = read_model_file(spec, architecture)
         elif spec in datasets.PRETRAINED:
             model = LeNet.pretrained(spec)
             if architecture:
-                model = LeNet(model.weights, **{**model.architecture, **architecture},
-                              metadata=model.metadata)
+                model = LeNet(
+                    model.weights, **{**model.architecture, **architecture}, metadata=model.metadata
+                )
         else:
-            raise CommandError(f"model {spec!r}: no such file, and not a pretrained model name "
-                               f"(expected one of {', '.join(datasets.PRETRAINED)})")
+            raise CommandError(
+                f"model {spec!r}: no such file, and not a pretrained model name "
+                f"(expected one of {', '.join(datasets.PRETRAINED)})"
+            )
     for message in caught:
         print(f"{_PROGRAM}: warning: {printable(' '.join(str(message).split()))}", file=sys.stderr)
     return model
@@ -238,22 +258,33 @@ def read_model_file(path: str, architecture: dict) -> LeNet:
     """
     suffix = os.path.splitext(path)[1].lower()
     if suffix in _TORCH_SUFFIXES:
-        raise CommandError(f"{path}: a PyTorch file; pass --torch to lenet-fast convert to read "
-                           f"it with torch.load(weights_only=True) into a .npz")
+        raise CommandError(
+            f"{path}: a PyTorch file; pass --torch to lenet-fast convert to read "
+            f"it with torch.load(weights_only=True) into a .npz"
+        )
     if suffix == ".onnx":
-        geometry = {option: value for option, value in architecture.items()
-                    if option in GEOMETRY_OPTIONS}
-        model = LeNet.from_onnx(path, **{option: value for option, value in architecture.items()
-                                         if option not in GEOMETRY_OPTIONS})
+        geometry = {
+            option: value for option, value in architecture.items() if option in GEOMETRY_OPTIONS
+        }
+        model = LeNet.from_onnx(
+            path,
+            **{
+                option: value
+                for option, value in architecture.items()
+                if option not in GEOMETRY_OPTIONS
+            },
+        )
         if geometry:
-            model = LeNet(model.weights, **{**model.architecture, **geometry},
-                          metadata=model.metadata)
+            model = LeNet(
+                model.weights, **{**model.architecture, **geometry}, metadata=model.metadata
+            )
         return model
     if suffix in KERAS_SUFFIXES:
         model = LeNet.from_keras(path)
         if architecture:
-            model = LeNet(model.weights, **{**model.architecture, **architecture},
-                          metadata=model.metadata)
+            model = LeNet(
+                model.weights, **{**model.architecture, **architecture}, metadata=model.metadata
+            )
         return model
     return LeNet.from_npz(path, **architecture)
 
@@ -270,8 +301,9 @@ def _caught_architecture_warnings():
         if issubclass(warning.category, ArchitectureWarning):
             caught.append(warning.message)
         else:
-            warnings.warn_explicit(warning.message, warning.category, warning.filename,
-                                   warning.lineno)
+            warnings.warn_explicit(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
 
 
 def _architecture_arguments(args):
@@ -330,16 +362,21 @@ class _ImageSource:
             self._count = len(self._idx)
 
     def _check_image_shape(self, shape, what):
-        if len(shape) not in (3, 4) or tuple(shape[-2:]) not in IMAGE_SIZES or \
-                (len(shape) == 4 and not 1 <= shape[1] <= 3):
-            raise CommandError(f"{printable(self.path)}: expected {what} (3 or 4 dimensions: N, "
-                               f"[channels,] 28 x 28 or 32 x 32 pixels); found shape {shape}")
+        if (
+            len(shape) not in (3, 4)
+            or tuple(shape[-2:]) not in IMAGE_SIZES
+            or (len(shape) == 4 and not 1 <= shape[1] <= 3)
+        ):
+            raise CommandError(
+                f"{printable(self.path)}: expected {what} (3 or 4 dimensions: N, "
+                f"[channels,] 28 x 28 or 32 x 32 pixels); found shape {shape}"
+            )
 
     def _list_folder(self, path, quiet):
         entries = sorted(os.listdir(path))
         images = [name for name in entries if name.lower().endswith(IMAGE_SUFFIXES)]
         folders = [name for name in entries if os.path.isdir(os.path.join(path, name))]
-        if not images and folders:      # torchvision's ImageFolder layout: root/<class>/<image>
+        if not images and folders:  # torchvision's ImageFolder layout: root/<class>/<image>
             self._files, self.class_folders, others = [], [], []
             for folder in folders:
                 for name in sorted(os.listdir(os.path.join(path, folder))):
@@ -352,12 +389,17 @@ class _ImageSource:
             self._files = images
             others = [name for name in entries if name not in images]
         if not self._files:
-            raise CommandError(f"{printable(path)}: folder holds no images "
-                               f"({'/'.join(IMAGE_SUFFIXES)}), directly or in class subfolders")
+            raise CommandError(
+                f"{printable(path)}: folder holds no images "
+                f"({'/'.join(IMAGE_SUFFIXES)}), directly or in class subfolders"
+            )
         if others and not quiet:
             listed = ", ".join(map(printable, others[:5])) + (", ..." if len(others) > 5 else "")
-            print(f"{_PROGRAM}: note: skipped {len(others):,} entries that are not images "
-                  f"({'/'.join(IMAGE_SUFFIXES)}): {listed}", file=sys.stderr)
+            print(
+                f"{_PROGRAM}: note: skipped {len(others):,} entries that are not images "
+                f"({'/'.join(IMAGE_SUFFIXES)}): {listed}",
+                file=sys.stderr,
+            )
 
     def __len__(self):
         return self._count
@@ -381,24 +423,27 @@ class _ImageSource:
             yield from self._idx.chunks(CHUNK_IMAGES)
         elif self._files is not None:
             for start in range(0, self._count, CHUNK_IMAGES):
-                yield self._read_images(self._files[start:start + CHUNK_IMAGES])
+                yield self._read_images(self._files[start : start + CHUNK_IMAGES])
         else:
             for start in range(0, self._count, CHUNK_IMAGES):
-                yield np.array(self._array[start:start + CHUNK_IMAGES])
+                yield np.array(self._array[start : start + CHUNK_IMAGES])
 
     def _read_images(self, names):
         try:
             from PIL import Image
         except ImportError as exc:
-            raise ImportError("reading images needs Pillow: "
-                              "pip install 'lenet_fast[images]'") from exc
+            raise ImportError(
+                "reading images needs Pillow: pip install 'lenet_fast[images]'"
+            ) from exc
         pixels = []
         for name in names:
             array = read_image(os.path.join(self._folder, name), Image)
             if pixels and array.shape != pixels[0].shape:
-                raise CommandError(f"{printable(os.path.join(self._folder, name))}: expected a "
-                                   f"{' x '.join(map(str, pixels[0].shape))} image like the "
-                                   f"images before it; found {array.shape[1]} x {array.shape[0]}")
+                raise CommandError(
+                    f"{printable(os.path.join(self._folder, name))}: expected a "
+                    f"{' x '.join(map(str, pixels[0].shape))} image like the "
+                    f"images before it; found {array.shape[1]} x {array.shape[0]}"
+                )
             pixels.append(array)
         return np.stack(pixels)
 
@@ -442,20 +487,26 @@ def read_image(path: str, image_module: ModuleType | None = None) -> np.ndarray:
                 with image_module.open(stream) as image:
                     width, height = image.size
                     if (height, width) not in IMAGE_SIZES:
-                        raise CommandError(f"{where}: expected a 28 x 28 or 32 x 32 image; "
-                                           f"found {width} x {height}")
+                        raise CommandError(
+                            f"{where}: expected a 28 x 28 or 32 x 32 image; "
+                            f"found {width} x {height}"
+                        )
                     array = np.asarray(image.convert("L"))
         except CommandError:
             raise
-        except image_module.DecompressionBombError as exc:     # from the header alone
-            raise CommandError(f"{where}: expected a 28 x 28 or 32 x 32 image; found a far "
-                               f"larger one ({exc})") from exc
-        except Exception as exc:    # Pillow's decoders raise many types on corrupt data
-            raise CommandError(f"{where}: not a readable image ({type(exc).__name__}: "
-                               f"{printable(exc)})") from exc
-    if array.shape not in IMAGE_SIZES:      # a decoder that disagrees with its own header
-        raise CommandError(f"{where}: expected a 28 x 28 or 32 x 32 image; decoded "
-                           f"{array.shape[1]} x {array.shape[0]}")
+        except image_module.DecompressionBombError as exc:  # from the header alone
+            raise CommandError(
+                f"{where}: expected a 28 x 28 or 32 x 32 image; found a far larger one ({exc})"
+            ) from exc
+        except Exception as exc:  # Pillow's decoders raise many types on corrupt data
+            raise CommandError(
+                f"{where}: not a readable image ({type(exc).__name__}: {printable(exc)})"
+            ) from exc
+    if array.shape not in IMAGE_SIZES:  # a decoder that disagrees with its own header
+        raise CommandError(
+            f"{where}: expected a 28 x 28 or 32 x 32 image; decoded "
+            f"{array.shape[1]} x {array.shape[0]}"
+        )
     return array
 
 
@@ -463,11 +514,11 @@ def _read_labels(path, count):
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file")
     _regular_file(path)
-    labels = (np.array(_open_npy(path)) if path.lower().endswith(".npy")
-              else datasets.read_idx(path))
+    labels = np.array(_open_npy(path)) if path.lower().endswith(".npy") else datasets.read_idx(path)
     if labels.ndim != 1 or labels.dtype.kind not in "iu":
-        raise CommandError(f"{path}: expected a 1-D array of integer labels; found "
-                           f"{labels.dtype} {labels.shape}")
+        raise CommandError(
+            f"{path}: expected a 1-D array of integer labels; found {labels.dtype} {labels.shape}"
+        )
     if len(labels) != count:
         raise CommandError(f"{path}: expected {count} labels (one per image); found {len(labels)}")
     return labels.astype(np.int64)
@@ -483,8 +534,9 @@ class _Progress:
     def update(self, done):
         if self.enabled:
             filled = 30 * done // self.total
-            sys.stderr.write(f"\r|{'#' * filled}{'.' * (30 - filled)}| "
-                             f"{done:,}/{self.total:,} images")
+            sys.stderr.write(
+                f"\r|{'#' * filled}{'.' * (30 - filled)}| {done:,}/{self.total:,} images"
+            )
             sys.stderr.flush()
 
     def close(self):
@@ -522,14 +574,17 @@ def _plural(count, noun):
 # Commands
 # ---------------------------------------------------------------------------------------------
 
+
 def _command_demo(args):
     model = LeNet.pretrained("fashion-mnist")
     images, labels = datasets.load_sample()
     predicted = model.predict(images)
     correct = int(np.sum(predicted == labels))
     print("lenet-fast demo: the shipped Fashion-MNIST LeNet-5 on the bundled sample,")
-    print(f"the first {len(images):,} Fashion-MNIST test images (Xiao et al. 2017, Zalando "
-          f"Research, MIT license)")
+    print(
+        f"the first {len(images):,} Fashion-MNIST test images (Xiao et al. 2017, Zalando "
+        f"Research, MIT license)"
+    )
     print(f"model: {model!r}")
     print(f"accuracy: {correct / len(images):.4f} ({correct:,}/{len(images):,} correct)", end="")
     full = model.metadata.get("provenance", {}).get("test_accuracy")
@@ -538,8 +593,10 @@ def _command_demo(args):
     print(f"{'image':>5}  {'true class':<12} predicted")
     for i in range(_DEMO_EXAMPLES):
         mark = "" if predicted[i] == labels[i] else "  <- wrong"
-        print(f"{i:>5}  {printable(model.classes[labels[i]]):<12} "
-              f"{printable(model.classes[predicted[i]])}{mark}")
+        print(
+            f"{i:>5}  {printable(model.classes[labels[i]]):<12} "
+            f"{printable(model.classes[predicted[i]])}{mark}"
+        )
     print()
     best, runs, spent = float("inf"), 0, 0.0
     while spent < _DEMO_MIN_SECONDS or runs < 3:
@@ -547,9 +604,11 @@ def _command_demo(args):
         model.predict(images)
         elapsed = time.perf_counter() - started
         best, runs, spent = min(best, elapsed), runs + 1, spent + elapsed
-    print(f"throughput: {len(images) / best:,.0f} images/s (uint8 in, labels out; batch of "
-          f"{len(images):,}, {_plural(model.num_threads, 'thread')}, {model.isa} kernels, best "
-          f"of {runs} runs)")
+    print(
+        f"throughput: {len(images) / best:,.0f} images/s (uint8 in, labels out; batch of "
+        f"{len(images):,}, {_plural(model.num_threads, 'thread')}, {model.isa} kernels, best "
+        f"of {runs} runs)"
+    )
     return 0
 
 
@@ -617,15 +676,18 @@ class _NpyWriter:
         shape = (count, model.n_classes) if scores else (count,)
         try:
             self._array = np.lib.format.open_memmap(
-                self._destination.temporary, mode="w+",
-                dtype=np.float32 if scores else np.int64, shape=shape)
+                self._destination.temporary,
+                mode="w+",
+                dtype=np.float32 if scores else np.int64,
+                shape=shape,
+            )
         except BaseException:
             self._destination.discard()
             raise
 
     def write(self, start, labels, outputs):
         values = labels if outputs is None else outputs
-        self._array[start:start + len(values)] = values
+        self._array[start : start + len(values)] = values
 
     def commit(self):
         self._array.flush()
@@ -643,16 +705,20 @@ def _command_predict(args):
     with _ImageSource(args.input, args.quiet) as source:
         writer = _open_output(args.out, len(source), model, args.scores, source)
         try:
-            for start, _, labels, outputs in _predict_chunks(model, source, args.scores,
-                                                             args.quiet):
+            for start, _, labels, outputs in _predict_chunks(
+                model, source, args.scores, args.quiet
+            ):
                 writer.write(start, labels, outputs)
             writer.commit()
         except BaseException:
             writer.discard()
             raise
     if args.out is not None and not args.quiet:
-        print(f"wrote {'scores' if args.scores else 'labels'} of "
-              f"{_plural(len(source), 'image')} to {printable(args.out)}", file=sys.stderr)
+        print(
+            f"wrote {'scores' if args.scores else 'labels'} of "
+            f"{_plural(len(source), 'image')} to {printable(args.out)}",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -667,15 +733,17 @@ def _folder_labels(model, folders, root):
             index.setdefault(variant.casefold(), k)
     unknown = sorted({folder for folder in folders if folder.casefold() not in index})
     if unknown:
-        raise CommandError(f"{printable(root)}: class folders {', '.join(map(printable, unknown))} "
-                           f"match none of the model's classes "
-                           f"({', '.join(map(printable, names))})")
+        raise CommandError(
+            f"{printable(root)}: class folders {', '.join(map(printable, unknown))} "
+            f"match none of the model's classes "
+            f"({', '.join(map(printable, names))})"
+        )
     return np.array([index[folder.casefold()] for folder in folders], dtype=np.int64)
 
 
 def _command_evaluate(args):
     _refuse_overwriting(args.plot, [args.images, args.labels, args.model], "--plot")
-    plot = _plot_destination(args.plot) if args.plot else None   # fail before the work
+    plot = _plot_destination(args.plot) if args.plot else None  # fail before the work
     try:
         return _evaluate(args, plot)
     except BaseException:
@@ -687,8 +755,9 @@ def _command_evaluate(args):
 def _plot_destination(path):
     suffix = os.path.splitext(path)[1].lower()
     if suffix not in PLOT_SUFFIXES:
-        raise CommandError(f"--plot {printable(path)}: expected a file name ending in "
-                           f"{', '.join(PLOT_SUFFIXES)}")
+        raise CommandError(
+            f"--plot {printable(path)}: expected a file name ending in {', '.join(PLOT_SUFFIXES)}"
+        )
     import_pyplot()
     return _Destination(path, "--plot")
 
@@ -703,21 +772,26 @@ def _evaluate(args, plot):
             labels = _folder_labels(model, source.class_folders, args.images)
             labels_name = f"the class folders of {args.images}"
         else:
-            raise CommandError(f"{printable(args.images)}: expected LABELS, or a folder of class "
-                               f"subfolders (root/<class>/<image>) to take them from")
+            raise CommandError(
+                f"{printable(args.images)}: expected LABELS, or a folder of class "
+                f"subfolders (root/<class>/<image>) to take them from"
+            )
         k = model.n_classes
         if labels.size and (labels.min() < 0 or labels.max() >= k):
-            raise CommandError(f"{printable(labels_name)}: labels must lie in 0..{k - 1} for "
-                               f"this {k}-class model; found {labels.min()}..{labels.max()}")
+            raise CommandError(
+                f"{printable(labels_name)}: labels must lie in 0..{k - 1} for "
+                f"this {k}-class model; found {labels.min()}..{labels.max()}"
+            )
         if len(source) == 0:
-            raise CommandError(f"{printable(args.images)}: nothing to evaluate (it holds no "
-                               f"images)")
+            raise CommandError(
+                f"{printable(args.images)}: nothing to evaluate (it holds no images)"
+            )
         confusion = np.zeros((k, k), dtype=np.int64)
-        mistakes = []           # (index, image, true, predicted), the first few
+        mistakes = []  # (index, image, true, predicted), the first few
         for start, images, predicted, _ in _predict_chunks(model, source, False, args.quiet):
-            truth = labels[start:start + len(predicted)]
+            truth = labels[start : start + len(predicted)]
             np.add.at(confusion, (truth, predicted), 1)
-            for i in np.flatnonzero(truth != predicted)[:MAX_PLOTTED_MISTAKES - len(mistakes)]:
+            for i in np.flatnonzero(truth != predicted)[: MAX_PLOTTED_MISTAKES - len(mistakes)]:
                 # A copy: a view would keep the whole CHUNK_IMAGES-image chunk alive.
                 mistakes.append((start + i, images[i].copy(), truth[i], predicted[i]))
     names = [printable(_class_name(model, c)) for c in range(k)]
@@ -735,8 +809,14 @@ def _evaluate(args, plot):
     for c in range(k):
         print(f"  {c:>3}" + "".join(f"{value:>{cell},}" for value in confusion[c]))
     if plot is not None:
-        _plot_confusion(plot.temporary, confusion, names, mistakes, model,
-                        os.path.splitext(plot.path)[1].lower().lstrip("."))
+        _plot_confusion(
+            plot.temporary,
+            confusion,
+            names,
+            mistakes,
+            model,
+            os.path.splitext(plot.path)[1].lower().lstrip("."),
+        )
         plot.commit()
         print(f"\nwrote {printable(plot.path)}")
     return 0
@@ -776,25 +856,43 @@ def _plot_confusion(path, confusion, names, mistakes, model, file_format="png"):
     axes.set_xlabel("predicted class")
     axes.set_ylabel("true class")
     total = confusion.sum()
-    axes.set_title(f"confusion matrix: accuracy {np.trace(confusion) / max(total, 1):.4f} "
-                   f"on {total:,} images")
+    axes.set_title(
+        f"confusion matrix: accuracy {np.trace(confusion) / max(total, 1):.4f} on {total:,} images"
+    )
     threshold = confusion.max() / 2
     for (row, column), value in np.ndenumerate(confusion):
-        axes.text(column, row, f"{value}", ha="center", va="center", fontsize=7,
-                  color="white" if value > threshold else "black")
+        axes.text(
+            column,
+            row,
+            f"{value}",
+            ha="center",
+            va="center",
+            fontsize=7,
+            color="white" if value > threshold else "black",
+        )
     columns = 6
     rows = max(1, -(-len(mistakes) // columns))
     grid = right.subplots(rows, columns, squeeze=False)
-    right.suptitle(f"first {len(mistakes)} misclassified images (true -> predicted)"
-                   if mistakes else "no misclassified images")
+    right.suptitle(
+        f"first {len(mistakes)} misclassified images (true -> predicted)"
+        if mistakes
+        else "no misclassified images"
+    )
     for axes_index, axes in enumerate(grid.flat):
         axes.axis("off")
         if axes_index < len(mistakes):
             index, image, truth, predicted = mistakes[axes_index]
-            axes.imshow(np.asarray(image).reshape(image.shape[-2:]) if image.ndim == 2 or
-                        image.shape[0] == 1 else np.moveaxis(image, 0, -1), cmap="gray")
-            axes.set_title(f"#{index}\n{printable(_class_name(model, truth))} -> "
-                           f"{printable(_class_name(model, predicted))}", fontsize=7)
+            axes.imshow(
+                np.asarray(image).reshape(image.shape[-2:])
+                if image.ndim == 2 or image.shape[0] == 1
+                else np.moveaxis(image, 0, -1),
+                cmap="gray",
+            )
+            axes.set_title(
+                f"#{index}\n{printable(_class_name(model, truth))} -> "
+                f"{printable(_class_name(model, predicted))}",
+                fontsize=7,
+            )
     figure.savefig(path, dpi=100, format=file_format)
     pyplot.close(figure)
 
@@ -808,38 +906,56 @@ def _command_info(args):
     config = show_config(False)
     rows = [
         ("model", printable(args.model)),
-        ("architecture", f"conv {architecture['conv_activation']}, fc1 "
-                         f"{architecture['fc_activation']}, output "
-                         f"{architecture['output_activation']}, {architecture['pool']} pooling"
-                         + (f" (assumed: {', '.join(model.assumed_architecture)})"
-                            if model.assumed_architecture else "")),
-        ("geometry", f"input {'x'.join(map(str, architecture['input_size']))}, conv1 padding "
-                     f"{architecture['conv1_padding']}, conv2 padding "
-                     f"{architecture['conv2_padding']}, "
-                     f"{'conv3' if model.sizes.has_conv3 else 'flatten'} -> "
-                     f"{len(model.sizes.dense_units)} dense"),
+        (
+            "architecture",
+            f"conv {architecture['conv_activation']}, fc1 "
+            f"{architecture['fc_activation']}, output "
+            f"{architecture['output_activation']}, {architecture['pool']} pooling"
+            + (
+                f" (assumed: {', '.join(model.assumed_architecture)})"
+                if model.assumed_architecture
+                else ""
+            ),
+        ),
+        (
+            "geometry",
+            f"input {'x'.join(map(str, architecture['input_size']))}, conv1 padding "
+            f"{architecture['conv1_padding']}, conv2 padding "
+            f"{architecture['conv2_padding']}, "
+            f"{'conv3' if model.sizes.has_conv3 else 'flatten'} -> "
+            f"{len(model.sizes.dense_units)} dense",
+        ),
         ("widths", "-".join(str(size) for size in dims.values())),
         ("parameters", f"{summary.total_parameters:,}"),
-        ("FLOPs per image", f"{2 * summary.total_multiply_adds:,} "
-                            f"({summary.total_multiply_adds:,} multiply-adds)"),
+        (
+            "FLOPs per image",
+            f"{2 * summary.total_multiply_adds:,} ({summary.total_multiply_adds:,} multiply-adds)",
+        ),
     ]
     preprocessing = metadata.get("preprocessing")
-    rows.append(("preprocessing",
-                 f"uint8 x -> (x / {preprocessing['scale']:g} - {preprocessing['mean']:g}) / "
-                 f"{preprocessing['std']:g}; 28 x 28 zero-padded by {preprocessing.get('pad', 2)}"
-                 if preprocessing else "none stored: the model takes normalised float input only"))
+    rows.append(
+        (
+            "preprocessing",
+            f"uint8 x -> (x / {preprocessing['scale']:g} - {preprocessing['mean']:g}) / "
+            f"{preprocessing['std']:g}; 28 x 28 zero-padded by {preprocessing.get('pad', 2)}"
+            if preprocessing
+            else "none stored: the model takes normalised float input only",
+        )
+    )
     rows.append(("classes", ", ".join(model.classes) if model.classes else "none stored"))
     provenance = metadata.get("provenance", {})
     if isinstance(provenance, dict):
         for key, value in sorted(provenance.items()):
             rows.append((f"provenance.{key}", str(value)))
-    else:       # free-form metadata: shown as it is
+    else:  # free-form metadata: shown as it is
         rows.append(("provenance", str(provenance)))
     for key, value in sorted(metadata.items()):
         if key not in ("preprocessing", "classes", "provenance"):
             rows.append((f"metadata.{key}", str(value)))
-    rows += [("ISA", f"{config['isa']} (usable: {', '.join(config['usable_isas'])})"),
-             ("threads", f"{model.num_threads} (usable CPUs: {config['usable_cpus']})")]
+    rows += [
+        ("ISA", f"{config['isa']} (usable: {', '.join(config['usable_isas'])})"),
+        ("threads", f"{model.num_threads} (usable CPUs: {config['usable_cpus']})"),
+    ]
     rows = [(printable(name), printable(value)) for name, value in rows]
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
@@ -864,15 +980,18 @@ def _read_convert_input(args, architecture):
         try:
             loaded = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # pickle.UnpicklingError for anything but plain tensors, ...
-            raise CommandError(f"{path}: not a PyTorch state_dict file torch.load can read with "
-                               f"weights_only=True ({type(exc).__name__}: "
-                               f"{' '.join(str(exc).split())[:300]})") from exc
+            raise CommandError(
+                f"{path}: not a PyTorch state_dict file torch.load can read with "
+                f"weights_only=True ({type(exc).__name__}: "
+                f"{' '.join(str(exc).split())[:300]})"
+            ) from exc
         for key in ("state_dict", "model_state_dict", "model"):  # a training checkpoint
             if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
                 loaded = loaded[key]
         if not isinstance(loaded, dict):
-            raise CommandError(f"{path}: expected a state_dict (a dict of tensors); found "
-                               f"{type(loaded).__name__}")
+            raise CommandError(
+                f"{path}: expected a state_dict (a dict of tensors); found {type(loaded).__name__}"
+            )
         return LeNet.from_state_dict(loaded, **architecture)
     return read_model_file(path, architecture)
 
@@ -883,9 +1002,11 @@ def _parse_preprocessing(text):
         key, _, value = part.partition("=")
         key = key.strip()
         if key not in values or not value:
-            raise CommandError(f"--preprocessing {text!r}: expected comma-separated scale=..., "
-                               f"mean=..., std=... (e.g. mean=0.1307,std=0.3081; scale "
-                               f"defaults to 255); found {part.strip()!r}")
+            raise CommandError(
+                f"--preprocessing {text!r}: expected comma-separated scale=..., "
+                f"mean=..., std=... (e.g. mean=0.1307,std=0.3081; scale "
+                f"defaults to 255); found {part.strip()!r}"
+            )
         try:
             values[key] = float(value)
         except ValueError as exc:
@@ -900,13 +1021,16 @@ def _parse_classes(text):
         with open(text, "rb") as file:
             data = file.read(_weights.MAX_METADATA_BYTES + 1)
         if len(data) > _weights.MAX_METADATA_BYTES:
-            raise CommandError(f"--classes {printable(text)}: expected a text file of at most "
-                               f"{_weights.MAX_METADATA_BYTES:,} bytes (one class name per line)")
+            raise CommandError(
+                f"--classes {printable(text)}: expected a text file of at most "
+                f"{_weights.MAX_METADATA_BYTES:,} bytes (one class name per line)"
+            )
         try:
             lines = data.decode("utf-8").splitlines()
         except UnicodeDecodeError as exc:
-            raise CommandError(f"--classes {printable(text)}: expected UTF-8 text (one class name "
-                               f"per line); {exc}") from exc
+            raise CommandError(
+                f"--classes {printable(text)}: expected UTF-8 text (one class name per line); {exc}"
+            ) from exc
         return [line.strip() for line in lines if line.strip()]
     return [name.strip() for name in text.split(",")]
 
@@ -915,32 +1039,42 @@ def _command_convert(args):
     if not args.output.lower().endswith(".npz"):
         raise CommandError(f"{args.output}: expected an output file name ending in .npz")
     _refuse_overwriting(args.output, [args.input], "OUTPUT")
-    architecture = {key: value for key, value in _architecture_arguments(args).items()
-                    if value is not None}
+    architecture = {
+        key: value for key, value in _architecture_arguments(args).items() if value is not None
+    }
     with _caught_architecture_warnings():
         model = _read_convert_input(args, architecture)
     assumed = model.assumed_architecture
     if assumed:
         # Writing a guess into a self-describing file would make it silent from then on.
-        flags = " ".join(f"--{option.replace('_', '-')} {value}"
-                         for option, value in assumed.items())
-        raise CommandError(f"{args.input} does not state {', '.join(assumed)}, and a converted "
-                           f"file must not store a guess: pass {flags} (what lenet_fast would "
-                           f"assume for this layout) or the values the model was trained with")
+        flags = " ".join(
+            f"--{option.replace('_', '-')} {value}" for option, value in assumed.items()
+        )
+        raise CommandError(
+            f"{args.input} does not state {', '.join(assumed)}, and a converted "
+            f"file must not store a guess: pass {flags} (what lenet_fast would "
+            f"assume for this layout) or the values the model was trained with"
+        )
     metadata = model.metadata
     if args.classes is not None:
         metadata["classes"] = _parse_classes(args.classes)
     if args.preprocessing is not None:
         metadata["preprocessing"] = _parse_preprocessing(args.preprocessing)
     model = LeNet(model.weights, **model.architecture, metadata=metadata)
-    model.save_npz(args.output)     # atomic: a temporary file in the same folder, renamed
+    model.save_npz(args.output)  # atomic: a temporary file in the same folder, renamed
     if not args.quiet:
         a = model.architecture
-        print(f"wrote {args.output}: {model!r}; conv {a['conv_activation']}, fc "
-              f"{a['fc_activation']}, output {a['output_activation']}, {a['pool']} pooling"
-              + (f"; {len(model.classes)} class names" if model.classes else "")
-              + ("; preprocessing stored (uint8 input accepted)" if "preprocessing" in metadata
-                 else ""), file=sys.stderr)
+        print(
+            f"wrote {args.output}: {model!r}; conv {a['conv_activation']}, fc "
+            f"{a['fc_activation']}, output {a['output_activation']}, {a['pool']} pooling"
+            + (f"; {len(model.classes)} class names" if model.classes else "")
+            + (
+                "; preprocessing stored (uint8 input accepted)"
+                if "preprocessing" in metadata
+                else ""
+            ),
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -948,79 +1082,132 @@ def _command_convert(args):
 # Entry point
 # ---------------------------------------------------------------------------------------------
 
+
 def _parser():
     parser = argparse.ArgumentParser(
-        prog=_PROGRAM, description="LeNet-5 inference on the CPU: pretrained models, data, tools.")
+        prog=_PROGRAM, description="LeNet-5 inference on the CPU: pretrained models, data, tools."
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands.add_parser("demo", help="classify the bundled Fashion-MNIST sample with the shipped "
-                                     "model: accuracy, examples, throughput")
-    predict = commands.add_parser("predict", help="predict labels of images",
-                                  epilog=_INPUT_FORMATS)
+    commands.add_parser(
+        "demo",
+        help="classify the bundled Fashion-MNIST sample with the shipped "
+        "model: accuracy, examples, throughput",
+    )
+    predict = commands.add_parser("predict", help="predict labels of images", epilog=_INPUT_FORMATS)
     predict.add_argument("model", metavar="MODEL", help=_MODEL_HELP)
-    predict.add_argument("input", metavar="INPUT",
-                         help="an IDX file (.gz or raw), a .npy file, an image file, or a folder "
-                              "of images")
-    predict.add_argument("--out", metavar="FILE",
-                         help="write to FILE: .csv (with class names) or .npy, only once every "
-                              "image is classified (nothing is left on an error or Ctrl-C); "
-                              "default: CSV on standard output, also written at the end")
-    predict.add_argument("--scores", action="store_true",
-                         help="write the network outputs too (in .npy: the outputs only)")
+    predict.add_argument(
+        "input",
+        metavar="INPUT",
+        help="an IDX file (.gz or raw), a .npy file, an image file, or a folder of images",
+    )
+    predict.add_argument(
+        "--out",
+        metavar="FILE",
+        help="write to FILE: .csv (with class names) or .npy, only once every "
+        "image is classified (nothing is left on an error or Ctrl-C); "
+        "default: CSV on standard output, also written at the end",
+    )
+    predict.add_argument(
+        "--scores",
+        action="store_true",
+        help="write the network outputs too (in .npy: the outputs only)",
+    )
     predict.add_argument("--quiet", action="store_true", help="no progress bar or summary")
-    evaluate = commands.add_parser("evaluate", help="accuracy, per-class accuracy and confusion "
-                                                    "matrix on labelled images",
-                                   epilog=_INPUT_FORMATS)
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="accuracy, per-class accuracy and confusion matrix on labelled images",
+        epilog=_INPUT_FORMATS,
+    )
     evaluate.add_argument("model", metavar="MODEL", help=_MODEL_HELP)
-    evaluate.add_argument("images", metavar="IMAGES",
-                          help="as INPUT of predict, or a folder of class subfolders "
-                               "(root/<class>/<image>, torchvision's ImageFolder layout)")
-    evaluate.add_argument("labels", metavar="LABELS", nargs="?",
-                          help="an IDX or .npy file of labels; default: the class folder names, "
-                               "matched against the model's class names")
-    evaluate.add_argument("--plot", metavar="FILE",
-                          help="save the confusion matrix and misclassified images (.png, "
-                               ".pdf or .svg)")
+    evaluate.add_argument(
+        "images",
+        metavar="IMAGES",
+        help="as INPUT of predict, or a folder of class subfolders "
+        "(root/<class>/<image>, torchvision's ImageFolder layout)",
+    )
+    evaluate.add_argument(
+        "labels",
+        metavar="LABELS",
+        nargs="?",
+        help="an IDX or .npy file of labels; default: the class folder names, "
+        "matched against the model's class names",
+    )
+    evaluate.add_argument(
+        "--plot",
+        metavar="FILE",
+        help="save the confusion matrix and misclassified images (.png, .pdf or .svg)",
+    )
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
-    info = commands.add_parser("info", help="architecture, size, preprocessing and provenance "
-                                            "of a model")
+    info = commands.add_parser(
+        "info", help="architecture, size, preprocessing and provenance of a model"
+    )
     info.add_argument("model", metavar="MODEL", help=_MODEL_HELP)
     convert = commands.add_parser(
-        "convert", help="turn a bare state_dict .npz, an .onnx graph, a Keras .keras/.h5 model "
-                        "or (--torch) a PyTorch .pt/.pth state_dict into a self-describing "
-                        "lenet_fast .npz",
+        "convert",
+        help="turn a bare state_dict .npz, an .onnx graph, a Keras .keras/.h5 model "
+        "or (--torch) a PyTorch .pt/.pth state_dict into a self-describing "
+        "lenet_fast .npz",
         description="Write a lenet_fast .npz that states its architecture (and optionally its "
-                    "class names and preprocessing), so that it loads with no warning and "
-                    "classifies images from the command line.  Bare weights do not say which "
-                    "activations the model used: state them with the options below (convert "
-                    "refuses to store a guess).")
-    convert.add_argument("input", metavar="INPUT",
-                         help="a .npz (np.savez of a state_dict, or a lenet_fast file), an .onnx "
-                              "file, a Keras .keras/.h5 model (read with h5py), or with --torch "
-                              "a .pt/.pth state_dict")
+        "class names and preprocessing), so that it loads with no warning and "
+        "classifies images from the command line.  Bare weights do not say which "
+        "activations the model used: state them with the options below (convert "
+        "refuses to store a guess).",
+    )
+    convert.add_argument(
+        "input",
+        metavar="INPUT",
+        help="a .npz (np.savez of a state_dict, or a lenet_fast file), an .onnx "
+        "file, a Keras .keras/.h5 model (read with h5py), or with --torch "
+        "a .pt/.pth state_dict",
+    )
     convert.add_argument("output", metavar="OUTPUT.npz")
-    convert.add_argument("--torch", action="store_true",
-                         help="INPUT is a PyTorch file: read with torch.load(weights_only=True)")
-    convert.add_argument("--classes", metavar="NAMES",
-                         help="class names: comma-separated, or a text file with one per line")
-    convert.add_argument("--preprocessing", metavar="SPEC",
-                         help="how uint8 pixels become the input: (x / scale - mean) / std, "
-                              "given as scale=255,mean=0.1307,std=0.3081 (scale defaults to "
-                              "255, mean to 0, std to 1)")
+    convert.add_argument(
+        "--torch",
+        action="store_true",
+        help="INPUT is a PyTorch file: read with torch.load(weights_only=True)",
+    )
+    convert.add_argument(
+        "--classes",
+        metavar="NAMES",
+        help="class names: comma-separated, or a text file with one per line",
+    )
+    convert.add_argument(
+        "--preprocessing",
+        metavar="SPEC",
+        help="how uint8 pixels become the input: (x / scale - mean) / std, "
+        "given as scale=255,mean=0.1307,std=0.3081 (scale defaults to "
+        "255, mean to 0, std to 1)",
+    )
     convert.add_argument("--quiet", action="store_true", help="no summary line")
     for subcommand in (predict, evaluate, info, convert):
         group = subcommand.add_argument_group(
-            "architecture (for weight files that do not state it; beats what the file says)")
+            "architecture (for weight files that do not state it; beats what the file says)"
+        )
         for option, choices in _ARCHITECTURE_OPTIONS.items():
-            group.add_argument(f"--{option.replace('_', '-')}", dest=option, choices=choices,
-                               metavar="{" + ",".join(choices) + "}")
-        group.add_argument("--input-size", dest="input_size", type=_input_size, metavar="SIZE",
-                           help="image size the network takes: 28, 32 or HxW (default: from "
-                                "the file, else inferred from the weights' shapes)")
+            group.add_argument(
+                f"--{option.replace('_', '-')}",
+                dest=option,
+                choices=choices,
+                metavar="{" + ",".join(choices) + "}",
+            )
+        group.add_argument(
+            "--input-size",
+            dest="input_size",
+            type=_input_size,
+            metavar="SIZE",
+            help="image size the network takes: 28, 32 or HxW (default: from "
+            "the file, else inferred from the weights' shapes)",
+        )
         for option in ("conv1_padding", "conv2_padding"):
-            group.add_argument(f"--{option.replace('_', '-')}", dest=option, type=int,
-                               choices=PADDINGS, metavar="{0,2}",
-                               help=f"zero padding of {option[:5]} (0, or 2 for 'same')")
+            group.add_argument(
+                f"--{option.replace('_', '-')}",
+                dest=option,
+                type=int,
+                choices=PADDINGS,
+                metavar="{0,2}",
+                help=f"zero padding of {option[:5]} (0, or 2 for 'same')",
+            )
     return parser
 
 
@@ -1040,17 +1227,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
-    if extra:       # reported by the subcommand's parser, whose usage line names it
-        subcommands = next(action for action in parser._actions
-                           if isinstance(action, argparse._SubParsersAction))
+    if extra:  # reported by the subcommand's parser, whose usage line names it
+        subcommands = next(
+            action for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+        )
         subcommands.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
-    commands = {"demo": _command_demo, "predict": _command_predict,
-                "evaluate": _command_evaluate, "info": _command_info,
-                "convert": _command_convert}
+    commands = {
+        "demo": _command_demo,
+        "predict": _command_predict,
+        "evaluate": _command_evaluate,
+        "info": _command_info,
+        "convert": _command_convert,
+    }
     try:
         return commands[args.command](args)
     except BrokenPipeError:
-        sys.stderr.close()      # the reader went away (e.g. `| head`): not an error
+        sys.stderr.close()  # the reader went away (e.g. `| head`): not an error
         return 0
     except KeyboardInterrupt:
         return 130

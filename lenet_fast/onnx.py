@@ -54,10 +54,21 @@ OUTPUT_NAME = "scores"
 _ACTIVATION_OPS = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Softmax": "softmax"}
 _POOL_OPS = {"MaxPool": "max", "AveragePool": "avg"}
 _FLATTEN_OPS = ("Flatten", "Reshape")
-_SUPPORTED_OPS = ("Conv", "Gemm", "MatMul", "Add", *_ACTIVATION_OPS, *_POOL_OPS, *_FLATTEN_OPS,
-                  "Pad", "Identity", "Constant", "BatchNormalization")
+_SUPPORTED_OPS = (
+    "Conv",
+    "Gemm",
+    "MatMul",
+    "Add",
+    *_ACTIVATION_OPS,
+    *_POOL_OPS,
+    *_FLATTEN_OPS,
+    "Pad",
+    "Identity",
+    "Constant",
+    "BatchNormalization",
+)
 _KERNEL = 5
-_PADDING = 2                         # the one non-zero padding: "same" for a 5x5 kernel
+_PADDING = 2  # the one non-zero padding: "same" for a 5x5 kernel
 _NO_PADS, _SAME_PADS = [0, 0, 0, 0], [_PADDING] * 4
 _CONV_NAMES = ("conv1", "conv2", "conv3")
 _DENSE_NAMES = ("fc1", "fc2", "fc3")
@@ -80,8 +91,17 @@ class _ONNXWeightError(ONNXImportError, _weights.WeightFileError):
 
 # Exceptions that onnx's helpers and numpy raise on malformed protobuf content (a tensor whose
 # raw_data is shorter than its dims, an unknown data_type, a missing attribute field ...).
-_MALFORMED = (AttributeError, IndexError, KeyError, TypeError, ValueError, OverflowError,
-              MemoryError, RuntimeError, NotImplementedError)
+_MALFORMED = (
+    AttributeError,
+    IndexError,
+    KeyError,
+    TypeError,
+    ValueError,
+    OverflowError,
+    MemoryError,
+    RuntimeError,
+    NotImplementedError,
+)
 
 
 def _describe(node):
@@ -96,8 +116,9 @@ def _attributes(node):
     from onnx import helper
 
     try:
-        return {attribute.name: helper.get_attribute_value(attribute)
-                for attribute in node.attribute}
+        return {
+            attribute.name: helper.get_attribute_value(attribute) for attribute in node.attribute
+        }
     except _MALFORMED as exc:
         raise _unsupported(node, f"malformed attribute ({type(exc).__name__}: {exc})") from exc
 
@@ -109,11 +130,14 @@ def _tensor_array(tensor, what):
 
     dims = list(tensor.dims)
     if any(size < 0 for size in dims) or math.prod(dims) > _weights.MAX_ELEMENTS:
-        raise ONNXImportError(f"{what}: expected at most {_weights.MAX_ELEMENTS:,} elements, "
-                              f"found dims {dims}")
+        raise ONNXImportError(
+            f"{what}: expected at most {_weights.MAX_ELEMENTS:,} elements, found dims {dims}"
+        )
     if tensor.data_location == TensorProto.EXTERNAL:
-        raise ONNXImportError(f"{what}: its data is in an external file, which is read only when "
-                              f"from_onnx is given the model's path (not a loaded ModelProto)")
+        raise ONNXImportError(
+            f"{what}: its data is in an external file, which is read only when "
+            f"from_onnx is given the model's path (not a loaded ModelProto)"
+        )
     try:
         return numpy_helper.to_array(tensor)
     except _MALFORMED as exc:
@@ -133,28 +157,42 @@ def _read_external_data(model, folder, source):
         entries = {entry.key: entry.value for entry in tensor.external_data}
         location = entries.get("location", "")
         target = os.path.realpath(os.path.join(root, location))
-        if not location or os.path.isabs(location) or \
-                os.path.commonpath([root, target]) != root or target == root:
-            raise ONNXImportError(f"{what}: external data location {location!r} is not a file "
-                                  f"inside the model's folder {root!r}")
+        if (
+            not location
+            or os.path.isabs(location)
+            or os.path.commonpath([root, target]) != root
+            or target == root
+        ):
+            raise ONNXImportError(
+                f"{what}: external data location {location!r} is not a file "
+                f"inside the model's folder {root!r}"
+            )
         if not os.path.isfile(target):
-            raise ONNXImportError(f"{what}: external data file {location!r} is missing or not a "
-                                  f"regular file")
+            raise ONNXImportError(
+                f"{what}: external data file {location!r} is missing or not a regular file"
+            )
         try:
             itemsize = helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
             offset, dims = int(entries.get("offset", 0)), list(tensor.dims)
             declared = int(entries.get("length", math.prod(dims) * itemsize))
         except _MALFORMED as exc:
-            raise ONNXImportError(f"{what}: malformed external data entry ({type(exc).__name__}: "
-                                  f"{exc})") from exc
+            raise ONNXImportError(
+                f"{what}: malformed external data entry ({type(exc).__name__}: {exc})"
+            ) from exc
         expected = math.prod(dims) * itemsize
-        if any(size < 0 for size in dims) or math.prod(dims) > _weights.MAX_ELEMENTS or \
-                declared != expected or offset < 0 or \
-                offset + expected > os.path.getsize(target):
-            raise ONNXImportError(f"{what}: external data of {declared:,} bytes at offset "
-                                  f"{offset:,} in {location!r} ({os.path.getsize(target):,} "
-                                  f"bytes) does not hold dims {dims} ({expected:,} bytes; at most "
-                                  f"{_weights.MAX_ELEMENTS:,} elements)")
+        if (
+            any(size < 0 for size in dims)
+            or math.prod(dims) > _weights.MAX_ELEMENTS
+            or declared != expected
+            or offset < 0
+            or offset + expected > os.path.getsize(target)
+        ):
+            raise ONNXImportError(
+                f"{what}: external data of {declared:,} bytes at offset "
+                f"{offset:,} in {location!r} ({os.path.getsize(target):,} "
+                f"bytes) does not hold dims {dims} ({expected:,} bytes; at most "
+                f"{_weights.MAX_ELEMENTS:,} elements)"
+            )
         with open(target, "rb") as file:
             file.seek(offset)
             tensor.raw_data = file.read(expected)
@@ -180,6 +218,7 @@ def _check_attributes(node, attributes, allowed):
 # Reading the graph
 # ---------------------------------------------------------------------------------------------
 
+
 def _load(path_or_model):
     import onnx
 
@@ -190,19 +229,22 @@ def _load(path_or_model):
         if not os.path.exists(source):
             raise FileNotFoundError(f"ONNX file {source!r} does not exist")
         if not os.path.isfile(source):
-            raise ONNXImportError(f"{source}: expected an ONNX model file, found a folder or "
-                                  f"special file")
+            raise ONNXImportError(
+                f"{source}: expected an ONNX model file, found a folder or special file"
+            )
         try:
             # External data is read by _read_external_data, with our own path checks.
             model = onnx.load(source, load_external_data=False)
         except Exception as exc:  # onnx raises DecodeError, ValueError, ... for a corrupt file
             raise ONNXImportError(
                 f"{source}: expected an ONNX model file, found an unreadable file "
-                f"({type(exc).__name__}: {exc})") from exc
+                f"({type(exc).__name__}: {exc})"
+            ) from exc
         _read_external_data(model, os.path.dirname(os.path.abspath(source)), source)
         return model, source
-    raise TypeError(f"path_or_model must be a path or an onnx.ModelProto; got "
-                    f"{type(path_or_model).__name__}")
+    raise TypeError(
+        f"path_or_model must be a path or an onnx.ModelProto; got {type(path_or_model).__name__}"
+    )
 
 
 def _constant_value(node):
@@ -212,15 +254,17 @@ def _constant_value(node):
     for name in ("value_float", "value_floats", "value_int", "value_ints"):
         if name in attributes:
             return np.array(attributes[name])
-    raise _unsupported(node, f"expected a dense tensor value, found attributes {sorted(attributes)}")
+    raise _unsupported(
+        node, f"expected a dense tensor value, found attributes {sorted(attributes)}"
+    )
 
 
 def _topological_order(graph, available):
     """The graph's nodes ordered so that each comes after the producers of its inputs: in waves
     (the nodes whose inputs all exist, in file order), found in linear time (Kahn's algorithm)."""
     nodes, available = list(graph.node), set(available)
-    waiting = {}                 # tensor name -> indices of the nodes waiting for it
-    missing = []                 # per node: how many of its distinct inputs do not exist yet
+    waiting = {}  # tensor name -> indices of the nodes waiting for it
+    missing = []  # per node: how many of its distinct inputs do not exist yet
     for index, node in enumerate(nodes):
         absent = {name for name in node.input if name and name not in available}
         missing.append(len(absent))
@@ -245,28 +289,33 @@ def _topological_order(graph, available):
     if len(ordered) != len(nodes):
         node = next(node for index, node in enumerate(nodes) if missing[index])
         name = next(name for name in node.input if name and name not in available)
-        raise _unsupported(node, f"input {name!r} is produced by no node (cycle or dangling "
-                                 f"input)")
+        raise _unsupported(node, f"input {name!r} is produced by no node (cycle or dangling input)")
     return ordered
 
 
 def _graph_input(graph, constants, source):
     inputs = [value for value in graph.input if value.name not in constants]
     if len(inputs) != 1:
-        raise ONNXImportError(f"{source}: expected one graph input (the images), found "
-                              f"{len(inputs)}: {', '.join(value.name for value in inputs)}")
+        raise ONNXImportError(
+            f"{source}: expected one graph input (the images), found "
+            f"{len(inputs)}: {', '.join(value.name for value in inputs)}"
+        )
     if len(graph.output) != 1:
-        raise ONNXImportError(f"{source}: expected one graph output (the scores), found "
-                              f"{len(graph.output)}: "
-                              f"{', '.join(value.name for value in graph.output)}")
-    dims = [dim.dim_value if dim.HasField("dim_value") else None
-            for dim in inputs[0].type.tensor_type.shape.dim]
+        raise ONNXImportError(
+            f"{source}: expected one graph output (the scores), found "
+            f"{len(graph.output)}: "
+            f"{', '.join(value.name for value in graph.output)}"
+        )
+    dims = [
+        dim.dim_value if dim.HasField("dim_value") else None
+        for dim in inputs[0].type.tensor_type.shape.dim
+    ]
     if len(dims) != 4:
-        raise ONNXImportError(f"{source}: expected a 4-D image input (N, C, H, W), found input "
-                              f"{inputs[0].name!r} with {len(dims)} axes")
+        raise ONNXImportError(
+            f"{source}: expected a 4-D image input (N, C, H, W), found input "
+            f"{inputs[0].name!r} with {len(dims)} axes"
+        )
     return inputs[0].name, dims
-
-
 
 
 class _Token:
@@ -279,10 +328,18 @@ class _Token:
 
 def _conv_pads(node, attributes):
     """A Conv's padding on every side: 0 or 2 (``pads`` or ``auto_pad``)."""
-    _check_attributes(node, attributes, {
-        "kernel_shape": [[_KERNEL, _KERNEL]], "strides": [[1, 1]], "dilations": [[1, 1]],
-        "group": [1], "auto_pad": ["NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"],
-        "pads": [_NO_PADS, _SAME_PADS]})
+    _check_attributes(
+        node,
+        attributes,
+        {
+            "kernel_shape": [[_KERNEL, _KERNEL]],
+            "strides": [[1, 1]],
+            "dilations": [[1, 1]],
+            "group": [1],
+            "auto_pad": ["NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"],
+            "pads": [_NO_PADS, _SAME_PADS],
+        },
+    )
     auto_pad = attributes.get("auto_pad", b"NOTSET")
     auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
     if auto_pad.startswith("SAME"):
@@ -294,25 +351,34 @@ def _conv_pads(node, attributes):
 
 def _pad_amount(node, attributes, constant):
     """A Pad node's padding: 2 zeros on each side of the two image axes, nothing else."""
-    _check_attributes(node, attributes, {"mode": ["constant"],
-                                         "pads": [[0, 0, _PADDING, _PADDING] * 2],
-                                         "value": [0.0]})
-    if "pads" in attributes:                        # opset < 11: attributes only
+    _check_attributes(
+        node,
+        attributes,
+        {"mode": ["constant"], "pads": [[0, 0, _PADDING, _PADDING] * 2], "value": [0.0]},
+    )
+    if "pads" in attributes:  # opset < 11: attributes only
         return _PADDING
     pads, value = constant(node, 1, 1), constant(node, 2)
     axes = constant(node, 3)
     expected = [0, 0, _PADDING, _PADDING] * 2
-    if axes is not None:                            # opset 18: pads for the listed axes only
+    if axes is not None:  # opset 18: pads for the listed axes only
         if sorted(int(axis) % 4 for axis in np.asarray(axes).reshape(-1)) != [2, 3]:
-            raise _unsupported(node, f"expected padding of axes [2, 3] (the image), found axes "
-                                     f"{np.asarray(axes).reshape(-1).tolist()}")
+            raise _unsupported(
+                node,
+                f"expected padding of axes [2, 3] (the image), found axes "
+                f"{np.asarray(axes).reshape(-1).tolist()}",
+            )
         expected = [_PADDING] * 4
     if pads.tolist() != expected:
-        raise _unsupported(node, f"expected pads {expected} (2 zeros around each image), found "
-                                 f"{pads.tolist()}")
+        raise _unsupported(
+            node, f"expected pads {expected} (2 zeros around each image), found {pads.tolist()}"
+        )
     if value is not None and (value.size > 1 or np.any(value != 0)):
-        raise _unsupported(node, f"expected zero padding, found constant value "
-                                 f"{np.asarray(value).reshape(-1)[:4].tolist()}")
+        raise _unsupported(
+            node,
+            f"expected zero padding, found constant value "
+            f"{np.asarray(value).reshape(-1)[:4].tolist()}",
+        )
     return _PADDING
 
 
@@ -335,13 +401,18 @@ def _tokenize(nodes, data, constants, source):
         if not name:
             raise _unsupported(node, f"expected a {what} as input {position}, found none")
         if name not in constants:
-            raise _unsupported(node, f"input {name!r} must be a constant weight (an initializer "
-                                     f"or a Constant node)")
+            raise _unsupported(
+                node,
+                f"input {name!r} must be a constant weight (an initializer or a Constant node)",
+            )
         value = np.asarray(constants[name])
         allowed = (ndim,) if isinstance(ndim, int) else ndim
         if allowed is not None and value.ndim not in allowed:
-            raise _unsupported(node, f"expected a {' or '.join(map(str, allowed))}-D {what} "
-                                     f"{name!r}, found shape {value.shape}")
+            raise _unsupported(
+                node,
+                f"expected a {' or '.join(map(str, allowed))}-D {what} "
+                f"{name!r}, found shape {value.shape}",
+            )
         return value
 
     while index < len(nodes):
@@ -353,45 +424,70 @@ def _tokenize(nodes, data, constants, source):
             continue
         users = consumers.get(data, [])
         if len(users) > 1:
-            raise _unsupported(users[1], f"it branches off tensor {data!r}, which already feeds "
-                                         f"{_describe(users[0])}; expected a single chain of nodes")
-        outputs = ([name for name in node.output if name]  # optional outputs may be named ""
-                   if node.op_type == "BatchNormalization" else node.output)
+            raise _unsupported(
+                users[1],
+                f"it branches off tensor {data!r}, which already feeds "
+                f"{_describe(users[0])}; expected a single chain of nodes",
+            )
+        outputs = (
+            [name for name in node.output if name]  # optional outputs may be named ""
+            if node.op_type == "BatchNormalization"
+            else node.output
+        )
         if not node.input or node.input[0] != data or len(outputs) != 1:
-            raise _unsupported(node, f"expected a single-output node continuing the chain from "
-                                     f"tensor {data!r}, found inputs {list(node.input)} and "
-                                     f"outputs {list(node.output)}")
+            raise _unsupported(
+                node,
+                f"expected a single-output node continuing the chain from "
+                f"tensor {data!r}, found inputs {list(node.input)} and "
+                f"outputs {list(node.output)}",
+            )
         attributes = _attributes(node)
         op = node.op_type
         pending_pad = tokens[-1] if tokens and tokens[-1].kind == "pad" else None
         if pending_pad is not None and op not in ("Conv", "Identity"):
-            raise _unsupported(pending_pad.node, f"expected a Pad only directly before a Conv, "
-                                                 f"found {_describe(node)} after it")
+            raise _unsupported(
+                pending_pad.node,
+                f"expected a Pad only directly before a Conv, found {_describe(node)} after it",
+            )
         if op == "Identity":
             pass
         elif op == "Conv":
             padding = _conv_pads(node, attributes)
             if pending_pad is not None:
                 if padding:
-                    raise _unsupported(node, f"padded by 2 after {_describe(pending_pad.node)} "
-                                             f"padded by 2: expected 0 or 2 in all")
+                    raise _unsupported(
+                        node,
+                        f"padded by 2 after {_describe(pending_pad.node)} "
+                        f"padded by 2: expected 0 or 2 in all",
+                    )
                 tokens.pop()
                 padding = pending_pad.value
             tokens.append(_Token("layer", node, padding, constant(node, 1, 4), constant(node, 2)))
         elif op == "Pad":
             tokens.append(_Token("pad", node, _pad_amount(node, attributes, constant)))
         elif op == "Gemm":
-            _check_attributes(node, attributes, {"transA": [0], "transB": [0, 1],
-                                                 "alpha": [1.0], "beta": [1.0]})
+            _check_attributes(
+                node, attributes, {"transA": [0], "transB": [0, 1], "alpha": [1.0], "beta": [1.0]}
+            )
             weight, bias = constant(node, 1, 2), constant(node, 2)
-            tokens.append(_Token("layer", node, None,
-                                 weight if attributes.get("transB", 0) else weight.T,
-                                 None if bias is None else bias.reshape(-1)))
+            tokens.append(
+                _Token(
+                    "layer",
+                    node,
+                    None,
+                    weight if attributes.get("transB", 0) else weight.T,
+                    None if bias is None else bias.reshape(-1),
+                )
+            )
         elif op == "MatMul":
             matmul, weight, bias = node, constant(node, 1, 2), None
             add = nodes[index] if index < len(nodes) else None
-            if add is not None and add.op_type == "Add" and node.output[0] in add.input and \
-                    len(consumers.get(node.output[0], [])) == 1:
+            if (
+                add is not None
+                and add.op_type == "Add"
+                and node.output[0] in add.input
+                and len(consumers.get(node.output[0], [])) == 1
+            ):
                 # The bias, on either side of the Add.
                 position = 1 - list(add.input).index(node.output[0])
                 bias = constant(add, position, (0, 1, 2)).reshape(-1)
@@ -404,10 +500,20 @@ def _tokenize(nodes, data, constants, source):
                 _check_attributes(node, attributes, {"axis": [1, -1]})
             tokens.append(_Token("activation", node, _ACTIVATION_OPS[op]))
         elif op in _POOL_OPS:
-            _check_attributes(node, attributes, {
-                "kernel_shape": [[2, 2]], "strides": [[2, 2]], "pads": [[0, 0, 0, 0]],
-                "dilations": [[1, 1]], "ceil_mode": [0], "auto_pad": ["NOTSET", "VALID"],
-                "count_include_pad": [0, 1], "storage_order": [0]})
+            _check_attributes(
+                node,
+                attributes,
+                {
+                    "kernel_shape": [[2, 2]],
+                    "strides": [[2, 2]],
+                    "pads": [[0, 0, 0, 0]],
+                    "dilations": [[1, 1]],
+                    "ceil_mode": [0],
+                    "auto_pad": ["NOTSET", "VALID"],
+                    "count_include_pad": [0, 1],
+                    "storage_order": [0],
+                },
+            )
             if "strides" not in attributes:
                 raise _unsupported(node, "expected strides [2, 2], found the default [1, 1]")
             tokens.append(_Token("pool", node, _POOL_OPS[op]))
@@ -417,11 +523,16 @@ def _tokenize(nodes, data, constants, source):
         elif op == "Reshape":
             _check_attributes(node, attributes, {"allowzero": [0, 1]})
             shape = constant(node, 1, 1)
-            batch_ok = shape.ndim == 1 and len(shape) == 2 and (
-                shape[0] == -1 or (shape[0] == 0 and not attributes.get("allowzero", 0)))
+            batch_ok = (
+                shape.ndim == 1
+                and len(shape) == 2
+                and (shape[0] == -1 or (shape[0] == 0 and not attributes.get("allowzero", 0)))
+            )
             if not batch_ok or shape[1] == 0 or shape[1] < -1 or (shape == -1).all():
-                raise _unsupported(node, f"expected a flatten to (batch, features), found target "
-                                         f"shape {shape.tolist()}")
+                raise _unsupported(
+                    node,
+                    f"expected a flatten to (batch, features), found target shape {shape.tolist()}",
+                )
             tokens.append(_Token("flatten", node, int(shape[1])))
         else:  # an Add that does not follow a MatMul
             raise _unsupported(node, "expected Add only as the bias of a MatMul")
@@ -434,21 +545,38 @@ def _tokenize(nodes, data, constants, source):
 def _fold_batchnorm_node(node, attributes, tokens, constant):
     """Fold an inference BatchNormalization into the Conv/Gemm/MatMul token it directly follows
     (in float64, see `_weights.fold_batchnorm`)."""
-    _check_attributes(node, attributes, {"epsilon": [attributes.get("epsilon", 1e-5)],
-                                         "momentum": [attributes.get("momentum", 0.9)],
-                                         "training_mode": [0], "spatial": [1]})
+    _check_attributes(
+        node,
+        attributes,
+        {
+            "epsilon": [attributes.get("epsilon", 1e-5)],
+            "momentum": [attributes.get("momentum", 0.9)],
+            "training_mode": [0],
+            "spatial": [1],
+        },
+    )
     if not tokens or tokens[-1].kind != "layer" or tokens[-1].node is node:
-        raise _unsupported(node, "a BatchNormalization is folded into the Conv, Gemm or MatMul "
-                                 "it directly follows; this one follows "
-                                 + (_describe(tokens[-1].node) if tokens else "the input"))
+        raise _unsupported(
+            node,
+            "a BatchNormalization is folded into the Conv, Gemm or MatMul "
+            "it directly follows; this one follows "
+            + (_describe(tokens[-1].node) if tokens else "the input"),
+        )
     layer = tokens[-1]
     if getattr(layer, "batchnorm", None) is not None:
-        raise _unsupported(node, f"expected at most one BatchNormalization after "
-                                 f"{_describe(layer.node)}")
+        raise _unsupported(
+            node, f"expected at most one BatchNormalization after {_describe(layer.node)}"
+        )
     try:
         layer.weight, layer.bias = _weights.fold_batchnorm(
-            layer.weight, layer.bias, constant(node, 1), constant(node, 2), constant(node, 3),
-            constant(node, 4), attributes.get("epsilon", 1e-5))
+            layer.weight,
+            layer.bias,
+            constant(node, 1),
+            constant(node, 2),
+            constant(node, 3),
+            constant(node, 4),
+            attributes.get("epsilon", 1e-5),
+        )
     except ValueError as exc:
         raise _unsupported(node, f"cannot fold it into {_describe(layer.node)}: {exc}") from exc
     layer.batchnorm = node
@@ -468,21 +596,29 @@ def _split_layers(tokens, source):
         denses = len(names) - convs
         is_conv = token.node.op_type == "Conv"
         if is_conv and (denses or convs == len(_CONV_NAMES)):
-            raise _unsupported(token.node, f"expected {_DENSE_NAMES[denses]} to be Gemm or "
-                                           f"MatMul+Add (at most three Conv layers, all before "
-                                           f"the dense layers)")
+            raise _unsupported(
+                token.node,
+                f"expected {_DENSE_NAMES[denses]} to be Gemm or "
+                f"MatMul+Add (at most three Conv layers, all before "
+                f"the dense layers)",
+            )
         if not is_conv and convs < 2:
             raise _unsupported(token.node, f"expected {_CONV_NAMES[convs]} to be Conv")
         if not is_conv and denses == len(_DENSE_NAMES):
-            raise _unsupported(token.node, f"a LeNet has at most {len(_DENSE_NAMES)} dense "
-                                           f"layers after its convolutions; this is a fourth")
+            raise _unsupported(
+                token.node,
+                f"a LeNet has at most {len(_DENSE_NAMES)} dense "
+                f"layers after its convolutions; this is a fourth",
+            )
         names.append(_CONV_NAMES[convs] if is_conv else _DENSE_NAMES[denses])
         layers.append((token, []))
     if len(names) < 3 or not names[-1].startswith("fc"):
         found = ", ".join(layer.node.op_type for layer, _ in layers) or "none"
-        raise ONNXImportError(f"{source}: expected two or three Conv layers, then one to three "
-                              f"dense layers (Gemm or MatMul+Add), found {len(layers)} weighted "
-                              f"layers: {found}")
+        raise ONNXImportError(
+            f"{source}: expected two or three Conv layers, then one to three "
+            f"dense layers (Gemm or MatMul+Add), found {len(layers)} weighted "
+            f"layers: {found}"
+        )
     return list(zip(names, layers))
 
 
@@ -502,34 +638,50 @@ def _read_structure(named_layers, source):
             if len(seen[token.kind]) > 1:
                 raise _unsupported(token.node, f"expected at most one {token.kind} after {name}")
             if token.kind == "pool" and not wants_pool:
-                raise _unsupported(token.node, f"expected pooling only after conv1 and conv2, "
-                                               f"found it after {name}")
+                raise _unsupported(
+                    token.node,
+                    f"expected pooling only after conv1 and conv2, found it after {name}",
+                )
             if token.kind == "flatten" and (not wants_flatten or wants_pool and not seen["pool"]):
-                raise _unsupported(token.node, f"expected flattening only after the last "
-                                               f"convolution's pooling, found it after {name}")
+                raise _unsupported(
+                    token.node,
+                    f"expected flattening only after the last "
+                    f"convolution's pooling, found it after {name}",
+                )
             if token.kind == "activation" and seen["pool"] and seen["pool"][0].value == "avg":
-                raise _unsupported(token.node, "an activation after AveragePool does not commute "
-                                               "with it; expected it before the pooling")
+                raise _unsupported(
+                    token.node,
+                    "an activation after AveragePool does not commute "
+                    "with it; expected it before the pooling",
+                )
             if token.kind == "activation" and token.value == "softmax" and name != last:
-                raise _unsupported(token.node, f"expected Softmax only after {last}, found it "
-                                               f"after {name}")
+                raise _unsupported(
+                    token.node, f"expected Softmax only after {last}, found it after {name}"
+                )
         if wants_pool and not seen["pool"]:
-            raise _unsupported(layer.node, f"expected a 2x2 stride-2 MaxPool or AveragePool "
-                                           f"after {name}")
+            raise _unsupported(
+                layer.node, f"expected a 2x2 stride-2 MaxPool or AveragePool after {name}"
+            )
         if wants_flatten and not seen["flatten"]:
             raise _unsupported(layer.node, f"expected a Flatten or Reshape after {name}")
         if name == "conv3" and layer.value:
-            raise _unsupported(layer.node, "expected conv3 unpadded (a full-window convolution "
-                                           "giving 1x1)")
+            raise _unsupported(
+                layer.node, "expected conv3 unpadded (a full-window convolution giving 1x1)"
+            )
         activation = seen["activation"][0] if seen["activation"] else None
-        activations[name] = (activation.value if activation else "identity",
-                             activation.node if activation else layer.node)
+        activations[name] = (
+            activation.value if activation else "identity",
+            activation.node if activation else layer.node,
+        )
         pools.extend(seen["pool"])
         flatten = flatten or (seen["flatten"][0] if seen["flatten"] else None)
     if pools[0].value != pools[1].value:
-        raise _unsupported(pools[1].node, f"pooling must be the same after conv1 and conv2; "
-                                          f"found {pools[0].node.op_type} then "
-                                          f"{pools[1].node.op_type}")
+        raise _unsupported(
+            pools[1].node,
+            f"pooling must be the same after conv1 and conv2; "
+            f"found {pools[0].node.op_type} then "
+            f"{pools[1].node.op_type}",
+        )
     return activations, pools[0].value, flatten
 
 
@@ -539,8 +691,7 @@ def _shared_activation(activations, names, option, source):
     if len(kinds) > 1:
         found = ", ".join(f"{activations[name][0]} after {name}" for name in names)
         listed = " and ".join([", ".join(names[:-1]), names[-1]])
-        raise ONNXImportError(f"{source}: {option} must be the same after {listed}; found "
-                              f"{found}")
+        raise ONNXImportError(f"{source}: {option} must be the same after {listed}; found {found}")
     return kinds.pop()
 
 
@@ -558,16 +709,20 @@ def _read_geometry(named_layers, input_dims, source):
     text = f"padding {conv1.value} on conv1 and {conv2.value} on conv2"
     if None in stated:
         if stated != (None, None):
-            raise ONNXImportError(f"{source}: expected the input's height and width both fixed "
-                                  f"or both free, found {stated[0]}x{stated[1]}"
-                                  .replace("None", "?"))
+            raise ONNXImportError(
+                f"{source}: expected the input's height and width both fixed "
+                f"or both free, found {stated[0]}x{stated[1]}".replace("None", "?")
+            )
         candidates = _architecture.geometry_candidates(channels2, features, padding)
         if not candidates:
             node = layers["conv3" if has_conv3 else "fc1"][0].node
             wanted = "a 5x5 map for conv3" if has_conv3 else f"{features} features for fc1"
-            raise _unsupported(node, f"no 28x28 or 32x32 input gives {wanted} with {text} and "
-                                     f"conv2's {channels2} channels; state the input size in "
-                                     f"the graph input")
+            raise _unsupported(
+                node,
+                f"no 28x28 or 32x32 input gives {wanted} with {text} and "
+                f"conv2's {channels2} channels; state the input size in "
+                f"the graph input",
+            )
         stated = candidates[0]["input_size"]
     try:
         stages = _architecture.stage_sizes({"input_size": stated, **padding})
@@ -575,22 +730,27 @@ def _read_geometry(named_layers, input_dims, source):
         raise _unsupported(conv1.node, f"{exc}") from exc
     pooled = stages["pool2"]
     if has_conv3 and pooled != (_KERNEL, _KERNEL):
-        raise _unsupported(layers["conv3"][0].node,
-                           f"conv3 must see a 5x5 map (it is a full-window convolution); a "
-                           f"{stated[0]}x{stated[1]} input with {text} gives "
-                           f"{pooled[0]}x{pooled[1]}")
+        raise _unsupported(
+            layers["conv3"][0].node,
+            f"conv3 must see a 5x5 map (it is a full-window convolution); a "
+            f"{stated[0]}x{stated[1]} input with {text} gives "
+            f"{pooled[0]}x{pooled[1]}",
+        )
     return tuple(stated), (conv1.value, conv2.value), pooled
 
 
 def _check_flatten(flatten, features):
     """A Reshape that states its feature count must state the next layer's."""
     if flatten.value not in (None, -1) and flatten.value != features:
-        raise _unsupported(flatten.node, f"expected to flatten to {features} features (the next "
-                                         f"layer's input), found {flatten.value}")
+        raise _unsupported(
+            flatten.node,
+            f"expected to flatten to {features} features (the next "
+            f"layer's input), found {flatten.value}",
+        )
 
 
 def read_graph(
-        model_or_path: str | os.PathLike[str] | ModelProto,
+    model_or_path: str | os.PathLike[str] | ModelProto,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Read a LeNet-family ONNX graph as canonical weights and an architecture, without running it.
 
@@ -647,15 +807,18 @@ def read_graph(
         if str(exc).startswith(f"{source}: "):
             raise
         raise ONNXImportError(f"{source}: {exc}") from exc
-    except _MALFORMED as exc:   # a malformed graph that no check above names more precisely
-        raise ONNXImportError(f"{source}: malformed ONNX graph ({type(exc).__name__}: "
-                              f"{exc})") from exc
+    except _MALFORMED as exc:  # a malformed graph that no check above names more precisely
+        raise ONNXImportError(
+            f"{source}: malformed ONNX graph ({type(exc).__name__}: {exc})"
+        ) from exc
 
 
 def _read_graph(graph, source):
     """The canonical weights and the architecture of a LeNet-family graph."""
-    constants = {tensor.name: _tensor_array(tensor, f"{source}: initializer {tensor.name!r}")
-                 for tensor in graph.initializer}
+    constants = {
+        tensor.name: _tensor_array(tensor, f"{source}: initializer {tensor.name!r}")
+        for tensor in graph.initializer
+    }
     input_name, input_dims = _graph_input(graph, constants, source)
     nodes = _topological_order(graph, {input_name, *constants})
     for node in nodes:
@@ -663,8 +826,10 @@ def _read_graph(graph, source):
             constants[node.output[0]] = _constant_value(node)
     tokens, output = _tokenize(nodes, input_name, constants, source)
     if output != graph.output[0].name:
-        raise ONNXImportError(f"{source}: the chain from input {input_name!r} ends at tensor "
-                              f"{output!r}, not at the graph output {graph.output[0].name!r}")
+        raise ONNXImportError(
+            f"{source}: the chain from input {input_name!r} ends at tensor "
+            f"{output!r}, not at the graph output {graph.output[0].name!r}"
+        )
     named_layers = _split_layers(tokens, source)
     activations, pool, flatten = _read_structure(named_layers, source)
     names = [name for name, _ in named_layers]
@@ -674,35 +839,50 @@ def _read_graph(graph, source):
     in_channels = input_dims[1]
     conv1_weight = named_layers[0][1][0].weight
     if in_channels is not None and in_channels != conv1_weight.shape[1]:
-        raise ONNXImportError(f"{source}: the input has {in_channels} channels but conv1 expects "
-                              f"{conv1_weight.shape[1]}")
+        raise ONNXImportError(
+            f"{source}: the input has {in_channels} channels but conv1 expects "
+            f"{conv1_weight.shape[1]}"
+        )
     (height, width), padding, pooled = _read_geometry(named_layers, input_dims, source)
     layers = dict(named_layers)
     _check_flatten(flatten, layers[denses[0]][0].weight.shape[-1])
     # The PyTorch tutorial's network: three dense layers over a 5x5 map, the first with the
     # convolutions' activation, is conv3 (a full-window convolution) and two dense layers.
-    if len(convs) == 2 and len(denses) == 3 and pooled == (_KERNEL, _KERNEL) and \
-            activations["fc1"][0] == conv_activation:
+    if (
+        len(convs) == 2
+        and len(denses) == 3
+        and pooled == (_KERNEL, _KERNEL)
+        and activations["fc1"][0] == conv_activation
+    ):
         renamed = dict(zip(names, ("conv1", "conv2", "conv3", "fc1", "fc2")))
         layers = {renamed[name]: layer for name, layer in layers.items()}
         activations = {renamed[name]: value for name, value in activations.items()}
         denses = ["fc1", "fc2"]
-    fc_activation = (_shared_activation(activations, denses[:-1], "fc_activation", source)
-                     if len(denses) > 1 else _architecture.DEFAULT_ARCHITECTURE["fc_activation"])
+    fc_activation = (
+        _shared_activation(activations, denses[:-1], "fc_activation", source)
+        if len(denses) > 1
+        else _architecture.DEFAULT_ARCHITECTURE["fc_activation"]
+    )
     weights = {}
     for name, (layer, _) in layers.items():
         weight = layer.weight
-        if name == "conv3" and weight.ndim == 2:     # the flattened (C, H, W) dense form
+        if name == "conv3" and weight.ndim == 2:  # the flattened (C, H, W) dense form
             channels = layers["conv2"][0].weight.shape[0]
             if weight.shape[1] == channels * _KERNEL * _KERNEL:
                 weight = weight.reshape(weight.shape[0], channels, _KERNEL, _KERNEL)
         weights[f"{name}.weight"] = weight
-        weights[f"{name}.bias"] = (np.zeros(weight.shape[0], np.float32) if layer.bias is None
-                                   else layer.bias)
-    architecture = {"conv_activation": conv_activation, "fc_activation": fc_activation,
-                    "output_activation": activations[denses[-1]][0], "pool": pool,
-                    "input_size": (height, width),
-                    "conv1_padding": padding[0], "conv2_padding": padding[1]}
+        weights[f"{name}.bias"] = (
+            np.zeros(weight.shape[0], np.float32) if layer.bias is None else layer.bias
+        )
+    architecture = {
+        "conv_activation": conv_activation,
+        "fc_activation": fc_activation,
+        "output_activation": activations[denses[-1]][0],
+        "pool": pool,
+        "input_size": (height, width),
+        "conv1_padding": padding[0],
+        "conv2_padding": padding[1],
+    }
     return _canonical(weights, architecture, source), architecture
 
 
@@ -711,17 +891,22 @@ def _canonical(weights, architecture, source):
     states (the dense layers are named as decided above: the activations are passed so that
     fc1 is never read as conv3 where they differ)."""
     return _weights.canonicalize(
-        weights, source=source, conv_activation=architecture["conv_activation"],
+        weights,
+        source=source,
+        conv_activation=architecture["conv_activation"],
         fc_activation=architecture["fc_activation"],
-        **{option: architecture[option] for option in _architecture.GEOMETRY_OPTIONS})
+        **{option: architecture[option] for option in _architecture.GEOMETRY_OPTIONS},
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Writing
 # ---------------------------------------------------------------------------------------------
 
-def build_model_proto(weights: Mapping[str, ArrayLike],
-                      architecture: Mapping[str, Any]) -> ModelProto:
+
+def build_model_proto(
+    weights: Mapping[str, ArrayLike], architecture: Mapping[str, Any]
+) -> ModelProto:
     """The ONNX graph of a LeNet-family network, as an ``onnx.ModelProto``.
 
     Parameters
@@ -761,11 +946,11 @@ def build_model_proto(weights: Mapping[str, ArrayLike],
     from ._version import __version__
 
     geometry = _architecture.normalize_geometry(architecture)
-    names = _architecture.sizes({key: np.shape(value) for key, value in weights.items()},
-                                **geometry).layers
+    names = _architecture.sizes(
+        {key: np.shape(value) for key, value in weights.items()}, **geometry
+    ).layers
     height, width = geometry["input_size"]
-    padding = {"conv1": geometry["conv1_padding"], "conv2": geometry["conv2_padding"],
-               "conv3": 0}
+    padding = {"conv1": geometry["conv1_padding"], "conv2": geometry["conv2_padding"], "conv3": 0}
     for option in _architecture.OPTIONS:
         _architecture.check_option(option, architecture.get(option))
     pool = {"kernel_shape": [2, 2], "strides": [2, 2]}
@@ -781,8 +966,7 @@ def build_model_proto(weights: Mapping[str, ArrayLike],
             activation = architecture["conv_activation"]
         else:
             steps.append(("Gemm", name, parameters, {"transB": 1}))
-            activation = architecture["output_activation" if name == names[-1] else
-                                      "fc_activation"]
+            activation = architecture["output_activation" if name == names[-1] else "fc_activation"]
         if activation != "identity":
             attributes = {"axis": 1} if activation == "softmax" else {}
             steps.append((_ONNX_ACTIVATIONS[activation], f"{name}_{activation}", [], attributes))
@@ -793,27 +977,40 @@ def build_model_proto(weights: Mapping[str, ArrayLike],
     nodes, previous = [], INPUT_NAME
     for index, (op, name, parameters, attributes) in enumerate(steps):
         output = OUTPUT_NAME if index == len(steps) - 1 else name
-        nodes.append(helper.make_node(op, [previous, *parameters], [output], name=name,
-                                      **attributes))
+        nodes.append(
+            helper.make_node(op, [previous, *parameters], [output], name=name, **attributes)
+        )
         previous = output
-    arrays = {f"{name}.{part}": np.ascontiguousarray(weights[f"{name}.{part}"], np.float32)
-              for name in names for part in ("weight", "bias")}
+    arrays = {
+        f"{name}.{part}": np.ascontiguousarray(weights[f"{name}.{part}"], np.float32)
+        for name in names
+        for part in ("weight", "bias")
+    }
     in_channels, n_classes = arrays["conv1.weight"].shape[1], arrays[f"{names[-1]}.weight"].shape[0]
     graph = helper.make_graph(
-        nodes, "lenet",
-        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT,
-                                       ["N", in_channels, height, width])],
+        nodes,
+        "lenet",
+        [
+            helper.make_tensor_value_info(
+                INPUT_NAME, TensorProto.FLOAT, ["N", in_channels, height, width]
+            )
+        ],
         [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", n_classes])],
         [numpy_helper.from_array(array, key) for key, array in arrays.items()],
     )
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              ir_version=IR_VERSION, producer_name="lenet_fast",
-                              producer_version=__version__)
+    proto = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        ir_version=IR_VERSION,
+        producer_name="lenet_fast",
+        producer_version=__version__,
+    )
     try:
         onnx.checker.check_model(proto, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise ValueError(f"the weights do not fit the architecture as an ONNX graph: {exc}") \
-            from exc
+        raise ValueError(
+            f"the weights do not fit the architecture as an ONNX graph: {exc}"
+        ) from exc
     return proto
 
 

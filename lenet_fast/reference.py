@@ -29,7 +29,9 @@ _MNIST_SIZE = 28
 
 def _check_option(argument, value, allowed):
     if value not in allowed:
-        raise ValueError(f"{argument} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+        raise ValueError(
+            f"{argument} must be one of {', '.join(map(repr, allowed))}; got {value!r}"
+        )
 
 
 def _check_ndim(argument, array, ndim, layout):
@@ -120,7 +122,9 @@ def conv2d_valid(x, weight, bias):
         raise ValueError(
             f"x images ({x.shape[2]}x{x.shape[3]}) are smaller than the {kernel_height}x{kernel_width} kernel"
         )
-    windows = sliding_window_view(x, (kernel_height, kernel_width), axis=(2, 3))  # N, C, Ho, Wo, KH, KW
+    windows = sliding_window_view(
+        x, (kernel_height, kernel_width), axis=(2, 3)
+    )  # N, C, Ho, Wo, KH, KW
     out = np.tensordot(windows, weight, axes=([1, 4, 5], [1, 2, 3]))  # N, Ho, Wo, Co
     return out.transpose(0, 3, 1, 2) + bias[:, None, None]
 
@@ -302,9 +306,13 @@ def forward(
     _check_option("fc_activation", fc_activation, ACTIVATIONS)
     _check_option("output_activation", output_activation, OUTPUT_ACTIVATIONS)
     _check_option("pool", pool, POOLS)
-    layer_names = [layer for layer in _architecture.LAYERS
-                   if layer in ("conv1", "conv2", "fc1") or f"{layer}.weight" in weights
-                   or f"{layer}.bias" in weights]
+    layer_names = [
+        layer
+        for layer in _architecture.LAYERS
+        if layer in ("conv1", "conv2", "fc1")
+        or f"{layer}.weight" in weights
+        or f"{layer}.bias" in weights
+    ]
     missing = [
         f"{layer}.{parameter}"
         for layer in layer_names
@@ -312,7 +320,9 @@ def forward(
         if f"{layer}.{parameter}" not in weights
     ]
     if missing:
-        raise ValueError(f"weights is missing {', '.join(missing)}; expected canonical LeNet-5 weights")
+        raise ValueError(
+            f"weights is missing {', '.join(missing)}; expected canonical LeNet-5 weights"
+        )
     parameters = {
         layer: (
             np.asarray(weights[f"{layer}.weight"], dtype=np.float64),
@@ -320,18 +330,27 @@ def forward(
         )
         for layer in layer_names
     }
-    shapes = {f"{layer}.{part}": array.shape for layer, arrays in parameters.items()
-              for part, array in zip(("weight", "bias"), arrays)}
+    shapes = {
+        f"{layer}.{part}": array.shape
+        for layer, arrays in parameters.items()
+        for part, array in zip(("weight", "bias"), arrays)
+    }
     has_conv3 = "conv3" in parameters
-    if has_conv3 and len(shapes["conv3.weight"]) == 2:    # a dense conv3 over the 5x5 features
+    if has_conv3 and len(shapes["conv3.weight"]) == 2:  # a dense conv3 over the 5x5 features
         conv3, _ = parameters["conv3"]
         parameters["conv3"] = (conv3.reshape(len(conv3), -1, 5, 5), parameters["conv3"][1])
         shapes["conv3.weight"] = parameters["conv3"][0].shape
-    stated = {"input_size": input_size, "conv1_padding": conv1_padding,
-              "conv2_padding": conv2_padding}
+    stated = {
+        "input_size": input_size,
+        "conv1_padding": conv1_padding,
+        "conv2_padding": conv2_padding,
+    }
     geometry, _ = _architecture.infer_geometry(
-        parameters["conv2"][0].shape[0], shapes["fc1.weight"][1] if len(shapes["fc1.weight"]) == 2
-        else -1, has_conv3, stated)
+        parameters["conv2"][0].shape[0],
+        shapes["fc1.weight"][1] if len(shapes["fc1.weight"]) == 2 else -1,
+        has_conv3,
+        stated,
+    )
     sizes = _architecture.sizes(shapes, **geometry)
     x = np.asarray(x, dtype=np.float64)
     _check_ndim("x", x, 4, "(N, C, H, W)")
@@ -345,14 +364,18 @@ def forward(
     layers["conv1"] = activate(conv2d_valid(images, *parameters["conv1"]), conv_activation)
     layers["pool1"] = pool2x2(layers["conv1"], pool)
     border = sizes.conv2_padding
-    pooled = np.pad(layers["pool1"], ((0, 0), (0, 0), (border, border), (border, border))) \
-        if border else layers["pool1"]
+    pooled = (
+        np.pad(layers["pool1"], ((0, 0), (0, 0), (border, border), (border, border)))
+        if border
+        else layers["pool1"]
+    )
     layers["conv2"] = activate(conv2d_valid(pooled, *parameters["conv2"]), conv_activation)
     layers["pool2"] = pool2x2(layers["conv2"], pool)
     features = layers["pool2"]
     if has_conv3:
-        layers["conv3"] = features = activate(conv2d_valid(features, *parameters["conv3"]),
-                                              conv_activation)
+        layers["conv3"] = features = activate(
+            conv2d_valid(features, *parameters["conv3"]), conv_activation
+        )
     flat = features.reshape(len(images), -1)
     dense_layers = [layer for layer in _architecture.DENSE_LAYERS if layer in parameters]
     for position, layer in enumerate(dense_layers):

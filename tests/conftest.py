@@ -38,8 +38,9 @@ _BUILD_HINT = (
 
 def _compiled_kernel_files(package_dir):
     suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
-    return sorted(path.name for path in Path(package_dir).glob("_kernels_*")
-                  if path.name.endswith(suffixes))
+    return sorted(
+        path.name for path in Path(package_dir).glob("_kernels_*") if path.name.endswith(suffixes)
+    )
 
 
 def _import_lenet_fast():
@@ -51,13 +52,18 @@ def _import_lenet_fast():
         from lenet_fast import _dispatch
     except Exception as exc:  # ImportError, or whatever a half-built tree raises
         if not _compiled_kernel_files(package_dir):
-            pytest.exit(f"lenet_fast was imported from {package_dir}, which has no compiled "
-                        f"_kernels_* modules ({type(exc).__name__}: {exc}); {_BUILD_HINT}",
-                        returncode=4)
+            pytest.exit(
+                f"lenet_fast was imported from {package_dir}, which has no compiled "
+                f"_kernels_* modules ({type(exc).__name__}: {exc}); {_BUILD_HINT}",
+                returncode=4,
+            )
         raise
     if not _dispatch.built_levels():
-        pytest.exit(f"lenet_fast was imported from {package_dir}, which has no compiled "
-                    f"_kernels_* modules; {_BUILD_HINT}", returncode=4)
+        pytest.exit(
+            f"lenet_fast was imported from {package_dir}, which has no compiled "
+            f"_kernels_* modules; {_BUILD_HINT}",
+            returncode=4,
+        )
     return _dispatch
 
 
@@ -84,6 +90,7 @@ def _neutral_working_directory(tmp_path_factory):
     yield
     os.chdir(previous)
 
+
 KERNEL_LEVELS = _dispatch.usable_levels()
 
 
@@ -92,7 +99,8 @@ def pytest_generate_tests(metafunc):
     explicit = set()
     for marker in metafunc.definition.iter_markers("parametrize"):
         names = marker.args[0]
-        explicit.update(name.strip() for name in names.split(",")) if isinstance(names, str) \
-            else explicit.update(names)
+        explicit.update(name.strip() for name in names.split(",")) if isinstance(
+            names, str
+        ) else explicit.update(names)
     if "level" in metafunc.fixturenames and "level" not in explicit:
         metafunc.parametrize("level", KERNEL_LEVELS)

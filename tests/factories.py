@@ -52,12 +52,25 @@ from lenet_fast._architecture import LAYERS, MEMBERS
 from lenet_fast._weights import canonical_shapes
 
 DEFAULT_WIDTHS = (6, 16, 120, 84, 10)  # conv1, conv2, conv3, fc1 channels; classes
-FASHION_MEAN, FASHION_STD = 0.286, 0.353   # Fashion-MNIST pixels / 255: mean, standard deviation
+FASHION_MEAN, FASHION_STD = 0.286, 0.353  # Fashion-MNIST pixels / 255: mean, standard deviation
 
 
-def random_weights(seed=0, in_channels=1, widths=DEFAULT_WIDTHS, *, conv1=None, conv2=None,
-                   conv3=None, fc1=None, n_classes=None, distribution="uniform", gain=1.0,
-                   fan_in_scaled=True, bias_bound=0.1, shapes=None):
+def random_weights(
+    seed=0,
+    in_channels=1,
+    widths=DEFAULT_WIDTHS,
+    *,
+    conv1=None,
+    conv2=None,
+    conv3=None,
+    fc1=None,
+    n_classes=None,
+    distribution="uniform",
+    gain=1.0,
+    fan_in_scaled=True,
+    bias_bound=0.1,
+    shapes=None,
+):
     """Canonical float32 weights, drawn layer by layer (weight, then bias) from one generator.
 
     `normal_weights` and `unit_normal_weights` are this function with other defaults.
@@ -90,12 +103,18 @@ def random_weights(seed=0, in_channels=1, widths=DEFAULT_WIDTHS, *, conv1=None, 
     dict of str to ndarray of float32
     """
     overrides = (conv1, conv2, conv3, fc1, n_classes)
-    conv1, conv2, conv3, fc1, n_classes = (width if override is None else override
-                                           for width, override in zip(widths, overrides))
+    conv1, conv2, conv3, fc1, n_classes = (
+        width if override is None else override for width, override in zip(widths, overrides)
+    )
     if shapes is None:
-        shapes = canonical_shapes(in_channels=in_channels, conv1_channels=conv1,
-                                  conv2_channels=conv2, conv3_channels=conv3, fc1_units=fc1,
-                                  n_classes=n_classes)
+        shapes = canonical_shapes(
+            in_channels=in_channels,
+            conv1_channels=conv1,
+            conv2_channels=conv2,
+            conv3_channels=conv3,
+            fc1_units=fc1,
+            n_classes=n_classes,
+        )
     rng = np.random.default_rng(seed)
 
     def draw(bound, shape):
@@ -119,8 +138,9 @@ def random_weights(seed=0, in_channels=1, widths=DEFAULT_WIDTHS, *, conv1=None, 
 # Normal, scaled by the fan-in like a trained net (biases too), so outputs vary between images.
 normal_weights = functools.partial(random_weights, distribution="normal", bias_bound=None)
 # Standard normal, unscaled: for tests of layouts and files, where values only need to differ.
-unit_normal_weights = functools.partial(random_weights, distribution="normal",
-                                        fan_in_scaled=False, bias_bound=None)
+unit_normal_weights = functools.partial(
+    random_weights, distribution="normal", fan_in_scaled=False, bias_bound=None
+)
 
 
 def member_weights(member, in_channels=1, seed=0):
@@ -134,8 +154,13 @@ def model_at_level(model, level):
     """`model`'s weights, architecture, threads and metadata on the kernels of `level`."""
     kernels = _dispatch.load_kernels(level)
     copy = LeNet.__new__(LeNet)
-    copy._setup({key: np.array(value) for key, value in model.weights.items()},
-                model.architecture, model.num_threads, model.metadata, kernels=kernels)
+    copy._setup(
+        {key: np.array(value) for key, value in model.weights.items()},
+        model.architecture,
+        model.num_threads,
+        model.metadata,
+        kernels=kernels,
+    )
     assert copy.isa == level
     return copy
 
@@ -152,7 +177,9 @@ def _unaligned(array, writeable):
         view = buffer[1:].view(np.float32).reshape(array.shape)
         view[...] = data
     else:
-        view = np.frombuffer(b"\0" + data.tobytes(), dtype=np.float32, offset=1).reshape(array.shape)
+        view = np.frombuffer(b"\0" + data.tobytes(), dtype=np.float32, offset=1).reshape(
+            array.shape
+        )
     assert array.size == 0 or not view.flags.aligned
     return view
 
@@ -178,7 +205,9 @@ LAYOUTS = {
     "float64": lambda x: x.astype(np.float64),
     "longdouble": lambda x: x.astype(np.longdouble),
     "float16": lambda x: x.astype(np.float16),
-    "channels-last-transposed": lambda x: np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2),
+    "channels-last-transposed": lambda x: np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(
+        0, 3, 1, 2
+    ),
     "nested-list": lambda x: x.tolist(),
     "n-h-w": lambda x: x[:, 0],
 }
@@ -188,7 +217,8 @@ def random_images(batch, seed=1, in_channels=1, size=32, dtype=np.float32):
     """Standard-normal images, C-contiguous, shape (batch, in_channels, size, size)."""
     rng = np.random.default_rng(seed)
     return rng.standard_normal((batch, in_channels, size, size), dtype=np.float32).astype(
-        dtype, copy=False)
+        dtype, copy=False
+    )
 
 
 def real_images(size=28, channels=1):
@@ -224,8 +254,13 @@ def saved_keras_models(models, folder, trained):
             if name in trained:
                 pixels, labels = load_sample()
                 model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-                model.fit(pixels[..., None].astype(np.float32) / 255, labels,
-                          epochs=trained[name], batch_size=32, verbose=0)
+                model.fit(
+                    pixels[..., None].astype(np.float32) / 255,
+                    labels,
+                    epochs=trained[name],
+                    batch_size=32,
+                    verbose=0,
+                )
             model.save(folder / f"{name}.keras")
             model.save(folder / f"{name}.h5")
             result[name] = (model, folder / f"{name}.keras", folder / f"{name}.h5")
@@ -239,8 +274,11 @@ def assert_keras_parity(ours, keras_model, images):
     its own layout): within 1e-5 absolute + 1e-5 relative, >= 99.9 % equal labels.  Returns
     ours."""
     channels_first = tuple(keras_model.inputs[0].shape[1:])[0] == images.shape[1]
-    expected = np.asarray(keras_model.predict(
-        images if channels_first else images.transpose(0, 2, 3, 1), verbose=0, batch_size=256))
+    expected = np.asarray(
+        keras_model.predict(
+            images if channels_first else images.transpose(0, 2, 3, 1), verbose=0, batch_size=256
+        )
+    )
     found = ours.forward(images)
     np.testing.assert_allclose(found, expected, atol=1e-5, rtol=1e-5)
     agreement = np.mean(found.argmax(axis=1) == expected.argmax(axis=1))
@@ -324,20 +362,37 @@ def torch_lenets():
     class TableNet(nn.Module):
         size = 32
 
-        def __init__(self, in_channels=1, conv1_padding=0, fc="sigmoid", output="sigmoid",
-                     batchnorm=False, conv3_channels=120):
+        def __init__(
+            self,
+            in_channels=1,
+            conv1_padding=0,
+            fc="sigmoid",
+            output="sigmoid",
+            batchnorm=False,
+            conv3_channels=120,
+        ):
             super().__init__()
             self.channels, self.size = in_channels, 28 if conv1_padding == 2 else 32
-            self.architecture = {"conv_activation": "relu", "fc_activation": fc,
-                                 "output_activation": output, "pool": "max",
-                                 **geometry(conv1_padding)}
+            self.architecture = {
+                "conv_activation": "relu",
+                "fc_activation": fc,
+                "output_activation": output,
+                "pool": "max",
+                **geometry(conv1_padding),
+            }
             c3 = conv3_channels
             self.conv1 = nn.Conv2d(in_channels, 6, 5, padding=conv1_padding)
             self.conv2 = nn.Conv2d(6, 16, 5)
-            self.conv3, self.fc1, self.fc2 = nn.Conv2d(16, c3, 5), nn.Linear(c3, 84), nn.Linear(84, 10)
+            self.conv3, self.fc1, self.fc2 = (
+                nn.Conv2d(16, c3, 5),
+                nn.Linear(c3, 84),
+                nn.Linear(84, 10),
+            )
             self.bn1, self.bn2, self.bn3, self.bn4 = (
                 (nn.BatchNorm2d(6), nn.BatchNorm2d(16), nn.BatchNorm2d(c3), nn.BatchNorm1d(84))
-                if batchnorm else (nn.Identity(),) * 4)
+                if batchnorm
+                else (nn.Identity(),) * 4
+            )
             self.fc_act = {"sigmoid": nn.Sigmoid(), "relu": nn.ReLU()}[fc]
             self.out_act = {"sigmoid": nn.Sigmoid(), "identity": nn.Identity()}[output]
 
@@ -348,8 +403,13 @@ def torch_lenets():
             return self.out_act(self.fc2(self.fc_act(self.bn4(self.fc1(x)))))
 
     class TutorialNet(nn.Module):
-        architecture = {"conv_activation": "relu", "fc_activation": "relu",
-                        "output_activation": "identity", "pool": "max", **geometry()}
+        architecture = {
+            "conv_activation": "relu",
+            "fc_activation": "relu",
+            "output_activation": "identity",
+            "pool": "max",
+            **geometry(),
+        }
         size = 32
 
         def __init__(self, in_channels=1, batchnorm=False):
@@ -361,8 +421,11 @@ def torch_lenets():
             self.fc1 = nn.Linear(16 * 5 * 5, 120)
             self.fc2 = nn.Linear(120, 84)
             self.fc3 = nn.Linear(84, 10)
-            norms = (nn.BatchNorm2d(6), nn.BatchNorm2d(16), nn.BatchNorm1d(120)) if batchnorm \
+            norms = (
+                (nn.BatchNorm2d(6), nn.BatchNorm2d(16), nn.BatchNorm1d(120))
+                if batchnorm
                 else (nn.Identity(),) * 3
+            )
             self.bn1, self.bn2, self.bn3 = norms
 
         def forward(self, x):
@@ -374,8 +437,13 @@ def torch_lenets():
             return self.fc3(x)
 
     class OldTutorialNet(nn.Module):
-        architecture = {"conv_activation": "relu", "fc_activation": "relu",
-                        "output_activation": "softmax", "pool": "max", **geometry()}
+        architecture = {
+            "conv_activation": "relu",
+            "fc_activation": "relu",
+            "output_activation": "softmax",
+            "pool": "max",
+            **geometry(),
+        }
         channels, size = 1, 32
 
         def __init__(self):
@@ -415,42 +483,86 @@ def torch_lenets():
             return self.fc3(self.fc2(x))
 
     def sequential(padding=0, in_channels=1, output=None):
-        layers = [nn.Conv2d(in_channels, 6, 5, padding=padding), nn.Tanh(), nn.AvgPool2d(2),
-                  nn.Conv2d(6, 16, 5), nn.Tanh(), nn.AvgPool2d(2), nn.Flatten(),
-                  nn.Linear(400, 120), nn.Tanh(), nn.Linear(120, 84), nn.Tanh(), nn.Linear(84, 10)]
+        layers = [
+            nn.Conv2d(in_channels, 6, 5, padding=padding),
+            nn.Tanh(),
+            nn.AvgPool2d(2),
+            nn.Conv2d(6, 16, 5),
+            nn.Tanh(),
+            nn.AvgPool2d(2),
+            nn.Flatten(),
+            nn.Linear(400, 120),
+            nn.Tanh(),
+            nn.Linear(120, 84),
+            nn.Tanh(),
+            nn.Linear(84, 10),
+        ]
         net = nn.Sequential(*layers, *([output] if output is not None else []))
         net.channels, net.size = in_channels, 28 if padding == 2 else 32
-        net.architecture = {"conv_activation": "tanh", "fc_activation": "tanh",
-                            "output_activation": "identity" if output is None else "softmax",
-                            "pool": "avg", **geometry(padding)}
+        net.architecture = {
+            "conv_activation": "tanh",
+            "fc_activation": "tanh",
+            "output_activation": "identity" if output is None else "softmax",
+            "pool": "avg",
+            **geometry(padding),
+        }
         return net
 
     def sequential_conv3():
         net = nn.Sequential(
-            nn.Conv2d(1, 6, 5), nn.Tanh(), nn.AvgPool2d(2),
-            nn.Conv2d(6, 16, 5), nn.Tanh(), nn.AvgPool2d(2),
-            nn.Conv2d(16, 120, 5), nn.Tanh(), nn.Flatten(),
-            nn.Linear(120, 84), nn.Tanh(),
-            nn.Linear(84, 10), nn.Softmax(dim=1),
+            nn.Conv2d(1, 6, 5),
+            nn.Tanh(),
+            nn.AvgPool2d(2),
+            nn.Conv2d(6, 16, 5),
+            nn.Tanh(),
+            nn.AvgPool2d(2),
+            nn.Conv2d(16, 120, 5),
+            nn.Tanh(),
+            nn.Flatten(),
+            nn.Linear(120, 84),
+            nn.Tanh(),
+            nn.Linear(84, 10),
+            nn.Softmax(dim=1),
         )
         net.channels, net.size = 1, 32
-        net.architecture = {"conv_activation": "tanh", "fc_activation": "tanh",
-                            "output_activation": "softmax", "pool": "avg", **geometry()}
+        net.architecture = {
+            "conv_activation": "tanh",
+            "fc_activation": "tanh",
+            "output_activation": "softmax",
+            "pool": "avg",
+            **geometry(),
+        }
         return net
 
     def d2l(batchnorm=False):
         def norm(layer):
             return [layer] if batchnorm else []
 
-        layers = [nn.Conv2d(1, 6, kernel_size=5, padding=2), *norm(nn.BatchNorm2d(6)),
-                  nn.Sigmoid(), nn.AvgPool2d(kernel_size=2, stride=2),
-                  nn.Conv2d(6, 16, kernel_size=5), *norm(nn.BatchNorm2d(16)), nn.Sigmoid(),
-                  nn.AvgPool2d(kernel_size=2, stride=2), nn.Flatten(),
-                  nn.Linear(16 * 5 * 5, 120), *norm(nn.BatchNorm1d(120)), nn.Sigmoid(),
-                  nn.Linear(120, 84), nn.Sigmoid(), nn.Linear(84, 10)]
+        layers = [
+            nn.Conv2d(1, 6, kernel_size=5, padding=2),
+            *norm(nn.BatchNorm2d(6)),
+            nn.Sigmoid(),
+            nn.AvgPool2d(kernel_size=2, stride=2),
+            nn.Conv2d(6, 16, kernel_size=5),
+            *norm(nn.BatchNorm2d(16)),
+            nn.Sigmoid(),
+            nn.AvgPool2d(kernel_size=2, stride=2),
+            nn.Flatten(),
+            nn.Linear(16 * 5 * 5, 120),
+            *norm(nn.BatchNorm1d(120)),
+            nn.Sigmoid(),
+            nn.Linear(120, 84),
+            nn.Sigmoid(),
+            nn.Linear(84, 10),
+        ]
         net = nn.Sequential(*layers)
-        net.architecture = {"conv_activation": "sigmoid", "fc_activation": "sigmoid",
-                            "output_activation": "identity", "pool": "avg", **geometry(2)}
+        net.architecture = {
+            "conv_activation": "sigmoid",
+            "fc_activation": "sigmoid",
+            "output_activation": "identity",
+            "pool": "avg",
+            **geometry(2),
+        }
         net.channels, net.size = 1, 28
         return net
 
@@ -470,10 +582,20 @@ def torch_lenets():
             return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
 
     def mnist_sequential():
-        return nn.Sequential(nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2),
-                             nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                             nn.Linear(256, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
-                             nn.Linear(84, 10))
+        return nn.Sequential(
+            nn.Conv2d(1, 6, 5),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(256, 120),
+            nn.ReLU(),
+            nn.Linear(120, 84),
+            nn.ReLU(),
+            nn.Linear(84, 10),
+        )
 
     class CaffeLeNet(nn.Module):
         channels, size = 1, 28
@@ -487,8 +609,13 @@ def torch_lenets():
             x = F.max_pool2d(self.conv2(F.max_pool2d(self.conv1(x), 2)), 2)
             return F.softmax(self.ip2(F.relu(self.ip1(x.flatten(1)))), dim=1)
 
-    activations = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh,
-                   "identity": nn.Identity, "softmax": lambda: nn.Softmax(dim=1)}
+    activations = {
+        "relu": nn.ReLU,
+        "sigmoid": nn.Sigmoid,
+        "tanh": nn.Tanh,
+        "identity": nn.Identity,
+        "softmax": lambda: nn.Softmax(dim=1),
+    }
     pools = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
 
     def member(name, in_channels=1, seed=0):
@@ -501,10 +628,14 @@ def torch_lenets():
 
         pool = pools[architecture["pool"]]
         c1, c2, c3 = spec.conv1_channels, spec.conv2_channels, spec.conv3_channels
-        modules = [nn.Conv2d(in_channels, c1, 5, padding=spec.conv1_padding),
-                   act("conv_activation"), pool(2),
-                   nn.Conv2d(c1, c2, 5, padding=spec.conv2_padding), act("conv_activation"),
-                   pool(2)]
+        modules = [
+            nn.Conv2d(in_channels, c1, 5, padding=spec.conv1_padding),
+            act("conv_activation"),
+            pool(2),
+            nn.Conv2d(c1, c2, 5, padding=spec.conv2_padding),
+            act("conv_activation"),
+            pool(2),
+        ]
         side = spec.input_size + 2 * spec.conv1_padding - 4
         side = (side // 2 + 2 * spec.conv2_padding - 4) // 2
         features = c2 * side * side
@@ -519,11 +650,19 @@ def torch_lenets():
             features = units
         return nn.Sequential(*modules).eval()
 
-    return types.SimpleNamespace(TableNet=TableNet, TutorialNet=TutorialNet,
-                                 OldTutorialNet=OldTutorialNet, NoBiasNet=NoBiasNet,
-                                 sequential=sequential, sequential_conv3=sequential_conv3, d2l=d2l,
-                                 MnistLeNet=MnistLeNet, mnist_sequential=mnist_sequential,
-                                 CaffeLeNet=CaffeLeNet, member=member)
+    return types.SimpleNamespace(
+        TableNet=TableNet,
+        TutorialNet=TutorialNet,
+        OldTutorialNet=OldTutorialNet,
+        NoBiasNet=NoBiasNet,
+        sequential=sequential,
+        sequential_conv3=sequential_conv3,
+        d2l=d2l,
+        MnistLeNet=MnistLeNet,
+        mnist_sequential=mnist_sequential,
+        CaffeLeNet=CaffeLeNet,
+        member=member,
+    )
 
 
 def torch_scores(net, x):
@@ -587,21 +726,39 @@ def export_onnx(module, example, path, dynamo):
 
     module.eval()
     if dynamo:
-        torch.onnx.export(module, (example,), path, opset_version=17, dynamo=True,
-                          input_names=["x"], output_names=["y"],
-                          dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
+        torch.onnx.export(
+            module,
+            (example,),
+            path,
+            opset_version=17,
+            dynamo=True,
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+            verbose=False,
+        )
     else:
-        torch.onnx.export(module, (example,), path, opset_version=17, dynamo=False,
-                          input_names=["x"], output_names=["y"],
-                          dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
+        torch.onnx.export(
+            module,
+            (example,),
+            path,
+            opset_version=17,
+            dynamo=False,
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
+        )
 
 
 def onnxruntime_scores(proto_or_path, x):
     """What ONNX Runtime (CPU) computes for `x` with a ``ModelProto`` or an ``.onnx`` file."""
     import onnxruntime
 
-    content = proto_or_path.SerializeToString() if hasattr(proto_or_path, "SerializeToString") \
+    content = (
+        proto_or_path.SerializeToString()
+        if hasattr(proto_or_path, "SerializeToString")
         else str(proto_or_path)
+    )
     session = onnxruntime.InferenceSession(content, providers=["CPUExecutionProvider"])
     return session.run(None, {session.get_inputs()[0].name: x})[0]
 
@@ -645,10 +802,20 @@ def run_python(code, timeout=120, env=None):
 
     environment = {**os.environ, **(env or {})}
     environment["PYTHONPATH"] = os.pathsep.join(
-        [str(Path(lenet_fast.__file__).resolve().parents[1]), str(Path(__file__).parent),
-         environment.get("PYTHONPATH", "")])
-    result = subprocess.run([sys.executable, "-c", _CHILD_PRELUDE + textwrap.dedent(code)],
-                            capture_output=True, text=True, timeout=timeout, env=environment)
-    assert result.returncode == 0, (f"exit {result.returncode}\n{result.stdout[-3000:]}\n"
-                                    f"{result.stderr[-3000:]}")
+        [
+            str(Path(lenet_fast.__file__).resolve().parents[1]),
+            str(Path(__file__).parent),
+            environment.get("PYTHONPATH", ""),
+        ]
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", _CHILD_PRELUDE + textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=environment,
+    )
+    assert result.returncode == 0, (
+        f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    )
     return json.loads(result.stdout.strip().splitlines()[-1])

@@ -39,10 +39,18 @@ from lenet_fast.datasets import load_fashion_mnist  # noqa: E402
 
 ATOL = RTOL = 1e-5
 TRAINING_STEPS = 300
-MNIST_UNPADDED = {"conv_activation": "relu", "fc_activation": "relu",
-                  "output_activation": "identity", "pool": "max"}
-CAFFE = {"conv_activation": "identity", "fc_activation": "relu",
-         "output_activation": "softmax", "pool": "max"}
+MNIST_UNPADDED = {
+    "conv_activation": "relu",
+    "fc_activation": "relu",
+    "output_activation": "identity",
+    "pool": "max",
+}
+CAFFE = {
+    "conv_activation": "identity",
+    "fc_activation": "relu",
+    "output_activation": "softmax",
+    "pool": "max",
+}
 GEOMETRY_28 = {"input_size": (28, 28), "conv1_padding": 0, "conv2_padding": 0}
 
 
@@ -78,6 +86,7 @@ def trained_mnist_lenet(fashion):
 # Parity with PyTorch
 # ---------------------------------------------------------------------------------------------
 
+
 def loaders(net, architecture, tmp_path):
     """The ways a user loads `net`: from_torch, from_state_dict and from_npz of np.savez."""
     state = net.state_dict()
@@ -88,11 +97,15 @@ def loaders(net, architecture, tmp_path):
         yield "from_npz", LeNet.from_npz(tmp_path / "state.npz", **architecture)
 
 
-@pytest.mark.parametrize("build, architecture, widths", [
-    (MnistLeNet, MNIST_UNPADDED, (1, 6, 16, 120, 84, 10)),
-    (mnist_sequential, MNIST_UNPADDED, (1, 6, 16, 120, 84, 10)),
-    (CaffeLeNet, CAFFE, (1, 20, 50, 500, 10)),
-], ids=["mnist-unpadded", "mnist-unpadded-sequential", "caffe"])
+@pytest.mark.parametrize(
+    "build, architecture, widths",
+    [
+        (MnistLeNet, MNIST_UNPADDED, (1, 6, 16, 120, 84, 10)),
+        (mnist_sequential, MNIST_UNPADDED, (1, 6, 16, 120, 84, 10)),
+        (CaffeLeNet, CAFFE, (1, 20, 50, 500, 10)),
+    ],
+    ids=["mnist-unpadded", "mnist-unpadded-sequential", "caffe"],
+)
 def test_family_members_match_pytorch_on_random_images(tmp_path, build, architecture, widths):
     torch.manual_seed(1)
     net = build().eval()
@@ -104,11 +117,12 @@ def test_family_members_match_pytorch_on_random_images(tmp_path, build, architec
         assert_matches_pytorch(model, net, x)
 
 
-def test_trained_mnist_lenet_matches_pytorch_on_real_fashion_mnist(tmp_path, fashion,
-                                                                   trained_mnist_lenet):
+def test_trained_mnist_lenet_matches_pytorch_on_real_fashion_mnist(
+    tmp_path, fashion, trained_mnist_lenet
+):
     net, (_, _, test_images) = trained_mnist_lenet, fashion
     accuracy_labels = torch_scores(net, test_images).argmax(axis=1)
-    assert len(np.unique(accuracy_labels)) >= 8      # trained: its labels depend on the images
+    assert len(np.unique(accuracy_labels)) >= 8  # trained: its labels depend on the images
     for _how, model in loaders(net, MNIST_UNPADDED, tmp_path):
         assert_matches_pytorch(model, net, test_images)
         assert_matches_pytorch(model, net, random_images(256, seed=5, size=28))
@@ -136,6 +150,7 @@ def test_unpadded_mnist_lenet_in_one_call_with_lenet_and_stated_geometry():
 # ---------------------------------------------------------------------------------------------
 # Round trips keep the geometry
 # ---------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("build", [MnistLeNet, CaffeLeNet])
 def test_npz_state_dict_pickle_round_trips_keep_geometry(tmp_path, build):
@@ -171,14 +186,21 @@ def test_keras_same_member_stores_its_padding(tmp_path):
     model.save_npz(tmp_path / "keras.npz")
     with no_architecture_warning():
         loaded = LeNet.from_npz(tmp_path / "keras.npz")
-    assert loaded.architecture == {**architecture, "input_size": (28, 28), "conv1_padding": 2,
-                                   "conv2_padding": 0}
+    assert loaded.architecture == {
+        **architecture,
+        "input_size": (28, 28),
+        "conv1_padding": 2,
+        "conv2_padding": 0,
+    }
     x = random_images(32, seed=3, size=28)
     np.testing.assert_array_equal(loaded.forward(x), model.forward(x))
-    np.testing.assert_allclose(model.forward(x), reference.forward(x, weights, **model.architecture),
-                               atol=ATOL, rtol=RTOL)
-    with pytest.raises(ValueError, match=re.escape("x must have shape (N, 1, 28, 28), or "
-                                                   "(N, 28, 28); got (2, 1, 32, 32)")):
+    np.testing.assert_allclose(
+        model.forward(x), reference.forward(x, weights, **model.architecture), atol=ATOL, rtol=RTOL
+    )
+    with pytest.raises(
+        ValueError,
+        match=re.escape("x must have shape (N, 1, 28, 28), or (N, 28, 28); got (2, 1, 32, 32)"),
+    ):
         loaded.forward(np.zeros((2, 1, 32, 32), np.float32))
 
 
@@ -186,9 +208,14 @@ def test_keras_same_member_stores_its_padding(tmp_path):
 # Geometry inference
 # ---------------------------------------------------------------------------------------------
 
+
 def flatten_weights(features_per_channel, conv2=16, seed=7):
-    return random_weights(seed, shapes=_architecture.canonical_shapes(
-        1, 6, conv2, 0, (32, 10), features=conv2 * features_per_channel))
+    return random_weights(
+        seed,
+        shapes=_architecture.canonical_shapes(
+            1, 6, conv2, 0, (32, 10), features=conv2 * features_per_channel
+        ),
+    )
 
 
 def test_geometry_unique_is_used_silently():
@@ -199,8 +226,9 @@ def test_geometry_unique_is_used_silently():
     # 5x5 per channel: 32x32 unpadded and 28x28 padded by 2 compute the same; 32x32 (which also
     # takes 28x28 images) is used, no guess to announce
     with no_architecture_warning():
-        model = LeNet.from_state_dict(flatten_weights(25), **{**MNIST_UNPADDED,
-                                                              "fc_activation": "tanh"})
+        model = LeNet.from_state_dict(
+            flatten_weights(25), **{**MNIST_UNPADDED, "fc_activation": "tanh"}
+        )
     assert model.sizes.geometry == _architecture.DEFAULT_GEOMETRY
 
 
@@ -212,17 +240,22 @@ def test_geometry_ambiguous_is_announced_and_stated_silences_it(tmp_path):
     assert len(caught) == 1
     message = str(caught[0].message)
     assert "input_size=28" in message and "--input-size 28" in message
-    assert model.assumed_architecture == {"input_size": (28, 28), "conv1_padding": 0,
-                                          "conv2_padding": 2}
+    assert model.assumed_architecture == {
+        "input_size": (28, 28),
+        "conv1_padding": 0,
+        "conv2_padding": 2,
+    }
     x = random_images(16, seed=3, size=28)
-    np.testing.assert_allclose(model.forward(x), reference.forward(x, weights,
-                                                                   **model.architecture),
-                               atol=ATOL, rtol=RTOL)
+    np.testing.assert_allclose(
+        model.forward(x), reference.forward(x, weights, **model.architecture), atol=ATOL, rtol=RTOL
+    )
     # save_npz keeps the guess a guess
     model.save_npz(tmp_path / "guess.npz")
     with pytest.warns(ArchitectureWarning):
-        assert LeNet.from_npz(tmp_path / "guess.npz").assumed_architecture == \
-            model.assumed_architecture
+        assert (
+            LeNet.from_npz(tmp_path / "guess.npz").assumed_architecture
+            == model.assumed_architecture
+        )
     with no_architecture_warning():
         stated = LeNet.from_state_dict(weights, input_size=32, **MNIST_UNPADDED)
         assert stated.architecture["conv1_padding"] == 2
@@ -232,9 +265,12 @@ def test_geometry_ambiguous_is_announced_and_stated_silences_it(tmp_path):
 
 
 def test_stated_geometry_that_does_not_fit_is_refused():
-    with pytest.raises(WeightFileError, match=r"^fc1 takes 256 inputs, which no geometry gives "
-                                              r"with conv2's 16 channels .*stated input_size="
-                                              r"\(32, 32\)"):
+    with pytest.raises(
+        WeightFileError,
+        match=r"^fc1 takes 256 inputs, which no geometry gives "
+        r"with conv2's 16 channels .*stated input_size="
+        r"\(32, 32\)",
+    ):
         LeNet.from_state_dict(flatten_weights(16), input_size=32, **MNIST_UNPADDED)
 
 
@@ -242,47 +278,80 @@ def test_stated_geometry_that_does_not_fit_is_refused():
 # Refusals
 # ---------------------------------------------------------------------------------------------
 
+
 def test_odd_convolution_outputs_are_refused():
     weights = flatten_weights(16)
-    with pytest.raises(WeightFileError, match=re.escape(
+    with pytest.raises(
+        WeightFileError,
+        match=re.escape(
             "conv1 gives a height of 25 (odd) with input 29x29, conv1_padding 0, conv2_padding "
             "0; expected an even size of at least 2 for the 2x2/2 pooling after it (an odd size "
-            "is refused, never floored)")):
+            "is refused, never floored)"
+        ),
+    ):
         LeNet(weights, input_size=29, **MNIST_UNPADDED)
-    with pytest.raises(WeightFileError, match=r"^conv2 gives a width of 9 \(odd\) with input "
-                                              r"28x30"):
+    with pytest.raises(
+        WeightFileError,
+        match=r"^conv2 gives a width of 9 \(odd\) with input "
+        r"28x30",
+    ):
         LeNet(weights, input_size=(28, 30), **MNIST_UNPADDED)
 
 
 def test_conv3_after_a_pool2_that_is_not_5x5_is_refused():
     shapes = MEMBERS["lenet5"].shapes()
     weights = {key: np.zeros(shape, np.float32) for key, shape in shapes.items()}
-    with pytest.raises(WeightFileError, match=re.escape(
+    with pytest.raises(
+        WeightFileError,
+        match=re.escape(
             "conv3 needs a 5x5 pool2 output (it gives 1x1); with input 28x28, conv1_padding 0, "
-            "conv2_padding 0 pool2 is 4x4: expected no conv3")):
+            "conv2_padding 0 pool2 is 4x4: expected no conv3"
+        ),
+    ):
         LeNet(weights, input_size=28, conv1_padding=0)
 
 
 def test_four_dense_layers_and_gaps_are_refused():
-    net = nn.Sequential(nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5),
-                        nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(256, 64), nn.ReLU(),
-                        nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(),
-                        nn.Linear(16, 10))
-    with pytest.raises(ValueError, match="the engine computes one to three dense layers; this "
-                                         "is a fourth"):
+    net = nn.Sequential(
+        nn.Conv2d(1, 6, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(256, 64),
+        nn.ReLU(),
+        nn.Linear(64, 32),
+        nn.ReLU(),
+        nn.Linear(32, 16),
+        nn.ReLU(),
+        nn.Linear(16, 10),
+    )
+    with pytest.raises(
+        ValueError, match="the engine computes one to three dense layers; this is a fourth"
+    ):
         LeNet.from_torch(net)
-    with pytest.raises(WeightFileError, match=re.escape(
+    with pytest.raises(
+        WeightFileError,
+        match=re.escape(
             "an nn.Sequential export with 6 numbered layers does not fit: expected 3 to 6 (conv1, "
-            "conv2, an optional conv3 with a 4-D weight, then one to three dense layers)")):
+            "conv2, an optional conv3 with a 4-D weight, then one to three dense layers)"
+        ),
+    ):
         LeNet.from_state_dict(net.state_dict(), **MNIST_UNPADDED)
     weights = flatten_weights(16)
     weights["fc3.weight"], weights["fc3.bias"] = np.zeros((5, 32), np.float32), np.zeros(5)
     del weights["fc2.weight"], weights["fc2.bias"]
-    with pytest.raises(WeightFileError, match=re.escape(
-            "dense layers fc1, fc3: expected consecutive layers fc1, fc2, fc3")):
+    with pytest.raises(
+        WeightFileError,
+        match=re.escape("dense layers fc1, fc3: expected consecutive layers fc1, fc2, fc3"),
+    ):
         LeNet(weights)
-    with pytest.raises(WeightFileError, match=re.escape(
-            "'fc1.weight': expected shape (fc1_units, features), found (32,)")):
+    with pytest.raises(
+        WeightFileError,
+        match=re.escape("'fc1.weight': expected shape (fc1_units, features), found (32,)"),
+    ):
         LeNet({**flatten_weights(16), "fc1.weight": np.zeros(32, np.float32)})
 
 
@@ -290,21 +359,26 @@ def test_geometry_option_values_are_checked():
     weights = flatten_weights(16)
     with pytest.raises(ValueError, match=re.escape("conv1_padding must be 0 or 2; got 1")):
         LeNet.from_state_dict(weights, conv1_padding=1, **MNIST_UNPADDED)
-    with pytest.raises(ValueError, match=re.escape("input_size must be an int or (height, width), "
-                                                   "each at most 256; got 0")):
+    with pytest.raises(
+        ValueError,
+        match=re.escape("input_size must be an int or (height, width), each at most 256; got 0"),
+    ):
         LeNet.from_state_dict(weights, input_size=0, **MNIST_UNPADDED)
 
 
 def test_model_input_size_is_enforced():
     model = LeNet(flatten_weights(16), **MNIST_UNPADDED)
-    with pytest.raises(ValueError, match=re.escape(
-            "x must have shape (N, 1, 28, 28), or (N, 28, 28); got (3, 1, 32, 32)")):
+    with pytest.raises(
+        ValueError,
+        match=re.escape("x must have shape (N, 1, 28, 28), or (N, 28, 28); got (3, 1, 32, 32)"),
+    ):
         model.forward(np.zeros((3, 1, 32, 32), np.float32))
 
 
 # ---------------------------------------------------------------------------------------------
 # Sizes, summary, CLI
 # ---------------------------------------------------------------------------------------------
+
 
 def torch_multiply_adds(net, size=28):
     """Multiply-adds per image counted from the PyTorch module by running it."""
@@ -335,23 +409,48 @@ def test_summary_and_sizes_count_the_multiply_adds(build, member):
     shapes = MEMBERS[member].shapes()
     assert _architecture.sizes(shapes, **MEMBERS[member].geometry).multiply_adds == expected
     names = [layer.name for layer in model.summary().layers]
-    assert names == ["conv1", "pool1", "conv2", "pool2", "flatten", "fc1", "fc2"] + \
-        (["fc3"] if member == "mnist-unpadded" else [])
+    assert names == ["conv1", "pool1", "conv2", "pool2", "flatten", "fc1", "fc2"] + (
+        ["fc3"] if member == "mnist-unpadded" else []
+    )
     assert "geometry: input 28x28, conv1_padding=0, conv2_padding=0" in str(model.summary())
 
 
 def test_cli_states_the_geometry_for_a_bare_file(tmp_path, capsys):
     weights = flatten_weights(36)
     np.savez(tmp_path / "bare.npz", **weights)
-    flags = ["--conv-activation", "relu", "--fc-activation", "relu", "--output-activation",
-             "identity", "--pool", "max"]
-    status = main(["convert", str(tmp_path / "bare.npz"), str(tmp_path / "out.npz"), *flags,
-                   "--input-size", "32", "--conv1-padding", "2", "--conv2-padding", "0"])
+    flags = [
+        "--conv-activation",
+        "relu",
+        "--fc-activation",
+        "relu",
+        "--output-activation",
+        "identity",
+        "--pool",
+        "max",
+    ]
+    status = main(
+        [
+            "convert",
+            str(tmp_path / "bare.npz"),
+            str(tmp_path / "out.npz"),
+            *flags,
+            "--input-size",
+            "32",
+            "--conv1-padding",
+            "2",
+            "--conv2-padding",
+            "0",
+        ]
+    )
     assert status == 0, capsys.readouterr().err
     with no_architecture_warning():
         model = LeNet.from_npz(tmp_path / "out.npz")
-    assert model.architecture == {**MNIST_UNPADDED, "input_size": (32, 32), "conv1_padding": 2,
-                                  "conv2_padding": 0}
+    assert model.architecture == {
+        **MNIST_UNPADDED,
+        "input_size": (32, 32),
+        "conv1_padding": 2,
+        "conv2_padding": 0,
+    }
     capsys.readouterr()
     assert main(["info", str(tmp_path / "out.npz")]) == 0
     out = capsys.readouterr().out
@@ -364,6 +463,7 @@ def test_cli_states_the_geometry_for_a_bare_file(tmp_path, capsys):
 # Bitwise determinism for every member
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("member", list(MEMBERS))
 def test_members_are_bitwise_deterministic_across_batch_position_and_threads(member, level):
     spec = MEMBERS[member]
@@ -372,8 +472,9 @@ def test_members_are_bitwise_deterministic_across_batch_position_and_threads(mem
     model = model_at_level(LeNet(weights, **spec.architecture, **spec.geometry), level)
     x = rng.standard_normal((67, 1, *spec.geometry["input_size"]), dtype=np.float32)
     full = model.forward(x, num_threads=1)
-    np.testing.assert_allclose(full, reference.forward(x, weights, **model.architecture),
-                               atol=ATOL, rtol=RTOL)
+    np.testing.assert_allclose(
+        full, reference.forward(x, weights, **model.architecture), atol=ATOL, rtol=RTOL
+    )
     for threads in (2, 3):
         np.testing.assert_array_equal(model.forward(x, num_threads=threads), full)
     for start, stop in ((0, 1), (5, 6), (3, 20), (30, 67)):

@@ -23,10 +23,19 @@ SAMPLE_LABELS = datasets._data_file("fashion-mnist-sample-labels-idx1-ubyte.gz")
 
 
 def run(*args, cwd=None, expect=0, env=None):
-    environment = dict(os.environ, PYTHONPATH=PACKAGE_ROOT + os.pathsep +
-                       os.environ.get("PYTHONPATH", ""), **(env or {}))
-    result = subprocess.run([sys.executable, "-m", "lenet_fast", *map(str, args)], cwd=cwd,
-                            env=environment, capture_output=True, text=True, timeout=600)
+    environment = dict(
+        os.environ,
+        PYTHONPATH=PACKAGE_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        **(env or {}),
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "lenet_fast", *map(str, args)],
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == expect, result.stderr
     assert "Traceback" not in result.stderr
     return result
@@ -69,6 +78,7 @@ def assert_valid_png(path):
 # demo, info
 # ---------------------------------------------------------------------------------------------
 
+
 def test_demo(sample, fashion):
     output = run("demo").stdout
     images, labels = sample
@@ -81,11 +91,20 @@ def test_demo(sample, fashion):
 @pytest.mark.parametrize("spec", ["fashion-mnist", datasets.pretrained_path("mnist")])
 def test_info(spec):
     output = run("info", spec).stdout
-    for text in ("conv relu, fc1 sigmoid, output softmax, max pooling", "1-6-16-120-84-10",
-                 "61,706", "833,040 (416,520 multiply-adds)", "uint8 x -> (x / 255 - ",
-                 "provenance.command", "python -m lenet_fast.train --dataset",
-                 "provenance.test_accuracy", "provenance.training_seconds",
-                 lenet_fast.show_config(False)["isa"], "threads", "conv1"):
+    for text in (
+        "conv relu, fc1 sigmoid, output softmax, max pooling",
+        "1-6-16-120-84-10",
+        "61,706",
+        "833,040 (416,520 multiply-adds)",
+        "uint8 x -> (x / 255 - ",
+        "provenance.command",
+        "python -m lenet_fast.train --dataset",
+        "provenance.test_accuracy",
+        "provenance.training_seconds",
+        lenet_fast.show_config(False)["isa"],
+        "threads",
+        "conv1",
+    ):
         assert text in output, text
 
 
@@ -100,6 +119,7 @@ def test_info_of_a_bare_model(tmp_path, fashion):
 # predict
 # ---------------------------------------------------------------------------------------------
 
+
 def read_csv(text):
     return list(csv.reader(io.StringIO(text)))
 
@@ -111,13 +131,20 @@ def test_predict_idx_to_csv_on_stdout(sample, fashion):
     expected = fashion.predict(sample[0])
     assert [int(row[1]) for row in rows[1:]] == expected.tolist()
     assert rows[1] == ["0", str(expected[0]), fashion.classes[expected[0]]]
-    assert result.stderr == ""          # not a terminal: no progress bar
+    assert result.stderr == ""  # not a terminal: no progress bar
 
 
 def test_predict_raw_idx_with_scores_to_csv_file(tmp_path, sample, fashion):
     datasets.write_idx(tmp_path / "images.idx", sample[0][:50])
-    run("predict", datasets.pretrained_path("fashion-mnist"), tmp_path / "images.idx",
-        "--out", tmp_path / "out.csv", "--scores", "--quiet")
+    run(
+        "predict",
+        datasets.pretrained_path("fashion-mnist"),
+        tmp_path / "images.idx",
+        "--out",
+        tmp_path / "out.csv",
+        "--scores",
+        "--quiet",
+    )
     rows = read_csv((tmp_path / "out.csv").read_text())
     assert rows[0][:3] == ["input", "label", "class"]
     assert rows[0][3:] == [f"score_{name}" for name in fashion.classes]
@@ -132,8 +159,15 @@ def test_predict_npy_to_npy(tmp_path, sample, fashion):
     assert labels.dtype == np.int64
     np.testing.assert_array_equal(labels, fashion.predict(sample[0][:300]))
     assert "wrote labels of 300 images" in result.stderr
-    run("predict", "fashion-mnist", tmp_path / "images.npy", "--out", tmp_path / "s.npy",
-        "--scores", "--quiet")
+    run(
+        "predict",
+        "fashion-mnist",
+        tmp_path / "images.npy",
+        "--out",
+        tmp_path / "s.npy",
+        "--scores",
+        "--quiet",
+    )
     scores = np.load(tmp_path / "s.npy")
     assert scores.dtype == np.float32 and scores.shape == (300, 10)
     np.testing.assert_array_equal(scores.argmax(1), labels)
@@ -141,15 +175,16 @@ def test_predict_npy_to_npy(tmp_path, sample, fashion):
 
 def test_predict_float_npy_is_taken_as_normalised(tmp_path, sample, fashion):
     p = fashion.metadata["preprocessing"]
-    normalised = ((sample[0][:40] / np.float32(255) - np.float32(p["mean"]))
-                  / np.float32(p["std"])).astype(np.float32)
+    normalised = (
+        (sample[0][:40] / np.float32(255) - np.float32(p["mean"])) / np.float32(p["std"])
+    ).astype(np.float32)
     np.save(tmp_path / "x.npy", normalised)
     run("predict", "fashion-mnist", tmp_path / "x.npy", "--out", tmp_path / "y.npy")
     np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), fashion.predict(sample[0][:40]))
 
 
 def test_predict_more_images_than_one_chunk(tmp_path, sample, fashion):
-    images = np.tile(sample[0], (5, 1, 1))          # 5,000 images: two chunks of 4,096
+    images = np.tile(sample[0], (5, 1, 1))  # 5,000 images: two chunks of 4,096
     datasets.write_idx(tmp_path / "many.idx.gz", images)
     run("predict", "fashion-mnist", tmp_path / "many.idx.gz", "--out", tmp_path / "many.npy")
     np.testing.assert_array_equal(np.load(tmp_path / "many.npy"), fashion.predict(images))
@@ -164,13 +199,15 @@ def test_predict_folder_of_images(tmp_path, sample, fashion):
         image.fromarray(sample[0][i]).save(folder / f"item{i}.{suffix}")
     (folder / "notes.txt").write_text("not an image")
     rows = read_csv(run("predict", "fashion-mnist", folder).stdout)
-    assert [row[0] for row in rows[1:]] == [f"item{i}.{'png' if i % 2 else 'PNG'}"
-                                            for i in range(6)]
+    assert [row[0] for row in rows[1:]] == [
+        f"item{i}.{'png' if i % 2 else 'PNG'}" for i in range(6)
+    ]
     assert [int(row[1]) for row in rows[1:]] == fashion.predict(sample[0][:6]).tolist()
 
 
-def test_a_folder_named_like_a_pretrained_model_does_not_hide_it(tmp_path, monkeypatch, capsys,
-                                                                  sample, fashion):
+def test_a_folder_named_like_a_pretrained_model_does_not_hide_it(
+    tmp_path, monkeypatch, capsys, sample, fashion
+):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "fashion-mnist").mkdir()
     datasets.write_idx(tmp_path / "fashion-mnist" / "imgs.idx", sample[0][:20])
@@ -186,11 +223,13 @@ def test_help_tells_which_inputs_suit_which_models(command, capsys):
     assert exit_info.value.code == 0
     # Spaces removed: argparse wraps to the terminal width, also at hyphens.
     text = "".join(capsys.readouterr().out.split())
-    for phrase in ("or a folder of images (PNG, JPEG, BMP, GIF, WebP, TIFF; 28 x 28 or 32 x 32), "
-                   "is read as grayscale, so it suits 1-channel models only",
-                   "IDX files and images (like uint8 .npy files) hold uint8 pixels, which need a "
-                   "model with stored preprocessing (e.g. the pretrained fashion-mnist and mnist)",
-                   "a float .npy file is taken as normalised images and works with any model"):
+    for phrase in (
+        "or a folder of images (PNG, JPEG, BMP, GIF, WebP, TIFF; 28 x 28 or 32 x 32), "
+        "is read as grayscale, so it suits 1-channel models only",
+        "IDX files and images (like uint8 .npy files) hold uint8 pixels, which need a "
+        "model with stored preprocessing (e.g. the pretrained fashion-mnist and mnist)",
+        "a float .npy file is taken as normalised images and works with any model",
+    ):
         assert "".join(phrase.split()) in text
 
 
@@ -208,14 +247,18 @@ def opened_idx_readers(monkeypatch):
     return readers
 
 
-@pytest.mark.parametrize("command, status", [
-    (["predict", "fashion-mnist", SAMPLE_IMAGES, "--quiet"], 0),
-    (["predict", "fashion-mnist", SAMPLE_IMAGES, "--out", "labels.txt"], 1),
-    (["evaluate", "fashion-mnist", SAMPLE_IMAGES, "no-such-labels.idx"], 1),
-    (["evaluate", "fashion-mnist", SAMPLE_IMAGES, SAMPLE_IMAGES], 1),   # images, not labels
-])
-def test_the_image_file_is_closed_however_the_command_ends(command, status, opened_idx_readers,
-                                                          capsys):
+@pytest.mark.parametrize(
+    "command, status",
+    [
+        (["predict", "fashion-mnist", SAMPLE_IMAGES, "--quiet"], 0),
+        (["predict", "fashion-mnist", SAMPLE_IMAGES, "--out", "labels.txt"], 1),
+        (["evaluate", "fashion-mnist", SAMPLE_IMAGES, "no-such-labels.idx"], 1),
+        (["evaluate", "fashion-mnist", SAMPLE_IMAGES, SAMPLE_IMAGES], 1),  # images, not labels
+    ],
+)
+def test_the_image_file_is_closed_however_the_command_ends(
+    command, status, opened_idx_readers, capsys
+):
     assert cli.main(command) == status
     assert opened_idx_readers
     assert all(reader._file.closed for reader in opened_idx_readers)
@@ -224,21 +267,32 @@ def test_the_image_file_is_closed_however_the_command_ends(command, status, open
 def test_predict_folder_errors(tmp_path):
     image = pytest.importorskip("PIL.Image")
     (tmp_path / "empty").mkdir()
-    run_failing("predict", "fashion-mnist", tmp_path / "empty", match="folder holds no images "
-                "(.png/.jpg/.jpeg/.bmp/.gif/.webp/.tif/.tiff), directly or in class subfolders")
+    run_failing(
+        "predict",
+        "fashion-mnist",
+        tmp_path / "empty",
+        match="folder holds no images "
+        "(.png/.jpg/.jpeg/.bmp/.gif/.webp/.tif/.tiff), directly or in class subfolders",
+    )
     (tmp_path / "big").mkdir()
     image.new("L", (64, 48)).save(tmp_path / "big" / "photo.jpg")
-    run_failing("predict", "fashion-mnist", tmp_path / "big",
-                match="photo.jpg: expected a 28 x 28 or 32 x 32 image; found 64 x 48")
+    run_failing(
+        "predict",
+        "fashion-mnist",
+        tmp_path / "big",
+        match="photo.jpg: expected a 28 x 28 or 32 x 32 image; found 64 x 48",
+    )
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "x.png").write_bytes(b"not a png")
-    run_failing("predict", "fashion-mnist", tmp_path / "broken",
-                match="x.png: not a readable image")
+    run_failing(
+        "predict", "fashion-mnist", tmp_path / "broken", match="x.png: not a readable image"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # evaluate
 # ---------------------------------------------------------------------------------------------
+
 
 def test_evaluate(sample, fashion):
     output = run("evaluate", "fashion-mnist", SAMPLE_IMAGES, SAMPLE_LABELS).stdout
@@ -255,23 +309,44 @@ def test_evaluate(sample, fashion):
 def test_evaluate_with_plot(tmp_path):
     pytest.importorskip("matplotlib")
     np.save(tmp_path / "labels.npy", datasets.load_sample()[1])
-    output = run("evaluate", "fashion-mnist", SAMPLE_IMAGES, tmp_path / "labels.npy", "--plot",
-                 tmp_path / "confusion.png").stdout
+    output = run(
+        "evaluate",
+        "fashion-mnist",
+        SAMPLE_IMAGES,
+        tmp_path / "labels.npy",
+        "--plot",
+        tmp_path / "confusion.png",
+    ).stdout
     assert f"wrote {tmp_path / 'confusion.png'}" in output
     assert_valid_png(tmp_path / "confusion.png")
 
 
 def test_evaluate_keeps_copies_of_misclassified_images_not_views_into_chunks(
-        tmp_path, monkeypatch, capsys, sample):
+    tmp_path, monkeypatch, capsys, sample
+):
     plotted = {}
     monkeypatch.setattr(cli, "import_pyplot", lambda: None)
-    monkeypatch.setattr(cli, "_plot_confusion", lambda path, confusion, names, mistakes, model, *_:
-                        plotted.update(mistakes=mistakes))
-    assert cli.main(["evaluate", "fashion-mnist", SAMPLE_IMAGES, SAMPLE_LABELS, "--plot",
-                     str(tmp_path / "unused.png")]) == 0
+    monkeypatch.setattr(
+        cli,
+        "_plot_confusion",
+        lambda path, confusion, names, mistakes, model, *_: plotted.update(mistakes=mistakes),
+    )
+    assert (
+        cli.main(
+            [
+                "evaluate",
+                "fashion-mnist",
+                SAMPLE_IMAGES,
+                SAMPLE_LABELS,
+                "--plot",
+                str(tmp_path / "unused.png"),
+            ]
+        )
+        == 0
+    )
     assert len(plotted["mistakes"]) == cli.MAX_PLOTTED_MISTAKES
     for index, image, truth, predicted in plotted["mistakes"]:
-        assert image.base is None           # owns its pixels: the chunk can be freed
+        assert image.base is None  # owns its pixels: the chunk can be freed
         np.testing.assert_array_equal(image, sample[0][index])
         assert truth == sample[1][index] and predicted != truth
 
@@ -280,9 +355,14 @@ def test_evaluate_keeps_copies_of_misclassified_images_not_views_into_chunks(
 # Errors: one line, non-zero status, no traceback
 # ---------------------------------------------------------------------------------------------
 
+
 def test_missing_and_unknown_models(tmp_path):
-    run_failing("info", "cifar10", match="model 'cifar10': no such file, and not a pretrained "
-                                         "model name (expected one of fashion-mnist, mnist)")
+    run_failing(
+        "info",
+        "cifar10",
+        match="model 'cifar10': no such file, and not a pretrained "
+        "model name (expected one of fashion-mnist, mnist)",
+    )
     (tmp_path / "junk.npz").write_bytes(b"junk")
     run_failing("info", tmp_path / "junk.npz", match="expected a .npz (zip) archive")
 
@@ -292,49 +372,99 @@ def test_missing_and_malformed_inputs(tmp_path, sample):
     datasets.write_idx(tmp_path / "images.idx", sample[0][:10])
     truncated = (tmp_path / "images.idx").read_bytes()[:-7]
     (tmp_path / "cut.idx").write_bytes(truncated)
-    run_failing("predict", "mnist", tmp_path / "cut.idx", match="cut.idx: header declares "
-                "10 x 28 x 28 uint8 (7,840 bytes), so the file should have 7,856 bytes; found "
-                "7,849 (truncated file)")
+    run_failing(
+        "predict",
+        "mnist",
+        tmp_path / "cut.idx",
+        match="cut.idx: header declares "
+        "10 x 28 x 28 uint8 (7,840 bytes), so the file should have 7,856 bytes; found "
+        "7,849 (truncated file)",
+    )
     datasets.write_idx(tmp_path / "labels.idx", sample[1][:10].astype(np.uint8))
-    run_failing("predict", "mnist", tmp_path / "labels.idx", match="expected an IDX file of "
-                "images (3 or 4 dimensions: N, [channels,] 28 x 28 or 32 x 32 pixels); found "
-                "shape (10,)")
+    run_failing(
+        "predict",
+        "mnist",
+        tmp_path / "labels.idx",
+        match="expected an IDX file of "
+        "images (3 or 4 dimensions: N, [channels,] 28 x 28 or 32 x 32 pixels); found "
+        "shape (10,)",
+    )
     np.save(tmp_path / "odd.npy", np.zeros((3, 20, 20), np.uint8))
-    run_failing("predict", "mnist", tmp_path / "odd.npy", match="odd.npy: expected a .npy file "
-                "of images (3 or 4 dimensions: N, [channels,] 28 x 28 or 32 x 32 pixels); found "
-                "shape (3, 20, 20)")
+    run_failing(
+        "predict",
+        "mnist",
+        tmp_path / "odd.npy",
+        match="odd.npy: expected a .npy file "
+        "of images (3 or 4 dimensions: N, [channels,] 28 x 28 or 32 x 32 pixels); found "
+        "shape (3, 20, 20)",
+    )
     np.save(tmp_path / "ints.npy", np.zeros((3, 28, 28), np.int32))
-    run_failing("predict", "mnist", tmp_path / "ints.npy",
-                match="x must hold floating-point (normalised) images or uint8 pixels; got "
-                      "integer dtype int32")
-    run_failing("predict", "mnist", SAMPLE_IMAGES, "--out", tmp_path / "labels.txt",
-                match="expected a file name ending in .csv or .npy")
+    run_failing(
+        "predict",
+        "mnist",
+        tmp_path / "ints.npy",
+        match="x must hold floating-point (normalised) images or uint8 pixels; got "
+        "integer dtype int32",
+    )
+    run_failing(
+        "predict",
+        "mnist",
+        SAMPLE_IMAGES,
+        "--out",
+        tmp_path / "labels.txt",
+        match="expected a file name ending in .csv or .npy",
+    )
 
 
 def test_integer_input_to_a_model_without_preprocessing(tmp_path, fashion):
     LeNet(fashion.weights).save_npz(tmp_path / "bare.npz")
-    run_failing("predict", tmp_path / "bare.npz", SAMPLE_IMAGES,
-                match="a model without stored preprocessing needs float input")
+    run_failing(
+        "predict",
+        tmp_path / "bare.npz",
+        SAMPLE_IMAGES,
+        match="a model without stored preprocessing needs float input",
+    )
 
 
 def test_evaluate_errors(tmp_path, sample):
     np.save(tmp_path / "short.npy", sample[1][:999])
-    run_failing("evaluate", "fashion-mnist", SAMPLE_IMAGES, tmp_path / "short.npy",
-                match="short.npy: expected 1000 labels (one per image); found 999")
+    run_failing(
+        "evaluate",
+        "fashion-mnist",
+        SAMPLE_IMAGES,
+        tmp_path / "short.npy",
+        match="short.npy: expected 1000 labels (one per image); found 999",
+    )
     np.save(tmp_path / "big.npy", np.full(1000, 12))
-    run_failing("evaluate", "fashion-mnist", SAMPLE_IMAGES, tmp_path / "big.npy",
-                match="labels must lie in 0..9 for this 10-class model; found 12..12")
+    run_failing(
+        "evaluate",
+        "fashion-mnist",
+        SAMPLE_IMAGES,
+        tmp_path / "big.npy",
+        match="labels must lie in 0..9 for this 10-class model; found 12..12",
+    )
     np.save(tmp_path / "float.npy", np.zeros(1000))
-    run_failing("evaluate", "fashion-mnist", SAMPLE_IMAGES, tmp_path / "float.npy",
-                match="expected a 1-D array of integer labels; found float64 (1000,)")
-    run_failing("evaluate", "fashion-mnist", SAMPLE_IMAGES, tmp_path / "none.idx",
-                match="none.idx: no such file")
+    run_failing(
+        "evaluate",
+        "fashion-mnist",
+        SAMPLE_IMAGES,
+        tmp_path / "float.npy",
+        match="expected a 1-D array of integer labels; found float64 (1000,)",
+    )
+    run_failing(
+        "evaluate",
+        "fashion-mnist",
+        SAMPLE_IMAGES,
+        tmp_path / "none.idx",
+        match="none.idx: no such file",
+    )
 
 
 def test_usage_errors():
     run_failing(match="the following arguments are required: COMMAND", status=2)
-    run_failing("predict", "fashion-mnist", match="the following arguments are required: INPUT",
-                status=2)
+    run_failing(
+        "predict", "fashion-mnist", match="the following arguments are required: INPUT", status=2
+    )
     run_failing("info", "mnist", "--bogus", match="unrecognized arguments: --bogus", status=2)
     assert "demo" in run("--help").stdout
 
@@ -343,8 +473,9 @@ def test_predict_and_info_take_an_onnx_model(tmp_path, sample, fashion):
     pytest.importorskip("onnx")
     fashion.to_onnx(tmp_path / "fashion.onnx")
     p = fashion.metadata["preprocessing"]
-    normalised = ((sample[0][:40] / np.float32(255) - np.float32(p["mean"]))
-                  / np.float32(p["std"])).astype(np.float32)
+    normalised = (
+        (sample[0][:40] / np.float32(255) - np.float32(p["mean"])) / np.float32(p["std"])
+    ).astype(np.float32)
     np.save(tmp_path / "x.npy", normalised)
     run("predict", tmp_path / "fashion.onnx", tmp_path / "x.npy", "--out", tmp_path / "y.npy")
     np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), fashion.predict(sample[0][:40]))
@@ -358,11 +489,23 @@ def test_convert_classes_file_errors_name_the_file(tmp_path, fashion):
     fashion.save_npz(tmp_path / "f.npz")
     names = tmp_path / "names.txt"
     names.write_bytes(b"\xff\xfe" + "\n".join(fashion.classes).encode("utf-16-le"))
-    run_failing("convert", tmp_path / "f.npz", tmp_path / "o.npz", "--classes", names,
-                match=f"--classes {names}: expected UTF-8 text")
+    run_failing(
+        "convert",
+        tmp_path / "f.npz",
+        tmp_path / "o.npz",
+        "--classes",
+        names,
+        match=f"--classes {names}: expected UTF-8 text",
+    )
     names.write_bytes(b"x\n" * (1 << 20))
-    run_failing("convert", tmp_path / "f.npz", tmp_path / "o.npz", "--classes", names,
-                match=f"--classes {names}: expected a text file of at most 1,048,576 bytes")
+    run_failing(
+        "convert",
+        tmp_path / "f.npz",
+        tmp_path / "o.npz",
+        "--classes",
+        names,
+        match=f"--classes {names}: expected a text file of at most 1,048,576 bytes",
+    )
     assert not (tmp_path / "o.npz").exists()
     names.write_text("\r\n".join(reversed(fashion.classes)) + "\n", encoding="utf-8")
     run("convert", tmp_path / "f.npz", tmp_path / "o.npz", "--classes", names, "--quiet")
@@ -405,8 +548,7 @@ def test_model_file_as_output_is_refused(tmp_path):
     before = (tmp_path / "m.npz").read_bytes()
     np.save(tmp_path / "x.npy", np.zeros((2, 28, 28), np.uint8))
     (tmp_path / "m.csv").symlink_to(tmp_path / "m.npz")
-    run("predict", tmp_path / "m.npz", tmp_path / "x.npy", "--out", tmp_path / "m.csv",
-            expect=1)
+    run("predict", tmp_path / "m.npz", tmp_path / "x.npy", "--out", tmp_path / "m.csv", expect=1)
     assert (tmp_path / "m.npz").read_bytes() == before
 
 
@@ -424,7 +566,7 @@ def test_a_bad_image_part_way_leaves_no_output(tmp_path, out, capsys):
     assert cli.main(arguments) == 1
     captured = capsys.readouterr()
     assert "3.png: not a readable image" in captured.err
-    assert captured.out == ""                     # not even the CSV header
+    assert captured.out == ""  # not even the CSV header
     assert (tmp_path / "x.npy").read_bytes() == b"old contents"
     assert not (tmp_path / "x.csv").exists()
     assert leftovers(tmp_path) == []
@@ -453,10 +595,21 @@ def test_ctrl_c_part_way_leaves_no_output(tmp_path, out, monkeypatch, capsys):
 def test_successful_outputs_replace_the_destination_atomically(tmp_path, capsys):
     np.save(tmp_path / "in.npy", np.zeros((5, 28, 28), np.uint8))
     (tmp_path / "x.npy").write_bytes(b"old")
-    assert cli.main(["predict", "mnist", str(tmp_path / "in.npy"), "--out",
-                     str(tmp_path / "x.npy"), "--quiet"]) == 0
+    assert (
+        cli.main(
+            [
+                "predict",
+                "mnist",
+                str(tmp_path / "in.npy"),
+                "--out",
+                str(tmp_path / "x.npy"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert np.load(tmp_path / "x.npy").shape == (5,)
-    assert oct((tmp_path / "x.npy").stat().st_mode & 0o777) != oct(0o600)   # not mkstemp's mode
+    assert oct((tmp_path / "x.npy").stat().st_mode & 0o777) != oct(0o600)  # not mkstemp's mode
     assert leftovers(tmp_path) == []
     assert cli.main(["predict", "mnist", str(tmp_path / "in.npy")]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 6
@@ -474,8 +627,19 @@ def test_atomic_outputs_get_the_umask_without_changing_it(tmp_path, monkeypatch,
         monkeypatch.setattr(os, "umask", lambda mask: changes.append(mask) or real_umask(mask))
         LeNet.pretrained("mnist").save_npz(tmp_path / "m.npz")
         np.save(tmp_path / "in.npy", np.zeros((2, 28, 28), np.uint8))
-        assert cli.main(["predict", "mnist", str(tmp_path / "in.npy"), "--out",
-                         str(tmp_path / "x.csv"), "--quiet"]) == 0
+        assert (
+            cli.main(
+                [
+                    "predict",
+                    "mnist",
+                    str(tmp_path / "in.npy"),
+                    "--out",
+                    str(tmp_path / "x.csv"),
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
         monkeypatch.undo()
     finally:
         os.umask(previous)
@@ -487,8 +651,9 @@ def test_atomic_outputs_get_the_umask_without_changing_it(tmp_path, monkeypatch,
 
 def test_output_into_a_missing_folder_fails_before_the_work(tmp_path, monkeypatch):
     monkeypatch.setattr(LeNet, "predict", lambda *a, **k: pytest.fail("predicted"))
-    assert cli.main(["predict", "mnist", SAMPLE_IMAGES, "--out",
-                     str(tmp_path / "no" / "x.csv")]) == 1
+    assert (
+        cli.main(["predict", "mnist", SAMPLE_IMAGES, "--out", str(tmp_path / "no" / "x.csv")]) == 1
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -507,6 +672,7 @@ def test_control_characters_from_files_are_escaped(tmp_path):
     bad_name = "\x1b[2Jimage.png"
     (tmp_path / "images").mkdir()
     from PIL import Image
+
     Image.new("L", (28, 28)).save(tmp_path / "images" / bad_name)
     csv_text = run("predict", "mnist", tmp_path / "images", expect=0).stdout
     assert "\x1b" not in csv_text and "\\x1b[2Jimage.png" in csv_text
@@ -535,15 +701,17 @@ def test_a_single_image_file_and_other_formats_as_input(tmp_path, suffix):
     (folder / "notes.txt").write_text("not an image")
     result = run("predict", "fashion-mnist", folder, expect=0)
     assert result.stdout.splitlines()[1].startswith(f"a{suffix},")
-    assert "skipped 1 entries that are not images" in result.stderr and "notes.txt" in \
-        result.stderr
+    assert "skipped 1 entries that are not images" in result.stderr and "notes.txt" in result.stderr
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"1 2 3\n4 5 6\n", "not a .npy file"),
-    (None, "expected a plain numeric array, found dtype object"),
-    (b"truncate", "(truncated file)"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"1 2 3\n4 5 6\n", "not a .npy file"),
+        (None, "expected a plain numeric array, found dtype object"),
+        (b"truncate", "(truncated file)"),
+    ],
+)
 def test_npy_problems_name_the_file(tmp_path, content, message):
     path = tmp_path / "bad.npy"
     if content is None:
@@ -562,10 +730,13 @@ def test_plot_destination_checked_before_the_work(tmp_path, monkeypatch, capsys)
     pytest.importorskip("matplotlib")
     monkeypatch.setattr(LeNet, "predict", lambda *a, **k: pytest.fail("predicted"))
     labels = datasets._data_file("fashion-mnist-sample-labels-idx1-ubyte.gz")
-    for plot, message in ((tmp_path / "x", "expected a file name ending in .png, .pdf, .svg"),
-                          (tmp_path / "missing" / "x.png", "No such file or directory")):
-        assert cli.main(["evaluate", "fashion-mnist", SAMPLE_IMAGES, labels, "--plot",
-                         str(plot)]) == 1
+    for plot, message in (
+        (tmp_path / "x", "expected a file name ending in .png, .pdf, .svg"),
+        (tmp_path / "missing" / "x.png", "No such file or directory"),
+    ):
+        assert (
+            cli.main(["evaluate", "fashion-mnist", SAMPLE_IMAGES, labels, "--plot", str(plot)]) == 1
+        )
         assert message in capsys.readouterr().err
 
 
@@ -575,8 +746,7 @@ def test_version_plural_usage_and_empty_evaluation(tmp_path):
     assert usage.startswith("usage: lenet-fast predict ")
     np.save(tmp_path / "none.npy", np.zeros((0, 28, 28), np.uint8))
     np.save(tmp_path / "labels.npy", np.zeros(0, np.int64))
-    result = run("evaluate", "mnist", tmp_path / "none.npy", tmp_path / "labels.npy",
-                     expect=1)
+    result = run("evaluate", "mnist", tmp_path / "none.npy", tmp_path / "labels.npy", expect=1)
     assert "nothing to evaluate" in result.stderr
 
 
@@ -612,9 +782,14 @@ def test_source_folder_shadowing_an_installed_copy_says_so(tmp_path):
     package = Path(lenet_fast.__file__).parent
     for path in package.glob("*.py"):
         (source / path.name).write_text(path.read_text())
-    result = subprocess.run([sys.executable, "-c", "import lenet_fast"], cwd=source.parent,
-                            capture_output=True, text=True, timeout=60,
-                            env={**os.environ, "PYTHONPATH": PACKAGE_ROOT})
+    result = subprocess.run(
+        [sys.executable, "-c", "import lenet_fast"],
+        cwd=source.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": PACKAGE_ROOT},
+    )
     assert "shadows the installed lenet_fast in" in result.stderr
     assert "run from another directory" in result.stderr
     assert "circular import" not in result.stderr

@@ -26,23 +26,28 @@ def random_model(in_channels=1, seed=0):
 
 def local_result(method, model, images):
     """The in-process result, one block at a time (the images are generated, never stored)."""
-    return np.concatenate([getattr(model, method)(block.compute(scheduler="synchronous"))
-                           for block in images.blocks])
+    return np.concatenate(
+        [getattr(model, method)(block.compute(scheduler="synchronous")) for block in images.blocks]
+    )
 
 
 @pytest.fixture(scope="module")
 def client():
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster, \
-            distributed.Client(cluster) as dask_client:
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as dask_client,
+    ):
         yield dask_client
 
 
 def test_cluster_predicts_100k_images_exactly_like_the_local_model(client):
     model = random_model()
     # Generated on the workers from per-chunk seeds: no image crosses the network.
-    images = da.random.default_rng(0).standard_normal((N_IMAGES, 28, 28), chunks=CHUNK,
-                                                      dtype=np.float32)
+    images = da.random.default_rng(0).standard_normal(
+        (N_IMAGES, 28, 28), chunks=CHUNK, dtype=np.float32
+    )
     labels = lenet_dask.predict(model, images)
     scores = lenet_dask.forward(model, images)
     assert labels.chunks == (images.chunks[0],)
@@ -60,8 +65,9 @@ def test_cluster_workers_use_one_thread_per_task_unless_told(client):
     # The nanny sets OMP_NUM_THREADS=1 and each worker runs one task at a time.
     model = random_model()
     assert client.submit(lenet_dask._threads_per_task, model, pure=False).result() == 1
-    images = da.random.default_rng(1).standard_normal((4_000, 1, 32, 32), chunks=1_000,
-                                                      dtype=np.float32)
+    images = da.random.default_rng(1).standard_normal(
+        (4_000, 1, 32, 32), chunks=1_000, dtype=np.float32
+    )
     labels = lenet_dask.predict(model, images, num_threads=2).compute()
     np.testing.assert_array_equal(labels, local_result("predict", model, images))
 
@@ -75,11 +81,14 @@ def test_the_model_enters_the_graph_once():
     assert model_size < graph_size < model_size + 100_000, (model_size, graph_size)
 
 
-@pytest.mark.parametrize("shape, chunks", [
-    ((1_000, 28, 28), (250, 14, 28)),         # (N, H, W), chunked along H too: rechunked
-    ((1_000, 1, 32, 32), (300, 1, 32, 32)),   # (N, C, H, W), uneven last chunk
-    ((999, 3, 28, 28), (400, 3, 28, 28)),     # three channels
-])
+@pytest.mark.parametrize(
+    "shape, chunks",
+    [
+        ((1_000, 28, 28), (250, 14, 28)),  # (N, H, W), chunked along H too: rechunked
+        ((1_000, 1, 32, 32), (300, 1, 32, 32)),  # (N, C, H, W), uneven last chunk
+        ((999, 3, 28, 28), (400, 3, 28, 28)),  # three channels
+    ],
+)
 def test_local_threaded_scheduler(shape, chunks):
     model = random_model(in_channels=3 if shape[1] == 3 else 1)
     images = da.random.default_rng(2).standard_normal(shape, chunks=chunks, dtype=np.float32)
@@ -90,15 +99,23 @@ def test_local_threaded_scheduler(shape, chunks):
 
 def test_errors_are_raised_when_the_graph_is_built():
     model = random_model()
-    with pytest.raises(TypeError, match=re.escape(
+    with pytest.raises(
+        TypeError,
+        match=re.escape(
             "images must be a dask.array.Array of shape (N, [C,] H, W); got ndarray (wrap NumPy "
-            "arrays with dask.array.from_array)")):
+            "arrays with dask.array.from_array)"
+        ),
+    ):
         lenet_dask.predict(model, np.zeros((2, 32, 32), np.float32))
     with pytest.raises(TypeError, match="^model must be a lenet_fast.LeNet; got str$"):
         lenet_dask.forward("model", da.zeros((2, 32, 32), dtype=np.float32))
-    with pytest.raises(ValueError, match=re.escape(
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
             "x must have shape (N, 1, 32, 32) or (N, 1, 28, 28), or (N, 32, 32) / (N, 28, 28); "
-            "got (5, 1, 30, 30)")):
+            "got (5, 1, 30, 30)"
+        ),
+    ):
         lenet_dask.predict(model, da.zeros((5, 1, 30, 30), dtype=np.float32))
     with pytest.raises(TypeError, match="^x must hold floating-point images"):
         lenet_dask.predict(model, da.zeros((5, 32, 32), dtype=np.int32))
@@ -115,4 +132,5 @@ def test_non_finite_input_raises_at_compute_time():
         labels.compute(scheduler="synchronous")
     np.testing.assert_array_equal(
         lenet_dask.predict(model, da.from_array(x, chunks=50), check_finite=False)[:70].compute(),
-        model.predict(x[:70]))
+        model.predict(x[:70]),
+    )

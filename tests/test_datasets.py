@@ -11,17 +11,25 @@ from lenet_fast import datasets
 from lenet_fast.datasets import DataFileError, IdxReader, read_idx, write_idx
 
 FULL_FASHION_MNIST = os.path.isfile(
-    os.path.join(datasets.FASHION_MNIST_DIRECTORY, "t10k-images-idx3-ubyte.gz"))
+    os.path.join(datasets.FASHION_MNIST_DIRECTORY, "t10k-images-idx3-ubyte.gz")
+)
 needs_fashion_mnist = pytest.mark.skipif(
-    not FULL_FASHION_MNIST, reason="apt-get install dataset-fashion-mnist")
+    not FULL_FASHION_MNIST, reason="apt-get install dataset-fashion-mnist"
+)
 
 DTYPES = [np.uint8, np.int8, np.int16, np.int32, np.float32, np.float64]
 
 
 def idx_bytes(array):
     """The IDX encoding of `array`, written independently of `write_idx`."""
-    codes = {np.uint8: 0x08, np.int8: 0x09, np.int16: 0x0B, np.int32: 0x0C, np.float32: 0x0D,
-             np.float64: 0x0E}
+    codes = {
+        np.uint8: 0x08,
+        np.int8: 0x09,
+        np.int16: 0x0B,
+        np.int32: 0x0C,
+        np.float32: 0x0D,
+        np.float64: 0x0E,
+    }
     header = bytes([0, 0, codes[array.dtype.type], array.ndim])
     header += b"".join(int(d).to_bytes(4, "big") for d in array.shape)
     return header + array.astype(array.dtype.newbyteorder(">")).tobytes()
@@ -42,6 +50,7 @@ def images():
 # ---------------------------------------------------------------------------------------------
 # Good files
 # ---------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("compress", [False, True])
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -97,6 +106,7 @@ def test_empty_first_dimension(tmp_path):
 # Bad files: one error type, naming the file and the problem
 # ---------------------------------------------------------------------------------------------
 
+
 def test_data_file_error_is_a_value_error():
     assert issubclass(DataFileError, ValueError)
 
@@ -114,8 +124,11 @@ def test_truncated_files(tmp_path, images, compress, cut):
 def test_gzip_stream_cut_short(tmp_path, images):
     path = tmp_path / "a.idx.gz"
     path.write_bytes(gzip.compress(idx_bytes(images))[:-200])
-    with pytest.raises(DataFileError, match=r"a\.idx\.gz: gzip stream ends inside entries 0\.\.6 "
-                                            r"of 7 \(truncated file\?\)"):
+    with pytest.raises(
+        DataFileError,
+        match=r"a\.idx\.gz: gzip stream ends inside entries 0\.\.6 "
+        r"of 7 \(truncated file\?\)",
+    ):
         read_idx(path)
 
 
@@ -127,14 +140,23 @@ def test_trailing_bytes(tmp_path, images, compress):
 
 
 @pytest.mark.parametrize("compress", [False, True])
-@pytest.mark.parametrize("header, message", [
-    (b"\x01\x00\x08\x03", r"not an IDX file: expected the magic number to start with two zero "
-                          r"bytes, found 0x01000803"),
-    (b"\x00\x00\x07\x03", r"unknown IDX dtype code 0x07; expected one of 0x08, 0x09, 0x0B, "
-                          r"0x0C, 0x0D, 0x0E"),
-    (b"\x00\x00\x08\x00", r"IDX header declares 0 dimensions; expected 1 to 8"),
-    (b"\x00\x00\x08\x09", r"IDX header declares 9 dimensions; expected 1 to 8"),
-])
+@pytest.mark.parametrize(
+    "header, message",
+    [
+        (
+            b"\x01\x00\x08\x03",
+            r"not an IDX file: expected the magic number to start with two zero "
+            r"bytes, found 0x01000803",
+        ),
+        (
+            b"\x00\x00\x07\x03",
+            r"unknown IDX dtype code 0x07; expected one of 0x08, 0x09, 0x0B, "
+            r"0x0C, 0x0D, 0x0E",
+        ),
+        (b"\x00\x00\x08\x00", r"IDX header declares 0 dimensions; expected 1 to 8"),
+        (b"\x00\x00\x08\x09", r"IDX header declares 9 dimensions; expected 1 to 8"),
+    ],
+)
 def test_corrupted_headers(tmp_path, images, compress, header, message):
     path = write(tmp_path / "a.idx", header + idx_bytes(images)[4:], compress)
     with pytest.raises(DataFileError, match=message):
@@ -145,8 +167,11 @@ def test_corrupted_headers(tmp_path, images, compress, header, message):
 def test_entries_of_zero_bytes_are_rejected(tmp_path, compress):
     header = b"\0\0\x0b\x03" + b"".join(d.to_bytes(4, "big") for d in (167772160, 0, 5))
     path = write(tmp_path / "a.idx", header, compress)
-    with pytest.raises(DataFileError, match=r"IDX header declares an empty entry shape \(0, 5\); "
-                                            r"expected every dimension after the first to be >= 1"):
+    with pytest.raises(
+        DataFileError,
+        match=r"IDX header declares an empty entry shape \(0, 5\); "
+        r"expected every dimension after the first to be >= 1",
+    ):
         read_idx(path)
 
 
@@ -182,8 +207,10 @@ def test_lying_header_is_rejected_before_allocating(tmp_path, images, compress):
     data = bytearray(idx_bytes(images))
     data[4:8] = (2**32 - 1).to_bytes(4, "big")
     path = write(tmp_path / "a.idx", bytes(data), compress)
-    with (traced_peak() as peak,
-          pytest.raises(DataFileError, match=r"header declares 4294967295 x 28 x 28 uint8")):
+    with (
+        traced_peak() as peak,
+        pytest.raises(DataFileError, match=r"header declares 4294967295 x 28 x 28 uint8"),
+    ):
         read_idx(path)
     assert peak[0] < 1 << 20
 
@@ -194,8 +221,11 @@ def test_gzip_header_lying_within_the_deflate_bound_reads_in_bounded_chunks(tmp_
     data = bytearray(idx_bytes(images))
     data[4:8] = (2000).to_bytes(4, "big")
     path = write(tmp_path / "a.idx", bytes(data), True)
-    with (traced_peak() as peak, IdxReader(path) as reader,
-          pytest.raises(DataFileError, match="truncated")):
+    with (
+        traced_peak() as peak,
+        IdxReader(path) as reader,
+        pytest.raises(DataFileError, match="truncated"),
+    ):
         for _ in reader.chunks(50):
             pass
     assert peak[0] < 2000 * 28 * 28 // 4
@@ -218,10 +248,11 @@ def test_write_idx_never_leaves_a_half_written_or_lost_file(tmp_path, monkeypatc
     def interrupted_open(file, mode="r", *args, **kwargs):
         handle = real_open(file, mode, *args, **kwargs)
         if "w" in mode:
-            handle.write(b"\0\0\x08")    # part of a header, then Ctrl-C
+            handle.write(b"\0\0\x08")  # part of a header, then Ctrl-C
 
             def interrupt(data):
                 raise KeyboardInterrupt
+
             handle.write = interrupt
         return handle
 
@@ -235,8 +266,9 @@ def test_write_idx_never_leaves_a_half_written_or_lost_file(tmp_path, monkeypatc
 
 
 def test_write_idx_rejects_what_idx_cannot_hold(tmp_path):
-    with pytest.raises(TypeError, match="IDX files hold uint8, int8, int16, int32, float32 or "
-                                        "float64; got int64"):
+    with pytest.raises(
+        TypeError, match="IDX files hold uint8, int8, int16, int32, float32 or float64; got int64"
+    ):
         write_idx(tmp_path / "a.idx", np.zeros(3, np.int64))
     with pytest.raises(ValueError, match=r"got shape \(\)"):
         write_idx(tmp_path / "a.idx", np.uint8(3))
@@ -245,6 +277,7 @@ def test_write_idx_rejects_what_idx_cannot_hold(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # Loaders
 # ---------------------------------------------------------------------------------------------
+
 
 def fake_fashion_mnist(directory, n=5, labels=None, compress=True, prefix="t10k"):
     directory.mkdir(exist_ok=True)
@@ -273,8 +306,11 @@ def test_fashion_mnist_from_the_environment_variable(tmp_path, monkeypatch):
 
 def test_fashion_mnist_missing(tmp_path, monkeypatch):
     monkeypatch.setenv("LENET_FAST_DATA", str(tmp_path))
-    with pytest.raises(FileNotFoundError, match=r"Fashion-MNIST test files .* not found in "
-                                                r".*apt-get install dataset-fashion-mnist"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"Fashion-MNIST test files .* not found in "
+        r".*apt-get install dataset-fashion-mnist",
+    ):
         datasets.load_fashion_mnist("test")
     with pytest.raises(ValueError, match="split must be 'train' or 'test'; got 'valid'"):
         datasets.load_fashion_mnist("valid")
@@ -290,8 +326,11 @@ def test_fashion_mnist_files_that_do_not_belong_together(tmp_path):
     (tmp_path / "c").mkdir()
     write_idx(tmp_path / "c" / "t10k-images-idx3-ubyte", np.zeros((2, 32, 32), np.uint8))
     write_idx(tmp_path / "c" / "t10k-labels-idx1-ubyte", np.zeros(2, np.uint8))
-    with pytest.raises(DataFileError, match=r"expected uint8 images of shape \(N, 28, 28\); "
-                                            r"found uint8 \(2, 32, 32\)"):
+    with pytest.raises(
+        DataFileError,
+        match=r"expected uint8 images of shape \(N, 28, 28\); "
+        r"found uint8 \(2, 32, 32\)",
+    ):
         datasets.load_fashion_mnist("test", path=tmp_path / "c")
 
 
@@ -311,8 +350,9 @@ def test_bundled_sample():
     assert labels.dtype == np.int64 and labels[:5].tolist() == [9, 2, 1, 1, 6]
     assert set(np.unique(labels)) == set(range(10))
     data = os.path.join(os.path.dirname(datasets.__file__), "data")
-    sample_bytes = sum(os.path.getsize(os.path.join(data, name)) for name in os.listdir(data)
-                       if "sample" in name)
+    sample_bytes = sum(
+        os.path.getsize(os.path.join(data, name)) for name in os.listdir(data) if "sample" in name
+    )
     assert sample_bytes < 500_000
 
 
@@ -347,6 +387,8 @@ def test_class_names():
 def test_pretrained_path():
     for name in datasets.PRETRAINED:
         assert os.path.isfile(datasets.pretrained_path(name))
-    with pytest.raises(ValueError, match="unknown pretrained model 'cifar'; expected one of "
-                                         "'fashion-mnist', 'mnist'"):
+    with pytest.raises(
+        ValueError,
+        match="unknown pretrained model 'cifar'; expected one of 'fashion-mnist', 'mnist'",
+    ):
         datasets.pretrained_path("cifar")

@@ -31,22 +31,37 @@ pytestmark = pytest.mark.fuzz
 def run_target(target, arguments, tmp_path, seconds):
     if target in OPTIONAL_DEPENDENCY:
         pytest.importorskip(OPTIONAL_DEPENDENCY[target])
-    environment = {**os.environ, "LENET_FAST_FUZZ_SECONDS": str(seconds),
-                   "LENET_FAST_FUZZ_ARTIFACTS": str(tmp_path),
-                   "PYTHONPATH": os.pathsep.join([PACKAGE_PARENT, os.environ.get("PYTHONPATH", "")])}
+    environment = {
+        **os.environ,
+        "LENET_FAST_FUZZ_SECONDS": str(seconds),
+        "LENET_FAST_FUZZ_ARTIFACTS": str(tmp_path),
+        "PYTHONPATH": os.pathsep.join([PACKAGE_PARENT, os.environ.get("PYTHONPATH", "")]),
+    }
     try:
-        result = subprocess.run([sys.executable, str(FUZZ / f"fuzz_{target}.py"), *arguments],
-                                capture_output=True, text=True, env=environment, cwd=tmp_path,
-                                timeout=seconds * 2 + 120)
+        result = subprocess.run(
+            [sys.executable, str(FUZZ / f"fuzz_{target}.py"), *arguments],
+            capture_output=True,
+            text=True,
+            env=environment,
+            cwd=tmp_path,
+            timeout=seconds * 2 + 120,
+        )
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"fuzz_{target}.py did not finish: {exc}")
-    output = "\n".join(line for line in (result.stdout + result.stderr).splitlines()
-                       if not line.startswith(("INFO: Instrumenting", "#")) and "# Uses:" not in line)
-    artifacts = sorted(path.name for path in tmp_path.iterdir() if path.name.startswith(
-        ("crash-", "timeout-", "oom-", "leak-")))
+    output = "\n".join(
+        line
+        for line in (result.stdout + result.stderr).splitlines()
+        if not line.startswith(("INFO: Instrumenting", "#")) and "# Uses:" not in line
+    )
+    artifacts = sorted(
+        path.name
+        for path in tmp_path.iterdir()
+        if path.name.startswith(("crash-", "timeout-", "oom-", "leak-"))
+    )
     assert result.returncode == 0, (
         f"fuzz_{target}.py exited {result.returncode}; failing inputs in {tmp_path}: {artifacts}\n"
-        + output[-6000:])
+        + output[-6000:]
+    )
 
 
 @pytest.mark.parametrize("target", TARGETS)

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 h5py = pytest.importorskip("h5py", reason="h5py is not installed (pip install lenet_fast[keras])")
-os.environ["KERAS_BACKEND"] = "torch"   # before Keras is imported: no TensorFlow needed
+os.environ["KERAS_BACKEND"] = "torch"  # before Keras is imported: no TensorFlow needed
 keras = pytest.importorskip("keras", reason="Keras 3 is not installed (the test extra installs it)")
 from keras import layers  # noqa: E402
 
@@ -32,23 +32,33 @@ from lenet_fast import LeNet, WeightFileError  # noqa: E402
 from lenet_fast._architecture import ARCHITECTURE_OPTIONS  # noqa: E402
 from lenet_fast.datasets import load_sample  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning",
-                                        "ignore::FutureWarning")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::DeprecationWarning", "ignore::UserWarning", "ignore::FutureWarning"
+)
 
 
 # ---------------------------------------------------------------------------------------------
 # Models built with Keras
 # ---------------------------------------------------------------------------------------------
 
+
 def example_lenet():
     """The issue's Keras LeNet (28x28x1, 'same' first convolution, tanh, average pooling), with a
     Dropout that inference ignores."""
-    return keras.Sequential([
-        keras.Input((28, 28, 1)),
-        layers.Conv2D(6, 5, padding="same", activation="tanh"), layers.AveragePooling2D(2),
-        layers.Conv2D(16, 5, activation="tanh"), layers.AveragePooling2D(2),
-        layers.Flatten(), layers.Dense(120, activation="tanh"), layers.Dense(84, activation="tanh"),
-        layers.Dropout(0.3), layers.Dense(10, activation="softmax")])
+    return keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            layers.Conv2D(6, 5, padding="same", activation="tanh"),
+            layers.AveragePooling2D(2),
+            layers.Conv2D(16, 5, activation="tanh"),
+            layers.AveragePooling2D(2),
+            layers.Flatten(),
+            layers.Dense(120, activation="tanh"),
+            layers.Dense(84, activation="tanh"),
+            layers.Dropout(0.3),
+            layers.Dense(10, activation="softmax"),
+        ]
+    )
 
 
 def relu_max_lenet():
@@ -70,76 +80,118 @@ def relu_max_lenet():
 
 def rgb_lenet():
     """Three input channels, other widths, sigmoid dense layers and a linear output."""
-    return keras.Sequential([
-        keras.Input((32, 32, 3)),
-        layers.Conv2D(8, 5, activation="relu"), layers.MaxPooling2D(),
-        layers.Conv2D(20, 5, activation="relu"), layers.MaxPooling2D(),
-        layers.Flatten(), layers.Dense(100, activation="relu"),
-        layers.Dense(50, activation="sigmoid"), layers.Dense(7)])
+    return keras.Sequential(
+        [
+            keras.Input((32, 32, 3)),
+            layers.Conv2D(8, 5, activation="relu"),
+            layers.MaxPooling2D(),
+            layers.Conv2D(20, 5, activation="relu"),
+            layers.MaxPooling2D(),
+            layers.Flatten(),
+            layers.Dense(100, activation="relu"),
+            layers.Dense(50, activation="sigmoid"),
+            layers.Dense(7),
+        ]
+    )
 
 
 def channels_first_lenet():
     """Channels-first tensors, flattened channels-last (Flatten's data_format moves them)."""
-    return keras.Sequential([
-        keras.Input((1, 28, 28)),
-        layers.Conv2D(6, 5, padding="same", activation="tanh", data_format="channels_first"),
-        layers.AveragePooling2D(2, data_format="channels_first"),
-        layers.Conv2D(16, 5, activation="tanh", data_format="channels_first"),
-        layers.AveragePooling2D(2, data_format="channels_first"),
-        layers.Flatten(data_format="channels_first"),
-        layers.Dense(120, activation="tanh"), layers.Dense(84, activation="tanh"),
-        layers.Dense(10, activation="softmax")])
+    return keras.Sequential(
+        [
+            keras.Input((1, 28, 28)),
+            layers.Conv2D(6, 5, padding="same", activation="tanh", data_format="channels_first"),
+            layers.AveragePooling2D(2, data_format="channels_first"),
+            layers.Conv2D(16, 5, activation="tanh", data_format="channels_first"),
+            layers.AveragePooling2D(2, data_format="channels_first"),
+            layers.Flatten(data_format="channels_first"),
+            layers.Dense(120, activation="tanh"),
+            layers.Dense(84, activation="tanh"),
+            layers.Dense(10, activation="softmax"),
+        ]
+    )
 
 
 def keras_mnist_unpadded():
     """28x28 'valid' everywhere, ReLU, max pooling, flatten 256 -> 120 -> 84 -> 10 (linear)."""
-    return keras.Sequential([
-        keras.Input((28, 28, 1)),
-        layers.Conv2D(6, 5, activation="relu"), layers.MaxPooling2D(2),
-        layers.Conv2D(16, 5, activation="relu"), layers.MaxPooling2D(2), layers.Flatten(),
-        layers.Dense(120, activation="relu"), layers.Dense(84, activation="relu"),
-        layers.Dense(10)])
+    return keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            layers.Conv2D(6, 5, activation="relu"),
+            layers.MaxPooling2D(2),
+            layers.Conv2D(16, 5, activation="relu"),
+            layers.MaxPooling2D(2),
+            layers.Flatten(),
+            layers.Dense(120, activation="relu"),
+            layers.Dense(84, activation="relu"),
+            layers.Dense(10),
+        ]
+    )
 
 
 def keras_caffe():
     """Caffe's LeNet: no convolution activation, flatten 800 -> 500 ReLU -> 10 softmax."""
-    return keras.Sequential([
-        keras.Input((28, 28, 1)),
-        layers.Conv2D(20, 5), layers.MaxPooling2D(2), layers.Conv2D(50, 5), layers.MaxPooling2D(2),
-        layers.Flatten(), layers.Dense(500, activation="relu"),
-        layers.Dense(10, activation="softmax")])
+    return keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            layers.Conv2D(20, 5),
+            layers.MaxPooling2D(2),
+            layers.Conv2D(50, 5),
+            layers.MaxPooling2D(2),
+            layers.Flatten(),
+            layers.Dense(500, activation="relu"),
+            layers.Dense(10, activation="softmax"),
+        ]
+    )
 
 
 def keras_same_flatten():
     """'same' then 'valid', tanh convolutions, average pooling, and ReLU dense layers: a flatten
     over 5x5 in Keras's (row, column, channel) order that is not conv3."""
-    return keras.Sequential([
-        keras.Input((28, 28, 1)),
-        layers.Conv2D(6, 5, padding="same", activation="tanh"), layers.AveragePooling2D(2),
-        layers.Conv2D(16, 5, activation="tanh"), layers.AveragePooling2D(2), layers.Flatten(),
-        layers.Dense(120, activation="relu"), layers.Dense(84, activation="relu"),
-        layers.Dense(10, activation="softmax")])
+    return keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            layers.Conv2D(6, 5, padding="same", activation="tanh"),
+            layers.AveragePooling2D(2),
+            layers.Conv2D(16, 5, activation="tanh"),
+            layers.AveragePooling2D(2),
+            layers.Flatten(),
+            layers.Dense(120, activation="relu"),
+            layers.Dense(84, activation="relu"),
+            layers.Dense(10, activation="softmax"),
+        ]
+    )
 
 
 def keras_same_same_rgb():
     """'same' on both convolutions (7x7 after pooling), RGB, one Dense layer."""
-    return keras.Sequential([
-        keras.Input((28, 28, 3)),
-        layers.Conv2D(8, 5, padding="same", activation="relu"), layers.MaxPooling2D(2),
-        layers.Conv2D(12, 5, padding="same", activation="relu"), layers.MaxPooling2D(2),
-        layers.Flatten(), layers.Dense(10, activation="softmax")])
+    return keras.Sequential(
+        [
+            keras.Input((28, 28, 3)),
+            layers.Conv2D(8, 5, padding="same", activation="relu"),
+            layers.MaxPooling2D(2),
+            layers.Conv2D(12, 5, padding="same", activation="relu"),
+            layers.MaxPooling2D(2),
+            layers.Flatten(),
+            layers.Dense(10, activation="softmax"),
+        ]
+    )
 
 
 def keras_channels_first_valid_32():
     """Channels-first tensors on a 32x32 input, sigmoid, flattened in (channel, row, column)."""
-    return keras.Sequential([
-        keras.Input((1, 32, 32)),
-        layers.Conv2D(6, 5, activation="sigmoid", data_format="channels_first"),
-        layers.AveragePooling2D(2, data_format="channels_first"),
-        layers.Conv2D(16, 5, activation="sigmoid", data_format="channels_first"),
-        layers.AveragePooling2D(2, data_format="channels_first"),
-        layers.Flatten(data_format="channels_first"),
-        layers.Dense(32, activation="tanh"), layers.Dense(10)])
+    return keras.Sequential(
+        [
+            keras.Input((1, 32, 32)),
+            layers.Conv2D(6, 5, activation="sigmoid", data_format="channels_first"),
+            layers.AveragePooling2D(2, data_format="channels_first"),
+            layers.Conv2D(16, 5, activation="sigmoid", data_format="channels_first"),
+            layers.AveragePooling2D(2, data_format="channels_first"),
+            layers.Flatten(data_format="channels_first"),
+            layers.Dense(32, activation="tanh"),
+            layers.Dense(10),
+        ]
+    )
 
 
 # The geometry the config states: input size and the convolutions' padding.
@@ -148,32 +200,96 @@ INPUT_28 = {"input_size": (28, 28), "conv1_padding": 0, "conv2_padding": 0}
 INPUT_28_SAME = {"input_size": (28, 28), "conv1_padding": 2, "conv2_padding": 0}
 INPUT_28_SAME_SAME = {"input_size": (28, 28), "conv1_padding": 2, "conv2_padding": 2}
 MODELS = {
-    "example": (example_lenet, {"conv_activation": "tanh", "fc_activation": "tanh",
-                                "output_activation": "softmax", "pool": "avg", **INPUT_28_SAME}),
-    "relu_max": (relu_max_lenet, {"conv_activation": "relu", "fc_activation": "relu",
-                                  "output_activation": "softmax", "pool": "max", **INPUT_32}),
-    "rgb": (rgb_lenet, {"conv_activation": "relu", "fc_activation": "sigmoid",
-                        "output_activation": "identity", "pool": "max", **INPUT_32}),
-    "channels_first": (channels_first_lenet, {"conv_activation": "tanh",
-                                              "fc_activation": "tanh",
-                                              "output_activation": "softmax", "pool": "avg",
-                                              **INPUT_28_SAME}),
+    "example": (
+        example_lenet,
+        {
+            "conv_activation": "tanh",
+            "fc_activation": "tanh",
+            "output_activation": "softmax",
+            "pool": "avg",
+            **INPUT_28_SAME,
+        },
+    ),
+    "relu_max": (
+        relu_max_lenet,
+        {
+            "conv_activation": "relu",
+            "fc_activation": "relu",
+            "output_activation": "softmax",
+            "pool": "max",
+            **INPUT_32,
+        },
+    ),
+    "rgb": (
+        rgb_lenet,
+        {
+            "conv_activation": "relu",
+            "fc_activation": "sigmoid",
+            "output_activation": "identity",
+            "pool": "max",
+            **INPUT_32,
+        },
+    ),
+    "channels_first": (
+        channels_first_lenet,
+        {
+            "conv_activation": "tanh",
+            "fc_activation": "tanh",
+            "output_activation": "softmax",
+            "pool": "avg",
+            **INPUT_28_SAME,
+        },
+    ),
     # The family (issue 12): padding per convolution, flatten models, 1 to 3 Dense layers.
-    "mnist-unpadded": (keras_mnist_unpadded, {
-        "conv_activation": "relu", "fc_activation": "relu", "output_activation": "identity",
-        "pool": "max", **INPUT_28}),
-    "caffe": (keras_caffe, {
-        "conv_activation": "identity", "fc_activation": "relu", "output_activation": "softmax",
-        "pool": "max", **INPUT_28}),
-    "same-flatten": (keras_same_flatten, {
-        "conv_activation": "tanh", "fc_activation": "relu", "output_activation": "softmax",
-        "pool": "avg", **INPUT_28_SAME}),
-    "same-same-rgb": (keras_same_same_rgb, {   # one Dense layer: no fc_activation to compare
-        "conv_activation": "relu", "output_activation": "softmax", "pool": "max",
-        **INPUT_28_SAME_SAME}),
-    "channels_first_32": (keras_channels_first_valid_32, {
-        "conv_activation": "sigmoid", "fc_activation": "tanh", "output_activation": "identity",
-        "pool": "avg", **INPUT_32}),
+    "mnist-unpadded": (
+        keras_mnist_unpadded,
+        {
+            "conv_activation": "relu",
+            "fc_activation": "relu",
+            "output_activation": "identity",
+            "pool": "max",
+            **INPUT_28,
+        },
+    ),
+    "caffe": (
+        keras_caffe,
+        {
+            "conv_activation": "identity",
+            "fc_activation": "relu",
+            "output_activation": "softmax",
+            "pool": "max",
+            **INPUT_28,
+        },
+    ),
+    "same-flatten": (
+        keras_same_flatten,
+        {
+            "conv_activation": "tanh",
+            "fc_activation": "relu",
+            "output_activation": "softmax",
+            "pool": "avg",
+            **INPUT_28_SAME,
+        },
+    ),
+    "same-same-rgb": (
+        keras_same_same_rgb,
+        {  # one Dense layer: no fc_activation to compare
+            "conv_activation": "relu",
+            "output_activation": "softmax",
+            "pool": "max",
+            **INPUT_28_SAME_SAME,
+        },
+    ),
+    "channels_first_32": (
+        keras_channels_first_valid_32,
+        {
+            "conv_activation": "sigmoid",
+            "fc_activation": "tanh",
+            "output_activation": "identity",
+            "pool": "avg",
+            **INPUT_32,
+        },
+    ),
 }
 # Trained for this many epochs on real images so that their labels mean something; the others
 # keep Keras's initial weights.
@@ -207,12 +323,13 @@ def test_outputs_match_keras(saved, name, file_format):
     assert set(model.architecture) == set(ARCHITECTURE_OPTIONS)
     assert {option: model.architecture[option] for option in expected} == expected
     shape = keras_input_shape(keras_model)
-    channels, size = (shape[0], shape[1]) if name.startswith("channels_first") \
-        else (shape[2], shape[0])
+    channels, size = (
+        (shape[0], shape[1]) if name.startswith("channels_first") else (shape[2], shape[0])
+    )
     random_images = np.random.default_rng(1).normal(size=(1000, channels, size, size))
     assert_keras_parity(model, keras_model, random_images.astype(np.float32))
     found = assert_keras_parity(model, keras_model, real_images(size, channels))
-    if name in TRAINED:   # its labels are Fashion-MNIST classes, not noise
+    if name in TRAINED:  # its labels are Fashion-MNIST classes, not noise
         assert np.mean(found.argmax(axis=1) == load_sample()[1]) > 0.5
     provenance = model.metadata["provenance"]
     assert provenance["format"] == f"Keras {file_format}"
@@ -224,7 +341,7 @@ def test_keras_flatten_permutation_is_done_once_at_load(saved):
     """fc1 of a channels-last flatten model is stored in PyTorch's (channel, row, column)
     order: Keras's kernel row (r * W + c) * C + k becomes column (k * H + r) * W + c."""
     keras_model, path, _ = saved["mnist-unpadded"]
-    kernel = np.asarray(keras_model.layers[5].kernel)        # the first Dense: (256, 120)
+    kernel = np.asarray(keras_model.layers[5].kernel)  # the first Dense: (256, 120)
     found = LeNet.from_keras(path).weights["fc1.weight"]
     expected = kernel.reshape(4, 4, 16, 120).transpose(3, 2, 0, 1).reshape(120, 256)
     np.testing.assert_array_equal(found, expected)
@@ -243,12 +360,13 @@ def test_reading_imports_neither_keras_nor_tensorflow(saved):
     code = textwrap.dedent(f"""
         import sys
         from lenet_fast import LeNet
-        for path in ({str(saved['example'][1])!r}, {str(saved['relu_max'][2])!r}):
+        for path in ({str(saved["example"][1])!r}, {str(saved["relu_max"][2])!r}):
             LeNet.from_keras(path)
         assert not {{"keras", "tensorflow"}} & set(sys.modules), sorted(sys.modules)
     """)
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -258,14 +376,15 @@ def test_missing_h5py_names_the_extra(saved):
         sys.modules["h5py"] = None
         from lenet_fast import LeNet
         try:
-            LeNet.from_keras({str(saved['example'][1])!r})
+            LeNet.from_keras({str(saved["example"][1])!r})
         except ImportError as exc:
             print(exc)
         else:
             raise SystemExit("no ImportError")
     """)
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert 'pip install "lenet_fast[keras]"' in result.stdout
 
@@ -274,10 +393,14 @@ def test_missing_h5py_names_the_extra(saved):
 # The Keras 2 .h5 layout (written as tf.keras 2 writes it, from a Keras 3 model's weights)
 # ---------------------------------------------------------------------------------------------
 
+
 def keras2_layer(layer):
     """A Keras 2 config entry: class_name and config only, activations as names."""
-    config = {key: value for key, value in layer.get_config().items()
-              if key not in ("dtype", "kernel_initializer", "bias_initializer", "quantization_config")}
+    config = {
+        key: value
+        for key, value in layer.get_config().items()
+        if key not in ("dtype", "kernel_initializer", "bias_initializer", "quantization_config")
+    }
     config["dtype"] = "float32"
     return {"class_name": type(layer).__name__, "config": config}
 
@@ -294,12 +417,30 @@ def write_keras2_h5(model, path, functional=False):
             entry["inbound_nodes"] = [[[previous, 0, 0, {}]]]
             previous = entry["name"]
         shape = [None, *keras_input_shape(model)]
-        entries.insert(0, {"class_name": "InputLayer", "name": "input_1", "inbound_nodes": [],
-                           "config": {"batch_input_shape": shape, "dtype": "float32",
-                                      "sparse": False, "ragged": False, "name": "input_1"}})
-        config = {"class_name": "Functional", "config": {
-            "name": "model", "layers": entries, "input_layers": [["input_1", 0, 0]],
-            "output_layers": [[previous, 0, 0]]}}
+        entries.insert(
+            0,
+            {
+                "class_name": "InputLayer",
+                "name": "input_1",
+                "inbound_nodes": [],
+                "config": {
+                    "batch_input_shape": shape,
+                    "dtype": "float32",
+                    "sparse": False,
+                    "ragged": False,
+                    "name": "input_1",
+                },
+            },
+        )
+        config = {
+            "class_name": "Functional",
+            "config": {
+                "name": "model",
+                "layers": entries,
+                "input_layers": [["input_1", 0, 0]],
+                "output_layers": [[previous, 0, 0]],
+            },
+        }
     else:
         entries[0]["config"]["batch_input_shape"] = [None, *keras_input_shape(model)]
         config = {"class_name": "Sequential", "config": {"name": "sequential", "layers": entries}}
@@ -330,112 +471,177 @@ def test_keras2_h5_layout(saved, tmp_path, functional):
 # Networks outside the family, refused naming the layer
 # ---------------------------------------------------------------------------------------------
 
+
 def sequential(*body, input_shape=(28, 28, 1)):
     return keras.Sequential([keras.Input(input_shape), *body])
 
 
 def lenet_body(conv1=None, pool=layers.AveragePooling2D, conv2=None, flatten_and_dense=None):
-    return [conv1 or layers.Conv2D(6, 5, padding="same", activation="tanh", name="conv1"), pool(2),
-            conv2 or layers.Conv2D(16, 5, activation="tanh", name="conv2"), pool(2),
-            *(flatten_and_dense or [layers.Flatten(), layers.Dense(120, activation="tanh"),
-                                    layers.Dense(84, activation="tanh"),
-                                    layers.Dense(10, activation="softmax")])]
+    return [
+        conv1 or layers.Conv2D(6, 5, padding="same", activation="tanh", name="conv1"),
+        pool(2),
+        conv2 or layers.Conv2D(16, 5, activation="tanh", name="conv2"),
+        pool(2),
+        *(
+            flatten_and_dense
+            or [
+                layers.Flatten(),
+                layers.Dense(120, activation="tanh"),
+                layers.Dense(84, activation="tanh"),
+                layers.Dense(10, activation="softmax"),
+            ]
+        ),
+    ]
 
 
 # (The unpadded MNIST LeNet, Caffe's LeNet and a first Dense with another activation than the
 # convolutions' are family members now: MODELS above loads them.)
 UNSUPPORTED = {
     "strides": (
-        lambda: sequential(*lenet_body(conv2=layers.Conv2D(16, 5, strides=2, name="conv2")),
-                           input_shape=(28, 28, 1)),
-        r"layer 'conv2' \(Conv2D\): expected strides \[1, 1\], found \[2, 2\]"),
+        lambda: sequential(
+            *lenet_body(conv2=layers.Conv2D(16, 5, strides=2, name="conv2")),
+            input_shape=(28, 28, 1),
+        ),
+        r"layer 'conv2' \(Conv2D\): expected strides \[1, 1\], found \[2, 2\]",
+    ),
     "dilation": (
         lambda: sequential(*lenet_body(conv2=layers.Conv2D(16, 5, dilation_rate=2, name="conv2"))),
-        r"layer 'conv2' \(Conv2D\): expected dilation_rate \[1, 1\], found \[2, 2\]"),
+        r"layer 'conv2' \(Conv2D\): expected dilation_rate \[1, 1\], found \[2, 2\]",
+    ),
     "kernel_3": (
         lambda: sequential(*lenet_body(conv2=layers.Conv2D(16, 3, name="conv2"))),
-        r"layer 'conv2' \(Conv2D\): expected kernel_size \[5, 5\], found \[3, 3\]"),
+        r"layer 'conv2' \(Conv2D\): expected kernel_size \[5, 5\], found \[3, 3\]",
+    ),
     "batch_norm": (
-        lambda: sequential(*lenet_body()[:1], layers.BatchNormalization(name="bn"),
-                           *lenet_body()[1:]),
-        r"layer 'bn' \(BatchNormalization\): BatchNormalization is not supported yet"),
+        lambda: sequential(
+            *lenet_body()[:1], layers.BatchNormalization(name="bn"), *lenet_body()[1:]
+        ),
+        r"layer 'bn' \(BatchNormalization\): BatchNormalization is not supported yet",
+    ),
     "other_layer": (
         lambda: sequential(*lenet_body()[:1], layers.LeakyReLU(name="leaky"), *lenet_body()[1:]),
-        r"layer 'leaky' \(LeakyReLU\): layer type LeakyReLU is not supported"),
+        r"layer 'leaky' \(LeakyReLU\): layer type LeakyReLU is not supported",
+    ),
     "other_activation": (
-        lambda: sequential(*lenet_body(conv2=layers.Conv2D(16, 5, activation="elu",
-                                                           name="conv2"))),
-        r"layer 'conv2' \(Conv2D\): activation 'elu' is not supported"),
+        lambda: sequential(*lenet_body(conv2=layers.Conv2D(16, 5, activation="elu", name="conv2"))),
+        r"layer 'conv2' \(Conv2D\): activation 'elu' is not supported",
+    ),
     "activation_after_average_pool": (
-        lambda: sequential(layers.Conv2D(6, 5, padding="same", name="conv1"),
-                           layers.AveragePooling2D(2), layers.Activation("tanh", name="late"),
-                           *lenet_body()[2:]),
-        r"layer 'late' \(Activation\): an activation after average pooling does not commute"),
+        lambda: sequential(
+            layers.Conv2D(6, 5, padding="same", name="conv1"),
+            layers.AveragePooling2D(2),
+            layers.Activation("tanh", name="late"),
+            *lenet_body()[2:],
+        ),
+        r"layer 'late' \(Activation\): an activation after average pooling does not commute",
+    ),
     "two_activations": (
-        lambda: sequential(*lenet_body()[:1], layers.Activation("relu", name="again"),
-                           *lenet_body()[1:]),
-        r"layer 'again' \(Activation\): a second activation \(relu\) after tanh"),
+        lambda: sequential(
+            *lenet_body()[:1], layers.Activation("relu", name="again"), *lenet_body()[1:]
+        ),
+        r"layer 'again' \(Activation\): a second activation \(relu\) after tanh",
+    ),
     "mixed_pooling": (
-        lambda: sequential(*lenet_body()[:1], layers.MaxPooling2D(name="max"),
-                           *lenet_body()[2:3], layers.AveragePooling2D(2, name="avg"),
-                           *lenet_body()[4:]),
-        r"layer 'avg' \(AveragePooling2D\): pooling must be the same after both convolutions"),
+        lambda: sequential(
+            *lenet_body()[:1],
+            layers.MaxPooling2D(name="max"),
+            *lenet_body()[2:3],
+            layers.AveragePooling2D(2, name="avg"),
+            *lenet_body()[4:],
+        ),
+        r"layer 'avg' \(AveragePooling2D\): pooling must be the same after both convolutions",
+    ),
     "pool_3": (
-        lambda: sequential(*lenet_body()[:1], layers.MaxPooling2D(3, name="p3"),
-                           *lenet_body()[2:]),
-        r"layer 'p3' \(MaxPooling2D\): expected pool_size \[2, 2\], found \[3, 3\]"),
+        lambda: sequential(*lenet_body()[:1], layers.MaxPooling2D(3, name="p3"), *lenet_body()[2:]),
+        r"layer 'p3' \(MaxPooling2D\): expected pool_size \[2, 2\], found \[3, 3\]",
+    ),
     "softmax_inside": (
-        lambda: sequential(*lenet_body(flatten_and_dense=[
-            layers.Flatten(), layers.Dense(120, activation="tanh"),
-            layers.Dense(84, activation="softmax", name="early"), layers.Dense(10)])),
-        r"layer 'early' \(Dense\): expected softmax only after the last Dense"),
+        lambda: sequential(
+            *lenet_body(
+                flatten_and_dense=[
+                    layers.Flatten(),
+                    layers.Dense(120, activation="tanh"),
+                    layers.Dense(84, activation="softmax", name="early"),
+                    layers.Dense(10),
+                ]
+            )
+        ),
+        r"layer 'early' \(Dense\): expected softmax only after the last Dense",
+    ),
     "rescaling": (
         lambda: sequential(layers.Rescaling(1 / 255, name="scale"), *lenet_body()),
-        r"layer 'scale' \(Rescaling\): layer type Rescaling is not supported"),
+        r"layer 'scale' \(Rescaling\): layer type Rescaling is not supported",
+    ),
     "mixed_precision": (
-        lambda: sequential(*lenet_body(conv2=layers.Conv2D(16, 5, activation="tanh",
-                                                           dtype="mixed_float16", name="conv2"))),
+        lambda: sequential(
+            *lenet_body(
+                conv2=layers.Conv2D(16, 5, activation="tanh", dtype="mixed_float16", name="conv2")
+            )
+        ),
         r"layer 'conv2' \(Conv2D\): expected float32 computation, found dtype policy "
-        r"'mixed_float16'"),
+        r"'mixed_float16'",
+    ),
 }
 
 
 def keras_body(conv2=None, conv3=None, dense=None, input_shape=(28, 28, 1)):
-    return keras.Sequential([
-        keras.Input(input_shape),
-        layers.Conv2D(6, 5, padding="same", activation="tanh", name="conv1"),
-        layers.AveragePooling2D(2), conv2 or layers.Conv2D(16, 5, activation="tanh", name="conv2"),
-        layers.AveragePooling2D(2), *([conv3] if conv3 else []), layers.Flatten(),
-        *(dense or [layers.Dense(120, activation="tanh"), layers.Dense(10)])])
+    return keras.Sequential(
+        [
+            keras.Input(input_shape),
+            layers.Conv2D(6, 5, padding="same", activation="tanh", name="conv1"),
+            layers.AveragePooling2D(2),
+            conv2 or layers.Conv2D(16, 5, activation="tanh", name="conv2"),
+            layers.AveragePooling2D(2),
+            *([conv3] if conv3 else []),
+            layers.Flatten(),
+            *(dense or [layers.Dense(120, activation="tanh"), layers.Dense(10)]),
+        ]
+    )
 
 
 OUTSIDE_THE_FAMILY = {
     "odd_size": (
         lambda: keras_body(input_shape=(30, 30, 1)),
         r"layer 'conv1' \(Conv2D\): input 30x30 with padding 'same' on conv1 and 'valid' on "
-        r"conv2: conv2 gives a height of 11 \(odd\)"),
+        r"conv2: conv2 gives a height of 11 \(odd\)",
+    ),
     "conv3_same": (
         lambda: keras_body(conv3=layers.Conv2D(120, 5, padding="same", name="conv3")),
-        r"layer 'conv3' \(Conv2D\): expected padding 'valid' on the third Conv2D"),
+        r"layer 'conv3' \(Conv2D\): expected padding 'valid' on the third Conv2D",
+    ),
     "conv3_not_5x5": (
         lambda: keras_body(conv3=layers.Conv2D(120, 5, name="conv3"), input_shape=(36, 36, 1)),
         r"layer 'conv3' \(Conv2D\): the third Conv2D must see a 5x5 map .* the input 36x36 "
-        r"gives 7x7"),
+        r"gives 7x7",
+    ),
     "fourth_dense": (
-        lambda: keras_body(dense=[layers.Dense(64), layers.Dense(32), layers.Dense(16),
-                                  layers.Dense(10, name="fourth")]),
+        lambda: keras_body(
+            dense=[
+                layers.Dense(64),
+                layers.Dense(32),
+                layers.Dense(16),
+                layers.Dense(10, name="fourth"),
+            ]
+        ),
         r"layer 'fourth' \(Dense\): expected at most three Dense layers after the convolutions; "
-        r"this is a fourth"),
+        r"this is a fourth",
+    ),
     "hidden_dense_activations_differ": (
-        lambda: keras_body(dense=[layers.Dense(64, activation="relu"),
-                                  layers.Dense(32, activation="tanh", name="second"),
-                                  layers.Dense(10)]),
+        lambda: keras_body(
+            dense=[
+                layers.Dense(64, activation="relu"),
+                layers.Dense(32, activation="tanh", name="second"),
+                layers.Dense(10),
+            ]
+        ),
         r"layer 'second' \(Dense\): this layer must use the hidden Dense layers' activation "
-        r"\(relu\) .* found tanh"),
+        r"\(relu\) .* found tanh",
+    ),
     "conv_activations_differ": (
         lambda: keras_body(conv2=layers.Conv2D(16, 5, activation="relu", name="conv2")),
         r"layer 'conv2' \(Conv2D\): this layer must use the convolutions' activation \(tanh\) "
-        r".* found relu"),
+        r".* found relu",
+    ),
 }
 
 
@@ -465,14 +671,18 @@ def test_subclassed_model_is_refused(tmp_path):
     config = {"module": "__main__", "class_name": "MyLeNet", "config": {}}
     path = tmp_path / "subclassed.keras"
     write_archive(path, config, b"")
-    with pytest.raises(WeightFileError, match=r"expected a Sequential or Functional model, found "
-                                              r"'MyLeNet' \(a subclassed model"):
+    with pytest.raises(
+        WeightFileError,
+        match=r"expected a Sequential or Functional model, found "
+        r"'MyLeNet' \(a subclassed model",
+    ):
         LeNet.from_keras(path)
 
 
 # ---------------------------------------------------------------------------------------------
 # Hostile and broken files
 # ---------------------------------------------------------------------------------------------
+
 
 def archive_parts(path):
     with zipfile.ZipFile(path) as archive:
@@ -481,8 +691,9 @@ def archive_parts(path):
 
 def write_archive(path, config, weights, extra=()):
     with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr("config.json", config if isinstance(config, (str, bytes))
-                         else json.dumps(config))
+        archive.writestr(
+            "config.json", config if isinstance(config, (str, bytes)) else json.dumps(config)
+        )
         archive.writestr("model.weights.h5", weights)
         for name, data in extra:
             archive.writestr(name, data)
@@ -536,8 +747,11 @@ def test_zip_bomb_member_is_refused_from_its_declared_size(saved, tmp_path):
         archive.writestr("config.json", json.dumps(config))
         archive.writestr("model.weights.h5", weights + bytes(1 << 31))
     assert path.stat().st_size < 10 << 20
-    refused(path, r"'model\.weights\.h5': expected at most 2147483648 bytes, the zip directory "
-                  r"declares \d+")
+    refused(
+        path,
+        r"'model\.weights\.h5': expected at most 2147483648 bytes, the zip directory "
+        r"declares \d+",
+    )
 
 
 def test_config_is_data_never_code(saved, tmp_path):
@@ -545,10 +759,18 @@ def test_config_is_data_never_code(saved, tmp_path):
     config, weights = archive_parts(saved["example"][1])
     marker = tmp_path / "executed"
     code = f"open({str(marker)!r}, 'w')"
-    config["config"]["layers"].insert(2, {
-        "module": "keras.layers", "class_name": "Lambda", "registered_name": None,
-        "config": {"name": "evil", "function": {"class_name": "__lambda__",
-                                                "config": {"code": code}}}})
+    config["config"]["layers"].insert(
+        2,
+        {
+            "module": "keras.layers",
+            "class_name": "Lambda",
+            "registered_name": None,
+            "config": {
+                "name": "evil",
+                "function": {"class_name": "__lambda__", "config": {"code": code}},
+            },
+        },
+    )
     path = tmp_path / "lambda.keras"
     write_archive(path, config, weights)
     refused(path, r"layer 'evil' \(Lambda\): layer type Lambda is not supported")
@@ -560,24 +782,41 @@ def test_config_values_of_the_wrong_type(saved, tmp_path):
     path = tmp_path / "model.keras"
     cases = [
         (lambda c: c.update(config=[]), r"expected a non-empty list of layers"),
-        (lambda c: c["config"]["layers"].__setitem__(1, "Conv2D"),
-         r"expected layer 1 to be an object with 'class_name' and 'config'"),
-        (lambda c: c["config"]["layers"][1]["config"].update(filters=10**9),
-         r"layer 'conv2d' \(Conv2D\): expected filters from 1 to 4096, found 1000000000"),
-        (lambda c: c["config"]["layers"][1]["config"].update(filters="6"),
-         r"layer 'conv2d' \(Conv2D\): expected filters from 1 to 4096, found '6'"),
-        (lambda c: c["config"]["layers"][1]["config"].update(activation={"module": "os",
-                                                                         "config": "system"}),
-         r"layer 'conv2d' \(Conv2D\): activation \{'module': 'os'"),
-        (lambda c: c["config"]["layers"][1]["config"].update(future_option=3),
-         r"layer 'conv2d' \(Conv2D\): option future_option=3 is not supported"),
-        (lambda c: c["config"]["layers"][0]["config"].update(batch_shape=[None, 28, 28, "1"]),
-         r"expected an image input shape \(batch, height, width, channels\)"),
-        (lambda c: c["config"]["layers"][2]["config"].update(name="conv2d"),
-         r"expected unique layer names, found 'conv2d' more than once"),
-        (lambda c: c["config"]["layers"][6]["config"].update(units=100),
-         r"model\.weights\.h5 'layers/dense/vars/0' of layer 'dense': expected shape "
-         r"\(400, 100\), found \(400, 120\) \(the Dense after Flatten takes 400 features"),
+        (
+            lambda c: c["config"]["layers"].__setitem__(1, "Conv2D"),
+            r"expected layer 1 to be an object with 'class_name' and 'config'",
+        ),
+        (
+            lambda c: c["config"]["layers"][1]["config"].update(filters=10**9),
+            r"layer 'conv2d' \(Conv2D\): expected filters from 1 to 4096, found 1000000000",
+        ),
+        (
+            lambda c: c["config"]["layers"][1]["config"].update(filters="6"),
+            r"layer 'conv2d' \(Conv2D\): expected filters from 1 to 4096, found '6'",
+        ),
+        (
+            lambda c: c["config"]["layers"][1]["config"].update(
+                activation={"module": "os", "config": "system"}
+            ),
+            r"layer 'conv2d' \(Conv2D\): activation \{'module': 'os'",
+        ),
+        (
+            lambda c: c["config"]["layers"][1]["config"].update(future_option=3),
+            r"layer 'conv2d' \(Conv2D\): option future_option=3 is not supported",
+        ),
+        (
+            lambda c: c["config"]["layers"][0]["config"].update(batch_shape=[None, 28, 28, "1"]),
+            r"expected an image input shape \(batch, height, width, channels\)",
+        ),
+        (
+            lambda c: c["config"]["layers"][2]["config"].update(name="conv2d"),
+            r"expected unique layer names, found 'conv2d' more than once",
+        ),
+        (
+            lambda c: c["config"]["layers"][6]["config"].update(units=100),
+            r"model\.weights\.h5 'layers/dense/vars/0' of layer 'dense': expected shape "
+            r"\(400, 100\), found \(400, 120\) \(the Dense after Flatten takes 400 features",
+        ),
     ]
     for edit, message in cases:
         edited = json.loads(json.dumps(config))
@@ -594,6 +833,7 @@ def test_weights_that_do_not_match_or_are_unsafe(saved, tmp_path):
         def edit(file):
             del file[name]
             file[name] = data
+
         return edit
 
     def external_link(file):
@@ -605,22 +845,39 @@ def test_weights_that_do_not_match_or_are_unsafe(saved, tmp_path):
         file["layers/conv2d/vars/0"] = h5py.SoftLink("/layers/conv2d_1/vars/0")
 
     cases = [
-        (replace("layers/conv2d/vars/0", np.zeros((5, 5, 1, 7), np.float32)),
-         r"'layers/conv2d/vars/0' of layer 'conv2d': expected shape \(5, 5, 1, 6\), found "
-         r"\(5, 5, 1, 7\)"),
-        (replace("layers/conv2d/vars/0", np.zeros((5, 5, 1, 6), np.int32)),
-         r"expected float16, float32 or float64, found int32"),
-        (replace("layers/conv2d/vars/1", np.array([b"x"] * 6, dtype=object).astype(
-            h5py.string_dtype())), r"expected float16, float32 or float64, found object"),
-        (replace("layers/dense/vars/1", np.full(120, np.nan, np.float32)),
-         r"'dense.bias' \(used as conv3.bias\): expected finite values"),
-        (lambda file: file["layers/conv2d/vars"].create_dataset("2", data=np.zeros(3)),
-         r"layer 'conv2d' \(Conv2D\): model\.weights\.h5 'layers/conv2d/vars': expected "
-         r"variables \['0', '1'\], found \['0', '1', '2'\]"),
-        (lambda file: file["layers/conv2d/vars"].attrs.modify("name", "other"),
-         r"belongs to layer 'other': the weights do not match the config"),
-        (lambda file: file["layers"].pop("dense_1"),
-         r"layer 'dense_1' \(Dense\): model\.weights\.h5 'layers/dense_1/vars': missing"),
+        (
+            replace("layers/conv2d/vars/0", np.zeros((5, 5, 1, 7), np.float32)),
+            r"'layers/conv2d/vars/0' of layer 'conv2d': expected shape \(5, 5, 1, 6\), found "
+            r"\(5, 5, 1, 7\)",
+        ),
+        (
+            replace("layers/conv2d/vars/0", np.zeros((5, 5, 1, 6), np.int32)),
+            r"expected float16, float32 or float64, found int32",
+        ),
+        (
+            replace(
+                "layers/conv2d/vars/1",
+                np.array([b"x"] * 6, dtype=object).astype(h5py.string_dtype()),
+            ),
+            r"expected float16, float32 or float64, found object",
+        ),
+        (
+            replace("layers/dense/vars/1", np.full(120, np.nan, np.float32)),
+            r"'dense.bias' \(used as conv3.bias\): expected finite values",
+        ),
+        (
+            lambda file: file["layers/conv2d/vars"].create_dataset("2", data=np.zeros(3)),
+            r"layer 'conv2d' \(Conv2D\): model\.weights\.h5 'layers/conv2d/vars': expected "
+            r"variables \['0', '1'\], found \['0', '1', '2'\]",
+        ),
+        (
+            lambda file: file["layers/conv2d/vars"].attrs.modify("name", "other"),
+            r"belongs to layer 'other': the weights do not match the config",
+        ),
+        (
+            lambda file: file["layers"].pop("dense_1"),
+            r"layer 'dense_1' \(Dense\): model\.weights\.h5 'layers/dense_1/vars': missing",
+        ),
         (external_link, r"found a ExternalLink \(links are not followed\)"),
         (soft_link, r"found a SoftLink \(links are not followed\)"),
     ]
@@ -637,20 +894,28 @@ def test_legacy_h5_without_a_config_or_with_bad_weight_names(saved, tmp_path):
     data = h5_file.read_bytes()
     path.write_bytes(data)
     with h5py.File(path, "r+") as file:
-        file["model_weights/dense"].attrs["weight_names"] = np.array([b"dense/bias", b"dense/kernel"])
-    refused(path, r"layer 'dense' \(Dense\): 'model_weights/dense': expected weights "
-                  r"\['kernel', 'bias'\], found \['dense/bias', 'dense/kernel'\]")
+        file["model_weights/dense"].attrs["weight_names"] = np.array(
+            [b"dense/bias", b"dense/kernel"]
+        )
+    refused(
+        path,
+        r"layer 'dense' \(Dense\): 'model_weights/dense': expected weights "
+        r"\['kernel', 'bias'\], found \['dense/bias', 'dense/kernel'\]",
+    )
     path.write_bytes(data)
     with h5py.File(path, "r+") as file:
         file.attrs["model_config"] = np.int64(3)
     refused(path, r"'model_config' attribute: expected a string, found int64")
-    with h5py.File(path, "w", libver="latest") as file:   # room for a 2 MiB attribute
+    with h5py.File(path, "w", libver="latest") as file:  # room for a 2 MiB attribute
         file.attrs["model_config"] = np.bytes_(b" " * (2 << 20))
     refused(path, r"'model_config' attribute: expected at most 1048576 bytes, found 2097152")
-    with h5py.File(path, "w", libver="latest") as file:   # variable length: read, then refused
+    with h5py.File(path, "w", libver="latest") as file:  # variable length: read, then refused
         file.attrs["model_config"] = " " * (2 << 20)
-    refused(path, r"'model_config' attribute: expected at most 1048576 bytes of JSON, found "
-                  r"2097152")
+    refused(
+        path,
+        r"'model_config' attribute: expected at most 1048576 bytes of JSON, found "
+        r"2097152",
+    )
 
 
 @pytest.mark.parametrize("file_format", [".keras", ".h5", "deflated .keras"])
@@ -659,10 +924,12 @@ def test_corrupted_bytes_give_only_weight_file_errors(saved, tmp_path, file_form
     only weight values) a working model -- never another exception."""
     keras_model, keras_file, h5_file = saved["example"]
     data = bytearray((h5_file if file_format == ".h5" else keras_file).read_bytes())
-    if file_format == "deflated .keras":   # Keras stores members; a compressed copy is legal too
+    if file_format == "deflated .keras":  # Keras stores members; a compressed copy is legal too
         buffer = io.BytesIO()
-        with zipfile.ZipFile(keras_file) as source, \
-                zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as target:
+        with (
+            zipfile.ZipFile(keras_file) as source,
+            zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as target,
+        ):
             for info in source.infolist():
                 target.writestr(info.filename, source.read(info))
         data = bytearray(buffer.getvalue())
@@ -675,7 +942,7 @@ def test_corrupted_bytes_give_only_weight_file_errors(saved, tmp_path, file_form
     for trial in range(120):
         damaged = bytearray(data)
         if trial % 4 == 3:
-            damaged = damaged[:int(rng.integers(len(damaged)))]
+            damaged = damaged[: int(rng.integers(len(damaged)))]
         else:
             for position in rng.integers(len(damaged), size=int(rng.integers(1, 8))):
                 damaged[position] ^= int(rng.integers(1, 256))
@@ -705,6 +972,7 @@ def test_large_weight_members_are_streamed(saved, monkeypatch):
 # The command line reads Keras files (lenet_fast.cli.read_model_file)
 # ---------------------------------------------------------------------------------------------
 
+
 def run_cli(capsys, *arguments):
     from lenet_fast.cli import main
 
@@ -721,14 +989,22 @@ def test_cli_predict_evaluate_and_info_take_a_keras_model(saved, tmp_path, capsy
     images, labels = real_images(28, 1)[:300, 0], load_sample()[1][:300]
     np.save(tmp_path / "images.npy", images)
     np.save(tmp_path / "labels.npy", labels)
-    status, _, err = run_cli(capsys, "predict", path, tmp_path / "images.npy", "--out",
-                             tmp_path / "labels_out.npy", "--quiet")
+    status, _, err = run_cli(
+        capsys,
+        "predict",
+        path,
+        tmp_path / "images.npy",
+        "--out",
+        tmp_path / "labels_out.npy",
+        "--quiet",
+    )
     assert status == 0, err
     np.testing.assert_array_equal(np.load(tmp_path / "labels_out.npy"), model.predict(images))
-    assert "warning" not in err        # the Keras file states its architecture
+    assert "warning" not in err  # the Keras file states its architecture
 
-    status, out, err = run_cli(capsys, "evaluate", path, tmp_path / "images.npy",
-                               tmp_path / "labels.npy", "--quiet")
+    status, out, err = run_cli(
+        capsys, "evaluate", path, tmp_path / "images.npy", tmp_path / "labels.npy", "--quiet"
+    )
     assert status == 0, err
     correct = int(np.sum(model.predict(images) == labels))
     assert f"accuracy: {correct / 300:.4f} ({correct:,}/300 correct)" in out
@@ -744,19 +1020,25 @@ def test_cli_predict_evaluate_and_info_take_a_keras_model(saved, tmp_path, capsy
 
 
 @pytest.mark.parametrize("suffix", [".keras", ".h5", ".KERAS", ".hdf5"])
-def test_cli_convert_writes_a_self_describing_npz_from_a_keras_model(saved, tmp_path, capsys,
-                                                                     suffix):
+def test_cli_convert_writes_a_self_describing_npz_from_a_keras_model(
+    saved, tmp_path, capsys, suffix
+):
     _, keras_file, h5_file = saved["relu_max"]
     source = tmp_path / f"model{suffix}"
-    source.write_bytes((h5_file if suffix.lower() in (".h5", ".hdf5") else keras_file)
-                       .read_bytes())
-    status, _, err = run_cli(capsys, "convert", source, tmp_path / "out.npz", "--classes",
-                             ",".join(str(i) for i in range(10)))
+    source.write_bytes((h5_file if suffix.lower() in (".h5", ".hdf5") else keras_file).read_bytes())
+    status, _, err = run_cli(
+        capsys,
+        "convert",
+        source,
+        tmp_path / "out.npz",
+        "--classes",
+        ",".join(str(i) for i in range(10)),
+    )
     assert status == 0, err
     import warnings
 
     with warnings.catch_warnings():
-        warnings.simplefilter("error")      # no ArchitectureWarning: nothing was guessed
+        warnings.simplefilter("error")  # no ArchitectureWarning: nothing was guessed
         converted = LeNet.from_npz(tmp_path / "out.npz")
     original = LeNet.from_keras(source)
     assert converted.architecture == original.architecture == MODELS["relu_max"][1]
@@ -769,9 +1051,11 @@ def test_cli_convert_writes_a_self_describing_npz_from_a_keras_model(saved, tmp_
 def test_cli_keras_errors_are_one_line(saved, tmp_path, capsys):
     (tmp_path / "fake.keras").write_bytes(b"not a model at all")
     np.save(tmp_path / "images.npy", real_images(28, 1)[:4, 0])
-    for arguments in (("predict", tmp_path / "fake.keras", tmp_path / "images.npy"),
-                      ("info", tmp_path / "fake.keras"),
-                      ("convert", tmp_path / "fake.keras", tmp_path / "out.npz")):
+    for arguments in (
+        ("predict", tmp_path / "fake.keras", tmp_path / "images.npy"),
+        ("info", tmp_path / "fake.keras"),
+        ("convert", tmp_path / "fake.keras", tmp_path / "out.npz"),
+    ):
         status, _, err = run_cli(capsys, *arguments)
         assert status == 1
         assert err.count("\n") == 1 and err.startswith("lenet-fast: error: ")

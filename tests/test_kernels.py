@@ -40,7 +40,11 @@ def model(level, options=DEFAULT, in_channels=1, widths=WIDTHS["default"], seed=
 
 @functools.cache
 def images(n, in_channels, size, seed=1, scale=1.0):
-    x = np.random.default_rng(seed).normal(0, scale, (n, in_channels, size, size)).astype(np.float32)
+    x = (
+        np.random.default_rng(seed)
+        .normal(0, scale, (n, in_channels, size, size))
+        .astype(np.float32)
+    )
     x.setflags(write=False)
     return x
 
@@ -48,8 +52,11 @@ def images(n, in_channels, size, seed=1, scale=1.0):
 @functools.cache
 def expected(options, n, in_channels, size, widths=WIDTHS["default"], seed=0):
     """Reference outputs, computed once per configuration and shared by every level."""
-    result = reference.forward(images(n, in_channels, size), random_weights(seed, in_channels, widths),
-                               **architecture(options))
+    result = reference.forward(
+        images(n, in_channels, size),
+        random_weights(seed, in_channels, widths),
+        **architecture(options),
+    )
     result.setflags(write=False)
     return result
 
@@ -58,7 +65,9 @@ def engine_forward(model, x, num_threads):
     """The engine with exactly `num_threads` threads: LeNet.forward gives small batches one thread
     (n // 32), which would leave the threaded split of a small batch untested."""
     scores = np.empty((len(x), model.n_classes), np.float32)
-    assert model._engine.forward(np.ascontiguousarray(x, np.float32), scores, num_threads, True) == -1
+    assert (
+        model._engine.forward(np.ascontiguousarray(x, np.float32), scores, num_threads, True) == -1
+    )
     return scores
 
 
@@ -66,12 +75,14 @@ def engine_forward(model, x, num_threads):
 # Against the reference
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("pool", reference.POOLS)
 @pytest.mark.parametrize("output_activation", reference.OUTPUT_ACTIVATIONS)
 @pytest.mark.parametrize("fc_activation", reference.ACTIVATIONS)
 @pytest.mark.parametrize("conv_activation", reference.ACTIVATIONS)
-def test_every_option_combination_matches_reference(level, conv_activation, fc_activation,
-                                                    output_activation, pool):
+def test_every_option_combination_matches_reference(
+    level, conv_activation, fc_activation, output_activation, pool
+):
     options = (conv_activation, fc_activation, output_activation, pool)
     # 21 images: AVX-512 runs a group of 16 + 5 one-image tails, AVX2 two groups (the second
     # padded), generic five groups + one tail; image 0 alone runs the batch-1 path.
@@ -79,11 +90,14 @@ def test_every_option_combination_matches_reference(level, conv_activation, fc_a
         lenet = model(level, options, in_channels, WIDTHS["odd"])
         want = expected(options, 21, in_channels, size, WIDTHS["odd"])
         np.testing.assert_allclose(lenet.forward(images(21, in_channels, size)), want, **TOLERANCE)
-        np.testing.assert_allclose(lenet.forward(images(21, in_channels, size)[:1]), want[:1],
-                                   **TOLERANCE)
+        np.testing.assert_allclose(
+            lenet.forward(images(21, in_channels, size)[:1]), want[:1], **TOLERANCE
+        )
 
 
-@pytest.mark.parametrize("options", [DEFAULT, ("tanh", "relu", "softmax", "avg")], ids=["default", "tanh-avg-softmax"])
+@pytest.mark.parametrize(
+    "options", [DEFAULT, ("tanh", "relu", "softmax", "avg")], ids=["default", "tanh-avg-softmax"]
+)
 @pytest.mark.parametrize("size", [32, 28])
 @pytest.mark.parametrize("in_channels", [1, 3])
 @pytest.mark.parametrize("widths", WIDTHS.values(), ids=WIDTHS.keys())
@@ -94,7 +108,9 @@ def test_widths_channels_sizes_batch_sizes_and_threads(level, widths, in_channel
     for n, threads in itertools.product(BATCH_SIZES, (1, 2)):
         result = lenet.forward(x[:n], num_threads=threads)
         assert result.shape == (n, widths[-1]) and result.dtype == np.float32
-        np.testing.assert_allclose(result, want[:n], **TOLERANCE, err_msg=f"n={n} threads={threads}")
+        np.testing.assert_allclose(
+            result, want[:n], **TOLERANCE, err_msg=f"n={n} threads={threads}"
+        )
 
 
 @pytest.mark.parametrize("output_activation", ["sigmoid", "softmax", "tanh", "identity"])
@@ -105,7 +121,9 @@ def test_large_magnitudes_saturate_like_reference(level, conv_activation, output
     weights = random_weights(3)
     weights["conv1.bias"] = np.where(np.arange(6) % 2, 12.0, -12.0).astype(np.float32)
     weights["fc2.weight"] *= 3
-    weights["fc2.bias"] = np.random.default_rng(3).permutation(np.linspace(-50, 50, 10)).astype(np.float32)
+    weights["fc2.bias"] = (
+        np.random.default_rng(3).permutation(np.linspace(-50, 50, 10)).astype(np.float32)
+    )
     options = (conv_activation, "tanh", output_activation, "max")
     x = images(37, 1, 32, scale=3.0)
     want, layers = reference.forward(x, weights, **architecture(options), return_intermediates=True)
@@ -124,19 +142,24 @@ def test_large_magnitudes_saturate_like_reference(level, conv_activation, output
 # Determinism: the two paths, batch positions, threads; agreement between levels
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("options", "in_channels", "size", "widths"),
-    [(("relu", "sigmoid", "softmax", "max"), 1, 32, WIDTHS["default"]),
-     (("tanh", "tanh", "sigmoid", "avg"), 3, 28, WIDTHS["odd"])],
+    [
+        (("relu", "sigmoid", "softmax", "max"), 1, 32, WIDTHS["default"]),
+        (("tanh", "tanh", "sigmoid", "avg"), 3, 28, WIDTHS["odd"]),
+    ],
     ids=["1x32-default", "3x28-odd"],
 )
 def test_each_image_gives_the_same_bits_alone_in_any_batch_at_any_thread_count(
-        level, options, in_channels, size, widths):
+    level, options, in_channels, size, widths
+):
     lenet = model(level, options, in_channels, widths)
     x = images(70, in_channels, size, seed=5)
-    alone = np.concatenate([lenet.forward(x[i:i + 1]) for i in range(len(x))])
-    np.testing.assert_allclose(alone, reference.forward(x, lenet.weights, **lenet.architecture),
-                               **TOLERANCE)
+    alone = np.concatenate([lenet.forward(x[i : i + 1]) for i in range(len(x))])
+    np.testing.assert_allclose(
+        alone, reference.forward(x, lenet.weights, **lenet.architecture), **TOLERANCE
+    )
     for n in range(1, 71):
         # Rotations put each image at many positions (in a full group, a padded tail group or a
         # one-image tail) across the batch sizes.
@@ -147,8 +170,10 @@ def test_each_image_gives_the_same_bits_alone_in_any_batch_at_any_thread_count(
                 result = engine_forward(lenet, batch, threads)
                 if not np.array_equal(result, alone[order]):
                     bad = np.flatnonzero((result != alone[order]).any(axis=1))
-                    pytest.fail(f"n={n} shift={shift} threads={threads}: batch positions {bad} "
-                                f"differ from the images computed alone")
+                    pytest.fail(
+                        f"n={n} shift={shift} threads={threads}: batch positions {bad} "
+                        f"differ from the images computed alone"
+                    )
     # The public API with 2 threads (n >= 64 uses them) agrees too.
     np.testing.assert_array_equal(lenet.forward(x, num_threads=2), alone)
     np.testing.assert_array_equal(lenet.predict(x, num_threads=2), np.argmax(alone, axis=1))
@@ -161,7 +186,9 @@ def test_levels_agree(output_activation):
         pytest.skip(f"only one usable kernel level on this machine: {kernel_levels}")
     options = ("relu", "tanh", output_activation, "max")
     x = images(45, 3, 32, seed=6)
-    results = {level: model(level, options, 3, WIDTHS["wide"]).forward(x) for level in kernel_levels}
+    results = {
+        level: model(level, options, 3, WIDTHS["wide"]).forward(x) for level in kernel_levels
+    }
     first = kernel_levels[0]
     for level in kernel_levels[1:]:
         np.testing.assert_allclose(results[level], results[first], **TOLERANCE, err_msg=level)
@@ -170,6 +197,7 @@ def test_levels_agree(output_activation):
 # ---------------------------------------------------------------------------------------------
 # predict
 # ---------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("n", [1, 7, 21, 100])
 def test_predict_is_argmax_of_forward_lowest_index_on_ties(level, n):
@@ -206,6 +234,7 @@ def test_predict_is_argmax_of_forward_lowest_index_on_ties(level, n):
 # Layer sizes and summary()
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(("in_channels", "size"), [(1, 32), (3, 28)])
 def test_layer_output_sizes_match_reference_intermediates_and_summary(in_channels, size):
     widths = WIDTHS["odd"]
@@ -213,8 +242,13 @@ def test_layer_output_sizes_match_reference_intermediates_and_summary(in_channel
     _, layers = reference.forward(images(2, in_channels, size), weights, return_intermediates=True)
     c1, c2, c3, f1, k = widths
     assert {name: value.shape[1:] for name, value in layers.items()} == {
-        "conv1": (c1, 28, 28), "pool1": (c1, 14, 14), "conv2": (c2, 10, 10), "pool2": (c2, 5, 5),
-        "conv3": (c3, 1, 1), "fc1": (f1,), "fc2": (k,),
+        "conv1": (c1, 28, 28),
+        "pool1": (c1, 14, 14),
+        "conv2": (c2, 10, 10),
+        "pool2": (c2, 5, 5),
+        "conv3": (c3, 1, 1),
+        "fc1": (f1,),
+        "fc2": (k,),
     }
     summary = LeNet(weights).summary()
     for name, value in layers.items():
@@ -225,7 +259,14 @@ def test_layer_output_sizes_match_reference_intermediates_and_summary(in_channel
 def test_summary_counts_of_the_default_model():
     summary = LeNet(random_weights()).summary()
     assert [layer.name for layer in summary.layers] == [
-        "conv1", "pool1", "conv2", "pool2", "conv3", "fc1", "fc2"]
+        "conv1",
+        "pool1",
+        "conv2",
+        "pool2",
+        "conv3",
+        "fc1",
+        "fc2",
+    ]
     assert (summary["conv1"].parameters, summary["conv1"].connections) == (156, 122_304)
     assert summary["pool1"].connections == 5_880
     assert summary["pool1"].parameters == 0 and summary["pool1"].multiply_adds == 0
@@ -233,7 +274,14 @@ def test_summary_counts_of_the_default_model():
     assert summary.total_parameters == 61_706
     # Each layer's multiply-adds: one per weight use.
     assert [layer.multiply_adds for layer in summary.layers] == [
-        6 * 28 * 28 * 25, 0, 16 * 10 * 10 * 6 * 25, 0, 120 * 16 * 25, 120 * 84, 84 * 10]
+        6 * 28 * 28 * 25,
+        0,
+        16 * 10 * 10 * 6 * 25,
+        0,
+        120 * 16 * 25,
+        120 * 84,
+        84 * 10,
+    ]
     text = str(summary)
     assert "122,304" in text and "5,880" in text and "416,520" in text
 
@@ -247,4 +295,5 @@ def test_summary_counts_follow_the_widths():
     assert summary["conv3"].multiply_adds == c2 * 25 * c3
     assert summary["fc2"].parameters == (f1 + 1) * k
     assert summary.total_multiply_adds == (
-        3 * 25 * c1 * 28 * 28 + c1 * 25 * c2 * 10 * 10 + c2 * 25 * c3 + c3 * f1 + f1 * k)
+        3 * 25 * c1 * 28 * 28 + c1 * 25 * c2 * 10 * 10 + c2 * 25 * c3 + c3 * f1 + f1 * k
+    )

@@ -18,22 +18,34 @@ LANES = _dispatch.kernels.LANES
 ACTIVATIONS = ["relu", "sigmoid", "tanh", "identity"]
 
 
-CASES = st.fixed_dictionaries({
-    "in_channels": st.sampled_from([1, 3]),
-    "widths": st.fixed_dictionaries({
-        "conv1": st.integers(1, 9), "conv2": st.integers(1, 20), "conv3": st.integers(1, 40),
-        "fc1": st.integers(1, 40), "n_classes": st.integers(1, 20)}),
-    "options": st.fixed_dictionaries({
-        "conv_activation": st.sampled_from(ACTIVATIONS), "fc_activation": st.sampled_from(ACTIVATIONS),
-        "output_activation": st.sampled_from(ACTIVATIONS + ["softmax"]),
-        "pool": st.sampled_from(["max", "avg"])}),
-    "n": st.sampled_from([0, 1, 2, LANES - 1, LANES, LANES + 1, 2 * LANES + LANES // 2, 70]),
-    "size": st.sampled_from([32, 28]),
-    "scale": st.sampled_from([0.0, 1e-3, 1.0, 30.0]),
-    "layout": st.sampled_from(sorted(set(LAYOUTS) - {"nested-list", "n-h-w"})),
-    "threads": st.integers(1, 3),
-    "seed": st.integers(0, 2**16),
-})
+CASES = st.fixed_dictionaries(
+    {
+        "in_channels": st.sampled_from([1, 3]),
+        "widths": st.fixed_dictionaries(
+            {
+                "conv1": st.integers(1, 9),
+                "conv2": st.integers(1, 20),
+                "conv3": st.integers(1, 40),
+                "fc1": st.integers(1, 40),
+                "n_classes": st.integers(1, 20),
+            }
+        ),
+        "options": st.fixed_dictionaries(
+            {
+                "conv_activation": st.sampled_from(ACTIVATIONS),
+                "fc_activation": st.sampled_from(ACTIVATIONS),
+                "output_activation": st.sampled_from(ACTIVATIONS + ["softmax"]),
+                "pool": st.sampled_from(["max", "avg"]),
+            }
+        ),
+        "n": st.sampled_from([0, 1, 2, LANES - 1, LANES, LANES + 1, 2 * LANES + LANES // 2, 70]),
+        "size": st.sampled_from([32, 28]),
+        "scale": st.sampled_from([0.0, 1e-3, 1.0, 30.0]),
+        "layout": st.sampled_from(sorted(set(LAYOUTS) - {"nested-list", "n-h-w"})),
+        "threads": st.integers(1, 3),
+        "seed": st.integers(0, 2**16),
+    }
+)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -41,8 +53,11 @@ CASES = st.fixed_dictionaries({
 def test_kernels_match_the_reference(case):
     weights = normal_weights(in_channels=case["in_channels"], seed=case["seed"], **case["widths"])
     model = LeNet(weights, num_threads=case["threads"], **case["options"])
-    x = (np.random.default_rng(case["seed"]).normal(
-        size=(case["n"], case["in_channels"], case["size"], case["size"])) * case["scale"]
+    x = (
+        np.random.default_rng(case["seed"]).normal(
+            size=(case["n"], case["in_channels"], case["size"], case["size"])
+        )
+        * case["scale"]
     ).astype(np.float32)
     view = LAYOUTS[case["layout"]](x)
     scores, labels = model.forward(view), model.predict(view)

@@ -14,8 +14,10 @@ import pytest
 from factories import normal_weights, run_python
 from lenet_fast import LeNet
 
-pytestmark = [pytest.mark.memory,
-              pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")]
+pytestmark = [
+    pytest.mark.memory,
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc"),
+]
 
 
 def test_huge_broadcast_batch_is_converted_in_bounded_memory():
@@ -37,7 +39,8 @@ def test_huge_broadcast_batch_is_converted_in_bounded_memory():
 def test_million_image_predict_peak_memory_is_output_plus_workspace():
     # 1,000,000 zero images (4 GB) as a read-only anonymous mapping: its pages are the shared
     # zero page, so they cost no RSS and any copy of the input would show in the peak.
-    result = run_python("""
+    result = run_python(
+        """
         import mmap
         n = 1_000_000
         buffer = mmap.mmap(-1, n * 4096, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
@@ -51,7 +54,9 @@ def test_million_image_predict_peak_memory_is_output_plus_workspace():
         labels = model.predict(x)
         report(grew=peak_mb() - before, equal=bool((labels == expected).all()),
                input_mb=x.nbytes / 2**20)
-    """, timeout=300)
+    """,
+        timeout=300,
+    )
     assert result["equal"]
     assert result["grew"] < 8 + 24, result  # 8 MB of int64 labels, small slack
 
@@ -60,8 +65,10 @@ def test_million_image_predict_peak_memory_is_output_plus_workspace():
 # Memory: leaks
 # ---------------------------------------------------------------------------------------------
 
+
 def test_no_leak_over_100000_predict_calls():
-    result = run_python("""
+    result = run_python(
+        """
         model = LeNet(normal_weights(), num_threads=2)
         one, batch = images(1), images(32)
         scores = np.empty((32, 10), np.float32)
@@ -76,13 +83,16 @@ def test_no_leak_over_100000_predict_calls():
         before = rss_mb()
         calls(95_000)
         report(grew=rss_mb() - before)
-    """, timeout=300)
+    """,
+        timeout=300,
+    )
     assert result["grew"] < 20, result
 
 
 def test_no_leak_over_1000_load_free_cycles(tmp_path):
     LeNet(normal_weights(conv1=20, conv3=300, fc1=200)).save_npz(tmp_path / "model.npz")
-    result = run_python(f"""
+    result = run_python(
+        f"""
         import gc
         x = images(40)
         def cycles(count):
@@ -96,7 +106,9 @@ def test_no_leak_over_1000_load_free_cycles(tmp_path):
         cycles(950)
         gc.collect()
         report(grew=rss_mb() - before)
-    """, timeout=300)
+    """,
+        timeout=300,
+    )
     assert result["grew"] < 20, result
 
 

@@ -21,16 +21,34 @@ from lenet_fast import _dispatch, reference
 from lenet_fast._architecture import MEMBERS, canonical_shapes
 
 TOLERANCE = {"atol": 1e-5, "rtol": 1e-5}
-CODES = {"identity": "ACT_IDENTITY", "relu": "ACT_RELU", "sigmoid": "ACT_SIGMOID",
-         "tanh": "ACT_TANH", "softmax": "ACT_SOFTMAX"}
+CODES = {
+    "identity": "ACT_IDENTITY",
+    "relu": "ACT_RELU",
+    "sigmoid": "ACT_SIGMOID",
+    "tanh": "ACT_TANH",
+    "softmax": "ACT_SOFTMAX",
+}
 
 
-def engine(kernels, weights, plane, conv2_padding, conv_activation="relu",
-           fc_activation="sigmoid", output_activation="sigmoid", pool="max"):
+def engine(
+    kernels,
+    weights,
+    plane,
+    conv2_padding,
+    conv_activation="relu",
+    fc_activation="sigmoid",
+    output_activation="sigmoid",
+    pool="max",
+):
     code = {name: getattr(kernels, attribute) for name, attribute in CODES.items()}
-    return kernels.Engine(weights, {"plane": plane, "conv2_padding": conv2_padding},
-                          code[conv_activation], code[fc_activation], code[output_activation],
-                          kernels.POOL_MAX if pool == "max" else kernels.POOL_AVG)
+    return kernels.Engine(
+        weights,
+        {"plane": plane, "conv2_padding": conv2_padding},
+        code[conv_activation],
+        code[fc_activation],
+        code[output_activation],
+        kernels.POOL_MAX if pool == "max" else kernels.POOL_AVG,
+    )
 
 
 def run(engine_, images, num_threads=1):
@@ -48,18 +66,25 @@ def images(n, in_channels, rows, columns, seed=1):
 
 
 def options(member):
-    return {key: member[key] for key in ("conv_activation", "fc_activation",
-                                         "output_activation", "pool")}
+    return {
+        key: member[key]
+        for key in ("conv_activation", "fc_activation", "output_activation", "pool")
+    }
 
 
 def engine_spec(member):
     """A named member as the engine sees it: conv1's plane after its padding, conv2's padding,
     widths (conv3 None for a flatten) and options."""
     side = member.input_size + 2 * member.conv1_padding
-    return dict(plane=(side, side), conv2_padding=member.conv2_padding,
-                c1=member.conv1_channels, c2=member.conv2_channels,
-                conv3=member.conv3_channels or None, dense=member.dense_units,
-                **member.architecture)
+    return dict(
+        plane=(side, side),
+        conv2_padding=member.conv2_padding,
+        c1=member.conv1_channels,
+        c2=member.conv2_channels,
+        conv3=member.conv3_channels or None,
+        dense=member.dense_units,
+        **member.architecture,
+    )
 
 
 SPECS = {name: engine_spec(member) for name, member in MEMBERS.items()}
@@ -69,8 +94,9 @@ def spec_weights(seed, in_channels, plane, conv2_padding, c1, c2, conv3, dense, 
     """Uniform weights of an engine spec (PyTorch's default scale, biases within 0.1)."""
     pool1 = [(side - 4) // 2 for side in plane]
     pool2 = [(side + 2 * conv2_padding - 4) // 2 for side in pool1]
-    shapes = canonical_shapes(in_channels, c1, c2, conv3 or 0, dense,
-                              features=None if conv3 else c2 * pool2[0] * pool2[1])
+    shapes = canonical_shapes(
+        in_channels, c1, c2, conv3 or 0, dense, features=None if conv3 else c2 * pool2[0] * pool2[1]
+    )
     return random_weights(seed, shapes=shapes)
 
 
@@ -79,8 +105,14 @@ def reference_scores(x, weights, spec):
     (conv1 padded by 2, as the engine pads them)."""
     rows, columns = x.shape[2:]
     padding = (spec["plane"][0] - rows) // 2
-    return reference.forward(x, weights, input_size=(rows, columns), conv1_padding=padding,
-                             conv2_padding=spec["conv2_padding"], **options(spec))
+    return reference.forward(
+        x,
+        weights,
+        input_size=(rows, columns),
+        conv1_padding=padding,
+        conv2_padding=spec["conv2_padding"],
+        **options(spec),
+    )
 
 
 def check_against_reference(kernels, spec, in_channels=1, image_size=None, seed=0, n=None):
@@ -103,19 +135,29 @@ def check_against_reference(kernels, spec, in_channels=1, image_size=None, seed=
 # Block sizes: every micro-kernel at every block size the level uses
 # ---------------------------------------------------------------------------------------------
 
-SMALL_PLANE = (16, 16)   # conv1 12x12 -> pool1 6x6 -> conv2 2x2 -> pool2 1x1: fast
+SMALL_PLANE = (16, 16)  # conv1 12x12 -> pool1 6x6 -> conv2 2x2 -> pool2 1x1: fast
 
 
 def small_spec(c1=2, c2=3, dense=(5, 4), conv3=None, plane=SMALL_PLANE, conv2_padding=0):
-    return {"plane": plane, "conv2_padding": conv2_padding, "c1": c1, "c2": c2, "conv3": conv3,
-            "dense": dense, "conv_activation": "tanh", "fc_activation": "sigmoid",
-            "output_activation": "identity", "pool": "max"}
+    return {
+        "plane": plane,
+        "conv2_padding": conv2_padding,
+        "c1": c1,
+        "c2": c2,
+        "conv3": conv3,
+        "dense": dense,
+        "conv_activation": "tanh",
+        "fc_activation": "sigmoid",
+        "output_activation": "identity",
+        "pool": "max",
+    }
 
 
 def test_block_sizes_come_from_the_table(level):
     kernels = _dispatch.load_kernels(level)
     import runpy
     from pathlib import Path
+
     table = Path(__file__).resolve().parent.parent / "src" / "block_sizes.py"
     if not table.exists():
         pytest.skip("no source tree next to the tests")
@@ -167,27 +209,51 @@ def test_pointwise_activations_and_pools(level, name, pool):
 # The family's members and geometries
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("member", MEMBERS)
 def test_named_member_matches_reference(level, member):
     kernels = _dispatch.load_kernels(level)
     spec = SPECS[member]
     check_against_reference(kernels, spec)
-    if member in ("lenet5", "keras-same"):   # 28x28 images, zero-padded by 2 inside
+    if member in ("lenet5", "keras-same"):  # 28x28 images, zero-padded by 2 inside
         check_against_reference(kernels, spec, image_size=(28, 28))
 
 
-@pytest.mark.parametrize("geometry", [
-    {"plane": (24, 24), "conv2_padding": 2, "c1": 6, "c2": 16, "conv3": 120, "dense": (84, 10)},
-    {"plane": (32, 32), "conv2_padding": 2, "c1": 6, "c2": 16, "conv3": None, "dense": (30, 10)},
-    {"plane": (24, 36), "conv2_padding": 0, "c1": 5, "c2": 9, "conv3": None, "dense": (12,)},
-    {"plane": (36, 28), "conv2_padding": 2, "c1": 4, "c2": 7, "conv3": None, "dense": (20, 11, 3)},
-    {"plane": (12, 12), "conv2_padding": 2, "c1": 3, "c2": 4, "conv3": None, "dense": (5,)},
-], ids=["24-same-conv3", "32-same-flatten", "24x36", "36x28-same-3-dense", "12-smallest"])
+@pytest.mark.parametrize(
+    "geometry",
+    [
+        {"plane": (24, 24), "conv2_padding": 2, "c1": 6, "c2": 16, "conv3": 120, "dense": (84, 10)},
+        {
+            "plane": (32, 32),
+            "conv2_padding": 2,
+            "c1": 6,
+            "c2": 16,
+            "conv3": None,
+            "dense": (30, 10),
+        },
+        {"plane": (24, 36), "conv2_padding": 0, "c1": 5, "c2": 9, "conv3": None, "dense": (12,)},
+        {
+            "plane": (36, 28),
+            "conv2_padding": 2,
+            "c1": 4,
+            "c2": 7,
+            "conv3": None,
+            "dense": (20, 11, 3),
+        },
+        {"plane": (12, 12), "conv2_padding": 2, "c1": 3, "c2": 4, "conv3": None, "dense": (5,)},
+    ],
+    ids=["24-same-conv3", "32-same-flatten", "24x36", "36x28-same-3-dense", "12-smallest"],
+)
 @pytest.mark.parametrize("in_channels", [1, 3])
 def test_geometries_match_reference(level, geometry, in_channels):
     kernels = _dispatch.load_kernels(level)
-    spec = dict(geometry, conv_activation="relu", fc_activation="tanh",
-                output_activation="softmax", pool="avg")
+    spec = dict(
+        geometry,
+        conv_activation="relu",
+        fc_activation="tanh",
+        output_activation="softmax",
+        pool="avg",
+    )
     check_against_reference(kernels, spec, in_channels)
     rows, columns = spec["plane"]
     check_against_reference(kernels, spec, in_channels, image_size=(rows - 4, columns - 4))
@@ -204,12 +270,13 @@ def test_member_bits_do_not_depend_on_batch_size_position_or_threads(level, memb
     n = 3 * lanes + 3
     rows, columns = spec["plane"]
     x = images(n, 1, rows - smaller, columns - smaller, seed=5)
-    alone = np.concatenate([run(eng, x[i:i + 1]) for i in range(n)])
+    alone = np.concatenate([run(eng, x[i : i + 1]) for i in range(n)])
     for num_threads in (1, 2, 3):
         np.testing.assert_array_equal(run(eng, x, num_threads), alone)
     for start, stop in ((1, n), (lanes - 1, 2 * lanes + 2), (2, 5), (0, lanes)):
-        np.testing.assert_array_equal(run(eng, np.ascontiguousarray(x[start:stop])),
-                                      alone[start:stop])
+        np.testing.assert_array_equal(
+            run(eng, np.ascontiguousarray(x[start:stop])), alone[start:stop]
+        )
     labels = np.empty(n, np.int64)
     assert eng.predict(x, labels, 2, True) == -1
     np.testing.assert_array_equal(labels, alone.argmax(axis=1))
@@ -218,8 +285,10 @@ def test_member_bits_do_not_depend_on_batch_size_position_or_threads(level, memb
 def test_levels_agree_on_every_member():
     """Different ISA levels round differently (FMA or not), but all match the reference."""
     for spec in SPECS.values():
-        results = [check_against_reference(_dispatch.load_kernels(level), spec, n=5)[2]
-                   for level in _dispatch.usable_levels()]
+        results = [
+            check_against_reference(_dispatch.load_kernels(level), spec, n=5)[2]
+            for level in _dispatch.usable_levels()
+        ]
         for other in results[1:]:
             np.testing.assert_allclose(other, results[0], **TOLERANCE)
 
@@ -227,6 +296,7 @@ def test_levels_agree_on_every_member():
 # ---------------------------------------------------------------------------------------------
 # What the engine refuses
 # ---------------------------------------------------------------------------------------------
+
 
 def test_engine_refuses_inconsistent_geometry_and_weights(level):
     kernels = _dispatch.load_kernels(level)
@@ -240,32 +310,59 @@ def test_engine_refuses_inconsistent_geometry_and_weights(level):
         engine(kernels, weights, (28, 28), 1)
     with pytest.raises(ValueError, match="geometry must be a dict"):
         kernels.Engine(weights, {"plane": (28, 28)}, 1, 1, 1, 0)
-    with pytest.raises(ValueError, match=r"fc1.weight: expected shape \(\*, 400\), found \(120, 256\)"):
-        engine(kernels, weights, (32, 32), 0)   # 400 features there
+    with pytest.raises(
+        ValueError, match=r"fc1.weight: expected shape \(\*, 400\), found \(120, 256\)"
+    ):
+        engine(kernels, weights, (32, 32), 0)  # 400 features there
     with pytest.raises(ValueError, match="conv3 needs a 5x5 pool2"):
-        engine(kernels, dict(weights, **{"conv3.weight": np.zeros((8, 16, 5, 5), np.float32),
-                                         "conv3.bias": np.zeros(8, np.float32)}), (28, 28), 0)
+        engine(
+            kernels,
+            dict(
+                weights,
+                **{
+                    "conv3.weight": np.zeros((8, 16, 5, 5), np.float32),
+                    "conv3.bias": np.zeros(8, np.float32),
+                },
+            ),
+            (28, 28),
+            0,
+        )
     gap = {key: value for key, value in weights.items() if not key.startswith("fc2")}
     with pytest.raises(ValueError, match="without gaps"):
         engine(kernels, gap, (28, 28), 0)
     with pytest.raises(ValueError, match="C-contiguous float32"):
-        engine(kernels, dict(weights, **{"conv1.bias": weights["conv1.bias"].astype(np.float64)}),
-               (28, 28), 0)
+        engine(
+            kernels,
+            dict(weights, **{"conv1.bias": weights["conv1.bias"].astype(np.float64)}),
+            (28, 28),
+            0,
+        )
     with pytest.raises(ValueError, match="output activation code"):
         kernels.Engine(weights, {"plane": (28, 28), "conv2_padding": 0}, 1, 1, 9, 0)
     with pytest.raises(ValueError, match="conv/fc activation codes"):
-        kernels.Engine(weights, {"plane": (28, 28), "conv2_padding": 0}, kernels.ACT_SOFTMAX, 1,
-                       1, 0)
+        kernels.Engine(
+            weights, {"plane": (28, 28), "conv2_padding": 0}, kernels.ACT_SOFTMAX, 1, 1, 0
+        )
     eng = engine(kernels, weights, (28, 28), 0)
-    with pytest.raises(ValueError, match=r"images must have shape \(N, 1, 28, 28\) or "
-                                         r"\(N, 1, 24, 24\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"images must have shape \(N, 1, 28, 28\) or "
+        r"\(N, 1, 24, 24\)",
+    ):
         run(eng, images(2, 1, 32, 32))
 
 
 def test_engine_refuses_a_workspace_the_kernels_cannot_index(level):
     kernels = _dispatch.load_kernels(level)
-    spec = {"plane": (4096, 4096), "conv2_padding": 0, "c1": 1, "c2": 1, "conv3": None, "dense": (1,)}
-    weights = spec_weights(0, 20, **spec)   # 20 x 4096 x 4096 x VLEN >= 2**30 floats
+    spec = {
+        "plane": (4096, 4096),
+        "conv2_padding": 0,
+        "c1": 1,
+        "c2": 1,
+        "conv3": None,
+        "dense": (1,),
+    }
+    weights = spec_weights(0, 20, **spec)  # 20 x 4096 x 4096 x VLEN >= 2**30 floats
     with pytest.raises(ValueError, match="needs a workspace of"):
         engine(kernels, weights, (4096, 4096), 0)
     with pytest.raises(ValueError, match="plane must be even sizes from 6 to 4096"):

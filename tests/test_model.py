@@ -29,8 +29,10 @@ from lenet_fast import LeNet, _dispatch, reference
 from lenet_fast._architecture import DEFAULT_GEOMETRY
 
 TOLERANCE = {"atol": 1e-5, "rtol": 1e-5}
-FLOAT_ONLY = ("x must hold floating-point images (a model without stored preprocessing needs float "
-              "input: the normalised tensor it was trained on); got ")
+FLOAT_ONLY = (
+    "x must hold floating-point images (a model without stored preprocessing needs float "
+    "input: the normalised tensor it was trained on); got "
+)
 SHAPES_1 = "(N, 1, 32, 32) or (N, 1, 28, 28), or (N, 32, 32) / (N, 28, 28)"
 LANES = _dispatch.kernels.LANES
 BAD_INPUT = "contains NaN or infinity; pass check_finite=False to skip this check"
@@ -55,9 +57,15 @@ def plain_model():
 @pytest.fixture
 def classified_model():
     """tanh, relu, softmax, average pooling, one thread, class names."""
-    return LeNet(random_weights(gain=3, bias_bound=None), conv_activation="tanh",
-                 fc_activation="relu", output_activation="softmax", pool="avg", num_threads=1,
-                 metadata={"classes": [str(k) for k in range(10)]})
+    return LeNet(
+        random_weights(gain=3, bias_bound=None),
+        conv_activation="tanh",
+        fc_activation="relu",
+        output_activation="softmax",
+        pool="avg",
+        num_threads=1,
+        metadata={"classes": [str(k) for k in range(10)]},
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -66,11 +74,23 @@ def classified_model():
 
 PYTORCH_MODELS = {
     "table": (lambda: torch_lenets().TableNet(), {}, 1, 32),
-    "tutorial": (lambda: torch_lenets().TutorialNet(),
-                 {"fc_activation": "relu", "output_activation": "identity"}, 1, 32),
-    "sequential": (lambda: torch_lenets().sequential_conv3(),
-                   {"conv_activation": "tanh", "pool": "avg", "fc_activation": "tanh",
-                    "output_activation": "softmax"}, 1, 32),
+    "tutorial": (
+        lambda: torch_lenets().TutorialNet(),
+        {"fc_activation": "relu", "output_activation": "identity"},
+        1,
+        32,
+    ),
+    "sequential": (
+        lambda: torch_lenets().sequential_conv3(),
+        {
+            "conv_activation": "tanh",
+            "pool": "avg",
+            "fc_activation": "tanh",
+            "output_activation": "softmax",
+        },
+        1,
+        32,
+    ),
     "table-3-channels": (lambda: torch_lenets().TableNet(in_channels=3), {}, 3, 32),
     "table-28x28-padding-2": (lambda: torch_lenets().TableNet(conv1_padding=2), {}, 1, 28),
 }
@@ -85,9 +105,15 @@ def test_pytorch_models_through_npz_and_state_dict(torch, tmp_path, level, name)
     x = torch.randn(37, in_channels, size, size, generator=torch.Generator().manual_seed(12))
     with torch.no_grad():
         expected = module(x).numpy()
-    for lenet in (LeNet.from_npz(tmp_path / "model.npz", **options),
-                  LeNet.from_state_dict(module.state_dict(), **options)):
-        assert lenet.architecture == {**lenet_fast._model.DEFAULT_ARCHITECTURE, **DEFAULT_GEOMETRY, **options}
+    for lenet in (
+        LeNet.from_npz(tmp_path / "model.npz", **options),
+        LeNet.from_state_dict(module.state_dict(), **options),
+    ):
+        assert lenet.architecture == {
+            **lenet_fast._model.DEFAULT_ARCHITECTURE,
+            **DEFAULT_GEOMETRY,
+            **options,
+        }
         lenet = model_at_level(lenet, level)
         np.testing.assert_allclose(lenet.forward(x.numpy()), expected, **TOLERANCE)
         np.testing.assert_allclose(lenet.forward(x.numpy()[:1]), expected[:1], **TOLERANCE)
@@ -98,9 +124,14 @@ def test_pytorch_models_through_npz_and_state_dict(torch, tmp_path, level, name)
 # save_npz and the architecture options
 # ---------------------------------------------------------------------------------------------
 
+
 def test_save_npz_round_trip_restores_everything_and_is_byte_stable(tmp_path):
-    options = {"conv_activation": "sigmoid", "fc_activation": "identity",
-               "output_activation": "tanh", "pool": "avg"}
+    options = {
+        "conv_activation": "sigmoid",
+        "fc_activation": "identity",
+        "output_activation": "tanh",
+        "pool": "avg",
+    }
     metadata = {"run": [1, "a"], "note": "é", "numbers": [1, 2.5]}
     original = LeNet(random_weights(2, 3, (7, 13, 50, 33, 5)), metadata=metadata, **options)
     original.save_npz(tmp_path / "first.npz")
@@ -120,25 +151,43 @@ def test_option_precedence_explicit_then_stored_then_default(tmp_path):
     from lenet_fast import _weights
 
     weights = random_weights(3)
-    _weights.save_npz(tmp_path / "partial.npz", weights,
-                      {"architecture": {"conv_activation": "tanh", "pool": "avg"}})
+    _weights.save_npz(
+        tmp_path / "partial.npz",
+        weights,
+        {"architecture": {"conv_activation": "tanh", "pool": "avg"}},
+    )
     x = images(9)
 
     stored = LeNet.from_npz(tmp_path / "partial.npz")
-    assert stored.architecture == {"conv_activation": "tanh", "fc_activation": "sigmoid",
-                                   "output_activation": "sigmoid", "pool": "avg", **DEFAULT_GEOMETRY}
+    assert stored.architecture == {
+        "conv_activation": "tanh",
+        "fc_activation": "sigmoid",
+        "output_activation": "sigmoid",
+        "pool": "avg",
+        **DEFAULT_GEOMETRY,
+    }
     explicit = LeNet.from_npz(tmp_path / "partial.npz", pool="max", output_activation="softmax")
-    assert explicit.architecture == {"conv_activation": "tanh", "fc_activation": "sigmoid",
-                                     "output_activation": "softmax", "pool": "max", **DEFAULT_GEOMETRY}
+    assert explicit.architecture == {
+        "conv_activation": "tanh",
+        "fc_activation": "sigmoid",
+        "output_activation": "softmax",
+        "pool": "max",
+        **DEFAULT_GEOMETRY,
+    }
     for lenet in (stored, explicit):
-        np.testing.assert_allclose(lenet.forward(x), reference.forward(x, weights, **lenet.architecture),
-                                   **TOLERANCE)
+        np.testing.assert_allclose(
+            lenet.forward(x), reference.forward(x, weights, **lenet.architecture), **TOLERANCE
+        )
 
     save_like_users_weights = dict(weights)
     np.savez(tmp_path / "plain.npz", **save_like_users_weights)
-    assert LeNet.from_npz(tmp_path / "plain.npz").architecture == {**lenet_fast._model.DEFAULT_ARCHITECTURE,
-                                                                   **DEFAULT_GEOMETRY}
-    assert LeNet.from_state_dict(weights, fc_activation="relu").architecture["fc_activation"] == "relu"
+    assert LeNet.from_npz(tmp_path / "plain.npz").architecture == {
+        **lenet_fast._model.DEFAULT_ARCHITECTURE,
+        **DEFAULT_GEOMETRY,
+    }
+    assert (
+        LeNet.from_state_dict(weights, fc_activation="relu").architecture["fc_activation"] == "relu"
+    )
 
 
 def test_unknown_option_values_are_rejected(tmp_path):
@@ -147,19 +196,31 @@ def test_unknown_option_values_are_rejected(tmp_path):
     names = "'relu', 'sigmoid', 'tanh', 'identity'"
     with pytest.raises(ValueError, match=exact("pool must be one of 'max', 'avg'; got 'min'")):
         LeNet(random_weights(), pool="min")
-    with pytest.raises(ValueError, match=exact(f"conv_activation must be one of {names}; got 'softmax'")):
+    with pytest.raises(
+        ValueError, match=exact(f"conv_activation must be one of {names}; got 'softmax'")
+    ):
         LeNet.from_state_dict(random_weights(), conv_activation="softmax")
-    _weights.save_npz(tmp_path / "bad.npz", random_weights(), {"architecture": {"fc_activation": "gelu"}})
-    with pytest.raises(ValueError, match=exact(
+    _weights.save_npz(
+        tmp_path / "bad.npz", random_weights(), {"architecture": {"fc_activation": "gelu"}}
+    )
+    with pytest.raises(
+        ValueError,
+        match=exact(
             f"{tmp_path / 'bad.npz'}: '__lenet_fast__.npy': metadata['architecture']['fc_activation'] "
-            f"must be one of {names}; got 'gelu'")):
+            f"must be one of {names}; got 'gelu'"
+        ),
+    ):
         LeNet.from_npz(tmp_path / "bad.npz")
-    assert LeNet.from_npz(tmp_path / "bad.npz", fc_activation="relu").architecture["fc_activation"] == "relu"
+    assert (
+        LeNet.from_npz(tmp_path / "bad.npz", fc_activation="relu").architecture["fc_activation"]
+        == "relu"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Input validation
 # ---------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     ("x", "found"),
@@ -183,9 +244,22 @@ def test_non_float_input_is_a_type_error(model, x, found):
 
 @pytest.mark.parametrize(
     "shape",
-    [(2, 1, 30, 30), (2, 1, 32, 28), (2, 3, 32, 32), (2, 2, 28, 28), (32, 32), (2, 1, 1, 32, 32),
-     (1024,), (), (2, 30, 30), (2, 1, 32, 32, 1), (1, 2, 1, 32, 32), (1, 1, 0, 0), (1, 1, 64, 64),
-     (1, 1, 32)],  # (1, 1, 32): once reported as (1, 1, 1, 32), after the channel axis was added
+    [
+        (2, 1, 30, 30),
+        (2, 1, 32, 28),
+        (2, 3, 32, 32),
+        (2, 2, 28, 28),
+        (32, 32),
+        (2, 1, 1, 32, 32),
+        (1024,),
+        (),
+        (2, 30, 30),
+        (2, 1, 32, 32, 1),
+        (1, 2, 1, 32, 32),
+        (1, 1, 0, 0),
+        (1, 1, 64, 64),
+        (1, 1, 32),
+    ],  # (1, 1, 32): once reported as (1, 1, 1, 32), after the channel axis was added
 )
 def test_wrong_shapes_are_value_errors(model, shape):
     x = np.zeros(shape, np.float32)
@@ -203,8 +277,10 @@ def test_three_channel_model_names_its_shapes():
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-@pytest.mark.parametrize(("n", "threads", "dtype"),
-                         [(5, 1, np.float32), (40, 1, np.float32), (100, 2, np.float32), (40, 1, np.float64)])
+@pytest.mark.parametrize(
+    ("n", "threads", "dtype"),
+    [(5, 1, np.float32), (40, 1, np.float32), (100, 2, np.float32), (40, 1, np.float64)],
+)
 def test_non_finite_input_names_the_first_bad_image(level, bad, n, threads, dtype):
     lenet = model_at_level(LeNet(random_weights()), level)
     x = images(n, size=28).astype(dtype)
@@ -226,7 +302,7 @@ def test_check_finite_false_leaves_other_images_unaffected(level, output_activat
     clean = images(45)
     expected = lenet.forward(clean)
     dirty = clean.copy()
-    bad = [0, 3, 17, 33, 44]     # in full groups, a padded group and one-image tails
+    bad = [0, 3, 17, 33, 44]  # in full groups, a padded group and one-image tails
     dirty[0, 0, 5, 5] = np.nan
     dirty[3, 0, 0, 0] = np.inf
     dirty[17, 0, 31, 31] = -np.inf
@@ -252,17 +328,20 @@ def test_check_finite_false_leaves_other_images_unaffected(level, output_activat
 # Input conversions
 # ---------------------------------------------------------------------------------------------
 
+
 def test_float16_and_negative_strides_convert_their_values(model):
     x = images(21)
     half = x.astype(np.float16)
     np.testing.assert_array_equal(model.forward(half), model.forward(half.astype(np.float32)))
     for view in (x[::-1], x[:, :, ::-1, ::-1], x[::-3]):
-        np.testing.assert_array_equal(model.forward(view), model.forward(np.ascontiguousarray(view)))
+        np.testing.assert_array_equal(
+            model.forward(view), model.forward(np.ascontiguousarray(view))
+        )
 
 
 def test_large_converted_batch_matches_float32(model):
     x = images(64, size=28, seed=3)
-    big = np.concatenate([x] * 80).astype(np.float64)   # 5120 images: two conversion chunks
+    big = np.concatenate([x] * 80).astype(np.float64)  # 5120 images: two conversion chunks
     expected = np.concatenate([model.forward(x)] * 80)
     np.testing.assert_array_equal(model.forward(big), expected)
     np.testing.assert_array_equal(model.predict(big[::-1]), expected.argmax(axis=1)[::-1])
@@ -271,6 +350,7 @@ def test_large_converted_batch_matches_float32(model):
 # ---------------------------------------------------------------------------------------------
 # out=, empty batches, threads
 # ---------------------------------------------------------------------------------------------
+
 
 def test_out_arguments_are_filled_and_returned(model):
     x = images(21)
@@ -352,12 +432,21 @@ def test_num_threads_default_and_setter(model):
 # Pickling, threads, memory
 # ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("duplicate", [lambda m: pickle.loads(pickle.dumps(m)), copy.deepcopy, copy.copy],
-                         ids=["pickle", "deepcopy", "copy"])
+
+@pytest.mark.parametrize(
+    "duplicate",
+    [lambda m: pickle.loads(pickle.dumps(m)), copy.deepcopy, copy.copy],
+    ids=["pickle", "deepcopy", "copy"],
+)
 def test_pickle_and_copies(duplicate):
     metadata = {"note": "x", "classes": list("abcde")}
-    original = LeNet(random_weights(5, 3, (7, 13, 50, 33, 5)), pool="avg", output_activation="softmax",
-                     num_threads=1, metadata=metadata)
+    original = LeNet(
+        random_weights(5, 3, (7, 13, 50, 33, 5)),
+        pool="avg",
+        output_activation="softmax",
+        num_threads=1,
+        metadata=metadata,
+    )
     clone = duplicate(original)
     assert clone.architecture == original.architecture
     assert clone.metadata == metadata and clone.num_threads == 1
@@ -371,22 +460,36 @@ def test_pickle_and_copies(duplicate):
     np.testing.assert_array_equal(clone.predict(x), original.predict(x))
 
 
-@pytest.mark.parametrize("metadata, problem", [
-    ({"architecture": ["relu"]}, "metadata['architecture'] must be a dict; got list"),
-    ({"architecture": {"pool": "median"}},
-     "metadata['architecture']['pool'] must be one of 'max', 'avg'; got 'median'"),
-    ({"architecture": {"dropout": "yes"}}, "metadata['architecture'] has an unknown option 'dropout'"),
-    ({"preprocessing": {"scale": 10 ** 400, "mean": 0, "std": 1}},
-     "metadata['preprocessing']['scale'] must be a positive finite number"),
-    ({"classes": ["a", "b"]}, "metadata['classes'] must be a list of 10 strings"),
-])
-def test_unusable_stored_metadata_is_a_weight_file_error_naming_the_file(tmp_path, metadata, problem):
+@pytest.mark.parametrize(
+    "metadata, problem",
+    [
+        ({"architecture": ["relu"]}, "metadata['architecture'] must be a dict; got list"),
+        (
+            {"architecture": {"pool": "median"}},
+            "metadata['architecture']['pool'] must be one of 'max', 'avg'; got 'median'",
+        ),
+        (
+            {"architecture": {"dropout": "yes"}},
+            "metadata['architecture'] has an unknown option 'dropout'",
+        ),
+        (
+            {"preprocessing": {"scale": 10**400, "mean": 0, "std": 1}},
+            "metadata['preprocessing']['scale'] must be a positive finite number",
+        ),
+        ({"classes": ["a", "b"]}, "metadata['classes'] must be a list of 10 strings"),
+    ],
+)
+def test_unusable_stored_metadata_is_a_weight_file_error_naming_the_file(
+    tmp_path, metadata, problem
+):
     from lenet_fast import WeightFileError
     from lenet_fast._weights import save_npz
 
     path = tmp_path / "model.npz"
     save_npz(path, random_weights(2), metadata)
-    with pytest.raises(WeightFileError, match="^" + re.escape(f"{path}: '__lenet_fast__.npy': {problem}")):
+    with pytest.raises(
+        WeightFileError, match="^" + re.escape(f"{path}: '__lenet_fast__.npy': {problem}")
+    ):
         LeNet.from_npz(path)
 
 
@@ -407,18 +510,22 @@ def bad_input_message(index):
     return rf"^x\[{index}\] {BAD_INPUT.replace('.', '[.]')}$"
 
 
-@pytest.mark.parametrize(("n", "bad", "threads"), [
-    (1, [0], 1),                                      # batch 1 (stack workspace path)
-    (2 * LANES, [LANES + 3, LANES + 9], 1),           # inside the second lane group
-    (3 * LANES + 5, [3 * LANES + 4], 1),              # in the tail, one image at a time
-    (3 * LANES + LANES - 1, [3 * LANES + 2], 1),      # in a partial lane group tail
-    (64 * LANES, [40 * LANES + 1, 60 * LANES], 2),    # two threads, both find one
-    (64 * LANES, [5, 63 * LANES], 2),                 # first thread's is first
-    (64 * LANES + 3, [64 * LANES + 2], 2),            # two threads, in the tail
-])
+@pytest.mark.parametrize(
+    ("n", "bad", "threads"),
+    [
+        (1, [0], 1),  # batch 1 (stack workspace path)
+        (2 * LANES, [LANES + 3, LANES + 9], 1),  # inside the second lane group
+        (3 * LANES + 5, [3 * LANES + 4], 1),  # in the tail, one image at a time
+        (3 * LANES + LANES - 1, [3 * LANES + 2], 1),  # in a partial lane group tail
+        (64 * LANES, [40 * LANES + 1, 60 * LANES], 2),  # two threads, both find one
+        (64 * LANES, [5, 63 * LANES], 2),  # first thread's is first
+        (64 * LANES + 3, [64 * LANES + 2], 2),  # two threads, in the tail
+    ],
+)
 @pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
-def test_non_finite_input_at_every_lane_position_and_thread_split(plain_model, n, bad, threads,
-                                                                  value):
+def test_non_finite_input_at_every_lane_position_and_thread_split(
+    plain_model, n, bad, threads, value
+):
     model = plain_model
     x = images(n)
     for index in bad:
@@ -446,7 +553,9 @@ def test_non_finite_input_index_in_converted_chunks(plain_model):
 def test_memmap_input(plain_model, tmp_path):
     model = plain_model
     x = images(LANES + 5)
-    stored = np.lib.format.open_memmap(tmp_path / "x.npy", mode="w+", dtype=np.float32, shape=x.shape)
+    stored = np.lib.format.open_memmap(
+        tmp_path / "x.npy", mode="w+", dtype=np.float32, shape=x.shape
+    )
     stored[...] = x
     stored.flush()
     del stored
@@ -454,8 +563,13 @@ def test_memmap_input(plain_model, tmp_path):
         mapped = np.load(tmp_path / "x.npy", mmap_mode=mode)
         assert isinstance(mapped, np.memmap)
         np.testing.assert_array_equal(model.predict(mapped), model.predict(x))
-    offset_map = np.memmap(tmp_path / "x.npy", dtype=np.float32, mode="r", offset=128 + 4096,
-                           shape=(LANES + 4, 1, 32, 32))  # starts at image 1
+    offset_map = np.memmap(
+        tmp_path / "x.npy",
+        dtype=np.float32,
+        mode="r",
+        offset=128 + 4096,
+        shape=(LANES + 4, 1, 32, 32),
+    )  # starts at image 1
     np.testing.assert_array_equal(model.forward(offset_map), model.forward(x[1:]))
 
 
@@ -512,8 +626,11 @@ def test_nan_outputs_from_finite_input_never_become_labels(plain_model):
     assert len(nan_rows)
     first = nan_rows[0]
     for method in (model.predict, model.forward):
-        with pytest.raises(ValueError, match=rf"^x\[{first}\] gives NaN outputs although it is "
-                                             rf"finite"):
+        with pytest.raises(
+            ValueError,
+            match=rf"^x\[{first}\] gives NaN outputs although it is "
+            rf"finite",
+        ):
             method(x)
     labels = model.predict(x, check_finite=False)
     assert (labels[nan_rows] == -1).all()
@@ -544,17 +661,18 @@ def test_contiguous_float32_batches_run_in_chunks_with_identical_bits(plain_mode
     chunked = LeNet(normal_weights(), num_threads=2)
     chunked._engine = recorder
     np.testing.assert_array_equal(chunked.forward(x), whole)
-    assert recorder.sizes == [1024] * 8 + [808]        # 512 images per thread, 2 threads
+    assert recorder.sizes == [1024] * 8 + [808]  # 512 images per thread, 2 threads
     recorder.sizes.clear()
     chunked.num_threads = 16
     np.testing.assert_array_equal(chunked.forward(x), whole)
     assert recorder.sizes == [4096, 4096, 808]
-    singles = np.concatenate([model.forward(x[i:i + 1]) for i in range(0, 9000, 997)])
+    singles = np.concatenate([model.forward(x[i : i + 1]) for i in range(0, 9000, 997)])
     np.testing.assert_array_equal(singles, whole[::997])
 
 
 def test_ctrl_c_stops_a_large_float32_batch_within_a_chunk():
-    result = run_python("""
+    result = run_python(
+        """
         import _thread, threading, time
         import numpy as np
         from lenet_fast import LeNet
@@ -575,7 +693,9 @@ def test_ctrl_c_stops_a_large_float32_batch_within_a_chunk():
         except KeyboardInterrupt:
             report(outcome="interrupted", late=time.perf_counter() - fired[0],
                    chunk_seconds=chunk_seconds)
-    """, timeout=300)
+    """,
+        timeout=300,
+    )
     assert result["outcome"] == "interrupted"
     # One chunk at most (1024 images on 2 threads: 0.02-0.07 s measured), whatever N is.
     assert result["late"] < max(0.1, 2 * result["chunk_seconds"])
@@ -584,15 +704,15 @@ def test_ctrl_c_stops_a_large_float32_batch_within_a_chunk():
 def test_out_overlapping_the_input_is_refused(plain_model):
     model = plain_model
     buffer = np.zeros(4 * 1024 + 100, np.float32)
-    x = buffer[:4 * 1024].reshape(4, 1, 32, 32)
+    x = buffer[: 4 * 1024].reshape(4, 1, 32, 32)
     with pytest.raises(ValueError, match="^out overlaps the input x"):
-        model.forward(x, out=buffer[4 * 1024 - 40:4 * 1024].reshape(4, 10))
+        model.forward(x, out=buffer[4 * 1024 - 40 : 4 * 1024].reshape(4, 10))
     raw = np.zeros(4 * 1024 * 4 + 100, np.uint8)
-    pixels = raw[:4 * 1024].reshape(4, 32, 32)
+    pixels = raw[: 4 * 1024].reshape(4, 32, 32)
     with pytest.raises(ValueError, match="^out overlaps the input x"):
         LeNet.pretrained("mnist").predict(pixels, out=raw[:32].view(np.int64))
     # Separate parts of one buffer are fine.
-    out = buffer[4 * 1024:4 * 1024 + 40].reshape(4, 10)
+    out = buffer[4 * 1024 : 4 * 1024 + 40].reshape(4, 10)
     np.testing.assert_array_equal(model.forward(x, out=out), model.forward(x.copy()))
 
 

@@ -48,8 +48,9 @@ TableModel = torch_lenets().TableNet
 TutorialModel = torch_lenets().TutorialNet
 sequential_model = torch_lenets().sequential
 OldTutorialModel = torch_lenets().NoBiasNet
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning",
-                                        "ignore::FutureWarning")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::DeprecationWarning", "ignore::UserWarning", "ignore::FutureWarning"
+)
 
 
 TORCH_MODELS = {
@@ -57,35 +58,66 @@ TORCH_MODELS = {
     "tutorial": (TutorialModel, 1, 32),
     "sequential": (sequential_model, 1, 32),
     "sequential-padding2-28x28": (lambda: sequential_model(padding=2), 1, 28),
-    "softmax-output-rgb": (lambda: sequential_model(in_channels=3, output=nn.Softmax(dim=1)), 3, 32),
+    "softmax-output-rgb": (
+        lambda: sequential_model(in_channels=3, output=nn.Softmax(dim=1)),
+        3,
+        32,
+    ),
 }
 # The geometry the graph states: its input size and the convolutions' padding.
 INPUT_32 = {"input_size": (32, 32), "conv1_padding": 0, "conv2_padding": 0}
 INPUT_28_PADDED = {"input_size": (28, 28), "conv1_padding": 2, "conv2_padding": 0}
 EXPECTED_ARCHITECTURES = {
-    "table": {"conv_activation": "relu", "fc_activation": "sigmoid",
-              "output_activation": "sigmoid", "pool": "max", **INPUT_32},
-    "tutorial": {"conv_activation": "relu", "fc_activation": "relu",
-                 "output_activation": "identity", "pool": "max", **INPUT_32},
-    "sequential": {"conv_activation": "tanh", "fc_activation": "tanh",
-                   "output_activation": "identity", "pool": "avg", **INPUT_32},
-    "sequential-padding2-28x28": {"conv_activation": "tanh", "fc_activation": "tanh",
-                                  "output_activation": "identity", "pool": "avg",
-                                  **INPUT_28_PADDED},
-    "softmax-output-rgb": {"conv_activation": "tanh", "fc_activation": "tanh",
-                           "output_activation": "softmax", "pool": "avg", **INPUT_32},
+    "table": {
+        "conv_activation": "relu",
+        "fc_activation": "sigmoid",
+        "output_activation": "sigmoid",
+        "pool": "max",
+        **INPUT_32,
+    },
+    "tutorial": {
+        "conv_activation": "relu",
+        "fc_activation": "relu",
+        "output_activation": "identity",
+        "pool": "max",
+        **INPUT_32,
+    },
+    "sequential": {
+        "conv_activation": "tanh",
+        "fc_activation": "tanh",
+        "output_activation": "identity",
+        "pool": "avg",
+        **INPUT_32,
+    },
+    "sequential-padding2-28x28": {
+        "conv_activation": "tanh",
+        "fc_activation": "tanh",
+        "output_activation": "identity",
+        "pool": "avg",
+        **INPUT_28_PADDED,
+    },
+    "softmax-output-rgb": {
+        "conv_activation": "tanh",
+        "fc_activation": "tanh",
+        "output_activation": "softmax",
+        "pool": "avg",
+        **INPUT_32,
+    },
 }
 
 
 # Every model through the TorchScript exporter; the three layouts and padding=2 also through the
 # (slower) dynamo exporter, torch's default, which flattens with a Reshape instead of Flatten.
 EXPORTS = [(name, False) for name in TORCH_MODELS] + [
-    (name, True) for name in ("table", "tutorial", "sequential-padding2-28x28")]
+    (name, True) for name in ("table", "tutorial", "sequential-padding2-28x28")
+]
 
 
-@pytest.mark.parametrize("name, dynamo", EXPORTS,
-                         ids=[f"{name}-{'dynamo' if dynamo else 'torchscript'}"
-                              for name, dynamo in EXPORTS])
+@pytest.mark.parametrize(
+    "name, dynamo",
+    EXPORTS,
+    ids=[f"{name}-{'dynamo' if dynamo else 'torchscript'}" for name, dynamo in EXPORTS],
+)
 def test_torch_export_imports_to_the_same_function(tmp_path, name, dynamo):
     factory, channels, size = TORCH_MODELS[name]
     torch.manual_seed(0)
@@ -115,8 +147,13 @@ def test_reshape_constant_nodes_and_missing_biases(tmp_path):
     ops = [node.op_type for node in onnx.load(path).graph.node]
     assert "Constant" in ops and "Reshape" in ops and "MatMul" in ops  # what this test is about
     model = LeNet.from_onnx(path)
-    assert model.architecture == {"conv_activation": "sigmoid", "fc_activation": "identity",
-                                  "output_activation": "identity", "pool": "max", **INPUT_32}
+    assert model.architecture == {
+        "conv_activation": "sigmoid",
+        "fc_activation": "identity",
+        "output_activation": "identity",
+        "pool": "max",
+        **INPUT_32,
+    }
     assert not model.weights["conv2.bias"].any() and not model.weights["fc1.bias"].any()
     x = random_images(100, seed=0)
     with torch.no_grad():
@@ -136,10 +173,12 @@ def test_matmul_add_and_untransposed_gemm(tmp_path):
     fc1, fc2 = node_named(proto, "fc1"), node_named(proto, "fc2")
     set_attribute(fc1, "transB", 0)
     fc1.input[1] = "fc1.weight.T"
-    graph.initializer.append(numpy_helper.from_array(weights["fc1.weight"].T.copy(),
-                                                     "fc1.weight.T"))
-    graph.initializer.append(numpy_helper.from_array(weights["fc2.weight"].T.copy(),
-                                                     "fc2.weight.T"))
+    graph.initializer.append(
+        numpy_helper.from_array(weights["fc1.weight"].T.copy(), "fc1.weight.T")
+    )
+    graph.initializer.append(
+        numpy_helper.from_array(weights["fc2.weight"].T.copy(), "fc2.weight.T")
+    )
     position = list(graph.node).index(fc2)
     matmul = helper.make_node("MatMul", [fc2.input[0], "fc2.weight.T"], ["product"], name="mm")
     add = helper.make_node("Add", ["fc2.bias", "product"], [fc2.output[0]], name="bias_add")
@@ -173,18 +212,23 @@ ROUND_TRIP_CASES = [
 
 
 @pytest.mark.parametrize("conv, fc, output, pool, channels", ROUND_TRIP_CASES)
-def test_export_runs_in_onnxruntime_to_the_same_outputs(tmp_path, conv, fc, output, pool,
-                                                        channels):
+def test_export_runs_in_onnxruntime_to_the_same_outputs(tmp_path, conv, fc, output, pool, channels):
     rng = np.random.default_rng(3)
-    shapes = {"conv1": (8, channels, 5, 5), "conv2": (12, 8, 5, 5), "conv3": (40, 12, 5, 5),
-              "fc1": (30, 40), "fc2": (7, 30)}
+    shapes = {
+        "conv1": (8, channels, 5, 5),
+        "conv2": (12, 8, 5, 5),
+        "conv3": (40, 12, 5, 5),
+        "fc1": (30, 40),
+        "fc2": (7, 30),
+    }
     weights = {}
     for layer, shape in shapes.items():
         bound = 1 / np.sqrt(np.prod(shape[1:]))
         weights[f"{layer}.weight"] = rng.uniform(-bound, bound, shape).astype(np.float32)
         weights[f"{layer}.bias"] = rng.uniform(-bound, bound, shape[:1]).astype(np.float32)
-    model = LeNet(weights, conv_activation=conv, fc_activation=fc, output_activation=output,
-                  pool=pool)
+    model = LeNet(
+        weights, conv_activation=conv, fc_activation=fc, output_activation=output, pool=pool
+    )
     path = tmp_path / "lenet.onnx"
     model.to_onnx(path)
 
@@ -196,8 +240,9 @@ def test_export_runs_in_onnxruntime_to_the_same_outputs(tmp_path, conv, fc, outp
     (scores,) = session.run(None, {"images": x})
     np.testing.assert_allclose(scores, model.forward(x), rtol=0, atol=TOLERANCE)
     # Batch size is dynamic.
-    np.testing.assert_allclose(session.run(None, {"images": x[:1]})[0], model.forward(x[:1]),
-                               rtol=0, atol=TOLERANCE)
+    np.testing.assert_allclose(
+        session.run(None, {"images": x[:1]})[0], model.forward(x[:1]), rtol=0, atol=TOLERANCE
+    )
     # And the file reads back to the same model.
     back = LeNet.from_onnx(path)
     assert back.architecture == model.architecture
@@ -208,6 +253,7 @@ def test_export_runs_in_onnxruntime_to_the_same_outputs(tmp_path, conv, fc, outp
 # ---------------------------------------------------------------------------------------------
 # Rejections: exact messages
 # ---------------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def lenet_graph(tmp_path):
@@ -238,15 +284,17 @@ def insert_after(proto, name, op, new_name, extra_inputs=(), initializers=(), **
     """Insert a node consuming `name`'s output and re-point the next node at it."""
     node = node_named(proto, name)
     output = f"{new_name}_out"
-    new = helper.make_node(op, [node.output[0], *extra_inputs], [output], name=new_name,
-                           **attributes)
+    new = helper.make_node(
+        op, [node.output[0], *extra_inputs], [output], name=new_name, **attributes
+    )
     for other in proto.graph.node:
         if other.input and other.input[0] == node.output[0]:
             other.input[0] = output
     position = list(proto.graph.node).index(node) + 1
     proto.graph.node.insert(position, new)
-    proto.graph.initializer.extend(numpy_helper.from_array(value, key)
-                                   for key, value in initializers)
+    proto.graph.initializer.extend(
+        numpy_helper.from_array(value, key) for key, value in initializers
+    )
 
 
 def reject(proto, message):
@@ -268,14 +316,24 @@ def test_folds_batch_normalization_and_rejects_it_after_an_activation(lenet_grap
     after_relu.CopyFrom(lenet_graph)
     insert_after(lenet_graph, "conv1", "BatchNormalization", "bn1", names, values, epsilon=1e-3)
     folded = LeNet.from_onnx(lenet_graph)
-    weight, bias = fold_batchnorm(plain.weights["conv1.weight"], plain.weights["conv1.bias"],
-                                  scale, shift, mean, variance, eps=1e-3)
+    weight, bias = fold_batchnorm(
+        plain.weights["conv1.weight"],
+        plain.weights["conv1.bias"],
+        scale,
+        shift,
+        mean,
+        variance,
+        eps=1e-3,
+    )
     np.testing.assert_array_equal(folded.weights["conv1.weight"], weight)
     np.testing.assert_array_equal(folded.weights["conv1.bias"], bias)
     insert_after(after_relu, "conv1_relu", "BatchNormalization", "bn1", names, values)
-    reject(after_relu, "unsupported BatchNormalization node 'bn1': a BatchNormalization is "
-                       "folded into the Conv, Gemm or MatMul it directly follows; this one "
-                       "follows Relu node 'conv1_relu'")
+    reject(
+        after_relu,
+        "unsupported BatchNormalization node 'bn1': a BatchNormalization is "
+        "folded into the Conv, Gemm or MatMul it directly follows; this one "
+        "follows Relu node 'conv1_relu'",
+    )
 
 
 def test_rejects_stride_2_convolution(lenet_graph):
@@ -284,13 +342,26 @@ def test_rejects_stride_2_convolution(lenet_graph):
 
 
 def test_rejects_3x3_kernel_from_torch(tmp_path):
-    module = nn.Sequential(nn.Conv2d(1, 6, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5),
-                           nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16 * 5 * 5, 120),
-                           nn.ReLU(), nn.Linear(120, 10))
+    module = nn.Sequential(
+        nn.Conv2d(1, 6, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16 * 5 * 5, 120),
+        nn.ReLU(),
+        nn.Linear(120, 10),
+    )
     path = tmp_path / "k3.onnx"
     export_onnx(module, torch.zeros(1, 1, 32, 32), path, dynamo=False)
-    with pytest.raises(ONNXImportError, match=re.escape(
-            "unsupported Conv node '/0/Conv': expected kernel_shape [5, 5], found [3, 3]")):
+    with pytest.raises(
+        ONNXImportError,
+        match=re.escape(
+            "unsupported Conv node '/0/Conv': expected kernel_shape [5, 5], found [3, 3]"
+        ),
+    ):
         LeNet.from_onnx(path)
 
 
@@ -298,9 +369,13 @@ def test_rejects_padding_other_than_2_on_28x28(tmp_path):
     module = sequential_model(padding=1)
     path = tmp_path / "pad1.onnx"
     export_onnx(module, torch.zeros(1, 1, 30, 30), path, dynamo=False)
-    with pytest.raises(ONNXImportError, match=re.escape(
+    with pytest.raises(
+        ONNXImportError,
+        match=re.escape(
             "unsupported Conv node '/0/Conv': expected pads [0, 0, 0, 0] or [2, 2, 2, 2], "
-            "found [1, 1, 1, 1]")):
+            "found [1, 1, 1, 1]"
+        ),
+    ):
         LeNet.from_onnx(path)
 
 
@@ -321,14 +396,20 @@ def test_padding_2_on_32x32_input_is_a_family_member(tmp_path):
 
 def test_rejects_different_activations_after_the_convolutions(lenet_graph):
     node_named(lenet_graph, "conv2_relu").op_type = "Tanh"
-    reject(lenet_graph, "ONNX model: conv_activation must be the same after conv1, conv2 and "
-                        "conv3; found relu after conv1, tanh after conv2, relu after conv3")
+    reject(
+        lenet_graph,
+        "ONNX model: conv_activation must be the same after conv1, conv2 and "
+        "conv3; found relu after conv1, tanh after conv2, relu after conv3",
+    )
 
 
 def test_rejects_softmax_inside_the_network(lenet_graph):
     node_named(lenet_graph, "fc1_sigmoid").op_type = "Softmax"
-    reject(lenet_graph, "unsupported Softmax node 'fc1_sigmoid': expected Softmax only after fc2, "
-                        "found it after fc1")
+    reject(
+        lenet_graph,
+        "unsupported Softmax node 'fc1_sigmoid': expected Softmax only after fc2, "
+        "found it after fc1",
+    )
 
 
 def test_rejects_activation_after_average_pooling(lenet_graph):
@@ -336,62 +417,83 @@ def test_rejects_activation_after_average_pooling(lenet_graph):
     node_named(lenet_graph, "conv2_pool").op_type = "AveragePool"
     node_named(lenet_graph, "conv1_relu").op_type = "Identity"
     insert_after(lenet_graph, "conv1_pool", "Tanh", "late_tanh")
-    reject(lenet_graph, "unsupported Tanh node 'late_tanh': an activation after AveragePool does "
-                        "not commute with it; expected it before the pooling")
+    reject(
+        lenet_graph,
+        "unsupported Tanh node 'late_tanh': an activation after AveragePool does "
+        "not commute with it; expected it before the pooling",
+    )
 
 
 def test_rejects_mixed_pooling(lenet_graph):
     node_named(lenet_graph, "conv2_pool").op_type = "AveragePool"
-    reject(lenet_graph, "unsupported AveragePool node 'conv2_pool': pooling must be the same after "
-                        "conv1 and conv2; found MaxPool then AveragePool")
+    reject(
+        lenet_graph,
+        "unsupported AveragePool node 'conv2_pool': pooling must be the same after "
+        "conv1 and conv2; found MaxPool then AveragePool",
+    )
 
 
 def test_rejects_3x3_pooling(lenet_graph):
     set_attribute(node_named(lenet_graph, "conv1_pool"), "kernel_shape", [3, 3])
-    reject(lenet_graph, "unsupported MaxPool node 'conv1_pool': expected kernel_shape [2, 2], "
-                        "found [3, 3]")
+    reject(
+        lenet_graph,
+        "unsupported MaxPool node 'conv1_pool': expected kernel_shape [2, 2], found [3, 3]",
+    )
 
 
 def test_rejects_a_branch(lenet_graph):
     # A second consumer of conv1's output: the chain is no longer a chain.
-    lenet_graph.graph.node.insert(1, helper.make_node("Relu", ["conv1_relu"], ["side"],
-                                                      name="side_branch"))
-    reject(lenet_graph, "unsupported MaxPool node 'conv1_pool': it branches off tensor "
-                        "'conv1_relu', which already feeds Relu node 'side_branch'; expected a "
-                        "single chain of nodes")
+    lenet_graph.graph.node.insert(
+        1, helper.make_node("Relu", ["conv1_relu"], ["side"], name="side_branch")
+    )
+    reject(
+        lenet_graph,
+        "unsupported MaxPool node 'conv1_pool': it branches off tensor "
+        "'conv1_relu', which already feeds Relu node 'side_branch'; expected a "
+        "single chain of nodes",
+    )
 
 
 def test_rejects_a_fourth_dense_layer(lenet_graph):
     weight = np.zeros((10, 10), np.float32)
     insert_after(lenet_graph, "fc2", "Gemm", "fc3", ["fc3.weight"], [("fc3.weight", weight)])
     insert_after(lenet_graph, "fc3", "Gemm", "fc4", ["fc3.weight"])
-    reject(lenet_graph, "unsupported Gemm node 'fc4': a LeNet has at most 3 dense layers after "
-                        "its convolutions; this is a fourth")
+    reject(
+        lenet_graph,
+        "unsupported Gemm node 'fc4': a LeNet has at most 3 dense layers after "
+        "its convolutions; this is a fourth",
+    )
 
 
 def test_rejects_wrong_widths_through_the_weight_checks(lenet_graph):
     (conv3,) = [tensor for tensor in lenet_graph.graph.initializer if tensor.name == "conv3.weight"]
     conv3.CopyFrom(numpy_helper.from_array(np.zeros((100, 16, 5, 5), np.float32), "conv3.weight"))
-    with pytest.raises(WeightFileError, match=re.escape(
-            "ONNX model: 'conv3.bias': expected shape (100,), found (120,)")):
+    with pytest.raises(
+        WeightFileError,
+        match=re.escape("ONNX model: 'conv3.bias': expected shape (100,), found (120,)"),
+    ):
         LeNet.from_onnx(lenet_graph)
 
 
 def test_rejects_bad_arguments(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         LeNet.from_onnx(tmp_path / "missing.onnx")
-    with pytest.raises(TypeError, match="^path_or_model must be a path or an onnx.ModelProto; "
-                                        "got int$"):
+    with pytest.raises(
+        TypeError, match="^path_or_model must be a path or an onnx.ModelProto; got int$"
+    ):
         LeNet.from_onnx(3)
     with pytest.raises(TypeError, match="^proto must be an onnx.ModelProto; got dict$"):
         save_model({}, tmp_path / "x.onnx")
 
 
 def test_importing_lenet_fast_imports_no_optional_dependency():
-    code = ("import sys, lenet_fast, lenet_fast.onnx, lenet_fast.dask; "
-            "print(sorted(m for m in ('onnx', 'onnxruntime', 'torch', 'dask') if m in sys.modules))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            check=True)
+    code = (
+        "import sys, lenet_fast, lenet_fast.onnx, lenet_fast.dask; "
+        "print(sorted(m for m in ('onnx', 'onnxruntime', 'torch', 'dask') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == "[]"
 
 
@@ -406,9 +508,11 @@ def same_geometry(architecture, member):
 ROUND_TRIPS = [(name, dynamo) for name in MEMBERS for dynamo in (False, True)]
 
 
-@pytest.mark.parametrize("name, dynamo", ROUND_TRIPS,
-                         ids=[f"{name}-{'dynamo' if dynamo else 'torchscript'}"
-                              for name, dynamo in ROUND_TRIPS])
+@pytest.mark.parametrize(
+    "name, dynamo",
+    ROUND_TRIPS,
+    ids=[f"{name}-{'dynamo' if dynamo else 'torchscript'}" for name, dynamo in ROUND_TRIPS],
+)
 def test_onnx_round_trip_of_every_member(tmp_path, name, dynamo):
     member = MEMBERS[name]
     module = torch_lenets().member(name)
@@ -429,8 +533,12 @@ def test_onnx_round_trip_of_every_member(tmp_path, name, dynamo):
     written = tmp_path / "written.onnx"
     model.to_onnx(written)
     onnx.checker.check_model(onnx.load(written), full_check=True)
-    np.testing.assert_allclose(onnxruntime_scores(written, x), found, atol=TOLERANCE, rtol=TOLERANCE)
-    np.testing.assert_allclose(onnxruntime_scores(written, x[:1]), found[:1], atol=TOLERANCE, rtol=TOLERANCE)
+    np.testing.assert_allclose(
+        onnxruntime_scores(written, x), found, atol=TOLERANCE, rtol=TOLERANCE
+    )
+    np.testing.assert_allclose(
+        onnxruntime_scores(written, x[:1]), found[:1], atol=TOLERANCE, rtol=TOLERANCE
+    )
     back = LeNet.from_onnx(written)
     assert back.architecture == model.architecture
     assert list(back.weights) == list(model.weights)
@@ -458,14 +566,19 @@ def test_read_graph_and_build_model_proto_without_the_model_class(name):
         np.testing.assert_array_equal(read_value.reshape(value.shape), value, err_msg=key)
     x = random_images(64, seed=3, in_channels=3, size=member.input_size)
     model = LeNet.from_onnx(proto)
-    np.testing.assert_allclose(onnxruntime_scores(proto, x), model.forward(x), atol=TOLERANCE, rtol=TOLERANCE)
+    np.testing.assert_allclose(
+        onnxruntime_scores(proto, x), model.forward(x), atol=TOLERANCE, rtol=TOLERANCE
+    )
 
 
 def test_onnx_module_does_not_import_the_model_class():
     tree = ast.parse(Path(lenet_onnx.__file__).read_text())
-    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
-                for alias in node.names} | {node.module for node in ast.walk(tree)
-                                            if isinstance(node, ast.ImportFrom) and node.module}
+    imported = {
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    } | {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
     assert not {"_model", "LeNet", "lenet_fast._model"} & imported, imported
 
 
@@ -486,12 +599,21 @@ def test_build_model_proto_refuses_what_is_not_a_member():
 # Padding as Pad nodes and auto_pad; refusals naming the node
 # ---------------------------------------------------------------------------------------------
 
+
 def zero_padded_torch_lenet():
     torch.manual_seed(3)
     return nn.Sequential(
-        nn.ZeroPad2d(2), nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2),
-        nn.ZeroPad2d(2), nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(16 * 7 * 7, 10)).eval()
+        nn.ZeroPad2d(2),
+        nn.Conv2d(1, 6, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.ZeroPad2d(2),
+        nn.Conv2d(6, 16, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16 * 7 * 7, 10),
+    ).eval()
 
 
 def test_zero_pad_modules_are_the_convolution_padding(tmp_path):
@@ -503,8 +625,9 @@ def test_zero_pad_modules_are_the_convolution_padding(tmp_path):
     assert (model.architecture["conv1_padding"], model.architecture["conv2_padding"]) == (2, 2)
     x = random_images(100, seed=0, size=28)
     with torch.no_grad():
-        np.testing.assert_allclose(model.forward(x), module(torch.from_numpy(x)).numpy(),
-                                   atol=TOLERANCE, rtol=TOLERANCE)
+        np.testing.assert_allclose(
+            model.forward(x), module(torch.from_numpy(x)).numpy(), atol=TOLERANCE, rtol=TOLERANCE
+        )
 
 
 def test_pads_computed_by_a_subgraph_are_refused_naming_the_node(tmp_path):
@@ -512,8 +635,12 @@ def test_pads_computed_by_a_subgraph_are_refused_naming_the_node(tmp_path):
     the reader does not run graphs, so it names the first such node."""
     path = tmp_path / "pads.onnx"
     export_onnx(zero_padded_torch_lenet(), torch.zeros(1, 1, 28, 28), path, dynamo=False)
-    with pytest.raises(ONNXImportError, match=re.escape(
-            "unsupported ConstantOfShape node '/0/ConstantOfShape': op type not in Conv, Gemm")):
+    with pytest.raises(
+        ONNXImportError,
+        match=re.escape(
+            "unsupported ConstantOfShape node '/0/ConstantOfShape': op type not in Conv, Gemm"
+        ),
+    ):
         read_graph(path)
 
 
@@ -529,15 +656,18 @@ def pad_before(proto, conv_name, pads, constant=None, mode=None):
     """Insert a Pad node in front of the named Conv."""
     conv = node_named(proto, conv_name)
     inputs = [conv.input[0], f"{conv_name}_pads"]
-    proto.graph.initializer.append(numpy_helper.from_array(np.array(pads, np.int64),
-                                                           f"{conv_name}_pads"))
+    proto.graph.initializer.append(
+        numpy_helper.from_array(np.array(pads, np.int64), f"{conv_name}_pads")
+    )
     if constant is not None:
         inputs.append(f"{conv_name}_value")
-        proto.graph.initializer.append(numpy_helper.from_array(np.array(constant, np.float32),
-                                                               f"{conv_name}_value"))
+        proto.graph.initializer.append(
+            numpy_helper.from_array(np.array(constant, np.float32), f"{conv_name}_value")
+        )
     attributes = {} if mode is None else {"mode": mode}
-    pad = helper.make_node("Pad", inputs, [f"{conv_name}_padded"], name=f"{conv_name}_pad",
-                           **attributes)
+    pad = helper.make_node(
+        "Pad", inputs, [f"{conv_name}_padded"], name=f"{conv_name}_pad", **attributes
+    )
     conv.input[0] = f"{conv_name}_padded"
     proto.graph.node.insert(list(proto.graph.node).index(conv), pad)
 
@@ -559,8 +689,12 @@ def test_pad_node_and_auto_pad_read_as_padding_2(keras_same_graph):
         assert architecture == expected
         for key, value in expected_weights.items():
             np.testing.assert_array_equal(weights[key], value, err_msg=key)
-        np.testing.assert_allclose(onnxruntime_scores(proto, x),
-                                   onnxruntime_scores(keras_same_graph, x), atol=TOLERANCE, rtol=TOLERANCE)
+        np.testing.assert_allclose(
+            onnxruntime_scores(proto, x),
+            onnxruntime_scores(keras_same_graph, x),
+            atol=TOLERANCE,
+            rtol=TOLERANCE,
+        )
 
 
 def refuse(proto, message):
@@ -570,13 +704,19 @@ def refuse(proto, message):
 
 def test_pad_refusals_name_the_node(keras_same_graph):
     cases = [
-        ({"pads": [0, 0, 2, 2, 0, 0, 2, 2], "constant": 1.0},
-         "unsupported Pad node 'conv2_pad': expected zero padding, found constant value [1.0]"),
-        ({"pads": [0, 0, 1, 1, 0, 0, 1, 1]},
-         "unsupported Pad node 'conv2_pad': expected pads [0, 0, 2, 2, 0, 0, 2, 2] (2 zeros "
-         "around each image), found [0, 0, 1, 1, 0, 0, 1, 1]"),
-        ({"pads": [0, 0, 2, 2, 0, 0, 2, 2], "mode": "reflect"},
-         "unsupported Pad node 'conv2_pad': expected mode 'constant', found 'reflect'"),
+        (
+            {"pads": [0, 0, 2, 2, 0, 0, 2, 2], "constant": 1.0},
+            "unsupported Pad node 'conv2_pad': expected zero padding, found constant value [1.0]",
+        ),
+        (
+            {"pads": [0, 0, 1, 1, 0, 0, 1, 1]},
+            "unsupported Pad node 'conv2_pad': expected pads [0, 0, 2, 2, 0, 0, 2, 2] (2 zeros "
+            "around each image), found [0, 0, 1, 1, 0, 0, 1, 1]",
+        ),
+        (
+            {"pads": [0, 0, 2, 2, 0, 0, 2, 2], "mode": "reflect"},
+            "unsupported Pad node 'conv2_pad': expected mode 'constant', found 'reflect'",
+        ),
     ]
     for arguments, message in cases:
         proto = onnx.ModelProto()
@@ -587,48 +727,81 @@ def test_pad_refusals_name_the_node(keras_same_graph):
     proto = onnx.ModelProto()
     proto.CopyFrom(keras_same_graph)
     pad_before(proto, "conv1", [0, 0, 2, 2, 0, 0, 2, 2])
-    refuse(proto, "unsupported Conv node 'conv1': padded by 2 after Pad node 'conv1_pad' padded "
-                  "by 2: expected 0 or 2 in all")
+    refuse(
+        proto,
+        "unsupported Conv node 'conv1': padded by 2 after Pad node 'conv1_pad' padded "
+        "by 2: expected 0 or 2 in all",
+    )
     # A Pad that a Conv does not directly follow.
     proto = onnx.ModelProto()
     proto.CopyFrom(keras_same_graph)
     pool = node_named(proto, "conv1_pool")
     pad = helper.make_node("Pad", [pool.input[0], "pads"], ["late_padded"], name="late_pad")
-    proto.graph.initializer.append(numpy_helper.from_array(
-        np.array([0, 0, 2, 2, 0, 0, 2, 2], np.int64), "pads"))
+    proto.graph.initializer.append(
+        numpy_helper.from_array(np.array([0, 0, 2, 2, 0, 0, 2, 2], np.int64), "pads")
+    )
     pool.input[0] = "late_padded"
     proto.graph.node.insert(list(proto.graph.node).index(pool), pad)
-    refuse(proto, "unsupported Pad node 'late_pad': expected a Pad only directly before a Conv, "
-                  "found AveragePool node 'conv1_pool' after it")
+    refuse(
+        proto,
+        "unsupported Pad node 'late_pad': expected a Pad only directly before a Conv, "
+        "found AveragePool node 'conv1_pool' after it",
+    )
 
 
 def test_geometry_refusals_name_the_node(tmp_path):
     # 30x30, unpadded: conv2 gives 9x9, which 2x2 pooling does not divide.
-    module = nn.Sequential(nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5),
-                           nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16 * 4 * 4, 10))
+    module = nn.Sequential(
+        nn.Conv2d(1, 6, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16 * 4 * 4, 10),
+    )
     path = tmp_path / "odd.onnx"
     export_onnx(module.eval(), torch.zeros(1, 1, 30, 30), path, dynamo=False)
-    with pytest.raises(ONNXImportError, match=re.escape(
-            "unsupported Conv node '/0/Conv': conv2 gives a height of 9 (odd)")):
+    with pytest.raises(
+        ONNXImportError,
+        match=re.escape("unsupported Conv node '/0/Conv': conv2 gives a height of 9 (odd)"),
+    ):
         read_graph(path)
     # conv3 over a 6x6 map (32x32 input, conv1 padded): not a full-window convolution.
-    module = nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-                           nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(16, 120, 5),
-                           nn.ReLU(), nn.Flatten(), nn.Linear(120 * 2 * 2, 10))
+    module = nn.Sequential(
+        nn.Conv2d(1, 6, 5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 120, 5),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(120 * 2 * 2, 10),
+    )
     path = tmp_path / "conv3.onnx"
     export_onnx(module.eval(), torch.zeros(1, 1, 32, 32), path, dynamo=False)
-    with pytest.raises(ONNXImportError, match=re.escape(
+    with pytest.raises(
+        ONNXImportError,
+        match=re.escape(
             "unsupported Conv node '/6/Conv': conv3 must see a 5x5 map (it is a full-window "
-            "convolution); a 32x32 input with padding 2 on conv1 and 0 on conv2 gives 6x6")):
+            "convolution); a 32x32 input with padding 2 on conv1 and 0 on conv2 gives 6x6"
+        ),
+    ):
         read_graph(path)
 
 
 def test_hidden_dense_layers_must_share_an_activation(tmp_path):
     module = torch_lenets().member("mnist-unpadded")
-    module[8] = nn.Tanh()      # after fc1; fc2 keeps ReLU
+    module[8] = nn.Tanh()  # after fc1; fc2 keeps ReLU
     path = tmp_path / "mixed.onnx"
     export_onnx(module, torch.zeros(1, 1, 28, 28), path, dynamo=False)
-    with pytest.raises(ONNXImportError, match=re.escape(
-            "fc_activation must be the same after fc1 and fc2; found tanh after fc1, relu after "
-            "fc2")):
+    with pytest.raises(
+        ONNXImportError,
+        match=re.escape(
+            "fc_activation must be the same after fc1 and fc2; found tanh after fc1, relu after fc2"
+        ),
+    ):
         read_graph(path)

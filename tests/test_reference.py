@@ -13,13 +13,16 @@ from lenet_fast import _weights, reference
 # Slow loop implementations: correct by inspection
 # ---------------------------------------------------------------------------------------------
 
+
 def loop_conv2d_valid(x, weight, bias):
     batch, channels, height, width = x.shape
     out_channels, _, kernel_height, kernel_width = weight.shape
     out = np.zeros((batch, out_channels, height - kernel_height + 1, width - kernel_width + 1))
     for n, o, i, j in itertools.product(*map(range, out.shape)):
         total = bias[o]
-        for c, ki, kj in itertools.product(range(channels), range(kernel_height), range(kernel_width)):
+        for c, ki, kj in itertools.product(
+            range(channels), range(kernel_height), range(kernel_width)
+        ):
             total += x[n, c, i + ki, j + kj] * weight[o, c, ki, kj]
         out[n, o, i, j] = total
     return out
@@ -52,6 +55,7 @@ SCALAR_ACTIVATIONS = {
 # Layers
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("kernel", [(5, 5), (3, 2)])
 def test_conv2d_valid_matches_loops(kernel):
     rng = np.random.default_rng(1)
@@ -71,7 +75,9 @@ def test_pool2x2_matches_loops(mode):
 def test_dense_matches_loops():
     rng = np.random.default_rng(3)
     x, weight, bias = rng.normal(size=(3, 7)), rng.normal(size=(5, 7)), rng.normal(size=5)
-    np.testing.assert_allclose(reference.dense(x, weight, bias), loop_dense(x, weight, bias), rtol=1e-12)
+    np.testing.assert_allclose(
+        reference.dense(x, weight, bias), loop_dense(x, weight, bias), rtol=1e-12
+    )
 
 
 @pytest.mark.parametrize("name", reference.ACTIVATIONS)
@@ -94,7 +100,9 @@ def test_softmax_rows_sum_to_one_without_overflow():
     np.testing.assert_allclose(result.sum(axis=1), 1.0, rtol=1e-15)
     expected_first = np.exp([1.0, 2.0, 3.0]) / np.exp([1.0, 2.0, 3.0]).sum()
     np.testing.assert_allclose(result[0], expected_first, rtol=1e-15)
-    np.testing.assert_allclose(result[1], result[0][[0, 0, 1]] / result[0][[0, 0, 1]].sum(), rtol=1e-12)
+    np.testing.assert_allclose(
+        result[1], result[0][[0, 0, 1]] / result[0][[0, 0, 1]].sum(), rtol=1e-12
+    )
 
 
 def test_pad_to_32_zero_pads_28_and_passes_32_through():
@@ -121,7 +129,9 @@ def test_default_model_layer_sizes():
         "fc1": (3, 84),
         "fc2": (3, 10),
     }
-    assert output.dtype == np.float32 and all(value.dtype == np.float32 for value in layers.values())
+    assert output.dtype == np.float32 and all(
+        value.dtype == np.float32 for value in layers.values()
+    )
     np.testing.assert_array_equal(output, layers["fc2"])
     assert np.all((output > 0) & (output < 1))  # default output activation: sigmoid
 
@@ -130,11 +140,16 @@ def test_forward_applies_activation_before_pooling_like_loops():
     # With tanh and avg pooling the order matters; the loops apply activation, then pool.
     rng = np.random.default_rng(6)
     weights = {
-        "conv1.weight": rng.normal(size=(2, 1, 5, 5)), "conv1.bias": rng.normal(size=2),
-        "conv2.weight": rng.normal(size=(2, 2, 5, 5)), "conv2.bias": rng.normal(size=2),
-        "conv3.weight": rng.normal(size=(3, 2, 5, 5)), "conv3.bias": rng.normal(size=3),
-        "fc1.weight": rng.normal(size=(4, 3)), "fc1.bias": rng.normal(size=4),
-        "fc2.weight": rng.normal(size=(2, 4)), "fc2.bias": rng.normal(size=2),
+        "conv1.weight": rng.normal(size=(2, 1, 5, 5)),
+        "conv1.bias": rng.normal(size=2),
+        "conv2.weight": rng.normal(size=(2, 2, 5, 5)),
+        "conv2.bias": rng.normal(size=2),
+        "conv3.weight": rng.normal(size=(3, 2, 5, 5)),
+        "conv3.bias": rng.normal(size=3),
+        "fc1.weight": rng.normal(size=(4, 3)),
+        "fc1.bias": rng.normal(size=4),
+        "fc2.weight": rng.normal(size=(2, 4)),
+        "fc2.bias": rng.normal(size=2),
     }
     x = rng.normal(size=(1, 1, 28, 28))
     tanh = np.vectorize(math.tanh)
@@ -142,11 +157,18 @@ def test_forward_applies_activation_before_pooling_like_loops():
     for layer in ("conv1", "conv2"):
         convolved = loop_conv2d_valid(hidden, weights[f"{layer}.weight"], weights[f"{layer}.bias"])
         hidden = loop_pool2x2(tanh(convolved), "avg")
-    hidden = tanh(loop_conv2d_valid(hidden, weights["conv3.weight"], weights["conv3.bias"])).reshape(1, 3)
+    hidden = tanh(
+        loop_conv2d_valid(hidden, weights["conv3.weight"], weights["conv3.bias"])
+    ).reshape(1, 3)
     hidden = tanh(loop_dense(hidden, weights["fc1.weight"], weights["fc1.bias"]))
     expected = loop_dense(hidden, weights["fc2.weight"], weights["fc2.bias"])
     result = reference.forward(
-        x, weights, conv_activation="tanh", fc_activation="tanh", output_activation="identity", pool="avg"
+        x,
+        weights,
+        conv_activation="tanh",
+        fc_activation="tanh",
+        output_activation="identity",
+        pool="avg",
     )
     np.testing.assert_allclose(result, expected, rtol=1e-6, atol=1e-6)
 
@@ -161,9 +183,17 @@ HIDDEN_NAMES = "'relu', 'sigmoid', 'tanh', 'identity'"
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [
-        ("conv_activation", "softmax", f"conv_activation must be one of {HIDDEN_NAMES}; got 'softmax'"),
+        (
+            "conv_activation",
+            "softmax",
+            f"conv_activation must be one of {HIDDEN_NAMES}; got 'softmax'",
+        ),
         ("fc_activation", "gelu", f"fc_activation must be one of {HIDDEN_NAMES}; got 'gelu'"),
-        ("output_activation", "Softmax", f"output_activation must be one of {HIDDEN_NAMES}, 'softmax'; got 'Softmax'"),
+        (
+            "output_activation",
+            "Softmax",
+            f"output_activation must be one of {HIDDEN_NAMES}, 'softmax'; got 'Softmax'",
+        ),
         ("pool", "min", "pool must be one of 'max', 'avg'; got 'min'"),
     ],
 )
@@ -173,13 +203,17 @@ def test_forward_rejects_unknown_option_names(option, value, message):
 
 
 def test_layer_functions_name_bad_arguments():
-    with pytest.raises(ValueError, match=f"^name must be one of {HIDDEN_NAMES}, 'softmax'; got 'elu'$"):
+    with pytest.raises(
+        ValueError, match=f"^name must be one of {HIDDEN_NAMES}, 'softmax'; got 'elu'$"
+    ):
         reference.activate(np.zeros(3), "elu")
     with pytest.raises(ValueError, match="^mode must be one of 'max', 'avg'; got 'mean'$"):
         reference.pool2x2(np.zeros((1, 1, 4, 4)), "mean")
     with pytest.raises(ValueError, match="^x must have even height and width; got 5x4$"):
         reference.pool2x2(np.zeros((1, 1, 5, 4)), "max")
-    with pytest.raises(ValueError, match=r"^x has 2 channels but weight expects 1 \(weight shape \(6, 1, 5, 5\)\)$"):
+    with pytest.raises(
+        ValueError, match=r"^x has 2 channels but weight expects 1 \(weight shape \(6, 1, 5, 5\)\)$"
+    ):
         reference.conv2d_valid(np.zeros((1, 2, 8, 8)), np.zeros((6, 1, 5, 5)), np.zeros(6))
     with pytest.raises(ValueError, match=r"^bias must have shape \(6,\); got \(5,\)$"):
         reference.conv2d_valid(np.zeros((1, 1, 8, 8)), np.zeros((6, 1, 5, 5)), np.zeros(5))
@@ -187,7 +221,9 @@ def test_layer_functions_name_bad_arguments():
         reference.conv2d_valid(np.zeros((8, 8)), np.zeros((6, 1, 5, 5)), np.zeros(6))
     with pytest.raises(ValueError, match="^x images \\(4x8\\) are smaller than the 5x5 kernel$"):
         reference.conv2d_valid(np.zeros((1, 1, 4, 8)), np.zeros((6, 1, 5, 5)), np.zeros(6))
-    with pytest.raises(ValueError, match=r"^x has 3 features but weight expects 4 \(weight shape \(2, 4\)\)$"):
+    with pytest.raises(
+        ValueError, match=r"^x has 3 features but weight expects 4 \(weight shape \(2, 4\)\)$"
+    ):
         reference.dense(np.zeros((1, 3)), np.zeros((2, 4)), np.zeros(2))
     with pytest.raises(ValueError, match="^x images must be 28x28 or 32x32; got 30x30$"):
         reference.pad_to_32(np.zeros((1, 1, 30, 30)))
@@ -217,10 +253,18 @@ def torch():
     ("build", "options"),
     [
         (lambda: torch_lenets().TableNet(), {}),
-        (lambda: torch_lenets().TutorialNet(), {"fc_activation": "relu", "output_activation": "identity"}),
+        (
+            lambda: torch_lenets().TutorialNet(),
+            {"fc_activation": "relu", "output_activation": "identity"},
+        ),
         (
             lambda: torch_lenets().sequential_conv3(),
-            {"conv_activation": "tanh", "pool": "avg", "fc_activation": "tanh", "output_activation": "softmax"},
+            {
+                "conv_activation": "tanh",
+                "pool": "avg",
+                "fc_activation": "tanh",
+                "output_activation": "softmax",
+            },
         ),
         (lambda: torch_lenets().TableNet(in_channels=3), {}),
     ],
@@ -236,7 +280,9 @@ def test_forward_matches_pytorch_models_loaded_from_npz(torch, tmp_path, build, 
     x = torch.randn(5, in_channels, 32, 32)
     with torch.no_grad():
         expected = model(x).numpy()
-    np.testing.assert_allclose(reference.forward(x.numpy(), weights, **options), expected, **TOLERANCE)
+    np.testing.assert_allclose(
+        reference.forward(x.numpy(), weights, **options), expected, **TOLERANCE
+    )
 
 
 def test_padding_2_on_28x28_equals_padding_to_32(torch, tmp_path):
@@ -257,10 +303,15 @@ def test_padding_2_on_28x28_equals_padding_to_32(torch, tmp_path):
     ("fc_activation", "output_activation"),
     list(zip(reference.ACTIVATIONS + ("relu",), reference.OUTPUT_ACTIVATIONS)),
 )
-def test_every_option_matches_pytorch_functional(torch, conv_activation, pool, fc_activation, output_activation):
+def test_every_option_matches_pytorch_functional(
+    torch, conv_activation, pool, fc_activation, output_activation
+):
     functional = torch.nn.functional
     activations = {
-        "relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh, "identity": lambda t: t,
+        "relu": torch.relu,
+        "sigmoid": torch.sigmoid,
+        "tanh": torch.tanh,
+        "identity": lambda t: t,
         "softmax": lambda t: torch.softmax(t, dim=1),
     }
     pooling = {"max": functional.max_pool2d, "avg": functional.avg_pool2d}[pool]
@@ -275,7 +326,9 @@ def test_every_option_matches_pytorch_functional(torch, conv_activation, pool, f
     hidden = functional.conv2d(hidden, tensors["conv3.weight"], tensors["conv3.bias"])
     hidden = activations[conv_activation](hidden).flatten(1)
     hidden = functional.linear(hidden, tensors["fc1.weight"], tensors["fc1.bias"])
-    hidden = functional.linear(activations[fc_activation](hidden), tensors["fc2.weight"], tensors["fc2.bias"])
+    hidden = functional.linear(
+        activations[fc_activation](hidden), tensors["fc2.weight"], tensors["fc2.bias"]
+    )
     expected = activations[output_activation](hidden)
 
     result = reference.forward(

@@ -29,8 +29,13 @@ SECONDS = float(os.environ.get("LENET_FAST_SAFETY_SECONDS", "3"))
 
 def run_script(script, **environment):
     env = {**os.environ, "PYTHONPATH": PACKAGE_ROOT, **environment}
-    completed = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True,
-                               text=True, env=env, timeout=120)
+    completed = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert completed.returncode == 0, completed.stderr
     return completed.stdout.split()
 
@@ -39,21 +44,25 @@ def run_script(script, **environment):
 # cgroup CPU quota, from fake cgroup files
 # ---------------------------------------------------------------------------------------------
 
+
 def write(path, text):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path
 
 
-@pytest.mark.parametrize(("cpu_max", "expected"), [
-    ("max 100000\n", None),
-    ("200000 100000\n", 2),
-    ("150000 100000\n", 2),     # 1.5 CPUs: rounded up, as loky / scikit-learn do
-    ("50000 100000\n", 1),
-    ("400000 50000\n", 8),
-    ("garbage\n", None),
-    ("", None),
-])
+@pytest.mark.parametrize(
+    ("cpu_max", "expected"),
+    [
+        ("max 100000\n", None),
+        ("200000 100000\n", 2),
+        ("150000 100000\n", 2),  # 1.5 CPUs: rounded up, as loky / scikit-learn do
+        ("50000 100000\n", 1),
+        ("400000 50000\n", 8),
+        ("garbage\n", None),
+        ("", None),
+    ],
+)
 def test_cgroup_v2_cpu_max(tmp_path, cpu_max, expected):
     self_cgroup = write(tmp_path / "self_cgroup", "0::/\n")
     write(tmp_path / "fs" / "cpu.max", cpu_max)
@@ -71,11 +80,20 @@ def test_cgroup_v2_limit_of_an_ancestor_applies_and_the_smallest_wins(tmp_path):
     assert _dispatch.cgroup_cpu_limit(str(root), str(self_cgroup)) == 1
 
 
-@pytest.mark.parametrize(("quota", "period", "expected"), [
-    ("-1", "100000", None), ("250000", "100000", 3), ("100000", "100000", 1), ("x", "100000", None)])
+@pytest.mark.parametrize(
+    ("quota", "period", "expected"),
+    [
+        ("-1", "100000", None),
+        ("250000", "100000", 3),
+        ("100000", "100000", 1),
+        ("x", "100000", None),
+    ],
+)
 def test_cgroup_v1_cfs_quota(tmp_path, quota, period, expected):
-    self_cgroup = write(tmp_path / "self_cgroup",
-                        "4:memory:/docker/abc\n2:cpu,cpuacct:/docker/abc\n1:name=systemd:/\n")
+    self_cgroup = write(
+        tmp_path / "self_cgroup",
+        "4:memory:/docker/abc\n2:cpu,cpuacct:/docker/abc\n1:name=systemd:/\n",
+    )
     folder = tmp_path / "fs" / "cpu,cpuacct" / "docker" / "abc"
     write(folder / "cpu.cfs_quota_us", quota)
     write(folder / "cpu.cfs_period_us", period)
@@ -98,10 +116,12 @@ def test_no_cgroup_files_means_no_limit(tmp_path):
 # The default thread count
 # ---------------------------------------------------------------------------------------------
 
+
 def test_default_threads_are_the_usable_cpus_capped_by_the_quota(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(_dispatch.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5},
-                        raising=False)
+    monkeypatch.setattr(
+        _dispatch.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5}, raising=False
+    )
     monkeypatch.setattr(_dispatch, "cgroup_cpu_limit", lambda: None)
     assert _dispatch.usable_cpus() == _dispatch.default_num_threads() == 6
     monkeypatch.setattr(_dispatch, "cgroup_cpu_limit", lambda: 2)
@@ -111,41 +131,53 @@ def test_default_threads_are_the_usable_cpus_capped_by_the_quota(monkeypatch):
     assert _dispatch.default_num_threads() == 6
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert _dispatch.default_num_threads() == 3
-    monkeypatch.setenv("OMP_NUM_THREADS", "0")     # not a thread count: ignored
+    monkeypatch.setenv("OMP_NUM_THREADS", "0")  # not a thread count: ignored
     assert _dispatch.default_num_threads() == 6
 
 
-@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
-                    reason="needs an affinity mask of at least 2 CPUs")
+@pytest.mark.skipif(
+    not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+    reason="needs an affinity mask of at least 2 CPUs",
+)
 def test_default_threads_follow_the_affinity_mask_set_before_the_call():
-    stdout = run_script("""
+    stdout = run_script(
+        """
         import os
         import lenet_fast
         from lenet_fast import _dispatch
         before = _dispatch.default_num_threads()
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
         print(before, _dispatch.default_num_threads(), lenet_fast.show_config(False)["usable_cpus"])
-    """, OMP_NUM_THREADS="")
+    """,
+        OMP_NUM_THREADS="",
+    )
     cpus = len(os.sched_getaffinity(0))
     quota = _dispatch.cgroup_cpu_limit()
     assert stdout == [str(min(cpus, quota or cpus)), "1", "1"]
 
 
 def test_spin_setting_is_reported_and_always_in_effect():
-    assert run_script("""
+    assert run_script(
+        """
         import lenet_fast
         print(lenet_fast.show_config(False)["spin_microseconds"])
-    """, LENET_FAST_SPIN_US="35") == ["35"]
+    """,
+        LENET_FAST_SPIN_US="35",
+    ) == ["35"]
     # Invalid values keep the default (50 us).
-    assert run_script("""
+    assert run_script(
+        """
         import lenet_fast
         print(lenet_fast.show_config(False)["spin_microseconds"])
-    """, LENET_FAST_SPIN_US="lots") == ["50"]
+    """,
+        LENET_FAST_SPIN_US="lots",
+    ) == ["50"]
 
 
 # ---------------------------------------------------------------------------------------------
 # The thread rule and identical bits at any thread count
 # ---------------------------------------------------------------------------------------------
+
 
 def test_thread_rule_uses_one_thread_per_images_per_thread():
     calls = []
@@ -156,8 +188,9 @@ def test_thread_rule_uses_one_thread_per_images_per_thread():
         return -1
 
     for n in (1, 7, 8, 16, 33, 64, 1000):
-        model._run(kernel, np.zeros((n, 1, 32, 32), np.float32), np.zeros((n, 10), np.float32), None,
-                   True)
+        model._run(
+            kernel, np.zeros((n, 1, 32, 32), np.float32), np.zeros((n, 10), np.float32), None, True
+        )
     per_thread = _model._IMAGES_PER_THREAD
     assert calls == [max(1, min(16, n // per_thread)) for n in (1, 7, 8, 16, 33, 64, 1000)]
 
@@ -168,10 +201,10 @@ def test_more_threads_than_cpus_give_the_same_bits(level, threads):
     # from the back by helpers); each image must come out exactly as when computed alone.
     model = model_at_level(LeNet(random_weights(4), output_activation="softmax"), level)
     x = np.random.default_rng(9).normal(size=(150, 1, 28, 28)).astype(np.float32)
-    alone = np.concatenate([model.forward(x[i:i + 1]) for i in range(len(x))])
+    alone = np.concatenate([model.forward(x[i : i + 1]) for i in range(len(x))])
     for n in (2, 5, 16, 17, 40, 64, 99, 150):
         scores = np.empty((n, 10), np.float32)
-        for _ in range(3):   # the split depends on when helpers wake up: try a few
+        for _ in range(3):  # the split depends on when helpers wake up: try a few
             assert model._engine.forward(x[:n], scores, threads, True) == -1
             np.testing.assert_array_equal(scores, alone[:n], err_msg=f"n={n} threads={threads}")
         labels = np.empty(n, np.int64)
@@ -195,7 +228,7 @@ def test_pool_statistics_count_every_multithreaded_job():
     before = lenet_fast.show_config(False)["pool_jobs"]
     for _ in range(5):
         model._engine.forward(x, scores, 2, True)
-    model._engine.forward(x, scores, 1, True)    # one thread: no job for the pool
+    model._engine.forward(x, scores, 1, True)  # one thread: no job for the pool
     after = lenet_fast.show_config(False)["pool_jobs"]
     assert (after["posted"] + after["backed_off"]) - (before["posted"] + before["backed_off"]) == 5
     assert 0 <= after["struck"] - before["struck"] <= after["posted"] - before["posted"]
@@ -209,8 +242,10 @@ def test_pool_statistics_count_every_multithreaded_job():
 def hammer(models, batches, seconds, workers=8):
     """Call predict and forward from `workers` Python threads for `seconds`; return the number of
     calls and every mismatch with the single-threaded results."""
-    expected = [[(m.predict(b, num_threads=1), m.forward(b, num_threads=1)) for b in batches]
-                for m in models]
+    expected = [
+        [(m.predict(b, num_threads=1), m.forward(b, num_threads=1)) for b in batches]
+        for m in models
+    ]
     mismatches, calls, errors = [], [0] * workers, []
     start = threading.Barrier(workers)
 
@@ -226,7 +261,9 @@ def hammer(models, batches, seconds, workers=8):
                 labels = model.predict(batch)
                 scores = model.forward(batch, num_threads=int(rng.integers(1, 4)))
                 want_labels, want_scores = expected[which][index]
-                if not (np.array_equal(labels, want_labels) and np.array_equal(scores, want_scores)):
+                if not (
+                    np.array_equal(labels, want_labels) and np.array_equal(scores, want_scores)
+                ):
                     mismatches.append((worker, which, index))
                 calls[worker] += 1
         except BaseException as exc:  # noqa: BLE001 -- reported below
@@ -247,7 +284,7 @@ BATCH_SIZES = [1, 3, LANES, LANES + 5, 100, 257]
 def test_eight_threads_share_one_model():
     model = LeNet(normal_weights(), output_activation="softmax", num_threads=2)
     batches = [images(n, seed=n) for n in BATCH_SIZES]
-    batches += [images(n, size=28, seed=n) for n in (7, 21, 33)]    # 28x28: padded inside
+    batches += [images(n, size=28, seed=n) for n in (7, 21, 33)]  # 28x28: padded inside
     calls, mismatches = hammer([model], batches, SECONDS)
     assert not mismatches
     assert calls > 8
@@ -256,11 +293,24 @@ def test_eight_threads_share_one_model():
 def test_eight_threads_on_different_models():
     models = [
         LeNet(normal_weights(seed=1), num_threads=2),
-        LeNet(normal_weights(conv1=3, conv2=40, conv3=17, fc1=200, n_classes=3, seed=2), pool="avg",
-              output_activation="softmax", num_threads=2),
-        LeNet(normal_weights(conv1=20, conv2=5, conv3=300, fc1=7, n_classes=31, seed=3),
-              conv_activation="tanh", fc_activation="relu", num_threads=1),
-        LeNet(normal_weights(seed=4), conv_activation="sigmoid", output_activation="identity", num_threads=3),
+        LeNet(
+            normal_weights(conv1=3, conv2=40, conv3=17, fc1=200, n_classes=3, seed=2),
+            pool="avg",
+            output_activation="softmax",
+            num_threads=2,
+        ),
+        LeNet(
+            normal_weights(conv1=20, conv2=5, conv3=300, fc1=7, n_classes=31, seed=3),
+            conv_activation="tanh",
+            fc_activation="relu",
+            num_threads=1,
+        ),
+        LeNet(
+            normal_weights(seed=4),
+            conv_activation="sigmoid",
+            output_activation="identity",
+            num_threads=3,
+        ),
     ]
     batches = [images(n, seed=n) for n in BATCH_SIZES]
     calls, mismatches = hammer(models, batches, SECONDS)
@@ -278,12 +328,17 @@ def _child_predicts(path, queue):
     queue.put(model.predict(images(300, seed=7)).tolist())
 
 
-@pytest.mark.parametrize("method", [
-    # Found here: GNU libgomp cannot start a thread team in a child forked after the parent ran
-    # one, so predict hung in GOMP_parallel until forked children were made to run serially.
-    pytest.param("fork", marks=pytest.mark.skipif(sys.platform != "linux", reason="fork: Linux")),
-    "spawn",
-])
+@pytest.mark.parametrize(
+    "method",
+    [
+        # Found here: GNU libgomp cannot start a thread team in a child forked after the parent ran
+        # one, so predict hung in GOMP_parallel until forked children were made to run serially.
+        pytest.param(
+            "fork", marks=pytest.mark.skipif(sys.platform != "linux", reason="fork: Linux")
+        ),
+        "spawn",
+    ],
+)
 def test_child_process_loads_and_predicts_after_a_multithreaded_predict(tmp_path, method):
     import multiprocessing
 
@@ -314,8 +369,11 @@ def test_child_process_loads_and_predicts_after_a_multithreaded_predict(tmp_path
 def test_num_threads_above_the_cap_is_refused():
     model = LeNet(normal_weights(), num_threads=2)
     assert lenet_fast.MAX_THREADS == 256
-    with pytest.raises(ValueError, match=r"^num_threads must be at most 256 "
-                                         r"\(lenet_fast.MAX_THREADS\); got 1000$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^num_threads must be at most 256 "
+        r"\(lenet_fast.MAX_THREADS\); got 1000$",
+    ):
         model.predict(np.zeros((1, 32, 32), np.float32), num_threads=1000)
     with pytest.raises(ValueError, match="at most 256"):
         LeNet(normal_weights(), num_threads=257)
@@ -339,5 +397,5 @@ def test_threads_that_cannot_start_are_an_exception_not_an_exit():
         except OSError as exc:
             report(outcome="refused", error=str(exc))
     """)
-    assert result["outcome"] == "refused"       # before: GNU OpenMP ended the process
+    assert result["outcome"] == "refused"  # before: GNU OpenMP ended the process
     assert "could not start 256 threads" in result["error"]

@@ -111,6 +111,7 @@ def trained():
 # from_torch
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", MODELS)
 def test_from_torch_matches_pytorch_on_random_and_real_images(name):
     net = build(name)
@@ -129,16 +130,29 @@ def test_from_torch_checks_example_input_before_running_the_module(name):
     net = build(name)
     good = random_images(net, 2)
     wrong_size = 32 if net.size == 28 else 28
-    for bad in (good[0], good[:, :1, :4], np.zeros((2, net.channels, wrong_size, wrong_size)),
-                np.zeros((2, net.channels + 1, net.size, net.size)), good[:0], [[1.0]], 3.0):
-        with pytest.raises(ValueError, match=rf"example_input must be images of shape \(N, "
-                                             rf"{net.channels}, {net.size}, {net.size}\)"):
+    for bad in (
+        good[0],
+        good[:, :1, :4],
+        np.zeros((2, net.channels, wrong_size, wrong_size)),
+        np.zeros((2, net.channels + 1, net.size, net.size)),
+        good[:0],
+        [[1.0]],
+        3.0,
+    ):
+        with pytest.raises(
+            ValueError,
+            match=rf"example_input must be images of shape \(N, "
+            rf"{net.channels}, {net.size}, {net.size}\)",
+        ):
             LeNet.from_torch(net, example_input=bad)
-    for bad in (good.astype(str), good > 0, torch.zeros(2, net.channels, net.size, net.size,
-                                                        dtype=torch.complex64)):
+    for bad in (
+        good.astype(str),
+        good > 0,
+        torch.zeros(2, net.channels, net.size, net.size, dtype=torch.complex64),
+    ):
         with pytest.raises(TypeError, match="example_input must hold real numbers"):
             LeNet.from_torch(net, example_input=bad)
-    with no_architecture_warning():     # integers and tensors of the right shape are fine
+    with no_architecture_warning():  # integers and tensors of the right shape are fine
         LeNet.from_torch(net, example_input=torch.from_numpy((good > 0).astype(np.int64)))
 
 
@@ -148,7 +162,7 @@ def test_trained_models_from_torch_agree_with_pytorch(trained, name):
     model = LeNet.from_torch(net)
     x = fashion_images(net)
     accuracy = np.mean(torch_scores(net, x).argmax(axis=1) == load_sample()[1])
-    assert accuracy > 0.6, accuracy    # really trained: a wrong activation changes labels
+    assert accuracy > 0.6, accuracy  # really trained: a wrong activation changes labels
     assert_matches_pytorch(model, net, x)
     assert_matches_pytorch(model, net, random_images(net))
 
@@ -196,8 +210,13 @@ def test_from_torch_reads_functional_and_method_forms(flatten):
     net = Functional().train()
     net.channels, net.size = 1, 32
     model = LeNet.from_torch(net)
-    assert model.architecture == {"conv_activation": "tanh", "fc_activation": "sigmoid",
-                                  "output_activation": "softmax", "pool": "avg", **DEFAULT_GEOMETRY}
+    assert model.architecture == {
+        "conv_activation": "tanh",
+        "fc_activation": "sigmoid",
+        "output_activation": "softmax",
+        "pool": "avg",
+        **DEFAULT_GEOMETRY,
+    }
     assert_matches_pytorch(model, net, random_images(net))
 
 
@@ -209,8 +228,13 @@ def test_from_torch_falls_back_to_torch_export():
     with pytest.raises(Exception):
         torch.fx.symbolic_trace(net)
     model = LeNet.from_torch(net)
-    assert model.architecture == {"conv_activation": "relu", "fc_activation": "relu",
-                                  "output_activation": "softmax", "pool": "max", **DEFAULT_GEOMETRY}
+    assert model.architecture == {
+        "conv_activation": "relu",
+        "fc_activation": "relu",
+        "output_activation": "softmax",
+        "pool": "max",
+        **DEFAULT_GEOMETRY,
+    }
     assert_matches_pytorch(model, net, random_images(net))
     assert_matches_pytorch(model, net, fashion_images(net))
 
@@ -231,20 +255,29 @@ def test_from_torch_refuses_what_the_engine_cannot_compute():
     assert refusal(sequential((1, nn.LeakyReLU()))) == (
         "Sequential: module '1' (LeakyReLU): this module is not one a LeNet-5 here is built from "
         "(Conv2d, Linear, BatchNorm1d/2d, ReLU, Sigmoid, Tanh, Softmax, Identity, MaxPool2d, "
-        "AvgPool2d, Flatten, Dropout)")
-    assert "module '3' (Conv2d): the engine computes 5x5 convolutions with stride 1; found " \
-           "stride (2, 2)" in refusal(sequential((3, nn.Conv2d(6, 16, 5, stride=2))))
+        "AvgPool2d, Flatten, Dropout)"
+    )
+    assert (
+        "module '3' (Conv2d): the engine computes 5x5 convolutions with stride 1; found "
+        "stride (2, 2)" in refusal(sequential((3, nn.Conv2d(6, 16, 5, stride=2))))
+    )
     assert "module '3' (Conv2d)" in refusal(sequential((3, nn.Conv2d(6, 16, 5, padding=1))))
-    assert "module '2' (MaxPool2d): expected 2x2 max pooling with stride 2 and no padding" in \
-        refusal(sequential((2, nn.MaxPool2d(3, 2))))
+    assert (
+        "module '2' (MaxPool2d): expected 2x2 max pooling with stride 2 and no padding"
+        in refusal(sequential((2, nn.MaxPool2d(3, 2))))
+    )
     assert "pooling" in refusal(sequential((5, nn.MaxPool2d(2))))
     # 300 features: no input size of 28 or 32 with these paddings gives them.
-    assert "module '7' (Linear): fc1 takes 300 inputs, which no geometry gives with conv2's 16 " \
-           "channels" in refusal(sequential((7, nn.Linear(300, 120))))
+    assert (
+        "module '7' (Linear): fc1 takes 300 inputs, which no geometry gives with conv2's 16 "
+        "channels" in refusal(sequential((7, nn.Linear(300, 120))))
+    )
     assert "one activation after conv1, conv2 and conv3" in refusal(sequential((4, nn.ReLU())))
     six = nn.Sequential(*d2l_lenet(), nn.Linear(10, 10))
-    assert "module '12' (Linear): the engine computes one to three dense layers; this is a " \
-           "fourth" in refusal(six)
+    assert (
+        "module '12' (Linear): the engine computes one to three dense layers; this is a "
+        "fourth" in refusal(six)
+    )
 
     class Residual(nn.Module):
         def __init__(self):
@@ -276,8 +309,7 @@ def test_from_torch_refuses_what_the_engine_cannot_compute():
         def forward(self, x):
             return F.dropout(self.net(x), 0.5)
 
-    assert "dropout with training=True drops values even in eval mode" in \
-        refusal(AlwaysDropout())
+    assert "dropout with training=True drops values even in eval mode" in refusal(AlwaysDropout())
 
     class DataDependent(nn.Module):
         def __init__(self):
@@ -294,14 +326,17 @@ def test_from_torch_refuses_what_the_engine_cannot_compute():
 
 
 def test_importing_lenet_fast_does_not_import_torch():
-    code = ("import sys, lenet_fast; from lenet_fast import cli, onnx; "
-            "assert 'torch' not in sys.modules, 'torch imported'")
+    code = (
+        "import sys, lenet_fast; from lenet_fast import cli, onnx; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
 # ---------------------------------------------------------------------------------------------
 # Bare state_dicts: the right answer, or a warning; BatchNorm folded, never dropped
 # ---------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", MODELS)
 def test_bare_state_dict_matches_or_warns_and_matches_once_stated(name, tmp_path):
@@ -324,22 +359,26 @@ def test_bare_state_dict_matches_or_warns_and_matches_once_stated(name, tmp_path
     with no_architecture_warning():
         stated = LeNet.from_npz(tmp_path / "net.npz", **net.architecture)
         assert_matches_pytorch(stated, net, x)
-        assert_matches_pytorch(LeNet.from_state_dict(state, **net.architecture), net,
-                               random_images(net))
+        assert_matches_pytorch(
+            LeNet.from_state_dict(state, **net.architecture), net, random_images(net)
+        )
 
 
 def test_assumed_architecture_by_layout():
     with pytest.warns(ArchitectureWarning, match="the PyTorch tutorial layout's architecture"):
         tutorial = LeNet.from_state_dict(build("tutorial").state_dict())
     assert tutorial.architecture == TutorialNet.architecture
-    assert tutorial.assumed_architecture == {option: TutorialNet.architecture[option]
-                                             for option in lenet_fast._architecture.OPTIONS}
+    assert tutorial.assumed_architecture == {
+        option: TutorialNet.architecture[option] for option in lenet_fast._architecture.OPTIONS
+    }
     with pytest.warns(ArchitectureWarning, match="lenet_fast's defaults for its own layout"):
         seed = LeNet.from_state_dict(build("seed-relu-sigmoid").state_dict(), pool="max")
     assert seed.architecture == build("seed-relu-sigmoid").architecture
     assert "pool" not in seed.assumed_architecture
-    assert "assumed, not stated by the weights: conv_activation, fc_activation, " \
-           "output_activation" in str(seed.summary())
+    assert (
+        "assumed, not stated by the weights: conv_activation, fc_activation, "
+        "output_activation" in str(seed.summary())
+    )
     assert seed.summary().assumed == seed.assumed_architecture
     assert pickle.loads(pickle.dumps(seed)).assumed_architecture == seed.assumed_architecture
     with no_architecture_warning():
@@ -372,8 +411,11 @@ def test_recorded_guess_must_name_stored_options(tmp_path):
     model = LeNet(build("seed-relu-sigmoid").state_dict())
     weights = {key: np.asarray(value) for key, value in model.weights.items()}
     for bad in (["conv_activation", "colour"], "pool", [3]):
-        lenet_fast._weights.save_npz(tmp_path / "bad.npz", weights, {
-            "architecture": model.architecture, "assumed_architecture": bad})
+        lenet_fast._weights.save_npz(
+            tmp_path / "bad.npz",
+            weights,
+            {"architecture": model.architecture, "assumed_architecture": bad},
+        )
         with pytest.raises(WeightFileError, match="assumed_architecture"):
             LeNet.from_npz(tmp_path / "bad.npz")
 
@@ -394,12 +436,16 @@ def test_a_wrong_assumption_shows_in_a_trained_models_labels(trained):
     with pytest.warns(ArchitectureWarning):
         assumed = LeNet.from_state_dict(net.state_dict())
     assert label_agreement(assumed, net, x) < 0.5
-    assert label_agreement(LeNet.from_state_dict(net.state_dict(), **net.architecture), net,
-                           x) >= MIN_LABEL_AGREEMENT
+    assert (
+        label_agreement(LeNet.from_state_dict(net.state_dict(), **net.architecture), net, x)
+        >= MIN_LABEL_AGREEMENT
+    )
 
 
-@pytest.mark.parametrize("naming, reverse", [
-    ("bn{}", False), ("{}_bn", True), ("bn_{}", True), ("{}.bn", True), ("norm{}", False)])
+@pytest.mark.parametrize(
+    "naming, reverse",
+    [("bn{}", False), ("{}_bn", True), ("bn_{}", True), ("{}.bn", True), ("norm{}", False)],
+)
 def test_batchnorm_key_naming_variants(naming, reverse):
     """conv3 and fc1 are both 84 wide: a name (conv3_bn, bn_fc1, conv3.bn) or, for bn1 ... bn4,
     the order of the keys (a state_dict lists modules as they were defined) tells which
@@ -462,16 +508,26 @@ def test_fold_batchnorm_matches_pytorch_and_the_keras_axis():
     norm.running_mean.uniform_(-1, 1)
     norm.running_var.uniform_(0.1, 3)
     x = torch.from_numpy(rng.standard_normal((3, 4, 9, 9)))
-    parameters = [value.detach().numpy() for value in (
-        conv.weight, conv.bias, norm.weight, norm.bias, norm.running_mean, norm.running_var)]
+    parameters = [
+        value.detach().numpy()
+        for value in (
+            conv.weight,
+            conv.bias,
+            norm.weight,
+            norm.bias,
+            norm.running_mean,
+            norm.running_var,
+        )
+    ]
     weight, bias = fold_batchnorm(*parameters, eps=1e-3)
     assert weight.dtype == bias.dtype == np.float32
     folded = F.conv2d(x, torch.from_numpy(weight).double(), torch.from_numpy(bias).double())
     with torch.no_grad():
         np.testing.assert_allclose(folded.numpy(), norm(conv(x)).numpy(), rtol=1e-6, atol=1e-6)
-    dense_weight = rng.standard_normal((7, 3))          # Keras Dense: (inputs, outputs)
-    keras_weight, _ = fold_batchnorm(dense_weight, None, [1, 2, 3], None, [0, 0, 0], [1, 4, 9],
-                                     eps=0.0, axis=-1)
+    dense_weight = rng.standard_normal((7, 3))  # Keras Dense: (inputs, outputs)
+    keras_weight, _ = fold_batchnorm(
+        dense_weight, None, [1, 2, 3], None, [0, 0, 0], [1, 4, 9], eps=0.0, axis=-1
+    )
     np.testing.assert_allclose(keras_weight, dense_weight * [1, 1, 1], rtol=1e-7)
     with pytest.raises(ValueError, match="expected running_var \\+ eps > 0"):
         fold_batchnorm(np.ones((2, 2)), None, None, None, [0, 0], [-1, 1], eps=0.0)
@@ -483,28 +539,37 @@ def test_fold_batchnorm_matches_pytorch_and_the_keras_axis():
 # ONNX BatchNormalization nodes
 # ---------------------------------------------------------------------------------------------
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning",
-                            "ignore::FutureWarning")
+
+@pytest.mark.filterwarnings(
+    "ignore::DeprecationWarning", "ignore::UserWarning", "ignore::FutureWarning"
+)
 @pytest.mark.parametrize("name", ["tutorial+bn", "seed-relu-sigmoid+bn", "d2l+bn"])
 def test_onnx_batchnormalization_is_folded(name):
     onnx = pytest.importorskip("onnx")
     net = build(name)
     buffer = io.BytesIO()
-    torch.onnx.export(net, (torch.from_numpy(random_images(net, 2)),), buffer, dynamo=False,
-                      do_constant_folding=False)
+    torch.onnx.export(
+        net,
+        (torch.from_numpy(random_images(net, 2)),),
+        buffer,
+        dynamo=False,
+        do_constant_folding=False,
+    )
     graph = onnx.load_from_string(buffer.getvalue())
     assert "BatchNormalization" in [node.op_type for node in graph.graph.node]
     with no_architecture_warning():
         model = LeNet.from_onnx(graph)
     # the activations and pooling (the geometry the ONNX reader states is the interop tests')
-    assert {option: model.architecture[option] for option in lenet_fast._architecture.OPTIONS} == \
-        {option: net.architecture[option] for option in lenet_fast._architecture.OPTIONS}
+    assert {option: model.architecture[option] for option in lenet_fast._architecture.OPTIONS} == {
+        option: net.architecture[option] for option in lenet_fast._architecture.OPTIONS
+    }
     assert_matches_pytorch(model, net, fashion_images(net))
 
 
 # ---------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------
+
 
 def run_cli(capsys, *arguments):
     status = main([str(argument) for argument in arguments])
@@ -517,21 +582,34 @@ def test_cli_predict_prints_the_warning_as_one_line_and_takes_the_options(tmp_pa
     np.savez(tmp_path / "net.npz", **{k: v.numpy() for k, v in net.state_dict().items()})
     x = fashion_images(net, 50)
     np.save(tmp_path / "x.npy", x)
-    status, out, err = run_cli(capsys, "predict", tmp_path / "net.npz", tmp_path / "x.npy",
-                               "--quiet")
+    status, out, err = run_cli(
+        capsys, "predict", tmp_path / "net.npz", tmp_path / "x.npy", "--quiet"
+    )
     assert status == 0
     assert len(err.splitlines()) == 1
     assert err.startswith("lenet-fast: warning: ") and "--conv-activation relu" in err
-    flags = ["--conv-activation=sigmoid", "--fc-activation=sigmoid",
-             "--output-activation=identity", "--pool=avg"]
-    status, out, err = run_cli(capsys, "predict", tmp_path / "net.npz", tmp_path / "x.npy",
-                               "--quiet", *flags)
+    flags = [
+        "--conv-activation=sigmoid",
+        "--fc-activation=sigmoid",
+        "--output-activation=identity",
+        "--pool=avg",
+    ]
+    status, out, err = run_cli(
+        capsys, "predict", tmp_path / "net.npz", tmp_path / "x.npy", "--quiet", *flags
+    )
     assert (status, err) == (0, "")
     labels = [int(line.split(",")[1]) for line in out.splitlines()[1:]]
     assert labels == torch_scores(net, x).argmax(axis=1).tolist()
     np.save(tmp_path / "y.npy", np.array(labels))
-    status, out, err = run_cli(capsys, "evaluate", tmp_path / "net.npz", tmp_path / "x.npy",
-                               tmp_path / "y.npy", "--quiet", *flags)
+    status, out, err = run_cli(
+        capsys,
+        "evaluate",
+        tmp_path / "net.npz",
+        tmp_path / "x.npy",
+        tmp_path / "y.npy",
+        "--quiet",
+        *flags,
+    )
     assert (status, err) == (0, "") and "accuracy: 1.0000" in out
 
 
@@ -550,12 +628,24 @@ def test_cli_convert_round_trips(tmp_path, capsys, source):
         pytest.importorskip("onnx")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(net, (torch.from_numpy(random_images(net, 2)),),
-                              str(tmp_path / "in.onnx"), dynamo=False)
+            torch.onnx.export(
+                net,
+                (torch.from_numpy(random_images(net, 2)),),
+                str(tmp_path / "in.onnx"),
+                dynamo=False,
+            )
         arguments = [tmp_path / "in.onnx"]
     classes = ",".join(f"class {k}" for k in range(10))
-    status, _, err = run_cli(capsys, "convert", *arguments, tmp_path / "out.npz",
-                             "--classes", classes, "--preprocessing", "mean=0.286,std=0.353")
+    status, _, err = run_cli(
+        capsys,
+        "convert",
+        *arguments,
+        tmp_path / "out.npz",
+        "--classes",
+        classes,
+        "--preprocessing",
+        "mean=0.286,std=0.353",
+    )
     assert status == 0, err
     assert err.startswith("wrote ")
     assert sorted(path.name for path in tmp_path.iterdir() if path.name.startswith(".")) == []
@@ -566,8 +656,10 @@ def test_cli_convert_round_trips(tmp_path, capsys, source):
     assert_matches_pytorch(model, net, random_images(net))
     images, _ = load_sample()
     padded = np.pad(images[:100], ((0, 0), (2, 2), (2, 2)))[:, None]
-    np.testing.assert_array_equal(model.predict(padded), model.predict(
-        ((padded.astype(np.float32) / 255 - 0.286) / 0.353).astype(np.float32)))
+    np.testing.assert_array_equal(
+        model.predict(padded),
+        model.predict(((padded.astype(np.float32) / 255 - 0.286) / 0.353).astype(np.float32)),
+    )
 
 
 def test_cli_convert_refuses_to_store_a_guess_and_unreadable_input(tmp_path, capsys):
@@ -575,21 +667,36 @@ def test_cli_convert_refuses_to_store_a_guess_and_unreadable_input(tmp_path, cap
     np.savez(tmp_path / "in.npz", **{k: v.numpy() for k, v in net.state_dict().items()})
     status, _, err = run_cli(capsys, "convert", tmp_path / "in.npz", tmp_path / "out.npz")
     assert status == 1
-    assert "a converted file must not store a guess: pass --conv-activation relu " \
-           "--fc-activation relu --output-activation identity --pool max" in err
+    assert (
+        "a converted file must not store a guess: pass --conv-activation relu "
+        "--fc-activation relu --output-activation identity --pool max" in err
+    )
     assert not (tmp_path / "out.npz").exists()
     torch.save({"net": nn.ReLU()}, tmp_path / "pickled.pt")
-    status, _, err = run_cli(capsys, "convert", "--torch", tmp_path / "pickled.pt",
-                             tmp_path / "out.npz")
+    status, _, err = run_cli(
+        capsys, "convert", "--torch", tmp_path / "pickled.pt", tmp_path / "out.npz"
+    )
     assert status == 1 and "weights_only=True" in err
     status, _, err = run_cli(capsys, "convert", tmp_path / "pickled.pt", tmp_path / "out.npz")
     assert status == 1 and "pass --torch" in err
     status, _, err = run_cli(capsys, "convert", tmp_path / "in.npz", tmp_path / "out.bin")
     assert status == 1 and "ending in .npz" in err
-    status, _, err = run_cli(capsys, "convert", tmp_path / "in.npz", tmp_path / "out.npz",
-                             "--preprocessing", "mu=3", "--conv-activation", "relu",
-                             "--fc-activation", "relu", "--output-activation", "identity",
-                             "--pool", "max")
+    status, _, err = run_cli(
+        capsys,
+        "convert",
+        tmp_path / "in.npz",
+        tmp_path / "out.npz",
+        "--preprocessing",
+        "mu=3",
+        "--conv-activation",
+        "relu",
+        "--fc-activation",
+        "relu",
+        "--output-activation",
+        "identity",
+        "--pool",
+        "max",
+    )
     assert status == 1 and "expected comma-separated scale=" in err
     assert not (tmp_path / "out.npz").exists()
 

@@ -28,11 +28,15 @@ def assert_same_weights(actual, expected):
 
 def renamed(weights, names):
     """The canonical weights under other key names: names maps layer -> new layer prefix."""
-    return {f"{names[key.split('.')[0]]}.{key.split('.')[1]}": value for key, value in weights.items()}
+    return {
+        f"{names[key.split('.')[0]]}.{key.split('.')[1]}": value for key, value in weights.items()
+    }
 
 
 def tutorial_layout(weights):
-    result = renamed(weights, {"conv1": "conv1", "conv2": "conv2", "conv3": "fc1", "fc1": "fc2", "fc2": "fc3"})
+    result = renamed(
+        weights, {"conv1": "conv1", "conv2": "conv2", "conv3": "fc1", "fc1": "fc2", "fc2": "fc3"}
+    )
     result["fc1.weight"] = weights["conv3.weight"].reshape(len(weights["conv3.weight"]), -1)
     return result
 
@@ -40,6 +44,7 @@ def tutorial_layout(weights):
 # ---------------------------------------------------------------------------------------------
 # Layouts
 # ---------------------------------------------------------------------------------------------
+
 
 def test_canonical_layout_is_copied_in_canonical_order():
     weights = unit_normal_weights()
@@ -58,8 +63,13 @@ def test_pytorch_tutorial_layout_reshapes_fc1_into_conv3():
     [
         {"conv1": "0", "conv2": "3", "conv3": "6", "fc1": "9", "fc2": "11"},
         {"conv1": "net.0", "conv2": "net.3", "conv3": "net.6", "fc1": "net.9", "fc2": "net.11"},
-        {"conv1": "features.0", "conv2": "features.3", "conv3": "classifier.1", "fc1": "classifier.3",
-         "fc2": "classifier.10"},
+        {
+            "conv1": "features.0",
+            "conv2": "features.3",
+            "conv3": "classifier.1",
+            "fc1": "classifier.3",
+            "fc2": "classifier.10",
+        },
     ],
     ids=["bare", "prefixed", "two-containers"],
 )
@@ -71,7 +81,9 @@ def test_sequential_layouts_in_container_then_numeric_order(names, dense_conv3):
         mapping[f"{names['conv3']}.weight"] = weights["conv3.weight"].reshape(120, 400)
     # Lexical key order ("11" before "3") must not matter; containers keep their first appearance.
     first_container = names["conv1"].split(".")[0]
-    shuffled = dict(sorted(mapping.items(), key=lambda item: (not item[0].startswith(first_container), item[0])))
+    shuffled = dict(
+        sorted(mapping.items(), key=lambda item: (not item[0].startswith(first_container), item[0]))
+    )
     assert_same_weights(canonicalize(shuffled), weights)
 
 
@@ -79,10 +91,18 @@ def test_pytorch_objects_are_accepted():
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
     model = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 6, 5), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-        torch.nn.Conv2d(6, 16, 5), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-        torch.nn.Flatten(), torch.nn.Linear(400, 120), torch.nn.ReLU(),
-        torch.nn.Linear(120, 84), torch.nn.ReLU(), torch.nn.Linear(84, 10),
+        torch.nn.Conv2d(3, 6, 5),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(6, 16, 5),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2),
+        torch.nn.Flatten(),
+        torch.nn.Linear(400, 120),
+        torch.nn.ReLU(),
+        torch.nn.Linear(120, 84),
+        torch.nn.ReLU(),
+        torch.nn.Linear(84, 10),
     )
     parameters = dict(model.named_parameters())  # tensors that require grad
     result = canonicalize(parameters)
@@ -114,41 +134,61 @@ def test_array_likes_with_numpy_or_array_methods():
 def test_key_map_per_parameter_and_per_layer_with_canonical_fallback():
     weights = unit_normal_weights()
     mapping = {
-        "c1.w": weights["conv1.weight"], "c1.b": weights["conv1.bias"],
-        "features.c2.weight": weights["conv2.weight"], "features.c2.bias": weights["conv2.bias"],
-        "head.weight": weights["fc2.weight"], "head_bias": weights["fc2.bias"],
+        "c1.w": weights["conv1.weight"],
+        "c1.b": weights["conv1.bias"],
+        "features.c2.weight": weights["conv2.weight"],
+        "features.c2.bias": weights["conv2.bias"],
+        "head.weight": weights["fc2.weight"],
+        "head_bias": weights["fc2.bias"],
         **{key: weights[key] for key in ("conv3.weight", "conv3.bias", "fc1.weight", "fc1.bias")},
     }
     key_map = {
-        "conv1.weight": "c1.w", "conv1.bias": "c1.b", "conv2": "features.c2", "fc2": "head", "fc2.bias": "head_bias"
+        "conv1.weight": "c1.w",
+        "conv1.bias": "c1.b",
+        "conv2": "features.c2",
+        "fc2": "head",
+        "fc2.bias": "head_bias",
     }
     assert_same_weights(canonicalize(mapping, key_map=key_map), weights)
 
 
 def test_key_map_errors():
     weights = unit_normal_weights()
-    with pytest.raises(WeightFileError, match=exact(
-        "key_map has unknown entries conv4, fc4.weight; expected canonical parameter names (conv1.bias, "
-        "conv1.weight, conv2.bias, conv2.weight, conv3.bias, conv3.weight, fc1.bias, fc1.weight, fc2.bias, "
-        "fc2.weight, fc3.bias, fc3.weight) or layer names (conv1, conv2, conv3, fc1, fc2, fc3)"
-    )):
+    with pytest.raises(
+        WeightFileError,
+        match=exact(
+            "key_map has unknown entries conv4, fc4.weight; expected canonical parameter names (conv1.bias, "
+            "conv1.weight, conv2.bias, conv2.weight, conv3.bias, conv3.weight, fc1.bias, fc1.weight, fc2.bias, "
+            "fc2.weight, fc3.bias, fc3.weight) or layer names (conv1, conv2, conv3, fc1, fc2, fc3)"
+        ),
+    ):
         canonicalize(weights, key_map={"conv4": "x", "fc4.weight": "y"})
-    with pytest.raises(WeightFileError, match=exact("expected key_map values to be strings, found {'conv1': 3}")):
+    with pytest.raises(
+        WeightFileError, match=exact("expected key_map values to be strings, found {'conv1': 3}")
+    ):
         canonicalize(weights, key_map={"conv1": 3})
-    with pytest.raises(WeightFileError, match=starts(
-        "incomplete weights for the key_map layout: missing c1.bias, c1.weight"
-    )):
+    with pytest.raises(
+        WeightFileError,
+        match=starts("incomplete weights for the key_map layout: missing c1.bias, c1.weight"),
+    ):
         canonicalize(weights, key_map={"conv1": "c1"})
 
 
 def test_strict_rejects_extra_keys_and_strict_false_ignores_them():
     weights = unit_normal_weights()
-    extra = {**weights, "epoch": np.array(3.0), "bn.num_batches_tracked": np.array(3),
-             "__lenet_fast__": np.zeros(2)}
-    with pytest.raises(WeightFileError, match=exact(
-        "model.npz: unexpected keys bn.num_batches_tracked, epoch (not used by the matched layout; "
-        "pass strict=False to ignore them)"
-    )):
+    extra = {
+        **weights,
+        "epoch": np.array(3.0),
+        "bn.num_batches_tracked": np.array(3),
+        "__lenet_fast__": np.zeros(2),
+    }
+    with pytest.raises(
+        WeightFileError,
+        match=exact(
+            "model.npz: unexpected keys bn.num_batches_tracked, epoch (not used by the matched layout; "
+            "pass strict=False to ignore them)"
+        ),
+    ):
         canonicalize(extra, source="model.npz")
     assert_same_weights(canonicalize(extra, strict=False), weights)
 
@@ -167,57 +207,81 @@ def test_parameters_that_change_the_outputs_are_never_ignored(strict):
         canonicalize(incomplete_batchnorm, strict=strict)
     assert "strict" not in str(info.value)
     extra_layer = {**weights, "fc4.weight": np.zeros((10, 10)), "fc4.bias": np.zeros(10)}
-    with pytest.raises(WeightFileError, match=starts(
-        "keys fc4.bias, fc4.weight hold parameters that no layer of the matched layout uses; "
-        "ignoring them would change the outputs")) as info:
+    with pytest.raises(
+        WeightFileError,
+        match=starts(
+            "keys fc4.bias, fc4.weight hold parameters that no layer of the matched layout uses; "
+            "ignoring them would change the outputs"
+        ),
+    ) as info:
         canonicalize(extra_layer, strict=strict)
     assert "strict" not in str(info.value)
 
 
 def test_no_layout_incomplete_and_ambiguous_mappings():
     weights = unit_normal_weights()
-    with pytest.raises(WeightFileError, match=exact(
-        "no known weight layout matches; found keys: a.weight, b; expected keys: conv1.bias, conv1.weight, "
-        "conv2.bias, conv2.weight, conv3.bias, conv3.weight, fc1.bias, fc1.weight, fc2.bias, fc2.weight (conv3 "
-        "optional, fc2 and fc3 optional; or the PyTorch layout conv1, conv2, fc1, fc2, fc3, Caffe's conv1, conv2, "
-        "ip1, ip2, or an nn.Sequential export with 3 to 6 numbered layers), or pass key_map"
-    )):
+    with pytest.raises(
+        WeightFileError,
+        match=exact(
+            "no known weight layout matches; found keys: a.weight, b; expected keys: conv1.bias, conv1.weight, "
+            "conv2.bias, conv2.weight, conv3.bias, conv3.weight, fc1.bias, fc1.weight, fc2.bias, fc2.weight (conv3 "
+            "optional, fc2 and fc3 optional; or the PyTorch layout conv1, conv2, fc1, fc2, fc3, Caffe's conv1, conv2, "
+            "ip1, ip2, or an nn.Sequential export with 3 to 6 numbered layers), or pass key_map"
+        ),
+    ):
         canonicalize({"b": 1.0, "a.weight": np.zeros(3)})
     incomplete = {key: value for key, value in weights.items() if key != "conv3.bias"}
-    with pytest.raises(WeightFileError, match=starts(
-        "f.npz: incomplete weights for the canonical layout: missing conv3.bias; found keys: conv1.bias"
-    )):
+    with pytest.raises(
+        WeightFileError,
+        match=starts(
+            "f.npz: incomplete weights for the canonical layout: missing conv3.bias; found keys: conv1.bias"
+        ),
+    ):
         canonicalize(incomplete, source="f.npz")
     tutorial = tutorial_layout(weights)
     del tutorial["fc3.bias"]
-    with pytest.raises(WeightFileError, match=starts(
-        "incomplete weights for the PyTorch tutorial layout: missing fc3.bias"
-    )):
+    with pytest.raises(
+        WeightFileError,
+        match=starts("incomplete weights for the PyTorch tutorial layout: missing fc3.bias"),
+    ):
         canonicalize(tutorial)
     sequential = renamed(weights, dict(zip(("conv1", "conv2", "conv3", "fc1", "fc2"), "01234")))
     del sequential["2.bias"]
-    with pytest.raises(WeightFileError, match=starts(
-        "incomplete weights for the nn.Sequential layout: missing 2.bias"
-    )):
+    with pytest.raises(
+        WeightFileError,
+        match=starts("incomplete weights for the nn.Sequential layout: missing 2.bias"),
+    ):
         canonicalize(sequential)
-    both = {**weights, **{f"ip{index}.{parameter}": weights[f"fc{index}.{parameter}"]
-                          for index in (1, 2) for parameter in ("weight", "bias")}}
-    with pytest.raises(WeightFileError, match=starts(
-        "the keys match several layouts (canonical, Caffe); pass key_map to choose; found keys: "
-    )):
+    both = {
+        **weights,
+        **{
+            f"ip{index}.{parameter}": weights[f"fc{index}.{parameter}"]
+            for index in (1, 2)
+            for parameter in ("weight", "bias")
+        },
+    }
+    with pytest.raises(
+        WeightFileError,
+        match=starts(
+            "the keys match several layouts (canonical, Caffe); pass key_map to choose; found keys: "
+        ),
+    ):
         canonicalize(both, strict=False)
     with pytest.raises(WeightFileError, match=exact("expected string keys, found 1")):
         canonicalize({1: np.zeros(1)})
 
 
 def test_long_key_lists_are_shortened():
-    with pytest.raises(WeightFileError, match=r"found keys: k00, k01, .*, k29, \.\.\. \(10 more\); expected"):
+    with pytest.raises(
+        WeightFileError, match=r"found keys: k00, k01, .*, k29, \.\.\. \(10 more\); expected"
+    ):
         canonicalize({f"k{index:02d}": np.zeros(1) for index in range(40)})
 
 
 # ---------------------------------------------------------------------------------------------
 # Array validation
 # ---------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     ("value", "dtype_name"),
@@ -232,28 +296,53 @@ def test_long_key_lists_are_shortened():
 )
 def test_non_float_arrays_are_rejected(value, dtype_name):
     weights = {**unit_normal_weights(), "conv1.weight": value}
-    with pytest.raises(WeightFileError, match=exact(
-        f"w.npz: 'conv1.weight': expected floating point (float16, float32 or float64), found dtype {dtype_name}"
-    )):
+    with pytest.raises(
+        WeightFileError,
+        match=exact(
+            f"w.npz: 'conv1.weight': expected floating point (float16, float32 or float64), found dtype {dtype_name}"
+        ),
+    ):
         canonicalize(weights, source="w.npz")
 
 
 def test_unconvertible_value_is_rejected():
     weights = {**unit_normal_weights(), "fc1.bias": [[1.0], [1.0, 2.0]]}
-    with pytest.raises(WeightFileError, match=r"^'fc1\.bias': cannot be converted to a NumPy array \("):
+    with pytest.raises(
+        WeightFileError, match=r"^'fc1\.bias': cannot be converted to a NumPy array \("
+    ):
         canonicalize(weights)
 
 
 @pytest.mark.parametrize(
     ("key", "shape", "message"),
     [
-        ("conv1.weight", (6, 1, 3, 3), "expected shape (conv1_channels, in_channels, 5, 5), found (6, 1, 3, 3)"),
-        ("conv1.weight", (6, 1, 5), "expected shape (conv1_channels, in_channels, 5, 5), found (6, 1, 5)"),
-        ("conv1.weight", (6, 2, 5, 5), "expected in_channels 1 or 3, found 2 (axis 1 of shape (6, 2, 5, 5))"),
+        (
+            "conv1.weight",
+            (6, 1, 3, 3),
+            "expected shape (conv1_channels, in_channels, 5, 5), found (6, 1, 3, 3)",
+        ),
+        (
+            "conv1.weight",
+            (6, 1, 5),
+            "expected shape (conv1_channels, in_channels, 5, 5), found (6, 1, 5)",
+        ),
+        (
+            "conv1.weight",
+            (6, 2, 5, 5),
+            "expected in_channels 1 or 3, found 2 (axis 1 of shape (6, 2, 5, 5))",
+        ),
         ("conv1.bias", (7,), "expected shape (6,), found (7,)"),
-        ("conv2.weight", (16, 5, 5, 5), "expected shape (conv2_channels, 6, 5, 5), found (16, 5, 5, 5)"),
+        (
+            "conv2.weight",
+            (16, 5, 5, 5),
+            "expected shape (conv2_channels, 6, 5, 5), found (16, 5, 5, 5)",
+        ),
         ("conv2.bias", (6,), "expected shape (16,), found (6,)"),
-        ("conv3.weight", (120, 6, 5, 5), "expected shape (conv3_channels, 16, 5, 5), found (120, 6, 5, 5)"),
+        (
+            "conv3.weight",
+            (120, 6, 5, 5),
+            "expected shape (conv3_channels, 16, 5, 5), found (120, 6, 5, 5)",
+        ),
         ("conv3.weight", (120, 399), "expected shape (conv3_channels, 16, 5, 5), found (120, 399)"),
         ("conv3.bias", (84,), "expected shape (120,), found (84,)"),
         ("fc1.weight", (84, 119), "expected shape (fc1_units, 120), found (84, 119)"),
@@ -271,41 +360,70 @@ def test_shape_mismatches_name_key_expected_and_found(key, shape, message):
 def test_shape_errors_name_the_users_key():
     layout = tutorial_layout(unit_normal_weights())
     layout["fc2.weight"] = np.zeros((84, 121), np.float32)
-    with pytest.raises(WeightFileError, match=exact(
-        "'fc2.weight' (used as fc1.weight): expected shape (fc1_units, 120), found (84, 121)"
-    )):
+    with pytest.raises(
+        WeightFileError,
+        match=exact(
+            "'fc2.weight' (used as fc1.weight): expected shape (fc1_units, 120), found (84, 121)"
+        ),
+    ):
         canonicalize(layout)
 
 
 def test_width_limits():
-    with pytest.raises(WeightFileError, match=exact(
-        "'fc1.weight': expected fc1_units 1 to 4096, found 4097 (axis 0 of shape (4097, 1))"
-    )):
+    with pytest.raises(
+        WeightFileError,
+        match=exact(
+            "'fc1.weight': expected fc1_units 1 to 4096, found 4097 (axis 0 of shape (4097, 1))"
+        ),
+    ):
         canonicalize(unit_normal_weights(conv1=1, conv2=1, conv3=1, fc1=4097, n_classes=1))
-    with pytest.raises(WeightFileError, match=exact(
-        "'fc2.weight': expected n_classes 1 to 100000, found 100001 (axis 0 of shape (100001, 1))"
-    )):
+    with pytest.raises(
+        WeightFileError,
+        match=exact(
+            "'fc2.weight': expected n_classes 1 to 100000, found 100001 (axis 0 of shape (100001, 1))"
+        ),
+    ):
         canonicalize(unit_normal_weights(conv1=1, conv2=1, conv3=1, fc1=1, n_classes=100001))
-    with pytest.raises(WeightFileError, match=exact(
-        "'conv1.weight': expected conv1_channels 1 to 4096, found 0 (axis 0 of shape (0, 1, 5, 5))"
-    )):
+    with pytest.raises(
+        WeightFileError,
+        match=exact(
+            "'conv1.weight': expected conv1_channels 1 to 4096, found 0 (axis 0 of shape (0, 1, 5, 5))"
+        ),
+    ):
         canonicalize(unit_normal_weights(conv1=0))
-    dimensions = infer_dimensions(canonicalize(unit_normal_weights(
-        in_channels=3, conv1=4096, conv2=1, conv3=4096, fc1=1, n_classes=100000)))
-    assert dimensions == {"in_channels": 3, "conv1_channels": 4096, "conv2_channels": 1,
-                          "conv3_channels": 4096, "fc1_units": 1, "n_classes": 100000}
+    dimensions = infer_dimensions(
+        canonicalize(
+            unit_normal_weights(
+                in_channels=3, conv1=4096, conv2=1, conv3=4096, fc1=1, n_classes=100000
+            )
+        )
+    )
+    assert dimensions == {
+        "in_channels": 3,
+        "conv1_channels": 4096,
+        "conv2_channels": 1,
+        "conv3_channels": 4096,
+        "fc1_units": 1,
+        "n_classes": 100000,
+    }
 
 
 def test_non_finite_values_are_counted():
     weights = unit_normal_weights()
     weights["conv2.bias"][[1, 3]] = np.nan
     weights["conv2.bias"][5] = -np.inf
-    with pytest.raises(WeightFileError, match=exact(
-        "'conv2.bias': expected finite values, found 3 non-finite (NaN or inf) values"
-    )):
+    with pytest.raises(
+        WeightFileError,
+        match=exact("'conv2.bias': expected finite values, found 3 non-finite (NaN or inf) values"),
+    ):
         canonicalize(weights)
-    too_large = {**unit_normal_weights(), "fc1.bias": np.full(84, 1e39)}  # finite float64, inf as float32
-    with pytest.raises(WeightFileError, match="'fc1.bias': expected finite values, found 84 non-finite"):
+    too_large = {
+        **unit_normal_weights(),
+        "fc1.bias": np.full(84, 1e39),
+    }  # finite float64, inf as float32
+    with pytest.raises(
+        WeightFileError, match="'fc1.bias': expected finite values, found 84 non-finite"
+    ):
         canonicalize(too_large)
 
 
@@ -320,24 +438,36 @@ def test_fortran_order_big_endian_and_other_float_widths_convert():
         "fc2.weight": weights["fc2.weight"].astype(np.float16),
         "fc2.bias": weights["fc2.bias"].astype(">f8"),
     }
-    expected = {**weights, "fc2.weight": weights["fc2.weight"].astype(np.float16).astype(np.float32)}
+    expected = {
+        **weights,
+        "fc2.weight": weights["fc2.weight"].astype(np.float16).astype(np.float32),
+    }
     assert_same_weights(canonicalize(mapping), expected)
 
 
 def test_infer_dimensions():
-    assert infer_dimensions(unit_normal_weights(in_channels=3, conv1=4, conv2=5, conv3=7, fc1=11, n_classes=13)) == {
-        "in_channels": 3, "conv1_channels": 4, "conv2_channels": 5,
-        "conv3_channels": 7, "fc1_units": 11, "n_classes": 13,
+    assert infer_dimensions(
+        unit_normal_weights(in_channels=3, conv1=4, conv2=5, conv3=7, fc1=11, n_classes=13)
+    ) == {
+        "in_channels": 3,
+        "conv1_channels": 4,
+        "conv2_channels": 5,
+        "conv3_channels": 7,
+        "fc1_units": 11,
+        "n_classes": 13,
     }
     weights = unit_normal_weights()
     del weights["fc2.bias"]
-    with pytest.raises(WeightFileError, match=r"^weights is missing fc2\.bias; expected keys: conv1\.bias, "):
+    with pytest.raises(
+        WeightFileError, match=r"^weights is missing fc2\.bias; expected keys: conv1\.bias, "
+    ):
         infer_dimensions(weights)
 
 
 # ---------------------------------------------------------------------------------------------
 # Saving and loading
 # ---------------------------------------------------------------------------------------------
+
 
 def test_save_load_save_is_byte_for_byte_stable(tmp_path):
     weights = unit_normal_weights(in_channels=3)
@@ -352,7 +482,9 @@ def test_save_load_save_is_byte_for_byte_stable(tmp_path):
 
     with zipfile.ZipFile(tmp_path / "first.npz") as archive:
         infos = archive.infolist()
-    assert [info.filename for info in infos] == [f"{key}.npy" for key in CANONICAL_KEYS] + ["__lenet_fast__.npy"]
+    assert [info.filename for info in infos] == [f"{key}.npy" for key in CANONICAL_KEYS] + [
+        "__lenet_fast__.npy"
+    ]
     assert {(info.date_time, info.compress_type, info.external_attr >> 16) for info in infos} == {
         ((1980, 1, 1, 0, 0, 0), zipfile.ZIP_STORED, 0o644)
     }
@@ -371,9 +503,13 @@ def test_save_without_metadata_loads_empty_metadata(tmp_path):
 def test_save_rejects_bad_metadata(tmp_path):
     with pytest.raises(TypeError, match=exact("metadata must be a dict, found list")):
         save_npz(tmp_path / "bad.npz", unit_normal_weights(), [1])
-    with pytest.raises(ValueError, match=r"^metadata must be JSON-serialisable, found Out of range float values"):
+    with pytest.raises(
+        ValueError, match=r"^metadata must be JSON-serialisable, found Out of range float values"
+    ):
         save_npz(tmp_path / "bad.npz", unit_normal_weights(), {"x": float("nan")})
-    with pytest.raises(ValueError, match=r"^metadata must be JSON-serialisable, found Object of type ndarray"):
+    with pytest.raises(
+        ValueError, match=r"^metadata must be JSON-serialisable, found Object of type ndarray"
+    ):
         save_npz(tmp_path / "bad.npz", unit_normal_weights(), {"x": np.zeros(2)})
     assert not (tmp_path / "bad.npz").exists()
 
@@ -395,7 +531,9 @@ def test_load_npz_passes_key_map_and_strict(tmp_path):
     np.savez(tmp_path / "mapped.npz", extra=np.zeros(3), **renamed(weights, key_map))
     with pytest.raises(WeightFileError, match=r"mapped\.npz: unexpected keys extra "):
         load_npz(tmp_path / "mapped.npz", key_map=key_map)
-    assert_same_weights(load_npz(tmp_path / "mapped.npz", key_map=key_map, strict=False)[0], weights)
+    assert_same_weights(
+        load_npz(tmp_path / "mapped.npz", key_map=key_map, strict=False)[0], weights
+    )
 
 
 def test_weight_file_error_is_a_value_error():
@@ -414,7 +552,7 @@ class HalfWriter:
         self.file = file
 
     def write(self, data):
-        self.file.write(data[:len(data) // 2])
+        self.file.write(data[: len(data) // 2])
         raise OSError(28, "No space left on device")
 
     def __enter__(self):
@@ -429,8 +567,9 @@ def test_save_npz_never_leaves_a_half_written_file(tmp_path, monkeypatch):
 
     model = LeNet(normal_weights())
     (tmp_path / "m.npz").write_bytes(b"old")
-    monkeypatch.setattr(_weights, "open", lambda path, mode="r": HalfWriter(open(path, mode)),
-                        raising=False)
+    monkeypatch.setattr(
+        _weights, "open", lambda path, mode="r": HalfWriter(open(path, mode)), raising=False
+    )
     with pytest.raises(OSError, match="No space left"):
         model.save_npz(tmp_path / "m.npz")
     monkeypatch.undo()

@@ -56,6 +56,7 @@ def instrumented_imports():
     atheris = use_atheris()
     if atheris is None:
         import contextlib
+
         return contextlib.nullcontext()
     return atheris.instrument_imports(include=["lenet_fast"])
 
@@ -87,7 +88,7 @@ class ByteReader:
         return self.byte() & 1 == 1
 
     def take(self, count):
-        chunk = self.data[self.position:self.position + count]
+        chunk = self.data[self.position : self.position + count]
         self.position += len(chunk)
         return chunk
 
@@ -107,21 +108,23 @@ def mutate(data, corpus, rng):
         elif action == 1 and data:
             data[rng.randrange(len(data))] = rng.randrange(256)
         elif action == 2:
-            data[rng.randrange(len(data) + 1):0] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
+            data[rng.randrange(len(data) + 1) : 0] = bytes(
+                rng.randrange(256) for _ in range(rng.randint(1, 8))
+            )
         elif action == 3 and data:
             start = rng.randrange(len(data))
-            del data[start:start + rng.randint(1, 64)]
+            del data[start : start + rng.randint(1, 64)]
         elif action == 4 and len(data) >= 4:
             size = rng.choice([1, 2, 4])
             start = rng.randrange(len(data) - size + 1)
             value = rng.choice(_INTERESTING) & ((1 << 8 * size) - 1)
-            data[start:start + size] = value.to_bytes(size, rng.choice(["little", "big"]))
+            data[start : start + size] = value.to_bytes(size, rng.choice(["little", "big"]))
         elif action == 5 and corpus:
             other = rng.choice(corpus)
             start = rng.randrange(len(data) + 1)
-            data[start:] = other[rng.randrange(len(other) + 1):]
+            data[start:] = other[rng.randrange(len(other) + 1) :]
         elif action == 6 and data:
-            del data[rng.randrange(len(data)):]
+            del data[rng.randrange(len(data)) :]
     return bytes(data)
 
 
@@ -140,7 +143,9 @@ def _builtin_fuzz(test_one_input, name, budget, artifacts):
         if rng.random() < 0.01 and len(pool) < 512:
             pool.append(data)  # keep some mutants as new starting points
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"builtin fuzzer: {name}: {runs} runs in {budget:.0f} s, peak RSS {peak_mb:.0f} MB, no failure")
+    print(
+        f"builtin fuzzer: {name}: {runs} runs in {budget:.0f} s, peak RSS {peak_mb:.0f} MB, no failure"
+    )
     if peak_mb > RSS_LIMIT_MB:
         print(f"peak RSS {peak_mb:.0f} MB exceeds {RSS_LIMIT_MB} MB")
         sys.exit(1)
@@ -159,6 +164,7 @@ def _run_one(test_one_input, data, artifacts):
 
 def name_of(data):
     import hashlib
+
     return hashlib.sha1(data).hexdigest()
 
 
@@ -178,8 +184,17 @@ def run(test_one_input, name):
         seeds = Path(work) / "seeds"
         shutil.copytree(HERE / "corpus" / name, seeds)
         new_inputs.mkdir()
-        atheris.Setup([sys.argv[0], f"-max_total_time={max(1, int(seconds()))}", "-timeout=20",
-                       f"-rss_limit_mb={RSS_LIMIT_MB}", "-print_final_stats=1",
-                       f"-artifact_prefix={Path(artifacts).resolve()}/", str(new_inputs), str(seeds)],
-                      test_one_input)
+        atheris.Setup(
+            [
+                sys.argv[0],
+                f"-max_total_time={max(1, int(seconds()))}",
+                "-timeout=20",
+                f"-rss_limit_mb={RSS_LIMIT_MB}",
+                "-print_final_stats=1",
+                f"-artifact_prefix={Path(artifacts).resolve()}/",
+                str(new_inputs),
+                str(seeds),
+            ],
+            test_one_input,
+        )
         atheris.Fuzz()

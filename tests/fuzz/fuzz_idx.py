@@ -15,7 +15,9 @@ import _harness
 with _harness.instrumented_imports():
     from lenet_fast.datasets import DataFileError, IdxReader
 
-_DIRECTORY = tempfile.mkdtemp(prefix="fuzz-idx-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+_DIRECTORY = tempfile.mkdtemp(
+    prefix="fuzz-idx-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None
+)
 PATH = os.path.join(_DIRECTORY, "input.idx")
 
 

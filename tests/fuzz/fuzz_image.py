@@ -18,7 +18,9 @@ with _harness.instrumented_imports():
 
 from PIL import Image
 
-_DIRECTORY = tempfile.mkdtemp(prefix="fuzz-image-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+_DIRECTORY = tempfile.mkdtemp(
+    prefix="fuzz-image-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None
+)
 
 
 def test_one_input(data):

@@ -21,14 +21,22 @@ import _harness
 with _harness.instrumented_imports():
     from lenet_fast._weights import CANONICAL_KEYS, METADATA_KEY, WeightFileError, load_npz
 
-MEMBER_NAMES = [f"{key}.npy" for key in CANONICAL_KEYS] + [f"{METADATA_KEY}.npy", "extra.npy", "x.txt"]
-_DIRECTORY = tempfile.mkdtemp(prefix="fuzz-npz-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+MEMBER_NAMES = [f"{key}.npy" for key in CANONICAL_KEYS] + [
+    f"{METADATA_KEY}.npy",
+    "extra.npy",
+    "x.txt",
+]
+_DIRECTORY = tempfile.mkdtemp(
+    prefix="fuzz-npz-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None
+)
 PATH = os.path.join(_DIRECTORY, "input.npz")
 
 
 def _zip_of(members, compressed):
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED if compressed else zipfile.ZIP_STORED) as archive:
+    with zipfile.ZipFile(
+        buffer, "w", zipfile.ZIP_DEFLATED if compressed else zipfile.ZIP_STORED
+    ) as archive:
         for name, content in members:
             archive.writestr(name, content)
     return buffer.getvalue()
@@ -48,9 +56,15 @@ def build_file(data):
         else:
             header = reader.take(reader.integer(0, 200))
             padding = (-(10 + len(header) + 1)) % 64
-            content = (b"\x93NUMPY" + bytes([reader.choice([1, 2, 3]), 0])
-                       + (len(header) + padding + 1).to_bytes(2, "little")
-                       + header + b" " * padding + b"\n" + reader.take(reader.integer(0, 2048)))
+            content = (
+                b"\x93NUMPY"
+                + bytes([reader.choice([1, 2, 3]), 0])
+                + (len(header) + padding + 1).to_bytes(2, "little")
+                + header
+                + b" " * padding
+                + b"\n"
+                + reader.take(reader.integer(0, 2048))
+            )
         members.append((name, content))
     return _zip_of(members, compressed)
 

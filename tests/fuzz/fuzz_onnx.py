@@ -22,13 +22,50 @@ with _harness.instrumented_imports():
 
 from onnx import TensorProto, helper
 
-OPS = ["Conv", "Gemm", "MatMul", "Add", "Relu", "Sigmoid", "Tanh", "Softmax", "MaxPool",
-       "AveragePool", "Flatten", "Reshape", "Pad", "Identity", "Constant", "BatchNormalization"]
-ATTRIBUTES = ["kernel_shape", "strides", "pads", "dilations", "group", "transB", "axis",
-              "alpha", "auto_pad", "value_ints", "value_float"]
-DATA_TYPES = [TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.INT64,
-              TensorProto.INT32, TensorProto.UINT8, 0, 99]
-_DIRECTORY = tempfile.mkdtemp(prefix="fuzz-onnx-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+OPS = [
+    "Conv",
+    "Gemm",
+    "MatMul",
+    "Add",
+    "Relu",
+    "Sigmoid",
+    "Tanh",
+    "Softmax",
+    "MaxPool",
+    "AveragePool",
+    "Flatten",
+    "Reshape",
+    "Pad",
+    "Identity",
+    "Constant",
+    "BatchNormalization",
+]
+ATTRIBUTES = [
+    "kernel_shape",
+    "strides",
+    "pads",
+    "dilations",
+    "group",
+    "transB",
+    "axis",
+    "alpha",
+    "auto_pad",
+    "value_ints",
+    "value_float",
+]
+DATA_TYPES = [
+    TensorProto.FLOAT,
+    TensorProto.FLOAT16,
+    TensorProto.DOUBLE,
+    TensorProto.INT64,
+    TensorProto.INT32,
+    TensorProto.UINT8,
+    0,
+    99,
+]
+_DIRECTORY = tempfile.mkdtemp(
+    prefix="fuzz-onnx-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None
+)
 PATH = os.path.join(_DIRECTORY, "model.onnx")
 
 
@@ -70,9 +107,12 @@ def build_graph(reader):
             current = output
     size = reader.choice([28, 32, 0])
     graph = helper.make_graph(
-        nodes, "fuzz",
+        nodes,
+        "fuzz",
         [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", 1, size, size])],
-        [helper.make_tensor_value_info(current, TensorProto.FLOAT, ["N", 10])], initializers)
+        [helper.make_tensor_value_info(current, TensorProto.FLOAT, ["N", 10])],
+        initializers,
+    )
     return helper.make_model(graph).SerializeToString()
 
 
@@ -86,7 +126,7 @@ def build_file(data):
 def test_one_input(data):
     try:
         content = build_file(data)
-    except (ValueError, TypeError):     # helper.make_* refusing a combination: not our code
+    except (ValueError, TypeError):  # helper.make_* refusing a combination: not our code
         return
     with open(PATH, "wb") as file:
         file.write(content)

@@ -22,18 +22,40 @@ with _harness.instrumented_imports():
 
 def _weights(in_channels, conv1, conv2, conv3, fc1, n_classes):
     rng = np.random.default_rng(0)
-    shapes = canonical_shapes(in_channels=in_channels, conv1_channels=conv1, conv2_channels=conv2,
-                              conv3_channels=conv3, fc1_units=fc1, n_classes=n_classes)
-    return {key: (rng.normal(size=shape) / np.sqrt(np.prod(shape[1:]))).astype(np.float32)
-            for key, shape in shapes.items()}
+    shapes = canonical_shapes(
+        in_channels=in_channels,
+        conv1_channels=conv1,
+        conv2_channels=conv2,
+        conv3_channels=conv3,
+        fc1_units=fc1,
+        n_classes=n_classes,
+    )
+    return {
+        key: (rng.normal(size=shape) / np.sqrt(np.prod(shape[1:]))).astype(np.float32)
+        for key, shape in shapes.items()
+    }
 
 
 MODELS = [
     LeNet(_weights(1, 6, 16, 120, 84, 10), num_threads=2),
     LeNet(_weights(3, 4, 7, 9, 5, 3), pool="avg", output_activation="softmax", num_threads=2),
 ]
-DTYPES = [np.float32, np.float64, np.float16, ">f4", ">f8", np.uint8, np.int32, np.int64, bool,
-          np.complex64, object, "U3", "V4", [("a", np.float32)]]
+DTYPES = [
+    np.float32,
+    np.float64,
+    np.float16,
+    ">f4",
+    ">f8",
+    np.uint8,
+    np.int32,
+    np.int64,
+    bool,
+    np.complex64,
+    object,
+    "U3",
+    "V4",
+    [("a", np.float32)],
+]
 SIZES = [0, 1, 2, 3, 5, 17, 28, 32, 33]
 SPECIAL = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1e38, -1e38, 1e-45, 65504.0, 1e30]
 NUM_THREADS = [None, None, 1, 2, 3, 64, 0, -1, 2.0, True, "2"]
@@ -45,14 +67,20 @@ def build_array(reader, in_channels):
     if valid:
         n = reader.choice([0, 1, 2, 3, 15, 16, 17, 33])
         size = reader.choice([28, 32])
-        shape = [n, size, size] if in_channels == 1 and reader.flag() else [n, in_channels, size, size]
+        shape = (
+            [n, size, size] if in_channels == 1 and reader.flag() else [n, in_channels, size, size]
+        )
     else:
         shape = [reader.choice(SIZES) for _ in range(reader.integer(0, 5))]
-    dtype = np.dtype(reader.choice(DTYPES[:3]) if valid and reader.integer(0, 3) else reader.choice(DTYPES))
+    dtype = np.dtype(
+        reader.choice(DTYPES[:3]) if valid and reader.integer(0, 3) else reader.choice(DTYPES)
+    )
     count = int(np.prod(shape)) if shape else 1
     if count > 64 * 3 * 32 * 32:  # keep inputs small
         shape, count = [1, in_channels, 32, 32], in_channels * 32 * 32
-    values = np.random.default_rng(reader.integer(0, 2**16)).normal(size=count) * reader.choice([1.0, 1e-3, 1e3])
+    values = np.random.default_rng(reader.integer(0, 2**16)).normal(size=count) * reader.choice(
+        [1.0, 1e-3, 1e3]
+    )
     for _ in range(reader.integer(0, 3) if count else 0):  # special values at fuzzed positions
         values[reader.integer(0, max(0, count - 1))] = reader.choice(SPECIAL)
     with np.errstate(all="ignore"):
@@ -110,7 +138,9 @@ def test_one_input(data):
     if contiguous.ndim == 3:
         contiguous = contiguous[:, None]
     expected = model.forward(contiguous, check_finite=False, num_threads=1)
-    assert np.array_equal(scores, expected, equal_nan=True), "scores differ from the contiguous input's"
+    assert np.array_equal(scores, expected, equal_nan=True), (
+        "scores differ from the contiguous input's"
+    )
     if options["check_finite"]:
         assert np.isfinite(contiguous).all(), "check_finite let a NaN or infinity through"
 

@@ -22,11 +22,18 @@ from lenet_fast.datasets import write_idx  # noqa: E402
 def tiny_weights(in_channels=1, widths=(2, 3, 4, 3, 2)):
     c1, c2, c3, f1, classes = widths
     rng = np.random.default_rng(0)
-    shapes = {"conv1.weight": (c1, in_channels, 5, 5), "conv1.bias": (c1,),
-              "conv2.weight": (c2, c1, 5, 5), "conv2.bias": (c2,),
-              "conv3.weight": (c3, c2, 5, 5), "conv3.bias": (c3,),
-              "fc1.weight": (f1, c3), "fc1.bias": (f1,),
-              "fc2.weight": (classes, f1), "fc2.bias": (classes,)}
+    shapes = {
+        "conv1.weight": (c1, in_channels, 5, 5),
+        "conv1.bias": (c1,),
+        "conv2.weight": (c2, c1, 5, 5),
+        "conv2.bias": (c2,),
+        "conv3.weight": (c3, c2, 5, 5),
+        "conv3.bias": (c3,),
+        "fc1.weight": (f1, c3),
+        "fc1.bias": (f1,),
+        "fc2.weight": (classes, f1),
+        "fc2.bias": (classes,),
+    }
     return {key: rng.normal(size=shape).astype(np.float32) for key, shape in shapes.items()}
 
 
@@ -42,11 +49,18 @@ def npz_seeds(tmp):
     saved = (tmp / "model.npz").read_bytes()
     write("npz", "raw-save-npz", b"\0" + saved)
     weights = tiny_weights(3)
-    tutorial = {"conv1.weight": weights["conv1.weight"], "conv1.bias": weights["conv1.bias"],
-                "conv2.weight": weights["conv2.weight"], "conv2.bias": weights["conv2.bias"],
-                "fc1.weight": weights["conv3.weight"].reshape(4, -1), "fc1.bias": weights["conv3.bias"],
-                "fc2.weight": weights["fc1.weight"], "fc2.bias": weights["fc1.bias"],
-                "fc3.weight": weights["fc2.weight"].astype(">f8"), "fc3.bias": weights["fc2.bias"]}
+    tutorial = {
+        "conv1.weight": weights["conv1.weight"],
+        "conv1.bias": weights["conv1.bias"],
+        "conv2.weight": weights["conv2.weight"],
+        "conv2.bias": weights["conv2.bias"],
+        "fc1.weight": weights["conv3.weight"].reshape(4, -1),
+        "fc1.bias": weights["conv3.bias"],
+        "fc2.weight": weights["fc1.weight"],
+        "fc2.bias": weights["fc1.bias"],
+        "fc3.weight": weights["fc2.weight"].astype(">f8"),
+        "fc3.bias": weights["fc2.bias"],
+    }
     np.savez_compressed(tmp / "tutorial.npz", **tutorial)
     write("npz", "raw-savez-compressed-tutorial", b"\0" + (tmp / "tutorial.npz").read_bytes())
     with zipfile.ZipFile(io.BytesIO(saved)) as archive:
@@ -58,19 +72,26 @@ def npz_seeds(tmp):
     encoded = bytearray([2, 1, len(members)])
     for name, content in members:
         header_length = int.from_bytes(content[8:10], "little")
-        header = content[10:10 + header_length].rstrip(b" \n")
-        data = content[10 + header_length:]
-        encoded += (bytes([MEMBER_NAMES.index(name), len(header)]) + header + bytes([0])
-                    + len(data).to_bytes(2, "big") + data)
+        header = content[10 : 10 + header_length].rstrip(b" \n")
+        data = content[10 + header_length :]
+        encoded += (
+            bytes([MEMBER_NAMES.index(name), len(header)])
+            + header
+            + bytes([0])
+            + len(data).to_bytes(2, "big")
+            + data
+        )
     write("npz", "headers", bytes(encoded))
 
 
 def idx_seeds(tmp):
     rng = np.random.default_rng(0)
-    for name, array in [("images-u8", rng.integers(0, 256, (3, 28, 28), dtype=np.uint8)),
-                        ("labels-u8", np.arange(10, dtype=np.uint8)),
-                        ("floats-f4", rng.normal(size=(2, 3)).astype(np.float32)),
-                        ("ints-i2", np.arange(-3, 3, dtype=np.int16).reshape(2, 3, 1))]:
+    for name, array in [
+        ("images-u8", rng.integers(0, 256, (3, 28, 28), dtype=np.uint8)),
+        ("labels-u8", np.arange(10, dtype=np.uint8)),
+        ("floats-f4", rng.normal(size=(2, 3)).astype(np.float32)),
+        ("ints-i2", np.arange(-3, 3, dtype=np.int16).reshape(2, 3, 1)),
+    ]:
         write_idx(tmp / name, array)
         write("idx", f"raw-{name}", b"\0" + (tmp / name).read_bytes())
         write("idx", f"gzip-{name}", b"\1" + (tmp / name).read_bytes())
@@ -93,13 +114,22 @@ def image_seeds(tmp):
 
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (28, 28), dtype=np.uint8)
-    for suffix, mode, size in ((".png", "L", 28), (".png", "RGB", 32), (".jpg", "L", 28),
-                               (".bmp", "L", 28), (".gif", "L", 28), (".webp", "L", 28),
-                               (".tif", "L", 32)):
+    for suffix, mode, size in (
+        (".png", "L", 28),
+        (".png", "RGB", 32),
+        (".jpg", "L", 28),
+        (".bmp", "L", 28),
+        (".gif", "L", 28),
+        (".webp", "L", 28),
+        (".tif", "L", 32),
+    ):
         image = Image.fromarray(pixels).resize((size, size)).convert(mode)
         image.save(tmp / f"seed{suffix}")
-        write("image", f"{mode}-{size}{suffix}",
-              bytes([IMAGE_SUFFIXES.index(suffix)]) + (tmp / f"seed{suffix}").read_bytes())
+        write(
+            "image",
+            f"{mode}-{size}{suffix}",
+            bytes([IMAGE_SUFFIXES.index(suffix)]) + (tmp / f"seed{suffix}").read_bytes(),
+        )
 
 
 def predict_seeds():

@@ -585,13 +585,31 @@ def test_pickle_holds_little_more_than_the_weights(classified_model):
     assert weight_bytes < size < weight_bytes + 4096, (size, weight_bytes)
 
 
+def _predict_forward_repr(model, images, queue):
+    """Run in a spawned child: the unpickled `model`'s labels, scores and repr."""
+    queue.put((model.predict(images), model.forward(images), repr(model)))
+
+
 def test_unpickled_in_a_spawned_process_predicts_the_same(classified_model):
     model, images = classified_model, random_images(500)
     # spawn: a fresh interpreter that re-imports lenet_fast, rebuilds the kernels and workspaces.
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        labels = pool.apply(LeNet.predict, (model, images))
-        scores = pool.apply(LeNet.forward, (model, images))
-        child_repr = pool.apply(repr, (model,))
+    # One Process and a Queue read with a timeout (not a Pool, whose apply() waits forever if the
+    # task is lost: seen once under pytest-xdist on a loaded machine): a hang fails, never stalls.
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    child = context.Process(target=_predict_forward_repr, args=(model, images, queue))
+    child.start()
+    try:
+        result = queue.get(timeout=120)
+    except Exception:  # noqa: BLE001 -- queue.Empty: the child hung or died
+        result = None
+    finally:
+        child.join(10)
+        if child.is_alive():
+            child.kill()
+            child.join()
+    assert result is not None, f"the spawned child hung or died (exit code {child.exitcode})"
+    labels, scores, child_repr = result
     np.testing.assert_array_equal(labels, model.predict(images))
     np.testing.assert_array_equal(scores, model.forward(images))
     assert child_repr == repr(model)

@@ -26,6 +26,7 @@ subprocesses, so they are independent of each other.
 import importlib.machinery
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,23 @@ def _subprocesses_import_this_lenet_fast():
 
 
 _subprocesses_import_this_lenet_fast()
+
+
+def pytest_collection_finish(session):
+    """Drop from ``sys.path`` every folder whose ``lenet_fast`` is not the package under test.
+
+    Collecting ``bench/`` (a package) puts the repository root on ``sys.path``; processes started
+    with the ``spawn`` method (``multiprocessing``, Dask's local cluster) copy ``sys.path`` and
+    would then import the uncompiled source folder instead of the installed package.  Modules
+    are all imported by now, so the tests themselves need those entries no longer.
+    """
+    under_test = Path(importlib.util.find_spec("lenet_fast").origin).resolve().parents[1]
+    sys.path[:] = [
+        entry
+        for entry in sys.path
+        if not (Path(entry or ".") / "lenet_fast" / "__init__.py").is_file()
+        or Path(entry or ".").resolve() == under_test
+    ]
 
 
 @pytest.fixture(autouse=True, scope="session")

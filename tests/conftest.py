@@ -85,20 +85,14 @@ _subprocesses_import_this_lenet_fast()
 
 
 def pytest_collection_finish(session):
-    """Drop from ``sys.path`` every folder whose ``lenet_fast`` is not the package under test.
+    """Put the folder of the package under test first on ``sys.path``.
 
     Collecting ``bench/`` (a package) puts the repository root on ``sys.path``; processes started
     with the ``spawn`` method (``multiprocessing``, Dask's local cluster) copy ``sys.path`` and
-    would then import the uncompiled source folder instead of the installed package.  Modules
-    are all imported by now, so the tests themselves need those entries no longer.
+    could then import the uncompiled source folder instead of the package under test.
     """
-    under_test = Path(importlib.util.find_spec("lenet_fast").origin).resolve().parents[1]
-    sys.path[:] = [
-        entry
-        for entry in sys.path
-        if not (Path(entry or ".") / "lenet_fast" / "__init__.py").is_file()
-        or Path(entry or ".").resolve() == under_test
-    ]
+    under_test = str(Path(importlib.util.find_spec("lenet_fast").origin).resolve().parents[1])
+    sys.path.insert(0, under_test)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -585,22 +585,25 @@ def test_pickle_holds_little_more_than_the_weights(classified_model):
     assert weight_bytes < size < weight_bytes + 4096, (size, weight_bytes)
 
 
-def _predict_forward_repr(model, images, queue):
-    """Run in a spawned child: the unpickled `model`'s labels, scores and repr."""
-    queue.put((model.predict(images), model.forward(images), repr(model)))
+def _predict_forward_repr(requests, results):
+    """Run in a spawned child: the unpickled model's labels, scores and repr."""
+    model, images = requests.get()
+    results.put((model.predict(images), model.forward(images), repr(model)))
 
 
 def test_unpickled_in_a_spawned_process_predicts_the_same(classified_model):
     model, images = classified_model, random_images(500)
     # spawn: a fresh interpreter that re-imports lenet_fast, rebuilds the kernels and workspaces.
-    # One Process and a Queue read with a timeout (not a Pool, whose apply() waits forever if the
-    # task is lost: seen once under pytest-xdist on a loaded machine): a hang fails, never stalls.
+    # One Process and queues read with a timeout (not a Pool, whose apply() waits forever when its
+    # worker dies): a child that cannot start fails the test instead of stalling it.  The model
+    # goes through a queue, not the Process arguments, so starting the child sends little.
     context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    child = context.Process(target=_predict_forward_repr, args=(model, images, queue))
+    requests, results = context.Queue(), context.Queue()
+    child = context.Process(target=_predict_forward_repr, args=(requests, results))
     child.start()
+    requests.put((model, images))
     try:
-        result = queue.get(timeout=120)
+        result = results.get(timeout=120)
     except Exception:  # noqa: BLE001 -- queue.Empty: the child hung or died
         result = None
     finally:

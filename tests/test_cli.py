@@ -554,7 +554,7 @@ def test_model_file_as_output_is_refused(tmp_path):
 
 @pytest.mark.parametrize("out", ["x.npy", "x.csv", None])
 def test_a_bad_image_part_way_leaves_no_output(tmp_path, out, capsys):
-    from PIL import Image
+    Image = pytest.importorskip("PIL.Image")
 
     folder = tmp_path / "images"
     folder.mkdir()
@@ -671,7 +671,7 @@ def test_control_characters_from_files_are_escaped(tmp_path):
     assert "provenance" in info and "\\x1b[31mred" in info
     bad_name = "\x1b[2Jimage.png"
     (tmp_path / "images").mkdir()
-    from PIL import Image
+    Image = pytest.importorskip("PIL.Image")
 
     Image.new("L", (28, 28)).save(tmp_path / "images" / bad_name)
     csv_text = run("predict", "mnist", tmp_path / "images", expect=0).stdout
@@ -688,7 +688,7 @@ def test_invalid_isa_variable_is_one_line_from_the_command_line():
 
 @pytest.mark.parametrize("suffix", [".png", ".jpg", ".bmp", ".gif", ".webp"])
 def test_a_single_image_file_and_other_formats_as_input(tmp_path, suffix):
-    from PIL import Image
+    Image = pytest.importorskip("PIL.Image")
 
     images, _ = datasets.load_sample()
     path = tmp_path / f"digit{suffix}"
@@ -760,7 +760,7 @@ def test_demo_and_info_say_the_thread_count_omp_num_threads_sets():
 
 
 def test_evaluate_class_subfolders(tmp_path):
-    from PIL import Image
+    Image = pytest.importorskip("PIL.Image")
 
     images, labels = datasets.load_sample()
     classes = LeNet.pretrained("fashion-mnist").classes

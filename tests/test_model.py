@@ -514,7 +514,7 @@ def bad_input_message(index):
     ("n", "bad", "threads"),
     [
         (1, [0], 1),  # batch 1 (stack workspace path)
-        (2 * LANES, [LANES + 3, LANES + 9], 1),  # inside the second lane group
+        (2 * LANES, [LANES + 1, 2 * LANES - 1], 1),  # inside the second lane group (any width)
         (3 * LANES + 5, [3 * LANES + 4], 1),  # in the tail, one image at a time
         (3 * LANES + LANES - 1, [3 * LANES + 2], 1),  # in a partial lane group tail
         (64 * LANES, [40 * LANES + 1, 60 * LANES], 2),  # two threads, both find one

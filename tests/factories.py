@@ -605,9 +605,13 @@ def torch_lenets():
             self.conv1, self.conv2 = nn.Conv2d(1, 20, 5), nn.Conv2d(20, 50, 5)
             self.ip1, self.ip2 = nn.Linear(800, 500), nn.Linear(500, 10)
 
-        def forward(self, x):
+        def logits(self, x):
+            """ip2's outputs: what Caffe's training net feeds its SoftmaxWithLoss."""
             x = F.max_pool2d(self.conv2(F.max_pool2d(self.conv1(x), 2)), 2)
-            return F.softmax(self.ip2(F.relu(self.ip1(x.flatten(1)))), dim=1)
+            return self.ip2(F.relu(self.ip1(x.flatten(1))))
+
+        def forward(self, x):  # Caffe's deploy net: probabilities
+            return F.softmax(self.logits(x), dim=1)
 
     activations = {
         "relu": nn.ReLU,
@@ -685,10 +689,13 @@ def assert_matches_pytorch(model, net, x, tolerance=1e-5, min_agreement=0.999):
     return float(np.abs(actual - expected).max())
 
 
-def train_torch(net, images, labels, steps=300, seed=0):
+def train_torch(net, images, labels, steps=300, seed=0, logits=None):
     """`steps` seeded Adam steps (batches of 64, cross-entropy) of `net` on float32 `images` and
     integer `labels`, on one torch thread (tiny batches: extra threads only contend on a shared
-    machine), so that its labels depend on its real activations; returns `net` in eval mode."""
+    machine), so that its labels depend on its real activations; returns `net` in eval mode.
+
+    The loss takes `logits(batch)` (default: `net` itself), for a model whose forward ends in a
+    softmax, so that the cross-entropy sees the scores before it, as frameworks train it."""
     import torch
     from torch.nn import functional as F
 
@@ -704,7 +711,7 @@ def train_torch(net, images, labels, steps=300, seed=0):
         for _ in range(steps):
             batch = torch.randint(0, len(images), (64,), generator=generator)
             optimiser.zero_grad()
-            F.cross_entropy(net(images[batch]), labels[batch]).backward()
+            F.cross_entropy((logits or net)(images[batch]), labels[batch]).backward()
             optimiser.step()
     finally:
         torch.set_num_threads(threads)

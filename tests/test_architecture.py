@@ -75,11 +75,17 @@ def fashion():
 
 
 @pytest.fixture(scope="module")
-def trained_mnist_lenet(fashion):
-    """The unpadded MNIST LeNet after a few hundred Adam steps on real Fashion-MNIST."""
+def trained_members(fashion):
+    """The unpadded MNIST LeNet and Caffe's LeNet after a few hundred Adam steps on real
+    Fashion-MNIST.  Caffe's LeNet trains as Caffe trains it: the cross-entropy
+    (SoftmaxWithLoss) takes ip2's outputs, and the softmax belongs to the deployed model."""
     train_images, train_labels, _ = fashion
     torch.manual_seed(0)
-    return train_torch(MnistLeNet(), train_images, train_labels, TRAINING_STEPS)
+    mnist = train_torch(MnistLeNet(), train_images, train_labels, TRAINING_STEPS)
+    torch.manual_seed(0)
+    caffe = CaffeLeNet()
+    train_torch(caffe, train_images, train_labels, TRAINING_STEPS, logits=caffe.logits)
+    return {"mnist-unpadded": (mnist, MNIST_UNPADDED), "caffe": (caffe, CAFFE)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,13 +123,14 @@ def test_family_members_match_pytorch_on_random_images(tmp_path, build, architec
         assert_matches_pytorch(model, net, x)
 
 
-def test_trained_mnist_lenet_matches_pytorch_on_real_fashion_mnist(
-    tmp_path, fashion, trained_mnist_lenet
+@pytest.mark.parametrize("member", ["mnist-unpadded", "caffe"])
+def test_trained_members_match_pytorch_on_real_fashion_mnist(
+    tmp_path, fashion, trained_members, member
 ):
-    net, (_, _, test_images) = trained_mnist_lenet, fashion
+    (net, architecture), (_, _, test_images) = trained_members[member], fashion
     accuracy_labels = torch_scores(net, test_images).argmax(axis=1)
     assert len(np.unique(accuracy_labels)) >= 8  # trained: its labels depend on the images
-    for _how, model in loaders(net, MNIST_UNPADDED, tmp_path):
+    for _how, model in loaders(net, architecture, tmp_path):
         assert_matches_pytorch(model, net, test_images)
         assert_matches_pytorch(model, net, random_images(256, seed=5, size=28))
 

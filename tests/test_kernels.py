@@ -297,3 +297,25 @@ def test_summary_counts_follow_the_widths():
     assert summary.total_multiply_adds == (
         3 * 25 * c1 * 28 * 28 + c1 * 25 * c2 * 10 * 10 + c2 * 25 * c3 + c3 * f1 + f1 * k
     )
+
+
+@pytest.mark.parametrize("n", [1, 5, 300])
+def test_first_nan_output_finds_the_first_image_with_a_nan_score_or_label(level, n):
+    kernels = _dispatch.load_kernels(level)
+    scores = np.zeros((n, 10), dtype=np.float32)
+    labels = np.zeros(n, dtype=np.int64)
+    assert kernels.first_nan_output(scores) == kernels.first_nan_output(labels) == -1
+    scores[:, 3] = np.inf  # infinite scores are not NaN
+    assert kernels.first_nan_output(scores) == -1
+    for first, later in [(n - 1, None), (0, n - 1), (n // 2, n - 1)]:
+        scores[:] = 0.0
+        labels[:] = 0
+        for index, column in [(later, 0), (first, 9)]:
+            if index is not None:
+                scores[index, column] = np.nan
+                labels[index] = -1
+        assert kernels.first_nan_output(scores) == first
+        assert kernels.first_nan_output(labels) == first
+    for wrong in (scores[:, ::2], scores.astype(np.float64), labels.astype(np.int32), scores[0]):
+        with pytest.raises(ValueError, match="outputs must"):
+            kernels.first_nan_output(wrong)

@@ -39,11 +39,12 @@ def engine(
     fc_activation="sigmoid",
     output_activation="sigmoid",
     pool="max",
+    conv2_one_image=None,
 ):
     code = {name: getattr(kernels, attribute) for name, attribute in CODES.items()}
     return kernels.Engine(
         weights,
-        {"plane": plane, "conv2_padding": conv2_padding},
+        {"plane": plane, "conv2_padding": conv2_padding, "conv2_one_image": conv2_one_image},
         code[conv_activation],
         code[fc_activation],
         code[output_activation],
@@ -280,6 +281,69 @@ def test_member_bits_do_not_depend_on_batch_size_position_or_threads(level, memb
     labels = np.empty(n, np.int64)
     assert eng.predict(x, labels, 2, True) == -1
     np.testing.assert_array_equal(labels, alone.argmax(axis=1))
+
+
+ONE_IMAGE_CONV2 = {
+    **{name: SPECS[name] for name in ("caffe", "mnist-unpadded", "lenet5")},
+    # conv2 padded by 2 (the windows read pool1's zero border), positions in a partial chunk
+    "same-odd": small_spec(c1=5, c2=19, plane=(20, 28), conv2_padding=2, dense=(7,)),
+    "conv3-avg-softmax": {
+        **small_spec(c1=3, c2=21, conv3=33, plane=(32, 32)),
+        "pool": "avg",
+        "output_activation": "softmax",
+    },
+}
+
+
+@pytest.mark.parametrize("name", ONE_IMAGE_CONV2)
+def test_one_image_conv2_with_channels_or_positions_in_the_lanes_gives_the_same_bits(level, name):
+    """conv2 of the one-image path puts output channels or pooled positions in the lanes
+    (whichever leaves fewer empty); either way every image's scores are the lane path's bits."""
+    kernels = _dispatch.load_kernels(level)
+    spec = ONE_IMAGE_CONV2[name]
+    weights = spec_weights(4, 1, **spec)
+    engines = {
+        lanes: engine(
+            kernels,
+            weights,
+            spec["plane"],
+            spec["conv2_padding"],
+            **options(spec),
+            conv2_one_image=lanes,
+        )
+        for lanes in ("channels", "positions")
+    }
+    assert {key: value.conv2_one_image for key, value in engines.items()} == {
+        "channels": "channels",
+        "positions": "positions",
+    }
+    n = kernels.LANES + 3  # one lane group, then three single images
+    x = images(n, 1, *spec["plane"], seed=6)
+    expected = run(engines["channels"], x)
+    np.testing.assert_allclose(expected, reference_scores(x, weights, spec), **TOLERANCE)
+    for eng in engines.values():
+        np.testing.assert_array_equal(run(eng, x), expected)
+        alone = np.concatenate([run(eng, x[i : i + 1]) for i in range(n)])
+        np.testing.assert_array_equal(alone, expected)
+
+
+def test_one_image_conv2_lanes_follow_the_empty_lane_count(level):
+    kernels = _dispatch.load_kernels(level)
+    lanes = kernels.LANES
+
+    def chosen(name):
+        spec = SPECS[name]
+        weights = spec_weights(0, 1, **spec)
+        return engine(kernels, weights, spec["plane"], spec["conv2_padding"]).conv2_one_image
+
+    # Caffe: 50 channels over 4 x 4 pooled positions
+    caffe = (
+        "positions" if -(-16 // lanes) * lanes * 50 < -(-50 // lanes) * lanes * 16 else "channels"
+    )
+    assert chosen("caffe") == caffe
+    assert chosen("lenet5") == "channels"  # 16 channels fill whole vectors; 25 positions do not
+    with pytest.raises(ValueError, match="conv2_one_image must be"):
+        engine(kernels, spec_weights(0, 1, **SPECS["lenet5"]), (32, 32), 0, conv2_one_image="x")
 
 
 def test_levels_agree_on_every_member():

@@ -46,3 +46,14 @@ def test_family_benchmark_prints_a_table_per_member():
         r"^\| (\d+) \| 1 \| [\d,]+ \| [\d,]+ \| [\d.]+x \| [\d.]+% \|$", result.stdout, re.MULTILINE
     )
     assert rows == ["1", "3", "1", "3"], result.stdout
+
+
+def test_latency_benchmark_prints_every_call_of_every_member(capsys):
+    from bench import latency
+
+    assert latency.main(["--members", "lenet5", "caffe", "--repeats", "1", "--calls", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split("|")[1].strip(): line for line in lines if line.startswith("| ")}
+    assert set(rows) == {"member", "lenet5", "caffe"}
+    for name in ("lenet5", "caffe"):
+        assert len(re.findall(r"\d+\.\d \(best \d+\.\d\)", rows[name])) == 3, rows[name]

@@ -29,9 +29,7 @@ def calls_for(name, seed=0):
     """``{call: callable()}`` of one member on one thread: predict, forward, engine."""
     member = _architecture.MEMBERS[name]
     weights = member_weights(member, seed)
-    model = LeNet.from_state_dict(
-        weights, **member.architecture, **member.geometry, num_threads=1
-    )
+    model = LeNet.from_state_dict(weights, **member.architecture, **member.geometry, num_threads=1)
     size = model.architecture["input_size"]
     x = np.random.default_rng(seed + 1).random((1, model.in_channels, *size), dtype=np.float32)
     labels = np.empty(1, np.int64)

@@ -1059,6 +1059,51 @@ class LeNet:
         """The instruction-set level of the kernels this model runs on."""
         return self._kernels.ISA
 
+    def with_isa(self, isa: str) -> LeNet:
+        """This model on the kernels of another instruction-set level.
+
+        The level is picked once per process (the best this CPU runs, or the
+        ``LENET_FAST_ISA`` environment variable); this gives one model another, e.g. to compare
+        levels or to get the ``generic`` level's rounding (no fused multiply-add).
+
+        Parameters
+        ----------
+        isa : {"avx512", "avx2", "generic"}
+            A level built here that this CPU runs (``lenet_fast.show_config()`` lists them).
+
+        Returns
+        -------
+        LeNet
+            A new model with the same weights, architecture, threads and metadata.  Its outputs
+            agree with this model's to float32 rounding (the levels differ in fused
+            multiply-adds and vector width), and are bitwise reproducible at its level.
+
+        Raises
+        ------
+        ValueError
+            If `isa` is not a level's name.
+        ImportError
+            If the level was not built here, or this CPU lacks its instructions.
+
+        Examples
+        --------
+        >>> from lenet_fast import LeNet
+        >>> model = LeNet.pretrained("fashion-mnist")
+        >>> model.with_isa("generic").isa
+        'generic'
+        """
+        kernels = _dispatch.load_kernels(isa)
+        copy = LeNet.__new__(LeNet)
+        copy._setup(
+            dict(self._weights),
+            self._architecture,
+            self._num_threads if self._num_threads_set else None,
+            self._metadata,
+            kernels=kernels,
+            assumed=self._assumed,
+        )
+        return copy
+
     def summary(self) -> ModelSummary:
         """Per-layer output shape, parameters, connections and multiply-adds.
 

@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lenet_fast import ArchitectureWarning, LeNet, _dispatch
+from lenet_fast import ArchitectureWarning
 from lenet_fast._architecture import LAYERS, MEMBERS
 from lenet_fast._weights import canonical_shapes
 
@@ -152,15 +152,7 @@ def member_weights(member, in_channels=1, seed=0):
 
 def model_at_level(model, level):
     """`model`'s weights, architecture, threads and metadata on the kernels of `level`."""
-    kernels = _dispatch.load_kernels(level)
-    copy = LeNet.__new__(LeNet)
-    copy._setup(
-        {key: np.array(value) for key, value in model.weights.items()},
-        model.architecture,
-        model.num_threads,
-        model.metadata,
-        kernels=kernels,
-    )
+    copy = model.with_isa(level)
     assert copy.isa == level
     return copy
 

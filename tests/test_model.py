@@ -748,3 +748,22 @@ def test_every_layout_and_dtype_gives_the_float32_result(plain_model, layout, si
     np.testing.assert_array_equal(x, images(2 * LANES + 3, size=size))  # the input is not modified
     if layout == "read-only":
         assert not view.flags.writeable
+
+
+def test_with_isa_runs_the_same_model_on_another_level(plain_model, monkeypatch):
+    x = images(2 * LANES + 3)
+    expected = plain_model.forward(x)
+    for level in _dispatch.usable_levels():
+        other = plain_model.with_isa(level)
+        assert other.isa == level
+        assert other.architecture == plain_model.architecture
+        assert other.num_threads == plain_model.num_threads
+        assert other.metadata == plain_model.metadata
+        np.testing.assert_allclose(other.forward(x), expected, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(other.forward(x), other.with_isa(level).forward(x))
+    assert plain_model.isa == _dispatch.kernels.ISA  # the model itself is unchanged
+    with pytest.raises(ValueError, match="unknown ISA level 'sse9'"):
+        plain_model.with_isa("sse9")
+    monkeypatch.setattr(_dispatch, "built_levels", lambda: ("generic",))
+    with pytest.raises(ImportError, match="built without the 'avx2' kernels"):
+        plain_model.with_isa("avx2")

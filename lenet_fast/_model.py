@@ -451,6 +451,7 @@ class LeNet:
             _activation_code(k, architecture["output_activation"]),
             k.POOL_MAX if architecture["pool"] == "max" else k.POOL_AVG,
         )
+        self._one_image_threads = self._engine.one_image_threads
 
     # ------------------------------------------------------------------------------------------
     # Construction
@@ -1324,8 +1325,12 @@ class LeNet:
             return
         threads = self._num_threads if num_threads is None else _check_num_threads(num_threads)
         if threads > 1:
-            threads = max(1, min(threads, n // _IMAGES_PER_THREAD))
-            _ensure_threads_can_start(threads)
+            if n == 1:  # a large model splits its one image's layers (the engine's rule)
+                threads = min(threads, self._one_image_threads)
+            else:
+                threads = max(1, min(threads, n // _IMAGES_PER_THREAD))
+            if threads > 1:
+                _ensure_threads_can_start(threads)
         flags = images.flags
         ready = images.dtype is _FLOAT32 and flags.c_contiguous and flags.aligned
         # Chunks even for input that needs no conversion: Python acts on signals between kernel

@@ -346,6 +346,55 @@ def test_one_image_conv2_lanes_follow_the_empty_lane_count(level):
         engine(kernels, spec_weights(0, 1, **SPECS["lenet5"]), (32, 32), 0, conv2_one_image="x")
 
 
+@pytest.mark.parametrize("name", ONE_IMAGE_CONV2)
+def test_batch_one_split_across_threads_gives_the_same_bits(level, name):
+    """Batch 1 of a large model shares the blocks of conv1, conv2 and the first dense layer with
+    the pool;
+    forced here on every geometry (split_one_image_from = 0), with either conv2 layout."""
+    kernels = _dispatch.load_kernels(level)
+    spec = ONE_IMAGE_CONV2[name]
+    weights = spec_weights(7, 1, **spec)
+    x = images(3, 1, *spec["plane"], seed=8)
+    for lanes in ("channels", "positions"):
+        eng = engine(
+            kernels,
+            weights,
+            spec["plane"],
+            spec["conv2_padding"],
+            **options(spec),
+            conv2_one_image=lanes,
+        )
+        alone = [run(eng, x[i : i + 1]) for i in range(len(x))]
+        eng.split_one_image_from = 0
+        assert eng.one_image_threads >= 1
+        before = kernels.pool_statistics()
+        for num_threads in (2, 3, 8):
+            for _ in range(4):
+                for i in range(len(x)):
+                    np.testing.assert_array_equal(run(eng, x[i : i + 1], num_threads), alone[i])
+        after = kernels.pool_statistics()
+        if eng.one_image_threads > 1:  # jobs were posted (or run alone while backing off)
+            assert sum(after.values()) > sum(before.values())
+        np.testing.assert_array_equal(np.concatenate(alone), run(eng, x, 2))
+
+
+def test_batch_one_splits_only_large_models(level):
+    kernels = _dispatch.load_kernels(level)
+
+    def member_engine(name):
+        spec = SPECS[name]
+        return engine(kernels, spec_weights(0, 1, **spec), spec["plane"], spec["conv2_padding"])
+
+    caffe, lenet5 = member_engine("caffe"), member_engine("lenet5")
+    # conv1: 25 x 20 x (24 x 24); conv2: 20 x 25 x 50 x (8 x 8); fc1: 800 x 500
+    assert caffe.split_multiply_adds == 25 * 20 * 576 + 20 * 25 * 50 * 64 + 800 * 500
+    assert caffe.split_multiply_adds >= caffe.split_one_image_from > lenet5.split_multiply_adds
+    assert caffe.one_image_threads > 1
+    assert lenet5.one_image_threads == 1
+    caffe.split_one_image_from = caffe.split_multiply_adds + 1
+    assert caffe.one_image_threads == 1
+
+
 def test_levels_agree_on_every_member():
     """Different ISA levels round differently (FMA or not), but all match the reference."""
     for spec in SPECS.values():

@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 
 import lenet_fast
-from factories import model_at_level, normal_weights, random_weights, run_python
+from factories import member_weights, model_at_level, normal_weights, random_weights, run_python
 from factories import normal_images as images
 from lenet_fast import LeNet, _dispatch, _model
+from lenet_fast._architecture import MEMBERS
 
 PACKAGE_ROOT = str(Path(lenet_fast.__file__).resolve().parent.parent)
 LANES = _dispatch.kernels.LANES
@@ -285,6 +286,18 @@ def test_eight_threads_share_one_model():
     model = LeNet(normal_weights(), output_activation="softmax", num_threads=2)
     batches = [images(n, seed=n) for n in BATCH_SIZES]
     batches += [images(n, size=28, seed=n) for n in (7, 21, 33)]  # 28x28: padded inside
+    calls, mismatches = hammer([model], batches, SECONDS)
+    assert not mismatches
+    assert calls > 8
+
+
+def test_eight_threads_share_a_model_whose_batch_one_is_split():
+    """Caffe's LeNet shares batch 1's layers with the pool; eight callers at once (only one
+    can hold the pool, the others run their image alone) get the one-thread bits."""
+    member = MEMBERS["caffe"]
+    model = LeNet(member_weights(member), **member.architecture, **member.geometry, num_threads=2)
+    assert model._engine.one_image_threads > 1
+    batches = [images(1, size=28, seed=seed) for seed in range(4)] + [images(5, size=28)]
     calls, mismatches = hammer([model], batches, SECONDS)
     assert not mismatches
     assert calls > 8

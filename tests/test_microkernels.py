@@ -197,6 +197,57 @@ def test_dense_outputs_in_lanes_every_block_size(level):
         check_against_reference(kernels, small_spec(dense=(v * lanes, v * lanes - 1)))
 
 
+# The vectorised activations against float64, over every range of inputs: (abs, rel) bounds.
+# tanh is a 7/8 rational with a clamp (src/simd.h), sigmoid 1 / (1 + exp(-x)) with a degree-6 exp.
+ACTIVATION_BOUNDS = {"tanh": (6e-7, 1.2e-6), "sigmoid": (1.5e-7, 3e-7)}
+
+
+def activation_inputs():
+    """Dense steps over [-12, 12], a geometric sweep from the smallest subnormal to 1e30, both
+    signs, and the odd lengths that leave a tail shorter than a vector."""
+    linear = np.linspace(-12, 12, 480_001, dtype=np.float32)
+    geometric = np.geomspace(1e-45, 1e30, 200_001).astype(np.float32)
+    return np.concatenate([linear, geometric, -geometric, [np.float32(0.5)]])
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATION_BOUNDS))
+def test_activation_accuracy(level, name):
+    kernels = _dispatch.load_kernels(level)
+    x = activation_inputs()
+    got = x.copy()
+    kernels.activate_values(got, getattr(kernels, CODES[name]))
+    x64 = x.astype(np.float64)
+    with np.errstate(over="ignore"):
+        expected = np.tanh(x64) if name == "tanh" else 1 / (1 + np.exp(-x64))
+    error = np.abs(got - expected)
+    absolute, relative = ACTIVATION_BOUNDS[name]
+    assert error.max() <= absolute, (name, x[np.argmax(error)], error.max())
+    normal = np.abs(expected) > 1e-37
+    worst = np.argmax(error[normal] / np.abs(expected[normal]))
+    assert error[normal][worst] <= relative * abs(expected[normal][worst]), (name, x[normal][worst])
+    assert np.all(got[x == 0] == 0) if name == "tanh" else np.all(got[x == 0] == 0.5)
+
+
+@pytest.mark.parametrize("name", ["relu", "sigmoid", "tanh", "identity"])
+def test_activation_special_values(level, name):
+    kernels = _dispatch.load_kernels(level)
+    x = np.array([np.nan, np.inf, -np.inf, 0.0, 3e38, -3e38, 1.0], np.float32)
+    got = x.copy()
+    kernels.activate_values(got, getattr(kernels, CODES[name]))
+    assert np.isnan(got[0])  # NaN stays NaN: the engine reports it, never hides it
+    expected = {
+        "relu": [np.inf, 0, 0, 3e38, 0, 1],
+        "identity": [np.inf, -np.inf, 0, 3e38, -3e38, 1],
+        "sigmoid": [1, 0, 0.5, 1, 0, 1 / (1 + np.exp(-1.0))],
+        "tanh": [1, -1, 0, 1, -1, np.tanh(1.0)],
+    }[name]
+    np.testing.assert_allclose(got[1:], np.array(expected, np.float32), rtol=1e-6, atol=6e-7)
+    with pytest.raises(ValueError, match="float32"):
+        kernels.activate_values(x.astype(np.float64), kernels.ACT_TANH)
+    with pytest.raises(ValueError, match="activation code"):
+        kernels.activate_values(x, 99)
+
+
 @pytest.mark.parametrize("name", ["relu", "sigmoid", "tanh", "identity"])
 @pytest.mark.parametrize("pool", ["max", "avg"])
 def test_pointwise_activations_and_pools(level, name, pool):

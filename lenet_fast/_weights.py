@@ -27,6 +27,7 @@ import math
 import os
 import re
 import secrets
+import stat
 import tokenize
 import zipfile
 import zlib
@@ -1328,11 +1329,32 @@ def save_npz(path, weights, metadata=None):
     write_file_atomically(path, archive_bytes.getvalue())
 
 
-def temporary_file_beside(path):
-    """Create an empty file ``.<name>.<random>.part`` in `path`'s folder and return its path.
+def destination_file(path):
+    """The file a write to `path` replaces: `path` itself, or the file its symbolic link(s)
+    finally name, so that the link stays a link and its target gets the new content, as with
+    ``open(path, "w")``.
 
-    It has the permissions ``open(path, "w")`` would give.  Written, then renamed over `path`
-    with ``os.replace``, it makes a write atomic (same folder, so the rename never copies).
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The path the user named.
+
+    Returns
+    -------
+    str
+        An absolute path.
+    """
+    path = os.path.abspath(os.fspath(path))
+    return os.path.realpath(path) if os.path.islink(path) else path
+
+
+def temporary_file_beside(path):
+    """Create an empty file ``.<name>.<random>.part`` in the folder of `path`'s destination
+    (`destination_file`) and return its path.
+
+    It has the permissions ``open(path, "w")`` would give.  Written, then moved over the
+    destination with `replace_durably`, it makes a write atomic (same folder, so the rename
+    never copies).
 
     Parameters
     ----------
@@ -1350,8 +1372,7 @@ def temporary_file_beside(path):
         If the folder cannot be written to (``FileExistsError`` if no free name was found in
         100 tries).
     """
-    path = os.fspath(path)
-    folder, name = os.path.split(os.path.abspath(path))
+    folder, name = os.path.split(destination_file(path))
     # Created with mode 0o666 for the kernel to apply the umask: reading the umask would mean
     # setting it, and a umask set for a moment applies to files other threads create meanwhile.
     for _ in range(100):
@@ -1364,11 +1385,54 @@ def temporary_file_beside(path):
     raise FileExistsError(errno.EEXIST, "no free temporary file name beside it", path)
 
 
+def replace_durably(temporary, path):
+    """Move the complete `temporary` (from `temporary_file_beside`) over `path`'s destination.
+
+    Its data reach the disk first (``fsync``), so a crash leaves the old file or the new one,
+    never an empty or partial one; an existing destination keeps its permission bits (as
+    ``open(path, "w")`` keeps them: a private file stays private); the folder's entry is
+    synced after the rename where the platform allows it.
+
+    Parameters
+    ----------
+    temporary : str
+        The written temporary file, in the destination's folder.
+    path : str or os.PathLike
+        The path the user named (a symbolic link is written through, see `destination_file`).
+
+    Raises
+    ------
+    OSError
+        If the file cannot be synced or renamed (the caller removes the temporary file).
+    """
+    destination = destination_file(path)
+    # POSIX syncs through any descriptor; Windows' FlushFileBuffers needs write access.
+    descriptor = os.open(temporary, os.O_RDWR if os.name == "nt" else os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+    with contextlib.suppress(FileNotFoundError):
+        os.chmod(temporary, stat.S_IMODE(os.stat(destination).st_mode))
+    os.replace(temporary, destination)
+    try:
+        descriptor = os.open(os.path.dirname(destination), os.O_RDONLY)
+    except OSError:  # a folder that cannot be opened (Windows): the rename stands unsynced
+        return
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
 def write_file_atomically(path, data):
     """Write `data` to `path` through a temporary file in the same folder.
 
-    The temporary file is renamed into place only once complete: `path` is never left
-    half-written, and is untouched on failure (the temporary file is removed).
+    The temporary file is renamed into place only once complete and on disk: `path` is never
+    left half-written, and is untouched on failure (the temporary file is removed).  A symbolic
+    link is written through, and an existing file keeps its permission bits
+    (`replace_durably`).
 
     Parameters
     ----------
@@ -1386,7 +1450,7 @@ def write_file_atomically(path, data):
     try:
         with open(temporary, "wb") as file:
             file.write(data)
-        os.replace(temporary, path)
+        replace_durably(temporary, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)

@@ -615,6 +615,23 @@ def test_successful_outputs_replace_the_destination_atomically(tmp_path, capsys)
     assert len(capsys.readouterr().out.splitlines()) == 6
 
 
+def test_outputs_write_through_a_link_and_keep_a_private_mode(tmp_path):
+    """--out to a symbolic link updates the file it names (the link stays); an existing output
+    keeps its permission bits, as with open(path, "w")."""
+    np.save(tmp_path / "in.npy", np.zeros((3, 28, 28), np.uint8))
+    (tmp_path / "runs").mkdir()
+    target = tmp_path / "runs" / "labels.csv"
+    target.write_text("old\n")
+    target.chmod(0o600)
+    (tmp_path / "latest.csv").symlink_to(target)
+    arguments = ["predict", "mnist", str(tmp_path / "in.npy"), "--quiet"]
+    assert cli.main([*arguments, "--out", str(tmp_path / "latest.csv")]) == 0
+    assert (tmp_path / "latest.csv").is_symlink()
+    assert target.read_text().splitlines()[0] != "old" and len(target.read_text().splitlines()) >= 3
+    assert target.stat().st_mode & 0o777 == 0o600
+    assert leftovers(tmp_path) == [] and leftovers(tmp_path / "runs") == []
+
+
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
 def test_atomic_outputs_get_the_umask_without_changing_it(tmp_path, monkeypatch, umask):
     """The temporary file gets the mode open() would give (0o666 less the umask), and the

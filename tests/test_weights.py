@@ -562,6 +562,51 @@ class HalfWriter:
         self.file.close()
 
 
+def test_save_npz_syncs_the_data_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
+    """A crash right after save_npz leaves the old file or the new one, never an empty one:
+    the temporary file's data are synced before it is renamed over the destination."""
+    import os
+
+    from lenet_fast import _weights
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(
+        os,
+        "fsync",
+        lambda fd: events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))) or real_fsync(fd),
+    )
+    monkeypatch.setattr(
+        os, "replace", lambda a, b: events.append(("replace", str(b))) or real_replace(a, b)
+    )
+    LeNet(normal_weights()).save_npz(tmp_path / "m.npz")
+    monkeypatch.undo()
+    assert [kind for kind, _ in events] == ["fsync", "replace", "fsync"]
+    assert events[0][1].startswith(str(tmp_path / ".m.npz."))  # the temporary file
+    assert events[1][1] == str(tmp_path / "m.npz")
+    assert events[2][1] == str(tmp_path)  # the folder's new entry
+    assert _weights.destination_file(tmp_path / "m.npz") == str(tmp_path / "m.npz")
+
+
+def test_save_npz_writes_through_a_link_and_keeps_a_private_mode(tmp_path):
+    """As open(path, "w") would: a symbolic link stays a link and its target gets the new
+    model; an existing file keeps its permission bits (a 0o600 file does not become 0o644)."""
+    import os
+
+    model = LeNet(normal_weights())
+    (tmp_path / "models").mkdir()
+    target = tmp_path / "models" / "v3.npz"
+    target.write_bytes(b"old")
+    target.chmod(0o600)
+    (tmp_path / "current.npz").symlink_to(os.path.join("models", "v3.npz"))
+    model.save_npz(tmp_path / "current.npz")
+    assert (tmp_path / "current.npz").is_symlink()
+    assert os.readlink(tmp_path / "current.npz") == os.path.join("models", "v3.npz")
+    assert LeNet.from_npz(target).n_classes == 10
+    assert target.stat().st_mode & 0o777 == 0o600
+    assert leftovers(tmp_path) == [] and leftovers(tmp_path / "models") == []
+
+
 def test_save_npz_never_leaves_a_half_written_file(tmp_path, monkeypatch):
     from lenet_fast import _weights
 

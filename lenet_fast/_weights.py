@@ -1381,6 +1381,8 @@ def temporary_file_beside(path):
             os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         except FileExistsError:
             continue
+        except OSError as exc:  # name the file the user asked for, not our temporary one
+            raise type(exc)(exc.errno, exc.strerror, os.fspath(path)) from None
         return temporary
     raise FileExistsError(errno.EEXIST, "no free temporary file name beside it", path)
 

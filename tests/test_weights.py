@@ -586,6 +586,14 @@ def test_save_npz_syncs_the_data_before_the_rename_and_the_folder_after(tmp_path
     assert _weights.destination_file(tmp_path / "m.npz") == str(tmp_path / "m.npz")
 
 
+def test_save_npz_into_a_missing_folder_names_the_path_asked_for(tmp_path):
+    model = LeNet(normal_weights())
+    with pytest.raises(FileNotFoundError) as caught:
+        model.save_npz(tmp_path / "missing" / "m.npz")
+    assert caught.value.filename == str(tmp_path / "missing" / "m.npz")  # not a ".part" file
+    assert ".part" not in str(caught.value)
+
+
 def test_save_npz_writes_through_a_link_and_keeps_a_private_mode(tmp_path):
     """As open(path, "w") would: a symbolic link stays a link and its target gets the new
     model; an existing file keeps its permission bits (a 0o600 file does not become 0o644)."""

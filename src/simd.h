@@ -213,7 +213,9 @@ LENET_ALWAYS_INLINE vf vf_sigmoid(vf x) {
  * <= 6e-7, relative <= 1.2e-6, at every level.  Cost is what matters here: it runs on every conv
  * output of the Keras LeNets (tanh + average pooling), and on Zen 4 every multiply, FMA and
  * reciprocal estimate competes with the convolutions for the FMA pipes (min, max and add do not):
- * 13 such operations, where Eigen's 13/6 form takes 15, for the same accuracy class.  NaN stays
+ * 13 such operations, where Eigen's 13/6 form takes 15, for the same accuracy class.  Near the
+ * clamp, rounding can put a result 2 ulp past +-1 (1.0000002, inside the error bound; clamping it
+ * too cost keras-same 0.5 % of the peak).  NaN stays
  * NaN (the clamp passes it through, see vf_exp). */
 LENET_ALWAYS_INLINE vf vf_tanh(vf x) {
     vf x2, p, q;

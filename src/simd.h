@@ -208,29 +208,29 @@ LENET_ALWAYS_INLINE vf vf_sigmoid(vf x) {
 
 /* tanh(x) as a rational function, x * P(x^2) / Q(x^2), degrees 7/8, with x clamped to +-8.2:
  * coefficients fitted for this clamp (iteratively reweighted least squares towards the minimax
- * fit, the clamp's value held near 1), then rounded to float.  Measured through the kernels
- * against float64 tanh (tests/test_microkernels.py: test_activation_accuracy): absolute error
- * <= 6e-7, relative <= 1.2e-6, at every level.  Cost is what matters here: it runs on every conv
- * output of the Keras LeNets (tanh + average pooling), and on Zen 4 every multiply, FMA and
- * reciprocal estimate competes with the convolutions for the FMA pipes (min, max and add do not):
- * 13 such operations, where Eigen's 13/6 form takes 15, for the same accuracy class.  Near the
- * clamp, rounding can put a result 2 ulp past +-1 (1.0000002, inside the error bound; clamping it
- * too cost keras-same 0.5 % of the peak).  NaN stays
- * NaN (the clamp passes it through, see vf_exp). */
+ * fit, P(0) = Q(0) = 1 so that tanh(x) ~ x for small x, the clamp's value held near 1), then
+ * rounded to float.  Measured through the kernels against float64 tanh
+ * (tests/test_microkernels.py: test_activation_accuracy): absolute and relative error <= 6e-7
+ * at every level.  Cost is what matters here: it runs on every conv output of the Keras LeNets
+ * (tanh + average pooling), and on Zen 4 every multiply, FMA and reciprocal estimate competes
+ * with the convolutions for the FMA pipes (min, max and add do not): 13 such operations, where
+ * Eigen's 13/6 form takes 15, for the same accuracy class.  Near the clamp, rounding can put a
+ * result 1 ulp past +-1 (1.0000001, inside the error bound; clamping it too cost keras-same 0.5 %
+ * of the peak).  NaN stays NaN (the clamp passes it through, see vf_exp). */
 LENET_ALWAYS_INLINE vf vf_tanh(vf x) {
     vf x2, p, q;
     x = vf_min(vf_set1(8.2f), x);
     x = vf_max(vf_set1(-8.2f), x);
     x2 = vf_mul(x, x);
-    p = vf_set1(1.101856014e-05f);
-    p = vf_madd(p, x2, vf_set1(2.911357908e-03f));
-    p = vf_madd(p, x2, vf_set1(1.288783252e-01f));
-    p = vf_madd(p, x2, vf_set1(9.999991655e-01f));
+    p = vf_set1(1.114083807e-05f);
+    p = vf_madd(p, x2, vf_set1(2.924308879e-03f));
+    p = vf_madd(p, x2, vf_set1(1.290078461e-01f));
+    p = vf_madd(p, x2, vf_set1(1.0f));
     p = vf_mul(p, x);
-    q = vf_set1(2.331643145e-07f);
-    q = vf_madd(q, x2, vf_set1(2.331765427e-04f));
-    q = vf_madd(q, x2, vf_set1(2.365079336e-02f));
-    q = vf_madd(q, x2, vf_set1(4.622085989e-01f));
+    q = vf_set1(2.367636682e-07f);
+    q = vf_madd(q, x2, vf_set1(2.348983835e-04f));
+    q = vf_madd(q, x2, vf_set1(2.370620891e-02f));
+    q = vf_madd(q, x2, vf_set1(4.623398483e-01f));
     q = vf_madd(q, x2, vf_set1(1.0f));
     return vf_mul(p, vf_reciprocal(q));
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # arm64 check: cross-compile lenet_fast for aarch64 (the generic kernel level, which GCC's vector
-# extensions turn into NEON) and run the kernel, model and reference tests under qemu-aarch64
+# extensions turn into NEON) and run the kernel, model and reference tests (and the activation
+# accuracy tests) under qemu-aarch64
 # against the NumPy reference, on an aarch64 CPython with an aarch64 NumPy.
 #
 # Nothing is installed into the system: the aarch64 Python (Debian's python3.11 arm64 packages,
@@ -116,6 +117,8 @@ TIMES="$WORK/times"
 TIMEFORMAT="%R %U %S"
 { time PYTHONPATH="$WORK/src:$SITE" "$RUN" -m pytest -q -p no:cacheprovider \
     tests/test_kernels.py tests/test_model.py tests/test_reference.py \
+    tests/test_microkernels.py::test_activation_accuracy \
+    tests/test_microkernels.py::test_activation_special_values \
     -m "not memory" "$@" 2>&3
 } 3>&2 2> "$TIMES"
 read -r wall user system < "$TIMES"

@@ -27,7 +27,6 @@ import math
 import os
 import re
 import secrets
-import stat
 import tokenize
 import zipfile
 import zlib
@@ -1414,8 +1413,8 @@ def replace_durably(temporary, path):
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
-    with contextlib.suppress(FileNotFoundError):
-        os.chmod(temporary, stat.S_IMODE(os.stat(destination).st_mode))
+    with contextlib.suppress(FileNotFoundError):  # read/write/execute bits only: never set-id
+        os.chmod(temporary, os.stat(destination).st_mode & 0o777)
     os.replace(temporary, destination)
     try:
         descriptor = os.open(os.path.dirname(destination), os.O_RDONLY)

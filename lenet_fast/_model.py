@@ -48,6 +48,7 @@ ASSUMED_ARCHITECTURES = {
     },
 }
 _SAVED_GUESS = "saved guess"
+_ASSUMED_BATCHNORM_EPS = "assumed_batchnorm_eps"  # metadata: BatchNorms folded with a guessed eps
 _ORIGINS = {
     "PyTorch tutorial": "the PyTorch tutorial layout's architecture",
     "canonical": "lenet_fast's defaults for its own layout",
@@ -122,8 +123,8 @@ def _stored_architecture(metadata, explicit):
 
 
 class ArchitectureWarning(UserWarning):
-    """The weights did not state an activation, the pooling or (where their shapes allow
-    several) the geometry, so lenet_fast assumed it.
+    """The weights did not state an activation, the pooling, (where their shapes allow
+    several) the geometry or the eps of their BatchNorm layers, so lenet_fast assumed it.
 
     Raised (as a warning) by `LeNet.from_npz` and `LeNet.from_state_dict` when neither the call
     nor the file states every option; the message names the assumed values and how to state them.
@@ -174,6 +175,33 @@ def _stored_guess(metadata, explicit):
     }
 
 
+def _assumed_batchnorm_eps(weights, metadata, stated):
+    """(eps, recorded): the eps the weights' BatchNorms were folded with where it was assumed
+    (None: no BatchNorm, or its eps is stated), and whether a file recorded that guess.
+    Either `canonicalize` folded them just now with the default, or a file `save_npz` wrote
+    records that an assumed eps was folded in earlier (``metadata['assumed_batchnorm_eps']``):
+    then a `stated` eps must be that value, since a folded BatchNorm cannot be refolded."""
+    folded_now = getattr(weights, "assumed_batchnorm_eps", None)
+    if folded_now is not None:
+        return folded_now, False
+    if _ASSUMED_BATCHNORM_EPS not in metadata:
+        return None, False
+    try:
+        recorded = _weights.check_batchnorm_eps(metadata[_ASSUMED_BATCHNORM_EPS])
+    except ValueError as exc:
+        raise _weights.MetadataError(f"metadata['{_ASSUMED_BATCHNORM_EPS}']: {exc}") from None
+    if stated is None:
+        return recorded, True
+    if _weights.check_batchnorm_eps(stated) != recorded:
+        raise ValueError(
+            f"batchnorm_eps={stated!r}, but this file's BatchNorm layers were folded into its "
+            f"weights with an assumed eps of {recorded!r} when it was written; a folded "
+            f"BatchNorm cannot be refolded: load the original state_dict with "
+            f"batchnorm_eps={stated!r}"
+        )
+    return None, False
+
+
 def _resolve_architecture(explicit, stored, layout=None, assumed_values=None):
     """Explicit arguments beat the file's stored architecture, which beats what is assumed for
     the weights' layout (`ASSUMED_ARCHITECTURES`, else the defaults).
@@ -209,13 +237,17 @@ def _warn_assumed(assumed, layout, source, stacklevel):
     origin = _ORIGINS.get(
         layout, "lenet_fast's defaults (the layout does not tell the model's origin)"
     )
-    if set(assumed) <= set(GEOMETRY_OPTIONS):
+    architecture_options = set(assumed) - {"batchnorm_eps"}
+    if architecture_options and architecture_options <= set(GEOMETRY_OPTIONS):
         origin = (
             "fc1's inputs fit several geometries; the most common one was taken: input "
             "28 before 32, unpadded before padded"
         )
-    elif set(assumed) & set(GEOMETRY_OPTIONS):
+    elif architecture_options & set(GEOMETRY_OPTIONS):
         origin += "; the geometry: fc1's inputs fit several, the most common one was taken"
+    if "batchnorm_eps" in assumed and layout != _SAVED_GUESS:
+        batchnorm = "a state_dict does not store a BatchNorm's eps: PyTorch's default"
+        origin = f"{origin}; batchnorm_eps: {batchnorm}" if architecture_options else batchnorm
     message = (
         f"{source + ': ' if source else ''}neither the call nor the weights state "
         f"{', '.join(assumed)}, so lenet_fast assumed {values} ({origin}); if the model was "
@@ -356,6 +388,9 @@ class LeNet:
         Reject keys that the recognised layout does not use.
     metadata : dict, optional
         Extra JSON-serialisable information saved with the model by `save_npz`.
+    batchnorm_eps : float, default 1e-5
+        The eps of BatchNorm layers in `weights` (folded into the layer each follows);
+        PyTorch's default.
 
     Examples
     --------
@@ -378,6 +413,7 @@ class LeNet:
         key_map: Mapping[str, str] | None = None,
         strict: bool = True,
         metadata: dict[str, Any] | None = None,
+        batchnorm_eps: float = _weights.BATCHNORM_EPS,
     ) -> None:
         # None: the default of `lenet_fast._architecture.DEFAULT_ARCHITECTURE` (stated by the
         # call, so never announced as assumed).
@@ -399,6 +435,7 @@ class LeNet:
             conv2_padding=conv2_padding,
             conv_activation=architecture["conv_activation"],
             fc_activation=architecture["fc_activation"],
+            batchnorm_eps=batchnorm_eps,
         )
         self._setup(
             weights,
@@ -436,7 +473,7 @@ class LeNet:
         self._metadata = {
             key: value
             for key, value in metadata.items()
-            if key not in ("architecture", "assumed_architecture")
+            if key not in ("architecture", "assumed_architecture", _ASSUMED_BATCHNORM_EPS)
         }
         self._preprocessing = _preprocessing.Preprocessing.from_metadata(self._metadata)
         self._classes = _preprocessing.class_names(self._metadata, self._dimensions["n_classes"])
@@ -471,6 +508,7 @@ class LeNet:
         conv2_padding: int | None = None,
         key_map: Mapping[str, str] | None = None,
         strict: bool = True,
+        batchnorm_eps: float | None = None,
         num_threads: int | None = None,
     ) -> LeNet:
         """Load a model from a ``.npz`` weight file (never unpickles).
@@ -495,6 +533,11 @@ class LeNet:
             Reject keys that the recognised layout does not use.  With False, only bookkeeping
             (``num_batches_tracked``, counters) is ignored: parameters that change the outputs
             (weights, BatchNorm statistics no layer can take) are always refused.
+        batchnorm_eps : float, optional
+            The eps of the file's BatchNorm layers (a ``state_dict`` does not store it).  Not
+            given, PyTorch's default 1e-5 is assumed and announced like the options above.  For
+            a file `save_npz` wrote from a model whose eps was assumed (its BatchNorms are
+            folded already), stating that same value confirms it; another is refused.
         num_threads : int, optional
             See `LeNet`.
 
@@ -512,7 +555,9 @@ class LeNet:
         FileNotFoundError
             If `path` does not exist.
         ValueError
-            If an option is not one of its allowed values, or `num_threads` is out of range.
+            If an option is not one of its allowed values, `batchnorm_eps` is not a finite
+            number >= 0 or contradicts the eps the file's BatchNorms were folded with, or
+            `num_threads` is out of range.
 
         Warns
         -----
@@ -543,6 +588,7 @@ class LeNet:
                 path,
                 key_map=key_map,
                 strict=strict,
+                batchnorm_eps=batchnorm_eps,
                 **geometry,
                 conv_activation=conv_activation,
                 fc_activation=fc_activation,
@@ -557,6 +603,7 @@ class LeNet:
                 explicit,
                 source=str(path),
                 reload=lambda conv, fc: load(conv, fc)[0],
+                batchnorm_eps=batchnorm_eps,
             )
         except _weights.MetadataError as exc:
             raise _weights.WeightFileError(f"{path}: '{_weights.METADATA_KEY}.npy': {exc}") from exc
@@ -611,6 +658,7 @@ class LeNet:
         conv2_padding: int | None = None,
         key_map: Mapping[str, str] | None = None,
         strict: bool = True,
+        batchnorm_eps: float | None = None,
         num_threads: int | None = None,
     ) -> LeNet:
         """Build a model from a mapping of names to arrays (e.g. a PyTorch ``state_dict``).
@@ -639,6 +687,9 @@ class LeNet:
         strict : bool, default True
             Reject keys that the recognised layout does not use (bookkeeping such as
             ``num_batches_tracked`` is ignored with False; parameters never are).
+        batchnorm_eps : float, optional
+            The eps of the mapping's BatchNorm layers; not given: PyTorch's default 1e-5,
+            assumed and announced (see `from_npz`).
         num_threads : int, optional
             See `LeNet`.
 
@@ -689,10 +740,16 @@ class LeNet:
                 conv2_padding=conv2_padding,
                 conv_activation=conv_activation,
                 fc_activation=fc_activation,
+                batchnorm_eps=batchnorm_eps,
             )
 
         return cls._from_canonical(
-            load(conv_activation, fc_activation), {}, num_threads, explicit, reload=load
+            load(conv_activation, fc_activation),
+            {},
+            num_threads,
+            explicit,
+            reload=load,
+            batchnorm_eps=batchnorm_eps,
         )
 
     @classmethod
@@ -872,7 +929,9 @@ class LeNet:
         return model
 
     @classmethod
-    def _from_canonical(cls, weights, metadata, num_threads, explicit, source=None, reload=None):
+    def _from_canonical(
+        cls, weights, metadata, num_threads, explicit, source=None, reload=None, batchnorm_eps=None
+    ):
         """A model from canonical weights; an option neither `explicit` nor stored in
         `metadata` is assumed from the weights' layout and announced (`ArchitectureWarning`,
         pointing at the caller of the public constructor two frames up).
@@ -909,6 +968,11 @@ class LeNet:
         for option, value in {**getattr(weights, "assumed_geometry", {}), **recorded_guess}.items():
             if option in GEOMETRY_OPTIONS and explicit.get(option) is None and option not in stored:
                 assumed[option] = geometry.get(option, value)
+        eps, recorded = _assumed_batchnorm_eps(weights, metadata, batchnorm_eps)
+        if eps is not None:
+            assumed["batchnorm_eps"] = eps
+            if recorded:
+                layout = _SAVED_GUESS
         model = cls.__new__(cls)
         try:
             model._setup(
@@ -952,10 +1016,15 @@ class LeNet:
         """
         metadata = dict(self._metadata)
         metadata["architecture"] = _architecture.geometry_for_json(self._architecture)
-        if self._assumed:
+        options = sorted(option for option in self._assumed if option != "batchnorm_eps")
+        if options:
             # Options that were assumed at load time are recorded as such, so the file warns
             # again when loaded instead of turning a guess into a statement.
-            metadata["assumed_architecture"] = sorted(self._assumed)
+            metadata["assumed_architecture"] = options
+        if "batchnorm_eps" in self._assumed:
+            # The BatchNorms are folded into the weights now; the eps they were folded with
+            # stays a guess the same way.
+            metadata[_ASSUMED_BATCHNORM_EPS] = self._assumed["batchnorm_eps"]
         _weights.save_npz(path, self._weights, metadata)
 
     def to_onnx(self, path: str | os.PathLike[str]) -> None:

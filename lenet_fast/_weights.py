@@ -520,6 +520,7 @@ def canonicalize(
     conv2_padding=None,
     conv_activation=None,
     fc_activation=None,
+    batchnorm_eps=None,
 ):
     """Convert a mapping of named arrays into canonical, validated weights of a LeNet of the family.
 
@@ -554,6 +555,10 @@ def canonicalize(
     conv_activation, fc_activation : str, optional
         Where known: when both are given and differ, a dense fc1 over conv2's channels x 5 x 5
         is kept as fc1 after a flatten instead of being read as conv3.
+    batchnorm_eps : float, optional
+        The eps of the mapping's BatchNorm layers, where the caller knows it (a ``state_dict``
+        does not store it).  None: PyTorch's default, 1e-5, recorded in the result's
+        ``assumed_batchnorm_eps`` when a BatchNorm was folded with it (the model announces it).
 
     Returns
     -------
@@ -606,6 +611,7 @@ def canonicalize(
         }
     except ValueError as exc:
         raise _error(_where(source), str(exc)) from None
+    eps = BATCHNORM_EPS if batchnorm_eps is None else check_batchnorm_eps(batchnorm_eps)
     shape_of = _shape_reader(mapping)
     batchnorms = _batchnorm_groups(names)
     batchnorm_keys = {key for group in batchnorms.values() for key in group.values()}
@@ -653,7 +659,7 @@ def canonicalize(
     for key in absent:
         weights[key] = np.zeros(weights[key.replace("bias", "weight")].shape[:1], np.float32)
     weights = {key: weights[key] for key in keys}
-    folded = _fold_batchnorms(mapping, names, batchnorms, assignment, weights, absent, source)
+    folded = _fold_batchnorms(mapping, names, batchnorms, assignment, weights, absent, source, eps)
     unfolded = [assignment[key] for key in absent if key.split(".")[0] not in folded]
     if unfolded:
         raise _error(
@@ -682,6 +688,7 @@ def canonicalize(
         sizes=sizes,
         assumed_geometry=assumed,
         folded_into_conv3=folded_into_conv3,
+        assumed_batchnorm_eps=eps if folded and batchnorm_eps is None else None,
     )
 
 
@@ -692,7 +699,7 @@ class CanonicalWeights(dict):
     ----------
     weights : mapping of str to ndarray
         The canonical arrays, in canonical order.
-    layout, batchnorm, sizes, assumed_geometry, folded_into_conv3 : optional
+    layout, batchnorm, sizes, assumed_geometry, folded_into_conv3, assumed_batchnorm_eps : optional
         The attributes above (``batchnorm`` and ``assumed_geometry`` are copied; None: empty).
 
     Attributes
@@ -708,6 +715,9 @@ class CanonicalWeights(dict):
         Geometry options that were guessed among several possibilities (empty: none).
     folded_into_conv3 : bool
         Whether the mapping's first dense layer was read as conv3 (see `canonicalize`).
+    assumed_batchnorm_eps : float or None
+        The eps BatchNorm layers were folded with when the caller did not state it (None: no
+        BatchNorm, or its eps was stated).
     """
 
     def __init__(
@@ -719,6 +729,7 @@ class CanonicalWeights(dict):
         sizes=None,
         assumed_geometry=None,
         folded_into_conv3=False,
+        assumed_batchnorm_eps=None,
     ):
         super().__init__(weights)
         self.layout = layout
@@ -726,6 +737,7 @@ class CanonicalWeights(dict):
         self.sizes = sizes
         self.assumed_geometry = dict(assumed_geometry or {})
         self.folded_into_conv3 = folded_into_conv3
+        self.assumed_batchnorm_eps = assumed_batchnorm_eps
 
 
 # ---------------------------------------------------------------------------------------------
@@ -740,6 +752,32 @@ _ARITHMETIC_KEY = re.compile(
 _BATCHNORM_PARAMETERS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 _BATCHNORM_WORDS = re.compile(r"batch_?norm|bn|norm", re.IGNORECASE)
 BATCHNORM_EPS = 1e-5  # PyTorch's default; a state_dict does not store a BatchNorm's eps
+
+
+def check_batchnorm_eps(value):
+    """Check a BatchNorm eps stated by a caller or recorded in a file.
+
+    Parameters
+    ----------
+    value : object
+        The stated eps.
+
+    Returns
+    -------
+    float
+        `value` as a float.
+
+    Raises
+    ------
+    ValueError
+        If `value` is not a number (a bool or a string is not), or not finite and >= 0.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.floating)):
+        raise ValueError(f"batchnorm_eps must be a number; got {value!r}")
+    value = float(value)
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"batchnorm_eps must be finite and >= 0; got {value!r}")
+    return value
 
 
 def _refuse_unused(unused, strict, source):
@@ -827,9 +865,9 @@ def _attach_batchnorms(batchnorms, names, assignment, widths, features, source):
     return attached
 
 
-def _fold_batchnorms(mapping, names, batchnorms, assignment, weights, absent, source):
-    """Fold each BatchNorm into the layer it follows (see `fold_batchnorm`), in place in
-    `weights`; return {layer: BatchNorm prefix}."""
+def _fold_batchnorms(mapping, names, batchnorms, assignment, weights, absent, source, eps):
+    """Fold each BatchNorm into the layer it follows (see `fold_batchnorm`) with this `eps`, in
+    place in `weights`; return {layer: BatchNorm prefix}."""
     if not batchnorms:
         return {}
     widths = {layer: weights[f"{layer}.weight"].shape[0] for layer in _layers_of(weights)}
@@ -880,7 +918,7 @@ def _fold_batchnorms(mapping, names, batchnorms, assignment, weights, absent, so
                 arrays.get(group.get("bias")),
                 arrays[group["running_mean"]],
                 arrays[group["running_var"]],
-                BATCHNORM_EPS,
+                eps,
             )
         except ValueError as exc:
             raise _error(
@@ -1209,7 +1247,7 @@ def _stated_options(metadata, explicit, source):
     return options
 
 
-def load_npz(path, *, key_map=None, strict=True, **options):
+def load_npz(path, *, key_map=None, strict=True, batchnorm_eps=None, **options):
     """Load LeNet-5 weights from a ``.npz`` file safely: nothing is ever unpickled.
 
     Parameters
@@ -1220,6 +1258,8 @@ def load_npz(path, *, key_map=None, strict=True, **options):
         Passed to `canonicalize`.
     strict : bool, default True
         Passed to `canonicalize`: reject arrays the matched layout does not use.
+    batchnorm_eps : float, optional
+        Passed to `canonicalize`: the eps of BatchNorm layers stored unfolded in the file.
     **options
         ``input_size``, ``conv1_padding``, ``conv2_padding``, ``conv_activation``,
         ``fc_activation`` (None: not stated), passed to `canonicalize`; an option the call does
@@ -1266,6 +1306,7 @@ def load_npz(path, *, key_map=None, strict=True, **options):
             key_map=key_map,
             strict=strict,
             source=source,
+            batchnorm_eps=batchnorm_eps,
             **_stated_options(metadata, options, source),
         )
     return weights, metadata

@@ -262,6 +262,11 @@ def read_model_file(path: str, architecture: dict) -> LeNet:
             f"{path}: a PyTorch file; pass --torch to lenet-fast convert to read "
             f"it with torch.load(weights_only=True) into a .npz"
         )
+    if "batchnorm_eps" in architecture and (suffix == ".onnx" or suffix in KERAS_SUFFIXES):
+        raise CommandError(
+            f"{path}: --batchnorm-eps is for state_dicts, which do not store it; an ONNX or "
+            f"Keras file stores each BatchNorm's epsilon, and it is read from there"
+        )
     if suffix == ".onnx":
         geometry = {
             option: value for option, value in architecture.items() if option in GEOMETRY_OPTIONS
@@ -307,7 +312,20 @@ def _caught_architecture_warnings():
 
 
 def _architecture_arguments(args):
-    return {option: getattr(args, option) for option in (*_ARCHITECTURE_OPTIONS, *GEOMETRY_OPTIONS)}
+    return {
+        option: getattr(args, option)
+        for option in (*_ARCHITECTURE_OPTIONS, *GEOMETRY_OPTIONS, "batchnorm_eps")
+    }
+
+
+def _batchnorm_eps(text):
+    """``--batchnorm-eps``: a finite number >= 0."""
+    try:
+        return _weights.check_batchnorm_eps(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a finite number >= 0 (e.g. 1e-5 or 0.001), found {text!r}"
+        ) from None
 
 
 def _input_size(text):
@@ -1208,6 +1226,14 @@ def _parser():
                 metavar="{0,2}",
                 help=f"zero padding of {option[:5]} (0, or 2 for 'same')",
             )
+        group.add_argument(
+            "--batchnorm-eps",
+            dest="batchnorm_eps",
+            type=_batchnorm_eps,
+            metavar="EPS",
+            help="eps of the BatchNorm layers of a state_dict, which does not store it "
+            "(default: PyTorch's 1e-5, announced as assumed)",
+        )
     return parser
 
 

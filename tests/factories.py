@@ -19,7 +19,8 @@
 * `torch_scores`, `assert_matches_pytorch`: a PyTorch net's outputs, and a lenet_fast model
   against them (1e-5 absolute + 1e-5 relative, >= 99.9 % equal labels); `train_torch`: a few
   hundred seeded Adam steps; `no_architecture_warning`: a block where an ArchitectureWarning is
-  an error; `FASHION_MEAN`, `FASHION_STD`: the normalisation of Fashion-MNIST pixels;
+  an error; `stated_options`: a PyTorch net's architecture and BatchNorm eps, all stated;
+  `FASHION_MEAN`, `FASHION_STD`: the normalisation of Fashion-MNIST pixels;
 * `save_like_users`: a PyTorch model's state_dict written with ``np.savez``, as users do;
 * `leftovers`: the temporary files an interrupted atomic write left behind;
 * `traced_peak`: the peak of Python allocations in a block (tracemalloc);
@@ -716,6 +717,20 @@ def no_architecture_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error", ArchitectureWarning)
         yield
+
+
+def stated_options(net):
+    """Everything to state when loading `net`'s state_dict: its `architecture` and, if it has
+    BatchNorm layers, their eps (a state_dict does not store it)."""
+    import torch
+
+    eps = {
+        module.eps
+        for module in net.modules()
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
+    }
+    assert len(eps) <= 1, "BatchNorm layers with different eps"
+    return {**net.architecture, **({"batchnorm_eps": eps.pop()} if eps else {})}
 
 
 def export_onnx(module, example, path, dynamo):

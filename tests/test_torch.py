@@ -7,6 +7,7 @@ labels agreeing.
 """
 
 import io
+import math
 import pickle
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from factories import (  # noqa: E402
     FASHION_STD,
     assert_matches_pytorch,
     no_architecture_warning,
+    stated_options,
     torch_lenets,
     torch_scores,
     train_torch,
@@ -357,10 +359,10 @@ def test_bare_state_dict_matches_or_warns_and_matches_once_stated(name, tmp_path
         assert not np.allclose(assumed.forward(x), torch_scores(net, x), atol=1e-3)
     np.savez(tmp_path / "net.npz", **{key: value.numpy() for key, value in state.items()})
     with no_architecture_warning():
-        stated = LeNet.from_npz(tmp_path / "net.npz", **net.architecture)
+        stated = LeNet.from_npz(tmp_path / "net.npz", **stated_options(net))
         assert_matches_pytorch(stated, net, x)
         assert_matches_pytorch(
-            LeNet.from_state_dict(state, **net.architecture), net, random_images(net)
+            LeNet.from_state_dict(state, **stated_options(net)), net, random_images(net)
         )
 
 
@@ -437,7 +439,7 @@ def test_a_wrong_assumption_shows_in_a_trained_models_labels(trained):
         assumed = LeNet.from_state_dict(net.state_dict())
     assert label_agreement(assumed, net, x) < 0.5
     assert (
-        label_agreement(LeNet.from_state_dict(net.state_dict(), **net.architecture), net, x)
+        label_agreement(LeNet.from_state_dict(net.state_dict(), **stated_options(net)), net, x)
         >= MIN_LABEL_AGREEMENT
     )
 
@@ -461,7 +463,7 @@ def test_batchnorm_key_naming_variants(naming, reverse):
         renamed[f"{prefix}.{parameter}"] = value
     if reverse:
         renamed = dict(reversed(renamed.items()))
-    model = LeNet.from_state_dict(renamed, **net.architecture)
+    model = LeNet.from_state_dict(renamed, **stated_options(net))
     assert_matches_pytorch(model, net, random_images(net))
 
 
@@ -470,7 +472,7 @@ def test_numbered_sequential_batchnorm_and_strict_false_folds_it():
     state = net.state_dict()
     assert "1.running_mean" in state
     for strict in (True, False):
-        model = LeNet.from_state_dict(state, strict=strict, **net.architecture)
+        model = LeNet.from_state_dict(state, strict=strict, **stated_options(net))
         assert_matches_pytorch(model, net, fashion_images(net))
 
 
@@ -492,13 +494,138 @@ def test_conv_without_bias_before_batchnorm():
     torch.manual_seed(0)
     net = build("tutorial+bn")
     net.conv1.bias = None
-    model = LeNet.from_state_dict(net.state_dict(), **TutorialNet.architecture)
+    model = LeNet.from_state_dict(net.state_dict(), **stated_options(net))
     assert_matches_pytorch(model, net, random_images(net))
     assert_matches_pytorch(LeNet.from_torch(net), net, random_images(net))
     plain = build("tutorial").state_dict()
     del plain["conv1.bias"]
     with pytest.raises(WeightFileError, match="incomplete weights .* missing conv1.bias"):
         LeNet.from_state_dict(plain, **TutorialNet.architecture)
+
+
+def eps_sensitive_net(eps=1e-3):
+    """A trained-looking LeNet whose BatchNorm uses eps=1e-3 (Keras's default, and a common
+    choice) over small running variances, where PyTorch's default 1e-5 changes the outputs."""
+    net = build("seed-all-relu+bn")
+    for module in net.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eps = eps
+            # Variances of 1e-3 (as after inputs scaled to small values), gamma scaled with
+            # them so that activations keep their size: eps 1e-5 or 1e-3 then scales each
+            # BatchNorm's output by ~1.0 or ~0.7.
+            module.running_var.mul_(1e-3)
+            module.weight.data.mul_(math.sqrt(1e-3))
+    return net
+
+
+def test_an_assumed_batchnorm_eps_is_announced_and_stating_it_gives_pytorchs_outputs(tmp_path):
+    net = eps_sensitive_net()
+    x, state = random_images(net), net.state_dict()
+    with pytest.warns(ArchitectureWarning) as caught:
+        assumed = LeNet.from_state_dict(state, **net.architecture)
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert "state batchnorm_eps, so lenet_fast assumed batchnorm_eps=1e-05" in message
+    assert "a state_dict does not store a BatchNorm's eps" in message
+    assert "--batchnorm-eps 1e-05" in message
+    assert assumed.assumed_architecture == {"batchnorm_eps": 1e-05}
+    assert "assumed, not stated by the weights: batchnorm_eps" in str(assumed.summary())
+    assert not np.allclose(assumed.forward(x), torch_scores(net, x), atol=1e-2)  # not a detail
+    np.savez(tmp_path / "net.npz", **{key: value.numpy() for key, value in state.items()})
+    with pytest.warns(ArchitectureWarning, match="assumed batchnorm_eps=1e-05"):
+        LeNet.from_npz(tmp_path / "net.npz", **net.architecture)
+    with no_architecture_warning():
+        for model in (
+            LeNet.from_state_dict(state, **stated_options(net)),
+            LeNet.from_npz(tmp_path / "net.npz", **stated_options(net)),
+            LeNet.from_torch(net),  # reads each BatchNorm's eps from the module
+            LeNet(state, **stated_options(net)),
+        ):
+            assert model.assumed_architecture == {}
+            assert_matches_pytorch(model, net, x)
+        # LeNet(weights) takes its signature's defaults without a warning, 1e-5 among them.
+        default = LeNet(state, **net.architecture)
+    np.testing.assert_array_equal(default.forward(x), assumed.forward(x))
+    for bad in (-1e-3, float("nan"), float("inf"), "1e-3", True):
+        with pytest.raises(ValueError, match="batchnorm_eps must be"):
+            LeNet.from_state_dict(state, **net.architecture, batchnorm_eps=bad)
+    # Weights without a BatchNorm: nothing to assume, and a stated eps changes nothing.
+    plain = build("seed-all-relu")
+    with no_architecture_warning():
+        model = LeNet.from_state_dict(plain.state_dict(), **plain.architecture, batchnorm_eps=0.5)
+    assert_matches_pytorch(model, plain, x)
+
+
+def test_save_npz_keeps_an_assumed_batchnorm_eps_a_guess(tmp_path):
+    """The saved file holds the folded weights; it records that their eps was assumed, so
+    loading it warns again; stating the same eps confirms it, another one is refused (a folded
+    BatchNorm cannot be refolded)."""
+    net = eps_sensitive_net(eps=1e-5)
+    with pytest.warns(ArchitectureWarning):
+        guessed = LeNet.from_state_dict(net.state_dict(), **net.architecture)
+    guessed.save_npz(tmp_path / "guess.npz")
+    with pytest.warns(ArchitectureWarning, match="already assumed, not stated") as caught:
+        again = LeNet.from_npz(tmp_path / "guess.npz")
+    assert len(caught) == 1 and "--batchnorm-eps 1e-05" in str(caught[0].message)
+    assert again.assumed_architecture == {"batchnorm_eps": 1e-05}
+    assert "assumed_batchnorm_eps" not in again.metadata
+    assert_matches_pytorch(again, net, random_images(net))
+    with no_architecture_warning():
+        confirmed = LeNet.from_npz(tmp_path / "guess.npz", batchnorm_eps=1e-5)
+        confirmed.save_npz(tmp_path / "stated.npz")
+        assert LeNet.from_npz(tmp_path / "stated.npz").assumed_architecture == {}
+    with pytest.raises(ValueError, match="folded into its weights with an assumed eps of 1e-05"):
+        LeNet.from_npz(tmp_path / "guess.npz", batchnorm_eps=1e-3)
+    weights = {key: np.asarray(value) for key, value in confirmed.weights.items()}
+    for bad in (-1.0, "1e-5", None):
+        lenet_fast._weights.save_npz(
+            tmp_path / "bad.npz",
+            weights,
+            {"architecture": confirmed.architecture, "assumed_batchnorm_eps": bad},
+        )
+        with pytest.raises(WeightFileError, match="assumed_batchnorm_eps"):
+            LeNet.from_npz(tmp_path / "bad.npz")
+
+
+def test_cli_states_or_refuses_the_batchnorm_eps(tmp_path, capsys):
+    net = eps_sensitive_net()
+    torch.save(net.state_dict(), tmp_path / "in.pt")
+    flags = [f"--{option.replace('_', '-')}={value}" for option, value in net.architecture.items()]
+    status, _, err = run_cli(
+        capsys, "convert", "--torch", tmp_path / "in.pt", tmp_path / "a.npz", *flags
+    )
+    assert status == 1 and "does not state batchnorm_eps" in err and "--batchnorm-eps 1e-05" in err
+    assert not (tmp_path / "a.npz").exists()
+    status, _, err = run_cli(
+        capsys,
+        "convert",
+        "--torch",
+        tmp_path / "in.pt",
+        tmp_path / "a.npz",
+        *flags,
+        "--batchnorm-eps",
+        "1e-3",
+    )
+    assert status == 0, err
+    with no_architecture_warning():
+        assert_matches_pytorch(LeNet.from_npz(tmp_path / "a.npz"), net, random_images(net))
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                "convert",
+                "--torch",
+                str(tmp_path / "in.pt"),
+                str(tmp_path / "b.npz"),
+                "--batchnorm-eps",
+                "-1",
+            ]
+        )
+    assert exit_info.value.code == 2
+    assert "--batchnorm-eps: expected a finite number >= 0" in capsys.readouterr().err
+    pytest.importorskip("onnx")
+    LeNet.from_torch(net).to_onnx(tmp_path / "net.onnx")  # ONNX stores each epsilon
+    status, _, err = run_cli(capsys, "info", tmp_path / "net.onnx", "--batchnorm-eps", "1e-3")
+    assert status == 1 and "--batchnorm-eps is for state_dicts" in err
 
 
 def test_fold_batchnorm_matches_pytorch_and_the_keras_axis():
@@ -617,7 +744,9 @@ def test_cli_predict_prints_the_warning_as_one_line_and_takes_the_options(tmp_pa
 def test_cli_convert_round_trips(tmp_path, capsys, source):
     net = build("seed-all-relu+bn")
     state = net.state_dict()
-    flags = [f"--{option.replace('_', '-')}={value}" for option, value in net.architecture.items()]
+    flags = [
+        f"--{option.replace('_', '-')}={value}" for option, value in stated_options(net).items()
+    ]
     if source == "npz":
         np.savez(tmp_path / "in.npz", **{key: value.numpy() for key, value in state.items()})
         arguments = [tmp_path / "in.npz", *flags]

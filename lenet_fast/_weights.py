@@ -1388,6 +1388,10 @@ def destination_file(path):
     return os.path.realpath(path) if os.path.islink(path) else path
 
 
+# What follows ".<name>" in a temporary file's name: "." + 12 random hex digits + ".part".
+_TEMPORARY_SUFFIX_LENGTH = len(".0123456789ab.part")
+
+
 def temporary_file_beside(path):
     """Create an empty file ``.<name>.<random>.part`` in the folder of `path`'s destination
     (`destination_file`) and return its path.
@@ -1427,8 +1431,10 @@ def temporary_file_beside(path):
     raise FileExistsError(errno.EEXIST, "no free temporary file name beside it", path)
 
 
-def replace_durably(temporary, path):
-    """Move the complete `temporary` (from `temporary_file_beside`) over `path`'s destination.
+def replace_durably(temporary):
+    """Move the complete `temporary` (from `temporary_file_beside`) over the file it was made
+    for: the destination `temporary_file_beside` resolved, which its name records (a symbolic
+    link is resolved once, so one retargeted in between does not redirect the write).
 
     Its data reach the disk first (``fsync``), so a crash leaves the old file or the new one,
     never an empty or partial one; an existing destination keeps its permission bits (as
@@ -1438,16 +1444,15 @@ def replace_durably(temporary, path):
     Parameters
     ----------
     temporary : str
-        The written temporary file, in the destination's folder.
-    path : str or os.PathLike
-        The path the user named (a symbolic link is written through, see `destination_file`).
+        The written temporary file, ``.<name>.<random>.part`` beside its destination.
 
     Raises
     ------
     OSError
         If the file cannot be synced or renamed (the caller removes the temporary file).
     """
-    destination = destination_file(path)
+    folder, name = os.path.split(temporary)
+    destination = os.path.join(folder, name[1:-_TEMPORARY_SUFFIX_LENGTH])
     # POSIX syncs through any descriptor; Windows' FlushFileBuffers needs write access.
     descriptor = os.open(temporary, os.O_RDWR if os.name == "nt" else os.O_RDONLY)
     try:
@@ -1492,7 +1497,7 @@ def write_file_atomically(path, data):
     try:
         with open(temporary, "wb") as file:
             file.write(data)
-        replace_durably(temporary, path)
+        replace_durably(temporary)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)

@@ -163,7 +163,7 @@ class _Destination:
         self.temporary = _weights.temporary_file_beside(path)
 
     def commit(self):
-        _weights.replace_durably(self.temporary, self.path)
+        _weights.replace_durably(self.temporary)
 
     def discard(self):
         with contextlib.suppress(FileNotFoundError):

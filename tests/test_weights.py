@@ -613,6 +613,29 @@ def test_save_npz_writes_through_a_link_and_keeps_a_private_mode(tmp_path):
     assert leftovers(tmp_path) == [] and leftovers(tmp_path / "models") == []
 
 
+def test_a_link_retargeted_during_a_write_does_not_redirect_it(tmp_path):
+    """The link is resolved once, when the temporary file is made beside its target: the write
+    completes there, and the file the link names meanwhile is left alone."""
+    import os
+
+    from lenet_fast import _weights
+
+    (tmp_path / "a.npz").write_bytes(b"old a")
+    (tmp_path / "b.npz").write_bytes(b"old b")
+    (tmp_path / "link.npz").symlink_to("a.npz")
+    temporary = _weights.temporary_file_beside(tmp_path / "link.npz")
+    assert os.path.dirname(temporary) == str(tmp_path)
+    with open(temporary, "wb") as stream:
+        stream.write(b"new")
+    (tmp_path / "link.npz").unlink()
+    (tmp_path / "link.npz").symlink_to("b.npz")
+    _weights.replace_durably(temporary)
+    assert (tmp_path / "a.npz").read_bytes() == b"new"
+    assert (tmp_path / "b.npz").read_bytes() == b"old b"
+    assert os.readlink(tmp_path / "link.npz") == "b.npz"
+    assert leftovers(tmp_path) == []
+
+
 def test_save_npz_never_leaves_a_half_written_file(tmp_path, monkeypatch):
     from lenet_fast import _weights
 

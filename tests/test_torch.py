@@ -409,17 +409,23 @@ def test_save_npz_keeps_a_guess_a_guess(tmp_path):
         assert LeNet.from_npz(tmp_path / "stated.npz").assumed_architecture == {}
 
 
+def assert_refuses_metadata(tmp_path, model, key, bad_values):
+    """A file holding `model` whose metadata[key] is each of `bad_values` is refused, naming
+    the key."""
+    weights = {name: np.asarray(value) for name, value in model.weights.items()}
+    for bad in bad_values:
+        lenet_fast._weights.save_npz(
+            tmp_path / "bad.npz", weights, {"architecture": model.architecture, key: bad}
+        )
+        with pytest.raises(WeightFileError, match=key):
+            LeNet.from_npz(tmp_path / "bad.npz")
+
+
 def test_recorded_guess_must_name_stored_options(tmp_path):
     model = LeNet(build("seed-relu-sigmoid").state_dict())
-    weights = {key: np.asarray(value) for key, value in model.weights.items()}
-    for bad in (["conv_activation", "colour"], "pool", [3]):
-        lenet_fast._weights.save_npz(
-            tmp_path / "bad.npz",
-            weights,
-            {"architecture": model.architecture, "assumed_architecture": bad},
-        )
-        with pytest.raises(WeightFileError, match="assumed_architecture"):
-            LeNet.from_npz(tmp_path / "bad.npz")
+    assert_refuses_metadata(
+        tmp_path, model, "assumed_architecture", (["conv_activation", "colour"], "pool", [3])
+    )
 
 
 def test_the_readme_users_tutorial_model_gets_pytorchs_labels(trained):
@@ -576,15 +582,7 @@ def test_save_npz_keeps_an_assumed_batchnorm_eps_a_guess(tmp_path):
         assert LeNet.from_npz(tmp_path / "stated.npz").assumed_architecture == {}
     with pytest.raises(ValueError, match="folded into its weights with an assumed eps of 1e-05"):
         LeNet.from_npz(tmp_path / "guess.npz", batchnorm_eps=1e-3)
-    weights = {key: np.asarray(value) for key, value in confirmed.weights.items()}
-    for bad in (-1.0, "1e-5", None):
-        lenet_fast._weights.save_npz(
-            tmp_path / "bad.npz",
-            weights,
-            {"architecture": confirmed.architecture, "assumed_batchnorm_eps": bad},
-        )
-        with pytest.raises(WeightFileError, match="assumed_batchnorm_eps"):
-            LeNet.from_npz(tmp_path / "bad.npz")
+    assert_refuses_metadata(tmp_path, confirmed, "assumed_batchnorm_eps", (-1.0, "1e-5", None))
 
 
 def test_cli_states_or_refuses_the_batchnorm_eps(tmp_path, capsys):

@@ -246,7 +246,10 @@ def _warn_assumed(assumed, layout, source, stacklevel):
     elif architecture_options & set(GEOMETRY_OPTIONS):
         origin += "; the geometry: fc1's inputs fit several, the most common one was taken"
     if "batchnorm_eps" in assumed and layout != _SAVED_GUESS:
-        batchnorm = "a state_dict does not store a BatchNorm's eps: PyTorch's default"
+        batchnorm = (
+            "a state_dict does not store a BatchNorm's eps: PyTorch's default; nor whether it "
+            "came before the activation, which is assumed -- LeNet.from_torch reads both"
+        )
         origin = f"{origin}; batchnorm_eps: {batchnorm}" if architecture_options else batchnorm
     message = (
         f"{source + ': ' if source else ''}neither the call nor the weights state "

@@ -532,7 +532,8 @@ def test_an_assumed_batchnorm_eps_is_announced_and_stating_it_gives_pytorchs_out
     assert len(caught) == 1
     message = str(caught[0].message)
     assert "state batchnorm_eps, so lenet_fast assumed batchnorm_eps=1e-05" in message
-    assert "a state_dict does not store a BatchNorm's eps" in message
+    assert "a state_dict does not store a BatchNorm's eps: PyTorch's default" in message
+    assert "whether it came before the activation, which is assumed" in message
     assert "--batchnorm-eps 1e-05" in message
     assert assumed.assumed_architecture == {"batchnorm_eps": 1e-05}
     assert "assumed, not stated by the weights: batchnorm_eps" in str(assumed.summary())

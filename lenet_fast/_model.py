@@ -192,7 +192,7 @@ def _assumed_batchnorm_eps(weights, metadata, stated):
         raise _weights.MetadataError(f"metadata['{_ASSUMED_BATCHNORM_EPS}']: {exc}") from None
     if stated is None:
         return recorded, True
-    if _weights.check_batchnorm_eps(stated) != recorded:
+    if float(stated) != recorded:  # (stated was checked by canonicalize)
         raise ValueError(
             f"batchnorm_eps={stated!r}, but this file's BatchNorm layers were folded into its "
             f"weights with an assumed eps of {recorded!r} when it was written; a folded "

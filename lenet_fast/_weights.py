@@ -1388,8 +1388,18 @@ def destination_file(path):
     return os.path.realpath(path) if os.path.islink(path) else path
 
 
-# What follows ".<name>" in a temporary file's name: "." + 12 random hex digits + ".part".
-_TEMPORARY_SUFFIX_LENGTH = len(".0123456789ab.part")
+# A temporary file's name, ".<name>.<12 random hex digits>.part", made from and read back to the
+# name of the file it will replace: one format, in these two functions.
+_TEMPORARY_RANDOM_BYTES = 6
+_TEMPORARY_SUFFIX_LENGTH = len(".") + 2 * _TEMPORARY_RANDOM_BYTES + len(".part")
+
+
+def _temporary_name(name):
+    return f".{name}.{secrets.token_hex(_TEMPORARY_RANDOM_BYTES)}.part"
+
+
+def _replaced_name(temporary_name):
+    return temporary_name[1:-_TEMPORARY_SUFFIX_LENGTH]
 
 
 def temporary_file_beside(path):
@@ -1420,7 +1430,7 @@ def temporary_file_beside(path):
     # Created with mode 0o666 for the kernel to apply the umask: reading the umask would mean
     # setting it, and a umask set for a moment applies to files other threads create meanwhile.
     for _ in range(100):
-        temporary = os.path.join(folder, f".{name}.{secrets.token_hex(6)}.part")
+        temporary = os.path.join(folder, _temporary_name(name))
         try:
             os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         except FileExistsError:
@@ -1452,7 +1462,7 @@ def replace_durably(temporary):
         If the file cannot be synced or renamed (the caller removes the temporary file).
     """
     folder, name = os.path.split(temporary)
-    destination = os.path.join(folder, name[1:-_TEMPORARY_SUFFIX_LENGTH])
+    destination = os.path.join(folder, _replaced_name(name))
     # POSIX syncs through any descriptor; Windows' FlushFileBuffers needs write access.
     descriptor = os.open(temporary, os.O_RDWR if os.name == "nt" else os.O_RDONLY)
     try:

@@ -510,8 +510,9 @@ def test_conv_without_bias_before_batchnorm():
 
 
 def eps_sensitive_net(eps=1e-3):
-    """A trained-looking LeNet whose BatchNorm uses eps=1e-3 (Keras's default, and a common
-    choice) over small running variances, where PyTorch's default 1e-5 changes the outputs."""
+    """A trained-looking LeNet whose BatchNorms use `eps` (by default 1e-3: Keras's default,
+    and a common choice) over small running variances, where PyTorch's default 1e-5 changes
+    the outputs."""
     net = build("seed-all-relu+bn")
     for module in net.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):

@@ -338,6 +338,11 @@ ONE_IMAGE_CONV2 = {
     **{name: SPECS[name] for name in ("caffe", "mnist-unpadded", "lenet5")},
     # conv2 padded by 2 (the windows read pool1's zero border), positions in a partial chunk
     "same-odd": small_spec(c1=5, c2=19, plane=(20, 28), conv2_padding=2, dense=(7,)),
+    # pooled 1 x 16 and 16 x 1: a pool1 phase row wider than a vector (split lane by lane),
+    # and a chunk of positions spanning more than two vectors (gathered lane by lane); caffe,
+    # mnist-unpadded and lenet5 take the permutes (gather_conv2_windows)
+    "wide-pool2": small_spec(c1=3, c2=5, plane=(16, 76), dense=(6,)),
+    "tall-pool2": small_spec(c1=3, c2=5, plane=(76, 16), dense=(6,)),
     "conv3-avg-softmax": {
         **small_spec(c1=3, c2=21, conv3=33, plane=(32, 32)),
         "pool": "avg",

@@ -185,6 +185,12 @@ def _assumed_batchnorm_eps(weights, metadata, stated):
     if folded_now is not None:
         return folded_now, False
     if _ASSUMED_BATCHNORM_EPS not in metadata:
+        if stated is not None and not getattr(weights, "batchnorm", None):
+            raise ValueError(
+                f"batchnorm_eps={stated!r} was given, but these weights hold no BatchNorm layer "
+                f"to fold it into (expected running_mean/running_var entries; a file save_npz "
+                f"wrote holds its BatchNorms folded already): leave batchnorm_eps out"
+            )
         return None, False
     try:
         recorded = _weights.check_batchnorm_eps(metadata[_ASSUMED_BATCHNORM_EPS])
@@ -559,7 +565,8 @@ class LeNet:
             If `path` does not exist.
         ValueError
             If an option is not one of its allowed values, `batchnorm_eps` is not a finite
-            number >= 0 or contradicts the eps the file's BatchNorms were folded with, or
+            number >= 0, contradicts the eps the file's BatchNorms were folded with or is
+            given for weights without BatchNorm, or
             `num_threads` is out of range.
 
         Warns
@@ -708,7 +715,9 @@ class LeNet:
             missing or (with `strict`) unused keys, a shape that does not fit, an array that is
             not floating point or not finite, or a geometry no member of the family has.
         ValueError
-            If an option is not one of its allowed values, or `num_threads` is out of range.
+            If an option is not one of its allowed values, `batchnorm_eps` is not a finite
+            number >= 0 or is given for a mapping without BatchNorm, or `num_threads` is out of
+            range.
 
         Warns
         -----

@@ -217,6 +217,11 @@ def load_model(spec: str, architecture: dict | None = None) -> LeNet:
         if os.path.isfile(spec):  # not isdir: a folder named like a model must not hide it
             model = read_model_file(spec, architecture)
         elif spec in datasets.PRETRAINED:
+            if "batchnorm_eps" in architecture:
+                raise CommandError(
+                    f"{spec}: --batchnorm-eps is for state_dicts with BatchNorm layers; a "
+                    f"pretrained model holds none"
+                )
             model = LeNet.pretrained(spec)
             if architecture:
                 model = LeNet(

@@ -557,11 +557,14 @@ def test_an_assumed_batchnorm_eps_is_announced_and_stating_it_gives_pytorchs_out
     for bad in (-1e-3, float("nan"), float("inf"), "1e-3", True):
         with pytest.raises(ValueError, match="batchnorm_eps must be"):
             LeNet.from_state_dict(state, **net.architecture, batchnorm_eps=bad)
-    # Weights without a BatchNorm: nothing to assume, and a stated eps changes nothing.
+    # Weights without a BatchNorm: nothing to assume, and an eps stated for them is refused
+    # (it would change nothing, so the caller's idea of the model is off).
     plain = build("seed-all-relu")
     with no_architecture_warning():
-        model = LeNet.from_state_dict(plain.state_dict(), **plain.architecture, batchnorm_eps=0.5)
+        model = LeNet.from_state_dict(plain.state_dict(), **plain.architecture)
     assert_matches_pytorch(model, plain, x)
+    with pytest.raises(ValueError, match="hold no BatchNorm layer to fold it into"):
+        LeNet.from_state_dict(plain.state_dict(), **plain.architecture, batchnorm_eps=0.5)
 
 
 def test_save_npz_keeps_an_assumed_batchnorm_eps_a_guess(tmp_path):
@@ -582,6 +585,9 @@ def test_save_npz_keeps_an_assumed_batchnorm_eps_a_guess(tmp_path):
         confirmed = LeNet.from_npz(tmp_path / "guess.npz", batchnorm_eps=1e-5)
         confirmed.save_npz(tmp_path / "stated.npz")
         assert LeNet.from_npz(tmp_path / "stated.npz").assumed_architecture == {}
+    # Folded with a stated eps, the file holds no BatchNorm left to state an eps for.
+    with pytest.raises(ValueError, match="save_npz wrote holds its BatchNorms folded already"):
+        LeNet.from_npz(tmp_path / "stated.npz", batchnorm_eps=1e-5)
     with pytest.raises(ValueError, match="folded into its weights with an assumed eps of 1e-05"):
         LeNet.from_npz(tmp_path / "guess.npz", batchnorm_eps=1e-3)
     assert_refuses_metadata(tmp_path, confirmed, "assumed_batchnorm_eps", (-1.0, "1e-5", None))
@@ -626,6 +632,11 @@ def test_cli_states_or_refuses_the_batchnorm_eps(tmp_path, capsys):
     LeNet.from_torch(net).to_onnx(tmp_path / "net.onnx")  # ONNX stores each epsilon
     status, _, err = run_cli(capsys, "info", tmp_path / "net.onnx", "--batchnorm-eps", "1e-3")
     assert status == 1 and "--batchnorm-eps is for state_dicts" in err
+    # Nothing to state it for: a pretrained model, a file without BatchNorm.
+    status, _, err = run_cli(capsys, "info", "fashion-mnist", "--batchnorm-eps", "1e-3")
+    assert status == 1 and "a pretrained model holds none" in err
+    status, _, err = run_cli(capsys, "info", tmp_path / "a.npz", "--batchnorm-eps", "1e-3")
+    assert status == 1 and "hold no BatchNorm layer" in err
 
 
 def test_fold_batchnorm_matches_pytorch_and_the_keras_axis():

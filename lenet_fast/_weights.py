@@ -992,7 +992,7 @@ def fold_batchnorm(weight, bias, gamma, beta, mean, var, eps=BATCHNORM_EPS, axis
     mean, var = vector(mean, 0.0, "running_mean"), vector(var, 1.0, "running_var")
     denominator = var + float(eps)
     if not np.all(denominator > 0):
-        raise ValueError(f"expected running_var + eps > 0, found {denominator.min()!r}")
+        raise ValueError(f"expected running_var + eps > 0, found {float(denominator.min())!r}")
     scale = gamma / np.sqrt(denominator)
     shape = [1] * weight.ndim
     shape[axis] = features

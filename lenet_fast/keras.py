@@ -14,7 +14,8 @@ ever deserialised; HDF5 is read with ``h5py`` (the ``keras`` extra).  Loading go
    identities).
 3. *Match*: the chain against the LeNet family the engine runs::
 
-       Conv2D act? pool act? Conv2D act? pool act? (Conv2D act?)? Flatten (Dense act?){1,3}
+       Conv2D bn? act? pool act? Conv2D bn? act? pool act? (Conv2D bn? act?)? Flatten
+       (Dense bn? act?){1,3}
 
    with 5x5 stride-1 convolutions, each ``padding="valid"`` or ``"same"`` (2 on every side;
    conv3 "valid" over a 5x5 map), 2 x 2 stride-2 pooling of one kind, one activation per stage
@@ -31,8 +32,11 @@ ever deserialised; HDF5 is read with ``h5py`` (the ``keras`` extra).  Loading go
    are converted once from channels-last: kernels (5, 5, in, out) -> (out, in, 5, 5), dense
    kernels (in, out) -> (out, in), and the first dense kernel after ``Flatten`` reordered from
    the flatten order Keras used ((row, column, channel) for channels-last) to PyTorch's
-   (channel, row, column).  They then pass through ``_weights.canonicalize`` with the geometry
-   (input size and both paddings) like every other weight set.
+   (channel, row, column).  A BatchNormalization (``bn`` above: directly after its Conv2D or
+   Dense, which has no activation of its own) is folded into that layer's kernel and bias
+   first, with the epsilon its config states (``_weights.fold_batchnorm``: float64, rounded
+   once).  They then pass through ``_weights.canonicalize`` with the geometry (input size and
+   both paddings) like every other weight set.
 """
 
 from __future__ import annotations
@@ -98,7 +102,11 @@ _INFERENCE_IDENTITIES = (
     "Identity",
 )
 # Keras's path for a layer's variables in model.weights.h5 is its class name in snake case.
-_WEIGHTS_PATH_NAMES = {"Conv2D": "conv2d", "Dense": "dense"}
+_WEIGHTS_PATH_NAMES = {
+    "Conv2D": "conv2d",
+    "Dense": "dense",
+    "BatchNormalization": "batch_normalization",
+}
 # Config entries that do not change what a trained layer computes at inference.
 _INERT_OPTIONS = {
     "name",
@@ -122,7 +130,21 @@ _INERT_OPTIONS = {
     "input_shape",
     "lora_alpha",
 }
-_NOT_SUPPORTED_YET = ("BatchNormalization",)
+# BatchNormalization options that act only while training (inference uses the moving statistics).
+_BATCHNORM_TRAINING_OPTIONS = {
+    "momentum",
+    "beta_initializer",
+    "gamma_initializer",
+    "moving_mean_initializer",
+    "moving_variance_initializer",
+    "beta_regularizer",
+    "gamma_regularizer",
+    "beta_constraint",
+    "gamma_constraint",
+    "synchronized",
+    "renorm_momentum",
+    "fused",
+}
 
 
 def _import_h5py():
@@ -573,13 +595,6 @@ def _steps(chain, source):
         name = layer.class_name
         if name in _INFERENCE_IDENTITIES:
             continue
-        if name in _NOT_SUPPORTED_YET:
-            raise _error(
-                source,
-                f"{name} is not supported yet (fold it into the preceding "
-                f"layer's weights before saving)",
-                layer,
-            )
         if name == "InputLayer":
             _check_inert_options(layer, {"sparse", "ragged", "optional"}, source)
             for flag in ("sparse", "ragged", "optional"):
@@ -658,17 +673,60 @@ def _steps(chain, source):
             _check_inert_options(layer, {"axis"}, source)
             _option(layer, "axis", (-1, 1), source, -1)
             steps.append(_Step("activation", layer, "softmax"))
+        elif name == "BatchNormalization":
+            steps.append(_Step("batchnorm", layer, _batchnorm_options(layer, source)))
         elif name in ("Sequential", "Functional", "Model"):
             raise _error(source, "nested models are not supported; save the inner model", layer)
         else:
             raise _error(
                 source,
                 f"layer type {name} is not supported (expected InputLayer, "
-                f"Conv2D, MaxPooling2D, AveragePooling2D, Flatten, Dense, "
-                f"Activation, ReLU, Softmax or Dropout)",
+                f"Conv2D, BatchNormalization, MaxPooling2D, AveragePooling2D, "
+                f"Flatten, Dense, Activation, ReLU, Softmax or Dropout)",
                 layer,
             )
     return steps
+
+
+def _batchnorm_options(layer, source):
+    """A BatchNormalization's inference options: (axis, epsilon, center, scale)."""
+    _check_inert_options(
+        layer,
+        {
+            "axis",
+            "epsilon",
+            "center",
+            "scale",
+            "renorm",
+            "renorm_clipping",
+            "virtual_batch_size",
+            "adjustment",
+            *_BATCHNORM_TRAINING_OPTIONS,
+        },
+        source,
+    )
+    # Batch renormalisation stores more variables; these change what a batch computes.
+    _option(layer, "renorm", (False, None), source)
+    for key in ("renorm_clipping", "virtual_batch_size", "adjustment"):
+        _option(layer, key, (None,), source)
+    axis = layer.config.get("axis", -1)
+    if isinstance(axis, list) and len(axis) == 1:
+        axis = axis[0]
+    if isinstance(axis, bool) or not isinstance(axis, int):
+        raise _error(source, f"expected one integer axis, found {_brief(axis)}", layer)
+    epsilon = layer.config.get("epsilon", 1e-3)
+    if (
+        isinstance(epsilon, bool)
+        or not isinstance(epsilon, (int, float))
+        or not math.isfinite(epsilon)
+        or epsilon < 0
+    ):
+        raise _error(
+            source, f"expected epsilon a finite number >= 0, found {_brief(epsilon)}", layer
+        )
+    center = _option(layer, "center", (True, False), source, True)
+    scale = _option(layer, "scale", (True, False), source, True)
+    return {"axis": axis, "epsilon": float(epsilon), "center": center, "scale": scale}
 
 
 def _stages(steps, source):
@@ -714,16 +772,21 @@ def _stages(steps, source):
 
 
 def _read_structure(named_stages, source):
-    """Check where pooling, Flatten and activations sit; return each weighted layer's activation
-    (name -> (activation, the layer that says so)), the two pooling steps and the Flatten."""
-    activations, pools, flatten = {}, [], None
+    """Check where pooling, Flatten, activations and BatchNormalizations sit; return each
+    weighted layer's activation (name -> (activation, the layer that says so)), the two pooling
+    steps, the Flatten and the BatchNormalization steps (name -> step)."""
+    activations, pools, flatten, batchnorms = {}, [], None, {}
     last_conv = [name for name, _ in named_stages if name.startswith("conv")][-1]
     last = named_stages[-1][0]
     for name, (layer, following) in named_stages:
         wants_pool, wants_flatten = name in ("conv1", "conv2"), name == last_conv
         chosen = [(layer.value, layer.layer)] if layer.value != "identity" else []
         seen = {"pool": [], "flatten": []}
-        for step in following:
+        for position, step in enumerate(following):
+            if step.kind == "batchnorm":
+                _check_batchnorm_place(layer, following[:position], step, source)
+                batchnorms[name] = step
+                continue
             if step.kind == "activation":
                 if step.value != "identity":
                     chosen.append((step.value, step.layer))
@@ -780,7 +843,47 @@ def _read_structure(named_stages, source):
             f"{pools[0].layer.class_name} then {pools[1].layer.class_name}",
             pools[1].layer,
         )
-    return activations, pools, flatten
+    return activations, pools, flatten, batchnorms
+
+
+def _check_batchnorm_place(layer, before, batchnorm, source):
+    """A BatchNormalization folds into the Conv2D or Dense `layer` only directly after it (the
+    `before` steps between them: none) and before any activation, its own included."""
+    if before:
+        raise _error(
+            source,
+            f"a BatchNormalization is folded into the Conv2D or Dense it directly follows; "
+            f"this one follows {before[-1].layer.class_name} {before[-1].layer.name!r}",
+            batchnorm.layer,
+        )
+    if layer.value != "identity":
+        raise _error(
+            source,
+            f"a BatchNormalization after an activation cannot be folded into the layer's "
+            f"weights; this one follows {layer.layer.name!r}'s {layer.value} (expected "
+            f"activation=None there, then the BatchNormalization, then the activation)",
+            batchnorm.layer,
+        )
+
+
+def _check_batchnorm_axes(named_stages, batchnorms, layout, source):
+    """Each BatchNormalization normalises its layer's output channels (features)."""
+    for name, (layer, _) in named_stages:
+        if name not in batchnorms:
+            continue
+        step = batchnorms[name]
+        if layer.kind == "dense":
+            axes, what = (-1, 1), "the Dense layer's features"
+        elif layout == "channels_last":
+            axes, what = (-1, 3), "the channels (channels_last)"
+        else:
+            axes, what = (1, -3), "the channels (channels_first)"
+        if step.value["axis"] not in axes:
+            raise _error(
+                source,
+                f"expected axis {' or '.join(map(str, axes))} ({what}), found {step.value['axis']}",
+                step.layer,
+            )
 
 
 def _shared_activation(activations, names, role, source):
@@ -966,7 +1069,9 @@ class _KerasArchiveWeights:
     def __init__(self, open_file, source):
         self._open_file, self._file, self._source = open_file, None, source
 
-    def variables(self, layer, path_name, shapes, hint=""):
+    def variables(self, layer, path_name, shapes, hint="", roles=None):
+        """The layer's variables, in Keras's order (kernel, bias; gamma, beta, moving mean,
+        moving variance); `roles` names them for the legacy reader, not needed here."""
         import h5py
 
         if self._file is None:  # opened once the config has been checked
@@ -1018,14 +1123,14 @@ class _LegacyWeights:
     def __init__(self, group, source, h5py):
         self._group, self._source, self._h5py = group, source, h5py
 
-    def variables(self, layer, path_name, shapes, hint=""):
+    def variables(self, layer, path_name, shapes, hint="", roles=("kernel", "bias")):
         h5py, source = self._h5py, self._source
         where = f"'model_weights/{layer.name}'"
         group = _check_links(self._group, [layer.name], h5py, source, where)
         if not isinstance(group, h5py.Group):
             raise _error(source, f"{where}: missing (the weights do not match the config)", layer)
         names = self._weight_names(group, layer, where)
-        roles = ["kernel", "bias"][: len(shapes)]
+        roles = list(roles[: len(shapes)])
         found = [name.split("/")[-1].split(":")[0] for name in names]
         if found != roles:
             raise _error(source, f"{where}: expected weights {roles}, found {names}", layer)
@@ -1048,7 +1153,7 @@ class _LegacyWeights:
             if attribute.shape is None or len(attribute.shape) != 1 or attribute.shape[0] > 4:
                 raise _error(
                     self._source,
-                    f"{where}: expected at most 2 weight names, found "
+                    f"{where}: expected at most 4 weight names, found "
                     f"an attribute of shape {attribute.shape}",
                     layer,
                 )
@@ -1076,6 +1181,38 @@ class _LegacyWeights:
         return names
 
 
+def _folded(arrays, batchnorm, width, store, path_names, source):
+    """[kernel, bias] of a layer with the BatchNormalization that follows it folded in."""
+    options, layer = batchnorm.value, batchnorm.layer
+    roles = [
+        *(["gamma"] if options["scale"] else []),
+        *(["beta"] if options["center"] else []),
+        "moving_mean",
+        "moving_variance",
+    ]
+    values = dict(
+        zip(
+            roles,
+            store.variables(layer, path_names[layer.name], [(width,)] * len(roles), roles=roles),
+        )
+    )
+    try:
+        return list(
+            _weights.fold_batchnorm(
+                arrays[0],
+                arrays[1] if len(arrays) > 1 else None,
+                values.get("gamma"),
+                values.get("beta"),
+                values["moving_mean"],
+                values["moving_variance"],
+                options["epsilon"],
+                axis=-1,
+            )
+        )
+    except ValueError as exc:
+        raise _error(source, f"cannot fold it into the layer before: {exc}", layer) from exc
+
+
 def _check_conv3_input(stages, stated, pooled, source):
     if "conv3" in stages and pooled != (_KERNEL, _KERNEL):
         raise _error(
@@ -1087,10 +1224,12 @@ def _check_conv3_input(stages, stated, pooled, source):
         )
 
 
-def _read_weights(layers, named_stages, activations, store, input_chw, order, paddings, source):
-    """The weights in canonical shapes (converted from Keras's channels-last layout) keyed by
-    Keras layer names, the key_map from canonical layer names to those, the architecture's
-    activations and the input size."""
+def _read_weights(
+    layers, named_stages, activations, batchnorms, store, input_chw, order, paddings, source
+):
+    """The weights in canonical shapes (converted from Keras's channels-last layout, any
+    BatchNormalization folded in) keyed by Keras layer names, the key_map from canonical layer
+    names to those, the architecture's activations and the input size."""
     counters, path_names = {}, {}
     for layer in layers:  # Keras numbers the variable paths per class, in config order
         base = _WEIGHTS_PATH_NAMES.get(layer.class_name)
@@ -1125,6 +1264,8 @@ def _read_weights(layers, named_stages, activations, store, input_chw, order, pa
             kernel_shape = (_ANY if inputs is None else inputs, width)
         shapes = [kernel_shape, (width,)] if use_bias else [kernel_shape]
         arrays[name] = store.variables(layer, path_names[layer.name], shapes, hint)
+        if name in batchnorms:
+            arrays[name] = _folded(arrays[name], batchnorms[name], width, store, path_names, source)
         if name == "fc1" and inputs is None:
             inputs = features = arrays[name][0].shape[0]
         elif name == "fc1":
@@ -1241,7 +1382,9 @@ def read_model(
     are ignored (they are identities at inference); ``use_bias=False`` gives a zero bias;
     channels-last or channels-first.  The convolutions share one activation, and the Dense
     layers but the last share one.  The input size (e.g. 28 x 28 or 32 x 32) comes from the
-    config and must give even convolution outputs.  BatchNormalization is not supported yet.
+    config and must give even convolution outputs.  A BatchNormalization directly after a
+    Conv2D or Dense without an activation of its own (on its channel or feature axis) is
+    folded into that layer with the config's epsilon; one anywhere else is refused.
 
     Examples
     --------
@@ -1289,12 +1432,21 @@ def _load(source, magic, h5py):
         if stated_shape is not None and not any(step.kind == "input" for step in steps):
             steps.insert(0, _Step("input", chain[0], stated_shape))
         named_stages, input_step = _stages(steps, source)
-        activations, pools, flatten = _read_structure(named_stages, source)
+        activations, pools, flatten, batchnorms = _read_structure(named_stages, source)
         layout, input_chw, order, paddings = _geometry(
             named_stages, input_step, pools, flatten, source
         )
+        _check_batchnorm_axes(named_stages, batchnorms, layout, source)
         weights, key_map, architecture, input_size = _read_weights(
-            layers, named_stages, activations, store, input_chw, order, paddings, source
+            layers,
+            named_stages,
+            activations,
+            batchnorms,
+            store,
+            input_chw,
+            order,
+            paddings,
+            source,
         )
     architecture.update(
         pool=pools[0].value,

@@ -194,6 +194,78 @@ def keras_channels_first_valid_32():
     )
 
 
+def with_moving_statistics(model, seed=3):
+    """`model` with every BatchNormalization's variables set away from their initial values:
+    variances of 0.2-1 (small enough that reading another epsilon than the config's changes
+    the outputs by over 1e-4, large enough that the scores do not saturate)."""
+    rng = np.random.default_rng(seed)
+    draw = {
+        "gamma": lambda n: rng.uniform(0.5, 1.5, n),
+        "beta": lambda n: rng.normal(0.0, 0.3, n),
+        "moving_mean": lambda n: rng.normal(0.0, 0.3, n),
+        "moving_variance": lambda n: rng.uniform(0.2, 1.0, n),
+    }
+    for layer in model.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            layer.set_weights(
+                [
+                    draw[weight.path.split("/")[-1]](weight.shape[0]).astype(np.float32)
+                    for weight in layer.weights
+                ]
+            )
+    return model
+
+
+def keras_batchnorm():
+    """Conv/Dense -> BatchNormalization -> activation throughout (the usual order): Keras's
+    default epsilon, stated ones, scale=False, center=False, a bias-free convolution, and a
+    BatchNormalization before the softmax."""
+    return with_moving_statistics(
+        keras.Sequential(
+            [
+                keras.Input((28, 28, 1)),
+                layers.Conv2D(8, 5, use_bias=False),
+                layers.BatchNormalization(),
+                layers.Activation("relu"),
+                layers.MaxPooling2D(2),
+                layers.Conv2D(16, 5),
+                layers.BatchNormalization(epsilon=0.01, scale=False),
+                layers.ReLU(),
+                layers.MaxPooling2D(2),
+                layers.Flatten(),
+                layers.Dense(64),
+                layers.BatchNormalization(center=False, epsilon=1e-5),
+                layers.Activation("relu"),
+                layers.Dense(10),
+                layers.BatchNormalization(),
+                layers.Softmax(),
+            ]
+        )
+    )
+
+
+def keras_batchnorm_channels_first():
+    """Channels-first tensors: the BatchNormalizations of the convolutions normalise axis 1."""
+    return with_moving_statistics(
+        keras.Sequential(
+            [
+                keras.Input((1, 28, 28)),
+                layers.Conv2D(6, 5, padding="same", data_format="channels_first"),
+                layers.BatchNormalization(axis=1),
+                layers.Activation("tanh"),
+                layers.AveragePooling2D(2, data_format="channels_first"),
+                layers.Conv2D(16, 5, data_format="channels_first"),
+                layers.BatchNormalization(axis=1, epsilon=0.02),
+                layers.Activation("tanh"),
+                layers.AveragePooling2D(2, data_format="channels_first"),
+                layers.Flatten(data_format="channels_first"),
+                layers.Dense(10),
+            ]
+        ),
+        seed=4,
+    )
+
+
 # The geometry the config states: input size and the convolutions' padding.
 INPUT_32 = {"input_size": (32, 32), "conv1_padding": 0, "conv2_padding": 0}
 INPUT_28 = {"input_size": (28, 28), "conv1_padding": 0, "conv2_padding": 0}
@@ -278,6 +350,26 @@ MODELS = {
             "output_activation": "softmax",
             "pool": "max",
             **INPUT_28_SAME_SAME,
+        },
+    ),
+    # BatchNormalization folded into the layer before it (the fidelity issue's folding).
+    "batchnorm": (
+        keras_batchnorm,
+        {
+            "conv_activation": "relu",
+            "fc_activation": "relu",
+            "output_activation": "softmax",
+            "pool": "max",
+            **INPUT_28,
+        },
+    ),
+    "channels_first_batchnorm": (
+        keras_batchnorm_channels_first,
+        {
+            "conv_activation": "tanh",
+            "output_activation": "identity",
+            "pool": "avg",
+            **INPUT_28_SAME,
         },
     ),
     "channels_first_32": (
@@ -512,11 +604,48 @@ UNSUPPORTED = {
         lambda: sequential(*lenet_body(conv2=layers.Conv2D(16, 3, name="conv2"))),
         r"layer 'conv2' \(Conv2D\): expected kernel_size \[5, 5\], found \[3, 3\]",
     ),
-    "batch_norm": (
+    "batchnorm_after_activation": (
         lambda: sequential(
             *lenet_body()[:1], layers.BatchNormalization(name="bn"), *lenet_body()[1:]
         ),
-        r"layer 'bn' \(BatchNormalization\): BatchNormalization is not supported yet",
+        r"layer 'bn' \(BatchNormalization\): a BatchNormalization after an activation cannot "
+        r"be folded into the layer's weights; this one follows 'conv1''s tanh",
+    ),
+    "batchnorm_after_pooling": (
+        lambda: sequential(
+            *lenet_body()[:2], layers.BatchNormalization(name="bn"), *lenet_body()[2:]
+        ),
+        r"layer 'bn' \(BatchNormalization\): a BatchNormalization is folded into the Conv2D or "
+        r"Dense it directly follows; this one follows AveragePooling2D",
+    ),
+    "two_batchnorms": (
+        lambda: sequential(
+            layers.Conv2D(6, 5, padding="same", name="conv1"),
+            layers.BatchNormalization(name="bn1"),
+            layers.BatchNormalization(name="bn2"),
+            layers.Activation("tanh"),
+            *lenet_body()[1:],
+        ),
+        r"layer 'bn2' \(BatchNormalization\): .* this one follows BatchNormalization 'bn1'",
+    ),
+    "batchnorm_axis": (
+        lambda: sequential(
+            layers.Conv2D(6, 5, padding="same", name="conv1"),
+            layers.BatchNormalization(axis=1, name="bn"),
+            layers.Activation("tanh"),
+            *lenet_body()[1:],
+        ),
+        r"layer 'bn' \(BatchNormalization\): expected axis -1 or 3 \(the channels "
+        r"\(channels_last\)\), found 1",
+    ),
+    "batchnorm_renorm": (
+        lambda: sequential(
+            layers.Conv2D(6, 5, padding="same", name="conv1"),
+            layers.BatchNormalization(renorm=True, name="bn"),
+            layers.Activation("tanh"),
+            *lenet_body()[1:],
+        ),
+        r"layer 'bn' \(BatchNormalization\): expected renorm False or None, found True",
     ),
     "other_layer": (
         lambda: sequential(*lenet_body()[:1], layers.LeakyReLU(name="leaky"), *lenet_body()[1:]),
@@ -823,6 +952,46 @@ def test_config_values_of_the_wrong_type(saved, tmp_path):
         edit(edited)
         write_archive(path, edited, weights)
         refused(path, message)
+
+
+def test_batchnorm_that_cannot_be_folded_is_refused(saved, tmp_path):
+    """Statistics that give no finite layer, missing variables and a malformed epsilon are
+    refused naming the BatchNormalization layer."""
+    config, weights = archive_parts(saved["batchnorm"][1])
+    path = tmp_path / "model.keras"
+    bn = r"layer '[^']+' \(BatchNormalization\): "
+
+    def negative_variance(file):
+        del file["layers/batch_normalization/vars/3"]
+        file["layers/batch_normalization/vars/3"] = np.full(8, -1.0, np.float32)
+
+    def missing_variance(file):
+        del file["layers/batch_normalization/vars/3"]
+
+    for edit, message in (
+        (
+            negative_variance,
+            bn + r"cannot fold it into the layer before: expected running_var \+ "
+            r"eps > 0, found -0.999",
+        ),
+        (
+            missing_variance,
+            bn + r".*expected variables \['0', '1', '2', '3'\], found "
+            r"\['0', '1', '2'\]",
+        ),
+    ):
+        write_archive(path, config, edited_weights(weights, edit))
+        refused(path, message)
+    for epsilon in ("0.001", -1.0, True, None):
+        edited = json.loads(json.dumps(config))
+        layer = next(
+            entry
+            for entry in edited["config"]["layers"]
+            if entry["class_name"] == "BatchNormalization"
+        )
+        layer["config"]["epsilon"] = epsilon
+        write_archive(path, edited, weights)
+        refused(path, bn + "expected epsilon a finite number >= 0, found")
 
 
 def test_weights_that_do_not_match_or_are_unsafe(saved, tmp_path):

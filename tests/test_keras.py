@@ -550,9 +550,10 @@ def write_keras2_h5(model, path, functional=False):
                 layer_group[name.decode()] = np.asarray(variable.numpy())
 
 
+@pytest.mark.parametrize("name", ["example", "batchnorm"])
 @pytest.mark.parametrize("functional", [False, True], ids=["sequential", "functional"])
-def test_keras2_h5_layout(saved, tmp_path, functional):
-    keras_model = saved["example"][0]
+def test_keras2_h5_layout(saved, tmp_path, functional, name):
+    keras_model = saved[name][0]
     write_keras2_h5(keras_model, tmp_path / "keras2.h5", functional)
     model = LeNet.from_keras(tmp_path / "keras2.h5")
     assert model.metadata["provenance"]["keras_version"] == "2.15.0"

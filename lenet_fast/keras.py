@@ -14,8 +14,8 @@ ever deserialised; HDF5 is read with ``h5py`` (the ``keras`` extra).  Loading go
    identities).
 3. *Match*: the chain against the LeNet family the engine runs::
 
-       Conv2D bn? act? pool act? Conv2D bn? act? pool act? (Conv2D bn? act?)? Flatten
-       (Dense bn? act?){1,3}
+       rescaling? Conv2D bn? act? pool act? Conv2D bn? act? pool act? (Conv2D bn? act?)?
+       Flatten (Dense bn? act?){1,3}
 
    with 5x5 stride-1 convolutions, each ``padding="valid"`` or ``"same"`` (2 on every side;
    conv3 "valid" over a 5x5 map), 2 x 2 stride-2 pooling of one kind, one activation per stage
@@ -32,11 +32,14 @@ ever deserialised; HDF5 is read with ``h5py`` (the ``keras`` extra).  Loading go
    are converted once from channels-last: kernels (5, 5, in, out) -> (out, in, 5, 5), dense
    kernels (in, out) -> (out, in), and the first dense kernel after ``Flatten`` reordered from
    the flatten order Keras used ((row, column, channel) for channels-last) to PyTorch's
-   (channel, row, column).  A BatchNormalization (``bn`` above: directly after its Conv2D or
-   Dense, which has no activation of its own) is folded into that layer's kernel and bias
-   first, with the epsilon its config states (``_weights.fold_batchnorm``: float64, rounded
-   once).  They then pass through ``_weights.canonicalize`` with the geometry (input size and
-   both paddings) like every other weight set.
+   (channel, row, column).  A leading ``Rescaling`` (``x * scale + offset``, scalars) is
+   folded into conv1 (the kernel times scale, offset times the kernel's sum added to the bias;
+   an offset only where conv1 is unpadded, since "same" pads the rescaled input with zeros),
+   and a BatchNormalization (``bn`` above: directly after its Conv2D or Dense, which has no
+   activation of its own) into its layer's kernel and bias, with the epsilon its config
+   states (``_weights.fold_batchnorm``); both in float64, rounded once.  They then pass
+   through ``_weights.canonicalize`` with the geometry (input size and both paddings) like
+   every other weight set.
 """
 
 from __future__ import annotations
@@ -107,6 +110,7 @@ _WEIGHTS_PATH_NAMES = {
     "Dense": "dense",
     "BatchNormalization": "batch_normalization",
 }
+_RESCALING = "Rescaling"
 # Config entries that do not change what a trained layer computes at inference.
 _INERT_OPTIONS = {
     "name",
@@ -675,17 +679,71 @@ def _steps(chain, source):
             steps.append(_Step("activation", layer, "softmax"))
         elif name == "BatchNormalization":
             steps.append(_Step("batchnorm", layer, _batchnorm_options(layer, source)))
+        elif name == _RESCALING:
+            _check_inert_options(layer, {"scale", "offset"}, source)
+            steps.append(
+                _Step(
+                    "rescaling",
+                    layer,
+                    tuple(
+                        _finite_number(layer, key, default, source)
+                        for key, default in (("scale", None), ("offset", 0.0))
+                    ),
+                )
+            )
         elif name in ("Sequential", "Functional", "Model"):
             raise _error(source, "nested models are not supported; save the inner model", layer)
         else:
             raise _error(
                 source,
                 f"layer type {name} is not supported (expected InputLayer, "
-                f"Conv2D, BatchNormalization, MaxPooling2D, AveragePooling2D, "
-                f"Flatten, Dense, Activation, ReLU, Softmax or Dropout)",
+                f"Rescaling, Conv2D, BatchNormalization, MaxPooling2D, "
+                f"AveragePooling2D, Flatten, Dense, Activation, ReLU, Softmax or "
+                f"Dropout)",
                 layer,
             )
     return steps
+
+
+def _finite_number(layer, key, default, source):
+    """A config entry that must be one finite number (a per-channel list is refused)."""
+    value = layer.config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _error(source, f"expected {key} one finite number, found {_brief(value)}", layer)
+    return float(value)
+
+
+def _leading_rescaling(steps, source):
+    """The steps without a Rescaling that comes before conv1 (returned apart: (scale, offset)
+    and its step, or None); a Rescaling anywhere else, or a second one, is refused."""
+    first_conv = next(
+        (index for index, step in enumerate(steps) if step.kind == "conv"), len(steps)
+    )
+    found = [index for index, step in enumerate(steps) if step.kind == "rescaling"]
+    for index in found:
+        if index > first_conv or index != found[0]:
+            raise _error(
+                source,
+                "a Rescaling is folded into the first Conv2D only as the model's first "
+                "layer (after the input); this one is not",
+                steps[index].layer,
+            )
+    if not found:
+        return steps, None
+    return steps[: found[0]] + steps[found[0] + 1 :], steps[found[0]]
+
+
+def _check_rescaling_padding(rescaling, paddings, source):
+    """An offset folds into an unpadded conv1 only: 'same' pads the rescaled input with zeros,
+    which a folded offset would turn into the offset."""
+    if rescaling is not None and rescaling.value[1] != 0.0 and paddings[0]:
+        raise _error(
+            source,
+            "a Rescaling offset cannot be folded into a first Conv2D with padding 'same' "
+            "(Keras pads the rescaled input with zeros); expected offset 0 or padding "
+            "'valid'",
+            rescaling.layer,
+        )
 
 
 def _batchnorm_options(layer, source):
@@ -1181,6 +1239,15 @@ class _LegacyWeights:
         return names
 
 
+def _rescaled(arrays, scale, offset):
+    """[kernel, bias] of conv1 reading x instead of x * scale + offset (float64, rounded once):
+    the kernel times scale, and offset times each output's kernel sum added to its bias."""
+    kernel = np.asarray(arrays[0], dtype=np.float64)
+    bias = np.asarray(arrays[1], dtype=np.float64) if len(arrays) > 1 else 0.0
+    bias = bias + offset * kernel.sum(axis=(0, 1, 2))
+    return [(kernel * scale).astype(np.float32), np.asarray(bias, dtype=np.float32)]
+
+
 def _folded(arrays, batchnorm, width, store, path_names, source):
     """[kernel, bias] of a layer with the BatchNormalization that follows it folded in."""
     options, layer = batchnorm.value, batchnorm.layer
@@ -1225,7 +1292,16 @@ def _check_conv3_input(stages, stated, pooled, source):
 
 
 def _read_weights(
-    layers, named_stages, activations, batchnorms, store, input_chw, order, paddings, source
+    layers,
+    named_stages,
+    activations,
+    batchnorms,
+    rescaling,
+    store,
+    input_chw,
+    order,
+    paddings,
+    source,
 ):
     """The weights in canonical shapes (converted from Keras's channels-last layout, any
     BatchNormalization folded in) keyed by Keras layer names, the key_map from canonical layer
@@ -1264,6 +1340,8 @@ def _read_weights(
             kernel_shape = (_ANY if inputs is None else inputs, width)
         shapes = [kernel_shape, (width,)] if use_bias else [kernel_shape]
         arrays[name] = store.variables(layer, path_names[layer.name], shapes, hint)
+        if name == "conv1" and rescaling is not None:
+            arrays[name] = _rescaled(arrays[name], *rescaling.value)
         if name in batchnorms:
             arrays[name] = _folded(arrays[name], batchnorms[name], width, store, path_names, source)
         if name == "fc1" and inputs is None:
@@ -1353,8 +1431,10 @@ def read_model(
         The file's ``conv_activation``, ``fc_activation``, ``output_activation``, ``pool`` and
         geometry (``input_size``, ``conv1_padding``, ``conv2_padding``).
     provenance : dict
-        ``format`` (``"Keras .keras"`` or ``"Keras .h5"``), ``keras_input_shape`` and, where the
-        file records them, ``keras_model`` (the model's name) and ``keras_version``.
+        ``format`` (``"Keras .keras"`` or ``"Keras .h5"``), ``keras_input_shape``,
+        ``keras_rescaling`` (``scale`` and ``offset`` of a Rescaling folded into conv1) where
+        there was one and, where the file records them, ``keras_model`` (the model's name) and
+        ``keras_version``.
 
     Raises
     ------
@@ -1384,7 +1464,10 @@ def read_model(
     layers but the last share one.  The input size (e.g. 28 x 28 or 32 x 32) comes from the
     config and must give even convolution outputs.  A BatchNormalization directly after a
     Conv2D or Dense without an activation of its own (on its channel or feature axis) is
-    folded into that layer with the config's epsilon; one anywhere else is refused.
+    folded into that layer with the config's epsilon; one anywhere else is refused.  A
+    ``Rescaling`` first (one scale, one offset; an offset only with a 'valid' conv1) is folded
+    into conv1, so the model takes the inputs the Keras model took (e.g. pixels 0-255);
+    ``provenance["keras_rescaling"]`` records it.
 
     Examples
     --------
@@ -1428,7 +1511,7 @@ def _load(source, magic, h5py):
                 f"found a file starting with {magic!r}",
             )
         layers, chain, stated_shape = _model_layers(config, source)
-        steps = _steps(chain, source)
+        steps, rescaling = _leading_rescaling(_steps(chain, source), source)
         if stated_shape is not None and not any(step.kind == "input" for step in steps):
             steps.insert(0, _Step("input", chain[0], stated_shape))
         named_stages, input_step = _stages(steps, source)
@@ -1437,11 +1520,13 @@ def _load(source, magic, h5py):
             named_stages, input_step, pools, flatten, source
         )
         _check_batchnorm_axes(named_stages, batchnorms, layout, source)
+        _check_rescaling_padding(rescaling, paddings, source)
         weights, key_map, architecture, input_size = _read_weights(
             layers,
             named_stages,
             activations,
             batchnorms,
+            rescaling,
             store,
             input_chw,
             order,
@@ -1469,6 +1554,11 @@ def _load(source, magic, h5py):
         if layout == "channels_last"
         else [channels, *input_size],
     }
+    if rescaling is not None:  # the model reads what Keras's Rescaling read: say so
+        provenance["keras_rescaling"] = {
+            "scale": rescaling.value[0],
+            "offset": rescaling.value[1],
+        }
     for key, value in (("keras_model", _model_name(config)), ("keras_version", version)):
         if value is not None:
             provenance[key] = value

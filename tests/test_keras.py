@@ -429,6 +429,39 @@ def test_outputs_match_keras(saved, name, file_format):
     assert tuple(provenance["keras_input_shape"]) == shape
 
 
+@pytest.mark.parametrize("file_format", [".keras", ".h5"])
+def test_leading_rescaling_is_folded_into_conv1(tmp_path, file_format):
+    """Keras tutorials scale pixels inside the model: Rescaling(1/255) before a 'same' conv1, and
+    Rescaling with an offset before a 'valid' conv1 followed by a BatchNormalization.  The
+    model then takes what the Keras model took, raw pixels 0-255, and says so."""
+    keras.utils.set_random_seed(5)
+    models = {
+        (1 / 255, 0.0): sequential(layers.Rescaling(1 / 255), *lenet_body()),
+        (2 / 255, -1.0): with_moving_statistics(
+            sequential(
+                layers.Rescaling(2 / 255, offset=-1.0),
+                layers.Conv2D(6, 5),
+                layers.BatchNormalization(),
+                layers.ReLU(),
+                layers.MaxPooling2D(2),
+                layers.Conv2D(16, 5, activation="relu"),
+                layers.MaxPooling2D(2),
+                layers.Flatten(),
+                layers.Dense(10),
+            )
+        ),
+    }
+    pixels = real_images(28, 1) * 255
+    noise = np.random.default_rng(2).uniform(0, 255, size=(500, 1, 28, 28)).astype(np.float32)
+    for (scale, offset), keras_model in models.items():
+        path = tmp_path / f"model{file_format}"
+        keras_model.save(path)
+        model = LeNet.from_keras(path)
+        assert model.metadata["provenance"]["keras_rescaling"] == {"scale": scale, "offset": offset}
+        assert_keras_parity(model, keras_model, pixels)
+        assert_keras_parity(model, keras_model, noise)
+
+
 def test_keras_flatten_permutation_is_done_once_at_load(saved):
     """fc1 of a channels-last flatten model is stored in PyTorch's (channel, row, column)
     order: Keras's kernel row (r * W + c) * C + k becomes column (k * H + r) * W + c."""
@@ -698,9 +731,23 @@ UNSUPPORTED = {
         ),
         r"layer 'early' \(Dense\): expected softmax only after the last Dense",
     ),
-    "rescaling": (
-        lambda: sequential(layers.Rescaling(1 / 255, name="scale"), *lenet_body()),
-        r"layer 'scale' \(Rescaling\): layer type Rescaling is not supported",
+    "rescaling_offset_before_same": (
+        lambda: sequential(layers.Rescaling(1 / 127.5, offset=-1, name="scale"), *lenet_body()),
+        r"layer 'scale' \(Rescaling\): a Rescaling offset cannot be folded into a first Conv2D "
+        r"with padding 'same'",
+    ),
+    "rescaling_not_first": (
+        lambda: sequential(
+            *lenet_body()[:2], layers.Rescaling(0.5, name="scale"), *lenet_body()[2:]
+        ),
+        r"layer 'scale' \(Rescaling\): a Rescaling is folded into the first Conv2D only as the "
+        r"model's first layer",
+    ),
+    "two_rescalings": (
+        lambda: sequential(
+            layers.Rescaling(0.5), layers.Rescaling(0.5, name="again"), *lenet_body()
+        ),
+        r"layer 'again' \(Rescaling\): a Rescaling is folded into the first Conv2D only as",
     ),
     "mixed_precision": (
         lambda: sequential(
@@ -993,6 +1040,17 @@ def test_batchnorm_that_cannot_be_folded_is_refused(saved, tmp_path):
         layer["config"]["epsilon"] = epsilon
         write_archive(path, edited, weights)
         refused(path, bn + "expected epsilon a finite number >= 0, found")
+
+
+def test_rescaling_needs_one_finite_scale_and_offset(saved, tmp_path):
+    config, weights = archive_parts(saved["example"][1])
+    path = tmp_path / "model.keras"
+    for key, value in (("scale", [0.5]), ("scale", "0.5"), ("scale", None), ("offset", 1e999)):
+        edited = json.loads(json.dumps(config))
+        rescaling = {"name": "scale", "scale": 1 / 255, "offset": 0.0, key: value}
+        edited["config"]["layers"].insert(1, {"class_name": "Rescaling", "config": rescaling})
+        write_archive(path, edited, weights)
+        refused(path, rf"layer 'scale' \(Rescaling\): expected {key} one finite number, found")
 
 
 def test_weights_that_do_not_match_or_are_unsafe(saved, tmp_path):

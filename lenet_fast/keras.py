@@ -51,7 +51,7 @@ import math
 import os
 import zipfile
 import zlib
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -1291,21 +1291,23 @@ def _check_conv3_input(stages, stated, pooled, source):
         )
 
 
-def _read_weights(
-    layers,
-    named_stages,
-    activations,
-    batchnorms,
-    rescaling,
-    store,
-    input_chw,
-    order,
-    paddings,
-    source,
-):
+class _Structure(NamedTuple):
+    """What steps 2 and 3 found: the weighted layers and what follows each, and the geometry."""
+
+    named_stages: list  # (conv1 ... fc3, (weighted step, the steps after it))
+    activations: dict  # name -> (activation, the layer that says so)
+    batchnorms: dict  # name -> the BatchNormalization step folded into it
+    rescaling: Any  # the Rescaling step folded into conv1, or None
+    input_chw: tuple  # the input's (C, H, W), None where the config states none
+    order: tuple  # Keras's flatten order of the (C, H, W) feature map, as axis names
+    paddings: tuple  # conv1's and conv2's padding
+
+
+def _read_weights(layers, structure, store, source):
     """The weights in canonical shapes (converted from Keras's channels-last layout, any
     BatchNormalization folded in) keyed by Keras layer names, the key_map from canonical layer
     names to those, the architecture's activations and the input size."""
+    named_stages, activations, batchnorms, rescaling, input_chw, order, paddings = structure
     counters, path_names = {}, {}
     for layer in layers:  # Keras numbers the variable paths per class, in config order
         base = _WEIGHTS_PATH_NAMES.get(layer.class_name)
@@ -1521,18 +1523,10 @@ def _load(source, magic, h5py):
         )
         _check_batchnorm_axes(named_stages, batchnorms, layout, source)
         _check_rescaling_padding(rescaling, paddings, source)
-        weights, key_map, architecture, input_size = _read_weights(
-            layers,
-            named_stages,
-            activations,
-            batchnorms,
-            rescaling,
-            store,
-            input_chw,
-            order,
-            paddings,
-            source,
+        structure = _Structure(
+            named_stages, activations, batchnorms, rescaling, input_chw, order, paddings
         )
+        weights, key_map, architecture, input_size = _read_weights(layers, structure, store, source)
     architecture.update(
         pool=pools[0].value,
         input_size=input_size,

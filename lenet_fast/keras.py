@@ -714,8 +714,9 @@ def _finite_number(layer, key, default, source):
 
 
 def _leading_rescaling(steps, source):
-    """The steps without a Rescaling that comes before conv1 (returned apart: (scale, offset)
-    and its step, or None); a Rescaling anywhere else, or a second one, is refused."""
+    """(steps, rescaling): the steps with the Rescaling that comes before conv1 taken out, and
+    that step (its value is (scale, offset); None where there is none).  A Rescaling anywhere
+    else, or a second one, is refused."""
     first_conv = next(
         (index for index, step in enumerate(steps) if step.kind == "conv"), len(steps)
     )
@@ -1240,12 +1241,12 @@ class _LegacyWeights:
 
 
 def _rescaled(arrays, scale, offset):
-    """[kernel, bias] of conv1 reading x instead of x * scale + offset (float64, rounded once):
-    the kernel times scale, and offset times each output's kernel sum added to its bias."""
+    """[kernel, bias] of conv1 reading x instead of x * scale + offset: the kernel times scale,
+    and offset times each output's kernel sum added to its bias.  Left in float64, so that a
+    BatchNormalization folded next (or canonicalize) rounds the result to float32 once."""
     kernel = np.asarray(arrays[0], dtype=np.float64)
     bias = np.asarray(arrays[1], dtype=np.float64) if len(arrays) > 1 else 0.0
-    bias = bias + offset * kernel.sum(axis=(0, 1, 2))
-    return [(kernel * scale).astype(np.float32), np.asarray(bias, dtype=np.float32)]
+    return [kernel * scale, bias + offset * kernel.sum(axis=(0, 1, 2))]
 
 
 def _folded(arrays, batchnorm, width, store, path_names, source):

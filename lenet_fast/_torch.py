@@ -39,6 +39,15 @@ _MAX_LAYERS = 6  # conv1, conv2, conv3, fc1, fc2, fc3
 _VERIFY_TOLERANCE = 1e-4
 
 
+# PyTorch's MNIST example ends in log_softmax (for NLLLoss): say how to run it anyway.
+_LOG_SOFTMAX_HINT = (
+    ". log_softmax is not an output activation lenet_fast computes; its labels are the "
+    "logits' labels, so LeNet.from_state_dict(module.state_dict(), "
+    "output_activation='identity', ...) runs this network for predict() (forward() then "
+    "gives the logits, not log-probabilities)"
+)
+
+
 class TorchImportError(ValueError):
     """A PyTorch module that is not a LeNet-5 this package can compute exactly.
 
@@ -137,7 +146,9 @@ class _Reader:
         return f"function {name} (node {node.name!r})"
 
     def refuse(self, node, problem):
-        return TorchImportError(f"{type(self.module).__name__}: {self.describe(node)}: {problem}")
+        where = self.describe(node)
+        hint = _LOG_SOFTMAX_HINT if "logsoftmax" in where.replace("_", "").lower() else ""
+        return TorchImportError(f"{type(self.module).__name__}: {where}: {problem}{hint}")
 
     # -- the chain ------------------------------------------------------------------------------
 

@@ -327,6 +327,52 @@ def test_from_torch_refuses_what_the_engine_cannot_compute():
         LeNet.from_torch({})
 
 
+@pytest.mark.parametrize("form", ["function", "module", "method"])
+def test_log_softmax_is_refused_with_the_way_to_its_labels(form):
+    """PyTorch's MNIST example ends in log_softmax (for NLLLoss): refused, and the message says
+    how to run the network anyway; that way gives PyTorch's labels."""
+
+    class ExampleNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.conv2 = nn.Conv2d(1, 6, 5), nn.Conv2d(6, 16, 5)
+            self.fc1, self.fc2, self.fc3 = (
+                nn.Linear(256, 120),
+                nn.Linear(120, 84),
+                nn.Linear(84, 10),
+            )
+            self.log_softmax = nn.LogSoftmax(dim=1)
+
+        def forward(self, x):
+            x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+            x = torch.flatten(F.max_pool2d(F.relu(self.conv2(x)), 2), 1)
+            x = self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
+            if form == "module":
+                return self.log_softmax(x)
+            return F.log_softmax(x, dim=1) if form == "function" else x.log_softmax(1)
+
+    torch.manual_seed(0)
+    net = ExampleNet().eval()
+    message = refusal(net)
+    assert "log_softmax is not an output activation lenet_fast computes" in message
+    assert "output_activation='identity'" in message
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = LeNet.from_state_dict(
+            net.state_dict(),
+            conv_activation="relu",
+            fc_activation="relu",
+            output_activation="identity",
+            pool="max",
+            input_size=28,
+            conv1_padding=0,
+        )
+    x = np.random.default_rng(0).normal(size=(200, 1, 28, 28)).astype(np.float32)
+    with torch.no_grad():
+        expected = net(torch.from_numpy(x)).numpy().argmax(axis=1)
+    np.testing.assert_array_equal(model.predict(x), expected)
+
+
 def test_importing_lenet_fast_does_not_import_torch():
     code = (
         "import sys, lenet_fast; from lenet_fast import cli, onnx; "

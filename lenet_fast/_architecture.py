@@ -19,7 +19,7 @@ Every convolution output must be even (pooling an odd size is refused, never flo
 from dataclasses import dataclass
 
 ACTIVATIONS = ("relu", "sigmoid", "tanh", "identity")
-OUTPUT_ACTIVATIONS = ACTIVATIONS + ("softmax",)
+OUTPUT_ACTIVATIONS = ACTIVATIONS + ("softmax", "log_softmax")
 POOLS = ("max", "avg")
 PADDINGS = (0, 2)
 

@@ -377,8 +377,10 @@ class LeNet:
         Applied after conv1, conv2 and conv3 (before pooling); default "relu".
     fc_activation : {"relu", "sigmoid", "tanh", "identity"}, optional
         Applied after fc1; default "sigmoid".
-    output_activation : {"sigmoid", "relu", "tanh", "identity", "softmax"}, optional
-        Applied after fc2; ``"softmax"`` normalises over the classes; default "sigmoid".
+    output_activation : str, optional
+        Applied after the last dense layer: "sigmoid" (the default), "relu", "tanh",
+        "identity", "softmax" (normalises over the classes) or "log_softmax" (its logarithm;
+        PyTorch's MNIST examples end with it).
     pool : {"max", "avg"}, optional
         Default "max".  (The defaults are `lenet_fast._architecture.DEFAULT_ARCHITECTURE`.)
     input_size : int or (int, int), optional
@@ -886,8 +888,8 @@ class LeNet:
         the module's training flags are left as they were), or, where fx cannot trace it
         (Python control flow on shapes), with ``torch.export`` on `example_input` (default:
         two zero images), and matched against the network:
-        Conv2d and Linear layers; ReLU, sigmoid, tanh, softmax or no activation (as modules,
-        ``F.relu``/``torch.relu``-style functions or tensor methods); 2x2 max or average
+        Conv2d and Linear layers; ReLU, sigmoid, tanh, softmax, log-softmax or no activation
+        (as modules, ``F.relu``/``torch.relu``-style functions or tensor methods); 2x2 max or average
         pooling; flatten (``nn.Flatten``, ``torch.flatten(x, 1)``, ``x.view(x.size(0), -1)``,
         ``x.view(-1, 400)``); dropout (ignored, as in eval mode); BatchNorm1d/2d directly after
         a layer, folded into it (in float64, then float32).  This covers the PyTorch tutorial's
@@ -1277,7 +1279,8 @@ class LeNet:
         Returns
         -------
         ndarray of float32, shape (N, n_classes)
-            The scores of each image (probabilities with a softmax output); `out` when given.
+            The scores of each image (probabilities with a softmax output, their logarithms
+            with log_softmax); `out` when given.
 
         Raises
         ------

@@ -7,8 +7,8 @@ cannot trace (Python control flow on shapes, like the older tutorial's ``num_fla
 loop) is captured with ``torch.export`` on example images instead, whose ATen ops are traced
 back to the modules owning their weights (`_ExportReader`).  The nodes must form
 one chain from the single input to the output; each becomes a step -- a weighted layer (Conv2d,
-Linear), a BatchNorm, an activation (ReLU, sigmoid, tanh, softmax, identity), a 2x2 pooling, a
-flatten -- and dropout (a no-op in eval mode) is skipped.  The steps are then matched against the
+Linear), a BatchNorm, an activation (ReLU, sigmoid, tanh, softmax, log-softmax, identity), a
+2x2 pooling, a flatten -- and dropout (a no-op in eval mode) is skipped.  The steps are then matched against the
 family of shapes the engine computes (`lenet_fast._architecture`)::
 
     conv [bn] act pool conv [bn] act pool (conv [bn] act flatten | flatten)
@@ -39,13 +39,8 @@ _MAX_LAYERS = 6  # conv1, conv2, conv3, fc1, fc2, fc3
 _VERIFY_TOLERANCE = 1e-4
 
 
-# PyTorch's MNIST example ends in log_softmax (for NLLLoss): say how to run it anyway.
-_LOG_SOFTMAX_HINT = (
-    ". log_softmax is not an output activation lenet_fast computes; its labels are the "
-    "logits' labels, so LeNet.from_state_dict(module.state_dict(), "
-    "output_activation='identity', ...) runs this network for predict() (forward() then "
-    "gives the logits, not log-probabilities)"
-)
+# Activations over the classes: output only, along dim 1.
+_OVER_CLASSES = ("softmax", "log_softmax")
 
 
 class TorchImportError(ValueError):
@@ -87,6 +82,7 @@ class _Reader:
             nn.Sigmoid: "sigmoid",
             nn.Tanh: "tanh",
             nn.Softmax: "softmax",
+            nn.LogSoftmax: "log_softmax",
         }
         self.activation_functions = {
             torch.relu: "relu",
@@ -95,6 +91,8 @@ class _Reader:
             torch.tanh: "tanh",
             functional.softmax: "softmax",
             torch.softmax: "softmax",
+            functional.log_softmax: "log_softmax",
+            torch.log_softmax: "log_softmax",
             getattr(functional, "sigmoid", torch.sigmoid): "sigmoid",
             getattr(functional, "tanh", torch.tanh): "tanh",
             torch.relu_: "relu",
@@ -108,6 +106,7 @@ class _Reader:
             "tanh": "tanh",
             "tanh_": "tanh",
             "softmax": "softmax",
+            "log_softmax": "log_softmax",
         }
         self.dropout_modules = (
             nn.Dropout,
@@ -146,9 +145,7 @@ class _Reader:
         return f"function {name} (node {node.name!r})"
 
     def refuse(self, node, problem):
-        where = self.describe(node)
-        hint = _LOG_SOFTMAX_HINT if "logsoftmax" in where.replace("_", "").lower() else ""
-        return TorchImportError(f"{type(self.module).__name__}: {where}: {problem}{hint}")
+        return TorchImportError(f"{type(self.module).__name__}: {self.describe(node)}: {problem}")
 
     # -- the chain ------------------------------------------------------------------------------
 
@@ -248,9 +245,11 @@ class _Reader:
             return _Step("batchnorm", where, module=module)
         for kind, name in self.activation_modules.items():
             if type(module) is kind:
-                if name == "softmax" and module.dim not in (None, 1, -1):
+                if name in _OVER_CLASSES and module.dim not in (None, 1, -1):
                     raise self.refuse(
-                        node, f"expected Softmax over the classes (dim=1), found dim={module.dim}"
+                        node,
+                        f"expected {kind.__name__} over the classes (dim=1), found "
+                        f"dim={module.dim}",
                     )
                 return _Step("activation", where, name)
         if type(module) is nn.Identity or isinstance(module, self.dropout_modules):
@@ -274,7 +273,7 @@ class _Reader:
         raise self.refuse(
             node,
             "this module is not one a LeNet-5 here is built from (Conv2d, "
-            "Linear, BatchNorm1d/2d, ReLU, Sigmoid, Tanh, Softmax, Identity, "
+            "Linear, BatchNorm1d/2d, ReLU, Sigmoid, Tanh, Softmax, LogSoftmax, Identity, "
             "MaxPool2d, AvgPool2d, Flatten, Dropout)",
         )
 
@@ -338,10 +337,10 @@ class _Reader:
         target, where = node.target, self.describe(node)
         if target in self.activation_functions:
             name = self.activation_functions[target]
-            if name == "softmax" and _argument(node, 0, "dim") not in (None, 1, -1):
+            if name in _OVER_CLASSES and _argument(node, 0, "dim") not in (None, 1, -1):
                 raise self.refuse(
                     node,
-                    f"expected softmax over the classes (dim=1), found "
+                    f"expected {name} over the classes (dim=1), found "
                     f"dim={_argument(node, 0, 'dim')}",
                 )
             return _Step("activation", where, name)
@@ -393,17 +392,17 @@ class _Reader:
         raise self.refuse(
             node,
             "this operation is not one a LeNet-5 here computes (activations "
-            "relu, sigmoid, tanh, softmax; max_pool2d/avg_pool2d; flatten; "
-            "dropout)",
+            "relu, sigmoid, tanh, softmax, log_softmax; max_pool2d/avg_pool2d; "
+            "flatten; dropout)",
         )
 
     def method_step(self, node):
         name, where = node.target, self.describe(node)
         if name in self.activation_methods:
-            if name == "softmax" and _argument(node, 0, "dim") not in (None, 1, -1):
+            if name in _OVER_CLASSES and _argument(node, 0, "dim") not in (None, 1, -1):
                 raise self.refuse(
                     node,
-                    f"expected softmax over the classes (dim=1), found "
+                    f"expected {name} over the classes (dim=1), found "
                     f"dim={_argument(node, 0, 'dim')}",
                 )
             return _Step("activation", where, self.activation_methods[name])
@@ -523,16 +522,16 @@ def _read_architecture(layers, name):
             if (
                 step.kind == "activation"
                 and seen["pool"]
-                and (seen["pool"][0].value == "avg" or step.value == "softmax")
+                and (seen["pool"][0].value == "avg" or step.value in _OVER_CLASSES)
             ):
                 raise TorchImportError(
                     f"{name}: {step.where}: this activation after "
                     f"{seen['pool'][0].where} does not commute with the "
                     f"pooling; the engine applies it before pooling"
                 )
-            if step.kind == "activation" and step.value == "softmax" and position != last:
+            if step.kind == "activation" and step.value in _OVER_CLASSES and position != last:
                 raise TorchImportError(
-                    f"{name}: {step.where}: expected softmax only after the last layer"
+                    f"{name}: {step.where}: expected {step.value} only after the last layer"
                 )
         if position < 2 and not seen["pool"]:
             raise TorchImportError(
@@ -697,6 +696,7 @@ class _ExportReader(_Reader):
             (("sigmoid.default", "sigmoid_.default"), "sigmoid"),
             (("tanh.default", "tanh_.default"), "tanh"),
             (("softmax.int", "_softmax.default"), "softmax"),
+            (("log_softmax.int", "_log_softmax.default"), "log_softmax"),
         ):
             self.aten_activations.update(dict.fromkeys(ops(*names), activation))
         self.aten_conv = ops("conv2d.default", "conv2d.padding")
@@ -784,9 +784,9 @@ class _ExportReader(_Reader):
             return self.module_step(node, norm)
         if target in self.aten_activations:
             name = self.aten_activations[target]
-            if name == "softmax" and args[1] not in (1, -1):
+            if name in _OVER_CLASSES and args[1] not in (1, -1):
                 raise self.refuse(
-                    node, f"expected softmax over the classes (dim=1), found dim={args[1]}"
+                    node, f"expected {name} over the classes (dim=1), found dim={args[1]}"
                 )
             return _Step("activation", self.describe(node), name)
         if target in self.aten_max_pool or target in self.aten_avg_pool:

@@ -90,6 +90,7 @@ _ACTIVATIONS = {
     "tanh": "tanh",
     "sigmoid": "sigmoid",
     "softmax": "softmax",
+    "log_softmax": "log_softmax",
     "linear": "identity",
     None: "identity",
 }
@@ -580,7 +581,7 @@ def _activation_name(value, layer, source):
     raise _error(
         source,
         f"activation {_brief(value)} is not supported (expected relu, tanh, "
-        f"sigmoid, softmax or linear)",
+        f"sigmoid, softmax, log_softmax or linear)",
         layer,
     )
 
@@ -890,8 +891,8 @@ def _read_structure(named_stages, source):
                 chosen[1][1],
             )
         activation, where = chosen[0] if chosen else ("identity", layer.layer)
-        if activation == "softmax" and name != last:
-            raise _error(source, "expected softmax only after the last Dense", where)
+        if activation in ("softmax", "log_softmax") and name != last:
+            raise _error(source, f"expected {activation} only after the last Dense", where)
         activations[name] = (activation, where)
         pools.extend(seen["pool"])
         flatten = flatten or (seen["flatten"][0] if seen["flatten"] else None)
@@ -1459,8 +1460,8 @@ def read_model(
     InputLayer; Conv2D with 5x5 kernels, stride 1, no dilation, one group, ``padding="valid"``
     or ``"same"`` on each of the first two and "valid" on a third (which must see a 5x5 map);
     2 x 2 stride-2 MaxPooling2D or AveragePooling2D (the same after both convolutions);
-    Flatten; one to three Dense layers; activations relu, tanh, sigmoid, linear and (last)
-    softmax, as a layer option or as Activation, ReLU (plain) and Softmax layers; Dropout,
+    Flatten; one to three Dense layers; activations relu, tanh, sigmoid, linear and (last) softmax or
+    log_softmax, as a layer option or as Activation, ReLU (plain) and Softmax layers; Dropout,
     SpatialDropout2D, GaussianNoise, GaussianDropout, AlphaDropout and ActivityRegularization
     are ignored (they are identities at inference); ``use_bias=False`` gives a zero bias;
     channels-last or channels-first.  The convolutions share one activation, and the Dense

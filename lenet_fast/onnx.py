@@ -51,7 +51,14 @@ IR_VERSION = 8
 INPUT_NAME = "images"
 OUTPUT_NAME = "scores"
 
-_ACTIVATION_OPS = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Softmax": "softmax"}
+_ACTIVATION_OPS = {
+    "Relu": "relu",
+    "Sigmoid": "sigmoid",
+    "Tanh": "tanh",
+    "Softmax": "softmax",
+    "LogSoftmax": "log_softmax",
+}
+_OVER_CLASSES = ("Softmax", "LogSoftmax")  # output only, along axis 1
 _POOL_OPS = {"MaxPool": "max", "AveragePool": "avg"}
 _FLATTEN_OPS = ("Flatten", "Reshape")
 _SUPPORTED_OPS = (
@@ -496,7 +503,7 @@ def _tokenize(nodes, data, constants, source):
         elif op == "BatchNormalization":
             _fold_batchnorm_node(node, attributes, tokens, constant)
         elif op in _ACTIVATION_OPS:
-            if op == "Softmax":
+            if op in _OVER_CLASSES:
                 _check_attributes(node, attributes, {"axis": [1, -1]})
             tokens.append(_Token("activation", node, _ACTIVATION_OPS[op]))
         elif op in _POOL_OPS:
@@ -654,9 +661,10 @@ def _read_structure(named_layers, source):
                     "an activation after AveragePool does not commute "
                     "with it; expected it before the pooling",
                 )
-            if token.kind == "activation" and token.value == "softmax" and name != last:
+            if token.kind == "activation" and token.node.op_type in _OVER_CLASSES and name != last:
                 raise _unsupported(
-                    token.node, f"expected Softmax only after {last}, found it after {name}"
+                    token.node,
+                    f"expected {token.node.op_type} only after {last}, found it after {name}",
                 )
         if wants_pool and not seen["pool"]:
             raise _unsupported(
@@ -761,8 +769,8 @@ def read_graph(
         Conv -> activation -> 2x2 pool -> (Conv -> activation ->) Flatten -> one to three
         Gemm (or MatMul + Add) layers, each followed by its activation.  Supported ops: Conv
         (5x5, stride 1, padded by 0 or 2 through ``pads``, ``auto_pad="SAME_*"`` or a constant
-        zero Pad of 2 just before it), Relu, Sigmoid, Tanh, Softmax (last), MaxPool and
-        AveragePool (2x2, stride 2), Flatten, Reshape to (batch, features), Gemm, MatMul + Add,
+        zero Pad of 2 just before it), Relu, Sigmoid, Tanh, Softmax or LogSoftmax (last),
+        MaxPool and AveragePool (2x2, stride 2), Flatten, Reshape to (batch, features), Gemm, MatMul + Add,
         Pad, Identity, BatchNormalization directly after a Conv/Gemm/MatMul (folded into it);
         weights as initializers or Constant nodes.  Activations may be absent ("identity").
 
@@ -968,8 +976,9 @@ def build_model_proto(
             steps.append(("Gemm", name, parameters, {"transB": 1}))
             activation = architecture["output_activation" if name == names[-1] else "fc_activation"]
         if activation != "identity":
-            attributes = {"axis": 1} if activation == "softmax" else {}
-            steps.append((_ONNX_ACTIVATIONS[activation], f"{name}_{activation}", [], attributes))
+            op = _ONNX_ACTIVATIONS[activation]
+            attributes = {"axis": 1} if op in _OVER_CLASSES else {}
+            steps.append((op, f"{name}_{activation}", [], attributes))
         if name in ("conv1", "conv2"):
             steps.append((_ONNX_POOLS[architecture["pool"]], f"{name}_pool", [], pool))
         if name == last_conv:

@@ -40,15 +40,16 @@ def _check_ndim(argument, array, ndim, layout):
 
 
 def activate(x, name):
-    """Apply an activation function element-wise (softmax: over the last axis).
+    """Apply an activation function element-wise (softmax and log-softmax: over the last axis).
 
     Parameters
     ----------
     x : ndarray of float
         Pre-activation values, any shape.
-    name : {"relu", "sigmoid", "tanh", "identity", "softmax"}
+    name : {"relu", "sigmoid", "tanh", "identity", "softmax", "log_softmax"}
         The activation.  ``"softmax"`` normalises over the last axis and subtracts the row
-        maximum first, so large inputs do not overflow.
+        maximum first, so large inputs do not overflow; ``"log_softmax"`` is its logarithm,
+        ``x - max - log(sum(exp(x - max)))`` (finite where softmax underflows to 0).
 
     Returns
     -------
@@ -74,9 +75,12 @@ def activate(x, name):
         return np.exp(-np.logaddexp(0, -x))
     if name == "tanh":
         return np.tanh(x)
-    if name == "softmax":
-        shifted = np.exp(x - x.max(axis=-1, keepdims=True))
-        return shifted / shifted.sum(axis=-1, keepdims=True)
+    if name in ("softmax", "log_softmax"):
+        shifted = x - x.max(axis=-1, keepdims=True)
+        exps = np.exp(shifted)
+        if name == "log_softmax":
+            return shifted - np.log(exps.sum(axis=-1, keepdims=True))
+        return exps / exps.sum(axis=-1, keepdims=True)
     return x
 
 
@@ -266,8 +270,9 @@ def forward(
         Applied after each convolution, before pooling.
     fc_activation : {"relu", "sigmoid", "tanh", "identity"}, default "sigmoid"
         Applied after every dense layer but the last.
-    output_activation : {"relu", "sigmoid", "tanh", "identity", "softmax"}, default "sigmoid"
-        Applied after the last dense layer; ``"softmax"`` normalises over the classes.
+    output_activation : str, default "sigmoid"
+        Applied after the last dense layer: "relu", "sigmoid", "tanh", "identity", "softmax"
+        (normalises over the classes) or "log_softmax" (its logarithm).
     pool : {"max", "avg"}, default "max"
         The 2x2, stride-2 pooling after conv1 and conv2.
     input_size, conv1_padding, conv2_padding : optional

@@ -112,8 +112,9 @@ def channels_first_lenet():
     )
 
 
-def keras_mnist_unpadded():
-    """28x28 'valid' everywhere, ReLU, max pooling, flatten 256 -> 120 -> 84 -> 10 (linear)."""
+def keras_mnist_unpadded(output_activation=None):
+    """28x28 'valid' everywhere, ReLU, max pooling, flatten 256 -> 120 -> 84 -> 10 (linear, or
+    `output_activation`)."""
     return keras.Sequential(
         [
             keras.Input((28, 28, 1)),
@@ -124,7 +125,7 @@ def keras_mnist_unpadded():
             layers.Flatten(),
             layers.Dense(120, activation="relu"),
             layers.Dense(84, activation="relu"),
-            layers.Dense(10),
+            layers.Dense(10, activation=output_activation),
         ]
     )
 
@@ -359,6 +360,16 @@ MODELS = {
             "conv_activation": "relu",
             "fc_activation": "relu",
             "output_activation": "softmax",
+            "pool": "max",
+            **INPUT_28,
+        },
+    ),
+    "log_softmax": (
+        lambda: keras_mnist_unpadded("log_softmax"),
+        {
+            "conv_activation": "relu",
+            "fc_activation": "relu",
+            "output_activation": "log_softmax",
             "pool": "max",
             **INPUT_28,
         },

@@ -27,6 +27,7 @@ CODES = {
     "sigmoid": "ACT_SIGMOID",
     "tanh": "ACT_TANH",
     "softmax": "ACT_SOFTMAX",
+    "log_softmax": "ACT_LOG_SOFTMAX",
 }
 
 
@@ -343,6 +344,10 @@ ONE_IMAGE_CONV2 = {
     # mnist-unpadded and lenet5 take the permutes (gather_conv2_windows)
     "wide-pool2": small_spec(c1=3, c2=5, plane=(16, 76), dense=(6,)),
     "tall-pool2": small_spec(c1=3, c2=5, plane=(76, 16), dense=(6,)),
+    "log-softmax": {
+        **small_spec(c1=4, c2=18, plane=(28, 28), dense=(9, 11)),
+        "output_activation": "log_softmax",
+    },
     "conv3-avg-softmax": {
         **small_spec(c1=3, c2=21, conv3=33, plane=(32, 32)),
         "pool": "avg",

@@ -208,6 +208,7 @@ ROUND_TRIP_CASES = [
     ("tanh", "relu", "softmax", "avg", 1),
     ("sigmoid", "tanh", "identity", "max", 3),
     ("identity", "identity", "relu", "avg", 3),
+    ("relu", "relu", "log_softmax", "max", 1),
 ]
 
 
@@ -403,12 +404,12 @@ def test_rejects_different_activations_after_the_convolutions(lenet_graph):
     )
 
 
-def test_rejects_softmax_inside_the_network(lenet_graph):
-    node_named(lenet_graph, "fc1_sigmoid").op_type = "Softmax"
+@pytest.mark.parametrize("op", ["Softmax", "LogSoftmax"])
+def test_rejects_softmax_inside_the_network(lenet_graph, op):
+    node_named(lenet_graph, "fc1_sigmoid").op_type = op
     reject(
         lenet_graph,
-        "unsupported Softmax node 'fc1_sigmoid': expected Softmax only after fc2, "
-        "found it after fc1",
+        f"unsupported {op} node 'fc1_sigmoid': expected {op} only after fc2, found it after fc1",
     )
 
 

@@ -192,7 +192,7 @@ HIDDEN_NAMES = "'relu', 'sigmoid', 'tanh', 'identity'"
         (
             "output_activation",
             "Softmax",
-            f"output_activation must be one of {HIDDEN_NAMES}, 'softmax'; got 'Softmax'",
+            f"output_activation must be one of {HIDDEN_NAMES}, 'softmax', 'log_softmax'; got 'Softmax'",
         ),
         ("pool", "min", "pool must be one of 'max', 'avg'; got 'min'"),
     ],
@@ -204,7 +204,8 @@ def test_forward_rejects_unknown_option_names(option, value, message):
 
 def test_layer_functions_name_bad_arguments():
     with pytest.raises(
-        ValueError, match=f"^name must be one of {HIDDEN_NAMES}, 'softmax'; got 'elu'$"
+        ValueError,
+        match=f"^name must be one of {HIDDEN_NAMES}, 'softmax', 'log_softmax'; got 'elu'$",
     ):
         reference.activate(np.zeros(3), "elu")
     with pytest.raises(ValueError, match="^mode must be one of 'max', 'avg'; got 'mean'$"):

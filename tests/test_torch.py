@@ -6,6 +6,7 @@ inputs and real Fashion-MNIST images -- to 1e-5 absolute + 1e-5 relative, with >
 labels agreeing.
 """
 
+import importlib.util
 import io
 import math
 import pickle
@@ -256,8 +257,8 @@ def test_from_torch_refuses_what_the_engine_cannot_compute():
 
     assert refusal(sequential((1, nn.LeakyReLU()))) == (
         "Sequential: module '1' (LeakyReLU): this module is not one a LeNet-5 here is built from "
-        "(Conv2d, Linear, BatchNorm1d/2d, ReLU, Sigmoid, Tanh, Softmax, Identity, MaxPool2d, "
-        "AvgPool2d, Flatten, Dropout)"
+        "(Conv2d, Linear, BatchNorm1d/2d, ReLU, Sigmoid, Tanh, Softmax, LogSoftmax, Identity, "
+        "MaxPool2d, AvgPool2d, Flatten, Dropout)"
     )
     assert (
         "module '3' (Conv2d): the engine computes 5x5 convolutions with stride 1; found "
@@ -327,10 +328,12 @@ def test_from_torch_refuses_what_the_engine_cannot_compute():
         LeNet.from_torch({})
 
 
-@pytest.mark.parametrize("form", ["function", "module", "method"])
-def test_log_softmax_is_refused_with_the_way_to_its_labels(form):
-    """PyTorch's MNIST example ends in log_softmax (for NLLLoss): refused, and the message says
-    how to run the network anyway; that way gives PyTorch's labels."""
+@pytest.mark.parametrize("form", ["function", "module", "method", "export"])
+def test_log_softmax_output_matches_pytorch(form, tmp_path):
+    """PyTorch's MNIST examples end in log_softmax (for NLLLoss): its function, module and
+    tensor-method forms load, through torch.export too, and give PyTorch's log-probabilities;
+    its state_dict loads with output_activation="log_softmax", and the ONNX round trip keeps it
+    (LogSoftmax)."""
 
     class ExampleNet(nn.Module):
         def __init__(self):
@@ -345,32 +348,52 @@ def test_log_softmax_is_refused_with_the_way_to_its_labels(form):
 
         def forward(self, x):
             x = F.max_pool2d(F.relu(self.conv1(x)), 2)
-            x = torch.flatten(F.max_pool2d(F.relu(self.conv2(x)), 2), 1)
+            x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+            if form == "export":  # a loop over x.size(): torch.fx cannot trace it
+                features = 1
+                for size in x.size()[1:]:
+                    features *= size
+                x = x.view(-1, features)
+            else:
+                x = torch.flatten(x, 1)
             x = self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
             if form == "module":
                 return self.log_softmax(x)
-            return F.log_softmax(x, dim=1) if form == "function" else x.log_softmax(1)
+            return x.log_softmax(1) if form == "method" else F.log_softmax(x, dim=1)
 
     torch.manual_seed(0)
     net = ExampleNet().eval()
-    message = refusal(net)
-    assert "log_softmax is not an output activation lenet_fast computes" in message
-    assert "output_activation='identity'" in message
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        model = LeNet.from_state_dict(
-            net.state_dict(),
-            conv_activation="relu",
-            fc_activation="relu",
-            output_activation="identity",
-            pool="max",
-            input_size=28,
-            conv1_padding=0,
-        )
-    x = np.random.default_rng(0).normal(size=(200, 1, 28, 28)).astype(np.float32)
+    if form == "export":
+        with pytest.raises(Exception):
+            torch.fx.symbolic_trace(net)
     with torch.no_grad():
-        expected = net(torch.from_numpy(x)).numpy().argmax(axis=1)
-    np.testing.assert_array_equal(model.predict(x), expected)
+        net.fc3.weight.mul_(100.0)  # confident scores: log-probabilities far below zero
+    x = np.random.default_rng(0).normal(size=(300, 1, 28, 28)).astype(np.float32)
+    with torch.no_grad():
+        expected = net(torch.from_numpy(x)).numpy()
+    assert expected.min() < -10  # confident: most classes far below the best one
+    stated = {
+        "conv_activation": "relu",
+        "fc_activation": "relu",
+        "output_activation": "log_softmax",
+        "pool": "max",
+        "input_size": 28,
+        "conv1_padding": 0,
+    }
+    models = [
+        LeNet.from_torch(net),
+        LeNet.from_torch(net, example_input=torch.zeros(2, 1, 28, 28)),
+        LeNet.from_state_dict(net.state_dict(), **stated),
+    ]
+    if importlib.util.find_spec("onnx") is not None:
+        models[0].to_onnx(tmp_path / "net.onnx")
+        models.append(LeNet.from_onnx(tmp_path / "net.onnx"))
+    for model in models:
+        assert model.architecture["output_activation"] == "log_softmax"
+        np.testing.assert_allclose(model.forward(x), expected, atol=1e-5, rtol=1e-5)
+        np.testing.assert_array_equal(model.predict(x), expected.argmax(axis=1))
+    wrong_dim = nn.Sequential(*d2l_lenet(), nn.LogSoftmax(dim=0))
+    assert "expected LogSoftmax over the classes (dim=1), found dim=0" in refusal(wrong_dim)
 
 
 def test_importing_lenet_fast_does_not_import_torch():

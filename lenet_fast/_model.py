@@ -889,8 +889,8 @@ class LeNet:
         (Python control flow on shapes), with ``torch.export`` on `example_input` (default:
         two zero images), and matched against the network:
         Conv2d and Linear layers; ReLU, sigmoid, tanh, softmax, log-softmax or no activation
-        (as modules, ``F.relu``/``torch.relu``-style functions or tensor methods); 2x2 max or average
-        pooling; flatten (``nn.Flatten``, ``torch.flatten(x, 1)``, ``x.view(x.size(0), -1)``,
+        (as modules, ``F.relu``/``torch.relu``-style functions or tensor methods); 2x2 max or
+        average pooling; flatten (``nn.Flatten``, ``torch.flatten(x, 1)``, ``x.view(x.size(0), -1)``,
         ``x.view(-1, 400)``); dropout (ignored, as in eval mode); BatchNorm1d/2d directly after
         a layer, folded into it (in float64, then float32).  This covers the PyTorch tutorial's
         ``Net``, the network of this package's table and numbered ``nn.Sequential`` models such

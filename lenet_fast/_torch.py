@@ -8,8 +8,8 @@ loop) is captured with ``torch.export`` on example images instead, whose ATen op
 back to the modules owning their weights (`_ExportReader`).  The nodes must form
 one chain from the single input to the output; each becomes a step -- a weighted layer (Conv2d,
 Linear), a BatchNorm, an activation (ReLU, sigmoid, tanh, softmax, log-softmax, identity), a
-2x2 pooling, a flatten -- and dropout (a no-op in eval mode) is skipped.  The steps are then matched against the
-family of shapes the engine computes (`lenet_fast._architecture`)::
+2x2 pooling, a flatten -- and dropout (a no-op in eval mode) is skipped.  The steps are then
+matched against the family of shapes the engine computes (`lenet_fast._architecture`)::
 
     conv [bn] act pool conv [bn] act pool (conv [bn] act flatten | flatten)
     dense [bn] act [dense [bn] act [dense [bn] act]]   (act: optional; may follow a max pool)

@@ -770,9 +770,9 @@ def read_graph(
         Gemm (or MatMul + Add) layers, each followed by its activation.  Supported ops: Conv
         (5x5, stride 1, padded by 0 or 2 through ``pads``, ``auto_pad="SAME_*"`` or a constant
         zero Pad of 2 just before it), Relu, Sigmoid, Tanh, Softmax or LogSoftmax (last),
-        MaxPool and AveragePool (2x2, stride 2), Flatten, Reshape to (batch, features), Gemm, MatMul + Add,
-        Pad, Identity, BatchNormalization directly after a Conv/Gemm/MatMul (folded into it);
-        weights as initializers or Constant nodes.  Activations may be absent ("identity").
+        MaxPool and AveragePool (2x2, stride 2), Flatten, Reshape to (batch, features), Gemm,
+        MatMul + Add, Pad, Identity, BatchNormalization directly after a Conv/Gemm/MatMul
+        (folded into it); weights as initializers or Constant nodes.  Activations may be absent ("identity").
 
     Returns
     -------

@@ -14,11 +14,12 @@ ever deserialised; HDF5 is read with ``h5py`` (the ``keras`` extra).  Loading go
    identities).
 3. *Match*: the chain against the LeNet family the engine runs::
 
-       rescaling? Conv2D bn? act? pool act? Conv2D bn? act? pool act? (Conv2D bn? act?)?
-       Flatten (Dense bn? act?){1,3}
+       rescaling? zeropad? Conv2D bn? act? pool act? zeropad? Conv2D bn? act? pool act?
+       (Conv2D bn? act?)? Flatten (Dense bn? act?){1,3}
 
    with 5x5 stride-1 convolutions, each ``padding="valid"`` or ``"same"`` (2 on every side;
-   conv3 "valid" over a 5x5 map), 2 x 2 stride-2 pooling of one kind, one activation per stage
+   conv3 "valid" over a 5x5 map; a ``ZeroPadding2D`` of 2 right before a "valid" one is the
+   same as "same"), 2 x 2 stride-2 pooling of one kind, one activation per stage
    (from the layer's ``activation`` or a separate ``Activation``/``ReLU``/``Softmax`` layer), one
    activation shared by the convolutions and one by the hidden Dense layers, softmax only last,
    and an input whose every convolution output is even (2 x 2 pooling of an odd size is refused,
@@ -531,11 +532,13 @@ def _functional_chain(inner, layers, source):
 
 
 class _Step:
-    """A layer the network uses: kind is "input", "conv", "dense", "activation", "pool" or
-    "flatten"; `value` the activation, pool kind or input shape."""
+    """A layer the network uses: kind is "input", "conv", "dense", "activation", "pool",
+    "flatten", "batchnorm", "rescaling" or "zeropad"; `value` the activation, pool kind, input
+    shape, BatchNormalization options or (scale, offset)."""
 
     def __init__(self, kind, layer, value=None):
         self.kind, self.layer, self.value = kind, layer, value
+        self.zero_padding = None  # a conv's ZeroPadding2D layer (_attach_zero_paddings)
 
 
 def _option(layer, key, allowed, source, default=None):
@@ -680,6 +683,26 @@ def _steps(chain, source):
             steps.append(_Step("activation", layer, "softmax"))
         elif name == "BatchNormalization":
             steps.append(_Step("batchnorm", layer, _batchnorm_options(layer, source)))
+        elif name == "ZeroPadding2D":
+            _check_inert_options(layer, {"padding", "data_format"}, source)
+            padding = layer.config.get("padding", 1)
+            sides = (
+                [padding] * 4
+                if isinstance(padding, int) and not isinstance(padding, bool)
+                else [
+                    value
+                    for pair in (padding if isinstance(padding, list) else [])
+                    for value in (pair if isinstance(pair, list) else [pair, pair])
+                ]
+            )
+            if sides != [2, 2, 2, 2]:
+                raise _error(
+                    source,
+                    f"expected padding 2 on every side (a 5x5 convolution's 'same'), found "
+                    f"{_brief(padding)}",
+                    layer,
+                )
+            steps.append(_Step("zeropad", layer))
         elif name == _RESCALING:
             _check_inert_options(layer, {"scale", "offset"}, source)
             steps.append(
@@ -698,9 +721,9 @@ def _steps(chain, source):
             raise _error(
                 source,
                 f"layer type {name} is not supported (expected InputLayer, "
-                f"Rescaling, Conv2D, BatchNormalization, MaxPooling2D, "
-                f"AveragePooling2D, Flatten, Dense, Activation, ReLU, Softmax or "
-                f"Dropout)",
+                f"Rescaling, ZeroPadding2D, Conv2D, BatchNormalization, "
+                f"MaxPooling2D, AveragePooling2D, Flatten, Dense, Activation, ReLU, "
+                f"Softmax or Dropout)",
                 layer,
             )
     return steps
@@ -733,6 +756,30 @@ def _leading_rescaling(steps, source):
     if not found:
         return steps, None
     return steps[: found[0]] + steps[found[0] + 1 :], steps[found[0]]
+
+
+def _attach_zero_paddings(steps, source):
+    """The steps with each ZeroPadding2D taken out and recorded on the Conv2D right after it
+    (``step.zero_padding``: that layer), which it pads; one followed by anything else is
+    refused."""
+    kept = []
+    for index, step in enumerate(steps):
+        if step.kind != "zeropad":
+            kept.append(step)
+            continue
+        following = steps[index + 1] if index + 1 < len(steps) else None
+        if following is None or following.kind != "conv":
+            found = (
+                f"{following.layer.class_name} {following.layer.name!r}" if following else "nothing"
+            )
+            raise _error(
+                source,
+                f"a ZeroPadding2D is read as the padding of the Conv2D right after it; this one "
+                f"is followed by {found}",
+                step.layer,
+            )
+        following.zero_padding = step.layer
+    return kept
 
 
 def _check_rescaling_padding(rescaling, paddings, source):
@@ -973,11 +1020,15 @@ def _geometry(named_stages, input_step, pools, flatten, source):
     """Check data formats and paddings; return the data format, the input's (C, H, W) with None
     where unstated, the flatten order as axis names and the two convolutions' paddings."""
     convs = [step for name, (step, _) in named_stages if name.startswith("conv")]
-    layouts = {_data_format(step.layer, source) for step in (*convs, *pools)}
+    zero_paddings = [step.zero_padding for step in convs if step.zero_padding is not None]
+    layouts = {
+        _data_format(layer, source)
+        for layer in (*(step.layer for step in (*convs, *pools)), *zero_paddings)
+    }
     if len(layouts) > 1:
         raise _error(
             source,
-            "expected one data_format for every Conv2D and pooling layer, "
+            "expected one data_format for every Conv2D, pooling and ZeroPadding2D layer, "
             f"found {' and '.join(sorted(layouts))}",
         )
     layout = layouts.pop()
@@ -985,6 +1036,16 @@ def _geometry(named_stages, input_step, pools, flatten, source):
         _PADDINGS[_option(step.layer, "padding", ("valid", "same"), source, "valid")]
         for step in convs
     ]
+    for index, step in enumerate(convs):
+        if step.zero_padding is not None:
+            if paddings[index]:
+                raise _error(
+                    source,
+                    "expected padding 'valid' on a Conv2D after a ZeroPadding2D (its "
+                    "padding would add to the ZeroPadding2D's)",
+                    step.layer,
+                )
+            paddings[index] = _PADDINGS["same"]
     if len(convs) == 3 and paddings[2]:
         raise _error(
             source,
@@ -1466,9 +1527,11 @@ def read_model(
     are ignored (they are identities at inference); ``use_bias=False`` gives a zero bias;
     channels-last or channels-first.  The convolutions share one activation, and the Dense
     layers but the last share one.  The input size (e.g. 28 x 28 or 32 x 32) comes from the
-    config and must give even convolution outputs.  A BatchNormalization directly after a
-    Conv2D or Dense without an activation of its own (on its channel or feature axis) is
-    folded into that layer with the config's epsilon; one anywhere else is refused.  A
+    config and must give even convolution outputs.  A ZeroPadding2D of 2 on every side right
+    before a "valid" Conv2D (conv1 or conv2) is read as that layer's padding 2.  A
+    BatchNormalization directly after a Conv2D or Dense without an activation of its own (on
+    its channel or feature axis) is folded into that layer with the config's epsilon; one
+    anywhere else is refused.  A
     ``Rescaling`` first (one scale, one offset; an offset only with a 'valid' conv1) is folded
     into conv1, so the model takes the inputs the Keras model took (e.g. pixels 0-255);
     ``provenance["keras_rescaling"]`` records it.
@@ -1516,6 +1579,7 @@ def _load(source, magic, h5py):
             )
         layers, chain, stated_shape = _model_layers(config, source)
         steps, rescaling = _leading_rescaling(_steps(chain, source), source)
+        steps = _attach_zero_paddings(steps, source)
         if stated_shape is not None and not any(step.kind == "input" for step in steps):
             steps.insert(0, _Step("input", chain[0], stated_shape))
         named_stages, input_step = _stages(steps, source)

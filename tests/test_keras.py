@@ -441,6 +441,33 @@ def test_outputs_match_keras(saved, name, file_format):
 
 
 @pytest.mark.parametrize("file_format", [".keras", ".h5"])
+def test_zero_padding_before_a_valid_conv2d_is_its_padding(tmp_path, file_format):
+    """LeNet-5 replicas pad MNIST's 28x28 to 32x32 with ZeroPadding2D(2) before a 'valid' conv1
+    (and some pad conv2's input too): read as padding 2 on that convolution."""
+    keras.utils.set_random_seed(6)
+    keras_model = sequential(
+        layers.ZeroPadding2D(2),
+        layers.Conv2D(6, 5, activation="tanh"),
+        layers.AveragePooling2D(2),
+        layers.ZeroPadding2D(((2, 2), (2, 2))),
+        layers.Conv2D(16, 5, activation="tanh"),
+        layers.AveragePooling2D(2),
+        layers.Flatten(),
+        layers.Dense(10, activation="softmax"),
+    )
+    path = tmp_path / f"model{file_format}"
+    keras_model.save(path)
+    model = LeNet.from_keras(path)
+    assert {key: model.architecture[key] for key in ("conv1_padding", "conv2_padding")} == {
+        "conv1_padding": 2,
+        "conv2_padding": 2,
+    }
+    assert_keras_parity(model, keras_model, real_images(28, 1))
+    noise = np.random.default_rng(3).normal(size=(300, 1, 28, 28)).astype(np.float32)
+    assert_keras_parity(model, keras_model, noise)
+
+
+@pytest.mark.parametrize("file_format", [".keras", ".h5"])
 def test_leading_rescaling_is_folded_into_conv1(tmp_path, file_format):
     """Keras tutorials scale pixels inside the model: Rescaling(1/255) before a 'same' conv1, and
     Rescaling with an offset before a 'valid' conv1 followed by a BatchNormalization.  The
@@ -741,6 +768,21 @@ UNSUPPORTED = {
             )
         ),
         r"layer 'early' \(Dense\): expected softmax only after the last Dense",
+    ),
+    "zero_padding_1": (
+        lambda: sequential(layers.ZeroPadding2D(1, name="pad"), *lenet_body()),
+        r"layer 'pad' \(ZeroPadding2D\): expected padding 2 on every side",
+    ),
+    "zero_padding_before_pooling": (
+        lambda: sequential(
+            *lenet_body()[:1], layers.ZeroPadding2D(2, name="pad"), *lenet_body()[1:]
+        ),
+        r"layer 'pad' \(ZeroPadding2D\): a ZeroPadding2D is read as the padding of the Conv2D "
+        r"right after it; this one is followed by AveragePooling2D",
+    ),
+    "zero_padding_before_same": (
+        lambda: sequential(layers.ZeroPadding2D(2), *lenet_body()),
+        r"layer 'conv1' \(Conv2D\): expected padding 'valid' on a Conv2D after a ZeroPadding2D",
     ),
     "rescaling_offset_before_same": (
         lambda: sequential(layers.Rescaling(1 / 127.5, offset=-1, name="scale"), *lenet_body()),

@@ -729,11 +729,18 @@ def _steps(chain, source):
     return steps
 
 
-def _finite_number(layer, key, default, source):
-    """A config entry that must be one finite number (a per-channel list is refused)."""
+def _finite_number(layer, key, default, source, at_least=None):
+    """A config entry that must be one finite number (a per-channel list is refused), and at
+    least `at_least` where that is given."""
     value = layer.config.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise _error(source, f"expected {key} one finite number, found {_brief(value)}", layer)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or (at_least is not None and value < at_least)
+    ):
+        expected = "one finite number" if at_least is None else f"a finite number >= {at_least:g}"
+        raise _error(source, f"expected {key} {expected}, found {_brief(value)}", layer)
     return float(value)
 
 
@@ -821,19 +828,10 @@ def _batchnorm_options(layer, source):
         axis = axis[0]
     if isinstance(axis, bool) or not isinstance(axis, int):
         raise _error(source, f"expected one integer axis, found {_brief(axis)}", layer)
-    epsilon = layer.config.get("epsilon", 1e-3)
-    if (
-        isinstance(epsilon, bool)
-        or not isinstance(epsilon, (int, float))
-        or not math.isfinite(epsilon)
-        or epsilon < 0
-    ):
-        raise _error(
-            source, f"expected epsilon a finite number >= 0, found {_brief(epsilon)}", layer
-        )
+    epsilon = _finite_number(layer, "epsilon", 1e-3, source, at_least=0)
     center = _option(layer, "center", (True, False), source, True)
     scale = _option(layer, "scale", (True, False), source, True)
-    return {"axis": axis, "epsilon": float(epsilon), "center": center, "scale": scale}
+    return {"axis": axis, "epsilon": epsilon, "center": center, "scale": scale}
 
 
 def _stages(steps, source):

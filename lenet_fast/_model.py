@@ -477,10 +477,11 @@ class LeNet:
         self._assumed = dict(assumed or {})
         self._dimensions = sizes.dimensions
         # _as_images' fast path: the (C, H, W) of images that need no reshaping, and the (H, W)
-        # of (N, H, W) images when C is 1.
+        # of (N, H, W) images when C is 1; the engine's direct calls take both.
         channels, accepted = sizes.dimensions["in_channels"], sizes.accepted_input_sizes
         self._image_shapes = frozenset((channels, *size) for size in accepted)
         self._plane_shapes = frozenset(accepted if channels == 1 else ())
+        self._direct_shapes = self._image_shapes | self._plane_shapes
         self._metadata = {
             key: value
             for key, value in metadata.items()
@@ -1296,6 +1297,10 @@ class LeNet:
             Ctrl-C stops the call within one chunk of at most 512 images per thread (tens of
             milliseconds); nothing is returned.
         """
+        if out is None and self._direct(x, num_threads):  # batch 1's latency is made of this
+            scores = self._engine.forward_direct(x, check_finite)
+            if scores is not None:
+                return scores
         images, n = self._as_images(x)
         scores = self._output(out, (n, self.n_classes), np.float32, x)
         self._run(self._engine.forward, images, scores, num_threads, check_finite)
@@ -1334,6 +1339,10 @@ class LeNet:
             Labels in ``[0, n_classes)``; -1 for an image with NaN outputs (only with
             ``check_finite=False``).
         """
+        if out is None and self._direct(x, num_threads):
+            labels = self._engine.predict_direct(x, check_finite)
+            if labels is not None:
+                return labels
         images, n = self._as_images(x)
         labels = self._output(out, (n,), np.int64, x)
         self._run(self._engine.predict, images, labels, num_threads, check_finite)
@@ -1403,18 +1412,33 @@ class LeNet:
                 )
         return out
 
+    def _direct(self, x, num_threads):
+        """Whether `x` can go to the engine's direct call: an array of an accepted shape whose
+        batch `_run` would run on the calling thread in one kernel call (float32, contiguity
+        and alignment are the engine's to check)."""
+        return (
+            type(x) is np.ndarray
+            and x.shape[1:] in self._direct_shapes
+            and 0 < x.shape[0] <= _CHUNK_PER_THREAD
+            and self._threads_for(x.shape[0], num_threads) == 1
+        )
+
+    def _threads_for(self, n, num_threads):
+        """The threads a batch of n images runs on (num_threads, default self.num_threads)."""
+        threads = self._num_threads if num_threads is None else _check_num_threads(num_threads)
+        if threads > 1:
+            if n == 1:  # a large model splits its one image's layers (the engine's rule)
+                return min(threads, self._one_image_threads)
+            return max(1, min(threads, n // _IMAGES_PER_THREAD))
+        return threads
+
     def _run(self, kernel, images, result, num_threads, check_finite):
         n = images.shape[0]
         if n == 0:
             return
-        threads = self._num_threads if num_threads is None else _check_num_threads(num_threads)
+        threads = self._threads_for(n, num_threads)
         if threads > 1:
-            if n == 1:  # a large model splits its one image's layers (the engine's rule)
-                threads = min(threads, self._one_image_threads)
-            else:
-                threads = max(1, min(threads, n // _IMAGES_PER_THREAD))
-            if threads > 1:
-                _ensure_threads_can_start(threads)
+            _ensure_threads_can_start(threads)
         flags = images.flags
         ready = images.dtype is _FLOAT32 and flags.c_contiguous and flags.aligned
         # Chunks even for input that needs no conversion: Python acts on signals between kernel
@@ -1432,7 +1456,7 @@ class LeNet:
                 block = (
                     self._preprocessing.apply(block)
                     if block.dtype == np.uint8
-                    else np.ascontiguousarray(block, dtype=np.float32)
+                    else np.require(block, np.float32, ("C_CONTIGUOUS", "ALIGNED"))
                 )
             part = result[start : start + chunk]
             bad = kernel(block, part, threads, check_finite)

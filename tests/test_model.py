@@ -362,6 +362,113 @@ def test_out_arguments_are_filled_and_returned(model):
     np.testing.assert_array_equal(labels, model.forward(x).argmax(axis=1))
 
 
+class _CountingEngine:
+    """An Engine whose direct calls are recorded: (method, images shape, answered)."""
+
+    def __init__(self, engine):
+        self._engine = engine
+        self.calls = []
+
+    def __getattr__(self, name):
+        attribute = getattr(self._engine, name)
+        if not name.endswith("_direct"):
+            return attribute
+
+        def call(images, check_finite):
+            result = attribute(images, check_finite)
+            self.calls.append((name, images.shape, result is not None))
+            return result
+
+        return call
+
+
+@pytest.mark.parametrize(
+    ("make_x", "num_threads", "expected"),
+    [
+        (lambda: images(1, size=32), None, [True]),
+        (lambda: images(1, size=28), 1, [True]),
+        (lambda: images(5, size=28)[:, 0], 2, [True]),  # (N, H, W); 5 images run on 1 thread
+        (lambda: images(512, size=32), 1, [True]),
+        (lambda: images(513, size=32), 1, []),  # more than one kernel call
+        (lambda: images(64, size=28), 2, []),  # two threads
+        (lambda: images(3, size=32).astype(np.float64), 1, [False]),  # converted
+        (lambda: images(6, size=32)[::2], 1, [False]),  # not contiguous
+        (lambda: images(2, size=32).astype(">f4"), 1, [False]),  # byte-swapped
+        (lambda: images(2, size=30), 1, []),  # a shape the general path refuses
+        (lambda: list(images(1, size=32)), 1, []),
+    ],
+)
+@pytest.mark.parametrize("method", ["forward", "predict"])
+def test_direct_engine_calls_take_the_common_case_with_the_same_bits(
+    model, make_x, num_threads, expected, method
+):
+    """The common call (ready float32, one kernel call on the caller) goes to the engine in
+    one step; everything else, and every refusal, takes the general path, with the same
+    results."""
+    x = make_x()
+    counting = _CountingEngine(model._engine)
+    model._engine = counting
+    if expected == [] and np.asarray(x).shape[-1] == 30:
+        with pytest.raises(ValueError, match="x must have shape"):
+            getattr(model, method)(x, num_threads=num_threads)
+        assert counting.calls == []
+        return
+    result = getattr(model, method)(x, num_threads=num_threads)
+    assert [answered for _, _, answered in counting.calls] == expected
+    assert all(name == f"{method}_direct" for name, _, _ in counting.calls)
+    n = len(x)
+    general = np.empty((n, 10) if method == "forward" else n, result.dtype)
+    getattr(model, method)(x, num_threads=num_threads, out=general)  # out= is never direct
+    assert len(counting.calls) == len(expected)
+    np.testing.assert_array_equal(result, general)
+    assert result.flags.c_contiguous and result.flags.writeable and result.base is None
+
+
+def test_the_engine_refuses_arrays_it_would_misread(model):
+    """Byte-swapped or unaligned arrays never reach the kernels, whichever entry point."""
+    x = images(2, size=32)
+    swapped = x.astype(">f4")
+    unaligned = np.frombuffer(b"\0" + x.tobytes(), np.float32, offset=1).reshape(x.shape)
+    engine = model._engine
+    for bad in (swapped, unaligned):
+        assert engine.forward_direct(bad, True) is None
+        assert engine.predict_direct(bad, True) is None
+        with pytest.raises(ValueError, match="aligned C-contiguous native float32"):
+            engine.forward(bad, np.empty((2, 10), np.float32))
+    with pytest.raises(ValueError, match="C-contiguous native float32 array of shape"):
+        engine.forward(x, np.empty((2, 10), ">f4"))
+    with pytest.raises(ValueError, match="C-contiguous native int64 array of shape"):
+        engine.predict(x, np.empty(2, ">i8"))
+    np.testing.assert_array_equal(model.forward(swapped), model.forward(x))
+    np.testing.assert_array_equal(model.predict(unaligned), model.predict(x))
+
+
+@pytest.mark.parametrize("method", ["forward", "predict"])
+def test_direct_engine_calls_leave_bad_values_to_the_general_path(model, method):
+    x = images(3, size=32)
+    x[2, 0, 5, 5] = np.nan
+    counting = _CountingEngine(model._engine)
+    model._engine = counting
+    with pytest.raises(ValueError, match=re.escape(f"x[2] {BAD_INPUT}")):
+        getattr(model, method)(x, num_threads=1)
+    assert [answered for _, _, answered in counting.calls] == [False]
+    unchecked = getattr(model, method)(x, num_threads=1, check_finite=False)
+    assert [answered for _, _, answered in counting.calls] == [False, True]
+    if method == "forward":
+        assert np.isnan(unchecked[2]).all() and np.isfinite(unchecked[:2]).all()
+    else:
+        assert unchecked[2] == -1 and (unchecked[:2] >= 0).all()
+    relu = LeNet(normal_weights())  # ReLU does not saturate as tanh does
+    counting = relu._engine = _CountingEngine(relu._engine)
+    huge = np.zeros((1, 1, 32, 32), np.float32)  # finite, but the outputs overflow to NaN
+    huge[0, 0, ::2] = -np.finfo(np.float32).max
+    huge[0, 0, 1::2] = np.finfo(np.float32).max
+    assert np.isnan(relu.forward(huge, check_finite=False)).all()
+    with pytest.raises(ValueError, match=re.escape("x[0] gives NaN outputs")):
+        getattr(relu, method)(huge, num_threads=1)
+    assert [answered for _, _, answered in counting.calls] == [True, False]
+
+
 @pytest.mark.parametrize(
     ("method", "out", "found"),
     [

@@ -976,28 +976,12 @@ def fold_batchnorm(weight, bias, gamma, beta, mean, var, eps=BATCHNORM_EPS, axis
     weight = np.asarray(weight, dtype=np.float64)
     axis = axis % weight.ndim
     features = weight.shape[axis]
-
-    def vector(value, default, name):
-        if value is None:
-            return np.full(features, default, dtype=np.float64)
-        value = np.asarray(value, dtype=np.float64).reshape(-1)
-        if value.shape != (features,):
-            raise ValueError(
-                f"expected {name} of length {features} (the layer's outputs), found {value.size}"
-            )
-        return value
-
-    bias = vector(bias, 0.0, "bias")
-    gamma, beta = vector(gamma, 1.0, "gamma (weight)"), vector(beta, 0.0, "beta (bias)")
-    mean, var = vector(mean, 0.0, "running_mean"), vector(var, 1.0, "running_var")
-    denominator = var + float(eps)
-    if not np.all(denominator > 0):
-        raise ValueError(f"expected running_var + eps > 0, found {float(denominator.min())!r}")
-    scale = gamma / np.sqrt(denominator)
+    bias = _batchnorm_vector(bias, 0.0, "bias", features)
+    scale, shift = batchnorm_affine(gamma, beta, mean, var, eps, features)
     shape = [1] * weight.ndim
     shape[axis] = features
     folded_weight = weight * scale.reshape(shape)
-    folded_bias = (bias - mean) * scale + beta
+    folded_bias = bias * scale + shift
     with np.errstate(over="ignore"):
         results = (
             np.ascontiguousarray(folded_weight, dtype=np.float32),
@@ -1006,6 +990,89 @@ def fold_batchnorm(weight, bias, gamma, beta, mean, var, eps=BATCHNORM_EPS, axis
     if not all(np.isfinite(result).all() for result in results):
         raise ValueError("the folded weights are not finite in float32")
     return results
+
+
+def _batchnorm_vector(value, default, name, features):
+    if value is None:
+        return np.full(features, default, dtype=np.float64)
+    value = np.asarray(value, dtype=np.float64).reshape(-1)
+    if value.shape != (features,):
+        raise ValueError(
+            f"expected {name} of length {features} (the layer's outputs), found {value.size}"
+        )
+    return value
+
+
+def batchnorm_affine(gamma, beta, mean, var, eps, features):
+    """An inference batch normalisation as ``x * scale + shift`` per feature, in float64.
+
+    Parameters
+    ----------
+    gamma, beta : array_like or None
+        The scale and shift parameters (None: ones and zeros).
+    mean, var : array_like
+        The running statistics.
+    eps : float
+        Added to `var`.
+    features : int
+        The number of features every vector must have.
+
+    Returns
+    -------
+    scale, shift : ndarray of float64
+        ``gamma / sqrt(var + eps)`` and ``beta - mean * scale``.
+
+    Raises
+    ------
+    ValueError
+        For a vector not of length `features`, or ``var + eps`` not positive.
+    """
+    gamma = _batchnorm_vector(gamma, 1.0, "gamma (weight)", features)
+    beta = _batchnorm_vector(beta, 0.0, "beta (bias)", features)
+    mean = _batchnorm_vector(mean, 0.0, "running_mean", features)
+    var = _batchnorm_vector(var, 1.0, "running_var", features)
+    denominator = var + float(eps)
+    if not np.all(denominator > 0):
+        raise ValueError(f"expected running_var + eps > 0, found {float(denominator.min())!r}")
+    scale = gamma / np.sqrt(denominator)
+    return scale, beta - mean * scale
+
+
+def fold_input_affine(weight, bias, scale, shift, axis, channel_of_input=None):
+    """A layer reading ``x * scale + shift`` (per input channel) as one reading x, in float64.
+
+    ``W' = W * scale`` along the input axis and ``b' = b + sum(W * shift)`` over every input:
+    exact for a dense layer and a convolution without padding (a padded one would pad the
+    shifted input with zeros; the caller refuses a shift there).
+
+    Parameters
+    ----------
+    weight : array_like
+        The layer's weight, its `axis` indexing the inputs: a Keras Conv2D kernel (5, 5, in,
+        out) with axis 2, a Dense kernel (in, out) with axis 0.
+    bias : array_like or None
+        The layer's bias (None: zeros).
+    scale, shift : ndarray
+        Per input channel.
+    axis : int
+        The input axis of `weight`.
+    channel_of_input : ndarray of int, optional
+        For a dense layer after a flatten: the channel of each input feature.
+
+    Returns
+    -------
+    weight, bias : ndarray of float64
+        Left unrounded, so that a fold on the output side rounds once.
+    """
+    weight = np.asarray(weight, dtype=np.float64)
+    if channel_of_input is not None:
+        scale, shift = scale[channel_of_input], shift[channel_of_input]
+    shape = [1] * weight.ndim
+    shape[axis] = weight.shape[axis]
+    outputs = weight.shape[-1]
+    bias = np.zeros(outputs) if bias is None else np.asarray(bias, dtype=np.float64)
+    shifted = (weight * shift.reshape(shape)).reshape(-1, outputs).sum(axis=0)
+    return weight * scale.reshape(shape), bias + shifted
 
 
 def _dense_conv3_as_4d(shapes):

@@ -14,8 +14,10 @@ ever deserialised; HDF5 is read with ``h5py`` (the ``keras`` extra).  Loading go
    identities).
 3. *Match*: the chain against the LeNet family the engine runs::
 
-       rescaling? zeropad? Conv2D bn? act? pool act? zeropad? Conv2D bn? act? pool act?
-       (Conv2D bn? act?)? Flatten (Dense bn? act?){1,3}
+       rescaling? zeropad? Conv2D bn? act? bn'? pool act? bn'? zeropad? Conv2D bn? act? bn'?
+       pool act? bn'? (Conv2D bn? act? bn'?)? Flatten (Dense bn? act? bn'?){1,3}
+
+   (at most one ``bn'`` per stage, none after the last Dense)
 
    with 5x5 stride-1 convolutions, each ``padding="valid"`` or ``"same"`` (2 on every side;
    conv3 "valid" over a 5x5 map; a ``ZeroPadding2D`` of 2 right before a "valid" one is the
@@ -36,9 +38,12 @@ ever deserialised; HDF5 is read with ``h5py`` (the ``keras`` extra).  Loading go
    (channel, row, column).  A leading ``Rescaling`` (``x * scale + offset``, scalars) is
    folded into conv1 (the kernel times scale, offset times the kernel's sum added to the bias;
    an offset only where conv1 is unpadded, since "same" pads the rescaled input with zeros),
-   and a BatchNormalization (``bn`` above: directly after its Conv2D or Dense, which has no
-   activation of its own) into its layer's kernel and bias, with the epsilon its config
-   states (``_weights.fold_batchnorm``); both in float64, rounded once.  They then pass
+   a BatchNormalization (``bn`` above: directly after its Conv2D or Dense, which has no
+   activation of its own) into its layer's kernel and bias (``_weights.fold_batchnorm``), and
+   one after the activation (``bn'``) into the next layer's inputs
+   (``_weights.fold_input_affine``: refused before max pooling with a negative gamma and before
+   a "same" Conv2D with a shift), each with the epsilon its config states; all in float64,
+   rounded once.  They then pass
    through ``_weights.canonicalize`` with the geometry (input size and both paddings) like
    every other weight set.
 """
@@ -880,7 +885,8 @@ def _read_structure(named_stages, source):
     """Check where pooling, Flatten, activations and BatchNormalizations sit; return each
     weighted layer's activation (name -> (activation, the layer that says so)), the two pooling
     steps, the Flatten and the BatchNormalization steps (name -> step)."""
-    activations, pools, flatten, batchnorms = {}, [], None, {}
+    activations, pools, flatten = {}, [], None
+    batchnorms, outputs_batchnorms = {}, {}
     last_conv = [name for name, _ in named_stages if name.startswith("conv")][-1]
     last = named_stages[-1][0]
     for name, (layer, following) in named_stages:
@@ -889,8 +895,19 @@ def _read_structure(named_stages, source):
         seen = {"pool": [], "flatten": []}
         for position, step in enumerate(following):
             if step.kind == "batchnorm":
-                _check_batchnorm_place(layer, following[:position], step, source)
-                batchnorms[name] = step
+                before, after = following[:position], following[position + 1 :]
+                if not before and layer.value == "identity":
+                    batchnorms[name] = step  # folds into this layer's outputs
+                else:
+                    _check_outputs_batchnorm(name, layer, before, after, step, last, source)
+                    if name in outputs_batchnorms:
+                        raise _error(
+                            source,
+                            f"expected at most one BatchNormalization after {name}'s activation",
+                            step.layer,
+                        )
+                    pooled_after = [later for later in after if later.kind == "pool"]
+                    outputs_batchnorms[name] = (step, pooled_after[0] if pooled_after else None)
                 continue
             if step.kind == "activation":
                 if step.value != "identity":
@@ -948,25 +965,33 @@ def _read_structure(named_stages, source):
             f"{pools[0].layer.class_name} then {pools[1].layer.class_name}",
             pools[1].layer,
         )
-    return activations, pools, flatten, batchnorms
+    return activations, pools, flatten, batchnorms, outputs_batchnorms
 
 
-def _check_batchnorm_place(layer, before, batchnorm, source):
-    """A BatchNormalization folds into the Conv2D or Dense `layer` only directly after it (the
-    `before` steps between them: none) and before any activation, its own included."""
-    if before:
+def _check_outputs_batchnorm(name, layer, before, after, batchnorm, last, source):
+    """A BatchNormalization that is not directly after its Conv2D or Dense folds into the next
+    layer's inputs: only where no activation follows it in the stage (it normalises the
+    stage's output), before any Flatten, and not after the last layer."""
+    if before and any(step.kind == "activation" and step.value != "identity" for step in after):
         raise _error(
             source,
-            f"a BatchNormalization is folded into the Conv2D or Dense it directly follows; "
-            f"this one follows {before[-1].layer.class_name} {before[-1].layer.name!r}",
+            f"a BatchNormalization folds into the Conv2D or Dense it directly follows, or "
+            f"after the activation into the next layer; this one follows "
+            f"{before[-1].layer.class_name} {before[-1].layer.name!r} and precedes an "
+            f"activation",
             batchnorm.layer,
         )
-    if layer.value != "identity":
+    if any(step.kind == "flatten" for step in before):
         raise _error(
             source,
-            f"a BatchNormalization after an activation cannot be folded into the layer's "
-            f"weights; this one follows {layer.layer.name!r}'s {layer.value} (expected "
-            f"activation=None there, then the BatchNormalization, then the activation)",
+            "expected a BatchNormalization before the Flatten, not after it",
+            batchnorm.layer,
+        )
+    if name == last:
+        raise _error(
+            source,
+            f"a BatchNormalization after the last layer's {layer.value} has no layer after it "
+            f"to fold into (expected it before the activation)",
             batchnorm.layer,
         )
 
@@ -977,6 +1002,7 @@ def _check_batchnorm_axes(named_stages, batchnorms, layout, source):
         if name not in batchnorms:
             continue
         step = batchnorms[name]
+        step = step[0] if isinstance(step, tuple) else step  # (step, pooling after it)
         if layer.kind == "dense":
             axes, what = (-1, 1), "the Dense layer's features"
         elif layout == "channels_last":
@@ -1309,8 +1335,8 @@ def _rescaled(arrays, scale, offset):
     return [kernel * scale, bias + offset * kernel.sum(axis=(0, 1, 2))]
 
 
-def _folded(arrays, batchnorm, width, store, path_names, source):
-    """[kernel, bias] of a layer with the BatchNormalization that follows it folded in."""
+def _batchnorm_variables(batchnorm, width, store, path_names):
+    """A BatchNormalization's stored variables by role (gamma and beta only where stored)."""
     options, layer = batchnorm.value, batchnorm.layer
     roles = [
         *(["gamma"] if options["scale"] else []),
@@ -1318,12 +1344,85 @@ def _folded(arrays, batchnorm, width, store, path_names, source):
         "moving_mean",
         "moving_variance",
     ]
-    values = dict(
+    return dict(
         zip(
             roles,
             store.variables(layer, path_names[layer.name], [(width,)] * len(roles), roles=roles),
         )
     )
+
+
+def _folded_inputs(arrays, placed, width, next_padding, flattened, reader, source):
+    """[kernel, bias] (float64) of the layer after a BatchNormalization that follows an
+    activation (or a pooling): the layer then reads the un-normalised values.
+
+    Exact for the next layer's products and sums; the pooling between them commutes with a
+    per-channel ``x * scale + shift`` (average pooling always, max pooling where no scale is
+    negative), and a "same" convolution pads the normalised map with zeros, so it must see no
+    shift.  Both are checked on the stored values and refused otherwise."""
+    batchnorm, pooling = placed
+    values = _batchnorm_variables(batchnorm, width, *reader)
+    try:
+        scale, shift = _weights.batchnorm_affine(
+            values.get("gamma"),
+            values.get("beta"),
+            values["moving_mean"],
+            values["moving_variance"],
+            batchnorm.value["epsilon"],
+            width,
+        )
+    except ValueError as exc:
+        raise _error(source, f"cannot fold it into the next layer: {exc}", batchnorm.layer) from exc
+    if pooling is not None and pooling.value == "max" and (scale < 0).any():
+        channel = int(np.flatnonzero(scale < 0)[0])
+        raise _error(
+            source,
+            f"a negative scale (gamma) before max pooling does not commute with it "
+            f"(channel {channel}: gamma {float(values['gamma'][channel])!r}); expected the "
+            f"BatchNormalization after the pooling",
+            batchnorm.layer,
+        )
+    if next_padding and (shift != 0).any():
+        raise _error(
+            source,
+            "the next Conv2D pads the normalised map with zeros ('same'), which a fold into its "
+            "weights would shift; expected 'valid' there, or the BatchNormalization before the "
+            "activation",
+            batchnorm.layer,
+        )
+    kernel = arrays[0]
+    channel_of_input = None
+    if flattened is not None:  # a Dense after Flatten: each feature's channel, in Keras's order
+        order, pooled = flattened
+        features = kernel.shape[0]
+        if pooled is None:  # no stated input size: a square map (as _input_size assumes)
+            side = math.isqrt(features // width)
+            pooled = (side, side)
+        if features != width * pooled[0] * pooled[1]:
+            raise _error(
+                source,
+                f"cannot fold it into the next layer: its {features} inputs are not "
+                f"{width} channels of a square map",
+                batchnorm.layer,
+            )
+        grid = np.broadcast_to(np.arange(width)[:, None, None], (width, *pooled))
+        channel_of_input = grid.transpose(["CHW".index(axis) for axis in order]).reshape(-1)
+    return list(
+        _weights.fold_input_affine(
+            kernel,
+            arrays[1] if len(arrays) > 1 else None,
+            scale,
+            shift,
+            axis=kernel.ndim - 2,
+            channel_of_input=channel_of_input,
+        )
+    )
+
+
+def _folded(arrays, batchnorm, width, store, path_names, source):
+    """[kernel, bias] of a layer with the BatchNormalization that follows it folded in."""
+    options, layer = batchnorm.value, batchnorm.layer
+    values = _batchnorm_variables(batchnorm, width, store, path_names)
     try:
         return list(
             _weights.fold_batchnorm(
@@ -1358,6 +1457,7 @@ class _Structure(NamedTuple):
     named_stages: list  # (conv1 ... fc3, (weighted step, the steps after it))
     activations: dict  # name -> (activation, the layer that says so)
     batchnorms: dict  # name -> the BatchNormalization step folded into it
+    outputs_batchnorms: dict  # name -> (BatchNormalization after its activation, pooling after)
     rescaling: Any  # the Rescaling step folded into conv1, or None
     input_chw: tuple  # the input's (C, H, W), None where the config states none
     order: tuple  # Keras's flatten order of the (C, H, W) feature map, as axis names
@@ -1368,7 +1468,8 @@ def _read_weights(layers, structure, store, source):
     """The weights in canonical shapes (converted from Keras's channels-last layout, any
     BatchNormalization folded in) keyed by Keras layer names, the key_map from canonical layer
     names to those, the architecture's activations and the input size."""
-    named_stages, activations, batchnorms, rescaling, input_chw, order, paddings = structure
+    named_stages, activations, batchnorms, outputs_batchnorms = structure[:4]
+    rescaling, input_chw, order, paddings = structure[4:]
     counters, path_names = {}, {}
     for layer in layers:  # Keras numbers the variable paths per class, in config order
         base = _WEIGHTS_PATH_NAMES.get(layer.class_name)
@@ -1405,6 +1506,17 @@ def _read_weights(layers, structure, store, source):
         arrays[name] = store.variables(layer, path_names[layer.name], shapes, hint)
         if name == "conv1" and rescaling is not None:
             arrays[name] = _rescaled(arrays[name], *rescaling.value)
+        previous = names[names.index(name) - 1] if name != "conv1" else None
+        if previous in outputs_batchnorms:
+            arrays[name] = _folded_inputs(
+                arrays[name],
+                outputs_batchnorms[previous],
+                widths[previous],
+                next_padding=paddings[1] if name == "conv2" else 0,
+                flattened=(order, pooled) if name == "fc1" and "conv3" not in stages else None,
+                reader=(store, path_names),
+                source=source,
+            )
         if name in batchnorms:
             arrays[name] = _folded(arrays[name], batchnorms[name], width, store, path_names, source)
         if name == "fc1" and inputs is None:
@@ -1581,14 +1693,24 @@ def _load(source, magic, h5py):
         if stated_shape is not None and not any(step.kind == "input" for step in steps):
             steps.insert(0, _Step("input", chain[0], stated_shape))
         named_stages, input_step = _stages(steps, source)
-        activations, pools, flatten, batchnorms = _read_structure(named_stages, source)
+        activations, pools, flatten, batchnorms, outputs_batchnorms = _read_structure(
+            named_stages, source
+        )
         layout, input_chw, order, paddings = _geometry(
             named_stages, input_step, pools, flatten, source
         )
         _check_batchnorm_axes(named_stages, batchnorms, layout, source)
+        _check_batchnorm_axes(named_stages, outputs_batchnorms, layout, source)
         _check_rescaling_padding(rescaling, paddings, source)
         structure = _Structure(
-            named_stages, activations, batchnorms, rescaling, input_chw, order, paddings
+            named_stages,
+            activations,
+            batchnorms,
+            outputs_batchnorms,
+            rescaling,
+            input_chw,
+            order,
+            paddings,
         )
         weights, key_map, architecture, input_size = _read_weights(layers, structure, store, source)
     architecture.update(

@@ -217,6 +217,16 @@ def with_moving_statistics(model, seed=3):
     return model
 
 
+def with_gamma(model, gamma):
+    """`model` with its one BatchNormalization's gamma set (the other variables as Keras
+    initialised them)."""
+    (layer,) = [layer for layer in model.layers if isinstance(layer, layers.BatchNormalization)]
+    values = layer.get_weights()
+    values[0] = np.asarray(gamma, np.float32)
+    layer.set_weights(values)
+    return model
+
+
 def keras_batchnorm():
     """Conv/Dense -> BatchNormalization -> activation throughout (the usual order): Keras's
     default epsilon, stated ones, scale=False, center=False, a bias-free convolution, and a
@@ -264,6 +274,56 @@ def keras_batchnorm_channels_first():
             ]
         ),
         seed=4,
+    )
+
+
+def keras_batchnorm_after_activation():
+    """BatchNormalization after the activation (what Conv2D(activation=...) followed by one
+    gives): folded into the next layer's inputs -- before max pooling and after it, before the
+    Flatten, between Dense layers, and into a Dense that has its own BatchNormalization."""
+    return with_moving_statistics(
+        keras.Sequential(
+            [
+                keras.Input((28, 28, 1)),
+                layers.Conv2D(6, 5, activation="relu"),
+                layers.BatchNormalization(),
+                layers.MaxPooling2D(2),
+                layers.Conv2D(16, 5, activation="relu", use_bias=False),
+                layers.MaxPooling2D(2),
+                layers.BatchNormalization(epsilon=0.01),
+                layers.Flatten(),
+                layers.Dense(120, activation="relu"),
+                layers.BatchNormalization(center=False),
+                layers.Dense(84),
+                layers.BatchNormalization(),
+                layers.Activation("relu"),
+                layers.Dense(10, activation="softmax"),
+            ]
+        ),
+        seed=5,
+    )
+
+
+def keras_batchnorm_after_activation_channels_first():
+    """The same on channels-first tensors: after average pooling into a "valid" conv2, before
+    average pooling, and into a Dense after a channels-first Flatten."""
+    return with_moving_statistics(
+        keras.Sequential(
+            [
+                keras.Input((1, 28, 28)),
+                layers.Conv2D(
+                    6, 5, padding="same", activation="tanh", data_format="channels_first"
+                ),
+                layers.AveragePooling2D(2, data_format="channels_first"),
+                layers.BatchNormalization(axis=1),
+                layers.Conv2D(16, 5, activation="tanh", data_format="channels_first"),
+                layers.BatchNormalization(axis=1, scale=False),
+                layers.AveragePooling2D(2, data_format="channels_first"),
+                layers.Flatten(data_format="channels_first"),
+                layers.Dense(10),
+            ]
+        ),
+        seed=6,
     )
 
 
@@ -362,6 +422,25 @@ MODELS = {
             "output_activation": "softmax",
             "pool": "max",
             **INPUT_28,
+        },
+    ),
+    "batchnorm_after_activation": (
+        keras_batchnorm_after_activation,
+        {
+            "conv_activation": "relu",
+            "fc_activation": "relu",
+            "output_activation": "softmax",
+            "pool": "max",
+            **INPUT_28,
+        },
+    ),
+    "channels_first_batchnorm_after_activation": (
+        keras_batchnorm_after_activation_channels_first,
+        {
+            "conv_activation": "tanh",
+            "output_activation": "identity",
+            "pool": "avg",
+            **INPUT_28_SAME,
         },
     ),
     "log_softmax": (
@@ -676,19 +755,67 @@ UNSUPPORTED = {
         lambda: sequential(*lenet_body(conv2=layers.Conv2D(16, 3, name="conv2"))),
         r"layer 'conv2' \(Conv2D\): expected kernel_size \[5, 5\], found \[3, 3\]",
     ),
-    "batchnorm_after_activation": (
+    "batchnorm_between_pooling_and_activation": (
         lambda: sequential(
-            *lenet_body()[:1], layers.BatchNormalization(name="bn"), *lenet_body()[1:]
+            layers.Conv2D(6, 5, padding="same", name="conv1"),
+            layers.AveragePooling2D(2),
+            layers.BatchNormalization(name="bn"),
+            layers.Activation("tanh"),
+            *lenet_body()[2:],
         ),
-        r"layer 'bn' \(BatchNormalization\): a BatchNormalization after an activation cannot "
-        r"be folded into the layer's weights; this one follows 'conv1''s tanh",
+        r"layer 'bn' \(BatchNormalization\): a BatchNormalization folds into the Conv2D or "
+        r"Dense it directly follows, or after the activation into the next layer; this one "
+        r"follows AveragePooling2D '[^']+' and precedes an activation",
     ),
-    "batchnorm_after_pooling": (
+    "two_batchnorms_after_activation": (
         lambda: sequential(
-            *lenet_body()[:2], layers.BatchNormalization(name="bn"), *lenet_body()[2:]
+            *lenet_body()[:1],
+            layers.BatchNormalization(name="bn1"),
+            layers.BatchNormalization(name="bn2"),
+            *lenet_body()[1:],
         ),
-        r"layer 'bn' \(BatchNormalization\): a BatchNormalization is folded into the Conv2D or "
-        r"Dense it directly follows; this one follows AveragePooling2D",
+        r"layer 'bn2' \(BatchNormalization\): expected at most one BatchNormalization after "
+        r"conv1's activation",
+    ),
+    "batchnorm_after_flatten": (
+        lambda: sequential(
+            *lenet_body()[:5],
+            layers.BatchNormalization(name="bn"),
+            *lenet_body()[5:],
+        ),
+        r"layer 'bn' \(BatchNormalization\): expected a BatchNormalization before the Flatten",
+    ),
+    "batchnorm_after_the_output": (
+        lambda: sequential(*lenet_body(), layers.BatchNormalization(name="bn")),
+        r"layer 'bn' \(BatchNormalization\): a BatchNormalization after the last layer's "
+        r"softmax has no layer after it to fold into",
+    ),
+    "negative_scale_before_max_pooling": (
+        lambda: with_gamma(
+            sequential(
+                *lenet_body(
+                    conv1=layers.Conv2D(6, 5, activation="relu", name="conv1"),
+                    pool=layers.MaxPooling2D,
+                )[:1],
+                layers.BatchNormalization(name="bn"),
+                *lenet_body(pool=layers.MaxPooling2D)[1:],
+            ),
+            [1.0, 1.0, -0.5, 1.0, 1.0, 1.0],
+        ),
+        r"layer 'bn' \(BatchNormalization\): a negative scale \(gamma\) before max pooling "
+        r"does not commute with it \(channel 2: gamma -0.5\); expected the BatchNormalization "
+        r"after the pooling",
+    ),
+    "shift_before_same_conv2": (
+        lambda: with_moving_statistics(
+            sequential(
+                *lenet_body()[:2],
+                layers.BatchNormalization(name="bn"),
+                layers.Conv2D(16, 5, padding="same", activation="tanh", name="conv2"),
+                *lenet_body()[3:],
+            )
+        ),
+        r"layer 'bn' \(BatchNormalization\): the next Conv2D pads the normalised map with zeros",
     ),
     "two_batchnorms": (
         lambda: sequential(

@@ -19,7 +19,11 @@ the example input's, else worked out from the first dense layer's inputs.  Three
 after a flatten of conv2's channels x 5 x 5, the first with the convolutions' activation, are
 today's LeNet-5 with conv3 written as a dense layer and are read as such.
 
-A BatchNorm is folded into the layer it directly follows (`_weights.fold_batchnorm`, float64).
+A BatchNorm is folded into the layer it directly follows (`_weights.fold_batchnorm`, float64),
+and one after the activation (``conv act bn pool``, ``conv act pool bn``, ``dense act bn``) into
+the next layer's inputs (`_weights.fold_input_affine`), except before max pooling with a
+negative weight (gamma), before a padded convolution with a shift, after the flatten and after
+the last layer.
 Anything else -- another op, module or argument (strides, dilation, groups, padding other than
 0 or 2), a branch, a seventh layer -- is refused with a `TorchImportError` naming the module (or
 function) and the op.  torch is imported inside the function only, so ``import
@@ -493,7 +497,7 @@ def _read_architecture(layers, name):
     if dense_count < 1:
         raise TorchImportError(f"{name}: expected at least one Linear layer after the convolutions")
     last = len(layers) - 1
-    activations, pools, batchnorms = [], [], {}
+    activations, pools, batchnorms, inputs_batchnorms = [], [], {}, {}
     for position, (layer, following) in enumerate(layers):
         wants_flatten = position == convolutions - 1
         seen = {"activation": [], "pool": [], "flatten": [], "batchnorm": []}
@@ -504,11 +508,9 @@ def _read_architecture(layers, name):
                     f"{name}: {step.where}: expected at most one {step.kind} after {layer.where}"
                 )
             if step.kind == "batchnorm" and index != 0:
-                raise TorchImportError(
-                    f"{name}: {step.where}: a BatchNorm is folded into the "
-                    f"layer it directly follows; this one follows "
-                    f"{following[index - 1].where}"
-                )
+                _check_outputs_batchnorm(following, index, position == last, name)
+                later_pools = [later for later in following[index + 1 :] if later.kind == "pool"]
+                inputs_batchnorms[position + 1] = (step, later_pools[0] if later_pools else None)
             if step.kind == "pool" and position >= 2:
                 raise TorchImportError(
                     f"{name}: {step.where}: expected pooling only after the "
@@ -548,7 +550,7 @@ def _read_architecture(layers, name):
                     f"to {features} features (the next layer's input), found "
                     f"{seen['flatten'][0].value}"
                 )
-        if seen["batchnorm"]:
+        if seen["batchnorm"] and position + 1 not in inputs_batchnorms:
             batchnorms[position] = seen["batchnorm"][0]
         activations.append(seen["activation"][0] if seen["activation"] else None)
         pools.extend(seen["pool"])
@@ -595,18 +597,96 @@ def _read_architecture(layers, name):
         "output_activation": values[-1],
         "pool": pools[0].value,
     }
-    return architecture, names, {names[position]: step for position, step in batchnorms.items()}
+    return (
+        architecture,
+        names,
+        {names[position]: step for position, step in batchnorms.items()},
+        {names[position]: placed for position, placed in inputs_batchnorms.items()},
+    )
+
+
+def _check_outputs_batchnorm(following, index, after_last, name):
+    """A BatchNorm that does not directly follow its layer folds into the next layer's inputs:
+    only where no activation follows it (it normalises the stage's output), before any
+    flatten, and not after the last layer."""
+    step = following[index]
+    if any(later.kind == "activation" for later in following[index + 1 :]):
+        raise TorchImportError(
+            f"{name}: {step.where}: a BatchNorm is folded into the layer it directly follows, "
+            f"or after the activation into the next layer; this one follows "
+            f"{following[index - 1].where} and precedes an activation"
+        )
+    if any(earlier.kind == "flatten" for earlier in following[:index]):
+        raise TorchImportError(
+            f"{name}: {step.where}: expected a BatchNorm before the flatten, not after it"
+        )
+    if after_last:
+        raise TorchImportError(
+            f"{name}: {step.where}: a BatchNorm after the last layer's activation has no "
+            f"layer after it to fold into (expected it before the activation)"
+        )
 
 
 def _numpy(tensor):
     return None if tensor is None else tensor.detach().cpu().numpy()
 
 
-def _layer_weights(layers, names, batchnorms, name):
+def _folded_inputs(weight, bias, placed, layer, previous, name):
+    """The weight and bias (float64) of `layer` reading its inputs before the BatchNorm that
+    follows the previous layer's activation (see `_weights.fold_input_affine`): refused before
+    max pooling with a negative weight (gamma), which does not commute with it, and before a
+    padded convolution with a shift, whose zero padding the fold would shift."""
+    step, pooling = placed
+    norm = step.module
+    try:
+        scale, shift = _weights.batchnorm_affine(
+            _numpy(norm.weight),
+            _numpy(norm.bias),
+            _numpy(norm.running_mean),
+            _numpy(norm.running_var),
+            norm.eps,
+            _numpy(norm.running_mean).size,
+        )
+    except ValueError as exc:
+        raise TorchImportError(
+            f"{name}: {step.where}: cannot fold it into {layer.where}: {exc}"
+        ) from exc
+    if pooling is not None and pooling.value == "max" and (scale < 0).any():
+        channel = int(np.flatnonzero(scale < 0)[0])
+        raise TorchImportError(
+            f"{name}: {step.where}: a negative weight (gamma) before max pooling does not "
+            f"commute with it (channel {channel}: {float(_numpy(norm.weight)[channel])!r}); "
+            f"expected the BatchNorm after the pooling"
+        )
+    if weight.ndim == 4 and _padding(layer.module) and (shift != 0).any():
+        raise TorchImportError(
+            f"{name}: {step.where}: {layer.where} pads the normalised map with zeros, which a "
+            f"fold into its weights would shift; expected padding 0 there, or the BatchNorm "
+            f"before the activation"
+        )
+    channel_of_input = None
+    if weight.ndim == 2 and previous.kind == "conv":  # a Linear after a flatten of (C, H, W)
+        channels = scale.size
+        if weight.shape[1] % channels:
+            raise TorchImportError(
+                f"{name}: {step.where}: cannot fold it into {layer.where}: its "
+                f"{weight.shape[1]} inputs are not {channels} channels' maps"
+            )
+        channel_of_input = np.repeat(np.arange(channels), weight.shape[1] // channels)
+    return _weights.fold_input_affine(
+        weight, bias, scale, shift, axis=1, channel_of_input=channel_of_input, out_axis=0
+    )
+
+
+def _layer_weights(layers, names, batchnorms, inputs_batchnorms, name):
     weights = {}
-    for layer_name, (layer, _) in zip(names, layers):
+    for position, (layer_name, (layer, _)) in enumerate(zip(names, layers)):
         module = layer.module
         weight, bias = _numpy(module.weight), _numpy(module.bias)
+        if layer_name in inputs_batchnorms:
+            weight, bias = _folded_inputs(
+                weight, bias, inputs_batchnorms[layer_name], layer, layers[position - 1][0], name
+            )
         if layer_name in batchnorms:
             norm = batchnorms[layer_name].module
             try:
@@ -997,8 +1077,8 @@ def read_module(module, *, example_input=None):
         example_input = _as_tensor(example_input, module, torch)  # checked before any work
     steps = _capture_steps(module, torch, name, example_input)
     layers = _group_layers(steps, name)
-    architecture, names, batchnorms = _read_architecture(layers, name)
-    weights = _layer_weights(layers, names, batchnorms, name)
+    architecture, names, batchnorms, inputs_batchnorms = _read_architecture(layers, name)
+    weights = _layer_weights(layers, names, batchnorms, inputs_batchnorms, name)
     after_convolutions = layers[names.index("conv3" if "conv3" in names else "fc1")][0]
     geometry = _geometry(
         [layers[0][0].module, layers[1][0].module],

@@ -1038,7 +1038,7 @@ def batchnorm_affine(gamma, beta, mean, var, eps, features):
     return scale, beta - mean * scale
 
 
-def fold_input_affine(weight, bias, scale, shift, axis, channel_of_input=None):
+def fold_input_affine(weight, bias, scale, shift, axis, channel_of_input=None, out_axis=-1):
     """A layer reading ``x * scale + shift`` (per input channel) as one reading x, in float64.
 
     ``W' = W * scale`` along the input axis and ``b' = b + sum(W * shift)`` over every input:
@@ -1048,8 +1048,9 @@ def fold_input_affine(weight, bias, scale, shift, axis, channel_of_input=None):
     Parameters
     ----------
     weight : array_like
-        The layer's weight, its `axis` indexing the inputs: a Keras Conv2D kernel (5, 5, in,
-        out) with axis 2, a Dense kernel (in, out) with axis 0.
+        The layer's weight, its `axis` indexing the inputs and `out_axis` the outputs: a Keras
+        Conv2D kernel (5, 5, in, out) has axis 2 and out_axis -1, a PyTorch Conv2d weight
+        (out, in, 5, 5) axis 1 and out_axis 0.
     bias : array_like or None
         The layer's bias (None: zeros).
     scale, shift : ndarray
@@ -1058,6 +1059,8 @@ def fold_input_affine(weight, bias, scale, shift, axis, channel_of_input=None):
         The input axis of `weight`.
     channel_of_input : ndarray of int, optional
         For a dense layer after a flatten: the channel of each input feature.
+    out_axis : int, default -1
+        The output axis of `weight`.
 
     Returns
     -------
@@ -1069,10 +1072,10 @@ def fold_input_affine(weight, bias, scale, shift, axis, channel_of_input=None):
         scale, shift = scale[channel_of_input], shift[channel_of_input]
     shape = [1] * weight.ndim
     shape[axis] = weight.shape[axis]
-    outputs = weight.shape[-1]
+    outputs = weight.shape[out_axis]
     bias = np.zeros(outputs) if bias is None else np.asarray(bias, dtype=np.float64)
-    shifted = (weight * shift.reshape(shape)).reshape(-1, outputs).sum(axis=0)
-    return weight * scale.reshape(shape), bias + shifted
+    shifted = np.moveaxis(weight * shift.reshape(shape), out_axis, -1).reshape(-1, outputs)
+    return weight * scale.reshape(shape), bias + shifted.sum(axis=0)
 
 
 def _dense_conv3_as_4d(shapes):

@@ -66,8 +66,17 @@ MODELS = {
 def build(name, seed=0):
     """A model with random weights and random (not trivial) BatchNorm statistics, in eval mode."""
     torch.manual_seed(seed)
-    net = MODELS[name]()
-    generator = torch.Generator().manual_seed(seed + 1)
+    net = randomised_batchnorms(MODELS[name](), seed + 1)
+    for module in net.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eps = 1e-5
+    return net
+
+
+def randomised_batchnorms(net, seed=7):
+    """`net` in eval mode with every BatchNorm's statistics and affine parameters drawn away
+    from their initial values (weights 0.5-1.5: positive, as max pooling needs after one)."""
+    generator = torch.Generator().manual_seed(seed)
     for module in net.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             features = module.num_features
@@ -75,7 +84,6 @@ def build(name, seed=0):
             module.running_var.copy_(torch.rand(features, generator=generator) * 1.5 + 0.5)
             module.weight.data.copy_(torch.rand(features, generator=generator) + 0.5)
             module.bias.data.copy_(torch.rand(features, generator=generator) * 2 - 1)
-            module.eps = 1e-5
     return net.eval()
 
 
@@ -124,6 +132,101 @@ def test_from_torch_matches_pytorch_on_random_and_real_images(name):
     assert model.assumed_architecture == {}
     assert_matches_pytorch(model, net, random_images(net))
     assert_matches_pytorch(model, net, fashion_images(net))
+
+
+def batchnorm_after_activation(pool=nn.MaxPool2d, conv1_padding=0, conv2_padding=0):
+    """BatchNorms after the activations: before a pooling, after one (before the flatten),
+    after a hidden Linear's activation, and into a Linear that has its own BatchNorm."""
+    torch.manual_seed(3)
+    size = 28 + 2 * conv1_padding
+    side = ((size - 4) // 2 - 4 + 2 * conv2_padding) // 2
+    net = nn.Sequential(
+        nn.Conv2d(1, 6, 5, padding=conv1_padding),
+        nn.ReLU(),
+        nn.BatchNorm2d(6),
+        pool(2),
+        nn.Conv2d(6, 16, 5, padding=conv2_padding),
+        nn.ReLU(),
+        pool(2),
+        nn.BatchNorm2d(16),
+        nn.Flatten(),
+        nn.Linear(16 * side * side, 120),
+        nn.ReLU(),
+        nn.BatchNorm1d(120),
+        nn.Linear(120, 84),
+        nn.BatchNorm1d(84),
+        nn.ReLU(),
+        nn.Linear(84, 10),
+    )
+    net.channels, net.size = 1, 28
+    return randomised_batchnorms(net)
+
+
+@pytest.mark.parametrize("pool", [nn.MaxPool2d, nn.AvgPool2d])
+def test_batchnorms_after_activations_fold_into_the_next_layer(pool):
+    net = batchnorm_after_activation(pool, conv1_padding=2)
+    with no_architecture_warning():
+        model = LeNet.from_torch(net)
+    assert model.architecture["conv_activation"] == "relu"
+    assert model.architecture["pool"] == ("max" if pool is nn.MaxPool2d else "avg")
+    assert_matches_pytorch(model, net, random_images(net))
+    assert_matches_pytorch(model, net, fashion_images(net))
+
+
+def test_batchnorms_after_functional_activations_fold_too():
+    """The same read from a forward() that calls F.relu (the traced path, not a Sequential)."""
+    layers = batchnorm_after_activation()
+
+    class Functional(nn.Module):
+        channels, size = 1, 28
+
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.bn1, self.conv2, self.bn2 = layers[0], layers[2], layers[4], layers[7]
+            self.fc1, self.bn3, self.fc2, self.bn4, self.fc3 = (
+                layers[i] for i in (9, 11, 12, 13, 15)
+            )
+
+        def forward(self, x):
+            x = F.max_pool2d(self.bn1(F.relu(self.conv1(x))), 2)
+            x = self.bn2(F.max_pool2d(F.relu(self.conv2(x)), 2))
+            x = self.bn3(F.relu(self.fc1(torch.flatten(x, 1))))
+            return self.fc3(F.relu(self.bn4(self.fc2(x))))
+
+    net = Functional().eval()
+    with no_architecture_warning():
+        model = LeNet.from_torch(net)
+    assert_matches_pytorch(model, net, random_images(net))
+    assert_matches_pytorch(model, layers, random_images(net))
+
+
+def test_batchnorms_after_activations_that_cannot_fold_are_refused():
+    net = batchnorm_after_activation()
+    with torch.no_grad():
+        net[2].weight[4] = -0.25
+    assert (
+        "module '2' (BatchNorm2d): a negative weight (gamma) before max pooling does not "
+        "commute with it (channel 4: -0.25); expected the BatchNorm after the pooling"
+    ) in refusal(net)
+    assert (
+        "module '2' (BatchNorm2d): module '4' (Conv2d) pads the normalised map with zeros"
+    ) in refusal(batchnorm_after_activation(conv2_padding=2))
+    padded_without_shift = batchnorm_after_activation(nn.AvgPool2d, conv2_padding=2)
+    with torch.no_grad():  # no shift: the fold is exact, padding or not
+        padded_without_shift[2].bias.copy_(padded_without_shift[2].running_mean * 0)
+        padded_without_shift[2].running_mean.zero_()
+    with no_architecture_warning():
+        model = LeNet.from_torch(padded_without_shift)
+    assert_matches_pytorch(model, padded_without_shift, random_images(padded_without_shift))
+    layers = list(batchnorm_after_activation())
+    after_flatten = nn.Sequential(*layers[:7], nn.Flatten(), nn.BatchNorm1d(256), *layers[9:])
+    assert "expected a BatchNorm before the flatten, not after it" in refusal(after_flatten)
+    between = nn.Sequential(layers[0], layers[3], layers[2], layers[1], *layers[4:])
+    assert (
+        "module '2' (BatchNorm2d): a BatchNorm is folded into the layer it directly follows, or "
+        "after the activation into the next layer; this one follows module '1' (MaxPool2d) and "
+        "precedes an activation"
+    ) in refusal(between)
 
 
 @pytest.mark.parametrize("name", ["d2l", "tutorial"])
@@ -302,7 +405,10 @@ def test_from_torch_refuses_what_the_engine_cannot_compute():
             return self.bn(torch.relu(self.net(x)))
 
     message = refusal(LateBatchNorm())
-    assert "module 'bn' (BatchNorm1d)" in message and "follows function" in message
+    assert (
+        "module 'bn' (BatchNorm1d): a BatchNorm after the last layer's activation has no "
+        "layer after it to fold into" in message
+    )
 
     class AlwaysDropout(nn.Module):
         def __init__(self):

@@ -21,7 +21,10 @@ one, else worked out from the first dense layer's width (the padding is explicit
 nothing is guessed).  A Flatten and three dense layers over a 5x5 map whose first dense layer
 uses the convolutions' activation are read as conv3 (the PyTorch tutorial's network, as
 ``lenet_fast`` always has).  An inference ``BatchNormalization`` directly after a Conv, Gemm or
-MatMul is folded into that layer (`_weights.fold_batchnorm`, float64).  The weights then pass
+MatMul is folded into that layer (`_weights.fold_batchnorm`, float64), and one after an
+activation or a pooling into the next layer's inputs (`_weights.fold_input_affine`; refused
+before max pooling with a negative scale, before a padded Conv with a shift, before an
+activation, after the flatten or the last layer).  The weights then pass
 through ``_weights.canonicalize`` like any other weight set, so shape checks live in one place.
 Anything else is rejected, naming the file and the first offending node.
 
@@ -422,9 +425,11 @@ def _tokenize(nodes, data, constants, source):
             )
         return value
 
+    after_activation = None  # a BatchNormalization after an activation, for the next layer
     while index < len(nodes):
         node = nodes[index]
         index += 1
+        newest = tokens[-1] if tokens else None
         if node.domain not in ("", "ai.onnx") or node.op_type not in _SUPPORTED_OPS:
             raise _unsupported(node, f"op type not in {', '.join(_SUPPORTED_OPS)}")
         if node.op_type == "Constant":
@@ -500,6 +505,14 @@ def _tokenize(nodes, data, constants, source):
                 bias = constant(add, position, (0, 1, 2)).reshape(-1)
                 node, index = add, index + 1
             tokens.append(_Token("layer", matmul, None, weight.T, bias))
+        elif op == "BatchNormalization" and tokens and tokens[-1].kind in ("activation", "pool"):
+            if after_activation is not None:
+                raise _unsupported(
+                    node,
+                    f"expected at most one BatchNormalization after the activation of "
+                    f"{_describe(after_activation.layer.node)}",
+                )
+            after_activation = _BatchnormAfterActivation(node, attributes, tokens, constant)
         elif op == "BatchNormalization":
             _fold_batchnorm_node(node, attributes, tokens, constant)
         elif op in _ACTIVATION_OPS:
@@ -543,15 +556,95 @@ def _tokenize(nodes, data, constants, source):
             tokens.append(_Token("flatten", node, int(shape[1])))
         else:  # an Add that does not follow a MatMul
             raise _unsupported(node, "expected Add only as the bias of a MatMul")
+        if after_activation is not None and tokens[-1] is not newest:
+            after_activation = after_activation.meet(tokens[-1])
         data = node.output[0]
     if tokens and tokens[-1].kind == "pad":
         raise _unsupported(tokens[-1].node, "expected a Pad only directly before a Conv")
+    if after_activation is not None:
+        raise _unsupported(
+            after_activation.node,
+            "a BatchNormalization after the last layer's activation has no layer after it to "
+            "fold into (expected it before the activation)",
+        )
     return tokens, data
 
 
-def _fold_batchnorm_node(node, attributes, tokens, constant):
-    """Fold an inference BatchNormalization into the Conv/Gemm/MatMul token it directly follows
-    (in float64, see `_weights.fold_batchnorm`)."""
+class _BatchnormAfterActivation:
+    """A BatchNormalization after an activation or a pooling: ``x * scale + shift`` per channel
+    of the layer before, folded into the next layer's inputs (`_weights.fold_input_affine`) once
+    that layer's token arrives.  The tokens in between must keep the fold exact: no activation
+    (it would apply after the normalisation), max pooling only with no negative scale."""
+
+    def __init__(self, node, attributes, tokens, constant):
+        _check_batchnorm_attributes(node, attributes)
+        self.node = node
+        self.layer = [token for token in tokens if token.kind == "layer"][-1]
+        if any(token.kind == "flatten" for token in tokens[tokens.index(self.layer) :]):
+            raise _unsupported(node, "expected a BatchNormalization before the flatten, not after")
+        self.gamma = constant(node, 1)
+        try:
+            self.scale, self.shift = _weights.batchnorm_affine(
+                constant(node, 1),
+                constant(node, 2),
+                constant(node, 3),
+                constant(node, 4),
+                attributes.get("epsilon", 1e-5),
+                self.layer.weight.shape[0],
+            )
+        except ValueError as exc:
+            raise _unsupported(node, f"cannot fold it into the layer after it: {exc}") from exc
+
+    def meet(self, token):
+        """Take the next token in the chain; returns self until the layer it folds into."""
+        if token.kind == "activation":
+            raise _unsupported(
+                self.node,
+                f"a BatchNormalization is folded into the Conv, Gemm or MatMul it directly "
+                f"follows, or after the activation into the next layer; this one precedes "
+                f"{_describe(token.node)}",
+            )
+        if token.kind == "pool" and token.value == "max" and (self.scale < 0).any():
+            channel = int(np.flatnonzero(self.scale < 0)[0])
+            raise _unsupported(
+                self.node,
+                f"a negative scale before max pooling does not commute with it (channel "
+                f"{channel}: scale {float(self.gamma.reshape(-1)[channel])!r}); expected the "
+                f"BatchNormalization after the pooling",
+            )
+        if token.kind != "layer":
+            return self
+        if token.node.op_type == "Conv" and token.value and (self.shift != 0).any():
+            raise _unsupported(
+                self.node,
+                f"{_describe(token.node)} pads the normalised map with zeros, which a fold "
+                f"into its weights would shift; expected no padding there, or the "
+                f"BatchNormalization before the activation",
+            )
+        channels = self.scale.size
+        channel_of_input = None
+        if token.weight.ndim == 2 and self.layer.weight.ndim == 4:  # a flatten of (C, H, W)
+            if token.weight.shape[1] % channels:
+                raise _unsupported(
+                    self.node,
+                    f"cannot fold it into {_describe(token.node)}: its "
+                    f"{token.weight.shape[1]} inputs are not {channels} channels' maps",
+                )
+            channel_of_input = np.repeat(np.arange(channels), token.weight.shape[1] // channels)
+        token.weight, token.bias = _weights.fold_input_affine(
+            token.weight,
+            token.bias,
+            self.scale,
+            self.shift,
+            axis=1,
+            channel_of_input=channel_of_input,
+            out_axis=0,
+        )
+        return None
+
+
+def _check_batchnorm_attributes(node, attributes):
+    """An inference BatchNormalization: any epsilon and momentum, no training mode."""
     _check_attributes(
         node,
         attributes,
@@ -562,6 +655,12 @@ def _fold_batchnorm_node(node, attributes, tokens, constant):
             "spatial": [1],
         },
     )
+
+
+def _fold_batchnorm_node(node, attributes, tokens, constant):
+    """Fold an inference BatchNormalization into the Conv/Gemm/MatMul token it directly follows
+    (in float64, see `_weights.fold_batchnorm`)."""
+    _check_batchnorm_attributes(node, attributes)
     if not tokens or tokens[-1].kind != "layer" or tokens[-1].node is node:
         raise _unsupported(
             node,

@@ -306,7 +306,7 @@ def reject(proto, message):
         LeNet.from_onnx(proto)
 
 
-def test_folds_batch_normalization_and_rejects_it_after_an_activation(lenet_graph):
+def test_folds_batch_normalization_before_and_after_an_activation(lenet_graph):
     rng = np.random.default_rng(0)
     scale, shift, mean = (rng.uniform(-1, 1, 6).astype(np.float32) for _ in range(3))
     variance = rng.uniform(0.5, 2, 6).astype(np.float32)
@@ -328,12 +328,25 @@ def test_folds_batch_normalization_and_rejects_it_after_an_activation(lenet_grap
     )
     np.testing.assert_array_equal(folded.weights["conv1.weight"], weight)
     np.testing.assert_array_equal(folded.weights["conv1.bias"], bias)
-    insert_after(after_relu, "conv1_relu", "BatchNormalization", "bn1", names, values)
+    negative_before_max = onnx.ModelProto()
+    negative_before_max.CopyFrom(after_relu)
+    insert_after(negative_before_max, "conv1_relu", "BatchNormalization", "bn1", names, values)
     reject(
-        after_relu,
-        "unsupported BatchNormalization node 'bn1': a BatchNormalization is "
-        "folded into the Conv, Gemm or MatMul it directly follows; this one "
-        "follows Relu node 'conv1_relu'",
+        negative_before_max,
+        f"unsupported BatchNormalization node 'bn1': a negative scale before max pooling does "
+        f"not commute with it (channel 1: scale {float(scale[1])!r}); expected the "
+        f"BatchNormalization after the pooling",
+    )
+    # After the ReLU with a positive scale: folded into conv2's inputs, ONNX Runtime's outputs.
+    positive = [(names[0], np.abs(scale)), *values[1:]]
+    insert_after(after_relu, "conv1_relu", "BatchNormalization", "bn1", names, positive)
+    x = np.random.default_rng(1).normal(size=(64, 1, 32, 32)).astype(np.float32)
+    session = onnxruntime.InferenceSession(
+        after_relu.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    expected = session.run(None, {after_relu.graph.input[0].name: x})[0]
+    np.testing.assert_allclose(
+        LeNet.from_onnx(after_relu).forward(x), expected, atol=1e-5, rtol=1e-5
     )
 
 

@@ -879,6 +879,66 @@ def test_onnx_batchnormalization_is_folded(name):
     assert_matches_pytorch(model, net, fashion_images(net))
 
 
+@pytest.mark.filterwarnings(
+    "ignore::DeprecationWarning", "ignore::UserWarning", "ignore::FutureWarning"
+)
+@pytest.mark.parametrize("pool", [nn.MaxPool2d, nn.AvgPool2d])
+def test_onnx_batchnormalization_after_the_activation_is_folded_into_the_next_layer(pool):
+    onnx = pytest.importorskip("onnx")
+    net = batchnorm_after_activation(pool, conv1_padding=2)
+    graph = onnx.load_from_string(onnx_bytes(net))
+    found = [node.op_type for node in graph.graph.node]
+    assert found.count("BatchNormalization") == 4, found
+    with no_architecture_warning():
+        model = LeNet.from_onnx(graph)
+    assert_matches_pytorch(model, net, random_images(net))
+    assert_matches_pytorch(model, net, fashion_images(net))
+
+
+@pytest.mark.filterwarnings(
+    "ignore::DeprecationWarning", "ignore::UserWarning", "ignore::FutureWarning"
+)
+def test_onnx_batchnormalization_after_the_activation_that_cannot_fold_is_refused():
+    onnx = pytest.importorskip("onnx")
+
+    def message(net):
+        with pytest.raises(lenet_fast.onnx.ONNXImportError) as info:
+            LeNet.from_onnx(onnx.load_from_string(onnx_bytes(net)))
+        return str(info.value)
+
+    net = batchnorm_after_activation()
+    with torch.no_grad():
+        net[2].weight[4] = -0.25
+    assert (
+        "a negative scale before max pooling does not commute with it (channel 4: scale -0.25)"
+        in message(net)
+    )
+    assert "pads the normalised map with zeros" in message(
+        batchnorm_after_activation(conv2_padding=2)
+    )
+    layers = list(batchnorm_after_activation())
+    between = nn.Sequential(layers[0], layers[3], layers[2], layers[1], *layers[4:])
+    late = randomised_batchnorms(nn.Sequential(*layers, nn.ReLU(), nn.BatchNorm1d(10)))
+    for changed in (between, late):
+        changed.channels, changed.size = 1, 28
+    assert "or after the activation into the next layer; this one precedes Relu node" in message(
+        between
+    )
+    assert "has no layer after it to fold into" in message(late)
+
+
+def onnx_bytes(net):
+    buffer = io.BytesIO()
+    torch.onnx.export(
+        net,
+        (torch.from_numpy(random_images(net, 2)),),
+        buffer,
+        dynamo=False,
+        do_constant_folding=False,
+    )
+    return buffer.getvalue()
+
+
 # ---------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------

@@ -860,15 +860,7 @@ def test_fold_batchnorm_matches_pytorch_and_the_keras_axis():
 def test_onnx_batchnormalization_is_folded(name):
     onnx = pytest.importorskip("onnx")
     net = build(name)
-    buffer = io.BytesIO()
-    torch.onnx.export(
-        net,
-        (torch.from_numpy(random_images(net, 2)),),
-        buffer,
-        dynamo=False,
-        do_constant_folding=False,
-    )
-    graph = onnx.load_from_string(buffer.getvalue())
+    graph = onnx.load_from_string(onnx_bytes(net))
     assert "BatchNormalization" in [node.op_type for node in graph.graph.node]
     with no_architecture_warning():
         model = LeNet.from_onnx(graph)
@@ -928,6 +920,7 @@ def test_onnx_batchnormalization_after_the_activation_that_cannot_fold_is_refuse
 
 
 def onnx_bytes(net):
+    """`net` exported by torch.onnx with its BatchNormalization nodes kept."""
     buffer = io.BytesIO()
     torch.onnx.export(
         net,

@@ -14,10 +14,12 @@ ever deserialised; HDF5 is read with ``h5py`` (the ``keras`` extra).  Loading go
    identities).
 3. *Match*: the chain against the LeNet family the engine runs::
 
-       rescaling? zeropad? Conv2D bn? act? bn'? pool act? bn'? zeropad? Conv2D bn? act? bn'?
-       pool act? bn'? (Conv2D bn? act? bn'?)? Flatten (Dense bn? act? bn'?){1,3}
+       scaling* zeropad? Conv2D bn? act? bn'? pool act? bn'?
+       zeropad? Conv2D bn? act? bn'? pool act? bn'?
+       (Conv2D bn? act? bn'?)? Flatten (Dense bn? act? bn'?){1,3}
 
-   (at most one ``bn'`` per stage, none after the last Dense)
+   (``scaling``: at most one Rescaling and one Normalization, in either order; at most one
+   ``bn'`` per stage, none after the last Dense)
 
    with 5x5 stride-1 convolutions, each ``padding="valid"`` or ``"same"`` (2 on every side;
    conv3 "valid" over a 5x5 map; a ``ZeroPadding2D`` of 2 right before a "valid" one is the
@@ -35,9 +37,12 @@ ever deserialised; HDF5 is read with ``h5py`` (the ``keras`` extra).  Loading go
    are converted once from channels-last: kernels (5, 5, in, out) -> (out, in, 5, 5), dense
    kernels (in, out) -> (out, in), and the first dense kernel after ``Flatten`` reordered from
    the flatten order Keras used ((row, column, channel) for channels-last) to PyTorch's
-   (channel, row, column).  A leading ``Rescaling`` (``x * scale + offset``, scalars) is
-   folded into conv1 (the kernel times scale, offset times the kernel's sum added to the bias;
-   an offset only where conv1 is unpadded, since "same" pads the rescaled input with zeros),
+   (channel, row, column).  The leading ``Rescaling`` (``x * scale + offset``) and
+   ``Normalization`` (``(x - mean) / max(sqrt(variance), 1e-7)``, stated or adapted) layers,
+   one number or one per channel, in either order, are composed into one ``x * a + b`` per input
+   channel and folded into conv1 (``_weights.fold_input_affine``: the kernel times a, b times
+   the kernel's sums added to the bias; b only where conv1 is unpadded, since "same" pads the
+   transformed input with zeros),
    a BatchNormalization (``bn`` above: directly after its Conv2D or Dense, which has no
    activation of its own) into its layer's kernel and bias (``_weights.fold_batchnorm``), and
    one after the activation (``bn'``) into the next layer's inputs
@@ -116,8 +121,11 @@ _WEIGHTS_PATH_NAMES = {
     "Conv2D": "conv2d",
     "Dense": "dense",
     "BatchNormalization": "batch_normalization",
+    "Normalization": "normalization",
 }
 _RESCALING = "Rescaling"
+_NORMALIZATION = "Normalization"
+_MAX_CHANNELS = 3  # the input channels the engine takes
 # Config entries that do not change what a trained layer computes at inference.
 _INERT_OPTIONS = {
     "name",
@@ -538,12 +546,14 @@ def _functional_chain(inner, layers, source):
 
 class _Step:
     """A layer the network uses: kind is "input", "conv", "dense", "activation", "pool",
-    "flatten", "batchnorm", "rescaling" or "zeropad"; `value` the activation, pool kind, input
-    shape, BatchNormalization options or (scale, offset)."""
+    "flatten", "batchnorm", "rescaling", "normalization" or "zeropad"; `value` the activation,
+    pool kind, input shape, BatchNormalization options, (scale, offset) or Normalization
+    options."""
 
     def __init__(self, kind, layer, value=None):
         self.kind, self.layer, self.value = kind, layer, value
         self.zero_padding = None  # a conv's ZeroPadding2D layer (_attach_zero_paddings)
+        self.statistics = None  # a Normalization's (mean, variance) as used (_input_affine)
 
 
 def _option(layer, key, allowed, source, default=None):
@@ -715,9 +725,36 @@ def _steps(chain, source):
                     "rescaling",
                     layer,
                     tuple(
-                        _finite_number(layer, key, default, source)
+                        _finite_numbers(layer, key, default, source)
                         for key, default in (("scale", None), ("offset", 0.0))
                     ),
+                )
+            )
+        elif name == _NORMALIZATION:
+            _check_inert_options(layer, {"axis", "invert", "mean", "variance"}, source)
+            _option(layer, "invert", (False,), source, False)
+            axis = layer.config.get("axis", [-1])
+            axis = [] if axis is None else axis if isinstance(axis, list) else [axis]
+            if len(axis) > 1 or any(isinstance(a, bool) or not isinstance(a, int) for a in axis):
+                raise _error(
+                    source, f"expected no axis or the channel axis, found {_brief(axis)}", layer
+                )
+            stated = (
+                layer.config.get("mean") is not None or layer.config.get("variance") is not None
+            )
+            steps.append(
+                _Step(
+                    "normalization",
+                    layer,
+                    {
+                        "axis": axis[0] if axis else None,
+                        "mean": _finite_numbers(layer, "mean", None, source) if stated else None,
+                        "variance": (
+                            _finite_numbers(layer, "variance", None, source, at_least=0)
+                            if stated
+                            else None
+                        ),
+                    },
                 )
             )
         elif name in ("Sequential", "Functional", "Model"):
@@ -726,7 +763,7 @@ def _steps(chain, source):
             raise _error(
                 source,
                 f"layer type {name} is not supported (expected InputLayer, "
-                f"Rescaling, ZeroPadding2D, Conv2D, BatchNormalization, "
+                f"Rescaling, Normalization, ZeroPadding2D, Conv2D, BatchNormalization, "
                 f"MaxPooling2D, AveragePooling2D, Flatten, Dense, Activation, ReLU, "
                 f"Softmax or Dropout)",
                 layer,
@@ -749,25 +786,47 @@ def _finite_number(layer, key, default, source, at_least=None):
     return float(value)
 
 
+def _finite_numbers(layer, key, default, source, at_least=None):
+    """A config entry of one finite number, or a list of them (one per input channel), as a
+    float64 array (0-d for a number); at least `at_least` where that is given."""
+    value = layer.config.get(key, default)
+    items = value if isinstance(value, list) else [value]
+    if not 1 <= len(items) <= _MAX_CHANNELS or any(
+        isinstance(item, bool)
+        or not isinstance(item, (int, float))
+        or not math.isfinite(item)
+        or (at_least is not None and item < at_least)
+        for item in items
+    ):
+        number = "finite number" if at_least is None else f"finite number >= {at_least:g}"
+        raise _error(
+            source,
+            f"expected {key} one {number} or a list of one per input channel, found "
+            f"{_brief(value)}",
+            layer,
+        )
+    return np.asarray(value, dtype=np.float64)
+
+
 def _leading_rescaling(steps, source):
-    """(steps, rescaling): the steps with the Rescaling that comes before conv1 taken out, and
-    that step (its value is (scale, offset); None where there is none).  A Rescaling anywhere
-    else, or a second one, is refused."""
-    first_conv = next(
-        (index for index, step in enumerate(steps) if step.kind == "conv"), len(steps)
-    )
-    found = [index for index, step in enumerate(steps) if step.kind == "rescaling"]
-    for index in found:
-        if index > first_conv or index != found[0]:
+    """(steps, transforms): the steps with the Rescaling and Normalization layers that come
+    first (after the input; at most one of each, in either order) taken out, and those steps in
+    order.  One anywhere else, or a second of a kind, is refused."""
+    first = next((index for index, step in enumerate(steps) if step.kind != "input"), len(steps))
+    transforms = []
+    for index, step in enumerate(steps):
+        if step.kind not in ("rescaling", "normalization"):
+            continue
+        if index != first + len(transforms) or any(t.kind == step.kind for t in transforms):
             raise _error(
                 source,
-                "a Rescaling is folded into the first Conv2D only as the model's first "
-                "layer (after the input); this one is not",
-                steps[index].layer,
+                f"a {step.layer.class_name} is folded into the first Conv2D only among the "
+                f"model's first layers (after the input, at most one Rescaling and one "
+                f"Normalization); this one is not",
+                step.layer,
             )
-    if not found:
-        return steps, None
-    return steps[: found[0]] + steps[found[0] + 1 :], steps[found[0]]
+        transforms.append(step)
+    return [step for step in steps if step not in transforms], transforms
 
 
 def _attach_zero_paddings(steps, source):
@@ -794,17 +853,89 @@ def _attach_zero_paddings(steps, source):
     return kept
 
 
-def _check_rescaling_padding(rescaling, paddings, source):
+def _check_input_transforms(transforms, paddings, layout, source):
     """An offset folds into an unpadded conv1 only: 'same' pads the rescaled input with zeros,
-    which a folded offset would turn into the offset."""
-    if rescaling is not None and rescaling.value[1] != 0.0 and paddings[0]:
-        raise _error(
-            source,
-            "a Rescaling offset cannot be folded into a first Conv2D with padding 'same' "
-            "(Keras pads the rescaled input with zeros); expected offset 0 or padding "
-            "'valid'",
-            rescaling.layer,
-        )
+    which a folded offset would turn into the offset (a Normalization's adapted mean is checked
+    once read, in `_input_affine`).  Per-channel values must lie along the channel axis."""
+    channel_axes = (-1, 3) if layout == "channels_last" else (1, -3)
+    for step in transforms:
+        if step.kind == "rescaling":
+            offset, name, what = step.value[1], "offset", "rescaled"
+            if layout != "channels_last" and any(value.ndim for value in step.value):
+                raise _error(
+                    source,
+                    "a per-channel Rescaling broadcasts over the last axis, the width of "
+                    "channels_first input; expected one scale and one offset",
+                    step.layer,
+                )
+        else:
+            offset, name, what = step.value["mean"], "mean", "normalised"
+            if step.value["axis"] not in (None, *channel_axes):
+                raise _error(
+                    source,
+                    f"expected axis {' or '.join(map(str, channel_axes))} (the channels) or "
+                    f"none, found {step.value['axis']}",
+                    step.layer,
+                )
+        if offset is not None and (offset != 0).any() and paddings[0]:
+            raise _error(
+                source,
+                f"a {step.layer.class_name} {name} cannot be folded into a first Conv2D with "
+                f"padding 'same' (Keras pads the {what} input with zeros); expected {name} 0 "
+                f"or padding 'valid'",
+                step.layer,
+            )
+
+
+def _input_affine(transforms, channels, padded, reader, source):
+    """The leading Rescaling and Normalization layers as one ``x * scale + shift`` per input
+    channel (float64), composed in order; a Normalization divides by ``max(sqrt(variance),
+    1e-7)`` (Keras's default epsilon, which files do not store) and reads its adapted mean and
+    variance where the config states none."""
+    scale, shift = np.ones(channels), np.zeros(channels)
+    for step in transforms:
+        if step.kind == "rescaling":
+            values = step.value
+        else:
+            mean, variance = step.value["mean"], step.value["variance"]
+            if mean is None:
+                shape = () if step.value["axis"] is None else (channels,)
+                mean, variance, _count = reader[0].variables(
+                    step.layer,
+                    reader[1][step.layer.name],
+                    [shape, shape, None],
+                    roles=("mean", "variance", "count"),
+                )
+                if (
+                    not (np.isfinite(mean).all() and np.isfinite(variance).all())
+                    or (np.asarray(variance) < 0).any()
+                ):
+                    raise _error(
+                        source,
+                        "expected a finite mean and a finite variance >= 0",
+                        step.layer,
+                    )
+                if padded and (np.asarray(mean) != 0).any():
+                    raise _error(
+                        source,
+                        "a Normalization mean cannot be folded into a first Conv2D with "
+                        "padding 'same' (Keras pads the normalised input with zeros); expected "
+                        "mean 0 or padding 'valid'",
+                        step.layer,
+                    )
+            step.statistics = (np.asarray(mean).tolist(), np.asarray(variance).tolist())
+            divisor = np.maximum(np.sqrt(np.asarray(variance, dtype=np.float64)), 1e-7)
+            values = (1 / divisor, -np.asarray(mean, dtype=np.float64) / divisor)
+        factor, offset = (np.asarray(value, dtype=np.float64) for value in values)
+        for value in (factor, offset):
+            if value.ndim and value.shape != (channels,):
+                raise _error(
+                    source,
+                    f"expected one value or {channels} (one per input channel), found {value.size}",
+                    step.layer,
+                )
+        scale, shift = scale * factor, shift * factor + offset
+    return scale, shift
 
 
 def _batchnorm_options(layer, source):
@@ -1216,7 +1347,8 @@ class _KerasArchiveWeights:
 
     def variables(self, layer, path_name, shapes, hint="", roles=None):
         """The layer's variables, in Keras's order (kernel, bias; gamma, beta, moving mean,
-        moving variance); `roles` names them for the legacy reader, not needed here."""
+        moving variance); `roles` names them for the legacy reader, not needed here.  A shape
+        None: the variable must be there but is not read (None in its place)."""
         import h5py
 
         if self._file is None:  # opened once the config has been checked
@@ -1257,6 +1389,8 @@ class _KerasArchiveWeights:
                 f"{where[:-1]}/{key}' of layer {layer.name!r}",
                 hint,
             )
+            if shape is not None
+            else None
             for key, shape in zip(expected, shapes)
         ]
 
@@ -1281,6 +1415,9 @@ class _LegacyWeights:
             raise _error(source, f"{where}: expected weights {roles}, found {names}", layer)
         arrays = []
         for name, shape in zip(names, shapes):
+            if shape is None:  # present, not used (a Normalization's count)
+                arrays.append(None)
+                continue
             dataset_where = f"'model_weights/{layer.name}/{name}'"
             node = _check_links(group, name.split("/"), h5py, source, dataset_where)
             if node is None:
@@ -1324,15 +1461,6 @@ class _LegacyWeights:
         if any(not name or len(name) > 1000 or name.startswith("/") for name in names):
             raise _error(self._source, f"{where}: unusable weight names {_brief(names)}", layer)
         return names
-
-
-def _rescaled(arrays, scale, offset):
-    """[kernel, bias] of conv1 reading x instead of x * scale + offset: the kernel times scale,
-    and offset times each output's kernel sum added to its bias.  Left in float64, so that a
-    BatchNormalization folded next (or canonicalize) rounds the result to float32 once."""
-    kernel = np.asarray(arrays[0], dtype=np.float64)
-    bias = np.asarray(arrays[1], dtype=np.float64) if len(arrays) > 1 else 0.0
-    return [kernel * scale, bias + offset * kernel.sum(axis=(0, 1, 2))]
 
 
 def _batchnorm_variables(batchnorm, width, store, path_names):
@@ -1458,7 +1586,7 @@ class _Structure(NamedTuple):
     activations: dict  # name -> (activation, the layer that says so)
     batchnorms: dict  # name -> the BatchNormalization step folded into it
     outputs_batchnorms: dict  # name -> (BatchNormalization after its activation, pooling after)
-    rescaling: Any  # the Rescaling step folded into conv1, or None
+    transforms: list  # the leading Rescaling / Normalization steps folded into conv1
     input_chw: tuple  # the input's (C, H, W), None where the config states none
     order: tuple  # Keras's flatten order of the (C, H, W) feature map, as axis names
     paddings: tuple  # conv1's and conv2's padding
@@ -1469,7 +1597,7 @@ def _read_weights(layers, structure, store, source):
     BatchNormalization folded in) keyed by Keras layer names, the key_map from canonical layer
     names to those, the architecture's activations and the input size."""
     named_stages, activations, batchnorms, outputs_batchnorms = structure[:4]
-    rescaling, input_chw, order, paddings = structure[4:]
+    transforms, input_chw, order, paddings = structure[4:]
     counters, path_names = {}, {}
     for layer in layers:  # Keras numbers the variable paths per class, in config order
         base = _WEIGHTS_PATH_NAMES.get(layer.class_name)
@@ -1504,8 +1632,14 @@ def _read_weights(layers, structure, store, source):
             kernel_shape = (_ANY if inputs is None else inputs, width)
         shapes = [kernel_shape, (width,)] if use_bias else [kernel_shape]
         arrays[name] = store.variables(layer, path_names[layer.name], shapes, hint)
-        if name == "conv1" and rescaling is not None:
-            arrays[name] = _rescaled(arrays[name], *rescaling.value)
+        if name == "conv1" and transforms:
+            scale, shift = _input_affine(
+                transforms, channels, paddings[0], (store, path_names), source
+            )
+            kernel, *bias = arrays[name]
+            arrays[name] = list(
+                _weights.fold_input_affine(kernel, bias[0] if bias else None, scale, shift, axis=2)
+            )
         previous = names[names.index(name) - 1] if name != "conv1" else None
         if previous in outputs_batchnorms:
             arrays[name] = _folded_inputs(
@@ -1607,9 +1741,10 @@ def read_model(
         geometry (``input_size``, ``conv1_padding``, ``conv2_padding``).
     provenance : dict
         ``format`` (``"Keras .keras"`` or ``"Keras .h5"``), ``keras_input_shape``,
-        ``keras_rescaling`` (``scale`` and ``offset`` of a Rescaling folded into conv1) where
-        there was one and, where the file records them, ``keras_model`` (the model's name) and
-        ``keras_version``.
+        ``keras_rescaling`` (``scale`` and ``offset`` of a Rescaling folded into conv1) and
+        ``keras_normalization`` (``mean`` and ``variance`` of a Normalization folded into
+        conv1) where there were such layers and, where the file records them, ``keras_model``
+        (the model's name) and ``keras_version``.
 
     Raises
     ------
@@ -1641,10 +1776,11 @@ def read_model(
     before a "valid" Conv2D (conv1 or conv2) is read as that layer's padding 2.  A
     BatchNormalization directly after a Conv2D or Dense without an activation of its own (on
     its channel or feature axis) is folded into that layer with the config's epsilon; one
-    anywhere else is refused.  A
-    ``Rescaling`` first (one scale, one offset; an offset only with a 'valid' conv1) is folded
-    into conv1, so the model takes the inputs the Keras model took (e.g. pixels 0-255);
-    ``provenance["keras_rescaling"]`` records it.
+    anywhere else is refused.  A ``Rescaling`` and a ``Normalization`` first (in either
+    order; one value or one per channel, along the channel axis; an offset or a mean only with
+    a 'valid' conv1) are folded into conv1, so the model takes the inputs the Keras model took
+    (e.g. pixels 0-255); ``provenance["keras_rescaling"]`` and
+    ``provenance["keras_normalization"]`` record them.
 
     Examples
     --------
@@ -1688,7 +1824,7 @@ def _load(source, magic, h5py):
                 f"found a file starting with {magic!r}",
             )
         layers, chain, stated_shape = _model_layers(config, source)
-        steps, rescaling = _leading_rescaling(_steps(chain, source), source)
+        steps, transforms = _leading_rescaling(_steps(chain, source), source)
         steps = _attach_zero_paddings(steps, source)
         if stated_shape is not None and not any(step.kind == "input" for step in steps):
             steps.insert(0, _Step("input", chain[0], stated_shape))
@@ -1701,13 +1837,13 @@ def _load(source, magic, h5py):
         )
         _check_batchnorm_axes(named_stages, batchnorms, layout, source)
         _check_batchnorm_axes(named_stages, outputs_batchnorms, layout, source)
-        _check_rescaling_padding(rescaling, paddings, source)
+        _check_input_transforms(transforms, paddings, layout, source)
         structure = _Structure(
             named_stages,
             activations,
             batchnorms,
             outputs_batchnorms,
-            rescaling,
+            transforms,
             input_chw,
             order,
             paddings,
@@ -1734,11 +1870,15 @@ def _load(source, magic, h5py):
         if layout == "channels_last"
         else [channels, *input_size],
     }
-    if rescaling is not None:  # the model reads what Keras's Rescaling read: say so
-        provenance["keras_rescaling"] = {
-            "scale": rescaling.value[0],
-            "offset": rescaling.value[1],
-        }
+    for step in transforms:  # the model reads what Keras's first layers read: say so
+        if step.kind == "rescaling":
+            provenance["keras_rescaling"] = {
+                "scale": step.value[0].tolist(),
+                "offset": step.value[1].tolist(),
+            }
+        else:
+            mean, variance = step.statistics
+            provenance["keras_normalization"] = {"mean": mean, "variance": variance}
     for key, value in (("keras_model", _model_name(config)), ("keras_version", version)):
         if value is not None:
             provenance[key] = value

@@ -546,6 +546,99 @@ def test_zero_padding_before_a_valid_conv2d_is_its_padding(tmp_path, file_format
     assert_keras_parity(model, keras_model, noise)
 
 
+def adapted(layer, channels, seed=4):
+    """A Normalization layer adapted to pixel-like data (means 30-120, deviations 20-80)."""
+    rng = np.random.default_rng(seed)
+    center = rng.uniform(30, 120, channels)
+    spread = rng.uniform(20, 80, channels)
+    layer.adapt((rng.normal(size=(64, 28, 28, channels)) * spread + center).astype(np.float32))
+    return layer
+
+
+@pytest.mark.parametrize("file_format", [".keras", ".h5"])
+def test_leading_normalization_is_folded_into_conv1(tmp_path, file_format):
+    """MNIST tutorials normalise inside the model: Normalization with the mean and variance
+    stated, or adapted to the data (per channel on RGB), alone or after a Rescaling, and a
+    per-channel Rescaling.  The model then takes what the Keras model took."""
+    keras.utils.set_random_seed(6)
+    valid_lenet = [
+        layers.Conv2D(6, 5, activation="relu"),
+        layers.MaxPooling2D(2),
+        layers.Conv2D(16, 5, activation="relu"),
+        layers.MaxPooling2D(2),
+        layers.Flatten(),
+        layers.Dense(10),
+    ]
+    models = {
+        "stated": (
+            sequential(
+                layers.Rescaling(1 / 255),
+                layers.Normalization(mean=0.1307, variance=0.3081**2),
+                *valid_lenet,
+            ),
+            1,
+            {"mean": 0.1307, "variance": pytest.approx(0.3081**2)},
+        ),
+        "adapted_rgb": (
+            keras.Sequential(
+                [
+                    keras.Input((28, 28, 3)),
+                    adapted(layers.Normalization(), 3),
+                    layers.Rescaling([0.5, 2.0, 1.0], offset=[0.1, 0.0, -0.2]),
+                    *(layer.__class__.from_config(layer.get_config()) for layer in valid_lenet),
+                ]
+            ),
+            3,
+            None,
+        ),
+        "scalar_before_same": (  # no mean: nothing for the zero padding to shift
+            sequential(layers.Normalization(axis=None, mean=0.0, variance=4.0), *lenet_body()),
+            1,
+            {"mean": 0.0, "variance": 4.0},
+        ),
+    }
+    for name, (keras_model, channels, statistics) in models.items():
+        path = tmp_path / f"{name}{file_format}"
+        keras_model.save(path)
+        model = LeNet.from_keras(path)
+        provenance = model.metadata["provenance"]
+        if statistics is not None:
+            assert provenance["keras_normalization"] == statistics
+        else:  # adapted: the layer's own statistics
+            layer = keras_model.layers[0]
+            np.testing.assert_allclose(
+                provenance["keras_normalization"]["mean"], np.ravel(layer.mean), rtol=1e-6
+            )
+            assert provenance["keras_rescaling"] == {
+                "scale": [0.5, 2.0, 1.0],
+                "offset": [0.1, 0.0, -0.2],
+            }
+        pixels = np.repeat(real_images(28, 1) * 255, channels, axis=1)
+        noise = np.random.default_rng(2).uniform(0, 255, size=(300, channels, 28, 28))
+        assert_keras_parity(model, keras_model, pixels)
+        assert_keras_parity(model, keras_model, noise.astype(np.float32))
+
+
+@pytest.mark.parametrize("file_format", [".keras", ".h5"])
+@pytest.mark.parametrize(
+    ("mean", "variance"),
+    [(np.nan, 1.0), (0.0, -1.0), (0.0, np.inf)],
+    ids=["nan", "negative", "inf"],
+)
+def test_adapted_normalization_statistics_must_be_usable(tmp_path, file_format, mean, variance):
+    norm = adapted(layers.Normalization(name="norm"), 1)
+    keras_model = sequential(norm, *lenet_body(conv1=layers.Conv2D(6, 5, activation="tanh")))
+    count = norm.get_weights()[2]
+    norm.set_weights([np.array([mean], np.float32), np.array([variance], np.float32), count])
+    path = tmp_path / f"model{file_format}"
+    keras_model.save(path)
+    with pytest.raises(
+        WeightFileError,
+        match=r"layer 'norm' \(Normalization\): expected a finite mean and a finite variance >= 0",
+    ):
+        LeNet.from_keras(path)
+
+
 @pytest.mark.parametrize("file_format", [".keras", ".h5"])
 def test_leading_rescaling_is_folded_into_conv1(tmp_path, file_format):
     """Keras tutorials scale pixels inside the model: Rescaling(1/255) before a 'same' conv1, and
@@ -575,6 +668,7 @@ def test_leading_rescaling_is_folded_into_conv1(tmp_path, file_format):
         keras_model.save(path)
         model = LeNet.from_keras(path)
         assert model.metadata["provenance"]["keras_rescaling"] == {"scale": scale, "offset": offset}
+        assert "keras_normalization" not in model.metadata["provenance"]
         assert_keras_parity(model, keras_model, pixels)
         assert_keras_parity(model, keras_model, noise)
 
@@ -920,14 +1014,49 @@ UNSUPPORTED = {
         lambda: sequential(
             *lenet_body()[:2], layers.Rescaling(0.5, name="scale"), *lenet_body()[2:]
         ),
-        r"layer 'scale' \(Rescaling\): a Rescaling is folded into the first Conv2D only as the "
-        r"model's first layer",
+        r"layer 'scale' \(Rescaling\): a Rescaling is folded into the first Conv2D only among "
+        r"the model's first layers \(after the input, at most one Rescaling and one "
+        r"Normalization\); this one is not",
     ),
     "two_rescalings": (
         lambda: sequential(
             layers.Rescaling(0.5), layers.Rescaling(0.5, name="again"), *lenet_body()
         ),
-        r"layer 'again' \(Rescaling\): a Rescaling is folded into the first Conv2D only as",
+        r"layer 'again' \(Rescaling\): a Rescaling is folded into the first Conv2D only among",
+    ),
+    "normalization_not_first": (
+        lambda: sequential(
+            *lenet_body()[:2],
+            layers.Normalization(mean=0.5, variance=1.0, name="norm"),
+            *lenet_body()[2:],
+        ),
+        r"layer 'norm' \(Normalization\): a Normalization is folded into the first Conv2D only",
+    ),
+    "normalization_mean_before_same": (
+        lambda: sequential(
+            layers.Normalization(mean=0.2, variance=0.09, name="norm"), *lenet_body()
+        ),
+        r"layer 'norm' \(Normalization\): a Normalization mean cannot be folded into a first "
+        r"Conv2D with padding 'same' \(Keras pads the normalised input with zeros\)",
+    ),
+    "adapted_normalization_before_same": (
+        lambda: sequential(adapted(layers.Normalization(name="norm"), 1), *lenet_body()),
+        r"layer 'norm' \(Normalization\): a Normalization mean cannot be folded into a first "
+        r"Conv2D with padding 'same'",
+    ),
+    "normalization_inverted": (
+        lambda: sequential(
+            layers.Normalization(mean=0.2, variance=0.09, invert=True, name="norm"),
+            *lenet_body(conv1=layers.Conv2D(6, 5, activation="tanh")),
+        ),
+        r"layer 'norm' \(Normalization\): expected invert False, found True",
+    ),
+    "normalization_over_rows": (
+        lambda: sequential(
+            layers.Normalization(axis=1, mean=0.0, variance=1.0, name="norm"),
+            *lenet_body(),
+        ),
+        r"layer 'norm' \(Normalization\): expected axis -1 or 3 \(the channels\) or none, found 1",
     ),
     "mixed_precision": (
         lambda: sequential(
@@ -1225,12 +1354,19 @@ def test_batchnorm_that_cannot_be_folded_is_refused(saved, tmp_path):
 def test_rescaling_needs_one_finite_scale_and_offset(saved, tmp_path):
     config, weights = archive_parts(saved["example"][1])
     path = tmp_path / "model.keras"
-    for key, value in (("scale", [0.5]), ("scale", "0.5"), ("scale", None), ("offset", 1e999)):
+    list_of_values = r"one finite number or a list of one per input channel, found"
+    for key, value, message in (
+        ("scale", [0.5] * 4, rf"expected scale {list_of_values}"),
+        ("scale", "0.5", rf"expected scale {list_of_values}"),
+        ("scale", None, rf"expected scale {list_of_values}"),
+        ("offset", 1e999, rf"expected offset {list_of_values}"),
+        ("scale", [0.5, 0.5], r"expected one value or 1 \(one per input channel\), found 2"),
+    ):
         edited = json.loads(json.dumps(config))
         rescaling = {"name": "scale", "scale": 1 / 255, "offset": 0.0, key: value}
         edited["config"]["layers"].insert(1, {"class_name": "Rescaling", "config": rescaling})
         write_archive(path, edited, weights)
-        refused(path, rf"layer 'scale' \(Rescaling\): expected {key} one finite number, found")
+        refused(path, rf"layer 'scale' \(Rescaling\): {message}")
 
 
 def test_weights_that_do_not_match_or_are_unsafe(saved, tmp_path):

@@ -1015,7 +1015,9 @@ def _stages(steps, source):
 def _read_structure(named_stages, source):
     """Check where pooling, Flatten, activations and BatchNormalizations sit; return each
     weighted layer's activation (name -> (activation, the layer that says so)), the two pooling
-    steps, the Flatten and the BatchNormalization steps (name -> step)."""
+    steps, the Flatten, the BatchNormalization steps that fold into their layer (name -> step)
+    and those after a stage's activation, which fold into the next layer (name of the stage ->
+    (step, the pooling step after it or None))."""
     activations, pools, flatten = {}, [], None
     batchnorms, outputs_batchnorms = {}, {}
     last_conv = [name for name, _ in named_stages if name.startswith("conv")][-1]

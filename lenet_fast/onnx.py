@@ -505,7 +505,12 @@ def _tokenize(nodes, data, constants, source):
                 bias = constant(add, position, (0, 1, 2)).reshape(-1)
                 node, index = add, index + 1
             tokens.append(_Token("layer", matmul, None, weight.T, bias))
-        elif op == "BatchNormalization" and tokens and tokens[-1].kind in ("activation", "pool"):
+        elif (
+            op == "BatchNormalization"
+            and tokens
+            and tokens[-1].kind in ("activation", "pool")
+            and any(token.kind == "layer" for token in tokens)
+        ):
             if after_activation is not None:
                 raise _unsupported(
                     node,

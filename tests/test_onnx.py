@@ -350,6 +350,29 @@ def test_folds_batch_normalization_before_and_after_an_activation(lenet_graph):
     )
 
 
+def test_rejects_batch_normalization_after_an_activation_before_any_layer(lenet_graph):
+    conv1 = node_named(lenet_graph, "conv1")
+    first = conv1.input[0]
+    names = ["pre.scale", "pre.bias", "pre.mean", "pre.var"]
+    lenet_graph.graph.initializer.extend(
+        numpy_helper.from_array(np.ones(1, np.float32), name) for name in names
+    )
+    nodes = [
+        helper.make_node("Relu", [first], ["pre_relu_out"], name="pre_relu"),
+        helper.make_node(
+            "BatchNormalization", ["pre_relu_out", *names], ["pre_bn_out"], name="pre_bn"
+        ),
+    ]
+    conv1.input[0] = "pre_bn_out"
+    for position, node in enumerate(nodes):
+        lenet_graph.graph.node.insert(position, node)
+    reject(
+        lenet_graph,
+        "unsupported BatchNormalization node 'pre_bn': a BatchNormalization is folded into the "
+        "Conv, Gemm or MatMul it directly follows; this one follows Relu node 'pre_relu'",
+    )
+
+
 def test_rejects_stride_2_convolution(lenet_graph):
     set_attribute(node_named(lenet_graph, "conv2"), "strides", [2, 2])
     reject(lenet_graph, "unsupported Conv node 'conv2': expected strides [1, 1], found [2, 2]")

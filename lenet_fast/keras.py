@@ -38,7 +38,8 @@ ever deserialised; HDF5 is read with ``h5py`` (the ``keras`` extra).  Loading go
    kernels (in, out) -> (out, in), and the first dense kernel after ``Flatten`` reordered from
    the flatten order Keras used ((row, column, channel) for channels-last) to PyTorch's
    (channel, row, column).  The leading ``Rescaling`` (``x * scale + offset``) and
-   ``Normalization`` (``(x - mean) / max(sqrt(variance), 1e-7)``, stated or adapted) layers,
+   ``Normalization`` (``(x - mean) / sqrt(variance)``, stated or adapted; a variance under
+   Keras's epsilon squared is refused, since the file does not store that epsilon) layers,
    one number or one per channel, in either order, are composed into one ``x * a + b`` per input
    channel and folded into conv1 (``_weights.fold_input_affine``: the kernel times a, b times
    the kernel's sums added to the bias; b only where conv1 is unpadded, since "same" pads the
@@ -126,6 +127,7 @@ _WEIGHTS_PATH_NAMES = {
 _RESCALING = "Rescaling"
 _NORMALIZATION = "Normalization"
 _MAX_CHANNELS = 3  # the input channels the engine takes
+_KERAS_EPSILON = 1e-7  # keras.config.epsilon()'s default: a Normalization's smallest divisor
 # Config entries that do not change what a trained layer computes at inference.
 _INERT_OPTIONS = {
     "name",
@@ -889,9 +891,10 @@ def _check_input_transforms(transforms, paddings, layout, source):
 
 def _input_affine(transforms, channels, padded, reader, source):
     """The leading Rescaling and Normalization layers as one ``x * scale + shift`` per input
-    channel (float64), composed in order; a Normalization divides by ``max(sqrt(variance),
-    1e-7)`` (Keras's default epsilon, which files do not store) and reads its adapted mean and
-    variance where the config states none."""
+    channel (float64), composed in order; a Normalization divides by ``sqrt(variance)`` (Keras
+    by ``max(sqrt(variance), epsilon)``: a variance small enough for the epsilon, which files do
+    not store, to matter is refused) and reads its adapted mean and variance where the config
+    states none."""
     scale, shift = np.ones(channels), np.zeros(channels)
     for step in transforms:
         if step.kind == "rescaling":
@@ -924,7 +927,16 @@ def _input_affine(transforms, channels, padded, reader, source):
                         step.layer,
                     )
             step.statistics = (np.asarray(mean).tolist(), np.asarray(variance).tolist())
-            divisor = np.maximum(np.sqrt(np.asarray(variance, dtype=np.float64)), 1e-7)
+            deviation = np.sqrt(np.asarray(variance, dtype=np.float64))
+            if (deviation < _KERAS_EPSILON).any():
+                raise _error(
+                    source,
+                    f"a variance below {_KERAS_EPSILON**2:g} ({float(np.min(variance))!r}): "
+                    f"Keras then divides by its configured epsilon, which the file does not "
+                    f"store",
+                    step.layer,
+                )
+            divisor = deviation
             values = (1 / divisor, -np.asarray(mean, dtype=np.float64) / divisor)
         factor, offset = (np.asarray(value, dtype=np.float64) for value in values)
         for value in (factor, offset):

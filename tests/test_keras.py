@@ -621,21 +621,25 @@ def test_leading_normalization_is_folded_into_conv1(tmp_path, file_format):
 
 @pytest.mark.parametrize("file_format", [".keras", ".h5"])
 @pytest.mark.parametrize(
-    ("mean", "variance"),
-    [(np.nan, 1.0), (0.0, -1.0), (0.0, np.inf)],
-    ids=["nan", "negative", "inf"],
+    ("mean", "variance", "message"),
+    [
+        (np.nan, 1.0, "expected a finite mean and a finite variance >= 0"),
+        (0.0, -1.0, "expected a finite mean and a finite variance >= 0"),
+        (0.0, np.inf, "expected a finite mean and a finite variance >= 0"),
+        (0.0, 0.0, r"a variance below 1e-14 \(0.0\): Keras then divides by its configured epsilon"),
+    ],
+    ids=["nan", "negative", "inf", "zero"],
 )
-def test_adapted_normalization_statistics_must_be_usable(tmp_path, file_format, mean, variance):
+def test_adapted_normalization_statistics_must_be_usable(
+    tmp_path, file_format, mean, variance, message
+):
     norm = adapted(layers.Normalization(name="norm"), 1)
     keras_model = sequential(norm, *lenet_body(conv1=layers.Conv2D(6, 5, activation="tanh")))
     count = norm.get_weights()[2]
     norm.set_weights([np.array([mean], np.float32), np.array([variance], np.float32), count])
     path = tmp_path / f"model{file_format}"
     keras_model.save(path)
-    with pytest.raises(
-        WeightFileError,
-        match=r"layer 'norm' \(Normalization\): expected a finite mean and a finite variance >= 0",
-    ):
+    with pytest.raises(WeightFileError, match=r"layer 'norm' \(Normalization\): " + message):
         LeNet.from_keras(path)
 
 

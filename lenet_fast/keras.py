@@ -1643,14 +1643,16 @@ def _read_weights(layers, structure, store, source):
                     f"{widths['conv2']} channels of {pooled[0]}x{pooled[1]} for a "
                     f"{stated[0]}x{stated[1]} input)"
                 )
+            elif name == "fc1" and "conv3" not in stages:  # no stated input: any, checked below
+                inputs = None
             kernel_shape = (_ANY if inputs is None else inputs, width)
         shapes = [kernel_shape, (width,)] if use_bias else [kernel_shape]
         arrays[name] = store.variables(layer, path_names[layer.name], shapes, hint)
-        if name == "conv1" and transforms:
-            scale, shift = _input_affine(
-                transforms, channels, paddings[0], (store, path_names), source
-            )
+        if name == "conv1" and transforms:  # the channels: the kernel's, if no input states them
             kernel, *bias = arrays[name]
+            scale, shift = _input_affine(
+                transforms, kernel.shape[2], paddings[0], (store, path_names), source
+            )
             arrays[name] = list(
                 _weights.fold_input_affine(kernel, bias[0] if bias else None, scale, shift, axis=2)
             )

@@ -619,6 +619,32 @@ def test_leading_normalization_is_folded_into_conv1(tmp_path, file_format):
         assert_keras_parity(model, keras_model, noise.astype(np.float32))
 
 
+def test_leading_normalization_without_a_stated_input_shape(tmp_path):
+    """A config that states no input shape: the channels come from conv1's kernel."""
+    keras_model = sequential(
+        adapted(layers.Normalization(), 1),
+        layers.Conv2D(6, 5, activation="relu"),
+        layers.MaxPooling2D(2),
+        layers.Conv2D(16, 5, activation="relu"),
+        layers.MaxPooling2D(2),
+        layers.Flatten(),
+        layers.Dense(10),
+    )
+    keras_model.save(tmp_path / "stated.keras")
+    config, weights = archive_parts(tmp_path / "stated.keras")
+    config.pop("build_config", None)
+    config["config"].pop("build_input_shape", None)
+    config["config"]["layers"] = [
+        {key: value for key, value in layer.items() if key != "build_config"}
+        for layer in config["config"]["layers"]
+        if layer["class_name"] != "InputLayer"
+    ]
+    write_archive(tmp_path / "unstated.keras", config, weights)
+    model = LeNet.from_keras(tmp_path / "unstated.keras")
+    assert model.architecture["input_size"] == (28, 28)
+    assert_keras_parity(model, keras_model, real_images(28, 1) * 255)
+
+
 @pytest.mark.parametrize("file_format", [".keras", ".h5"])
 @pytest.mark.parametrize(
     ("mean", "variance", "message"),

@@ -631,7 +631,7 @@ def _numpy(tensor):
     return None if tensor is None else tensor.detach().cpu().numpy()
 
 
-def _folded_inputs(weight, bias, placed, layer, previous, name):
+def _folded_inputs(weight, bias, placed, layer, name):
     """The weight and bias (float64) of `layer` reading its inputs before the BatchNorm that
     follows the previous layer's activation (see `_weights.fold_input_affine`): refused before
     max pooling with a negative weight (gamma), which does not commute with it, and before a
@@ -664,29 +664,21 @@ def _folded_inputs(weight, bias, placed, layer, previous, name):
             f"fold into its weights would shift; expected padding 0 there, or the BatchNorm "
             f"before the activation"
         )
-    channel_of_input = None
-    if weight.ndim == 2 and previous.kind == "conv":  # a Linear after a flatten of (C, H, W)
-        channels = scale.size
-        if weight.shape[1] % channels:
-            raise TorchImportError(
-                f"{name}: {step.where}: cannot fold it into {layer.where}: its "
-                f"{weight.shape[1]} inputs are not {channels} channels' maps"
-            )
-        channel_of_input = np.repeat(np.arange(channels), weight.shape[1] // channels)
-    return _weights.fold_input_affine(
-        weight, bias, scale, shift, axis=1, channel_of_input=channel_of_input, out_axis=0
-    )
+    try:  # a Linear after a flatten reads (C, H, W) in order: fold_input_affine's default
+        return _weights.fold_input_affine(weight, bias, scale, shift, axis=1, out_axis=0)
+    except ValueError as exc:
+        raise TorchImportError(
+            f"{name}: {step.where}: cannot fold it into {layer.where}: {exc}"
+        ) from exc
 
 
 def _layer_weights(layers, names, batchnorms, inputs_batchnorms, name):
     weights = {}
-    for position, (layer_name, (layer, _)) in enumerate(zip(names, layers)):
+    for layer_name, (layer, _) in zip(names, layers):
         module = layer.module
         weight, bias = _numpy(module.weight), _numpy(module.bias)
         if layer_name in inputs_batchnorms:
-            weight, bias = _folded_inputs(
-                weight, bias, inputs_batchnorms[layer_name], layer, layers[position - 1][0], name
-            )
+            weight, bias = _folded_inputs(weight, bias, inputs_batchnorms[layer_name], layer, name)
         if layer_name in batchnorms:
             norm = batchnorms[layer_name].module
             try:

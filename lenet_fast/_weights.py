@@ -1058,7 +1058,9 @@ def fold_input_affine(weight, bias, scale, shift, axis, channel_of_input=None, o
     axis : int
         The input axis of `weight`.
     channel_of_input : ndarray of int, optional
-        For a dense layer after a flatten: the channel of each input feature.
+        For a dense layer after a flatten: the channel of each input feature.  Without it, a
+        weight with more inputs than `scale` has channels reads a flatten of (C, H, W)
+        (channel-major: PyTorch's and ONNX's order).
     out_axis : int, default -1
         The output axis of `weight`.
 
@@ -1066,8 +1068,18 @@ def fold_input_affine(weight, bias, scale, shift, axis, channel_of_input=None, o
     -------
     weight, bias : ndarray of float64
         Left unrounded, so that a fold on the output side rounds once.
+
+    Raises
+    ------
+    ValueError
+        If the inputs are not a whole number of maps per channel.
     """
     weight = np.asarray(weight, dtype=np.float64)
+    inputs, channels = weight.shape[axis], scale.size
+    if channel_of_input is None and inputs != channels:
+        if inputs % channels:
+            raise ValueError(f"its {inputs} inputs are not {channels} channels' maps")
+        channel_of_input = np.repeat(np.arange(channels), inputs // channels)
     if channel_of_input is not None:
         scale, shift = scale[channel_of_input], shift[channel_of_input]
     shape = [1] * weight.ndim

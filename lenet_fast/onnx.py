@@ -590,7 +590,7 @@ class _BatchnormAfterActivation:
         self.gamma = constant(node, 1)
         try:
             self.scale, self.shift = _weights.batchnorm_affine(
-                constant(node, 1),
+                self.gamma,
                 constant(node, 2),
                 constant(node, 3),
                 constant(node, 4),
@@ -626,25 +626,14 @@ class _BatchnormAfterActivation:
                 f"into its weights would shift; expected no padding there, or the "
                 f"BatchNormalization before the activation",
             )
-        channels = self.scale.size
-        channel_of_input = None
-        if token.weight.ndim == 2 and self.layer.weight.ndim == 4:  # a flatten of (C, H, W)
-            if token.weight.shape[1] % channels:
-                raise _unsupported(
-                    self.node,
-                    f"cannot fold it into {_describe(token.node)}: its "
-                    f"{token.weight.shape[1]} inputs are not {channels} channels' maps",
-                )
-            channel_of_input = np.repeat(np.arange(channels), token.weight.shape[1] // channels)
-        token.weight, token.bias = _weights.fold_input_affine(
-            token.weight,
-            token.bias,
-            self.scale,
-            self.shift,
-            axis=1,
-            channel_of_input=channel_of_input,
-            out_axis=0,
-        )
+        try:  # a dense layer after a Flatten reads (C, H, W) in order: the default
+            token.weight, token.bias = _weights.fold_input_affine(
+                token.weight, token.bias, self.scale, self.shift, axis=1, out_axis=0
+            )
+        except ValueError as exc:
+            raise _unsupported(
+                self.node, f"cannot fold it into {_describe(token.node)}: {exc}"
+            ) from exc
         return None
 
 
@@ -876,7 +865,8 @@ def read_graph(
         zero Pad of 2 just before it), Relu, Sigmoid, Tanh, Softmax or LogSoftmax (last),
         MaxPool and AveragePool (2x2, stride 2), Flatten, Reshape to (batch, features), Gemm,
         MatMul + Add, Pad, Identity, BatchNormalization directly after a Conv/Gemm/MatMul
-        (folded into it); weights as initializers or Constant nodes.  Activations may be absent ("identity").
+        (folded into it) or after an activation or pooling (folded into the next layer);
+        weights as initializers or Constant nodes.  Activations may be absent ("identity").
 
     Returns
     -------

@@ -555,13 +555,9 @@ def adapted(layer, channels, seed=4):
     return layer
 
 
-@pytest.mark.parametrize("file_format", [".keras", ".h5"])
-def test_leading_normalization_is_folded_into_conv1(tmp_path, file_format):
-    """MNIST tutorials normalise inside the model: Normalization with the mean and variance
-    stated, or adapted to the data (per channel on RGB), alone or after a Rescaling, and a
-    per-channel Rescaling.  The model then takes what the Keras model took."""
-    keras.utils.set_random_seed(6)
-    valid_lenet = [
+def unpadded_relu_body():
+    """Fresh layers of a small unpadded ReLU LeNet: 28x28 -> 6 -> 16 -> flatten 256 -> 10."""
+    return [
         layers.Conv2D(6, 5, activation="relu"),
         layers.MaxPooling2D(2),
         layers.Conv2D(16, 5, activation="relu"),
@@ -569,12 +565,20 @@ def test_leading_normalization_is_folded_into_conv1(tmp_path, file_format):
         layers.Flatten(),
         layers.Dense(10),
     ]
+
+
+@pytest.mark.parametrize("file_format", [".keras", ".h5"])
+def test_leading_normalization_is_folded_into_conv1(tmp_path, file_format):
+    """MNIST tutorials normalise inside the model: Normalization with the mean and variance
+    stated, or adapted to the data (per channel on RGB), alone or after a Rescaling, and a
+    per-channel Rescaling.  The model then takes what the Keras model took."""
+    keras.utils.set_random_seed(6)
     models = {
         "stated": (
             sequential(
                 layers.Rescaling(1 / 255),
                 layers.Normalization(mean=0.1307, variance=0.3081**2),
-                *valid_lenet,
+                *unpadded_relu_body(),
             ),
             1,
             {"mean": 0.1307, "variance": pytest.approx(0.3081**2)},
@@ -585,7 +589,7 @@ def test_leading_normalization_is_folded_into_conv1(tmp_path, file_format):
                     keras.Input((28, 28, 3)),
                     adapted(layers.Normalization(), 3),
                     layers.Rescaling([0.5, 2.0, 1.0], offset=[0.1, 0.0, -0.2]),
-                    *(layer.__class__.from_config(layer.get_config()) for layer in valid_lenet),
+                    *unpadded_relu_body(),
                 ]
             ),
             3,
@@ -621,15 +625,7 @@ def test_leading_normalization_is_folded_into_conv1(tmp_path, file_format):
 
 def test_leading_normalization_without_a_stated_input_shape(tmp_path):
     """A config that states no input shape: the channels come from conv1's kernel."""
-    keras_model = sequential(
-        adapted(layers.Normalization(), 1),
-        layers.Conv2D(6, 5, activation="relu"),
-        layers.MaxPooling2D(2),
-        layers.Conv2D(16, 5, activation="relu"),
-        layers.MaxPooling2D(2),
-        layers.Flatten(),
-        layers.Dense(10),
-    )
+    keras_model = sequential(adapted(layers.Normalization(), 1), *unpadded_relu_body())
     keras_model.save(tmp_path / "stated.keras")
     config, weights = archive_parts(tmp_path / "stated.keras")
     config.pop("build_config", None)

@@ -770,7 +770,7 @@ class LeNet:
     @classmethod
     def from_onnx(
         cls,
-        path_or_model: str | os.PathLike[str] | Any,
+        path_or_model: str | os.PathLike[str] | bytes | Any,
         *,
         conv_activation: str | None = None,
         fc_activation: str | None = None,
@@ -786,8 +786,9 @@ class LeNet:
 
         Parameters
         ----------
-        path_or_model : str, path-like or onnx.ModelProto
-            The graph.
+        path_or_model : str, path-like, bytes or onnx.ModelProto
+            The graph: a file, its serialized bytes (as ``onnxruntime.InferenceSession`` also
+            takes) or a loaded model.
         conv_activation, fc_activation, output_activation, pool : str, optional
             Override what the graph says (then the model no longer computes the graph's
             function).
@@ -807,7 +808,7 @@ class LeNet:
         FileNotFoundError
             If the path does not exist.
         TypeError
-            If `path_or_model` is neither a path nor an ``onnx.ModelProto``.
+            If `path_or_model` is not a path, bytes or an ``onnx.ModelProto``.
         ImportError
             If the ``onnx`` package is not installed.
 

@@ -14,6 +14,13 @@ zero Pad of 2 -- and the token list is matched against the family::
     pad? conv act? pool act? pad? conv act? pool act? (conv act? flatten | flatten)
     dense act? [dense act? [dense act?]]
 
+A flatten's target shape may be computed (Shape, Gather, Unsqueeze, Concat, Mul:
+``x.view(x.size(0), -1)`` and the feature count multiplied out of ``x.size()[1:]``): those
+nodes are evaluated symbolically, the batch and the chain tensors' other dimensions as
+symbols, and accepted only as a Reshape's target (`_shape_arithmetic`).  A graph exported at a
+fixed example batch (torch's default) reshapes to that batch: it is read as the batch, since
+every other node works image by image.
+
 5x5 stride-1 convolutions padded by 0 or 2 (Conv ``pads``, ``auto_pad`` SAME, or a constant zero
 Pad just before the Conv), one pooling kind, conv3 only where the second pooling gives 5x5, one to
 three dense layers (Gemm or MatMul + Add).  The input size is the graph input's when it states
@@ -64,6 +71,13 @@ _ACTIVATION_OPS = {
 _OVER_CLASSES = ("Softmax", "LogSoftmax")  # output only, along axis 1
 _POOL_OPS = {"MaxPool": "max", "AveragePool": "avg"}
 _FLATTEN_OPS = ("Flatten", "Reshape")
+# The shape arithmetic exporters emit for a flatten's target shape: ``x.view(x.size(0), -1)``
+# through the TorchScript exporter with a dynamic batch is Shape -> Gather -> Unsqueeze ->
+# Concat -> Reshape, and a feature count multiplied out of ``x.size()[1:]`` adds Mul.  Read
+# symbolically (`_shape_arithmetic`), never run; accepted only as a Reshape's target.
+_SHAPE_OPS = ("Shape", "Gather", "Unsqueeze", "Concat", "Mul")
+_BATCH = "N"  # the factor of a symbolic dimension that stands for the batch size
+_MAX_SHAPE_TERMS = 8  # dims of a computed shape, factors of a product: a flatten needs 2 and 3
 _SUPPORTED_OPS = (
     "Conv",
     "Gemm",
@@ -72,6 +86,7 @@ _SUPPORTED_OPS = (
     *_ACTIVATION_OPS,
     *_POOL_OPS,
     *_FLATTEN_OPS,
+    *_SHAPE_OPS,
     "Pad",
     "Identity",
     "Constant",
@@ -234,6 +249,14 @@ def _load(path_or_model):
 
     if isinstance(path_or_model, onnx.ModelProto):
         return path_or_model, "ONNX model"
+    if isinstance(path_or_model, (bytes, bytearray, memoryview)):
+        try:
+            return onnx.load_model_from_string(bytes(path_or_model)), "ONNX model"
+        except Exception as exc:  # protobuf's DecodeError and the like
+            raise ONNXImportError(
+                f"ONNX model: expected a serialized ONNX model, found unreadable bytes "
+                f"({type(exc).__name__}: {exc})"
+            ) from exc
     if isinstance(path_or_model, (str, os.PathLike)):
         source = os.fspath(path_or_model)
         if not os.path.exists(source):
@@ -253,7 +276,8 @@ def _load(path_or_model):
         _read_external_data(model, os.path.dirname(os.path.abspath(source)), source)
         return model, source
     raise TypeError(
-        f"path_or_model must be a path or an onnx.ModelProto; got {type(path_or_model).__name__}"
+        f"path_or_model must be a path, bytes or an onnx.ModelProto; "
+        f"got {type(path_or_model).__name__}"
     )
 
 
@@ -392,14 +416,132 @@ def _pad_amount(node, attributes, constant):
     return _PADDING
 
 
-def _tokenize(nodes, data, constants, source):
-    """Follow the chain of nodes from tensor `data`; return its tokens and the final tensor."""
+def _dim_text(dim):
+    """A symbolic dimension as text: 800, N (the batch), or t[1]*t[2]*t[3]."""
+    coefficient, factors = dim
+    parts = [str(coefficient)] if coefficient != 1 or not factors else []
+    parts += [factor if factor == _BATCH else f"{factor[0]}[{factor[1]}]" for factor in factors]
+    return "*".join(parts)
+
+
+def _shape_arithmetic(node, attributes, symbolic, constants, ranks):
+    """The value of one shape-arithmetic node (`_SHAPE_OPS`) as ``(scalar, dims)``: each dim a
+    ``(coefficient, factors)`` product, where a factor is `_BATCH` (dimension 0 of every
+    tensor of the chain) or ``(tensor, axis)`` for another dimension of a chain tensor."""
+
+    def operand(position):
+        name = node.input[position] if len(node.input) > position else ""
+        if name in symbolic:
+            return symbolic[name]
+        if name in constants:
+            array = np.asarray(constants[name])
+            if array.dtype.kind not in "iu" or array.ndim > 1:
+                raise _unsupported(
+                    node,
+                    f"expected integer shape values as input {position}, found "
+                    f"{array.dtype} of shape {array.shape}",
+                )
+            if array.size > _MAX_SHAPE_TERMS:
+                raise _unsupported(
+                    node,
+                    f"expected a shape of at most {_MAX_SHAPE_TERMS} dimensions as input "
+                    f"{position}, found {array.size} values",
+                )
+            return array.ndim == 0, [(int(value), ()) for value in array.reshape(-1)]
+        raise _unsupported(
+            node,
+            f"expected {node.op_type} only in the arithmetic of a Reshape's target shape, "
+            f"found input {name!r}, which is neither a shape nor a constant",
+        )
+
+    def known(value, what):
+        scalar, dims = value
+        if any(factors for _, factors in dims):
+            raise _unsupported(node, f"expected constant {what}, found a computed shape")
+        return [coefficient for coefficient, _ in dims]
+
+    op = node.op_type
+    if op == "Shape":
+        for attribute, value in attributes.items():
+            if attribute not in ("start", "end"):
+                raise _unsupported(node, f"attribute {attribute}={value!r} is not supported")
+        name = node.input[0]
+        if name not in ranks:
+            raise _unsupported(node, f"expected the shape of a tensor of the chain, found {name!r}")
+        rank = ranks[name]
+        dims = [(1, (_BATCH,))] + [(1, ((name, axis),)) for axis in range(1, rank)]
+        return False, dims[slice(attributes.get("start", 0), attributes.get("end", rank))]
+    if op == "Gather":
+        _check_attributes(node, attributes, {"axis": [0]})
+        scalar, dims = operand(0)
+        indices_scalar, indices = operand(1)
+        positions = known((indices_scalar, indices), "indices")
+        if scalar or not all(-len(dims) <= position < len(dims) for position in positions):
+            raise _unsupported(node, f"expected indices within a shape of {len(dims)} dimensions")
+        return indices_scalar, [dims[position] for position in positions]
+    if op == "Unsqueeze":
+        axes = attributes["axes"] if "axes" in attributes else known(operand(1), "axes")
+        scalar, dims = operand(0)
+        if not scalar or list(axes) not in ([0], [-1]):
+            raise _unsupported(node, "expected a scalar made into a 1-D shape (axes [0])")
+        return False, dims
+    if op == "Concat":
+        _check_attributes(node, attributes, {"axis": [0, -1]})
+        parts = [operand(position) for position in range(len(node.input))]
+        if any(scalar for scalar, _ in parts):
+            raise _unsupported(node, "expected 1-D shapes to concatenate")
+        joined = [dim for _, dims in parts for dim in dims]
+        if len(joined) > _MAX_SHAPE_TERMS:
+            raise _unsupported(node, f"expected at most {_MAX_SHAPE_TERMS} dimensions")
+        return False, joined
+    # Mul: of two scalars or 1-element shapes (a feature count multiplied out)
+    (scalar_a, a), (scalar_b, b) = operand(0), operand(1)
+    if len(a) != 1 or len(b) != 1:
+        raise _unsupported(node, "expected a product of two single dimensions")
+    (coefficient_a, factors_a), (coefficient_b, factors_b) = a[0], b[0]
+    if len(factors_a) + len(factors_b) > _MAX_SHAPE_TERMS:
+        raise _unsupported(node, f"expected a product of at most {_MAX_SHAPE_TERMS} dimensions")
+    product = (coefficient_a * coefficient_b, tuple(sorted(factors_a + factors_b, key=repr)))
+    return scalar_a and scalar_b, [product]
+
+
+def _flatten_features(node, attributes, target, data, ranks, batch):
+    """The feature count of a Reshape that flattens `data` to (batch, features): -1 for all of
+    them.  `target` is ``(scalar, dims)``; the first dim may be -1, 0 (copy), the symbolic batch
+    or the graph's fixed batch size `batch` (an exporter's example batch, e.g. ``[1, -1]``)."""
+    scalar, dims = target
+    if not scalar and len(dims) == 2:
+        first, (coefficient, factors) = dims
+        batch_ok = (
+            first in ((-1, ()), (1, (_BATCH,)))
+            or first == (0, ())
+            and not attributes.get("allowzero", 0)
+            or batch is not None
+            and first == (batch, ())
+        )
+        every_feature = (1, tuple(sorted(((data, axis) for axis in range(1, 4)), key=repr)))
+        if batch_ok and dims[1] == every_feature and ranks.get(data) == 4:
+            return -1
+        if batch_ok and not factors and (coefficient > 0 or coefficient == -1 and first[0] != -1):
+            return coefficient
+    raise _unsupported(
+        node,
+        f"expected a flatten to (batch, features), found target shape "
+        f"[{', '.join(_dim_text(dim) for dim in dims)}]",
+    )
+
+
+def _tokenize(nodes, data, constants, source, batch=None):
+    """Follow the chain of nodes from tensor `data`; return its tokens and the final tensor.
+    `batch` is the graph input's fixed batch size, if it has one."""
     tokens, index = [], 0
     consumers = {}
     for node in nodes:
-        if node.op_type != "Constant":
+        if node.op_type not in ("Constant", "Shape"):
             for name in node.input:
                 consumers.setdefault(name, []).append(node)
+    symbolic = {}  # the outputs of shape arithmetic: tensor name -> (scalar, dims)
+    ranks = {data: 4}  # the tensors of the chain so far: name -> number of axes
 
     def constant(node, position, ndim=None):
         """The constant input at `position` (None when absent and `ndim` is None); with `ndim`,
@@ -433,6 +575,13 @@ def _tokenize(nodes, data, constants, source):
         if node.domain not in ("", "ai.onnx") or node.op_type not in _SUPPORTED_OPS:
             raise _unsupported(node, f"op type not in {', '.join(_SUPPORTED_OPS)}")
         if node.op_type == "Constant":
+            continue
+        if node.op_type in _SHAPE_OPS and (
+            node.op_type == "Shape" or not any(name in ranks for name in node.input)
+        ):
+            symbolic[node.output[0]] = _shape_arithmetic(
+                node, _attributes(node), symbolic, constants, ranks
+            )
             continue
         users = consumers.get(data, [])
         if len(users) > 1:
@@ -547,23 +696,26 @@ def _tokenize(nodes, data, constants, source):
             tokens.append(_Token("flatten", node))
         elif op == "Reshape":
             _check_attributes(node, attributes, {"allowzero": [0, 1]})
-            shape = constant(node, 1, 1)
-            batch_ok = (
-                shape.ndim == 1
-                and len(shape) == 2
-                and (shape[0] == -1 or (shape[0] == 0 and not attributes.get("allowzero", 0)))
+            if len(node.input) > 1 and node.input[1] in symbolic:
+                target = symbolic[node.input[1]]
+            else:
+                shape = constant(node, 1, 1).astype(np.int64)
+                target = (False, [(int(value), ()) for value in shape])
+            features = _flatten_features(node, attributes, target, data, ranks, batch)
+            tokens.append(_Token("flatten", node, features))
+        elif op in _SHAPE_OPS:  # on a tensor of the chain
+            raise _unsupported(
+                node,
+                f"expected {op} only in the arithmetic of a Reshape's target shape, found it "
+                f"on tensor {data!r} of the chain",
             )
-            if not batch_ok or shape[1] == 0 or shape[1] < -1 or (shape == -1).all():
-                raise _unsupported(
-                    node,
-                    f"expected a flatten to (batch, features), found target shape {shape.tolist()}",
-                )
-            tokens.append(_Token("flatten", node, int(shape[1])))
         else:  # an Add that does not follow a MatMul
             raise _unsupported(node, "expected Add only as the bias of a MatMul")
         if after_activation is not None and tokens[-1] is not newest:
             after_activation = after_activation.meet(tokens[-1])
+        flattened = any(token.kind == "flatten" for token in tokens)
         data = node.output[0]
+        ranks[data] = 2 if flattened else 4
     if tokens and tokens[-1].kind == "pad":
         raise _unsupported(tokens[-1].node, "expected a Pad only directly before a Conv")
     if after_activation is not None:
@@ -857,13 +1009,17 @@ def read_graph(
 
     Parameters
     ----------
-    model_or_path : str, path-like or onnx.ModelProto
-        The graph, such as ``torch.onnx.export`` writes: Conv -> activation -> 2x2 pool ->
+    model_or_path : str, path-like, bytes or onnx.ModelProto
+        The graph (a file, its serialized bytes or a loaded model), such as
+        ``torch.onnx.export`` writes: Conv -> activation -> 2x2 pool ->
         Conv -> activation -> 2x2 pool -> (Conv -> activation ->) Flatten -> one to three
         Gemm (or MatMul + Add) layers, each followed by its activation.  Supported ops: Conv
         (5x5, stride 1, padded by 0 or 2 through ``pads``, ``auto_pad="SAME_*"`` or a constant
         zero Pad of 2 just before it), Relu, Sigmoid, Tanh, Softmax or LogSoftmax (last),
-        MaxPool and AveragePool (2x2, stride 2), Flatten, Reshape to (batch, features), Gemm,
+        MaxPool and AveragePool (2x2, stride 2), Flatten, Reshape to (batch, features) -- the
+        batch given as -1, 0, the graph input's fixed batch size (an exporter's example batch:
+        the per-image function is the same at any batch) or computed by Shape, Gather,
+        Unsqueeze, Concat and Mul nodes (``x.view(x.size(0), -1)``), read symbolically --, Gemm,
         MatMul + Add, Pad, Identity, BatchNormalization directly after a Conv/Gemm/MatMul
         (folded into it) or after an activation or pooling (folded into the next layer);
         weights as initializers or Constant nodes.  Activations may be absent ("identity").
@@ -892,7 +1048,7 @@ def read_graph(
     FileNotFoundError
         If the path does not exist.
     TypeError
-        If `model_or_path` is neither a path nor an ``onnx.ModelProto``.
+        If `model_or_path` is not a path, bytes or an ``onnx.ModelProto``.
 
     Examples
     --------
@@ -926,7 +1082,7 @@ def _read_graph(graph, source):
     for node in nodes:
         if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
             constants[node.output[0]] = _constant_value(node)
-    tokens, output = _tokenize(nodes, input_name, constants, source)
+    tokens, output = _tokenize(nodes, input_name, constants, source, batch=input_dims[0])
     if output != graph.output[0].name:
         raise ONNXImportError(
             f"{source}: the chain from input {input_name!r} ends at tensor "

@@ -733,9 +733,10 @@ def stated_options(net):
     return {**net.architecture, **({"batchnorm_eps": eps.pop()} if eps else {})}
 
 
-def export_onnx(module, example, path, dynamo):
-    """``torch.onnx.export`` of `module` (in eval mode) with a dynamic batch axis, input "x" and
-    output "y", opset 17, with the dynamo exporter or the TorchScript one."""
+def export_onnx(module, example, path, dynamo, dynamic_batch=True):
+    """``torch.onnx.export`` of `module` (in eval mode) with input "x" and output "y", opset 17,
+    with the dynamo exporter or the TorchScript one; with a dynamic batch axis, or (as torch
+    exports by default) at the example's fixed batch size."""
     import torch
 
     module.eval()
@@ -748,7 +749,7 @@ def export_onnx(module, example, path, dynamo):
             dynamo=True,
             input_names=["x"],
             output_names=["y"],
-            dynamic_shapes=({0: torch.export.Dim("batch")},),
+            dynamic_shapes=({0: torch.export.Dim("batch")},) if dynamic_batch else None,
             verbose=False,
         )
     else:
@@ -760,7 +761,7 @@ def export_onnx(module, example, path, dynamo):
             dynamo=False,
             input_names=["x"],
             output_names=["y"],
-            dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
+            dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}} if dynamic_batch else None,
         )
 
 

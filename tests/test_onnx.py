@@ -11,6 +11,7 @@ import ast
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -516,7 +517,7 @@ def test_rejects_bad_arguments(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         LeNet.from_onnx(tmp_path / "missing.onnx")
     with pytest.raises(
-        TypeError, match="^path_or_model must be a path or an onnx.ModelProto; got int$"
+        TypeError, match="^path_or_model must be a path, bytes or an onnx.ModelProto; got int$"
     ):
         LeNet.from_onnx(3)
     with pytest.raises(TypeError, match="^proto must be an onnx.ModelProto; got dict$"):
@@ -679,6 +680,123 @@ def test_pads_computed_by_a_subgraph_are_refused_naming_the_node(tmp_path):
         ),
     ):
         read_graph(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Flattens as the exporters write them: computed target shapes, a fixed example batch
+# ---------------------------------------------------------------------------------------------
+
+FLATTENS = {
+    "view-size0": lambda x: x.view(x.size(0), -1),
+    "reshape-shape0": lambda x: x.reshape(x.shape[0], -1),
+    "flatten": lambda x: torch.flatten(x, 1),
+    # the old tutorial's num_flat_features: a product over x.size()[1:]
+    "view-product": lambda x: x.view(-1, torch_lenets().OldTutorialNet.num_flat_features(x)),
+}
+
+
+class FlattenedLeNet(nn.Module):
+    """The unpadded MNIST LeNet (ReLU, max pooling) with one of the FLATTENS."""
+
+    def __init__(self, flatten):
+        super().__init__()
+        self.flatten = FLATTENS[flatten]
+        self.conv1, self.conv2 = nn.Conv2d(1, 6, 5), nn.Conv2d(6, 16, 5)
+        self.fc1, self.fc2 = nn.Linear(256, 84), nn.Linear(84, 10)
+
+    def forward(self, x):
+        x = nn.functional.max_pool2d(torch.relu(self.conv1(x)), 2)
+        x = nn.functional.max_pool2d(torch.relu(self.conv2(x)), 2)
+        return self.fc2(torch.relu(self.fc1(self.flatten(x))))
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+@pytest.mark.parametrize("batch", ["dynamic", 1, 3])
+@pytest.mark.parametrize("flatten", FLATTENS)
+def test_flattens_load_as_exported_with_a_computed_shape_or_a_fixed_batch(
+    tmp_path, flatten, batch, exporter
+):
+    """torch.onnx.export(net, (x,), path) fixes the batch at the example's (Reshape to [1, -1],
+    [3, 256], ...); with a dynamic batch the TorchScript exporter computes x.size(0) with Shape,
+    Gather, Unsqueeze, Concat (and Mul for a product of sizes).  Each loads with no warning and
+    runs any batch as torch does."""
+    torch.manual_seed(6)
+    module = FlattenedLeNet(flatten).eval()
+    path = tmp_path / "flatten.onnx"
+    example = torch.zeros(1 if batch == "dynamic" else batch, 1, 28, 28)
+    export_onnx(module, example, path, exporter == "dynamo", dynamic_batch=batch == "dynamic")
+    ops = {node.op_type for node in onnx.load(path).graph.node}
+    if exporter == "torchscript" and batch == "dynamic" and flatten != "flatten":
+        # what this test is about
+        assert {"Shape", "Gather", "Mul" if flatten == "view-product" else "Concat"} <= ops
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = LeNet.from_onnx(path)
+    x = random_images(37, seed=1, size=28)
+    with torch.no_grad():
+        expected = module(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(model.forward(x), expected, rtol=TOLERANCE, atol=TOLERANCE)
+    if batch != "dynamic":  # ONNX Runtime runs the graph at its own batch only
+        np.testing.assert_allclose(
+            model.forward(x[:batch]), onnxruntime_scores(path, x[:batch]), atol=TOLERANCE
+        )
+
+
+@pytest.fixture
+def size0_graph(tmp_path):
+    """FlattenedLeNet("view-size0") through the TorchScript exporter with a dynamic batch."""
+    torch.manual_seed(7)
+    path = tmp_path / "size0.onnx"
+    export_onnx(FlattenedLeNet("view-size0"), torch.zeros(1, 1, 28, 28), path, dynamo=False)
+    return onnx.load(path)
+
+
+def test_computed_target_shapes_that_are_not_a_flatten_are_refused(size0_graph):
+    (gather,) = [node for node in size0_graph.graph.node if node.op_type == "Gather"]
+    (indices,) = [node for node in size0_graph.graph.node if node.output[0] == gather.input[1]]
+    indices.attribute[0].t.CopyFrom(numpy_helper.from_array(np.array(1, np.int64)))
+    reject(
+        size0_graph,
+        "unsupported Reshape node '/Reshape': expected a flatten to (batch, features), found "
+        "target shape [/MaxPool_1_output_0[1], -1]",
+    )
+
+
+def test_a_fixed_batch_other_than_the_inputs_is_refused(tmp_path):
+    torch.manual_seed(8)
+    path = tmp_path / "fixed.onnx"
+    export_onnx(FlattenedLeNet("flatten"), torch.zeros(4, 1, 28, 28), path, True, False)
+    proto = onnx.load(path)
+    (reshape,) = [node for node in proto.graph.node if node.op_type == "Reshape"]
+    (target,) = [tensor for tensor in proto.graph.initializer if tensor.name == reshape.input[1]]
+    assert numpy_helper.to_array(target).tolist() == [4, 256]
+    target.CopyFrom(numpy_helper.from_array(np.array([2, 512], np.int64), target.name))
+    reject(
+        proto,
+        f"unsupported Reshape node {reshape.name!r}: expected a flatten to (batch, features), "
+        f"found target shape [2, 512]",
+    )
+
+
+def test_shape_arithmetic_on_the_images_themselves_is_refused(lenet_graph):
+    insert_after(lenet_graph, "fc2", "Mul", "scale", ["two"], [("two", np.array(2.0, np.float32))])
+    reject(
+        lenet_graph,
+        "unsupported Mul node 'scale': expected Mul only in the arithmetic of a Reshape's "
+        "target shape, found it on tensor 'fc2' of the chain",
+    )
+
+
+def test_from_onnx_takes_the_serialized_bytes(tmp_path, size0_graph):
+    path = tmp_path / "size0.onnx"
+    save_model(size0_graph, path)
+    model = LeNet.from_onnx(path.read_bytes())
+    for key, value in LeNet.from_onnx(path).weights.items():
+        np.testing.assert_array_equal(model.weights[key], value, err_msg=key)
+    with pytest.raises(
+        ONNXImportError, match="^ONNX model: expected a serialized ONNX model, found unreadable"
+    ):
+        LeNet.from_onnx(b"\x08\x07\xff\xff")
 
 
 @pytest.fixture

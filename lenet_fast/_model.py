@@ -686,8 +686,10 @@ class LeNet:
         mapping : mapping of str to array_like
             Names to arrays (NumPy arrays, PyTorch tensors, anything with ``__array__``) in
             any layout `lenet_fast._weights.canonicalize` recognises: canonical names, the
-            PyTorch tutorial's, Caffe's, numbered ``nn.Sequential`` exports; BatchNorm
-            parameters are folded into the layer each follows.
+            PyTorch tutorial's, Caffe's, numbered ``nn.Sequential`` exports, also behind a
+            prefix that every key shares (``module.`` from ``nn.DataParallel``, ``_orig_mod.``
+            from ``torch.compile``); BatchNorm parameters are folded into the layer each
+            follows.
         conv_activation, fc_activation, output_activation, pool : str, optional
             The architecture; an option not given is assumed from the layout and announced
             (see `from_npz`).

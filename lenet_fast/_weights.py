@@ -276,20 +276,39 @@ def _key_map_assignment(key_map, source, present):
     return {key: name for key, name in assignment.items() if key.split(".")[0] in layers}
 
 
+def _wrapper_prefix(names):
+    """The dotted prefix every key shares ahead of its layer name: ``module.`` (a model saved
+    from ``nn.DataParallel`` or ``DistributedDataParallel``), ``_orig_mod.`` (from
+    ``torch.compile``), ``model.`` (a training wrapper), or "" when there is none."""
+    split = [name.split(".") for name in names]
+    prefix = []
+    # Each key keeps at least "layer.parameter" after the prefix.
+    while split and all(len(parts) > len(prefix) + 2 for parts in split):
+        part = split[0][len(prefix)]
+        if any(parts[len(prefix)] != part for parts in split):
+            break
+        prefix.append(part)
+    return "".join(f"{part}." for part in prefix)
+
+
 def _choose_assignment(names, key_map, source, shape_of, optional_biases=False):
     """Pick the one layout whose keys are all present, or explain why there is none; with
-    `optional_biases`, a layer may lack its bias (a BatchNorm may follow it)."""
+    `optional_biases`, a layer may lack its bias (a BatchNorm may follow it).  The named
+    layouts are also found behind a prefix that every key shares (`_wrapper_prefix`)."""
     present = set(names)
     if key_map is not None:
         candidates = {"key_map": _key_map_assignment(key_map, source, present)}
     else:
-        canonical = _present_layers({layer: layer for layer in FAMILY_LAYERS}, present)
+        wrapper = _wrapper_prefix(names)
+        canonical = _present_layers({layer: wrapper + layer for layer in FAMILY_LAYERS}, present)
         # conv1, conv2, fc1, fc2, fc3 without conv3: the PyTorch tutorial's names (and the
         # PyTorch MNIST LeNet's); fc1 becomes conv3 below where it is one.
         tutorial = set(canonical) == {"conv1", "conv2", "fc1", "fc2", "fc3"}
         candidates = {"PyTorch tutorial" if tutorial else "canonical": _layer_assignment(canonical)}
-        if any(name.startswith(("ip1.", "ip2.")) for name in names):
-            candidates["Caffe"] = _layer_assignment(_CAFFE_LAYERS)
+        if any(name.startswith((f"{wrapper}ip1.", f"{wrapper}ip2.")) for name in names):
+            candidates["Caffe"] = _layer_assignment(
+                {layer: wrapper + name for layer, name in _CAFFE_LAYERS.items()}
+            )
         candidates["nn.Sequential"] = _sequential_assignment(names, shape_of)
         candidates = {layout: keys for layout, keys in candidates.items() if keys is not None}
     complete = [
@@ -535,7 +554,9 @@ def canonicalize(
         the PyTorch MNIST LeNet on unpadded 28x28 input, fc1 over 16x4x4); Caffe's names conv1,
         conv2, ip1, ip2; and numbered ``nn.Sequential`` exports (``0.weight``, ``net.3.bias``,
         ``features.0.weight`` ... ``classifier.1.bias``) with 3 to 6 layers (two convolutions,
-        a third one if its weight is 4-D, then 1 to 3 dense layers).  conv3 may be a 2-D dense
+        a third one if its weight is 4-D, then 1 to 3 dense layers).  The named layouts are
+        also found behind a prefix every key shares (``module.conv1.weight`` from
+        ``nn.DataParallel``, ``_orig_mod.`` from ``torch.compile``).  conv3 may be a 2-D dense
         weight of shape (conv3_channels, conv2_channels * 25) in every layout.
     key_map : mapping of str to str, optional
         Canonical names to the mapping's names, per parameter (``{"conv1.weight": "c1.w"}``) or
@@ -823,9 +844,10 @@ def _name_hint(batchnorm, layer_prefix):
     """Whether a BatchNorm's name points at a layer: ``conv1_bn``, ``bn_conv1`` or ``conv1.bn``
     for ``conv1``; ``bn1`` for a layer whose name ends in 1."""
     stripped = _BATCHNORM_WORDS.sub("", batchnorm).strip("._")
+    number = stripped.rpartition(".")[2]  # module.bn1 (behind a wrapper prefix) -> 1
     layer_name = layer_prefix.rpartition(".")[2]
     return stripped in (layer_prefix, layer_name) or (
-        stripped.isdigit() and re.fullmatch(rf"\D*{stripped}", layer_name) is not None
+        number.isdigit() and re.fullmatch(rf"\D*{number}", layer_name) is not None
     )
 
 

@@ -592,6 +592,12 @@ def torch_lenets():
 
     class CaffeLeNet(nn.Module):
         channels, size = 1, 28
+        architecture = {
+            "conv_activation": "identity",
+            "fc_activation": "relu",
+            "output_activation": "softmax",
+            "pool": "max",
+        }
 
         def __init__(self):
             super().__init__()

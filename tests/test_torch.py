@@ -648,6 +648,53 @@ def test_batchnorm_key_naming_variants(naming, reverse):
     assert_matches_pytorch(model, net, random_images(net))
 
 
+def wrapped_state_dict(net, wrapper):
+    """The state_dict of `net` as saved from a wrapper: keys prefixed with module. (DataParallel),
+    _orig_mod. (torch.compile), both, or model. (a training wrapper's attribute)."""
+    if wrapper == "DataParallel":
+        return nn.DataParallel(net).state_dict()
+    if wrapper == "compile":
+        return torch.compile(net).state_dict()
+    if wrapper == "DataParallel+compile":
+        return nn.DataParallel(torch.compile(net)).state_dict()
+    return {f"{wrapper}{key}": value for key, value in net.state_dict().items()}
+
+
+@pytest.mark.parametrize("wrapper", ["DataParallel", "compile", "DataParallel+compile", "model."])
+@pytest.mark.parametrize("name", ["seed-84+bn", "tutorial", "caffe"])
+def test_a_prefix_every_key_shares_is_read_as_a_wrapper(name, wrapper):
+    """A state_dict saved from nn.DataParallel, DistributedDataParallel or torch.compile has
+    every key behind the same prefix: the named layouts are found behind it, and the weights
+    are the unwrapped state_dict's, bit for bit."""
+    torch.manual_seed(5)
+    net = torch_lenets().CaffeLeNet().eval() if name == "caffe" else build(name)
+    state = wrapped_state_dict(net, wrapper)
+    prefix = {"DataParallel": "module.", "compile": "_orig_mod."}.get(wrapper, wrapper)
+    prefix = "module._orig_mod." if wrapper == "DataParallel+compile" else prefix
+    assert all(key.startswith(prefix) for key in state)  # what this test is about
+    model = LeNet.from_state_dict(state, **stated_options(net))
+    plain = LeNet.from_state_dict(net.state_dict(), **stated_options(net))
+    for key, value in plain.weights.items():
+        np.testing.assert_array_equal(model.weights[key], value, err_msg=key)
+    assert_matches_pytorch(model, net, random_images(net))
+
+
+def test_batchnorm_names_point_at_their_layer_behind_a_wrapper_prefix():
+    """conv3 and fc1 are both 84 wide; fc1's BatchNorm is named bn1 and listed first, so only
+    its name (a number, read after the module. prefix) tells that it follows fc1."""
+    net = build("seed-84+bn")
+    names = {"bn1": "conv1_bn", "bn2": "conv2_bn", "bn3": "conv3_bn", "bn4": "bn1"}
+    state = {}
+    for key, value in nn.DataParallel(net).state_dict().items():
+        wrapper, layer, parameter = key.split(".")
+        state[f"{wrapper}.{names.get(layer, layer)}.{parameter}"] = value
+    first = {key: value for key, value in state.items() if key.startswith("module.bn1.")}
+    state = {**first, **state}
+    assert list(state)[0] == "module.bn1.weight"  # what this test is about
+    model = LeNet.from_state_dict(state, **stated_options(net))
+    assert_matches_pytorch(model, net, random_images(net))
+
+
 def test_numbered_sequential_batchnorm_and_strict_false_folds_it():
     net = build("d2l+bn")
     state = net.state_dict()
@@ -979,7 +1026,7 @@ def test_cli_predict_prints_the_warning_as_one_line_and_takes_the_options(tmp_pa
     assert (status, err) == (0, "") and "accuracy: 1.0000" in out
 
 
-@pytest.mark.parametrize("source", ["npz", "torch", "onnx"])
+@pytest.mark.parametrize("source", ["npz", "torch", "torch-checkpoint", "onnx"])
 def test_cli_convert_round_trips(tmp_path, capsys, source):
     net = build("seed-all-relu+bn")
     state = net.state_dict()
@@ -991,6 +1038,10 @@ def test_cli_convert_round_trips(tmp_path, capsys, source):
         arguments = [tmp_path / "in.npz", *flags]
     elif source == "torch":
         torch.save(state, tmp_path / "in.pt")
+        arguments = ["--torch", tmp_path / "in.pt", *flags]
+    elif source == "torch-checkpoint":  # a training checkpoint of a DataParallel model
+        wrapped = nn.DataParallel(net).state_dict()
+        torch.save({"epoch": 7, "state_dict": wrapped}, tmp_path / "in.pt")
         arguments = ["--torch", tmp_path / "in.pt", *flags]
     else:
         pytest.importorskip("onnx")

@@ -759,12 +759,15 @@ def _steps(chain, source):
                     },
                 )
             )
+        elif name == "Reshape":
+            _check_inert_options(layer, {"target_shape"}, source)
+            steps.append(_Step("reshape", layer, layer.config.get("target_shape")))
         elif name in ("Sequential", "Functional", "Model"):
             raise _error(source, "nested models are not supported; save the inner model", layer)
         else:
             raise _error(
                 source,
-                f"layer type {name} is not supported (expected InputLayer, "
+                f"layer type {name} is not supported (expected InputLayer, Reshape, "
                 f"Rescaling, Normalization, ZeroPadding2D, Conv2D, BatchNormalization, "
                 f"MaxPooling2D, AveragePooling2D, Flatten, Dense, Activation, ReLU, "
                 f"Softmax or Dropout)",
@@ -808,6 +811,59 @@ def _finite_numbers(layer, key, default, source, at_least=None):
             layer,
         )
     return np.asarray(value, dtype=np.float64)
+
+
+def _leading_reshape(steps, stated_shape, source):
+    """(steps, stated shape): a Reshape among the model's first layers that only gives the
+    input its channel axis -- ``Input((28, 28))`` or ``Input((784,))`` then ``Reshape((28, 28,
+    1))`` (or ``(1, 28, 28)``), as Keras MNIST examples do -- taken out, its target becoming the
+    input shape (the model then takes (N, 28, 28) or (N, 1, 28, 28) images: the same floats in
+    the same order).  A Reshape anywhere else, or one that moves values, is refused."""
+    reshapes = [step for step in steps if step.kind == "reshape"]
+    if not reshapes:
+        return steps, stated_shape
+    step = reshapes[0]
+    leading = ("input", "reshape", "rescaling", "normalization")
+    if len(reshapes) > 1 or any(other.kind not in leading for other in steps[: steps.index(step)]):
+        raise _error(
+            source,
+            "expected a Reshape only among the model's first layers, giving the input its "
+            "channel axis",
+            step.layer,
+        )
+    target = step.value
+    inputs = [other for other in steps if other.kind == "input"]
+    stated = inputs[0].value if inputs else stated_shape
+    sizes = list(target) if isinstance(target, list) else []
+    if (
+        len(sizes) != 3
+        or not all(isinstance(size, int) and not isinstance(size, bool) for size in sizes)
+        or 1 not in (sizes[0], sizes[2])
+        or min(sizes) < 1
+    ):
+        raise _error(
+            source,
+            f"expected a Reshape to (height, width, 1) or (1, height, width), found "
+            f"target_shape {_brief(target)}",
+            step.layer,
+        )
+    if stated is not None:
+        given = stated[1:] if isinstance(stated, list) and stated else None
+        if (
+            not given
+            or None in given
+            or not all(isinstance(size, int) for size in given)
+            or math.prod(given) != math.prod(sizes)
+        ):
+            raise _error(
+                source,
+                f"expected the Reshape's input to hold the {math.prod(sizes)} values of "
+                f"target_shape {sizes}, found input shape {_brief(stated)}",
+                step.layer,
+            )
+    shape = [None, *sizes]
+    kept = [other for other in steps if other is not step and other.kind != "input"]
+    return [_Step("input", inputs[0].layer if inputs else step.layer, shape), *kept], shape
 
 
 def _leading_rescaling(steps, source):
@@ -1796,7 +1852,10 @@ def read_model(
     order; one value or one per channel, along the channel axis; an offset or a mean only with
     a 'valid' conv1) are folded into conv1, so the model takes the inputs the Keras model took
     (e.g. pixels 0-255); ``provenance["keras_rescaling"]`` and
-    ``provenance["keras_normalization"]`` record them.
+    ``provenance["keras_normalization"]`` record them.  A ``Reshape`` among the first layers
+    that only gives the input its channel axis (``Input((28, 28))`` or ``Input((784,))`` then
+    ``Reshape((28, 28, 1))``, or ``(1, 28, 28)``) sets the input shape: the model takes
+    (N, 28, 28) images, the same floats in the same order.
 
     Examples
     --------
@@ -1840,7 +1899,8 @@ def _load(source, magic, h5py):
                 f"found a file starting with {magic!r}",
             )
         layers, chain, stated_shape = _model_layers(config, source)
-        steps, transforms = _leading_rescaling(_steps(chain, source), source)
+        steps, stated_shape = _leading_reshape(_steps(chain, source), stated_shape, source)
+        steps, transforms = _leading_rescaling(steps, source)
         steps = _attach_zero_paddings(steps, source)
         if stated_shape is not None and not any(step.kind == "input" for step in steps):
             steps.insert(0, _Step("input", chain[0], stated_shape))

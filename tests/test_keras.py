@@ -699,6 +699,46 @@ def test_leading_rescaling_is_folded_into_conv1(tmp_path, file_format):
         assert_keras_parity(model, keras_model, noise)
 
 
+@pytest.mark.parametrize("file_format", [".keras", ".h5"])
+def test_a_leading_reshape_that_adds_the_channel_axis_gives_the_input_shape(tmp_path, file_format):
+    """Keras MNIST examples take (28, 28) or flat 784 pixels and Reshape them to (28, 28, 1), or
+    (1, 28, 28) before channels_first convolutions: the same floats in the same order, so the
+    model takes (N, 28, 28) images and gives Keras's scores."""
+    keras.utils.set_random_seed(6)
+    first = {"data_format": "channels_first"}
+    models = {
+        "28x28": sequential(layers.Reshape((28, 28, 1)), *lenet_body(), input_shape=(28, 28)),
+        "784-rescaled": sequential(
+            layers.Rescaling(1 / 255),
+            layers.Reshape((28, 28, 1)),
+            *lenet_body(),
+            input_shape=(784,),
+        ),
+        "channels-first": sequential(
+            layers.Reshape((1, 28, 28)),
+            layers.Conv2D(6, 5, activation="relu", **first),
+            layers.MaxPooling2D(2, **first),
+            layers.Conv2D(16, 5, activation="relu", **first),
+            layers.MaxPooling2D(2, **first),
+            layers.Flatten(),
+            layers.Dense(10, activation="softmax"),
+            input_shape=(28, 28),
+        ),
+    }
+    images = real_images(28, 1)[:, 0]
+    for name, keras_model in models.items():
+        path = tmp_path / f"{name}{file_format}"
+        keras_model.save(path)
+        model = LeNet.from_keras(path)
+        x = images * 255 if name == "784-rescaled" else images
+        keras_input = x.reshape(len(x), *keras_model.inputs[0].shape[1:])
+        expected = np.asarray(keras_model.predict(keras_input, verbose=0, batch_size=256))
+        found = model.forward(x)
+        np.testing.assert_allclose(found, expected, atol=1e-5, rtol=1e-5, err_msg=name)
+        assert np.mean(found.argmax(axis=1) == expected.argmax(axis=1)) >= 0.999
+        assert model.architecture["input_size"] == (28, 28)
+
+
 def test_keras_flatten_permutation_is_done_once_at_load(saved):
     """fc1 of a channels-last flatten model is stored in PyTorch's (channel, row, column)
     order: Keras's kernel row (r * W + c) * C + k becomes column (k * H + r) * W + c."""
@@ -860,6 +900,24 @@ def lenet_body(conv1=None, pool=layers.AveragePooling2D, conv2=None, flatten_and
 # (The unpadded MNIST LeNet, Caffe's LeNet and a first Dense with another activation than the
 # convolutions' are family members now: MODELS above loads them.)
 UNSUPPORTED = {
+    "reshape_after_conv1": (
+        lambda: sequential(
+            layers.Conv2D(6, 5, padding="same", name="conv1"),
+            layers.Reshape((28, 28, 6), name="reshape"),
+            *lenet_body()[1:],
+        ),
+        r"layer 'reshape' \(Reshape\): expected a Reshape only among the model's first layers, "
+        r"giving the input its channel axis",
+    ),
+    "reshape_to_two_channels": (
+        lambda: sequential(
+            layers.Reshape((28, 14, 2), name="reshape"),
+            *lenet_body(),
+            input_shape=(28, 28),
+        ),
+        r"layer 'reshape' \(Reshape\): expected a Reshape to \(height, width, 1\) or \(1, "
+        r"height, width\), found target_shape \[28, 14, 2\]",
+    ),
     "strides": (
         lambda: sequential(
             *lenet_body(conv2=layers.Conv2D(16, 5, strides=2, name="conv2")),

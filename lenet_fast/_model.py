@@ -901,12 +901,19 @@ class LeNet:
         as d2l's (sigmoid, average pooling, conv1 padded by 2 for 28x28 input).  The file
         `save_npz` then writes states the architecture, so it loads with no warning.
 
+        A TorchScript module (``torch.jit.script``, ``torch.jit.trace``, ``torch.jit.load``),
+        which fx cannot trace, is exported in memory with ``torch.onnx.export`` and read by
+        `lenet_fast.onnx.read_graph` (needs the ``onnx`` package); its input size is the one of
+        28x28 and 32x32 it runs on (else pass `example_input`), and the converted model is
+        checked against the module on those images.
+
         Parameters
         ----------
-        module : torch.nn.Module
+        module : torch.nn.Module or torch.jit.ScriptModule
             The network; it is not modified.
         example_input : array_like or torch.Tensor, optional
-            Images of shape (N, C, 32, 32) or (N, C, 28, 28); when given, the module (in eval
+            Images of shape (N, C, 32, 32) or (N, C, 28, 28) (any size for a TorchScript
+            module); when given, the module (in eval
             mode) and the new model are run on them and must agree to 1e-4 (and torch.export,
             if needed, traces with them).
         num_threads : int, optional

@@ -910,6 +910,13 @@ def _short(exc):
 def _expected_input(module, torch, name):
     """(channels, (H, W)) of the images the module takes, from its Conv2d and Linear modules in
     definition order; (H, W) is None where no input size of 28 or 32 fits."""
+    if isinstance(module, torch.jit.ScriptModule):  # its submodules are ScriptModules too
+        kernels = [value for value in module.parameters() if value.ndim == 4]
+        if not kernels:
+            raise TorchImportError(
+                f"{name}: has no 4-D (convolution) weight; a LeNet starts with one"
+            )
+        return kernels[0].shape[1], None
     convolutions = [sub for sub in module.modules() if isinstance(sub, torch.nn.Conv2d)]
     dense = [sub for sub in module.modules() if isinstance(sub, torch.nn.Linear)]
     if not convolutions:
@@ -1029,6 +1036,79 @@ def verify_conversion(module, model, example_input):
         )
 
 
+def _script_example(module, torch, name):
+    """One zero image of the size a TorchScript module runs on: 28x28 or 32x32 (the other
+    raises in its first dense layer or conv3); refused when both or neither run."""
+    channels, _ = _expected_input(module, torch, name)
+    runs, errors = [], []
+    for size in (28, 32):
+        x = torch.zeros(1, channels, size, size)
+        try:
+            with torch.no_grad():
+                _in_eval_mode(module, lambda x=x: module(x))
+            runs.append(x)
+        except Exception as exc:  # a shape mismatch: RuntimeError from the scripted graph
+            errors.append(f"{size}x{size}: {_short(exc)}")
+    if len(runs) != 1:
+        found = "both" if runs else f"neither ({'; '.join(errors)})"
+        raise TorchImportError(
+            f"{name}: a TorchScript module runs on {found} of 28x28 and 32x32 images; pass "
+            f"example_input=images it takes"
+        )
+    return runs[0]
+
+
+def _read_script_module(module, torch, name, example_input):
+    """A TorchScript module (``torch.jit.script``/``trace``/``load``): fx cannot trace it, so its
+    graph goes through torch's own ONNX exporter (in memory, batch axis dynamic) and is read
+    as data by `lenet_fast.onnx.read_graph`, like any ONNX file."""
+    import io
+    import warnings
+
+    from . import onnx as lenet_onnx
+
+    try:
+        import onnx  # noqa: F401  (read_graph's dependency: fail before exporting)
+    except ImportError as exc:
+        raise ImportError(
+            f"{name}: from_torch reads a TorchScript module through ONNX and needs the onnx "
+            f'package: pip install "lenet_fast[onnx]"'
+        ) from exc
+    x = _script_example(module, torch, name) if example_input is None else example_input
+    buffer = io.BytesIO()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notes
+            _in_eval_mode(
+                module,
+                lambda: torch.onnx.export(
+                    module,
+                    (x,),
+                    buffer,
+                    dynamo=False,
+                    opset_version=lenet_onnx.OPSET,
+                    input_names=["images"],
+                    output_names=["scores"],
+                    dynamic_axes={"images": {0: "batch"}, "scores": {0: "batch"}},
+                ),
+            )
+    except Exception as exc:
+        raise TorchImportError(
+            f"{name}: torch.onnx.export cannot read this TorchScript module ({_short(exc)})"
+        ) from exc
+    try:
+        weights, architecture = lenet_onnx.read_graph(buffer.getvalue())
+    except ValueError as exc:
+        problem = str(exc).removeprefix("ONNX model: ")
+        raise TorchImportError(f"{name} (TorchScript, read as ONNX): {problem}") from exc
+    geometry = {option: architecture.pop(option) for option in _architecture.GEOMETRY_OPTIONS}
+    metadata = {
+        "architecture": {**architecture, **_architecture.geometry_for_json(geometry)},
+        "converted_from": f"PyTorch TorchScript {name}",
+    }
+    return weights, metadata, x
+
+
 def read_module(module, *, example_input=None):
     """Read a PyTorch module's canonical weights and metadata -- what `LeNet.from_torch` builds on.
 
@@ -1064,9 +1144,11 @@ def read_module(module, *, example_input=None):
         raise ImportError("from_torch needs PyTorch: pip install torch") from exc
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"module must be a torch.nn.Module; got {type(module).__name__}")
-    name = type(module).__name__
+    name = getattr(module, "original_name", None) or type(module).__name__  # TorchScript: its class
     if example_input is not None:
         example_input = _as_tensor(example_input, module, torch)  # checked before any work
+    if isinstance(module, torch.jit.ScriptModule):
+        return _read_script_module(module, torch, name, example_input)
     steps = _capture_steps(module, torch, name, example_input)
     layers = _group_layers(steps, name)
     architecture, names, batchnorms, inputs_batchnorms = _read_architecture(layers, name)

@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 import warnings
+import zipfile
 from collections.abc import Sequence
 from types import ModuleType
 
@@ -988,6 +989,17 @@ def _command_info(args):
     return 0
 
 
+def _is_torchscript_archive(path):
+    """Whether `path` is a zip archive with TorchScript code in it (``<name>/code/...``), as
+    ``torch.jit.save`` writes; ``torch.save`` archives hold data only.  Reads the zip's
+    directory, nothing else."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any("/code/" in f"/{name}" for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
+
+
 def _read_convert_input(args, architecture):
     """The model in INPUT: any file `read_model_file` reads (a bare or lenet_fast .npz, an .onnx
     graph, a Keras .keras/.h5 model), or (--torch) a PyTorch state_dict file read with
@@ -1000,6 +1012,12 @@ def _read_convert_input(args, architecture):
             import torch
         except ImportError as exc:
             raise ImportError("--torch needs PyTorch: pip install torch") from exc
+        if _is_torchscript_archive(path):
+            raise CommandError(
+                f"{path}: a TorchScript archive (torch.jit.save), which holds code; lenet-fast "
+                f"runs no code from a file. If you trust it, convert it in Python: "
+                f"LeNet.from_torch(torch.jit.load(path)).save_npz(...)"
+            )
         try:
             loaded = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # pickle.UnpicklingError for anything but plain tensors, ...

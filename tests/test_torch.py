@@ -1123,3 +1123,79 @@ def test_cli_convert_refuses_to_store_a_guess_and_unreadable_input(tmp_path, cap
 def test_architecture_warning_is_exported():
     assert issubclass(lenet_fast.ArchitectureWarning, UserWarning)
     assert "ArchitectureWarning" in lenet_fast.__all__ and "TorchImportError" in lenet_fast.__all__
+
+
+# ---------------------------------------------------------------------------------------------
+# TorchScript modules: read through torch's ONNX exporter
+# ---------------------------------------------------------------------------------------------
+
+
+def scripted(net, how, tmp_path):
+    """`net` as torch.jit.script or torch.jit.trace gives it, or saved and loaded again."""
+    x = torch.zeros(2, net.channels, net.size, net.size)
+    if how == "script":
+        return torch.jit.script(net)
+    if how == "trace":
+        return torch.jit.trace(net, x)
+    torch.jit.save(torch.jit.script(net), tmp_path / "scripted.pt")
+    return torch.jit.load(tmp_path / "scripted.pt")
+
+
+@pytest.mark.parametrize("how", ["script", "trace", "saved"])
+@pytest.mark.parametrize("name", ["tutorial", "mnist", "d2l+bn"])
+def test_torchscript_modules_load_with_the_architecture_of_the_module(tmp_path, name, how):
+    """fx cannot trace a ScriptModule; from_torch reads it through torch.onnx.export (in
+    memory) and the ONNX reader, finds the input size by running it on 28x28 and 32x32 zeros,
+    checks the converted model against the module on them, and agrees with from_torch of the
+    module it came from."""
+    torch.manual_seed(9)
+    net = torch_lenets().MnistLeNet().eval() if name == "mnist" else build(name)
+    module = scripted(net, how, tmp_path)
+    with no_architecture_warning():
+        model = LeNet.from_torch(module)
+    direct = LeNet.from_torch(net)
+    assert model.architecture == direct.architecture
+    assert model.metadata["converted_from"].startswith("PyTorch TorchScript ")
+    for key, value in direct.weights.items():  # BatchNorm: folded by the exporter in float32
+        np.testing.assert_allclose(model.weights[key], value, rtol=1e-6, atol=1e-6, err_msg=key)
+    assert_matches_pytorch(model, net, random_images(net))
+
+
+def test_torchscript_modules_of_other_sizes_need_an_example_input():
+    torch.manual_seed(10)
+    net = torch_lenets().mnist_sequential().eval()
+    net[7] = nn.Linear(16 * 6 * 6, 120)  # 36x36 input
+    module = torch.jit.script(net)
+    with pytest.raises(
+        TorchImportError,
+        match=r"^Sequential: a TorchScript module runs on neither \(28x28: RuntimeError: .*\) "
+        r"of 28x28 and 32x32 images; pass example_input=images it takes$",
+    ):
+        LeNet.from_torch(module)
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((50, 1, 36, 36), np.float32))
+    model = LeNet.from_torch(module, example_input=x[:2])
+    assert model.architecture["input_size"] == (36, 36)
+    with torch.no_grad():
+        np.testing.assert_allclose(model.forward(x.numpy()), net(x).numpy(), atol=1e-5, rtol=1e-5)
+
+
+def test_torchscript_modules_outside_the_family_are_refused_naming_the_node():
+    net = torch_lenets().mnist_sequential().eval()
+    net[0] = nn.Conv2d(1, 6, 3)  # runs on 28x28: 26 -> 13 -> 9 -> 4, fc1 still 256 inputs
+    with pytest.raises(
+        TorchImportError,
+        match=r"^Sequential \(TorchScript, read as ONNX\): unsupported Conv node .*kernel",
+    ):
+        LeNet.from_torch(torch.jit.script(net))
+
+
+def test_cli_refuses_a_torchscript_archive_without_loading_it(tmp_path, capsys):
+    torch.jit.save(torch.jit.script(build("tutorial")), tmp_path / "scripted.pt")
+    status, _, err = run_cli(
+        capsys, "convert", "--torch", tmp_path / "scripted.pt", tmp_path / "out.npz"
+    )
+    assert status == 1
+    assert (
+        "a TorchScript archive (torch.jit.save), which holds code; lenet-fast runs no code" in err
+    )
+    assert not (tmp_path / "out.npz").exists()

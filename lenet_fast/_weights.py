@@ -338,6 +338,16 @@ def _choose_assignment(names, key_map, source, shape_of, optional_biases=False):
             f"to 6 (conv1, conv2, an optional conv3 with a 4-D weight, then one to three dense "
             f"layers); {found}",
         )
+    if key_map is None and all(re.fullmatch(r"arr_\d+", name) for name in names):
+        raise _error(
+            _where(source),
+            f"the arrays have no names ({found}: np.savez of a list, such as "
+            f"list(net.parameters()) or a Keras model's get_weights()), so which layer each "
+            f"belongs to, and in which layout, is unknown; save them by name "
+            f"(np.savez(path, **net.state_dict())), load the PyTorch module with "
+            f"LeNet.from_torch or the Keras file with LeNet.from_keras, or pass key_map "
+            f"({{'conv1.weight': 'arr_0', ...}}, for PyTorch's (out, in, height, width) layout)",
+        )
     if present.isdisjoint(expected):
         raise _error(
             _where(source),

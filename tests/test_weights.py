@@ -8,6 +8,7 @@ import pytest
 
 from factories import exact, leftovers, normal_weights, starts, unit_normal_weights
 from lenet_fast import LeNet
+from lenet_fast._architecture import DEFAULT_ARCHITECTURE
 from lenet_fast._weights import (
     CANONICAL_KEYS,
     WeightFileError,
@@ -216,6 +217,25 @@ def test_parameters_that_change_the_outputs_are_never_ignored(strict):
     ) as info:
         canonicalize(extra_layer, strict=strict)
     assert "strict" not in str(info.value)
+
+
+def test_unnamed_arrays_say_so_and_load_with_a_key_map(tmp_path):
+    """np.savez(path, *list(net.parameters())) names the arrays arr_0, arr_1, ...: refused with
+    the reason and the ways out; key_map names them."""
+    weights = unit_normal_weights()
+    np.savez(tmp_path / "list.npz", *weights.values())
+    with pytest.raises(
+        WeightFileError,
+        match=starts(
+            f"{tmp_path / 'list.npz'}: the arrays have no names (found keys: arr_0, arr_1, "
+            "arr_2, arr_3, arr_4, arr_5, arr_6, arr_7, arr_8, arr_9: np.savez of a list"
+        ),
+    ):
+        LeNet.from_npz(tmp_path / "list.npz")
+    key_map = {key: f"arr_{index}" for index, key in enumerate(weights)}
+    model = LeNet.from_npz(tmp_path / "list.npz", key_map=key_map, **DEFAULT_ARCHITECTURE)
+    for key, value in weights.items():
+        np.testing.assert_array_equal(model.weights[key], value, err_msg=key)
 
 
 def test_no_layout_incomplete_and_ambiguous_mappings():

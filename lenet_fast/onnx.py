@@ -281,6 +281,17 @@ def _load(path_or_model):
     )
 
 
+def _aliases_a_constant(node, constants):
+    """Whether `node` is an Identity of a constant (another name for the same weights)."""
+    return (
+        node.op_type == "Identity"
+        and node.domain in ("", "ai.onnx")
+        and len(node.input) == 1
+        and len(node.output) == 1
+        and node.input[0] in constants
+    )
+
+
 def _constant_value(node):
     attributes = _attributes(node)
     if "value" in attributes:
@@ -384,7 +395,13 @@ def _conv_pads(node, attributes):
 
 
 def _pad_amount(node, attributes, constant):
-    """A Pad node's padding: 2 zeros on each side of the two image axes, nothing else."""
+    """A Pad node's padding: 2 zeros on each side of the two image axes, or 0 for a Pad that
+    pads nothing (torch's exports for opset < 10 put one before each AveragePool)."""
+    pads = attributes.get("pads")
+    if pads is None and len(node.input) > 1 and node.input[1]:
+        pads = constant(node, 1, 1).tolist()
+    if pads is not None and not any(pads):
+        return 0
     _check_attributes(
         node,
         attributes,
@@ -574,7 +591,7 @@ def _tokenize(nodes, data, constants, source, batch=None):
         newest = tokens[-1] if tokens else None
         if node.domain not in ("", "ai.onnx") or node.op_type not in _SUPPORTED_OPS:
             raise _unsupported(node, f"op type not in {', '.join(_SUPPORTED_OPS)}")
-        if node.op_type == "Constant":
+        if node.op_type == "Constant" or _aliases_a_constant(node, constants):
             continue
         if node.op_type in _SHAPE_OPS and (
             node.op_type == "Shape" or not any(name in ranks for name in node.input)
@@ -625,7 +642,9 @@ def _tokenize(nodes, data, constants, source, batch=None):
                 padding = pending_pad.value
             tokens.append(_Token("layer", node, padding, constant(node, 1, 4), constant(node, 2)))
         elif op == "Pad":
-            tokens.append(_Token("pad", node, _pad_amount(node, attributes, constant)))
+            amount = _pad_amount(node, attributes, constant)
+            if amount:  # a Pad of nothing is the identity
+                tokens.append(_Token("pad", node, amount))
         elif op == "Gemm":
             _check_attributes(
                 node, attributes, {"transA": [0], "transB": [0, 1], "alpha": [1.0], "beta": [1.0]}
@@ -1020,9 +1039,10 @@ def read_graph(
         batch given as -1, 0, the graph input's fixed batch size (an exporter's example batch:
         the per-image function is the same at any batch) or computed by Shape, Gather,
         Unsqueeze, Concat and Mul nodes (``x.view(x.size(0), -1)``), read symbolically --, Gemm,
-        MatMul + Add, Pad, Identity, BatchNormalization directly after a Conv/Gemm/MatMul
-        (folded into it) or after an activation or pooling (folded into the next layer);
-        weights as initializers or Constant nodes.  Activations may be absent ("identity").
+        MatMul + Add, Pad (of 2, or of nothing), Identity, BatchNormalization directly after a
+        Conv/Gemm/MatMul (folded into it) or after an activation or pooling (folded into the
+        next layer); weights as initializers, Constant nodes or Identity nodes of either.
+        Activations may be absent ("identity").
 
     Returns
     -------
@@ -1082,6 +1102,8 @@ def _read_graph(graph, source):
     for node in nodes:
         if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
             constants[node.output[0]] = _constant_value(node)
+        elif _aliases_a_constant(node, constants):  # torch's exporter shares equal initializers
+            constants[node.output[0]] = constants[node.input[0]]
     tokens, output = _tokenize(nodes, input_name, constants, source, batch=input_dims[0])
     if output != graph.output[0].name:
         raise ONNXImportError(

@@ -742,6 +742,31 @@ def test_flattens_load_as_exported_with_a_computed_shape_or_a_fixed_batch(
         )
 
 
+@pytest.mark.parametrize("opset", [9, 11, 13, 17, 21])
+def test_torchscript_exports_of_every_opset_load(tmp_path, opset):
+    """d2l's LeNet with fresh BatchNorms (sigmoid, average pooling, conv1 padded by 2) through
+    the TorchScript exporter at old and new opsets: equal initializers (the BatchNorms' ones and
+    zeros) are shared through Identity nodes, and before opset 10 every AveragePool follows a
+    Pad of nothing."""
+    torch.manual_seed(11)
+    module = torch_lenets().d2l(batchnorm=True).eval()
+    path = tmp_path / "old.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module, (torch.zeros(2, 1, 28, 28),), path, dynamo=False, opset_version=opset
+        )
+    ops = {node.op_type for node in onnx.load(path).graph.node}
+    assert "Identity" in ops and ("Pad" in ops) == (opset < 10)  # what this test is about
+    model = LeNet.from_onnx(path)
+    x = random_images(2, seed=3, size=28)
+    np.testing.assert_allclose(model.forward(x), onnxruntime_scores(path, x), atol=TOLERANCE)
+    x = random_images(65, seed=4, size=28)
+    with torch.no_grad():
+        expected = module(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(model.forward(x), expected, atol=TOLERANCE, rtol=TOLERANCE)
+
+
 @pytest.fixture
 def size0_graph(tmp_path):
     """FlattenedLeNet("view-size0") through the TorchScript exporter with a dynamic batch."""

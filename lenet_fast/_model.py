@@ -895,7 +895,9 @@ class LeNet:
         Conv2d and Linear layers; ReLU, sigmoid, tanh, softmax, log-softmax or no activation
         (as modules, ``F.relu``/``torch.relu``-style functions or tensor methods); 2x2 max or
         average pooling; flatten (``nn.Flatten``, ``torch.flatten(x, 1)``, ``x.view(x.size(0), -1)``,
-        ``x.view(-1, 400)``); dropout (ignored, as in eval mode); BatchNorm1d/2d directly after
+        ``x.view(-1, 400)``); a first reshape of flat or (N, H, W) images
+        (``x.view(-1, 1, 28, 28)``, ``x.unsqueeze(1)``: the model then takes (N, 28, 28)
+        images); dropout (ignored, as in eval mode); BatchNorm1d/2d directly after
         a layer, folded into it (in float64, then float32).  This covers the PyTorch tutorial's
         ``Net``, the network of this package's table and numbered ``nn.Sequential`` models such
         as d2l's (sigmoid, average pooling, conv1 padded by 2 for 28x28 input).  The file

@@ -421,12 +421,25 @@ class _Reader:
             return _Step("flatten", where)
         if name in ("view", "reshape"):
             return self.reshape(node, node.args[1:] or [node.kwargs.get("shape")])
+        if name == "unsqueeze" and self.convolutions == 0:
+            if _argument(node, 0, "dim") != 1:
+                raise self.refuse(
+                    node, f"expected x.unsqueeze(1), found dim={_argument(node, 0, 'dim')}"
+                )
+            return _Step("input", self.describe(node))  # (N, H, W) -> (N, 1, H, W)
         raise self.refuse(node, "this tensor method is not one a LeNet-5 here computes")
 
     def reshape(self, node, shape):
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = shape[0]
         shape = list(shape)
+        if (
+            self.convolutions == 0
+            and len(shape) == 4
+            and (shape[0] == -1 or self.is_batch_size(shape[0]))
+            and all(isinstance(size, int) and size > 0 for size in shape[1:])
+        ):  # flat or (N, H, W) images made (N, C, H, W): x.view(-1, 1, 28, 28)
+            return _Step("input", self.describe(node), tuple(shape[1:]))
         if (
             len(shape) == 2
             and (shape[0] == -1 or self.is_batch_size(shape[0]))
@@ -441,6 +454,19 @@ class _Reader:
             f"x.view(-1, 400) or x.view(x.size(0), -1); found shape "
             f"{[str(size) for size in shape]}",
         )
+
+
+def _input_shape(steps, name):
+    """(steps, (C, H, W) or None): a reshape of the images before any layer taken out -- its
+    (C, H, W) when it states one (``x.view(-1, 1, 28, 28)``; None for ``x.unsqueeze(1)``)."""
+    inputs = [step for step in steps if step.kind == "input"]
+    if not inputs:
+        return steps, None
+    if len(inputs) > 1 or steps[0] is not inputs[0]:
+        raise TorchImportError(
+            f"{name}: {inputs[-1].where}: expected one reshape of the images, before anything else"
+        )
+    return steps[1:], inputs[0].value
 
 
 def _group_layers(steps, name):
@@ -780,6 +806,7 @@ class _ExportReader(_Reader):
         self.aten_avg_pool = ops("avg_pool2d.default")
         self.aten_reshape = ops("view.default", "reshape.default", "_unsafe_view.default")
         self.aten_flatten = ops("flatten.using_ints")
+        self.aten_unsqueeze = ops("unsqueeze.default")
         self.aten_dropout = ops(
             "dropout.default",
             "feature_dropout.default",
@@ -878,7 +905,16 @@ class _ExportReader(_Reader):
                 and shape != [-1, -1]
             ):
                 return _Step("flatten", self.describe(node), None if shape[1] == -1 else shape[1])
+            if (
+                self.convolutions == 0
+                and len(shape) == 4
+                and shape[0] in (-1, self.batch)
+                and all(isinstance(size, int) and size > 0 for size in shape[1:])
+            ):  # the images made (N, C, H, W), as in _Reader.reshape
+                return _Step("input", self.describe(node), tuple(shape[1:]))
             raise self.refuse(node, f"expected a flatten to (batch, features); found shape {shape}")
+        if target in self.aten_unsqueeze and self.convolutions == 0 and args[1:] == [1]:
+            return _Step("input", self.describe(node))
         if target in self.aten_flatten:
             if (args + [0, -1])[1:3] != [1, -1]:
                 raise self.refuse(node, "expected torch.flatten(x, 1)")
@@ -1149,17 +1185,25 @@ def read_module(module, *, example_input=None):
         example_input = _as_tensor(example_input, module, torch)  # checked before any work
     if isinstance(module, torch.jit.ScriptModule):
         return _read_script_module(module, torch, name, example_input)
-    steps = _capture_steps(module, torch, name, example_input)
+    steps, input_shape = _input_shape(_capture_steps(module, torch, name, example_input), name)
     layers = _group_layers(steps, name)
     architecture, names, batchnorms, inputs_batchnorms = _read_architecture(layers, name)
     weights = _layer_weights(layers, names, batchnorms, inputs_batchnorms, name)
     after_convolutions = layers[names.index("conv3" if "conv3" in names else "fc1")][0]
+    if input_shape is not None and input_shape[0] != layers[0][0].module.in_channels:
+        raise TorchImportError(
+            f"{name}: the images are reshaped to {input_shape[0]} channels, but "
+            f"{layers[0][0].where} takes {layers[0][0].module.in_channels}"
+        )
+    stated_size = input_shape[1:] if input_shape else None
+    if example_input is not None:
+        stated_size = tuple(example_input.shape[2:])
     geometry = _geometry(
         [layers[0][0].module, layers[1][0].module],
         after_convolutions.module,
         "conv3" in names,
         name,
-        None if example_input is None else tuple(example_input.shape[2:]),
+        stated_size,
         after_convolutions.where,
     )
     canonical = _weights.canonicalize(

@@ -19,7 +19,9 @@ A flatten's target shape may be computed (Shape, Gather, Unsqueeze, Concat, Mul:
 nodes are evaluated symbolically, the batch and the chain tensors' other dimensions as
 symbols, and accepted only as a Reshape's target (`_shape_arithmetic`).  A graph exported at a
 fixed example batch (torch's default) reshapes to that batch: it is read as the batch, since
-every other node works image by image.
+every other node works image by image.  A graph input of flat (N, H*W) or (N, H, W) images
+made (N, C, H, W) by a first Reshape or Unsqueeze is read as (N, C, H, W) images
+(`_reshaped_input`).
 
 5x5 stride-1 convolutions padded by 0 or 2 (Conv ``pads``, ``auto_pad`` SAME, or a constant zero
 Pad just before the Conv), one pooling kind, conv3 only where the second pooling gives 5x5, one to
@@ -355,12 +357,81 @@ def _graph_input(graph, constants, source):
         dim.dim_value if dim.HasField("dim_value") else None
         for dim in inputs[0].type.tensor_type.shape.dim
     ]
-    if len(dims) != 4:
-        raise ONNXImportError(
-            f"{source}: expected a 4-D image input (N, C, H, W), found input "
-            f"{inputs[0].name!r} with {len(dims)} axes"
-        )
     return inputs[0].name, dims
+
+
+def _reshaped_input(nodes, name, dims, constants, source):
+    """(nodes, the images' tensor, its (N, C, H, W)): a graph whose input is flat (N, H*W) or
+    (N, H, W) images starts with a Reshape to (N, C, H, W) -- its target constant or computed
+    from the input's Shape (``x.reshape(x.size(0), 1, 28, 28)``) -- or an Unsqueeze of axis 1
+    (``x.unsqueeze(1)``); those nodes are taken out and the chain starts at the Reshape's
+    output.  The model then takes (N, C, H, W) or (N, H, W) images: the same floats."""
+    expected = (
+        f"{source}: expected a 4-D image input (N, C, H, W), or flat or (N, H, W) images that "
+        f"a first Reshape to (N, C, H, W) or Unsqueeze(axes=[1]) makes so; found input "
+        f"{name!r} with {len(dims)} axes"
+    )
+    if len(dims) == 4:
+        return nodes, name, dims
+    if len(dims) not in (2, 3):
+        raise ONNXImportError(expected)
+    symbolic, arithmetic = {}, []  # the shape arithmetic on the input's Shape
+    for node in nodes:
+        reads_input_shape = node.op_type == "Shape" and list(node.input[:1]) == [name]
+        computed = (
+            node.op_type in _SHAPE_OPS
+            and node.op_type != "Shape"
+            and any(value in symbolic for value in node.input)
+            and all(value in symbolic or value in constants for value in node.input)
+        )
+        if reads_input_shape or computed:
+            symbolic[node.output[0]] = _shape_arithmetic(
+                node, _attributes(node), symbolic, constants, {name: len(dims)}
+            )
+            arithmetic.append(node)
+    taken = {id(node) for node in arithmetic}  # ids: protobuf messages compare by value
+    users = [node for node in nodes if name in node.input and id(node) not in taken]
+    first = users[0] if len(users) == 1 else None
+    if first is None or first.op_type not in ("Reshape", "Unsqueeze") or len(first.output) != 1:
+        raise ONNXImportError(expected)
+    attributes = _attributes(first)
+    given = dims[1:]
+    if first.op_type == "Unsqueeze":
+        axes = attributes.get("axes")
+        if axes is None and len(first.input) > 1 and first.input[1] in constants:
+            axes = np.asarray(constants[first.input[1]]).reshape(-1).tolist()
+        if len(dims) != 3 or axes is None or list(axes) != [1]:
+            raise _unsupported(first, f"expected axes [1] on (N, H, W) images, found {axes}")
+        return [node for node in nodes if node is not first], first.output[0], [dims[0], 1, *given]
+    _check_attributes(first, attributes, {"allowzero": [0, 1]})
+    target = first.input[1] if len(first.input) > 1 else ""
+    if target in symbolic:
+        scalar, target_dims = symbolic[target]
+    elif target in constants and np.asarray(constants[target]).dtype.kind in "iu":
+        scalar = False
+        target_dims = [(int(size), ()) for size in np.asarray(constants[target]).reshape(-1)]
+    else:
+        raise _unsupported(first, f"expected a constant or computed target shape, found {target!r}")
+    batch_forms = [(-1, ()), (1, (_BATCH,)), (dims[0], ())]
+    if not attributes.get("allowzero", 0):
+        batch_forms.append((0, ()))
+    sizes = [coefficient for coefficient, factors in target_dims[1:] if not factors]
+    if (
+        scalar
+        or len(target_dims) != 4
+        or target_dims[0] not in batch_forms
+        or len(sizes) != 3
+        or min(sizes) < 1
+        or (None not in given and math.prod(given) != math.prod(sizes))
+    ):
+        raise _unsupported(
+            first,
+            f"expected a target shape (batch, C, H, W) holding the input's "
+            f"{'x'.join(map(str, given))} values, found "
+            f"[{', '.join(_dim_text(dim) for dim in target_dims)}]",
+        )
+    kept = [node for node in nodes if node is not first and id(node) not in taken]
+    return kept, first.output[0], [dims[0], *sizes]
 
 
 class _Token:
@@ -1042,7 +1113,9 @@ def read_graph(
         MatMul + Add, Pad (of 2, or of nothing), Identity, BatchNormalization directly after a
         Conv/Gemm/MatMul (folded into it) or after an activation or pooling (folded into the
         next layer); weights as initializers, Constant nodes or Identity nodes of either.
-        Activations may be absent ("identity").
+        Activations may be absent ("identity").  A graph of flat (N, H*W) or (N, H, W) images
+        may make them (N, C, H, W) with a first Reshape (constant or computed target) or
+        Unsqueeze(axes=[1]).
 
     Returns
     -------
@@ -1104,6 +1177,9 @@ def _read_graph(graph, source):
             constants[node.output[0]] = _constant_value(node)
         elif _aliases_a_constant(node, constants):  # torch's exporter shares equal initializers
             constants[node.output[0]] = constants[node.input[0]]
+    nodes, input_name, input_dims = _reshaped_input(
+        nodes, input_name, input_dims, constants, source
+    )
     tokens, output = _tokenize(nodes, input_name, constants, source, batch=input_dims[0])
     if output != graph.output[0].name:
         raise ONNXImportError(

@@ -335,6 +335,8 @@ def torch_lenets():
       as a numbered ``nn.Sequential``.
     * ``CaffeLeNet()``: Caffe's MNIST LeNet with Caffe's layer names (conv 20, conv 50, no conv
       activation, ip1 800 -> 500 + ReLU, ip2 500 -> 10, softmax).
+    * ``ReshapingLeNet(reshape)``: the unpadded MNIST LeNet taking flat or (N, 28, 28) images
+      that a ``view``, ``reshape`` or ``unsqueeze`` makes (N, 1, 28, 28) first.
     * ``member(name, in_channels=1, seed=0)``: a named member of
       ``lenet_fast._architecture.MEMBERS`` as an ``nn.Sequential`` in eval mode (seeded
       PyTorch initialisation).
@@ -653,7 +655,36 @@ def torch_lenets():
             features = units
         return nn.Sequential(*modules).eval()
 
+    class ReshapingLeNet(nn.Module):
+        """The unpadded MNIST LeNet behind one of ``INPUT_RESHAPES``: it takes flat (N, 784)
+        or (N, 28, 28) images (``input_shape``) and makes them (N, 1, 28, 28) first."""
+
+        INPUT_RESHAPES = {
+            "view-flat": (lambda x: x.view(-1, 1, 28, 28), (784,)),
+            "reshape-batch": (lambda x: x.reshape(x.size(0), 1, 28, 28), (784,)),
+            "unsqueeze": (lambda x: x.unsqueeze(1), (28, 28)),
+        }
+        channels, size = 1, 28
+        architecture = {
+            "conv_activation": "relu",
+            "fc_activation": "relu",
+            "output_activation": "identity",
+            "pool": "max",
+        }
+
+        def __init__(self, reshape):
+            super().__init__()
+            self.reshape, self.input_shape = self.INPUT_RESHAPES[reshape]
+            self.conv1, self.conv2 = nn.Conv2d(1, 6, 5), nn.Conv2d(6, 16, 5)
+            self.fc1, self.fc2 = nn.Linear(256, 84), nn.Linear(84, 10)
+
+        def forward(self, x):
+            x = F.max_pool2d(F.relu(self.conv1(self.reshape(x))), 2)
+            x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+            return self.fc2(F.relu(self.fc1(torch.flatten(x, 1))))
+
     return types.SimpleNamespace(
+        ReshapingLeNet=ReshapingLeNet,
         TableNet=TableNet,
         TutorialNet=TutorialNet,
         OldTutorialNet=OldTutorialNet,

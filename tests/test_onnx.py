@@ -767,6 +767,35 @@ def test_torchscript_exports_of_every_opset_load(tmp_path, opset):
     np.testing.assert_allclose(model.forward(x), expected, atol=TOLERANCE, rtol=TOLERANCE)
 
 
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+@pytest.mark.parametrize("batch", ["dynamic", 2])
+@pytest.mark.parametrize("reshape", torch_lenets().ReshapingLeNet.INPUT_RESHAPES)
+def test_a_graph_of_flat_images_reshaped_first_loads(tmp_path, reshape, batch, exporter):
+    """A module taking flat (N, 784) or (N, 28, 28) images that it reshapes first exports a 2-D
+    or 3-D graph input and a first Reshape or Unsqueeze: the model takes (N, 28, 28) images."""
+    torch.manual_seed(13)
+    module = torch_lenets().ReshapingLeNet(reshape).eval()
+    path = tmp_path / "flat.onnx"
+    example = torch.zeros(1 if batch == "dynamic" else batch, *module.input_shape)
+    export_onnx(module, example, path, exporter == "dynamo", dynamic_batch=batch == "dynamic")
+    model = LeNet.from_onnx(path)
+    assert model.architecture["input_size"] == (28, 28)
+    x = random_images(37, seed=2, size=28)[:, 0]
+    with torch.no_grad():
+        expected = module(torch.from_numpy(x.reshape(len(x), *module.input_shape))).numpy()
+    np.testing.assert_allclose(model.forward(x), expected, rtol=TOLERANCE, atol=TOLERANCE)
+
+
+def test_a_flat_input_not_reshaped_first_is_refused(lenet_graph):
+    lenet_graph.graph.input[0].type.tensor_type.shape.dim.pop()
+    reject(
+        lenet_graph,
+        "expected a 4-D image input (N, C, H, W), or flat or (N, H, W) images that a first "
+        "Reshape to (N, C, H, W) or Unsqueeze(axes=[1]) makes so; found input 'images' with 3 "
+        "axes",
+    )
+
+
 @pytest.fixture
 def size0_graph(tmp_path):
     """FlattenedLeNet("view-size0") through the TorchScript exporter with a dynamic batch."""

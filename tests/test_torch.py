@@ -1199,3 +1199,35 @@ def test_cli_refuses_a_torchscript_archive_without_loading_it(tmp_path, capsys):
         "a TorchScript archive (torch.jit.save), which holds code; lenet-fast runs no code" in err
     )
     assert not (tmp_path / "out.npz").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Modules that take flat or (N, H, W) images and reshape them first
+# ---------------------------------------------------------------------------------------------
+
+ReshapingLeNet = torch_lenets().ReshapingLeNet
+
+
+@pytest.mark.parametrize("reshape", ReshapingLeNet.INPUT_RESHAPES)
+def test_a_first_reshape_of_the_images_is_the_input_shape(reshape):
+    """The model takes (N, 28, 28) images where the module took them flat or without the
+    channel axis: the same floats in the same order."""
+    torch.manual_seed(12)
+    net = ReshapingLeNet(reshape).eval()
+    with no_architecture_warning():
+        model = LeNet.from_torch(net)
+    assert model.architecture == {**net.architecture, **DEFAULT_GEOMETRY, "input_size": (28, 28)}
+    x = random_images(net, 65)[:, 0]
+    with torch.no_grad():
+        expected = net(torch.from_numpy(x.reshape(len(x), *net.input_shape))).numpy()
+    np.testing.assert_allclose(model.forward(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_a_reshape_of_the_images_after_a_layer_is_refused():
+    class Late(ReshapingLeNet):
+        def forward(self, x):
+            x = F.relu(self.conv1(x)).view(-1, 6, 24, 24)
+            return super().forward(x)
+
+    with pytest.raises(TorchImportError, match=r"expected a flatten to \(batch, features\)"):
+        LeNet.from_torch(Late("unsqueeze"))

@@ -602,10 +602,8 @@ def _flatten_features(node, attributes, target, data, ranks, batch):
         first, (coefficient, factors) = dims
         batch_ok = (
             first in ((-1, ()), (1, (_BATCH,)))
-            or first == (0, ())
-            and not attributes.get("allowzero", 0)
-            or batch is not None
-            and first == (batch, ())
+            or (first == (0, ()) and not attributes.get("allowzero", 0))
+            or (batch is not None and first == (batch, ()))
         )
         every_feature = (1, tuple(sorted(((data, axis) for axis in range(1, 4)), key=repr)))
         if batch_ok and dims[1] == every_feature and ranks.get(data) == 4:
@@ -629,7 +627,8 @@ def _tokenize(nodes, data, constants, source, batch=None):
             for name in node.input:
                 consumers.setdefault(name, []).append(node)
     symbolic = {}  # the outputs of shape arithmetic: tensor name -> (scalar, dims)
-    ranks = {data: 4}  # the tensors of the chain so far: name -> number of axes
+    rank = 4  # of the chain's tensor: 2 after the flatten
+    ranks = {data: rank}  # the tensors of the chain so far: name -> number of axes
 
     def constant(node, position, ndim=None):
         """The constant input at `position` (None when absent and `ndim` is None); with `ndim`,
@@ -789,7 +788,9 @@ def _tokenize(nodes, data, constants, source, batch=None):
             if len(node.input) > 1 and node.input[1] in symbolic:
                 target = symbolic[node.input[1]]
             else:
-                shape = constant(node, 1, 1).astype(np.int64)
+                shape = constant(node, 1, 1)
+                if shape.dtype.kind not in "iu":
+                    raise _unsupported(node, f"expected an int64 target shape, found {shape.dtype}")
                 target = (False, [(int(value), ()) for value in shape])
             features = _flatten_features(node, attributes, target, data, ranks, batch)
             tokens.append(_Token("flatten", node, features))
@@ -803,9 +804,10 @@ def _tokenize(nodes, data, constants, source, batch=None):
             raise _unsupported(node, "expected Add only as the bias of a MatMul")
         if after_activation is not None and tokens[-1] is not newest:
             after_activation = after_activation.meet(tokens[-1])
-        flattened = any(token.kind == "flatten" for token in tokens)
+        if tokens and tokens[-1].kind == "flatten":
+            rank = 2
         data = node.output[0]
-        ranks[data] = 2 if flattened else 4
+        ranks[data] = rank
     if tokens and tokens[-1].kind == "pad":
         raise _unsupported(tokens[-1].node, "expected a Pad only directly before a Conv")
     if after_activation is not None:

@@ -21,7 +21,9 @@ symbols, and accepted only as a Reshape's target (`_shape_arithmetic`).  A graph
 fixed example batch (torch's default) reshapes to that batch: it is read as the batch, since
 every other node works image by image.  A graph input of flat (N, H*W) or (N, H, W) images
 made (N, C, H, W) by a first Reshape or Unsqueeze is read as (N, C, H, W) images
-(`_reshaped_input`).
+(`_reshaped_input`), and so is tf2onnx's form of a Keras model: (N, H, W, C) images transposed
+first, and transposed back before the flatten (whose order the first dense layer's weights
+are permuted from, once).
 
 5x5 stride-1 convolutions padded by 0 or 2 (Conv ``pads``, ``auto_pad`` SAME, or a constant zero
 Pad just before the Conv), one pooling kind, conv3 only where the second pooling gives 5x5, one to
@@ -89,6 +91,7 @@ _SUPPORTED_OPS = (
     *_POOL_OPS,
     *_FLATTEN_OPS,
     *_SHAPE_OPS,
+    "Transpose",
     "Pad",
     "Identity",
     "Constant",
@@ -371,9 +374,7 @@ def _reshaped_input(nodes, name, dims, constants, source):
         f"a first Reshape to (N, C, H, W) or Unsqueeze(axes=[1]) makes so; found input "
         f"{name!r} with {len(dims)} axes"
     )
-    if len(dims) == 4:
-        return nodes, name, dims
-    if len(dims) not in (2, 3):
+    if len(dims) not in (2, 3, 4):
         raise ONNXImportError(expected)
     symbolic, arithmetic = {}, []  # the shape arithmetic on the input's Shape
     for node in nodes:
@@ -392,15 +393,25 @@ def _reshaped_input(nodes, name, dims, constants, source):
     taken = {id(node) for node in arithmetic}  # ids: protobuf messages compare by value
     users = [node for node in nodes if name in node.input and id(node) not in taken]
     first = users[0] if len(users) == 1 else None
-    if first is None or first.op_type not in ("Reshape", "Unsqueeze") or len(first.output) != 1:
+    if len(dims) == 4 and (first is None or first.op_type not in ("Reshape", "Transpose")):
+        return nodes, name, dims  # (N, C, H, W) images
+    if first is None or first.op_type not in ("Reshape", "Unsqueeze", "Transpose"):
+        raise ONNXImportError(expected)
+    if len(first.output) != 1:
         raise ONNXImportError(expected)
     attributes = _attributes(first)
+    if first.op_type == "Transpose":  # (N, H, W, C) images, as tf2onnx exports Keras models
+        _check_attributes(first, attributes, {"perm": [[0, 3, 1, 2]]})
+        if len(dims) != 4 or "perm" not in attributes:
+            raise _unsupported(first, f"expected (N, H, W, C) images, found {len(dims)} axes")
+        kept = [node for node in nodes if node is not first]
+        return kept, first.output[0], [dims[0], dims[3], dims[1], dims[2]]
     given = dims[1:]
     if first.op_type == "Unsqueeze":
         axes = attributes.get("axes")
         if axes is None and len(first.input) > 1 and first.input[1] in constants:
             axes = np.asarray(constants[first.input[1]]).reshape(-1).tolist()
-        if len(dims) != 3 or axes is None or list(axes) != [1]:
+        if len(dims) != 3 or axes is None or list(axes) not in ([1], [-3]):
             raise _unsupported(first, f"expected axes [1] on (N, H, W) images, found {axes}")
         return [node for node in nodes if node is not first], first.output[0], [dims[0], 1, *given]
     _check_attributes(first, attributes, {"allowzero": [0, 1]})
@@ -440,6 +451,7 @@ class _Token:
     def __init__(self, kind, node, value=None, weight=None, bias=None):
         self.kind, self.node, self.value, self.weight, self.bias = kind, node, value, weight, bias
         self.batchnorm = None
+        self.channels_last = False  # a flatten of (N, H, W, C): after a Transpose to NHWC
 
 
 def _conv_pads(node, attributes):
@@ -627,6 +639,7 @@ def _tokenize(nodes, data, constants, source, batch=None):
             for name in node.input:
                 consumers.setdefault(name, []).append(node)
     symbolic = {}  # the outputs of shape arithmetic: tensor name -> (scalar, dims)
+    transposed = None  # a Transpose to (N, H, W, C), for the flatten that must follow it
     rank = 4  # of the chain's tensor: 2 after the flatten
     ranks = {data: rank}  # the tensors of the chain so far: name -> number of axes
 
@@ -691,6 +704,12 @@ def _tokenize(nodes, data, constants, source, batch=None):
             )
         attributes = _attributes(node)
         op = node.op_type
+        if transposed is not None and op not in _FLATTEN_OPS:
+            raise _unsupported(
+                transposed,
+                f"expected a Transpose to (N, H, W, C) only directly before the flatten, found "
+                f"{_describe(node)} after it",
+            )
         pending_pad = tokens[-1] if tokens and tokens[-1].kind == "pad" else None
         if pending_pad is not None and op not in ("Conv", "Identity"):
             raise _unsupported(
@@ -699,6 +718,11 @@ def _tokenize(nodes, data, constants, source, batch=None):
             )
         if op == "Identity":
             pass
+        elif op == "Transpose":
+            _check_attributes(node, attributes, {"perm": [[0, 2, 3, 1]]})
+            if rank != 4 or "perm" not in attributes:
+                raise _unsupported(node, "expected a Transpose to (N, H, W, C) before the flatten")
+            transposed = node
         elif op == "Conv":
             padding = _conv_pads(node, attributes)
             if pending_pad is not None:
@@ -804,12 +828,16 @@ def _tokenize(nodes, data, constants, source, batch=None):
             raise _unsupported(node, "expected Add only as the bias of a MatMul")
         if after_activation is not None and tokens[-1] is not newest:
             after_activation = after_activation.meet(tokens[-1])
-        if tokens and tokens[-1].kind == "flatten":
+        if tokens and tokens[-1] is not newest and tokens[-1].kind == "flatten":
             rank = 2
+            if transposed is not None:
+                tokens[-1].channels_last, transposed = True, None
         data = node.output[0]
         ranks[data] = rank
     if tokens and tokens[-1].kind == "pad":
         raise _unsupported(tokens[-1].node, "expected a Pad only directly before a Conv")
+    if transposed is not None:
+        raise _unsupported(transposed, "expected a Transpose to (N, H, W, C) only before a flatten")
     if after_activation is not None:
         raise _unsupported(
             after_activation.node,
@@ -1117,7 +1145,10 @@ def read_graph(
         next layer); weights as initializers, Constant nodes or Identity nodes of either.
         Activations may be absent ("identity").  A graph of flat (N, H*W) or (N, H, W) images
         may make them (N, C, H, W) with a first Reshape (constant or computed target) or
-        Unsqueeze(axes=[1]).
+        Unsqueeze(axes=[1]); one of (N, H, W, C) images (a Keras model through tf2onnx) with a
+        first Transpose (perm [0, 3, 1, 2]) or Reshape, and a Transpose back to (N, H, W, C)
+        (perm [0, 2, 3, 1]) right before the flatten: the first dense layer's inputs are then
+        read in (row, column, channel) order.  The model takes (N, C, H, W) images.
 
     Returns
     -------
@@ -1204,6 +1235,12 @@ def _read_graph(graph, source):
     (height, width), padding, pooled = _read_geometry(named_layers, input_dims, source)
     layers = dict(named_layers)
     _check_flatten(flatten, layers[denses[0]][0].weight.shape[-1])
+    if flatten.channels_last and len(convs) == 2:  # (row, column, channel) -> (C, H, W) order
+        first = layers[denses[0]][0]
+        channels, units = layers["conv2"][0].weight.shape[0], first.weight.shape[0]
+        first.weight = (
+            first.weight.reshape(units, *pooled, channels).transpose(0, 3, 1, 2).reshape(units, -1)
+        )
     # The PyTorch tutorial's network: three dense layers over a 5x5 map, the first with the
     # convolutions' activation, is conv3 (a full-window convolution) and two dense layers.
     if (

@@ -8,6 +8,7 @@ does not hold, naming the node.
 """
 
 import ast
+import os
 import re
 import subprocess
 import sys
@@ -793,6 +794,106 @@ def test_a_flat_input_not_reshaped_first_is_refused(lenet_graph):
         "expected a 4-D image input (N, C, H, W), or flat or (N, H, W) images that a first "
         "Reshape to (N, C, H, W) or Unsqueeze(axes=[1]) makes so; found input 'images' with 3 "
         "axes",
+    )
+
+
+def nhwc_graph(keras_model, input_reshape=False):
+    """A Keras LeNet as tf2onnx writes it: (N, H, W, C) input made (N, C, H, W) by a Transpose
+    (by a Reshape where C = 1, tf2onnx's shortcut if `input_reshape`), Conv kernels in (O, I,
+    H, W), a Transpose back to (N, H, W, C) before the Reshape that flattens, and MatMul + Add
+    with Keras's own (inputs, units) kernels, so the first one reads (row, column, channel)."""
+    _, height, width, channels = keras_model.inputs[0].shape
+    nodes, initializers, data = [], [], "input_1"
+
+    def add(op, inputs, weights=(), **attributes):
+        nonlocal data
+        names = []
+        for value in weights:
+            names.append(f"w{len(initializers)}")
+            initializers.append(numpy_helper.from_array(np.asarray(value), names[-1]))
+        output = f"t{len(nodes)}"
+        nodes.append(helper.make_node(op, [data, *inputs, *names], [output], **attributes))
+        data = output
+
+    if input_reshape:
+        add("Reshape", [], [np.array([-1, channels, height, width], np.int64)])
+    else:
+        add("Transpose", [], perm=[0, 3, 1, 2])
+    flattened = False
+    for layer in keras_model.layers:
+        kind = type(layer).__name__
+        if kind == "Conv2D":
+            kernel, bias = layer.get_weights()
+            pads = [2] * 4 if layer.padding == "same" else [0] * 4
+            add("Conv", [], [kernel.transpose(3, 2, 0, 1), bias], pads=pads)
+            add({"relu": "Relu", "tanh": "Tanh"}[layer.activation.__name__], [])
+        elif kind in ("MaxPooling2D", "AveragePooling2D"):
+            add(kind[:-9] + "Pool", [], kernel_shape=[2, 2], strides=[2, 2])
+        elif kind == "Flatten":
+            add("Transpose", [], perm=[0, 2, 3, 1])
+            add("Reshape", [], [np.array([-1, layer.output.shape[1]], np.int64)])
+            flattened = True
+        elif kind == "Dense":
+            kernel, bias = layer.get_weights()
+            add("MatMul", [], [kernel])
+            add("Add", [], [bias])
+            activation = layer.activation.__name__
+            if activation != "linear":
+                add({"relu": "Relu", "tanh": "Tanh", "softmax": "Softmax"}[activation], [])
+    assert flattened
+    graph = helper.make_graph(
+        nodes,
+        "tf2onnx-like",
+        [helper.make_tensor_value_info("input_1", 1, [None, height, width, channels])],
+        [helper.make_tensor_value_info(data, 1, [None, 10])],
+        initializers,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+# tf2onnx makes a one-channel input (N, C, H, W) with a Reshape instead of a Transpose.
+@pytest.mark.parametrize(
+    "channels, input_reshape",
+    [(1, False), (3, False), (1, True)],
+    ids=["1-transpose", "3-transpose", "1-reshape"],
+)
+def test_a_channels_last_graph_as_tf2onnx_writes_it(channels, input_reshape):
+    os.environ.setdefault("KERAS_BACKEND", "torch")  # as tests/test_keras.py: no TensorFlow
+    keras = pytest.importorskip("keras")
+    if keras.backend.backend() != "torch":
+        pytest.skip("needs Keras with the PyTorch backend (KERAS_BACKEND=torch)")
+    from keras import layers
+
+    keras.utils.set_random_seed(14)
+    keras_model = keras.Sequential(
+        [
+            keras.Input((28, 28, channels)),
+            layers.Conv2D(6, 5, padding="same", activation="tanh"),
+            layers.AveragePooling2D(2),
+            layers.Conv2D(16, 5, activation="tanh"),
+            layers.AveragePooling2D(2),
+            layers.Flatten(),
+            layers.Dense(120, activation="tanh"),
+            layers.Dense(10, activation="softmax"),
+        ]
+    )
+    proto = nhwc_graph(keras_model, input_reshape)
+    onnx.checker.check_model(proto)
+    x = random_images(64, seed=5, in_channels=channels, size=28)
+    nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    expected = np.asarray(keras_model.predict(nhwc, verbose=0))
+    np.testing.assert_allclose(onnxruntime_scores(proto, nhwc), expected, atol=TOLERANCE)
+    model = LeNet.from_onnx(proto)
+    assert model.architecture["input_size"] == (28, 28)
+    np.testing.assert_allclose(model.forward(x), expected, atol=TOLERANCE, rtol=TOLERANCE)
+
+
+def test_a_transpose_not_before_the_flatten_is_refused(lenet_graph):
+    insert_after(lenet_graph, "conv2", "Transpose", "to_nhwc", perm=[0, 2, 3, 1])
+    reject(
+        lenet_graph,
+        "unsupported Transpose node 'to_nhwc': expected a Transpose to (N, H, W, C) only "
+        "directly before the flatten, found Relu node 'conv2_relu' after it",
     )
 
 

@@ -522,7 +522,7 @@ def _shape_reader(mapping, assignment=None):
     def shape_of(name):
         if name not in mapping:
             return None
-        if isinstance(mapping, _ArchiveMembers):
+        if _reads_headers(mapping):
             return tuple(mapping.header(name)[0])
         shape = getattr(mapping[name], "shape", None)
         if shape is None:
@@ -536,6 +536,67 @@ def _shape_reader(mapping, assignment=None):
             return None
 
     return shape_of
+
+
+class _PruningApplied(Mapping):
+    """`mapping` with each pruned weight as the module computes with it: a state_dict saved
+    after ``torch.nn.utils.prune`` (and before ``prune.remove``) holds ``X.weight_orig`` and
+    ``X.weight_mask`` instead of ``X.weight = weight_orig * weight_mask`` (one float32 product,
+    as PyTorch's).  `pruned` is {``X.weight``: (``X.weight_orig``, ``X.weight_mask``)}."""
+
+    def __init__(self, mapping, pruned, source):
+        self._mapping, self._pruned, self._source = mapping, pruned, source
+        hidden = {name for pair in pruned.values() for name in pair}
+        self._keys = [name for name in mapping if name not in hidden] + list(pruned)
+        self._key_set = set(self._keys)
+        self.reads_on_access = _reads_headers(mapping)
+
+    def _check(self, weight, shapes, dtypes):
+        original, mask = self._pruned[weight]
+        for name, dtype in zip((original, mask), dtypes):
+            _check_float_dtype(dtype, _where(self._source, name))
+        if shapes[0] != shapes[1]:
+            raise _error(
+                _where(self._source, mask),
+                f"expected the shape of {original!r}, {tuple(shapes[0])}, found {tuple(shapes[1])}",
+            )
+
+    def header(self, key):
+        if key not in self._pruned:
+            return self._mapping.header(key)
+        headers = [self._mapping.header(name) for name in self._pruned[key]]
+        self._check(key, *zip(*headers))
+        return headers[0][0], np.dtype(np.float32)
+
+    def __getitem__(self, key):
+        if key not in self._pruned:
+            return self._mapping[key]
+        original, mask = (
+            _to_float32(self._mapping[name], _where(self._source, name))
+            for name in self._pruned[key]
+        )
+        self._check(key, (original.shape, mask.shape), (original.dtype, mask.dtype))
+        return original * mask
+
+    def __contains__(self, key):
+        return key in self._key_set
+
+    def __iter__(self):
+        return iter(self._keys)
+
+    def __len__(self):
+        return len(self._keys)
+
+
+def _apply_pruning(mapping, source):
+    """`mapping`, or a `_PruningApplied` view of it where it holds pruned weights."""
+    pruned = {}
+    for name in mapping:
+        if isinstance(name, str) and name.endswith(".weight_orig"):
+            weight = name.removesuffix("_orig")
+            if f"{weight}_mask" in mapping and weight not in mapping:
+                pruned[weight] = (name, f"{weight}_mask")
+    return _PruningApplied(mapping, pruned, source) if pruned else mapping
 
 
 def canonicalize(
@@ -566,7 +627,9 @@ def canonicalize(
         ``features.0.weight`` ... ``classifier.1.bias``) with 3 to 6 layers (two convolutions,
         a third one if its weight is 4-D, then 1 to 3 dense layers).  The named layouts are
         also found behind a prefix every key shares (``module.conv1.weight`` from
-        ``nn.DataParallel``, ``_orig_mod.`` from ``torch.compile``).  conv3 may be a 2-D dense
+        ``nn.DataParallel``, ``_orig_mod.`` from ``torch.compile``).  A pruned weight
+        (``X.weight_orig`` and ``X.weight_mask``, from ``torch.nn.utils.prune``) is read as
+        their product, as the pruned module computes.  conv3 may be a 2-D dense
         weight of shape (conv3_channels, conv2_channels * 25) in every layout.
     key_map : mapping of str to str, optional
         Canonical names to the mapping's names, per parameter (``{"conv1.weight": "c1.w"}``) or
@@ -621,6 +684,7 @@ def canonicalize(
     >>> canonicalize(model.state_dict())["conv3.weight"].shape
     (120, 16, 5, 5)
     """
+    mapping = _apply_pruning(mapping, source)
     names = [name for name in mapping if name != METADATA_KEY]
     non_strings = [name for name in names if not isinstance(name, str)]
     if non_strings:
@@ -671,7 +735,7 @@ def canonicalize(
             return shape[:1], np.dtype(np.float32)
         return mapping.header(assignment[key])
 
-    if isinstance(mapping, _ArchiveMembers):
+    if _reads_headers(mapping):
         # Check dtypes and shapes from the .npy headers before any array data is read, so that a
         # small file cannot make us allocate an array no LeNet of these dimensions can have.
         headers = {key: header(key) for key in keys}
@@ -917,7 +981,7 @@ def _fold_batchnorms(mapping, names, batchnorms, assignment, weights, absent, so
         for parameter in ("weight", "bias", "running_mean", "running_var"):
             if parameter in group:
                 key = group[parameter]
-                if isinstance(mapping, _ArchiveMembers):
+                if _reads_headers(mapping):
                     shape, dtype = mapping.header(key)
                     _check_float_dtype(dtype, _where(source, key))
                     if len(shape) != 1 or shape[0] > MAX_WIDTH:
@@ -1276,8 +1340,16 @@ def _read_member(archive, info, source, header_only=False):
         raise _error(where, f"unreadable .npy member ({type(exc).__name__}: {exc})") from exc
 
 
+def _reads_headers(mapping):
+    """Whether `mapping` reads arrays on access and has ``header(key)`` -> (shape, dtype), so
+    that shapes and dtypes are checked before any array data is read."""
+    return getattr(mapping, "reads_on_access", False)
+
+
 class _ArchiveMembers(Mapping):
     """The arrays of an open .npz archive by key (member name without .npy), read on access."""
+
+    reads_on_access = True
 
     def __init__(self, archive, source):
         self._archive, self._source, self._members = archive, source, {}

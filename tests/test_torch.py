@@ -1231,3 +1231,33 @@ def test_a_reshape_of_the_images_after_a_layer_is_refused():
 
     with pytest.raises(TorchImportError, match=r"expected a flatten to \(batch, features\)"):
         LeNet.from_torch(Late("unsqueeze"))
+
+
+def test_a_pruned_state_dict_gives_the_weights_the_module_computes_with(tmp_path):
+    """torch.nn.utils.prune leaves conv1.weight_orig and conv1.weight_mask in the state_dict
+    (until prune.remove): the weight is their product, bit for bit PyTorch's, from the mapping
+    and from an .npz; a mask of another shape is refused naming it."""
+    import torch.nn.utils.prune as prune
+
+    net = build("seed-relu-sigmoid")
+    for module in (net.conv1, net.conv3, net.fc1):
+        prune.l1_unstructured(module, "weight", amount=0.6)
+    state = net.state_dict()
+    assert "conv1.weight_mask" in state and "conv1.weight" not in state  # what this is about
+    np.savez(tmp_path / "pruned.npz", **{key: value.numpy() for key, value in state.items()})
+    for model in (
+        LeNet.from_state_dict(state, **stated_options(net)),
+        LeNet.from_npz(tmp_path / "pruned.npz", **stated_options(net)),
+    ):
+        for layer in ("conv1", "conv3", "fc1"):
+            np.testing.assert_array_equal(
+                model.weights[f"{layer}.weight"], getattr(net, layer).weight.detach().numpy()
+            )
+        assert_matches_pytorch(model, net, random_images(net))
+    state["fc1.weight_mask"] = state["fc1.weight_mask"][:, :10]
+    with pytest.raises(
+        WeightFileError,
+        match=r"^'fc1\.weight_mask': expected the shape of 'fc1\.weight_orig', \(84, 120\), "
+        r"found \(84, 10\)$",
+    ):
+        LeNet.from_state_dict(state, **stated_options(net))

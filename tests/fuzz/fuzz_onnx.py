@@ -39,6 +39,12 @@ OPS = [
     "Identity",
     "Constant",
     "BatchNormalization",
+    "Shape",
+    "Gather",
+    "Unsqueeze",
+    "Concat",
+    "Mul",
+    "Transpose",
 ]
 ATTRIBUTES = [
     "kernel_shape",
@@ -52,6 +58,10 @@ ATTRIBUTES = [
     "auto_pad",
     "value_ints",
     "value_float",
+    "perm",
+    "axes",
+    "start",
+    "end",
 ]
 DATA_TYPES = [
     TensorProto.FLOAT,
@@ -70,7 +80,7 @@ PATH = os.path.join(_DIRECTORY, "model.onnx")
 
 
 def _attribute(reader, name):
-    if name in ("kernel_shape", "strides", "pads", "dilations", "value_ints"):
+    if name in ("kernel_shape", "strides", "pads", "dilations", "value_ints", "perm", "axes"):
         return [reader.integer(-2, 6) for _ in range(reader.integer(0, 4))]
     if name == "alpha" or name == "value_float":
         return reader.integer(-2, 2) / 2

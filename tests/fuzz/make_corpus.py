@@ -105,6 +105,97 @@ def onnx_seeds(tmp):
     rng = np.random.default_rng(0)
     for index in range(3):
         write("onnx", f"graph-{index}", b"\1" + rng.bytes(300))
+    onnx_export_seeds(tmp)
+
+
+def onnx_export_seeds(tmp):
+    """Graphs as exporters write them, of a tiny unpadded LeNet (2 and 3 channels, 10 classes):
+    torch's default export at a fixed batch (Reshape to [1, -1]), the TorchScript exporter's
+    computed x.view(x.size(0), -1) (Shape, Gather, Unsqueeze, Concat), flat input reshaped
+    first, and tf2onnx's channels-last Transposes."""
+    import warnings
+
+    import onnx
+    import torch
+    from onnx import helper, numpy_helper
+
+    class Tiny(torch.nn.Module):
+        def __init__(self, flat=False):
+            super().__init__()
+            self.flat = flat
+            self.conv1, self.conv2 = torch.nn.Conv2d(1, 2, 5), torch.nn.Conv2d(2, 3, 5)
+            self.fc1 = torch.nn.Linear(48, 10)
+
+        def forward(self, x):
+            if self.flat:
+                x = x.reshape(x.size(0), 1, 28, 28)
+            x = torch.max_pool2d(torch.relu(self.conv1(x)), 2)
+            x = torch.max_pool2d(torch.relu(self.conv2(x)), 2)
+            return self.fc1(x.view(x.size(0), -1))
+
+    torch.manual_seed(0)
+    for name, flat, dynamo in (
+        ("export-fixed-batch", False, True),
+        ("export-size0", False, False),
+        ("export-flat-input", True, False),
+    ):
+        module = Tiny(flat).eval()
+        example = torch.zeros(1, 784) if flat else torch.zeros(1, 1, 28, 28)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if dynamo:
+                torch.onnx.export(
+                    module, (example,), tmp / "export.onnx", dynamo=True, external_data=False
+                )
+            else:
+                torch.onnx.export(
+                    module,
+                    (example,),
+                    tmp / "export.onnx",
+                    dynamo=False,
+                    input_names=["x"],
+                    dynamic_axes={"x": {0: "batch"}},
+                )
+        write("onnx", f"raw-{name}", b"\0" + (tmp / "export.onnx").read_bytes())
+    weights = [
+        numpy_helper.from_array(value.detach().numpy(), name)
+        for name, value in (
+            ("w1", module.conv1.weight),
+            ("b1", module.conv1.bias),
+            ("w2", module.conv2.weight),
+            ("b2", module.conv2.bias),
+            ("w3", module.fc1.weight.T.contiguous()),
+            ("b3", module.fc1.bias),
+        )
+    ]
+    weights.append(numpy_helper.from_array(np.array([-1, 48], np.int64), "shape"))
+    chain = [
+        ("Transpose", [], {"perm": [0, 3, 1, 2]}),
+        ("Conv", ["w1", "b1"], {}),
+        ("Relu", [], {}),
+        ("MaxPool", [], {"kernel_shape": [2, 2], "strides": [2, 2]}),
+        ("Conv", ["w2", "b2"], {}),
+        ("Relu", [], {}),
+        ("MaxPool", [], {"kernel_shape": [2, 2], "strides": [2, 2]}),
+        ("Transpose", [], {"perm": [0, 2, 3, 1]}),
+        ("Reshape", ["shape"], {}),
+        ("MatMul", ["w3"], {}),
+        ("Add", ["b3"], {}),
+    ]
+    nodes, data = [], "input_1"
+    for index, (op, inputs, attributes) in enumerate(chain):
+        nodes.append(helper.make_node(op, [data, *inputs], [f"t{index}"], **attributes))
+        data = f"t{index}"
+    graph = helper.make_graph(
+        nodes,
+        "tf2onnx-like",
+        [helper.make_tensor_value_info("input_1", 1, [None, 28, 28, 1])],
+        [helper.make_tensor_value_info(data, 1, [None, 10])],
+        weights,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    write("onnx", "raw-tf2onnx-channels-last", b"\0" + model.SerializeToString())
+    onnx.checker.check_model(model)
 
 
 def image_seeds(tmp):

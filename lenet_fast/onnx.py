@@ -363,6 +363,25 @@ def _graph_input(graph, constants, source):
     return inputs[0].name, dims
 
 
+def _batch_dims(attributes, batch):
+    """The dims a Reshape's target may give the batch: -1, the symbolic batch, the graph's fixed
+    batch size `batch` (an exporter's example batch), and 0 (copy) unless ``allowzero``."""
+    forms = [(-1, ()), (1, (_BATCH,))]
+    if batch is not None:
+        forms.append((batch, ()))
+    if not attributes.get("allowzero", 0):
+        forms.append((0, ()))
+    return forms
+
+
+def _constant_target(node, shape):
+    """A Reshape's constant target shape as ``(scalar, dims)``; it must be integers."""
+    shape = np.asarray(shape)
+    if shape.dtype.kind not in "iu":
+        raise _unsupported(node, f"expected an int64 target shape, found {shape.dtype}")
+    return False, [(int(value), ()) for value in shape.reshape(-1)]
+
+
 def _reshaped_input(nodes, name, dims, constants, source):
     """(nodes, the images' tensor, its (N, C, H, W)): a graph whose input is flat (N, H*W) or
     (N, H, W) images starts with a Reshape to (N, C, H, W) -- its target constant or computed
@@ -418,19 +437,15 @@ def _reshaped_input(nodes, name, dims, constants, source):
     target = first.input[1] if len(first.input) > 1 else ""
     if target in symbolic:
         scalar, target_dims = symbolic[target]
-    elif target in constants and np.asarray(constants[target]).dtype.kind in "iu":
-        scalar = False
-        target_dims = [(int(size), ()) for size in np.asarray(constants[target]).reshape(-1)]
+    elif target in constants:
+        scalar, target_dims = _constant_target(first, constants[target])
     else:
         raise _unsupported(first, f"expected a constant or computed target shape, found {target!r}")
-    batch_forms = [(-1, ()), (1, (_BATCH,)), (dims[0], ())]
-    if not attributes.get("allowzero", 0):
-        batch_forms.append((0, ()))
     sizes = [coefficient for coefficient, factors in target_dims[1:] if not factors]
     if (
         scalar
         or len(target_dims) != 4
-        or target_dims[0] not in batch_forms
+        or target_dims[0] not in _batch_dims(attributes, dims[0])
         or len(sizes) != 3
         or min(sizes) < 1
         or (None not in given and math.prod(given) != math.prod(sizes))
@@ -612,11 +627,7 @@ def _flatten_features(node, attributes, target, data, ranks, batch):
     scalar, dims = target
     if not scalar and len(dims) == 2:
         first, (coefficient, factors) = dims
-        batch_ok = (
-            first in ((-1, ()), (1, (_BATCH,)))
-            or (first == (0, ()) and not attributes.get("allowzero", 0))
-            or (batch is not None and first == (batch, ()))
-        )
+        batch_ok = first in _batch_dims(attributes, batch)
         every_feature = (1, tuple(sorted(((data, axis) for axis in range(1, 4)), key=repr)))
         if batch_ok and dims[1] == every_feature and ranks.get(data) == 4:
             return -1
@@ -812,10 +823,7 @@ def _tokenize(nodes, data, constants, source, batch=None):
             if len(node.input) > 1 and node.input[1] in symbolic:
                 target = symbolic[node.input[1]]
             else:
-                shape = constant(node, 1, 1)
-                if shape.dtype.kind not in "iu":
-                    raise _unsupported(node, f"expected an int64 target shape, found {shape.dtype}")
-                target = (False, [(int(value), ()) for value in shape])
+                target = _constant_target(node, constant(node, 1, 1))
             features = _flatten_features(node, attributes, target, data, ranks, batch)
             tokens.append(_Token("flatten", node, features))
         elif op in _SHAPE_OPS:  # on a tensor of the chain

@@ -335,8 +335,9 @@ def torch_lenets():
       as a numbered ``nn.Sequential``.
     * ``CaffeLeNet()``: Caffe's MNIST LeNet with Caffe's layer names (conv 20, conv 50, no conv
       activation, ip1 800 -> 500 + ReLU, ip2 500 -> 10, softmax).
-    * ``ReshapingLeNet(reshape)``: the unpadded MNIST LeNet taking flat or (N, 28, 28) images
-      that a ``view``, ``reshape`` or ``unsqueeze`` makes (N, 1, 28, 28) first.
+    * ``ReshapingLeNet(reshape=None, flatten="flatten")``: the unpadded MNIST LeNet, optionally
+      taking flat or (N, 28, 28) images that a ``view``, ``reshape`` or ``unsqueeze`` makes
+      (N, 1, 28, 28) first, with one of four ways to flatten.
     * ``member(name, in_channels=1, seed=0)``: a named member of
       ``lenet_fast._architecture.MEMBERS`` as an ``nn.Sequential`` in eval mode (seeded
       PyTorch initialisation).
@@ -656,13 +657,21 @@ def torch_lenets():
         return nn.Sequential(*modules).eval()
 
     class ReshapingLeNet(nn.Module):
-        """The unpadded MNIST LeNet behind one of ``INPUT_RESHAPES``: it takes flat (N, 784)
-        or (N, 28, 28) images (``input_shape``) and makes them (N, 1, 28, 28) first."""
+        """The unpadded MNIST LeNet (ReLU, max pooling) with one of ``INPUT_RESHAPES`` (None:
+        it takes (N, 1, 28, 28) images; else flat (N, 784) or (N, 28, 28) ones,
+        ``input_shape``, made (N, 1, 28, 28) first) and one of ``FLATTENS``."""
 
         INPUT_RESHAPES = {
             "view-flat": (lambda x: x.view(-1, 1, 28, 28), (784,)),
             "reshape-batch": (lambda x: x.reshape(x.size(0), 1, 28, 28), (784,)),
             "unsqueeze": (lambda x: x.unsqueeze(1), (28, 28)),
+        }
+        FLATTENS = {
+            "view-size0": lambda x: x.view(x.size(0), -1),
+            "reshape-shape0": lambda x: x.reshape(x.shape[0], -1),
+            "flatten": lambda x: torch.flatten(x, 1),
+            # the old tutorial's num_flat_features: a product over x.size()[1:]
+            "view-product": lambda x: x.view(-1, OldTutorialNet.num_flat_features(x)),
         }
         channels, size = 1, 28
         architecture = {
@@ -672,16 +681,21 @@ def torch_lenets():
             "pool": "max",
         }
 
-        def __init__(self, reshape):
+        def __init__(self, reshape=None, flatten="flatten"):
             super().__init__()
-            self.reshape, self.input_shape = self.INPUT_RESHAPES[reshape]
+            self.reshape, self.input_shape = (
+                self.INPUT_RESHAPES[reshape] if reshape else (None, (1, 28, 28))
+            )
+            self.flatten = self.FLATTENS[flatten]
             self.conv1, self.conv2 = nn.Conv2d(1, 6, 5), nn.Conv2d(6, 16, 5)
             self.fc1, self.fc2 = nn.Linear(256, 84), nn.Linear(84, 10)
 
         def forward(self, x):
-            x = F.max_pool2d(F.relu(self.conv1(self.reshape(x))), 2)
+            if self.reshape is not None:
+                x = self.reshape(x)
+            x = F.max_pool2d(F.relu(self.conv1(x)), 2)
             x = F.max_pool2d(F.relu(self.conv2(x)), 2)
-            return self.fc2(F.relu(self.fc1(torch.flatten(x, 1))))
+            return self.fc2(F.relu(self.fc1(self.flatten(x))))
 
     return types.SimpleNamespace(
         ReshapingLeNet=ReshapingLeNet,

@@ -687,28 +687,9 @@ def test_pads_computed_by_a_subgraph_are_refused_naming_the_node(tmp_path):
 # Flattens as the exporters write them: computed target shapes, a fixed example batch
 # ---------------------------------------------------------------------------------------------
 
-FLATTENS = {
-    "view-size0": lambda x: x.view(x.size(0), -1),
-    "reshape-shape0": lambda x: x.reshape(x.shape[0], -1),
-    "flatten": lambda x: torch.flatten(x, 1),
-    # the old tutorial's num_flat_features: a product over x.size()[1:]
-    "view-product": lambda x: x.view(-1, torch_lenets().OldTutorialNet.num_flat_features(x)),
-}
 
-
-class FlattenedLeNet(nn.Module):
-    """The unpadded MNIST LeNet (ReLU, max pooling) with one of the FLATTENS."""
-
-    def __init__(self, flatten):
-        super().__init__()
-        self.flatten = FLATTENS[flatten]
-        self.conv1, self.conv2 = nn.Conv2d(1, 6, 5), nn.Conv2d(6, 16, 5)
-        self.fc1, self.fc2 = nn.Linear(256, 84), nn.Linear(84, 10)
-
-    def forward(self, x):
-        x = nn.functional.max_pool2d(torch.relu(self.conv1(x)), 2)
-        x = nn.functional.max_pool2d(torch.relu(self.conv2(x)), 2)
-        return self.fc2(torch.relu(self.fc1(self.flatten(x))))
+ReshapingLeNet = torch_lenets().ReshapingLeNet
+FLATTENS = ReshapingLeNet.FLATTENS
 
 
 @pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
@@ -722,7 +703,7 @@ def test_flattens_load_as_exported_with_a_computed_shape_or_a_fixed_batch(
     Gather, Unsqueeze, Concat (and Mul for a product of sizes).  Each loads with no warning and
     runs any batch as torch does."""
     torch.manual_seed(6)
-    module = FlattenedLeNet(flatten).eval()
+    module = ReshapingLeNet(flatten=flatten).eval()
     path = tmp_path / "flatten.onnx"
     example = torch.zeros(1 if batch == "dynamic" else batch, 1, 28, 28)
     export_onnx(module, example, path, exporter == "dynamo", dynamic_batch=batch == "dynamic")
@@ -770,12 +751,12 @@ def test_torchscript_exports_of_every_opset_load(tmp_path, opset):
 
 @pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
 @pytest.mark.parametrize("batch", ["dynamic", 2])
-@pytest.mark.parametrize("reshape", torch_lenets().ReshapingLeNet.INPUT_RESHAPES)
+@pytest.mark.parametrize("reshape", ReshapingLeNet.INPUT_RESHAPES)
 def test_a_graph_of_flat_images_reshaped_first_loads(tmp_path, reshape, batch, exporter):
     """A module taking flat (N, 784) or (N, 28, 28) images that it reshapes first exports a 2-D
     or 3-D graph input and a first Reshape or Unsqueeze: the model takes (N, 28, 28) images."""
     torch.manual_seed(13)
-    module = torch_lenets().ReshapingLeNet(reshape).eval()
+    module = ReshapingLeNet(reshape).eval()
     path = tmp_path / "flat.onnx"
     example = torch.zeros(1 if batch == "dynamic" else batch, *module.input_shape)
     export_onnx(module, example, path, exporter == "dynamo", dynamic_batch=batch == "dynamic")
@@ -899,10 +880,10 @@ def test_a_transpose_not_before_the_flatten_is_refused(lenet_graph):
 
 @pytest.fixture
 def size0_graph(tmp_path):
-    """FlattenedLeNet("view-size0") through the TorchScript exporter with a dynamic batch."""
+    """ReshapingLeNet(flatten="view-size0") through the TorchScript exporter with a dynamic batch."""
     torch.manual_seed(7)
     path = tmp_path / "size0.onnx"
-    export_onnx(FlattenedLeNet("view-size0"), torch.zeros(1, 1, 28, 28), path, dynamo=False)
+    export_onnx(ReshapingLeNet(flatten="view-size0"), torch.zeros(1, 1, 28, 28), path, dynamo=False)
     return onnx.load(path)
 
 
@@ -920,7 +901,7 @@ def test_computed_target_shapes_that_are_not_a_flatten_are_refused(size0_graph):
 def test_a_fixed_batch_other_than_the_inputs_is_refused(tmp_path):
     torch.manual_seed(8)
     path = tmp_path / "fixed.onnx"
-    export_onnx(FlattenedLeNet("flatten"), torch.zeros(4, 1, 28, 28), path, True, False)
+    export_onnx(ReshapingLeNet(), torch.zeros(4, 1, 28, 28), path, True, False)
     proto = onnx.load(path)
     (reshape,) = [node for node in proto.graph.node if node.op_type == "Reshape"]
     (target,) = [tensor for tensor in proto.graph.initializer if tensor.name == reshape.input[1]]

@@ -84,16 +84,14 @@ static inline void vf_transpose_block(const float *in, ptrdiff_t in_stride, floa
     for (i = 0; i < 16; i++) _mm512_storeu_ps(out + i * 16, r[i]);
 }
 
-/* out[lane] = base[index[lane]] for lane < filled, +0.0 after, every index in [0, 2 VLEN): two
+/* Lane `lane` = base[index[lane]] for lane < filled, +0.0 after, every index in [0, 2 VLEN): two
  * loads and one two-register permute where VLEN scalar copies would take ~4x longer (the
  * one-image path's conv2 windows; Zen 4's hardware gather is no faster than the copies).  Reads
  * base[0 .. 2 VLEN - 1] whatever the indices. */
-static inline void vf_permute_span2(const float *base, const int32_t *index, int filled,
-                                    float *out) {
+static inline vf vf_permute_span2(const float *base, const int32_t *index, int filled) {
     __mmask16 keep = (__mmask16)((1u << filled) - 1u);
-    _mm512_storeu_ps(out, _mm512_maskz_permutex2var_ps(keep, _mm512_loadu_ps(base),
-                                                       _mm512_loadu_si512(index),
-                                                       _mm512_loadu_ps(base + 16)));
+    return _mm512_maskz_permutex2var_ps(keep, _mm512_loadu_ps(base), _mm512_loadu_si512(index),
+                                        _mm512_loadu_ps(base + 16));
 }
 
 #elif defined(LENET_ISA_AVX2)
@@ -144,15 +142,14 @@ static inline void vf_transpose_block(const float *in, ptrdiff_t in_stride, floa
 }
 
 /* See the AVX-512 vf_permute_span2: each half permuted, the upper half's lanes blended in. */
-static inline void vf_permute_span2(const float *base, const int32_t *index, int filled,
-                                    float *out) {
+static inline vf vf_permute_span2(const float *base, const int32_t *index, int filled) {
     __m256i idx = _mm256_loadu_si256((const __m256i *)index);
     __m256 low = _mm256_permutevar8x32_ps(_mm256_loadu_ps(base), idx);
     __m256 high = _mm256_permutevar8x32_ps(_mm256_loadu_ps(base + 8), idx);
     __m256 upper = _mm256_castsi256_ps(_mm256_cmpgt_epi32(idx, _mm256_set1_epi32(7)));
     __m256 keep = _mm256_castsi256_ps(_mm256_cmpgt_epi32(
         _mm256_set1_epi32(filled), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
-    _mm256_storeu_ps(out, _mm256_and_ps(_mm256_blendv_ps(low, high, upper), keep));
+    return _mm256_and_ps(_mm256_blendv_ps(low, high, upper), keep);
 }
 
 #else /* generic */
@@ -192,10 +189,11 @@ static inline void vf_transpose_block(const float *in, ptrdiff_t in_stride, floa
         for (lane = 0; lane < VLEN; lane++) out[p * VLEN + lane] = in[lane * in_stride + p];
 }
 /* See the AVX-512 vf_permute_span2 (here lane by lane). */
-static inline void vf_permute_span2(const float *base, const int32_t *index, int filled,
-                                    float *out) {
+static inline vf vf_permute_span2(const float *base, const int32_t *index, int filled) {
+    float out[VLEN];
     int lane;
     for (lane = 0; lane < VLEN; lane++) out[lane] = lane < filled ? base[index[lane]] : 0.0f;
+    return vf_load(out);
 }
 #endif
 

@@ -7,7 +7,8 @@ parametrised by conftest.py), against ``lenet_fast.reference.forward`` (float64 
 * every named member of the family (lenet5, mnist-unpadded, caffe, keras-same) and further
   geometries (conv2 padding 2, non-square planes, images 4 smaller than the plane);
 * bitwise-identical outputs across batch size, position in the batch and thread count for
-  every member (the lane-group path and the one-image path agree to the bit);
+  every member (the lane-group path and the one-image path agree to the bit), with conv2 by
+  Winograd's F(2x2, 5x5) and by the direct convolution;
 * the engine's checks of what it is given.
 """
 
@@ -41,16 +42,27 @@ def engine(
     output_activation="sigmoid",
     pool="max",
     conv2_one_image=None,
+    conv2_algorithm=None,
 ):
     code = {name: getattr(kernels, attribute) for name, attribute in CODES.items()}
     return kernels.Engine(
         weights,
-        {"plane": plane, "conv2_padding": conv2_padding, "conv2_one_image": conv2_one_image},
+        {
+            "plane": plane,
+            "conv2_padding": conv2_padding,
+            "conv2_one_image": conv2_one_image,
+            "conv2_algorithm": conv2_algorithm,
+        },
         code[conv_activation],
         code[fc_activation],
         code[output_activation],
         kernels.POOL_MAX if pool == "max" else kernels.POOL_AVG,
     )
+
+
+def spec_engine(kernels, spec, weights, **conv2):
+    """The engine of an engine spec (`conv2`: conv2_algorithm / conv2_one_image)."""
+    return engine(kernels, weights, spec["plane"], spec["conv2_padding"], **options(spec), **conv2)
 
 
 def run(engine_, images, num_threads=1):
@@ -117,19 +129,21 @@ def reference_scores(x, weights, spec):
     )
 
 
-def check_against_reference(kernels, spec, in_channels=1, image_size=None, seed=0, n=None):
-    """Build the engine of `spec`, run a batch with full lane groups, a padded tail group and
-    one-image tails (and batch 1), compare with the NumPy forward."""
+def check_against_reference(kernels, spec, in_channels=1, image_size=None, seed=0, n=None, **conv2):
+    """Build the engine of `spec` (`conv2`: conv2_algorithm / conv2_one_image), run a batch
+    with full lane groups, a padded tail group and one-image tails (and batch 1), compare with
+    the NumPy forward; the one-image path must give the lane path's bits."""
     weights = spec_weights(seed, in_channels, **spec)
     lanes = kernels.LANES
     n = n or 2 * lanes + lanes // 2 + 1
     rows, columns = image_size or spec["plane"]
     x = images(n, in_channels, rows, columns)
-    eng = engine(kernels, weights, spec["plane"], spec["conv2_padding"], **options(spec))
+    eng = spec_engine(kernels, spec, weights, **conv2)
     expected = reference_scores(x, weights, spec)
     got = run(eng, x)
     np.testing.assert_allclose(got, expected, **TOLERANCE)
     np.testing.assert_array_equal(run(eng, x[:1]), got[:1])
+    np.testing.assert_array_equal(run(eng, x[lanes - 1 : lanes + 1]), got[lanes - 1 : lanes + 1])
     return eng, x, got
 
 
@@ -167,22 +181,99 @@ def test_block_sizes_come_from_the_table(level):
 
 
 def test_conv5x5_pool2_broadcast_every_block_size(level):
-    """conv1 (both paths) and conv2 (lane-group path) with b output channels: one block of b
-    for b <= the level's largest, two blocks after."""
+    """conv1 (both paths) and direct conv2 (lane-group path) with b output channels: one block
+    of b for b <= the level's largest, two blocks after."""
     kernels = _dispatch.load_kernels(level)
     for b in range(1, kernels.BLOCK_SIZES["conv_channels"] + 2):
-        check_against_reference(kernels, small_spec(c1=b, c2=b), in_channels=3)
+        check_against_reference(
+            kernels, small_spec(c1=b, c2=b), in_channels=3, conv2_algorithm="direct"
+        )
 
 
 def test_conv5x5_pool2_channels_in_lanes_every_block_size(level):
-    """conv2 of the one-image path with v vectors of channels (v * LANES, and a partial vector),
-    for one and two pooled windows at a time (pool2 1x1, 1x2 and 2x2)."""
+    """Direct conv2 of the one-image path with v vectors of channels (v * LANES, and a partial
+    vector), for one and two pooled windows at a time (pool2 1x1, 1x2 and 2x2)."""
     kernels = _dispatch.load_kernels(level)
     lanes = kernels.LANES
+    direct = {"conv2_algorithm": "direct", "conv2_one_image": "channels"}
     for v in range(1, kernels.BLOCK_SIZES["conv_channel_vectors"] + 2):
         for plane in ((16, 16), (16, 20), (20, 20)):
-            check_against_reference(kernels, small_spec(c2=v * lanes, plane=plane))
-        check_against_reference(kernels, small_spec(c2=v * lanes - 1))
+            check_against_reference(kernels, small_spec(c2=v * lanes, plane=plane), **direct)
+        check_against_reference(kernels, small_spec(c2=v * lanes - 1), **direct)
+
+
+def test_winograd_matrices_give_the_convolution():
+    """F(2, 5) as the Engine builds it (float64): A^T ((G g) * (B^T d)) is the valid correlation
+    of a 6-vector with a 5-tap filter, and nested, F(2x2, 5x5) of a 6x6 window; B^T is the
+    table winograd.pxi writes out."""
+    kernels = _dispatch.load_kernels("generic")
+    a_t, g, b_t = kernels.winograd_matrices()
+    assert kernels.WINOGRAD_POINTS == (0.0, 1.0, -1.0, 2.0, -0.5)
+    np.testing.assert_array_equal(
+        b_t,
+        [
+            [1, 1.5, -2, -1.5, 1, 0],
+            [0, -1, -2.5, -0.5, 1, 0],
+            [0, 1, 0.5, -2.5, 1, 0],
+            [0, -0.5, -1, 0.5, 1, 0],
+            [0, 2, -1, -2, 1, 0],
+            [0, 1, 1.5, -2, -1.5, 1],
+        ],
+    )
+    np.testing.assert_array_equal(a_t, [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -0.5, 1]])
+    rng = np.random.default_rng(0)
+    d, taps = rng.normal(size=6), rng.normal(size=5)
+    np.testing.assert_allclose(
+        a_t @ ((g @ taps) * (b_t @ d)), [d[i : i + 5] @ taps for i in range(2)], rtol=1e-13
+    )
+    window, kernel = rng.normal(size=(6, 6)), rng.normal(size=(5, 5))
+    direct = [[np.sum(window[i : i + 5, j : j + 5] * kernel) for j in range(2)] for i in range(2)]
+    winograd = a_t @ ((g @ kernel @ g.T) * (b_t @ window @ b_t.T)) @ a_t.T
+    np.testing.assert_allclose(winograd, direct, rtol=1e-12)
+
+
+# pool2 sizes whose positions leave every tail of winograd_channels_in_lanes_block's four tiles
+# (1 to 5 positions) and more than a chunk of VLEN positions (25)
+WINOGRAD_PLANES = ((16, 16), (16, 20), (16, 24), (20, 20), (16, 28), (28, 28))
+
+
+def test_conv2_winograd_every_block_size(level):
+    """Winograd conv2 with b output channels, b = 1 .. one past the level's largest
+    dense_broadcast block (its products run there), both paths; and every one-image variant:
+    positions in the lanes (blocks of channels as in the lane path) and channels in the lanes
+    (v vectors of channels and a partial one, every tail of four tiles)."""
+    kernels = _dispatch.load_kernels(level)
+    lanes = kernels.LANES
+    for b in range(1, kernels.BLOCK_SIZES["dense_outputs"] + 2):
+        for lanes_hold in ("positions", "channels"):
+            check_against_reference(
+                kernels,
+                small_spec(c1=3, c2=b, plane=(20, 20)),
+                conv2_algorithm="winograd",
+                conv2_one_image=lanes_hold,
+            )
+    for c2 in (lanes - 1, lanes, 2 * lanes + 1):
+        for plane in WINOGRAD_PLANES:
+            for lanes_hold in ("positions", "channels"):
+                check_against_reference(
+                    kernels,
+                    small_spec(c1=2, c2=c2, plane=plane),
+                    n=lanes + 2,
+                    conv2_algorithm="winograd",
+                    conv2_one_image=lanes_hold,
+                )
+
+
+def test_conv2_algorithm_is_winograd_where_it_takes_fewer_operations(level):
+    kernels = _dispatch.load_kernels(level)
+    for name, spec in SPECS.items():
+        eng = engine(kernels, spec_weights(0, 1, **spec), spec["plane"], spec["conv2_padding"])
+        assert eng.conv2_algorithm == "winograd", name
+    tiny = small_spec(c1=1, c2=1)
+    eng = engine(kernels, spec_weights(0, 1, **tiny), tiny["plane"], 0)
+    assert eng.conv2_algorithm == "direct"  # 36 + 120 + 16 multiply-adds against 100
+    with pytest.raises(ValueError, match="conv2_algorithm must be"):
+        engine(kernels, spec_weights(0, 1, **tiny), tiny["plane"], 0, conv2_algorithm="fft")
 
 
 def test_dense_broadcast_every_block_size(level):
@@ -263,13 +354,14 @@ def test_pointwise_activations_and_pools(level, name, pool):
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("algorithm", ["winograd", "direct"])
 @pytest.mark.parametrize("member", MEMBERS)
-def test_named_member_matches_reference(level, member):
+def test_named_member_matches_reference(level, member, algorithm):
     kernels = _dispatch.load_kernels(level)
     spec = SPECS[member]
-    check_against_reference(kernels, spec)
+    check_against_reference(kernels, spec, conv2_algorithm=algorithm)
     if member in ("lenet5", "keras-same"):  # 28x28 images, zero-padded by 2 inside
-        check_against_reference(kernels, spec, image_size=(28, 28))
+        check_against_reference(kernels, spec, image_size=(28, 28), conv2_algorithm=algorithm)
 
 
 @pytest.mark.parametrize(
@@ -312,13 +404,16 @@ def test_geometries_match_reference(level, geometry, in_channels):
     check_against_reference(kernels, spec, in_channels, image_size=(rows - 4, columns - 4))
 
 
+@pytest.mark.parametrize("algorithm", ["winograd", "direct"])
 @pytest.mark.parametrize("smaller", [0, 4], ids=["plane", "padded-by-2"])
 @pytest.mark.parametrize("member", MEMBERS)
-def test_member_bits_do_not_depend_on_batch_size_position_or_threads(level, member, smaller):
+def test_member_bits_do_not_depend_on_batch_size_position_or_threads(
+    level, member, smaller, algorithm
+):
     kernels = _dispatch.load_kernels(level)
     spec = SPECS[member]
     weights = spec_weights(3, 1, **spec)
-    eng = engine(kernels, weights, spec["plane"], spec["conv2_padding"], **options(spec))
+    eng = spec_engine(kernels, spec, weights, conv2_algorithm=algorithm)
     lanes = kernels.LANES
     n = 3 * lanes + 3
     rows, columns = spec["plane"]
@@ -356,36 +451,43 @@ ONE_IMAGE_CONV2 = {
 }
 
 
+CONV2_VARIANTS = [
+    (algorithm, lanes)
+    for algorithm in ("winograd", "direct")
+    for lanes in ("channels", "positions")
+]
+
+
 @pytest.mark.parametrize("name", ONE_IMAGE_CONV2)
 def test_one_image_conv2_with_channels_or_positions_in_the_lanes_gives_the_same_bits(level, name):
     """conv2 of the one-image path puts output channels or pooled positions in the lanes
-    (whichever leaves fewer empty); either way every image's scores are the lane path's bits."""
+    (whichever leaves fewer empty); either way every image's scores are the lane path's bits,
+    for each conv2 algorithm (Winograd and direct agree to the reference's tolerance)."""
     kernels = _dispatch.load_kernels(level)
     spec = ONE_IMAGE_CONV2[name]
     weights = spec_weights(4, 1, **spec)
-    engines = {
-        lanes: engine(
-            kernels,
-            weights,
-            spec["plane"],
-            spec["conv2_padding"],
-            **options(spec),
-            conv2_one_image=lanes,
-        )
-        for lanes in ("channels", "positions")
-    }
-    assert {key: value.conv2_one_image for key, value in engines.items()} == {
-        "channels": "channels",
-        "positions": "positions",
-    }
     n = kernels.LANES + 3  # one lane group, then three single images
     x = images(n, 1, *spec["plane"], seed=6)
-    expected = run(engines["channels"], x)
-    np.testing.assert_allclose(expected, reference_scores(x, weights, spec), **TOLERANCE)
-    for eng in engines.values():
-        np.testing.assert_array_equal(run(eng, x), expected)
-        alone = np.concatenate([run(eng, x[i : i + 1]) for i in range(n)])
-        np.testing.assert_array_equal(alone, expected)
+    reference = reference_scores(x, weights, spec)
+    for algorithm in ("winograd", "direct"):
+        engines = {
+            lanes: spec_engine(
+                kernels, spec, weights, conv2_one_image=lanes, conv2_algorithm=algorithm
+            )
+            for lanes in ("channels", "positions")
+        }
+        assert {
+            key: (value.conv2_algorithm, value.conv2_one_image) for key, value in engines.items()
+        } == {
+            "channels": (algorithm, "channels"),
+            "positions": (algorithm, "positions"),
+        }
+        expected = run(engines["channels"], x)
+        np.testing.assert_allclose(expected, reference, **TOLERANCE)
+        for eng in engines.values():
+            np.testing.assert_array_equal(run(eng, x), expected)
+            alone = np.concatenate([run(eng, x[i : i + 1]) for i in range(n)])
+            np.testing.assert_array_equal(alone, expected)
 
 
 def test_one_image_conv2_lanes_follow_the_empty_lane_count(level):
@@ -411,20 +513,14 @@ def test_one_image_conv2_lanes_follow_the_empty_lane_count(level):
 def test_batch_one_split_across_threads_gives_the_same_bits(level, name):
     """Batch 1 of a large model shares the blocks of conv1, conv2 and the first dense layer with
     the pool;
-    forced here on every geometry (split_one_image_from = 0), with either conv2 layout."""
+    forced here on every geometry (split_one_image_from = 0), with either conv2 layout and
+    either conv2 algorithm."""
     kernels = _dispatch.load_kernels(level)
     spec = ONE_IMAGE_CONV2[name]
     weights = spec_weights(7, 1, **spec)
     x = images(3, 1, *spec["plane"], seed=8)
-    for lanes in ("channels", "positions"):
-        eng = engine(
-            kernels,
-            weights,
-            spec["plane"],
-            spec["conv2_padding"],
-            **options(spec),
-            conv2_one_image=lanes,
-        )
+    for algorithm, lanes in CONV2_VARIANTS:
+        eng = spec_engine(kernels, spec, weights, conv2_one_image=lanes, conv2_algorithm=algorithm)
         alone = [run(eng, x[i : i + 1]) for i in range(len(x))]
         eng.split_one_image_from = 0
         assert eng.one_image_threads >= 1

@@ -1309,8 +1309,9 @@ class LeNet:
             Ctrl-C stops the call within one chunk of at most 512 images per thread (tens of
             milliseconds); nothing is returned.
         """
-        if out is None and self._direct(x, num_threads):  # batch 1's latency is made of this
-            scores = self._engine.forward_direct(x, check_finite)
+        threads = self._direct_threads(x, num_threads) if out is None else 0
+        if threads:  # batch 1's latency is made of this
+            scores = self._engine.forward_direct(x, check_finite, threads)
             if scores is not None:
                 return scores
         images, n = self._as_images(x)
@@ -1351,8 +1352,9 @@ class LeNet:
             Labels in ``[0, n_classes)``; -1 for an image with NaN outputs (only with
             ``check_finite=False``).
         """
-        if out is None and self._direct(x, num_threads):
-            labels = self._engine.predict_direct(x, check_finite)
+        threads = self._direct_threads(x, num_threads) if out is None else 0
+        if threads:
+            labels = self._engine.predict_direct(x, check_finite, threads)
             if labels is not None:
                 return labels
         images, n = self._as_images(x)
@@ -1424,16 +1426,19 @@ class LeNet:
                 )
         return out
 
-    def _direct(self, x, num_threads):
-        """Whether `x` can go to the engine's direct call: an array of an accepted shape whose
-        batch `_run` would run on the calling thread in one kernel call (float32, contiguity
-        and alignment are the engine's to check)."""
-        return (
-            type(x) is np.ndarray
-            and x.shape[1:] in self._direct_shapes
-            and 0 < x.shape[0] <= _CHUNK_PER_THREAD
-            and self._threads_for(x.shape[0], num_threads) == 1
-        )
+    def _direct_threads(self, x, num_threads):
+        """The threads of the engine's direct call for `x`, or 0 where it cannot take it: an
+        array of an accepted shape whose batch `_run` would run in one kernel call, on threads
+        this process is known to start (float32, contiguity and alignment are the engine's to
+        check).  Batch 1 of a large model on several threads (its layers split) goes there too."""
+        if (
+            type(x) is not np.ndarray
+            or x.shape[1:] not in self._direct_shapes
+            or not 0 < x.shape[0] <= _CHUNK_PER_THREAD
+        ):
+            return 0
+        threads = self._threads_for(x.shape[0], num_threads)
+        return threads if threads <= _threads_known_to_start else 0
 
     def _threads_for(self, n, num_threads):
         """The threads a batch of n images runs on (num_threads, default self.num_threads)."""

@@ -15,6 +15,7 @@ import lenet_fast
 from factories import (
     LAYOUTS,
     exact,
+    member_weights,
     model_at_level,
     normal_weights,
     random_images,
@@ -26,7 +27,7 @@ from factories import (
 )
 from factories import normal_images as images
 from lenet_fast import LeNet, _dispatch, reference
-from lenet_fast._architecture import DEFAULT_GEOMETRY
+from lenet_fast._architecture import DEFAULT_GEOMETRY, MEMBERS
 
 TOLERANCE = {"atol": 1e-5, "rtol": 1e-5}
 FLOAT_ONLY = (
@@ -363,7 +364,7 @@ def test_out_arguments_are_filled_and_returned(model):
 
 
 class _CountingEngine:
-    """An Engine whose direct calls are recorded: (method, images shape, answered)."""
+    """An Engine whose direct calls are recorded: (method, images shape, answered, threads)."""
 
     def __init__(self, engine):
         self._engine = engine
@@ -374,9 +375,9 @@ class _CountingEngine:
         if not name.endswith("_direct"):
             return attribute
 
-        def call(images, check_finite):
-            result = attribute(images, check_finite)
-            self.calls.append((name, images.shape, result is not None))
+        def call(images, check_finite, num_threads=1):
+            result = attribute(images, check_finite, num_threads)
+            self.calls.append((name, images.shape, result is not None, num_threads))
             return result
 
         return call
@@ -390,7 +391,7 @@ class _CountingEngine:
         (lambda: images(5, size=28)[:, 0], 2, [True]),  # (N, H, W); 5 images run on 1 thread
         (lambda: images(512, size=32), 1, [True]),
         (lambda: images(513, size=32), 1, []),  # more than one kernel call
-        (lambda: images(64, size=28), 2, []),  # two threads
+        (lambda: images(64, size=28), 2, []),  # two threads, not yet known to start
         (lambda: images(3, size=32).astype(np.float64), 1, [False]),  # converted
         (lambda: images(6, size=32)[::2], 1, [False]),  # not contiguous
         (lambda: images(2, size=32).astype(">f4"), 1, [False]),  # byte-swapped
@@ -400,11 +401,12 @@ class _CountingEngine:
 )
 @pytest.mark.parametrize("method", ["forward", "predict"])
 def test_direct_engine_calls_take_the_common_case_with_the_same_bits(
-    model, make_x, num_threads, expected, method
+    model, make_x, num_threads, expected, method, monkeypatch
 ):
-    """The common call (ready float32, one kernel call on the caller) goes to the engine in
-    one step; everything else, and every refusal, takes the general path, with the same
-    results."""
+    """The common call (ready float32, one kernel call, on the caller or on threads known to
+    start) goes to the engine in one step; everything else, and every refusal, takes the
+    general path, with the same results."""
+    monkeypatch.setattr(lenet_fast._model, "_threads_known_to_start", 1)
     x = make_x()
     counting = _CountingEngine(model._engine)
     model._engine = counting
@@ -414,14 +416,32 @@ def test_direct_engine_calls_take_the_common_case_with_the_same_bits(
         assert counting.calls == []
         return
     result = getattr(model, method)(x, num_threads=num_threads)
-    assert [answered for _, _, answered in counting.calls] == expected
-    assert all(name == f"{method}_direct" for name, _, _ in counting.calls)
+    assert [answered for _, _, answered, _ in counting.calls] == expected
+    assert all(name == f"{method}_direct" for name, _, _, _ in counting.calls)
     n = len(x)
     general = np.empty((n, 10) if method == "forward" else n, result.dtype)
     getattr(model, method)(x, num_threads=num_threads, out=general)  # out= is never direct
     assert len(counting.calls) == len(expected)
     np.testing.assert_array_equal(result, general)
     assert result.flags.c_contiguous and result.flags.writeable and result.base is None
+
+
+@pytest.mark.parametrize("method", ["forward", "predict"])
+def test_direct_engine_calls_run_on_threads_known_to_start(model, method):
+    """Once the process has started two threads, a ready batch of one kernel call on two
+    threads goes to the engine in one step too, and so does batch 1 of Caffe's LeNet (its
+    layers split across the threads), with the general path's bits."""
+    lenet_fast._model._ensure_threads_can_start(2)
+    caffe = MEMBERS["caffe"]
+    large = LeNet(member_weights(caffe), **caffe.architecture, **caffe.geometry)
+    assert large._engine.one_image_threads > 1
+    for net, x in ((model, images(64, size=28)), (large, images(1, size=28))):
+        counting = net._engine = _CountingEngine(net._engine)
+        result = getattr(net, method)(x, num_threads=2)
+        general = np.empty((len(x), 10) if method == "forward" else len(x), result.dtype)
+        getattr(net, method)(x, num_threads=2, out=general)
+        np.testing.assert_array_equal(result, general)
+        assert [(answered, threads) for _, _, answered, threads in counting.calls] == [(True, 2)]
 
 
 def test_the_engine_refuses_arrays_it_would_misread(model):
@@ -451,9 +471,9 @@ def test_direct_engine_calls_leave_bad_values_to_the_general_path(model, method)
     model._engine = counting
     with pytest.raises(ValueError, match=re.escape(f"x[2] {BAD_INPUT}")):
         getattr(model, method)(x, num_threads=1)
-    assert [answered for _, _, answered in counting.calls] == [False]
+    assert [answered for _, _, answered, _ in counting.calls] == [False]
     unchecked = getattr(model, method)(x, num_threads=1, check_finite=False)
-    assert [answered for _, _, answered in counting.calls] == [False, True]
+    assert [answered for _, _, answered, _ in counting.calls] == [False, True]
     if method == "forward":
         assert np.isnan(unchecked[2]).all() and np.isfinite(unchecked[:2]).all()
     else:
@@ -466,7 +486,7 @@ def test_direct_engine_calls_leave_bad_values_to_the_general_path(model, method)
     assert np.isnan(relu.forward(huge, check_finite=False)).all()
     with pytest.raises(ValueError, match=re.escape("x[0] gives NaN outputs")):
         getattr(relu, method)(huge, num_threads=1)
-    assert [answered for _, _, answered in counting.calls] == [True, False]
+    assert [answered for _, _, answered, _ in counting.calls] == [True, False]
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,9 @@ images per second and the share of the FMA peak reached:
 
     % of peak = multiply-adds per image x images per second / (peak FMA rate per thread x threads)
 
-where the peak is ``measure_fma_peak`` of the same ISA level (best of 5; a register-resident
+(the network's multiply-adds: conv2 runs as Winograd's F(2x2, 5x5), which issues fewer -- see
+``LeNet.summary()`` -- so the share can pass 100 %), where the peak is ``measure_fma_peak`` of
+the same ISA level (best of 5; a register-resident
 loop of the FMA instruction the kernels use), measured at the start of every repeat; each share
 is the median over repeats of (rate in that repeat / peak in that repeat).  A second share
 divides by the CPU time the process used instead of the wall clock (against the best peak per

@@ -1213,7 +1213,13 @@ class LeNet:
         --------
         >>> print(LeNet.pretrained("mnist").summary())      # doctest: +SKIP
         """
-        return ModelSummary(self._sizes, self._architecture, self._assumed)
+        return ModelSummary(
+            self._sizes,
+            self._architecture,
+            self._assumed,
+            self._engine.conv2_algorithm,
+            self._engine.conv2_multiply_adds,
+        )
 
     def __repr__(self):
         widths = "-".join(map(str, self._dimensions.values()))

@@ -36,6 +36,11 @@ class ModelSummary:
         The activations and pooling in use (`LeNet.architecture`).
     assumed : dict of str to str, optional
         Those of them that were assumed.
+    conv2_algorithm : {"direct", "winograd"}, optional
+        How the engine computes conv2 (`LeNet` passes its engine's choice).
+    conv2_executed_multiply_adds : int, optional
+        The multiply-adds per image the engine spends on conv2 that way (Winograd's products
+        and its transforms' multiply-adds); default: the direct count.
 
     Attributes
     ----------
@@ -51,9 +56,23 @@ class ModelSummary:
         The activations and pooling in use.
     assumed : dict of str to str
         Those of them that were assumed (not stated by the call or the weight file).
+    conv2_algorithm : str
+        ``"winograd"`` (F(2x2, 5x5): 36 multiplications per pooled window and pair of channels
+        instead of 100) or ``"direct"``.
+    executed_multiply_adds : int
+        The multiply-adds per image the engine executes: `total_multiply_adds` with conv2's
+        counted as computed.  The table's counts are the network's (the direct convolution's),
+        the useful work speeds are quoted against.
     """
 
-    def __init__(self, sizes, architecture, assumed=None):
+    def __init__(
+        self,
+        sizes,
+        architecture,
+        assumed=None,
+        conv2_algorithm="direct",
+        conv2_executed_multiply_adds=None,
+    ):
         pool = "max" if architecture["pool"] == "max" else "average"
         conv_act = architecture["conv_activation"]
         c, c1, c2 = sizes.in_channels, sizes.conv1_channels, sizes.conv2_channels
@@ -80,6 +99,10 @@ class ModelSummary:
         self.total_parameters = sum(layer.parameters for layer in self.layers)
         self.total_connections = sum(layer.connections for layer in self.layers)
         self.total_multiply_adds = sum(layer.multiply_adds for layer in self.layers)
+        self.conv2_algorithm = conv2_algorithm
+        conv2 = self["conv2"].multiply_adds
+        executed = conv2 if conv2_executed_multiply_adds is None else conv2_executed_multiply_adds
+        self.executed_multiply_adds = self.total_multiply_adds - conv2 + executed
 
     def __getitem__(self, name):
         for layer in self.layers:
@@ -132,6 +155,13 @@ class ModelSummary:
             f"geometry: input {height}x{width}, conv1_padding={self.sizes.conv1_padding}, "
             f"conv2_padding={self.sizes.conv2_padding}"
         )
+        if self.conv2_algorithm == "winograd":
+            conv2 = self["conv2"].multiply_adds
+            executed = self.executed_multiply_adds - self.total_multiply_adds + conv2
+            lines.append(
+                f"engine: conv2 by Winograd's F(2x2, 5x5), {executed:,} multiply-adds per image "
+                f"instead of {conv2:,} ({self.executed_multiply_adds:,} in all)"
+            )
         if self.assumed:
             lines.append(
                 f"  assumed, not stated by the weights: {', '.join(self.assumed)} "

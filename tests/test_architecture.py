@@ -420,6 +420,18 @@ def test_summary_and_sizes_count_the_multiply_adds(build, member):
         ["fc3"] if member == "mnist-unpadded" else []
     )
     assert "geometry: input 28x28, conv1_padding=0, conv2_padding=0" in str(model.summary())
+    # conv2 by Winograd: per pooled window 36 c1 c2 products + 120 c1 + 16 c2 transform
+    # multiply-adds instead of 100 c1 c2
+    c1, c2 = model.sizes.conv1_channels, model.sizes.conv2_channels
+    windows = model.sizes.pool2_size[0] * model.sizes.pool2_size[1]
+    conv2 = windows * (36 * c1 * c2 + 120 * c1 + 16 * c2)
+    summary = model.summary()
+    assert summary.conv2_algorithm == "winograd"
+    assert summary.executed_multiply_adds == expected - windows * 100 * c1 * c2 + conv2
+    assert (
+        f"engine: conv2 by Winograd's F(2x2, 5x5), {conv2:,} multiply-adds per image instead "
+        f"of {windows * 100 * c1 * c2:,} ({summary.executed_multiply_adds:,} in all)"
+    ) in str(summary)
 
 
 def test_cli_states_the_geometry_for_a_bare_file(tmp_path, capsys):

@@ -188,12 +188,12 @@ static inline void vf_transpose_block(const float *in, ptrdiff_t in_stride, floa
     for (p = 0; p < VLEN; p++)
         for (lane = 0; lane < VLEN; lane++) out[p * VLEN + lane] = in[lane * in_stride + p];
 }
-/* See the AVX-512 vf_permute_span2 (here lane by lane). */
+/* See the AVX-512 vf_permute_span2 (here lane by lane, the vector built in registers: four
+ * scalar stores read back as one vector would stall on store forwarding). */
 static inline vf vf_permute_span2(const float *base, const int32_t *index, int filled) {
-    float out[VLEN];
-    int lane;
-    for (lane = 0; lane < VLEN; lane++) out[lane] = lane < filled ? base[index[lane]] : 0.0f;
-    return vf_load(out);
+    vf v = {base[index[0]], filled > 1 ? base[index[1]] : 0.0f,
+            filled > 2 ? base[index[2]] : 0.0f, filled > 3 ? base[index[3]] : 0.0f};
+    return v;
 }
 #endif
 

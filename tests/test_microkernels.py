@@ -264,6 +264,21 @@ def test_conv2_winograd_every_block_size(level):
                 )
 
 
+def test_winograd_products_come_in_an_even_number_of_blocks(level):
+    """Where some block size allows it, so that two threads share batch 1's conv2 evenly
+    (Caffe's 50 channels: 4 blocks of 12-13, not 3 of 16-17)."""
+    kernels = _dispatch.load_kernels(level)
+    largest = kernels.BLOCK_SIZES["dense_outputs"]
+    for channels in range(1, 40 * largest):
+        block = kernels._winograd_block(channels)
+        count = -(-channels // block)
+        assert block <= largest
+        if channels <= largest:
+            assert count == 1
+        elif any(-(-channels // size) % 2 == 0 for size in range(1, largest + 1)):
+            assert count % 2 == 0, (channels, block)  # (145 on 8: every size gives odd counts)
+
+
 def test_conv2_algorithm_is_winograd_where_it_takes_fewer_operations(level):
     kernels = _dispatch.load_kernels(level)
     for name, spec in SPECS.items():

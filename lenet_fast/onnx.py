@@ -14,8 +14,9 @@ zero Pad of 2 -- and the token list is matched against the family::
     pad? conv act? pool act? pad? conv act? pool act? (conv act? flatten | flatten)
     dense act? [dense act? [dense act?]]
 
-A flatten's target shape may be computed (Shape, Gather, Unsqueeze, Concat, Mul:
-``x.view(x.size(0), -1)`` and the feature count multiplied out of ``x.size()[1:]``): those
+A flatten's target shape may be computed (Shape, Gather, Slice, Squeeze, Unsqueeze, Cast,
+Concat, Mul: ``x.view(x.size(0), -1)``, the feature count multiplied out of ``x.size()[1:]``,
+and tf2onnx's batch sliced from the shape cast to int32 and back): those
 nodes are evaluated symbolically, the batch and the chain tensors' other dimensions as
 symbols, and accepted only as a Reshape's target (`_shape_arithmetic`).  A graph exported at a
 fixed example batch (torch's default) reshapes to that batch: it is read as the batch, since
@@ -77,9 +78,12 @@ _POOL_OPS = {"MaxPool": "max", "AveragePool": "avg"}
 _FLATTEN_OPS = ("Flatten", "Reshape")
 # The shape arithmetic exporters emit for a flatten's target shape: ``x.view(x.size(0), -1)``
 # through the TorchScript exporter with a dynamic batch is Shape -> Gather -> Unsqueeze ->
-# Concat -> Reshape, and a feature count multiplied out of ``x.size()[1:]`` adds Mul.  Read
+# Concat -> Reshape, and a feature count multiplied out of ``x.size()[1:]`` adds Mul; tf2onnx
+# takes the batch as Shape -> Cast (int32) -> Slice [0:1] (-> Squeeze -> Unsqueeze) -> Cast.  Read
 # symbolically (`_shape_arithmetic`), never run; accepted only as a Reshape's target.
-_SHAPE_OPS = ("Shape", "Gather", "Unsqueeze", "Concat", "Mul")
+_SHAPE_OPS = ("Shape", "Gather", "Slice", "Squeeze", "Unsqueeze", "Cast", "Concat", "Mul")
+# Cast's integer targets (TensorProto.INT32, INT64): tf2onnx casts shapes to int32 and back
+_INTEGER_TYPES = (6, 7)
 _BATCH = "N"  # the factor of a symbolic dimension that stands for the batch size
 _MAX_SHAPE_TERMS = 8  # dims of a computed shape, factors of a product: a flatten needs 2 and 3
 _SUPPORTED_OPS = (
@@ -575,7 +579,48 @@ def _shape_arithmetic(node, attributes, symbolic, constants, ranks):
             raise _unsupported(node, f"expected constant {what}, found a computed shape")
         return [coefficient for coefficient, _ in dims]
 
+    def axes_of(position):
+        """A 1-D shape's axes (attribute before opset 13, else an optional constant input)."""
+        if "axes" in attributes:
+            return list(attributes["axes"])
+        if len(node.input) > position and node.input[position]:
+            return known(operand(position), "axes")
+        return None
+
     op = node.op_type
+    if op == "Cast":
+        others = {name: value for name, value in attributes.items() if name != "to"}
+        _check_attributes(node, others, {"saturate": [0, 1]})
+        if attributes.get("to") not in _INTEGER_TYPES:
+            raise _unsupported(
+                node,
+                f"expected a cast of a shape to int32 or int64 (to=6 or 7), found "
+                f"to={attributes.get('to')!r}",
+            )
+        return operand(0)
+    if op == "Slice":  # of a 1-D shape along axis 0, step 1 (tf2onnx: x.shape[:1])
+        scalar, dims = operand(0)
+        if "starts" in attributes:  # opset < 10: attributes
+            starts, ends = list(attributes["starts"]), list(attributes.get("ends", []))
+            steps = [1]
+        else:
+            starts, ends = known(operand(1), "starts"), known(operand(2), "ends")
+            steps = known(operand(4), "steps") if len(node.input) > 4 and node.input[4] else [1]
+        axes = axes_of(3)
+        if (
+            scalar
+            or len(starts) != 1
+            or len(ends) != 1
+            or axes not in (None, [0], [-1])
+            or steps != [1]
+        ):
+            raise _unsupported(node, "expected a slice of a 1-D shape along axis 0 with step 1")
+        return False, dims[slice(starts[0], ends[0])]
+    if op == "Squeeze":  # a 1-element shape made a scalar
+        scalar, dims = operand(0)
+        if scalar or len(dims) != 1 or axes_of(1) not in (None, [0], [-1]):
+            raise _unsupported(node, "expected a 1-element shape made a scalar (axes [0])")
+        return True, dims
     if op == "Shape":
         for attribute, value in attributes.items():
             if attribute not in ("start", "end"):
@@ -595,9 +640,9 @@ def _shape_arithmetic(node, attributes, symbolic, constants, ranks):
             raise _unsupported(node, f"expected indices within a shape of {len(dims)} dimensions")
         return indices_scalar, [dims[position] for position in positions]
     if op == "Unsqueeze":
-        axes = attributes["axes"] if "axes" in attributes else known(operand(1), "axes")
+        axes = axes_of(1)
         scalar, dims = operand(0)
-        if not scalar or list(axes) not in ([0], [-1]):
+        if not scalar or axes not in ([0], [-1]):
             raise _unsupported(node, "expected a scalar made into a 1-D shape (axes [0])")
         return False, dims
     if op == "Concat":
@@ -1146,8 +1191,9 @@ def read_graph(
         zero Pad of 2 just before it), Relu, Sigmoid, Tanh, Softmax or LogSoftmax (last),
         MaxPool and AveragePool (2x2, stride 2), Flatten, Reshape to (batch, features) -- the
         batch given as -1, 0, the graph input's fixed batch size (an exporter's example batch:
-        the per-image function is the same at any batch) or computed by Shape, Gather,
-        Unsqueeze, Concat and Mul nodes (``x.view(x.size(0), -1)``), read symbolically --, Gemm,
+        the per-image function is the same at any batch) or computed by Shape, Gather, Slice,
+        Squeeze, Unsqueeze, Cast, Concat and Mul nodes (``x.view(x.size(0), -1)``, tf2onnx's
+        sliced batch), read symbolically --, Gemm,
         MatMul + Add, Pad (of 2, or of nothing), Identity, BatchNormalization directly after a
         Conv/Gemm/MatMul (folded into it) or after an activation or pooling (folded into the
         next layer); weights as initializers, Constant nodes or Identity nodes of either.

@@ -1096,3 +1096,118 @@ def test_hidden_dense_layers_must_share_an_activation(tmp_path):
         ),
     ):
         read_graph(path)
+
+
+def tf2onnx_flatten(proto, squeeze):
+    """`proto` (the TorchScript exporter's x.view(x.size(0), -1): Shape -> Gather(0) ->
+    Unsqueeze -> Concat) with the batch taken as tf2onnx takes it: the shape cast to int32,
+    sliced to its first element and cast back (Shape -> Cast -> Slice -> Cast), or, with
+    `squeeze`, sliced, squeezed to a scalar and unsqueezed again."""
+    graph = proto.graph
+    (gather,) = [node for node in graph.node if node.op_type == "Gather"]
+    (unsqueeze,) = [node for node in graph.node if node.op_type == "Unsqueeze"]
+    position = list(graph.node).index(gather)
+    for name, value in (("starts", [0]), ("ends", [1]), ("axes", [0])):
+        graph.initializer.append(numpy_helper.from_array(np.array(value, np.int64), f"tf_{name}"))
+    shape = gather.input[0]
+    new = [
+        helper.make_node(
+            "Cast", [shape], ["tf_shape32"], name="tf_cast32", to=onnx.TensorProto.INT32
+        ),
+        helper.make_node(
+            "Slice",
+            ["tf_shape32", "tf_starts", "tf_ends", "tf_axes"],
+            ["tf_first"],
+            name="tf_slice",
+        ),
+    ]
+    if squeeze:
+        new += [
+            helper.make_node("Squeeze", ["tf_first", "tf_axes"], ["tf_batch"], name="tf_squeeze"),
+            helper.make_node(
+                "Unsqueeze", ["tf_batch", "tf_axes"], ["tf_first1"], name="tf_unsqueeze"
+            ),
+            helper.make_node(
+                "Cast",
+                ["tf_first1"],
+                [unsqueeze.output[0]],
+                name="tf_cast64",
+                to=onnx.TensorProto.INT64,
+            ),
+        ]
+    else:
+        new.append(
+            helper.make_node(
+                "Cast",
+                ["tf_first"],
+                [unsqueeze.output[0]],
+                name="tf_cast64",
+                to=onnx.TensorProto.INT64,
+            )
+        )
+    graph.node.remove(gather)
+    graph.node.remove(unsqueeze)
+    for offset, node in enumerate(new):
+        graph.node.insert(position + offset, node)
+    return proto
+
+
+@pytest.mark.parametrize("squeeze", [False, True], ids=["slice", "slice-squeeze"])
+def test_a_batch_sliced_and_cast_as_tf2onnx_computes_it_loads(tmp_path, size0_graph, squeeze):
+    """tf2onnx computes a flatten's batch with Cast, Slice (and Squeeze): read like the
+    TorchScript exporter's Gather, the same model, ONNX Runtime's scores."""
+    path = tmp_path / "size0.onnx"
+    save_model(size0_graph, path)
+    expected = LeNet.from_onnx(path)
+    proto = tf2onnx_flatten(onnx.load(path), squeeze)
+    onnx.checker.check_model(proto)
+    ops = {node.op_type for node in proto.graph.node}
+    assert {"Cast", "Slice"} <= ops and "Gather" not in ops
+    model = LeNet.from_onnx(proto.SerializeToString())
+    for key, value in expected.weights.items():
+        np.testing.assert_array_equal(model.weights[key], value, err_msg=key)
+    x = random_images(5, size=28)
+    session = onnxruntime.InferenceSession(
+        proto.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    (scores,) = session.run(None, {proto.graph.input[0].name: x})
+    np.testing.assert_allclose(model.forward(x), scores, rtol=1e-5, atol=1e-5)
+
+
+def test_a_slice_that_is_not_the_batch_is_refused(tmp_path, size0_graph):
+    proto = tf2onnx_flatten(size0_graph, squeeze=False)
+    (ends,) = [tensor for tensor in proto.graph.initializer if tensor.name == "tf_ends"]
+    ends.CopyFrom(numpy_helper.from_array(np.array([2], np.int64), "tf_ends"))
+    reject(
+        proto,
+        "unsupported Reshape node '/Reshape': expected a flatten to (batch, features), found "
+        "target shape [N, /MaxPool_1_output_0[1], -1]",
+    )
+    cast = node_named(proto, "tf_cast32")
+    set_attribute(cast, "to", onnx.TensorProto.FLOAT)
+    reject(
+        proto,
+        "unsupported Cast node 'tf_cast32': expected a cast of a shape to int32 or int64 "
+        "(to=6 or 7), found to=1",
+    )
+
+
+def test_shape_slices_and_squeezes_of_older_opsets_read_their_attributes():
+    """Before opset 10 Slice, and before opset 13 Squeeze and Unsqueeze, take attributes."""
+    shape = (False, [(1, ("N",)), (1, (("x", 1),)), (1, (("x", 2),))])
+    symbolic = {"shape": shape}
+
+    def value(op, inputs, **attributes):
+        node = helper.make_node(op, inputs, ["out"], name=op.lower(), **attributes)
+        return lenet_onnx._shape_arithmetic(node, lenet_onnx._attributes(node), symbolic, {}, {})
+
+    assert value("Slice", ["shape"], starts=[0], ends=[1]) == (False, [(1, ("N",))])
+    assert value("Slice", ["shape"], starts=[1], ends=[99], axes=[0]) == (False, shape[1][1:])
+    symbolic["first"] = (False, [(1, ("N",))])
+    assert value("Squeeze", ["first"], axes=[0]) == (True, [(1, ("N",))])
+    symbolic["batch"] = (True, [(1, ("N",))])
+    assert value("Unsqueeze", ["batch"], axes=[0]) == (False, [(1, ("N",))])
+    with pytest.raises(ONNXImportError, match="expected a slice of a 1-D shape along axis 0"):
+        value("Slice", ["shape"], starts=[0, 0], ends=[1, 1], axes=[0, 1])
+    with pytest.raises(ONNXImportError, match="expected a 1-element shape made a scalar"):
+        value("Squeeze", ["shape"], axes=[0])

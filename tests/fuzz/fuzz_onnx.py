@@ -41,7 +41,10 @@ OPS = [
     "BatchNormalization",
     "Shape",
     "Gather",
+    "Slice",
+    "Squeeze",
     "Unsqueeze",
+    "Cast",
     "Concat",
     "Mul",
     "Transpose",
@@ -62,6 +65,9 @@ ATTRIBUTES = [
     "axes",
     "start",
     "end",
+    "starts",
+    "ends",
+    "to",
 ]
 DATA_TYPES = [
     TensorProto.FLOAT,

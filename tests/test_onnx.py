@@ -1121,30 +1121,20 @@ def tf2onnx_flatten(proto, squeeze):
             name="tf_slice",
         ),
     ]
+    first = "tf_first"
     if squeeze:
         new += [
-            helper.make_node("Squeeze", ["tf_first", "tf_axes"], ["tf_batch"], name="tf_squeeze"),
+            helper.make_node("Squeeze", [first, "tf_axes"], ["tf_batch"], name="tf_squeeze"),
             helper.make_node(
                 "Unsqueeze", ["tf_batch", "tf_axes"], ["tf_first1"], name="tf_unsqueeze"
             ),
-            helper.make_node(
-                "Cast",
-                ["tf_first1"],
-                [unsqueeze.output[0]],
-                name="tf_cast64",
-                to=onnx.TensorProto.INT64,
-            ),
         ]
-    else:
-        new.append(
-            helper.make_node(
-                "Cast",
-                ["tf_first"],
-                [unsqueeze.output[0]],
-                name="tf_cast64",
-                to=onnx.TensorProto.INT64,
-            )
+        first = "tf_first1"
+    new.append(
+        helper.make_node(
+            "Cast", [first], [unsqueeze.output[0]], name="tf_cast64", to=onnx.TensorProto.INT64
         )
+    )
     graph.node.remove(gather)
     graph.node.remove(unsqueeze)
     for offset, node in enumerate(new):

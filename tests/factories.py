@@ -14,8 +14,10 @@
   called: this module needs none); `export_onnx`: one of them to an ``.onnx`` file;
   `onnxruntime_scores`: what ONNX Runtime computes with a model;
 * `real_images`: the shipped Fashion-MNIST sample as floats in [0, 1], padded, 1 or 3 channels;
-* `saved_keras_models`, `assert_keras_parity`: Keras models saved as ``.keras`` and ``.h5``, and
-  lenet_fast's outputs against Keras's own (Keras is imported by the tests that use them);
+* `keras_same_lenet`: the issue's Keras LeNet ('same' first convolution, tanh, average
+  pooling); `saved_keras_models`, `assert_keras_parity`: Keras models saved as ``.keras`` and
+  ``.h5``, and lenet_fast's outputs against Keras's own (Keras is imported by the tests that use
+  them, with the PyTorch backend);
 * `torch_scores`, `assert_matches_pytorch`: a PyTorch net's outputs, and a lenet_fast model
   against them (1e-5 absolute + 1e-5 relative, >= 99.9 % equal labels); `train_torch`: a few
   hundred seeded Adam steps; `no_architecture_warning`: a block where an ArchitectureWarning is
@@ -225,6 +227,30 @@ def real_images(size=28, channels=1):
     if channels == 3:
         pixels = np.concatenate([pixels, 1 - pixels, pixels**2], axis=1)
     return np.ascontiguousarray(pixels)
+
+
+def keras_same_lenet(channels=1, dense=(120, 84), dropout=None, dense_activation="tanh"):
+    """The issue's Keras LeNet: 28x28x`channels`, Conv2D(6, 5, 'same', tanh), average pooling,
+    Conv2D(16, 5, tanh), average pooling, Flatten, Dense(units, `dense_activation`) for each of
+    `dense`, a Dropout of rate `dropout` (which inference ignores) if given, Dense(10,
+    softmax)."""
+    import keras
+    from keras import layers
+
+    hidden = [layers.Dense(units, activation=dense_activation) for units in dense]
+    return keras.Sequential(
+        [
+            keras.Input((28, 28, channels)),
+            layers.Conv2D(6, 5, padding="same", activation="tanh"),
+            layers.AveragePooling2D(2),
+            layers.Conv2D(16, 5, activation="tanh"),
+            layers.AveragePooling2D(2),
+            layers.Flatten(),
+            *hidden,
+            *([] if dropout is None else [layers.Dropout(dropout)]),
+            layers.Dense(10, activation="softmax"),
+        ]
+    )
 
 
 def saved_keras_models(models, folder, trained):

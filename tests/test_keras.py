@@ -27,7 +27,12 @@ os.environ["KERAS_BACKEND"] = "torch"  # before Keras is imported: no TensorFlow
 keras = pytest.importorskip("keras", reason="Keras 3 is not installed (the test extra installs it)")
 from keras import layers  # noqa: E402
 
-from factories import assert_keras_parity, real_images, saved_keras_models  # noqa: E402
+from factories import (  # noqa: E402
+    assert_keras_parity,
+    keras_same_lenet,
+    real_images,
+    saved_keras_models,
+)
 from lenet_fast import LeNet, WeightFileError  # noqa: E402
 from lenet_fast._architecture import ARCHITECTURE_OPTIONS  # noqa: E402
 from lenet_fast.datasets import load_sample  # noqa: E402
@@ -45,20 +50,7 @@ pytestmark = pytest.mark.filterwarnings(
 def example_lenet():
     """The issue's Keras LeNet (28x28x1, 'same' first convolution, tanh, average pooling), with a
     Dropout that inference ignores."""
-    return keras.Sequential(
-        [
-            keras.Input((28, 28, 1)),
-            layers.Conv2D(6, 5, padding="same", activation="tanh"),
-            layers.AveragePooling2D(2),
-            layers.Conv2D(16, 5, activation="tanh"),
-            layers.AveragePooling2D(2),
-            layers.Flatten(),
-            layers.Dense(120, activation="tanh"),
-            layers.Dense(84, activation="tanh"),
-            layers.Dropout(0.3),
-            layers.Dense(10, activation="softmax"),
-        ]
-    )
+    return keras_same_lenet(dropout=0.3)
 
 
 def relu_max_lenet():
@@ -149,19 +141,7 @@ def keras_caffe():
 def keras_same_flatten():
     """'same' then 'valid', tanh convolutions, average pooling, and ReLU dense layers: a flatten
     over 5x5 in Keras's (row, column, channel) order that is not conv3."""
-    return keras.Sequential(
-        [
-            keras.Input((28, 28, 1)),
-            layers.Conv2D(6, 5, padding="same", activation="tanh"),
-            layers.AveragePooling2D(2),
-            layers.Conv2D(16, 5, activation="tanh"),
-            layers.AveragePooling2D(2),
-            layers.Flatten(),
-            layers.Dense(120, activation="relu"),
-            layers.Dense(84, activation="relu"),
-            layers.Dense(10, activation="softmax"),
-        ]
-    )
+    return keras_same_lenet(dense_activation="relu")
 
 
 def keras_same_same_rgb():

@@ -27,6 +27,7 @@ from torch import nn  # noqa: E402
 import lenet_fast.onnx as lenet_onnx  # noqa: E402
 from factories import (  # noqa: E402
     export_onnx,
+    keras_same_lenet,
     member_weights,
     onnxruntime_scores,
     random_images,
@@ -843,21 +844,8 @@ def test_a_channels_last_graph_as_tf2onnx_writes_it(channels, input_reshape):
     keras = pytest.importorskip("keras")
     if keras.backend.backend() != "torch":
         pytest.skip("needs Keras with the PyTorch backend (KERAS_BACKEND=torch)")
-    from keras import layers
-
     keras.utils.set_random_seed(14)
-    keras_model = keras.Sequential(
-        [
-            keras.Input((28, 28, channels)),
-            layers.Conv2D(6, 5, padding="same", activation="tanh"),
-            layers.AveragePooling2D(2),
-            layers.Conv2D(16, 5, activation="tanh"),
-            layers.AveragePooling2D(2),
-            layers.Flatten(),
-            layers.Dense(120, activation="tanh"),
-            layers.Dense(10, activation="softmax"),
-        ]
-    )
+    keras_model = keras_same_lenet(channels, dense=(120,))
     proto = nhwc_graph(keras_model, input_reshape)
     onnx.checker.check_model(proto)
     x = random_images(64, seed=5, in_channels=channels, size=28)

@@ -107,7 +107,9 @@ def shapes_and_macs(member):
     return shapes, macs
 
 
-def build_engine(kernels, member, seed=0):
+def build_engine(kernels, member, seed=0, conv2_algorithm=None):
+    """The Engine of a member with uniform random weights (conv2_algorithm: None for the
+    engine's choice, "direct" or "winograd")."""
     shapes, _ = shapes_and_macs(member)
     rng = np.random.default_rng(seed)
     weights = {}
@@ -126,7 +128,11 @@ def build_engine(kernels, member, seed=0):
     pool = kernels.POOL_MAX if member["pool"] == "max" else kernels.POOL_AVG
     return kernels.Engine(
         weights,
-        {"plane": member["plane"], "conv2_padding": member["conv2_padding"]},
+        {
+            "plane": member["plane"],
+            "conv2_padding": member["conv2_padding"],
+            "conv2_algorithm": conv2_algorithm,
+        },
         conv,
         fc,
         output,

@@ -64,3 +64,18 @@ def test_latency_benchmark_prints_every_call_of_every_member(capsys):
     assert set(rows) == {"member", "lenet5", "caffe"}
     for name in ("lenet5", "caffe"):
         assert len(re.findall(r"\d+\.\d \(best \d+\.\d\)", rows[name])) == 3, rows[name]
+
+
+def test_conv2_benchmark_times_both_algorithms_and_measures_their_error(capsys):
+    from bench import conv2
+
+    assert conv2.main(["--members", "lenet5", "--batches", "1", "3", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = re.findall(r"^\| lenet5 \| (\d+) \| [\d.]+ \| [\d.]+ \| [\d.]+x \|$", out, re.MULTILINE)
+    assert rows == ["1", "3"], out
+    errors = re.findall(
+        r"^\| (mnist|fashion-mnist) \| [\d.]+ \| ([\d.e+-]+) \| ([\d.e+-]+) \|$", out, re.MULTILINE
+    )
+    assert [name for name, _, _ in errors] == ["mnist", "fashion-mnist"], out
+    for _, direct, winograd in errors:  # float32 logits against float64: small, never zero
+        assert 0 < float(direct) < 1e-4 and 0 < float(winograd) < 1e-4
